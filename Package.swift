@@ -1,0 +1,67 @@
+// swift-tools-version:6.0
+import Foundation
+import PackageDescription
+
+// The fast path (AVX2 + FMA for Swift's SIMD types) is the default build on x86-64.
+// CNN_DIST_PORTABLE=1 swift build  gives the portable path (baseline SSE2 / NEON).
+let portable = ProcessInfo.processInfo.environment["CNN_DIST_PORTABLE"] == "1"
+#if arch(x86_64)
+let simdFlags: [String] = portable ? [] : ["-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c"]
+#else
+let simdFlags: [String] = []
+#endif
+let simdDefines: [SwiftSetting] = portable ? [.define("CNN_PORTABLE")] : [.define("CNN_AVX2")]
+let kernelSettings: [SwiftSetting] = simdDefines + [
+    .unsafeFlags(simdFlags + ["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .unsafeFlags(simdFlags, .when(configuration: .debug)),
+]
+let plainSettings: [SwiftSetting] = simdDefines + [.unsafeFlags(simdFlags)]
+
+let package = Package(
+    name: "cnn-dist",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "cnn-dist", targets: ["cnn-dist"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        // System libraries.
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+
+        // Compute core: tensors, our packed GEMM, im2col convolution kernels.
+        .target(name: "CnnCore", swiftSettings: kernelSettings),
+        // Layers with explicit forward/backward over the core kernels.
+        .target(name: "CnnLayers", dependencies: ["CnnCore"], swiftSettings: kernelSettings),
+        // Model zoo built from layers.
+        .target(name: "CnnModels", dependencies: ["CnnCore", "CnnLayers"], swiftSettings: plainSettings),
+        // Dataset readers, normalisation, augmentation, batching.
+        .target(name: "CnnData", dependencies: ["CnnCore", "CZlib"], swiftSettings: kernelSettings),
+        // Communicators: MPI and in-process ranks.
+        .target(name: "CnnDistributed", dependencies: ["CnnCore", "CMPI"], swiftSettings: plainSettings),
+        // Optimizers, schedules, trainer, checkpoints.
+        .target(name: "CnnTraining",
+                dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed"],
+                swiftSettings: kernelSettings),
+        // Command line: subcommands, kept in a library so tests can run them.
+        .target(name: "CnnCLI",
+                dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed", "CnnTraining",
+                               .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                               .product(name: "Yams", package: "Yams")],
+                swiftSettings: plainSettings),
+        .executableTarget(name: "cnn-dist", dependencies: ["CnnCLI"], swiftSettings: plainSettings),
+
+        .testTarget(name: "CnnCoreTests", dependencies: ["CnnCore"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnLayersTests", dependencies: ["CnnCore", "CnnLayers"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnDataTests", dependencies: ["CnnCore", "CnnData"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnDistributedTests", dependencies: ["CnnCore", "CnnDistributed"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnTrainingTests",
+                    dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed", "CnnTraining"],
+                    swiftSettings: plainSettings),
+        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore"], swiftSettings: plainSettings),
+    ],
+    swiftLanguageModes: [.v5]
+)

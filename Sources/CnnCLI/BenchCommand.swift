@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// `cnn-dist bench ...`: measured performance of the compute core.
+public struct BenchCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks: GEMM, convolution passes, training steps.",
+        subcommands: []
+    )
+    public init() {}
+}

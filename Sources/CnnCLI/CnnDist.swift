@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// The `cnn-dist` command: distributed data-parallel CNN training.
+public struct CnnDist: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "cnn-dist",
+        abstract: "Distributed data-parallel CNN training on CPU clusters.",
+        subcommands: [BenchCommand.self]
+    )
+    public init() {}
+}

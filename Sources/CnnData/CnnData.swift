@@ -1,0 +1,2 @@
+// CnnData: see README for the architecture.
+import CnnCore

@@ -1,0 +1,2 @@
+// CnnDistributed: see README for the architecture.
+import CnnCore

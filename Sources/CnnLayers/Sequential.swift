@@ -1,0 +1,46 @@
+import CnnCore
+
+/// Layers applied one after the other; children are named "0", "1", ... as
+/// in PyTorch's nn.Sequential (or by the names given).
+public final class Sequential: Layer {
+    public let layers: [Layer]
+    public let names: [String]
+    public var typeName: String { "Sequential" }
+
+    public init(_ layers: [Layer], names: [String]? = nil) {
+        self.layers = layers
+        self.names = names ?? layers.indices.map(String.init)
+        precondition(self.names.count == layers.count)
+    }
+
+    public var children: [(name: String, layer: Layer)] { Array(zip(names, layers)).map { ($0.0, $0.1) } }
+
+    public func outputShape(for input: [Int]) throws -> [Int] {
+        try layers.reduce(input) { try $1.outputShape(for: $0) }
+    }
+
+    public func multiplyAccumulates(for input: [Int]) -> Int {
+        var shape = input
+        var total = 0
+        for layer in layers {
+            total += layer.multiplyAccumulates(for: shape)
+            shape = (try? layer.outputShape(for: shape)) ?? shape
+        }
+        return total
+    }
+
+    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
+        var x = input
+        for layer in layers { x = layer.forward(x, context: context) }
+        return x
+    }
+
+    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        var dy = gradOutput
+        for layer in layers.reversed() {
+            dy = layer.backward(dy, context: context)
+            context.gradientsReady?(layer)
+        }
+        return dy
+    }
+}

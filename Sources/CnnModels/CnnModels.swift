@@ -1,0 +1,2 @@
+// CnnModels: see README for the architecture.
+import CnnCore

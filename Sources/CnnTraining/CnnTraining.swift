@@ -1,0 +1,2 @@
+// CnnTraining: see README for the architecture.
+import CnnCore

@@ -1,0 +1,3 @@
+import CnnCLI
+
+CnnDist.main()
