@@ -5,7 +5,7 @@ public struct BenchCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks: GEMM, convolution passes, training steps.",
-        subcommands: []
+        subcommands: [BenchGemmCommand.self, BenchConvCommand.self]
     )
     public init() {}
 }

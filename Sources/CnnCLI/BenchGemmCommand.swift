@@ -1,0 +1,8 @@
+import ArgumentParser
+
+/// Placeholder, replaced by its owner.
+public struct BenchGemmCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(commandName: "gemm", shouldDisplay: false)
+    public init() {}
+    public func run() throws { throw ValidationError("not built yet") }
+}
