@@ -1,0 +1,70 @@
+import ArgumentParser
+import CnnCore
+import CnnModels
+
+/// `cnn-dist summary --model NAME`: layers, output shapes, parameters, MACs.
+public struct SummaryCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "summary",
+        abstract: "Print a model's layers with output shape, parameters and multiply-accumulates.",
+        discussion: "Models: " + ModelZoo.names.joined(separator: ", ")
+    )
+
+    @Option(help: "Model name (\(ModelZoo.names.joined(separator: ", "))).")
+    var model: String = "fashion-cnn"
+
+    @Option(help: "Input shape CxHxW, e.g. 3x224x224 (default: the model's).")
+    var input: String?
+
+    @Option(help: "Number of classes (default: the model's).")
+    var classes: Int?
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    public init() {}
+
+    public func run() throws {
+        let shape = try input.map { try parseShape($0, field: "--input") }
+        let built = try Model(name: model, inputShape: shape, classCount: classes)
+        let rows = try summaryRows(of: built)
+        let totalMACs = rows.reduce(0) { $0 + $1.multiplyAccumulates }
+        if json {
+            printJSON([
+                "model": model, "input": built.inputShape, "classes": built.classCount,
+                "parameters": built.parameterCount, "multiply_accumulates": totalMACs,
+                "layers": rows.map { ["name": $0.name, "type": $0.type, "output": $0.outputShape,
+                                      "parameters": $0.parameters, "multiply_accumulates": $0.multiplyAccumulates] as [String: Any] },
+            ])
+            return
+        }
+        let header = ["Layer", "Type", "Output", "Parameters", "MACs"]
+        var table = [header]
+        table.append(["input", "", formatShape(built.inputShape), "0", "0"])
+        for row in rows {
+            table.append([row.name, row.type, formatShape(row.outputShape), groupedDigits(row.parameters),
+                          groupedDigits(row.multiplyAccumulates)])
+        }
+        table.append(["Total", "", "", groupedDigits(built.parameterCount), groupedDigits(totalMACs)])
+        let widths = header.indices.map { c in table.map { $0[c].count }.max()! }
+        for (i, line) in table.enumerated() {
+            let cells = line.enumerated().map { c, text in
+                c >= 3 ? String(repeating: " ", count: widths[c] - text.count) + text
+                       : text + String(repeating: " ", count: widths[c] - text.count)
+            }
+            print(cells.joined(separator: "  "))
+            if i == 0 || i == table.count - 2 { print(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")) }
+        }
+        print("\(model) \(formatShape(built.inputShape)) -> \(built.classCount) classes: "
+              + "\(groupedDigits(built.parameterCount)) parameters, \(groupedDigits(totalMACs)) multiply-accumulates per image")
+    }
+}
+
+/// Parses "3x32x32" into [3, 32, 32]; throws naming the option.
+func parseShape(_ text: String, field: String) throws -> [Int] {
+    let parts = text.lowercased().split(separator: "x").map { Int($0) }
+    guard parts.count == 3, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
+        throw ValidationError("\(field) '\(text)' is not a shape CxHxW of positive integers (e.g. 3x32x32)")
+    }
+    return parts.map { $0! }
+}

@@ -1,2 +1,0 @@
-// CnnModels: see README for the architecture.
-import CnnCore

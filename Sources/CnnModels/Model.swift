@@ -1,0 +1,69 @@
+import CnnCore
+import CnnLayers
+
+/// A network with its flat parameter store, input shape and class count.
+public final class Model {
+    /// Zoo name ("fashion-cnn").
+    public let name: String
+    /// The layer tree; its state_dict names are PyTorch's.
+    public let root: Layer
+    /// One flat parameter buffer, one flat gradient buffer, buffers, and the name table.
+    public let store: ParameterStore
+    /// Shape of one sample, C×H×W.
+    public let inputShape: [Int]
+    public let classCount: Int
+
+    /// Builds `name` from the zoo for inputs of `inputShape` (C, H, W) and
+    /// `classCount` classes, checking every layer accepts the shapes it gets.
+    public init(name: String, inputShape: [Int]? = nil, classCount: Int? = nil) throws {
+        guard let entry = ModelZoo.entry(named: name) else {
+            throw CnnError.invalidConfig(field: "model", value: name,
+                                         allowed: ModelZoo.entries.map(\.name).joined(separator: ", "))
+        }
+        let input = inputShape ?? entry.defaultInput
+        let classes = classCount ?? entry.defaultClasses
+        guard input.count == 3, input.allSatisfy({ $0 > 0 }) else {
+            throw CnnError.invalidConfig(field: "input", value: formatShape(input), allowed: "C x H x W, all positive")
+        }
+        guard classes >= 2 else {
+            throw CnnError.invalidConfig(field: "classes", value: String(classes), allowed: "an integer >= 2")
+        }
+        let root: Layer
+        do {
+            root = try entry.build(input, classes)
+            let out = try root.outputShape(for: [1] + input)
+            guard out == [1, classes] else {
+                throw CnnError.shapeMismatch(layer: name, expected: "output 1x\(classes)", got: formatShape(out))
+            }
+        } catch let error as CnnError {
+            // Name the model and the input so the user knows which combination fails.
+            throw CnnError.invalidConfig(field: "input", value: formatShape(input),
+                                         allowed: "a shape \(name) can take (\(error))")
+        }
+        self.name = name
+        self.root = root
+        self.inputShape = input
+        self.classCount = classes
+        self.store = ParameterStore(root: root)
+    }
+
+    /// Trainable parameter count (as PyTorch's sum of p.numel()).
+    public var parameterCount: Int { store.parameterCount }
+
+    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
+        root.forward(input, context: context)
+    }
+
+    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        let dx = root.backward(gradOutput, context: context)
+        context.gradientsReady?(root)
+        return dx
+    }
+
+    /// Throws unless `shape` is [N] + inputShape with N ≥ 1.
+    public func checkInput(_ shape: [Int]) throws {
+        guard shape.count == 4, shape[0] >= 1, Array(shape.dropFirst()) == inputShape else {
+            throw CnnError.shapeMismatch(layer: name, expected: "N x " + formatShape(inputShape), got: formatShape(shape))
+        }
+    }
+}
