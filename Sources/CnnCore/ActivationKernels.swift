@@ -1,0 +1,67 @@
+// Shapes: x, y, dy, dx are flat arrays of `count` elements (any layout); y = f(x).
+
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// y = max(x, 0).
+public func reluForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { y[i] = x[i] > 0 ? x[i] : 0 }
+}
+
+/// dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
+public func reluBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { dx[i] = y[i] > 0 ? dy[i] : 0 }
+}
+
+/// y = x for x > 0, slope·x otherwise.
+public func leakyReLUForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int, slope: Float) {
+    for i in 0..<count { y[i] = x[i] > 0 ? x[i] : slope * x[i] }
+}
+
+/// dx = dy for x > 0, slope·dy otherwise.
+public func leakyReLUBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
+                              count: Int, slope: Float) {
+    for i in 0..<count { dx[i] = x[i] > 0 ? dy[i] : slope * dy[i] }
+}
+
+/// y = x for x > 0, alpha·(eˣ − 1) otherwise.
+public func eluForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int, alpha: Float) {
+    for i in 0..<count { y[i] = x[i] > 0 ? x[i] : alpha * expm1f(x[i]) }
+}
+
+/// dx = dy for x > 0, dy·(y + alpha) otherwise (since d/dx alpha(eˣ−1) = alpha·eˣ = y + alpha).
+public func eluBackward(x: UnsafePointer<Float>, y: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                        dx: UnsafeMutablePointer<Float>, count: Int, alpha: Float) {
+    for i in 0..<count { dx[i] = x[i] > 0 ? dy[i] : dy[i] * (y[i] + alpha) }
+}
+
+/// y = 1 / (1 + e⁻ˣ), evaluated without overflow for large |x|.
+public func sigmoidForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count {
+        let v = x[i]
+        if v >= 0 {
+            y[i] = 1 / (1 + expf(-v))
+        } else {
+            let e = expf(v)
+            y[i] = e / (1 + e)
+        }
+    }
+}
+
+/// dx = dy · y · (1 − y).
+public func sigmoidBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { dx[i] = dy[i] * y[i] * (1 - y[i]) }
+}
+
+/// y = tanh(x).
+public func tanhForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { y[i] = tanhf(x[i]) }
+}
+
+/// dx = dy · (1 − y²).
+public func tanhBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count { dx[i] = dy[i] * (1 - y[i] * y[i]) }
+}

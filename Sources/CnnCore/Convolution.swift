@@ -1,0 +1,183 @@
+// Blocked im2col convolution: forward, backward-data, backward-weights.
+//
+// Shapes: x (N, C, H, W); w (K, Cg, kh, kw) viewed as K × (Cg·kh·kw), group g
+// owning rows g·Kg ..< (g+1)·Kg; bias (K); y (N, K, outH, outW).
+//
+// For each block of P output pixels (workspace.forEachBlock) and each group:
+//   forward          panel = im2col(x)            (Cg·kh·kw × P, ≤ the panel budget)
+//                    Y_blk = W_g · panel           (Kg × P)
+//   backward-data    dcol  = W_gᵀ · dY_blk         (Cg·kh·kw × P), dx += col2im(dcol)
+//   backward-weights dW_g += dY_blk · panelᵀ       (Kg × Cg·kh·kw, beta = 1)
+// A block inside one image reads/writes Y_blk in place in the NCHW tensor
+// (row stride outH·outW); a block spanning images (small planes) goes through
+// the workspace's block-output buffer and is scattered / gathered per image.
+// 1×1, stride-1, unpadded convolutions skip im2col: the NCHW input of one
+// image already is the Cg × H·W panel.
+
+/// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`.
+public func convolution2DForward(
+    input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
+    workspace ws: ConvolutionWorkspace
+) {
+    ws.prepare(for: g, batch: batch)
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    if g.isPointwise {
+        for n in 0..<batch {
+            for grp in 0..<g.groups {
+                sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                      beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
+            }
+        }
+    } else {
+        let panel = ws.panel.pointer
+        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
+            let n0 = start / hw
+            let inside = (start + count - 1) / hw == n0
+            for grp in 0..<g.groups {
+                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       panel: panel, workspace: ws)
+                let wg = w + grp * Kg * rows
+                if inside {
+                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                          b: panel, ldb: count, beta: 0,
+                          c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                } else {
+                    let out = ws.blockOutput.pointer
+                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                          b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                    blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
+                                  channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
+                }
+            }
+        }
+    }
+    if let bias {
+        for n in 0..<batch {
+            for k in 0..<K {
+                let plane = y + (n * K + k) * hw
+                let b = bias[k]
+                for i in 0..<hw { plane[i] += b }
+            }
+        }
+    }
+}
+
+/// dx = ∂L/∂x from dy = ∂L/∂y. Overwrites `gradInput` (N, C, H, W).
+public func convolution2DBackwardData(
+    gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    gradInput dx: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
+    workspace ws: ConvolutionWorkspace
+) {
+    ws.prepare(for: g, batch: batch)
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    if g.isPointwise {
+        for n in 0..<batch {
+            for grp in 0..<g.groups {
+                sgemm(.transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                      b: dy + (n * K + grp * Kg) * hw, ldb: hw,
+                      beta: 0, c: dx + (n * C + grp * Cg) * hw, ldc: hw)
+            }
+        }
+        return
+    }
+    dx.update(repeating: 0, count: batch * C * g.height * g.width)
+    let dcol = ws.panel.pointer
+    ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
+        let n0 = start / hw
+        let inside = (start + count - 1) / hw == n0
+        for grp in 0..<g.groups {
+            let dyBlock: UnsafePointer<Float>, ld: Int
+            if inside {
+                dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
+            } else {
+                let buf = ws.blockOutput.pointer
+                blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
+                              channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
+                              start: start, count: count, toTensor: false)
+                dyBlock = UnsafePointer(buf); ld = count
+            }
+            sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                  b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                   gradInput: dx, workspace: ws)
+        }
+    }
+}
+
+/// dW += ∂L/∂W and, if `gradBias` is given, db += ∂L/∂b (both accumulate).
+public func convolution2DBackwardWeights(
+    input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
+    gradWeight dw: UnsafeMutablePointer<Float>, gradBias db: UnsafeMutablePointer<Float>?,
+    batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace
+) {
+    ws.prepare(for: g, batch: batch)
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    if g.isPointwise {
+        for n in 0..<batch {
+            for grp in 0..<g.groups {
+                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
+                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+            }
+        }
+    } else {
+        let panel = ws.panel.pointer
+        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
+            let n0 = start / hw
+            let inside = (start + count - 1) / hw == n0
+            for grp in 0..<g.groups {
+                let dyBlock: UnsafePointer<Float>, ld: Int
+                if inside {
+                    dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
+                } else {
+                    let buf = ws.blockOutput.pointer
+                    blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
+                                  channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
+                                  start: start, count: count, toTensor: false)
+                    dyBlock = UnsafePointer(buf); ld = count
+                }
+                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       panel: panel, workspace: ws)
+                sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
+                      b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+            }
+        }
+    }
+    if let db {
+        for n in 0..<batch {
+            for k in 0..<K {
+                let plane = dy + (n * K + k) * hw
+                var s: Float = 0
+                for i in 0..<hw { s += plane[i] }
+                db[k] += s
+            }
+        }
+    }
+}
+
+/// Copies a block (channelCount × count, row stride count) of global output
+/// pixels start ..< start + count to (`toTensor`) or from an NCHW tensor with
+/// `channels` channels, starting at channel `channelOffset`; each row splits
+/// into one contiguous run per image.
+@inline(__always)
+func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePointer<Float>, channels: Int,
+                   channelOffset: Int, channelCount: Int, outPixels hw: Int, start: Int, count: Int,
+                   toTensor: Bool) {
+    var j = 0
+    while j < count {
+        let q = start + j
+        let n = q / hw, p = q - n * hw
+        let run = min(hw - p, count - j)
+        for k in 0..<channelCount {
+            let t = tensor + (n * channels + channelOffset + k) * hw + p
+            let b = block + k * count + j
+            if toTensor { t.update(from: b, count: run) } else { b.update(from: t, count: run) }
+        }
+        j += run
+    }
+}

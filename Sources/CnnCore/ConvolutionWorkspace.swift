@@ -1,0 +1,149 @@
+// Scratch memory of the blocked im2col convolution, owned by a layer and
+// reused from step to step.
+
+/// Upper bound on the bytes of one im2col column panel (Cg·kh·kw rows ×
+/// P output pixels, Float).
+///
+/// Why 256 KiB: the panel is written by im2col and immediately read by the
+/// GEMM as its B operand; at this size it is still in the core's L2 (256 KiB
+/// to 2 MiB per core on current x86) when the GEMM packs it, so im2col costs
+/// one pass over L2 instead of a round trip through DRAM, and the memory does
+/// not grow with the batch (Caffe's "one image at a time" taken further).
+public let convolutionPanelBudgetBytes = 256 * 1024
+
+/// Column-count granularity of a panel block: a multiple of the GEMM
+/// micro-kernel widths (NR = 8 or 16 floats), so only the last block has a ragged edge.
+let panelColumnQuantum = 16
+
+/// Scratch buffers for `convolution2DForward` / `...BackwardData` /
+/// `...BackwardWeights`: the column panel, a block-output buffer for blocks
+/// that span images, and the padding index tables. Grows only when a larger
+/// geometry arrives, so a training step allocates nothing in steady state.
+public final class ConvolutionWorkspace {
+    /// Largest panel this workspace builds, in bytes (see `convolutionPanelBudgetBytes`).
+    public let panelBudgetBytes: Int
+    /// Bytes currently held (panel, block output, index tables).
+    public private(set) var bytes: Int = 0
+    /// Output pixels per block (P), the panel's column count; set by `prepare`.
+    public private(set) var blockPixels: Int = 0
+
+    var panel = GrowableBuffer<Float>()
+    var blockOutput = GrowableBuffer<Float>()
+    /// yTable[a·outH + oy]: input row read by kernel row a at output row oy (−1: zero).
+    var yTable = GrowableBuffer<Int32>()
+    /// xTable[b·outW + ox]: input column read by kernel column b at output column ox (−1: zero).
+    var xTable = GrowableBuffer<Int32>()
+    /// For kernel column b, the output columns [xInterior[2b], xInterior[2b+1]) whose
+    /// input column ox·sw + b·dw − padLeft lies inside the input (no mapping needed).
+    var xInterior = GrowableBuffer<Int>()
+    private var preparedGeometry: Conv2DGeometry?
+    private var preparedBatch = 0
+
+    /// A workspace whose panels stay within `panelBudgetBytes`.
+    public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes) {
+        self.panelBudgetBytes = panelBudgetBytes
+    }
+
+    /// Sizes the buffers and builds the index tables for this geometry and
+    /// batch; free when called again with the same ones.
+    public func prepare(for g: Conv2DGeometry, batch: Int) {
+        if preparedGeometry == g && preparedBatch == batch { return }
+        preparedGeometry = g
+        preparedBatch = batch
+        let hw = g.outPixels
+        let total = batch * hw
+        if g.isPointwise {
+            blockPixels = hw   // no panel: the GEMM reads the input directly
+        } else {
+            let rowBytes = g.panelRows * MemoryLayout<Float>.stride
+            var p = panelBudgetBytes / rowBytes / panelColumnQuantum * panelColumnQuantum
+            p = max(p, panelColumnQuantum)
+            p = min(p, total)
+            if hw >= p {
+                // Blocks stay inside one image: split the image into equal chunks ≤ p.
+                let chunks = (hw + p - 1) / p
+                p = (hw + chunks - 1) / chunks
+            }
+            blockPixels = p
+            panel.reserve(g.panelRows * p)
+            if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
+        }
+        yTable.reserve(g.kernelHeight * g.outHeight)
+        xTable.reserve(g.kernelWidth * g.outWidth)
+        xInterior.reserve(2 * g.kernelWidth)
+        for a in 0..<g.kernelHeight {
+            for oy in 0..<g.outHeight {
+                let y = oy * g.strideHeight - g.padTop + a * g.dilationHeight
+                yTable[a * g.outHeight + oy] = Int32(paddedSourceIndex(y, size: g.height, mode: g.paddingMode))
+            }
+        }
+        for b in 0..<g.kernelWidth {
+            let offset = b * g.dilationWidth - g.padLeft
+            var lo = g.outWidth, hi = 0
+            for ox in 0..<g.outWidth {
+                let x = ox * g.strideWidth + offset
+                xTable[b * g.outWidth + ox] = Int32(paddedSourceIndex(x, size: g.width, mode: g.paddingMode))
+                if x >= 0 && x < g.width { lo = min(lo, ox); hi = max(hi, ox + 1) }
+            }
+            if lo >= hi { lo = 0; hi = 0 }
+            xInterior[2 * b] = lo
+            xInterior[2 * b + 1] = hi
+        }
+        bytes = panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
+    }
+
+    /// Calls `body(start, count)` for each block of global output pixels
+    /// (pixel q = n·outH·outW + oy·outW + ox). With large planes a block stays
+    /// inside one image; with small planes (e.g. 8×8) a block spans images.
+    func forEachBlock(batch: Int, outPixels hw: Int, _ body: (_ start: Int, _ count: Int) -> Void) {
+        let p = blockPixels
+        if hw >= p {
+            for n in 0..<batch {
+                var s = 0
+                while s < hw {
+                    let c = min(p, hw - s)
+                    body(n * hw + s, c)
+                    s += c
+                }
+            }
+        } else {
+            let total = batch * hw
+            var s = 0
+            while s < total {
+                let c = min(p, total - s)
+                body(s, c)
+                s += c
+            }
+        }
+    }
+}
+
+/// A 64-byte aligned buffer that grows (never shrinks) on `reserve`.
+struct GrowableBuffer<Element> {
+    private(set) var base: UnsafeMutablePointer<Element>?
+    private(set) var capacity = 0
+    private var owner: Owner?
+
+    /// Frees the storage when the last copy of the buffer goes.
+    final class Owner {
+        let pointer: UnsafeMutableRawPointer
+        init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+        deinit { pointer.deallocate() }
+    }
+
+    var bytes: Int { capacity * MemoryLayout<Element>.stride }
+    var pointer: UnsafeMutablePointer<Element> { base! }
+
+    mutating func reserve(_ count: Int) {
+        guard count > capacity else { return }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Element>.stride, alignment: 64)
+        owner = Owner(raw)
+        base = raw.bindMemory(to: Element.self, capacity: count)
+        capacity = count
+    }
+
+    subscript(i: Int) -> Element {
+        get { base![i] }
+        nonmutating set { base![i] = newValue }
+    }
+}

@@ -1,0 +1,247 @@
+import CnnCore
+
+/// The shared engine of `BatchNorm1d` and `BatchNorm2d` over (N, C, S) data.
+///
+/// PyTorch semantics: training normalises with the biased batch variance and
+/// updates running_var with the unbiased one, running = (1 − momentum)·running
+/// + momentum·batch, and counts num_batches_tracked; eval uses the running
+/// statistics.
+///
+/// Synchronized BatchNorm: with a `statisticsReducer` in the context, forward
+/// sums [Σx per channel, local count] across ranks, then Σ(x − mean)² per
+/// channel (two passes, stable), and backward sums [Σdy, Σdy·x̂] per channel,
+/// so the result equals one BatchNorm over the global batch even when ranks
+/// hold different local batch sizes. Parameter gradients stay local sums (the
+/// gradient allreduce adds them). The backward formula is in BatchNormKernels.swift:
+///   dx = γ·invStd · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M),  M = global N·S.
+final class BatchNormEngine {
+    let layer: String
+    let channels: Int
+    let eps: Float
+    let momentum: Float
+    let affine: Bool
+
+    private var gamma: UnsafeMutablePointer<Float>?
+    private var beta: UnsafeMutablePointer<Float>?
+    private var gammaGrad: UnsafeMutablePointer<Float>?
+    private var betaGrad: UnsafeMutablePointer<Float>?
+    private var runningMean: UnsafeMutablePointer<Float>?
+    private var runningVar: UnsafeMutablePointer<Float>?
+    private var batchesTracked: UnsafeMutablePointer<Float>?
+
+    // Per-channel scratch, allocated once: statistics of the last forward and reduction buffers.
+    private let mean: UnsafeMutablePointer<Float>
+    private let invStd: UnsafeMutablePointer<Float>
+    private let meanDy: UnsafeMutablePointer<Float>
+    private let meanDyXhat: UnsafeMutablePointer<Float>
+    private let sumsA: UnsafeMutablePointer<Double>
+    private let sumsB: UnsafeMutablePointer<Double>
+    private let reduceBuffer: UnsafeMutablePointer<Float>   // 2C + 1
+
+    private var input: Tensor?
+    private var usedBatchStatistics = false
+    private var globalCount = 0.0
+    let output = Tensor(shape: [0])
+    let gradInput = Tensor(shape: [0])
+
+    init(layer: String, channels: Int, eps: Float, momentum: Float, affine: Bool) throws {
+        try requirePositive(channels, layer: layer, argument: "channels")
+        guard eps > 0, eps.isFinite else {
+            throw CnnError.invalidArgument(layer: layer, argument: "eps", value: "\(eps)", reason: "must be positive and finite")
+        }
+        guard momentum >= 0, momentum <= 1 else {
+            throw CnnError.invalidArgument(layer: layer, argument: "momentum", value: "\(momentum)", reason: "must lie in [0, 1]")
+        }
+        self.layer = layer
+        self.channels = channels
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        mean = .allocate(capacity: channels); mean.initialize(repeating: 0, count: channels)
+        invStd = .allocate(capacity: channels); invStd.initialize(repeating: 1, count: channels)
+        meanDy = .allocate(capacity: channels); meanDy.initialize(repeating: 0, count: channels)
+        meanDyXhat = .allocate(capacity: channels); meanDyXhat.initialize(repeating: 0, count: channels)
+        sumsA = .allocate(capacity: channels); sumsA.initialize(repeating: 0, count: channels)
+        sumsB = .allocate(capacity: channels); sumsB.initialize(repeating: 0, count: channels)
+        reduceBuffer = .allocate(capacity: 2 * channels + 1); reduceBuffer.initialize(repeating: 0, count: 2 * channels + 1)
+    }
+
+    deinit {
+        for p in [mean, invStd, meanDy, meanDyXhat, reduceBuffer] { p.deallocate() }
+        sumsA.deallocate(); sumsB.deallocate()
+    }
+
+    var parameterSpecs: [TensorSpec] {
+        affine ? [TensorSpec("weight", shape: [channels], role: .ones), TensorSpec("bias", shape: [channels], role: .zeros)] : []
+    }
+
+    var bufferSpecs: [TensorSpec] {
+        [TensorSpec("running_mean", shape: [channels], role: .zeros),
+         TensorSpec("running_var", shape: [channels], role: .ones),
+         TensorSpec("num_batches_tracked", shape: [], role: .counter)]
+    }
+
+    func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
+              buffers: [UnsafeMutablePointer<Float>]) {
+        if affine {
+            gamma = parameters[0]; beta = parameters[1]
+            gammaGrad = gradients[0]; betaGrad = gradients[1]
+        }
+        runningMean = buffers[0]; runningVar = buffers[1]; batchesTracked = buffers[2]
+    }
+
+    func forward(_ x: Tensor, context: ExecutionContext) -> Tensor {
+        guard let runningMean, let runningVar, let batchesTracked else {
+            preconditionFailure("\(layer): forward before bind (create a ParameterStore)")
+        }
+        precondition(x.shape.count >= 2 && x.shape[1] == channels,
+                     "\(layer): input \(formatShape(x.shape)) does not have \(channels) channels in dimension 1")
+        let n = x.n, c = channels, s = x.count / (n * c)
+        input = x
+        ensureShape(output, x.shape)
+        usedBatchStatistics = context.training
+        if context.training {
+            let reducer = context.statisticsReducer
+            let localCount = Double(n * s)
+            // Pass 1: mean over the (global) batch.
+            batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA)
+            var total = localCount
+            if let reducer {
+                for ch in 0..<c { reduceBuffer[ch] = Float(sumsA[ch]) }
+                reduceBuffer[c] = Float(localCount)
+                reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: c + 1))
+                total = Double(reduceBuffer[c])
+                for ch in 0..<c { mean[ch] = Float(Double(reduceBuffer[ch]) / total) }
+            } else {
+                for ch in 0..<c { mean[ch] = Float(sumsA[ch] / total) }
+            }
+            // Pass 2: centred sum of squares about that mean.
+            batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
+            if let reducer {
+                for ch in 0..<c { reduceBuffer[ch] = Float(sumsB[ch]) }
+                reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: c))
+                for ch in 0..<c { sumsB[ch] = Double(reduceBuffer[ch]) }
+            }
+            globalCount = total
+            let unbias = total > 1 ? total / (total - 1) : 1
+            let m = Double(momentum)
+            for ch in 0..<c {
+                let variance = sumsB[ch] / total
+                invStd[ch] = Float(1 / (variance + Double(eps)).squareRoot())
+                runningMean[ch] = Float((1 - m) * Double(runningMean[ch]) + m * Double(mean[ch]))
+                runningVar[ch] = Float((1 - m) * Double(runningVar[ch]) + m * variance * unbias)
+            }
+            batchesTracked[0] += 1
+        } else {
+            for ch in 0..<c {
+                mean[ch] = runningMean[ch]
+                invStd[ch] = 1 / (runningVar[ch] + eps).squareRoot()
+            }
+        }
+        batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
+                           gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
+                           n: n, c: c, s: s)
+        return output
+    }
+
+    func backward(_ dy: Tensor, context: ExecutionContext) -> Tensor {
+        guard let x = input else { preconditionFailure("\(layer): backward before forward") }
+        precondition(dy.count == x.count, "\(layer): gradient \(formatShape(dy.shape)) does not match input \(formatShape(x.shape))")
+        let n = x.n, c = channels, s = x.count / (n * c)
+        ensureShape(gradInput, x.shape)
+        batchNormBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
+                              sumDy: sumsA, sumDyXhat: sumsB)
+        if let gammaGrad, let betaGrad {
+            for ch in 0..<c {
+                gammaGrad[ch] += Float(sumsB[ch])
+                betaGrad[ch] += Float(sumsA[ch])
+            }
+        }
+        let g = gamma.map { UnsafePointer($0) }
+        if usedBatchStatistics {
+            if let reducer = context.statisticsReducer {
+                for ch in 0..<c { reduceBuffer[ch] = Float(sumsA[ch]); reduceBuffer[c + ch] = Float(sumsB[ch]) }
+                reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: 2 * c))
+                for ch in 0..<c { sumsA[ch] = Double(reduceBuffer[ch]); sumsB[ch] = Double(reduceBuffer[c + ch]) }
+            }
+            for ch in 0..<c {
+                meanDy[ch] = Float(sumsA[ch] / globalCount)
+                meanDyXhat[ch] = Float(sumsB[ch] / globalCount)
+            }
+            batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
+                                   meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s)
+        } else {
+            batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
+                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s)
+        }
+        return gradInput
+    }
+}
+
+/// Batch normalisation over [N, C, H, W], per channel (PyTorch's nn.BatchNorm2d),
+/// synchronized across ranks when the context has a `statisticsReducer`.
+public final class BatchNorm2d: Layer {
+    private let engine: BatchNormEngine
+    public var channels: Int { engine.channels }
+    public var eps: Float { engine.eps }
+    public var momentum: Float { engine.momentum }
+    public var affine: Bool { engine.affine }
+    public var typeName: String { "BatchNorm2d" }
+
+    /// BatchNorm over `channels` channels; `affine` adds the learnable scale ("weight") and shift ("bias").
+    public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, affine: Bool = true) throws {
+        engine = try BatchNormEngine(layer: "BatchNorm2d", channels: channels, eps: eps, momentum: momentum, affine: affine)
+    }
+
+    public var parameterSpecs: [TensorSpec] { engine.parameterSpecs }
+    public var bufferSpecs: [TensorSpec] { engine.bufferSpecs }
+
+    public func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
+                     buffers: [UnsafeMutablePointer<Float>]) {
+        engine.bind(parameters: parameters, gradients: gradients, buffers: buffers)
+    }
+
+    public func outputShape(for input: [Int]) throws -> [Int] {
+        guard input.count == 4, input.allSatisfy({ $0 > 0 }), input[1] == channels else {
+            throw CnnError.shapeMismatch(layer: typeName, expected: "[N, \(channels), H, W]", got: formatShape(input))
+        }
+        return input
+    }
+
+    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor { engine.forward(input, context: context) }
+    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor { engine.backward(gradOutput, context: context) }
+}
+
+/// Batch normalisation over [N, C] (or [N, C, L]), per channel (PyTorch's nn.BatchNorm1d),
+/// synchronized across ranks when the context has a `statisticsReducer`.
+public final class BatchNorm1d: Layer {
+    private let engine: BatchNormEngine
+    public var channels: Int { engine.channels }
+    public var eps: Float { engine.eps }
+    public var momentum: Float { engine.momentum }
+    public var affine: Bool { engine.affine }
+    public var typeName: String { "BatchNorm1d" }
+
+    /// BatchNorm over `channels` features; `affine` adds the learnable scale ("weight") and shift ("bias").
+    public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, affine: Bool = true) throws {
+        engine = try BatchNormEngine(layer: "BatchNorm1d", channels: channels, eps: eps, momentum: momentum, affine: affine)
+    }
+
+    public var parameterSpecs: [TensorSpec] { engine.parameterSpecs }
+    public var bufferSpecs: [TensorSpec] { engine.bufferSpecs }
+
+    public func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
+                     buffers: [UnsafeMutablePointer<Float>]) {
+        engine.bind(parameters: parameters, gradients: gradients, buffers: buffers)
+    }
+
+    public func outputShape(for input: [Int]) throws -> [Int] {
+        guard input.count == 2 || input.count == 3, input.allSatisfy({ $0 > 0 }), input[1] == channels else {
+            throw CnnError.shapeMismatch(layer: typeName, expected: "[N, \(channels)] or [N, \(channels), L]", got: formatShape(input))
+        }
+        return input
+    }
+
+    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor { engine.forward(input, context: context) }
+    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor { engine.backward(gradOutput, context: context) }
+}

@@ -1,0 +1,153 @@
+import CnnCore
+
+/// 2-D convolution over (N, C, H, W), as PyTorch's `nn.Conv2d` (cross-correlation),
+/// on the blocked im2col kernels of CnnCore.
+///
+/// Parameters in state_dict order: "weight" [K, C/groups, kh, kw], "bias" [K].
+/// Forward keeps a reference to its input for backward (the caller must not
+/// change it in between). The output, dL/dx and the im2col workspace are owned
+/// by the layer and reused, so a steady-state step allocates nothing.
+public final class Conv2D: Layer {
+    public let inChannels: Int
+    public let outChannels: Int
+    public let kernelSize: (height: Int, width: Int)
+    public let stride: (height: Int, width: Int)
+    public let padding: ConvPadding
+    public let dilation: (height: Int, width: Int)
+    public let groups: Int
+    public let hasBias: Bool
+    public let paddingMode: PaddingMode
+    /// Name used in error messages.
+    public let name: String
+    public var typeName: String { "Conv2d" }
+    /// Scratch memory of the kernels; `workspace.bytes` is its current size.
+    public let workspace: ConvolutionWorkspace
+
+    private var weight: UnsafeMutablePointer<Float>?
+    private var bias: UnsafeMutablePointer<Float>?
+    private var gradWeight: UnsafeMutablePointer<Float>?
+    private var gradBias: UnsafeMutablePointer<Float>?
+    private let output = Tensor(shape: [0])
+    private let gradInput = Tensor(shape: [0])
+    private var savedInput: Tensor?
+    private var cachedGeometry: Conv2DGeometry?
+
+    /// A convolution with PyTorch's arguments. Throws `CnnError.invalidArgument`
+    /// naming the layer for non-positive sizes, negative padding, or channels
+    /// not divisible by `groups`; input-dependent checks happen in `outputShape`.
+    public init(inChannels: Int, outChannels: Int, kernelSize: (Int, Int), stride: (Int, Int) = (1, 1),
+                padding: ConvPadding = .explicit(top: 0, bottom: 0, left: 0, right: 0),
+                dilation: (Int, Int) = (1, 1), groups: Int = 1, bias: Bool = true,
+                paddingMode: PaddingMode = .zeros, name: String = "Conv2d",
+                panelBudgetBytes: Int = convolutionPanelBudgetBytes) throws {
+        try Conv2DGeometry.checkHyperparameters(
+            layer: name, inChannels: inChannels, outChannels: outChannels,
+            kernelHeight: kernelSize.0, kernelWidth: kernelSize.1, strideHeight: stride.0, strideWidth: stride.1,
+            dilationHeight: dilation.0, dilationWidth: dilation.1, padding: padding, groups: groups)
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.kernelSize = kernelSize
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.hasBias = bias
+        self.paddingMode = paddingMode
+        self.name = name
+        self.workspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes)
+    }
+
+    /// `nn.Conv2d(in, out, kernel_size, stride, padding, dilation, groups, bias)` with square sizes.
+    public convenience init(_ inChannels: Int, _ outChannels: Int, kernelSize: Int, stride: Int = 1,
+                            padding: Int = 0, dilation: Int = 1, groups: Int = 1, bias: Bool = true) throws {
+        try self.init(inChannels: inChannels, outChannels: outChannels, kernelSize: (kernelSize, kernelSize),
+                      stride: (stride, stride),
+                      padding: .explicit(top: padding, bottom: padding, left: padding, right: padding),
+                      dilation: (dilation, dilation), groups: groups, bias: bias)
+    }
+
+    public var parameterSpecs: [TensorSpec] {
+        let receptive = kernelSize.height * kernelSize.width
+        let fanIn = inChannels / groups * receptive
+        // PyTorch: fan_in = weight.size(1)·receptive field, fan_out = weight.size(0)·receptive field.
+        var specs = [TensorSpec("weight", shape: [outChannels, inChannels / groups, kernelSize.height, kernelSize.width],
+                                role: .weight(fanIn: fanIn, fanOut: outChannels * receptive))]
+        if hasBias { specs.append(TensorSpec("bias", shape: [outChannels], role: .bias(fanIn: fanIn))) }
+        return specs
+    }
+
+    public func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
+                     buffers: [UnsafeMutablePointer<Float>]) {
+        weight = parameters[0]
+        gradWeight = gradients[0]
+        if hasBias { bias = parameters[1]; gradBias = gradients[1] }
+    }
+
+    /// The geometry for one input plane, validated (throws naming the layer).
+    public func geometry(height: Int, width: Int) throws -> Conv2DGeometry {
+        if let g = cachedGeometry, g.height == height, g.width == width { return g }
+        let g = try Conv2DGeometry(
+            layer: name, inChannels: inChannels, height: height, width: width, outChannels: outChannels,
+            kernelHeight: kernelSize.height, kernelWidth: kernelSize.width,
+            strideHeight: stride.height, strideWidth: stride.width,
+            dilationHeight: dilation.height, dilationWidth: dilation.width,
+            padding: padding, groups: groups, paddingMode: paddingMode)
+        cachedGeometry = g
+        return g
+    }
+
+    public func outputShape(for input: [Int]) throws -> [Int] {
+        try requireRank(input, 4, layer: name, layout: "(N, C, H, W)")
+        guard input[1] == inChannels else {
+            throw CnnError.shapeMismatch(layer: name, expected: "\(inChannels) input channels",
+                                         got: formatShape(input))
+        }
+        let g = try geometry(height: input[2], width: input[3])
+        return [input[0], outChannels, g.outHeight, g.outWidth]
+    }
+
+    public func multiplyAccumulates(for input: [Int]) -> Int {
+        guard input.count == 4, let g = try? geometry(height: input[2], width: input[3]) else { return 0 }
+        return g.multiplyAccumulates
+    }
+
+    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
+        let shape: [Int]
+        do { shape = try outputShape(for: input.shape) } catch { preconditionFailure("\(error)") }
+        savedInput = input
+        return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
+                          outputShape: shape)
+    }
+
+    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
+        return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
+                           width: x.shape[3], gradInputShape: x.shape)
+    }
+
+    // Shared with Conv1D, which runs as H = 1 and reshapes.
+
+    func runForward(_ x: UnsafeMutablePointer<Float>, batch: Int, height: Int, width: Int,
+                    outputShape: [Int]) -> Tensor {
+        guard let weight else { preconditionFailure("\(name): forward before bind") }
+        let g: Conv2DGeometry
+        do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
+        output.resize(to: outputShape)
+        convolution2DForward(input: x, weight: weight, bias: bias, output: output.data, batch: batch,
+                             geometry: g, workspace: workspace)
+        return output
+    }
+
+    func runBackward(_ dy: UnsafeMutablePointer<Float>, input x: UnsafeMutablePointer<Float>, batch: Int,
+                     height: Int, width: Int, gradInputShape: [Int]) -> Tensor {
+        guard let weight, let gradWeight else { preconditionFailure("\(name): backward before bind") }
+        let g: Conv2DGeometry
+        do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
+        convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
+                                     batch: batch, geometry: g, workspace: workspace)
+        gradInput.resize(to: gradInputShape)
+        convolution2DBackwardData(gradOutput: dy, weight: weight, gradInput: gradInput.data, batch: batch,
+                                  geometry: g, workspace: workspace)
+        return gradInput
+    }
+}

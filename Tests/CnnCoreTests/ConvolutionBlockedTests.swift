@@ -1,0 +1,177 @@
+import XCTest
+@testable import CnnCore
+
+/// The blocked im2col kernels against direct loops, on shapes where a tiny
+/// panel budget forces many blocks (blocks inside images and blocks spanning images).
+final class ConvolutionBlockedTests: XCTestCase {
+
+    /// Direct-loop reference of the padded input (independent of the kernels' tables).
+    struct Naive {
+        let g: Conv2DGeometry
+        func source(_ i: Int, _ n: Int) -> Int? {
+            if i >= 0 && i < n { return i }
+            switch g.paddingMode {
+            case .zeros: return nil
+            case .reflect: return i < 0 ? -i : (n - 1) - (i - (n - 1))
+            case .replicate: return min(max(i, 0), n - 1)
+            case .circular: return i < 0 ? i + n : i - n
+            }
+        }
+        /// Calls body(output index, input index, weight index) for every multiply-accumulate.
+        func forEachTap(batch: Int, _ body: (Int, Int, Int) -> Void) {
+            let Cg = g.groupInChannels, Kg = g.groupOutChannels
+            for n in 0..<batch { for k in 0..<g.outChannels {
+                let grp = k / Kg
+                for oy in 0..<g.outHeight { for ox in 0..<g.outWidth {
+                    let out = ((n * g.outChannels + k) * g.outHeight + oy) * g.outWidth + ox
+                    for cl in 0..<Cg { for a in 0..<g.kernelHeight { for b in 0..<g.kernelWidth {
+                        let c = grp * Cg + cl
+                        guard let y = source(oy * g.strideHeight - g.padTop + a * g.dilationHeight, g.height),
+                              let x = source(ox * g.strideWidth - g.padLeft + b * g.dilationWidth, g.width) else { continue }
+                        let xi = ((n * g.inChannels + c) * g.height + y) * g.width + x
+                        let wi = ((k * Cg + cl) * g.kernelHeight + a) * g.kernelWidth + b
+                        body(out, xi, wi)
+                    } } }
+                } }
+            } }
+        }
+    }
+
+    func random(_ count: Int, _ rng: inout SplitMix64) -> [Float] {
+        (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 }
+    }
+
+    func check(_ g: Conv2DGeometry, batch: Int, budget: Int, manyBlocks: Bool = true, file: StaticString = #filePath, line: UInt = #line) {
+        var rng = SplitMix64(seed: UInt64(g.height * 131 + g.width * 7 + batch))
+        let x = random(batch * g.inChannels * g.height * g.width, &rng)
+        let w = random(g.outChannels * g.panelRows, &rng)
+        let bias = random(g.outChannels, &rng)
+        let dy = random(batch * g.outChannels * g.outPixels, &rng)
+        var yRef = [Double](repeating: 0, count: dy.count)
+        var dxRef = [Double](repeating: 0, count: x.count)
+        var dwRef = [Double](repeating: 0, count: w.count)
+        Naive(g: g).forEachTap(batch: batch) { out, xi, wi in
+            yRef[out] += Double(x[xi]) * Double(w[wi])
+            dxRef[xi] += Double(w[wi]) * Double(dy[out])
+            dwRef[wi] += Double(dy[out]) * Double(x[xi])
+        }
+        for i in 0..<yRef.count { yRef[i] += Double(bias[i / g.outPixels % g.outChannels]) }
+        var dbRef = [Double](repeating: 0, count: g.outChannels)
+        for i in 0..<dy.count { dbRef[i / g.outPixels % g.outChannels] += Double(dy[i]) }
+
+        let ws = ConvolutionWorkspace(panelBudgetBytes: budget)
+        var y = [Float](repeating: .nan, count: dy.count)
+        var dx = [Float](repeating: .nan, count: x.count)
+        var dw = [Float](repeating: 0.5, count: w.count)   // backward-weights accumulates
+        var db = [Float](repeating: 0.5, count: g.outChannels)
+        x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+            dy.withUnsafeBufferPointer { dyp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    convolution2DForward(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!,
+                                         output: yp.baseAddress!, batch: batch, geometry: g, workspace: ws)
+                }
+                dx.withUnsafeMutableBufferPointer { dxp in
+                    convolution2DBackwardData(gradOutput: dyp.baseAddress!, weight: wp.baseAddress!,
+                                              gradInput: dxp.baseAddress!, batch: batch, geometry: g, workspace: ws)
+                }
+                dw.withUnsafeMutableBufferPointer { dwp in db.withUnsafeMutableBufferPointer { dbp in
+                    convolution2DBackwardWeights(input: xp.baseAddress!, gradOutput: dyp.baseAddress!,
+                                                 gradWeight: dwp.baseAddress!, gradBias: dbp.baseAddress!,
+                                                 batch: batch, geometry: g, workspace: ws)
+                } }
+            }
+        } } }
+        func worst(_ a: [Float], _ b: [Double], offset: Double = 0) -> Double {
+            zip(a, b).map { abs(Double($0) - offset - $1) / max(1, abs($1)) }.max() ?? 0
+        }
+        let label = "\(g.height)x\(g.width) C\(g.inChannels) K\(g.outChannels) k\(g.kernelHeight)x\(g.kernelWidth) "
+            + "s\(g.strideHeight)x\(g.strideWidth) d\(g.dilationHeight) g\(g.groups) \(g.paddingMode) N\(batch) "
+            + "P\(ws.blockPixels)"
+        if manyBlocks {
+            XCTAssertLessThan(ws.blockPixels * 2, batch * g.outPixels, "too few blocks: " + label, file: file, line: line)
+        }
+        XCTAssertLessThan(worst(y, yRef), 1e-4, "forward " + label, file: file, line: line)
+        XCTAssertLessThan(worst(dx, dxRef), 1e-4, "backward-data " + label, file: file, line: line)
+        XCTAssertLessThan(worst(dw, dwRef, offset: 0.5), 1e-4, "backward-weights " + label, file: file, line: line)
+        XCTAssertLessThan(worst(db, dbRef, offset: 0.5), 1e-4, "bias " + label, file: file, line: line)
+    }
+
+    func geometry(_ c: Int, _ h: Int, _ w: Int, _ k: Int, kernel: (Int, Int), stride: (Int, Int) = (1, 1),
+                  dilation: (Int, Int) = (1, 1), padding: ConvPadding = .valid, groups: Int = 1,
+                  mode: PaddingMode = .zeros) throws -> Conv2DGeometry {
+        try Conv2DGeometry(inChannels: c, height: h, width: w, outChannels: k, kernelHeight: kernel.0,
+                           kernelWidth: kernel.1, strideHeight: stride.0, strideWidth: stride.1,
+                           dilationHeight: dilation.0, dilationWidth: dilation.1, padding: padding,
+                           groups: groups, paddingMode: mode)
+    }
+
+    func testBlocksInsideImages() throws {
+        // 3·3·3 = 27 rows · 4 bytes → a 1 KiB budget gives P = 16 pixels; 13×11 = 143 pixels → 9 blocks per image.
+        for mode in PaddingMode.allCases {
+            check(try geometry(3, 13, 11, 5, kernel: (3, 3), padding: .explicit(top: 1, bottom: 2, left: 2, right: 1),
+                               mode: mode), batch: 2, budget: 1024)
+        }
+        check(try geometry(4, 12, 9, 6, kernel: (3, 2), stride: (2, 3), dilation: (2, 1), padding: .same, groups: 2),
+              batch: 2, budget: 512)
+    }
+
+    func testBlocksSpanningImages() throws {
+        // 8·3·3 = 72 rows → a 4.5 KiB budget gives P = 16 > 3·3 = 9 pixels per image: blocks span images.
+        for mode in PaddingMode.allCases {
+            check(try geometry(8, 5, 5, 6, kernel: (3, 3), stride: (2, 2), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1),
+                               mode: mode), batch: 5, budget: 72 * 4 * 16)
+        }
+        // Depthwise, dilated, 7×7 maps: 49 pixels, P = 64 → blocks straddle image boundaries.
+        check(try geometry(6, 7, 7, 6, kernel: (3, 3), dilation: (2, 2), padding: .same, groups: 6, mode: .reflect),
+              batch: 4, budget: 9 * 4 * 64)
+        // Default budget, several images in one block.
+        check(try geometry(16, 8, 8, 8, kernel: (3, 3), padding: .same, groups: 2), batch: 3, budget: convolutionPanelBudgetBytes,
+              manyBlocks: false)
+    }
+
+    func testPointwiseAndStridedOneByOne() throws {
+        check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
+        check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
+        check(try geometry(6, 9, 9, 4, kernel: (1, 1), stride: (2, 2)), batch: 3, budget: 256)   // resnet shortcut shape
+    }
+
+    func testWorkspaceReportsBytesAndRespectsBudget() throws {
+        let g = try geometry(64, 16, 16, 64, kernel: (3, 3), padding: .same)
+        let ws = ConvolutionWorkspace()
+        ws.prepare(for: g, batch: 8)
+        XCTAssertLessThanOrEqual(ws.blockPixels * g.panelRows * 4, convolutionPanelBudgetBytes)
+        XCTAssertGreaterThanOrEqual(ws.bytes, ws.blockPixels * g.panelRows * 4)
+        let before = ws.bytes
+        ws.prepare(for: g, batch: 8)
+        XCTAssertEqual(ws.bytes, before)
+    }
+
+    func testInvalidGeometryNamesLayerAndValue() {
+        func message(_ body: () throws -> Conv2DGeometry) -> String {
+            do { _ = try body(); return "no error" } catch { return "\(error)" }
+        }
+        let m1 = message { try Conv2DGeometry(layer: "features.3", inChannels: 6, height: 8, width: 8, outChannels: 4,
+                                             kernelHeight: 3, kernelWidth: 3, groups: 4) }
+        XCTAssertTrue(m1.contains("features.3") && m1.contains("groups = 4"), m1)
+        let m2 = message { try Conv2DGeometry(layer: "c1", inChannels: 1, height: 4, width: 4, outChannels: 1,
+                                             kernelHeight: 3, kernelWidth: 3, dilationHeight: 2, dilationWidth: 2) }
+        XCTAssertTrue(m2.contains("c1") && m2.contains("dilated 5x5") && m2.contains("4x4"), m2)
+        let m3 = message { try Conv2DGeometry(layer: "c2", inChannels: 1, height: 3, width: 3, outChannels: 1,
+                                             kernelHeight: 1, kernelWidth: 1,
+                                             padding: .explicit(top: 3, bottom: 0, left: 0, right: 0), paddingMode: .reflect) }
+        XCTAssertTrue(m3.contains("c2") && m3.contains("reflect") && m3.contains("(3, 0, 0, 0)"), m3)
+        let m4 = message { try Conv2DGeometry(layer: "c3", inChannels: 1, height: 3, width: 3, outChannels: 1,
+                                             kernelHeight: 0, kernelWidth: 3) }
+        XCTAssertTrue(m4.contains("c3") && m4.contains("kernel_size = 0x3"), m4)
+        let m5 = message { try Conv2DGeometry(layer: "c4", inChannels: 1, height: 3, width: 3, outChannels: 1,
+                                             kernelHeight: 1, kernelWidth: 1,
+                                             padding: .explicit(top: 0, bottom: 0, left: 4, right: 0), paddingMode: .circular) }
+        XCTAssertTrue(m5.contains("c4") && m5.contains("circular"), m5)
+        let m6 = message { try Conv2DGeometry(layer: "c5", inChannels: 2, height: 3, width: 3, outChannels: 2,
+                                             kernelHeight: 1, kernelWidth: 1, strideHeight: 0) }
+        XCTAssertTrue(m6.contains("c5") && m6.contains("stride = 0x1"), m6)
+        let m7 = message { try Conv2DGeometry(layer: "c6", inChannels: 2, height: 3, width: 3, outChannels: 2,
+                                             kernelHeight: 1, kernelWidth: 1, padding: .explicit(top: -1, bottom: 0, left: 0, right: 0)) }
+        XCTAssertTrue(m7.contains("c6") && m7.contains("padding = (-1, 0, 0, 0)"), m7)
+    }
+}
