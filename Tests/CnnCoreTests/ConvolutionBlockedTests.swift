@@ -1,5 +1,5 @@
 import XCTest
-@testable import CnnCore
+import CnnCore
 
 /// The blocked im2col kernels against direct loops, on shapes where a tiny
 /// panel budget forces many blocks (blocks inside images and blocks spanning images).

@@ -1,5 +1,5 @@
 import XCTest
-@testable import CnnCore
+import CnnCore
 
 /// Runs the blocked forward kernel on one (N, C, H, W) input.
 func runConvolution(_ x: [Float], batch: Int = 1, weight: [Float], bias: [Float]? = nil,

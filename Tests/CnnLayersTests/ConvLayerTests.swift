@@ -1,6 +1,6 @@
 import XCTest
 import CnnCore
-@testable import CnnLayers
+import CnnLayers
 
 /// Conv2D / Conv1D as layers: finite-difference gradients over the option
 /// space, parameter specs, shapes, and argument errors.
