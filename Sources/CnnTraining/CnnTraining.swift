@@ -1,2 +1,0 @@
-// CnnTraining: see README for the architecture.
-import CnnCore

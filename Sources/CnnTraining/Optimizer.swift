@@ -1,0 +1,194 @@
+import CnnCore
+import CnnLayers
+
+// Optimizers update one flat parameter buffer from one flat gradient buffer
+// (the `ParameterStore` layout). Their state mirrors that buffer, so each
+// update is one flat loop and a checkpoint stores each state buffer as raw
+// floats under its PyTorch state name ("momentum_buffer", "exp_avg", ...).
+//
+// The learning rate is passed to every `step`: it comes from a
+// `LearningRateSchedule`, a pure function of the global step.
+
+/// A first-order optimizer over a flat parameter buffer.
+///
+/// Update rules follow `torch.optim` exactly (single-tensor CPU path); each
+/// conforming type states its rule in its doc comment. State buffers are
+/// allocated at the first `step` (or by `loadState`) with the parameter count.
+public protocol Optimizer: AnyObject {
+    /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop".
+    var name: String { get }
+    /// The hyper-parameters by their PyTorch names, for checkpoint headers and logs.
+    var hyperParameters: [(name: String, value: Double)] { get }
+    /// Steps taken so far (PyTorch's `state["step"]`); 0 before the first step.
+    var stepCount: Int { get }
+    /// Which elements weight decay applies to; all of them by default, as in PyTorch.
+    var weightDecayMask: WeightDecayMask { get set }
+
+    /// Updates `parameters[0..<count]` from `gradients[0..<count]` with the
+    /// given learning rate (≥ 0; a schedule may reach 0) and counts one step.
+    func step(parameters: UnsafeMutablePointer<Float>, gradients: UnsafePointer<Float>, count: Int,
+              learningRate: Float)
+
+    /// The state buffers by name, in a fixed order, each `count` elements;
+    /// empty before the first step or for stateless settings (plain SGD).
+    /// The tensors are the optimizer's own storage: write them, don't keep them.
+    var stateTensors: [(name: String, tensor: Tensor)] { get }
+
+    /// Restores the step counter and state buffers saved from `stepCount` and
+    /// `stateTensors` of an optimizer of the same kind and settings, so the
+    /// next step is bitwise the step the saved optimizer would have taken.
+    /// Throws `CnnError.invalidCheckpoint` if names or sizes do not match.
+    func loadState(stepCount: Int, tensors: [(name: String, tensor: Tensor)]) throws
+}
+
+extension Optimizer {
+    /// Updates the store's parameters from its gradients.
+    public func step(_ store: ParameterStore, learningRate: Float) {
+        step(parameters: store.parameters.data, gradients: UnsafePointer(store.gradients.data),
+             count: store.parameterCount, learningRate: learningRate)
+    }
+
+    /// Sets the weight-decay mask from the store's entry table: all
+    /// parameters, or (with `excludeBiasAndNormalization`) weights of
+    /// convolutions and linear layers only.
+    public func configureWeightDecay(for store: ParameterStore, excludeBiasAndNormalization: Bool) {
+        weightDecayMask = excludeBiasAndNormalization
+            ? WeightDecayMask(entries: store.parameterEntries, excludeBiasAndNormalization: true)
+            : .all
+    }
+}
+
+/// Which elements of the flat parameter buffer receive weight decay.
+///
+/// PyTorch decays every parameter unless parameter groups say otherwise; the
+/// common alternative (Goyal et al. 2017, "no bias decay") exempts biases and
+/// BatchNorm scale/shift. The mask is a sorted list of exempt ranges, so the
+/// optimizer runs one flat loop per contiguous segment.
+public struct WeightDecayMask: Equatable, Sendable {
+    /// Sorted, disjoint, non-adjacent ranges of elements exempt from weight decay.
+    public private(set) var excluded: [Range<Int>]
+
+    /// Decay applies to every element (PyTorch's default).
+    public static let all = WeightDecayMask(excluded: [])
+
+    /// Exempts the given ranges (sorted and merged here).
+    public init(excluded ranges: [Range<Int>]) {
+        var merged: [Range<Int>] = []
+        for r in ranges.filter({ !$0.isEmpty }).sorted(by: { $0.lowerBound < $1.lowerBound }) {
+            if let last = merged.last, r.lowerBound <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound ..< Swift.max(last.upperBound, r.upperBound)
+            } else {
+                merged.append(r)
+            }
+        }
+        excluded = merged
+    }
+
+    /// From the entry table: with `excludeBiasAndNormalization`, every entry
+    /// whose role is not `.weight` (biases, BatchNorm scale and shift) is exempt.
+    public init(entries: [ParameterEntry], excludeBiasAndNormalization: Bool) {
+        guard excludeBiasAndNormalization else { self.init(excluded: []); return }
+        let exempt = entries.filter { entry in
+            if case .weight = entry.role { return false }
+            return true
+        }
+        self.init(excluded: exempt.map { $0.offset ..< $0.offset + $0.count })
+    }
+
+    /// Splits `0..<count` into contiguous segments with and without decay.
+    func segments(count: Int) -> [(range: Range<Int>, decay: Bool)] {
+        var result: [(range: Range<Int>, decay: Bool)] = []
+        var start = 0
+        for r in excluded where r.lowerBound < count {
+            if start < r.lowerBound { result.append((start ..< r.lowerBound, true)) }
+            let end = Swift.min(r.upperBound, count)
+            result.append((Swift.max(start, r.lowerBound) ..< end, false))
+            start = end
+        }
+        if start < count { result.append((start ..< count, true)) }
+        return result
+    }
+}
+
+// MARK: - Shared helpers
+
+/// Named state buffers of one optimizer, allocated lazily with the parameter count.
+final class OptimizerStateBuffers {
+    let names: [String]
+    private(set) var tensors: [Tensor] = []
+
+    init(names: [String]) { self.names = names }
+
+    /// Zero-filled buffers of `count` elements, allocated on first use.
+    func ensure(count: Int, optimizer: String) {
+        if tensors.isEmpty {
+            tensors = names.map { _ in Tensor(shape: [count]) }
+        } else {
+            precondition(tensors[0].count == count,
+                         "\(optimizer): state has \(tensors[0].count) elements but step was given \(count)")
+        }
+    }
+
+    var named: [(name: String, tensor: Tensor)] {
+        tensors.isEmpty ? [] : zip(names, tensors).map { ($0, $1) }
+    }
+
+    /// Copies saved buffers in; an empty list restores "no state yet".
+    func load(_ saved: [(name: String, tensor: Tensor)], optimizer: String) throws {
+        if saved.isEmpty { tensors = []; return }
+        let savedNames = saved.map(\.name)
+        guard savedNames == names else {
+            throw CnnError.invalidCheckpoint(
+                file: "optimizer state",
+                reason: "\(optimizer) expects state [\(names.joined(separator: ", "))], found [\(savedNames.joined(separator: ", "))]")
+        }
+        let count = saved[0].tensor.count
+        guard saved.allSatisfy({ $0.tensor.count == count }) else {
+            throw CnnError.invalidCheckpoint(file: "optimizer state",
+                                             reason: "\(optimizer) state buffers differ in size")
+        }
+        tensors = saved.map { s in
+            let t = Tensor(shape: [count])
+            t.data.update(from: s.tensor.data, count: count)
+            return t
+        }
+    }
+}
+
+/// Throws `invalidConfig` unless `value` is finite and in `range`.
+func checkHyperParameter(_ field: String, _ value: Float, in range: Range<Float>, allowed: String) throws {
+    guard value.isFinite, range.contains(value) else {
+        throw CnnError.invalidConfig(field: field, value: "\(value)", allowed: allowed)
+    }
+}
+
+/// Throws `invalidConfig` unless `value` is finite and in `range`.
+func checkHyperParameter(_ field: String, _ value: Float, in range: ClosedRange<Float>, allowed: String) throws {
+    guard value.isFinite, range.contains(value) else {
+        throw CnnError.invalidConfig(field: field, value: "\(value)", allowed: allowed)
+    }
+}
+
+/// Shared checks: momentum in [0, 1), weight decay ≥ 0, eps > 0, beta in [0, 1).
+enum HyperParameterCheck {
+    static func momentum(_ v: Float, field: String = "momentum") throws {
+        try checkHyperParameter(field, v, in: 0 ..< 1, allowed: "0 <= \(field) < 1")
+    }
+    static func weightDecay(_ v: Float) throws {
+        try checkHyperParameter("weight_decay", v, in: 0 ... Float.greatestFiniteMagnitude,
+                                allowed: "weight_decay >= 0")
+    }
+    static func eps(_ v: Float) throws {
+        guard v.isFinite, v > 0 else { throw CnnError.invalidConfig(field: "eps", value: "\(v)", allowed: "eps > 0") }
+    }
+    static func beta(_ v: Float, field: String) throws {
+        try checkHyperParameter(field, v, in: 0 ..< 1, allowed: "0 <= \(field) < 1")
+    }
+}
+
+/// Checks a learning rate given in a configuration: finite and > 0.
+public func validateLearningRate(_ lr: Float, field: String = "lr") throws {
+    guard lr.isFinite, lr > 0 else {
+        throw CnnError.invalidConfig(field: field, value: "\(lr)", allowed: "\(field) > 0")
+    }
+}
