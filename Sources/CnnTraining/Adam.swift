@@ -54,8 +54,8 @@ public class Adam: Optimizer {
     public var name: String { decoupledWeightDecay ? "adamw" : "adam" }
 
     public var hyperParameters: [(name: String, value: Double)] {
-        [("beta1", Double(beta1)), ("beta2", Double(beta2)), ("eps", Double(eps)),
-         ("weight_decay", Double(weightDecay))]
+        [("beta1", decimal(beta1)), ("beta2", decimal(beta2)), ("eps", decimal(eps)),
+         ("weight_decay", decimal(weightDecay))]
     }
 
     public var stateTensors: [(name: String, tensor: Tensor)] { state.named }
@@ -77,7 +77,7 @@ public class Adam: Optimizer {
         state.ensure(count: count, optimizer: name)
         let m = state.tensors[0].data, v = state.tensors[1].data
         let t = Double(stepCount + 1)
-        let b1 = Double(beta1), b2 = Double(beta2)
+        let b1 = decimal(beta1), b2 = decimal(beta2)
         let biasCorrection1 = 1 - pow(b1, t)
         let biasCorrection2Sqrt = (1 - pow(b2, t)).squareRoot()
         let stepSize = Float(Double(lr) / biasCorrection1)
@@ -86,19 +86,20 @@ public class Adam: Optimizer {
         let beta2 = self.beta2, eps = self.eps, decoupled = decoupledWeightDecay
         for segment in weightDecayMask.segments(count: count) {
             let wd = segment.decay ? weightDecay : 0
-            let shrink = Float(1 - Double(lr) * Double(wd))
-            for i in segment.range {
-                var g = grad[i]
-                var pi = p[i]
+            let shrink = Float(1 - Double(lr) * decimal(wd))
+            forEachChunk(segment.range) { i, n in
+                var g = loadLanes(grad, i, n)
+                var pi = loadLanes(p, i, n)
                 if wd != 0 {
                     if decoupled { pi = pi * shrink } else { g = g + wd * pi }
                 }
-                let mi = m[i] + oneMinusBeta1 * (g - m[i])
-                let vi = v[i] * beta2 + oneMinusBeta2 * g * g
-                m[i] = mi
-                v[i] = vi
+                let mOld = loadLanes(m, i, n)
+                let mi = mOld + oneMinusBeta1 * (g - mOld)
+                let vi = loadLanes(v, i, n) * beta2 + oneMinusBeta2 * g * g
+                storeLanes(mi, m, i, n)
+                storeLanes(vi, v, i, n)
                 let denom = vi.squareRoot() / bc2 + eps
-                p[i] = pi + -stepSize * mi / denom   // torch addcdiv: p + value·m / d
+                storeLanes(pi + -stepSize * mi / denom, p, i, n)   // torch addcdiv: p + value·m / d
             }
         }
         stepCount += 1

@@ -75,17 +75,26 @@ public func clipGradientNorm(_ gradients: UnsafeMutablePointer<Float>, count: In
 }
 
 /// The offset of the first NaN or infinity in `values[0..<count]`, or nil
-/// if all are finite. Map the offset to a tensor name with the store's
+/// if all are finite. (`globalL2Norm` is non-finite exactly when some value
+/// is, since squares of finite Floats cannot overflow a Double sum; so a
+/// trainer that clips can call this only when the norm is not finite.) Map the offset to a tensor name with the store's
 /// `parameterEntries` (offset ..< offset + count).
 public func firstNonFinite(_ values: UnsafePointer<Float>, count: Int) -> Int? {
-    // Fast pass per block: x·0 is 0 for finite x and NaN for NaN or ±∞.
+    // Fast pass per block: x·0 is ±0 for finite x and NaN for NaN or ±∞,
+    // so a block's sum of x·0 is NaN exactly when the block holds one.
     let block = 1024
     var start = 0
     while start < count {
         let end = Swift.min(start + block, count)
-        var probe: Float = 0
-        for i in start..<end { probe += values[i] * 0 }
-        if probe != 0 || probe.isNaN {
+        var probe = FloatVector()
+        var i = start
+        while i + FloatVector.scalarCount <= end {
+            probe += UnsafeRawPointer(values + i).loadUnaligned(as: FloatVector.self) * 0
+            i += FloatVector.scalarCount
+        }
+        var tail: Float = 0
+        while i < end { tail += values[i] * 0; i += 1 }
+        if (probe.sum() + tail).isNaN {
             for i in start..<end where !values[i].isFinite { return i }
         }
         start = end

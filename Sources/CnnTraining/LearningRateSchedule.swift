@@ -14,9 +14,10 @@ import Foundation
 /// multiplies whichever decay is chosen (PyTorch's
 /// `ChainedScheduler([LinearLR(...), main])`).
 ///
-/// Epoch-based decays (`step`, `multiStep`, and `cosine`/`oneCycle` with a
-/// length in epochs for cosine) change at epoch boundaries, epoch =
-/// ⌊step / stepsPerEpoch⌋, as a PyTorch scheduler stepped once per epoch.
+/// `step`, `multiStep` and `cosine` with a length in epochs change at epoch
+/// boundaries, epoch = ⌊step / stepsPerEpoch⌋, as a PyTorch scheduler
+/// stepped once per epoch; `cosine` with a length in steps, `oneCycle` and the
+/// warm-up change every step, as PyTorch schedulers stepped once per batch.
 public struct LearningRateSchedule: Equatable, Sendable {
     /// A duration in optimizer steps or in epochs.
     public enum Length: Equatable, Sendable {

@@ -1,5 +1,6 @@
 import CnnCore
 import CnnLayers
+import Foundation
 
 // Optimizers update one flat parameter buffer from one flat gradient buffer
 // (the `ParameterStore` layout). Their state mirrors that buffer, so each
@@ -191,4 +192,103 @@ public func validateLearningRate(_ lr: Float, field: String = "lr") throws {
     guard lr.isFinite, lr > 0 else {
         throw CnnError.invalidConfig(field: field, value: "\(lr)", allowed: "\(field) > 0")
     }
+}
+
+// MARK: - Eight-lane loop
+
+/// The vector the update loops work in: 8 floats, one AVX register.
+typealias FloatVector = SIMD8<Float>
+
+/// Loads `n` (1...8) floats at `p + i`; missing lanes are zero.
+@inline(__always)
+func loadLanes(_ p: UnsafePointer<Float>, _ i: Int, _ n: Int) -> FloatVector {
+    if n == FloatVector.scalarCount { return UnsafeRawPointer(p + i).loadUnaligned(as: FloatVector.self) }
+    var v = FloatVector()
+    for k in 0..<n { v[k] = p[i + k] }
+    return v
+}
+
+/// Loads `n` (1...8) floats at `p + i`; missing lanes are zero.
+@inline(__always)
+func loadLanes(_ p: UnsafeMutablePointer<Float>, _ i: Int, _ n: Int) -> FloatVector {
+    loadLanes(UnsafePointer(p), i, n)
+}
+
+/// Stores the first `n` (1...8) lanes of `v` at `p + i`.
+@inline(__always)
+func storeLanes(_ v: FloatVector, _ p: UnsafeMutablePointer<Float>, _ i: Int, _ n: Int) {
+    if n == FloatVector.scalarCount { UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: FloatVector.self); return }
+    for k in 0..<n { p[i + k] = v[k] }
+}
+
+/// Calls `body(i, n)` for consecutive chunks of `range`, eight elements at a
+/// time and a shorter last chunk. The update formula is written once, on
+/// vectors; every lane computes exactly what scalar code would (no fused
+/// multiply-add), so results do not depend on where a chunk boundary falls.
+@inline(__always)
+func forEachChunk(_ range: Range<Int>, _ body: (_ i: Int, _ n: Int) -> Void) {
+    var i = range.lowerBound
+    let end = range.upperBound
+    while i + FloatVector.scalarCount <= end {
+        body(i, FloatVector.scalarCount)
+        i += FloatVector.scalarCount
+    }
+    if i < end { body(i, end - i) }
+}
+
+/// A Float hyper-parameter as the decimal it was written as (0.9, not 0.8999999762).
+func decimal(_ v: Float) -> Double { Double("\(v)") ?? Double(v) }
+
+// MARK: - Construction from a configuration
+
+/// Builds an optimizer from its name and string options (a config section),
+/// with PyTorch's parameter names and defaults:
+/// - `sgd`: `momentum` [0], `dampening` [0], `nesterov` [false], `weight_decay` [0]
+/// - `adam`: `beta1` [0.9], `beta2` [0.999], `eps` [1e-8], `weight_decay` [0]
+/// - `adamw`: as adam, `weight_decay` [0.01]
+/// - `rmsprop`: `alpha` [0.99], `eps` [1e-8], `momentum` [0], `centered` [false], `weight_decay` [0]
+///
+/// Throws `CnnError.invalidConfig` for an unknown name or key, an unreadable
+/// value, or a value out of range.
+public func makeOptimizer(name: String, options: [String: String] = [:]) throws -> Optimizer {
+    var used: Set<String> = []
+    func float(_ key: String, _ defaultValue: Float) throws -> Float {
+        guard let s = options[key] else { return defaultValue }
+        used.insert(key)
+        guard let v = Float(s.trimmingCharacters(in: .whitespaces)) else {
+            throw CnnError.invalidConfig(field: "optimizer.\(key)", value: "'\(s)'", allowed: "a number")
+        }
+        return v
+    }
+    func bool(_ key: String) throws -> Bool {
+        guard let s = options[key] else { return false }
+        used.insert(key)
+        switch s.trimmingCharacters(in: .whitespaces).lowercased() {
+        case "true", "yes", "1": return true
+        case "false", "no", "0": return false
+        default: throw CnnError.invalidConfig(field: "optimizer.\(key)", value: "'\(s)'", allowed: "true or false")
+        }
+    }
+    let optimizer: Optimizer
+    switch name.lowercased() {
+    case "sgd":
+        optimizer = try SGD(momentum: float("momentum", 0), dampening: float("dampening", 0),
+                            nesterov: bool("nesterov"), weightDecay: float("weight_decay", 0))
+    case "adam":
+        optimizer = try Adam(beta1: float("beta1", 0.9), beta2: float("beta2", 0.999), eps: float("eps", 1e-8),
+                             weightDecay: float("weight_decay", 0))
+    case "adamw":
+        optimizer = try AdamW(beta1: float("beta1", 0.9), beta2: float("beta2", 0.999), eps: float("eps", 1e-8),
+                              weightDecay: float("weight_decay", 0.01))
+    case "rmsprop":
+        optimizer = try RMSProp(alpha: float("alpha", 0.99), eps: float("eps", 1e-8), momentum: float("momentum", 0),
+                                centered: bool("centered"), weightDecay: float("weight_decay", 0))
+    default:
+        throw CnnError.invalidConfig(field: "optimizer", value: "'\(name)'", allowed: "sgd, adam, adamw, rmsprop")
+    }
+    if let unknown = options.keys.sorted().first(where: { !used.contains($0) }) {
+        throw CnnError.invalidConfig(field: "optimizer.\(unknown)", value: "'\(options[unknown]!)'",
+                                     allowed: "a parameter of \(name)")
+    }
+    return optimizer
 }

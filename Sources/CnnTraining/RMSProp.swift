@@ -62,8 +62,8 @@ public final class RMSProp: Optimizer {
     public var name: String { "rmsprop" }
 
     public var hyperParameters: [(name: String, value: Double)] {
-        [("alpha", Double(alpha)), ("eps", Double(eps)), ("momentum", Double(momentum)),
-         ("centered", centered ? 1 : 0), ("weight_decay", Double(weightDecay))]
+        [("alpha", decimal(alpha)), ("eps", decimal(eps)), ("momentum", decimal(momentum)),
+         ("centered", centered ? 1 : 0), ("weight_decay", decimal(weightDecay))]
     }
 
     public var stateTensors: [(name: String, tensor: Tensor)] { state.named }
@@ -85,28 +85,29 @@ public final class RMSProp: Optimizer {
         let s = state.tensors[0].data
         let b: UnsafeMutablePointer<Float>? = momentum > 0 ? state.tensors[1].data : nil
         let a: UnsafeMutablePointer<Float>? = centered ? state.tensors[momentum > 0 ? 2 : 1].data : nil
-        let alpha = self.alpha, oneMinusAlpha = 1 - alpha, eps = self.eps, mu = momentum
+        let alpha = self.alpha, oneMinusAlpha = Float(1 - decimal(alpha)), eps = self.eps, mu = momentum
         for segment in weightDecayMask.segments(count: count) {
             let wd = segment.decay ? weightDecay : 0
-            for i in segment.range {
-                var g = grad[i]
-                if wd != 0 { g = g + wd * p[i] }
-                let si = s[i] * alpha + oneMinusAlpha * g * g
-                s[i] = si
-                let d: Float
+            forEachChunk(segment.range) { i, n in
+                var g = loadLanes(grad, i, n)
+                if wd != 0 { g = g + wd * loadLanes(p, i, n) }
+                let si = loadLanes(s, i, n) * alpha + oneMinusAlpha * g * g
+                storeLanes(si, s, i, n)
+                let d: FloatVector
                 if let a = a {
-                    let ai = a[i] + oneMinusAlpha * (g - a[i])
-                    a[i] = ai
+                    let aOld = loadLanes(a, i, n)
+                    let ai = aOld + oneMinusAlpha * (g - aOld)
+                    storeLanes(ai, a, i, n)
                     d = (si + -1 * ai * ai).squareRoot() + eps
                 } else {
                     d = si.squareRoot() + eps
                 }
                 if let b = b {
-                    let bi = b[i] * mu + g / d
-                    b[i] = bi
-                    p[i] = p[i] + -lr * bi
+                    let bi = loadLanes(b, i, n) * mu + g / d
+                    storeLanes(bi, b, i, n)
+                    storeLanes(loadLanes(p, i, n) + -lr * bi, p, i, n)
                 } else {
-                    p[i] = p[i] + -lr * g / d
+                    storeLanes(loadLanes(p, i, n) + -lr * g / d, p, i, n)
                 }
             }
         }

@@ -49,8 +49,8 @@ public final class SGD: Optimizer {
     public var name: String { "sgd" }
 
     public var hyperParameters: [(name: String, value: Double)] {
-        [("momentum", Double(momentum)), ("dampening", Double(dampening)),
-         ("nesterov", nesterov ? 1 : 0), ("weight_decay", Double(weightDecay))]
+        [("momentum", decimal(momentum)), ("dampening", decimal(dampening)),
+         ("nesterov", nesterov ? 1 : 0), ("weight_decay", decimal(weightDecay))]
     }
 
     public var stateTensors: [(name: String, tensor: Tensor)] { momentum != 0 ? state.named : [] }
@@ -74,7 +74,7 @@ public final class SGD: Optimizer {
 
     public func step(parameters p: UnsafeMutablePointer<Float>, gradients grad: UnsafePointer<Float>, count: Int,
                      learningRate lr: Float) {
-        let mu = momentum, damp = 1 - dampening
+        let mu = momentum, damp = Float(1 - decimal(dampening))
         var buf: UnsafeMutablePointer<Float>? = nil
         // PyTorch: the buffer is created as a copy of g at the first step.
         var firstMomentumStep = false
@@ -83,17 +83,18 @@ public final class SGD: Optimizer {
             state.ensure(count: count, optimizer: name)
             buf = state.tensors[0].data
         }
+        let nesterov = self.nesterov
         for segment in weightDecayMask.segments(count: count) {
             let wd = segment.decay ? weightDecay : 0
-            for i in segment.range {
-                var g = grad[i]
-                if wd != 0 { g = g + wd * p[i] }
+            forEachChunk(segment.range) { i, n in
+                var g = loadLanes(grad, i, n)
+                if wd != 0 { g = g + wd * loadLanes(p, i, n) }
                 if let b = buf {
-                    let bi = firstMomentumStep ? g : mu * b[i] + damp * g
-                    b[i] = bi
+                    let bi = firstMomentumStep ? g : mu * loadLanes(b, i, n) + damp * g
+                    storeLanes(bi, b, i, n)
                     g = nesterov ? g + mu * bi : bi
                 }
-                p[i] = p[i] - lr * g
+                storeLanes(loadLanes(p, i, n) - lr * g, p, i, n)
             }
         }
         stepCount += 1

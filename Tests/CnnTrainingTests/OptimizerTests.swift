@@ -219,6 +219,47 @@ final class OptimizerTests: XCTestCase {
         XCTAssertNoThrow(try SGD(momentum: 0.9, nesterov: true, weightDecay: 5e-4))
     }
 
+    // MARK: Construction from a configuration
+
+    func testMakeOptimizer() throws {
+        let sgd = try XCTUnwrap(try makeOptimizer(name: "SGD", options: ["momentum": "0.9", "nesterov": "true",
+                                                                         "weight_decay": "5e-4"]) as? SGD)
+        XCTAssertEqual(sgd.momentum, 0.9)
+        XCTAssertTrue(sgd.nesterov)
+        XCTAssertEqual(sgd.weightDecay, 5e-4)
+        XCTAssertEqual(sgd.hyperParameters.map(\.value), [0.9, 0, 1, 0.0005])
+        XCTAssertEqual(try makeOptimizer(name: "adamw").name, "adamw")
+        XCTAssertEqual((try makeOptimizer(name: "adamw") as? AdamW)?.weightDecay, 0.01)
+        XCTAssertEqual((try makeOptimizer(name: "rmsprop", options: ["centered": "yes"]) as? RMSProp)?.centered, true)
+        assertInvalidConfig(field: "optimizer") { _ = try makeOptimizer(name: "lamb") }
+        assertInvalidConfig(field: "optimizer.betas") { _ = try makeOptimizer(name: "adam", options: ["betas": "0.9"]) }
+        assertInvalidConfig(field: "optimizer.momentum") { _ = try makeOptimizer(name: "sgd", options: ["momentum": "x"]) }
+        assertInvalidConfig(field: "momentum") { _ = try makeOptimizer(name: "sgd", options: ["momentum": "1.2"]) }
+    }
+
+    // MARK: Eight-lane loop
+
+    /// Every element must get the same update whether it falls in an
+    /// eight-wide chunk or in the short tail.
+    func testChunkedAndTailUpdatesAgreeBitwise() throws {
+        let makers: [() throws -> Optimizer] = [
+            { try SGD(momentum: 0.9, nesterov: true, weightDecay: 1e-2) },
+            { try Adam(weightDecay: 1e-2) }, { try AdamW() },
+            { try RMSProp(momentum: 0.9, centered: true, weightDecay: 1e-2) },
+        ]
+        let n = 19
+        let grads = (0..<3).map { s in (0..<n).map { Float(sin(Double($0 * 5 + s * 11))) } }
+        for make in makers {
+            var whole = (0..<n).map { Float(cos(Double($0) * 0.7)) }
+            stepAll(try make(), &whole, gradients: grads, lr: 0.01)
+            for k in 0..<n {
+                var single = [Float(cos(Double(k) * 0.7))]
+                stepAll(try make(), &single, gradients: grads.map { [$0[k]] }, lr: 0.01)
+                XCTAssertEqual(single[0].bitPattern, whole[k].bitPattern, "element \(k)")
+            }
+        }
+    }
+
     // MARK: Checkpoint state
 
     /// Steps an optimizer 3 times, saves, continues 2 steps; a fresh optimizer
