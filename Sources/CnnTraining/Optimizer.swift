@@ -12,9 +12,14 @@ import Foundation
 
 /// A first-order optimizer over a flat parameter buffer.
 ///
-/// Update rules follow `torch.optim` exactly (single-tensor CPU path); each
-/// conforming type states its rule in its doc comment. State buffers are
-/// allocated at the first `step` (or by `loadState`) with the parameter count.
+/// Update rules follow `torch.optim` exactly (single-tensor path, same
+/// operation order, scalars such as 1 − β derived in Double from the decimal
+/// hyper-parameter as Python does); each conforming type states its rule in
+/// its doc comment. Results agree with PyTorch to rounding (its vectorized
+/// CPU kernels may fuse multiply-adds; ours never do), and bitwise with
+/// themselves across checkpoint resume and any split into chunks. State
+/// buffers are allocated at the first `step` (or by `loadState`) with the
+/// parameter count.
 public protocol Optimizer: AnyObject {
     /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop".
     var name: String { get }
