@@ -5,12 +5,15 @@
 // augmented images.
 //
 // Geometry. For an image of H×W and parameters (flip, shiftY, shiftX):
-//   output(c, y, x) = input(c, y + shiftY, x' + shiftX),  x' = flip ? W−1−x : x
-// and positions outside the input read a black pixel (value 0 before
-// normalisation, i.e. (0 − mean[c]) / std[c] after it). This matches the
-// usual order "pad with zeros, random-crop, flip, then normalise" (e.g.
-// torchvision RandomCrop(padding: p) → RandomHorizontalFlip → Normalize):
-// the padding is black, not the dataset mean.
+//   output(c, y, x) = flipped(c, y + shiftY, x + shiftX)
+//   flipped(c, y, x) = flip ? input(c, y, W−1−x) : input(c, y, x)
+// i.e. mirror first, then shift (crop) the mirrored image. Positions outside
+// the image read a black pixel: value 0 before normalisation, so
+// (0 − mean[c]) / std[c] after it. That is the usual pipeline "pad with
+// zeros, random-crop, flip, then normalise" (torchvision RandomCrop(padding: p)
+// → RandomHorizontalFlip → Normalize): the padding is black, not the dataset
+// mean. (Shifts are symmetric, so mirroring before or after the crop gives
+// the same distribution of images.)
 //   Random crop with padding p: pad p pixels on every side, crop H×W back at
 //     a uniform position — the same as a uniform shift in −p…p on each axis.
 //   Random translation by up to ±t: a uniform shift in −t…t on each axis.
@@ -58,9 +61,9 @@ public struct Augmentation: Equatable, Sendable, Codable {
 public struct AugmentationParameters: Equatable, Sendable {
     /// Mirror left–right (applied before the shift).
     public var flip: Bool
-    /// Output row y reads input row y + shiftY.
+    /// Output row y reads row y + shiftY of the (mirrored) image.
     public var shiftY: Int
-    /// Output column x reads input column x' + shiftX (x' after the flip).
+    /// Output column x reads column x + shiftX of the (mirrored) image.
     public var shiftX: Int
 
     /// Parameters as given.
@@ -84,8 +87,9 @@ public struct AugmentationParameters: Equatable, Sendable {
                 let sy = y + shiftY
                 guard sy >= 0 && sy < height else { continue }
                 for x in 0..<width {
-                    let sx = (flip ? width - 1 - x : x) + shiftX
-                    guard sx >= 0 && sx < width else { continue }
+                    let mx = x + shiftX
+                    guard mx >= 0 && mx < width else { continue }
+                    let sx = flip ? width - 1 - mx : mx
                     out[(c * height + y) * width + x] = image[base + (c * height + sy) * width + sx]
                 }
             }

@@ -68,8 +68,8 @@ public struct BatchAssembler: Sendable {
                             }
                             let row = src + ch * plane + sy * w
                             for x in 0..<w {
-                                let sx = (p.flip ? w - 1 - x : x) + p.shiftX
-                                d[x] = sx >= 0 && sx < w ? t[Int(row[sx])] : black
+                                let mx = x + p.shiftX
+                                d[x] = mx >= 0 && mx < w ? t[Int(row[p.flip ? w - 1 - mx : mx])] : black
                             }
                         }
                     }
