@@ -88,7 +88,7 @@ extension ImageDataset {
     public func writeCIFAR10Batch(path: String, compressed: Bool = false) throws {
         precondition(channels == 3 && height == 32 && width == 32,
                      "CIFAR-10 records are 3x32x32, not \(channels)x\(height)x\(width)")
-        precondition(classCount <= 256, "CIFAR-10 labels are bytes; classCount \(classCount) does not fit")
+        precondition(labels.allSatisfy { $0 < 256 }, "CIFAR-10 labels are bytes; a label of \(name) does not fit")
         try FileBytes.write(maybeCompress(cifar10Bytes(), compressed), to: path)
     }
 

@@ -22,7 +22,10 @@ extension ImageDataset {
 
     /// Loads a Fashion-MNIST (or MNIST) split from `directory`, which must hold
     /// `train-images-idx3-ubyte` and `train-labels-idx1-ubyte` (train) or the
-    /// `t10k-` pair (test), each either raw or gzipped (`.gz`).
+    /// `t10k-` pair (test), each either raw or gzipped (`.gz`); the dotted
+    /// spelling `train-images.idx3-ubyte` is accepted too. MNIST has the same
+    /// files and format, so this loads MNIST as well (the name is taken from
+    /// the directory).
     ///
     /// Throws `CnnError.io` naming the directory and the missing file, or any
     /// error of `loadIDX`.
@@ -42,8 +45,10 @@ extension ImageDataset {
             throw CnnError.io(file: directory, reason: "dataset directory does not exist")
         }
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        for candidate in ["\(dir)/\(stem)", "\(dir)/\(stem).gz"] where FileBytes.exists(candidate) {
-            return candidate
+        // The usual names, then the dotted spelling some unpackers produce (train-images.idx3-ubyte).
+        let dotted = stem.replacingFirst("-idx", with: ".idx")
+        for name in [stem, "\(stem).gz", dotted, "\(dotted).gz"] where FileBytes.exists("\(dir)/\(name)") {
+            return "\(dir)/\(name)"
         }
         throw CnnError.io(file: directory, reason: "missing \(stem) (or \(stem).gz) in dataset directory \(directory)")
     }
@@ -55,7 +60,7 @@ extension ImageDataset {
     /// the same number of items, and that every label is in `0..<classCount`.
     /// Every error is a `CnnError.invalidData` naming the offending file.
     public static func loadIDX(imagesPath: String, labelsPath: String, classCount: Int = 10) throws -> ImageDataset {
-        precondition(classCount > 0 && classCount <= 256, "classCount \(classCount) outside 1...256")
+        precondition(classCount > 0, "classCount must be positive, not \(classCount)")
         let imageBytes = try FileBytes.readDecompressing(imagesPath)
         let images = try parseIDXImages(imageBytes.bytes, file: imagesPath, compressed: imageBytes.wasCompressed)
         let labelBytes = try FileBytes.readDecompressing(labelsPath)
@@ -152,7 +157,6 @@ extension ImageDataset {
     /// (N, H, W); multi-channel ones 0x00000804 (N, C, H, W), which `loadIDX`
     /// also reads. Labels must fit a byte.
     public func writeIDX(imagesPath: String, labelsPath: String, compressed: Bool = false) throws {
-        precondition(classCount <= 256, "IDX labels are bytes; classCount \(classCount) does not fit")
         try FileBytes.write(maybeCompress(idxImageBytes(), compressed), to: imagesPath)
         try FileBytes.write(maybeCompress(idxLabelBytes(), compressed), to: labelsPath)
     }
@@ -168,6 +172,7 @@ extension ImageDataset {
 
     /// The uncompressed IDX labels file for this dataset.
     public func idxLabelBytes() -> [UInt8] {
+        precondition(labels.allSatisfy { $0 < 256 }, "IDX labels are bytes; a label of \(name) does not fit")
         var bytes: [UInt8] = [0, 0, 0x08, 0x01]
         appendBigEndian(&bytes, count)
         bytes.append(contentsOf: labels.map { UInt8(truncatingIfNeeded: $0) })
@@ -187,4 +192,14 @@ func maybeCompress(_ bytes: [UInt8], _ compressed: Bool) -> [UInt8] {
 func hex(_ value: Int) -> String {
     let digits = String(value, radix: 16)
     return String(repeating: "0", count: max(0, 8 - digits.count)) + digits
+}
+
+extension String {
+    /// The string with the first occurrence of `target` replaced (or unchanged).
+    func replacingFirst(_ target: String, with replacement: String) -> String {
+        guard let range = firstRange(of: target) else { return self }
+        var result = self
+        result.replaceSubrange(range, with: replacement)
+        return result
+    }
 }
