@@ -41,6 +41,20 @@ public func evaluationShard(count: Int, rank: Int, size: Int) -> Range<Int> {
     evenShare(count: count, rank: rank, size: size)
 }
 
+/// Rank `rank`'s evaluation shard (see `evaluationShard`) cut into batches of
+/// at most `batchSize` consecutive test indices, in order; `sampleOffset` is
+/// the index of each batch's first sample and `globalBatchSize` its own size.
+/// Ranks may get different numbers of batches (or none): reduce the totals
+/// (correct count, summed loss) once after the loop, not per batch.
+public func evaluationBatches(count: Int, rank: Int, size: Int, batchSize: Int) -> [RankBatch] {
+    precondition(batchSize > 0, "evaluation batch size must be positive")
+    let shard = evaluationShard(count: count, rank: rank, size: size)
+    return stride(from: shard.lowerBound, to: shard.upperBound, by: batchSize).enumerated().map { step, start in
+        let end = min(start + batchSize, shard.upperBound)
+        return RankBatch(step: step, indices: Array(start ..< end), sampleOffset: start, globalBatchSize: end - start)
+    }
+}
+
 /// One rank's part of one global batch.
 public struct RankBatch: Equatable, Sendable {
     /// Step number within the epoch (global batch index).

@@ -43,6 +43,18 @@ final class BatchLoaderTests: XCTestCase {
         }
     }
 
+    func testAugmentedBatchesDoNotDependOnWorldSize() {
+        let assembler = assembler()
+        let sampler = EpochSampler(datasetCount: data.count, seed: 17, epoch: 5)
+        let single = assembler.batch(indices: sampler.globalBatch(step: 3, globalBatchSize: 24), epoch: 5)
+        var joined: [Float] = []
+        for rank in 0..<4 {
+            let slice = sampler.rankBatch(step: 3, globalBatchSize: 24, rank: rank, worldSize: 4)
+            joined += assembler.batch(indices: slice.indices, epoch: 5).images.toArray()
+        }
+        XCTAssertEqual(joined, single.images.toArray())
+    }
+
     func testEarlyStopAndCloseDoNotHang() {
         let lists = (0..<200).map { step in (0..<20).map { (step * 20 + $0) % data.count } }
         // Consumer stops after one batch; close joins the producer blocked on a full ring.

@@ -82,5 +82,10 @@ final class EpochSamplerTests: XCTestCase {
             XCTAssertTrue(covered.allSatisfy { $0 == 1 }, "size \(size)")
         }
         XCTAssertEqual(evaluationShard(count: 2, rank: 3, size: 4), 2..<2)
+        for size in 1...4 {
+            let all = (0..<size).flatMap { evaluationBatches(count: 1009, rank: $0, size: size, batchSize: 100) }
+            XCTAssertEqual(all.flatMap(\.indices), Array(0..<1009))
+            XCTAssertTrue(all.allSatisfy { $0.indices.count <= 100 && $0.sampleOffset == $0.indices.first })
+        }
     }
 }
