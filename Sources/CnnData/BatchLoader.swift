@@ -101,7 +101,10 @@ public final class BatchLoader {
     deinit { close() }
 
     /// The next batch in step order, or nil after the last one (or after `close()`).
-    /// Returns the previous batch's slot to the producer first.
+    /// Returns the previous batch's slot to the producer first, so do not keep
+    /// a batch (or a copy of its tensor's pointer) across calls. Call from one
+    /// thread only (the compute thread); the time spent blocked here is added
+    /// to `waitSeconds` and reported in `lastWaitSeconds`.
     public func next() -> LoadedBatch? {
         let s = shared
         s.lock.lock()
