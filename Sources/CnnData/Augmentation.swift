@@ -1,0 +1,99 @@
+// Seeded, deterministic augmentation. The random choices for a sample are a
+// pure function of (seed, epoch, dataset index of the sample) through
+// `counterHash`, so they do not depend on the number of ranks, the batch
+// split, or thread timing: a run on 1 rank and on 4 ranks sees the same
+// augmented images.
+//
+// Geometry. For an image of H×W and parameters (flip, shiftY, shiftX):
+//   output(c, y, x) = flipped(c, y + shiftY, x + shiftX)
+//   flipped(c, y, x) = flip ? input(c, y, W−1−x) : input(c, y, x)
+// i.e. mirror first, then shift (crop) the mirrored image. Positions outside
+// the image read a black pixel: value 0 before normalisation, so
+// (0 − mean[c]) / std[c] after it. That is the usual pipeline "pad with
+// zeros, random-crop, flip, then normalise" (torchvision RandomCrop(padding: p)
+// → RandomHorizontalFlip → Normalize): the padding is black, not the dataset
+// mean. (Shifts are symmetric, so mirroring before or after the crop gives
+// the same distribution of images.)
+//   Random crop with padding p: pad p pixels on every side, crop H×W back at
+//     a uniform position — the same as a uniform shift in −p…p on each axis.
+//   Random translation by up to ±t: a uniform shift in −t…t on each axis.
+//   Both on: the shifts add.
+import CnnCore
+
+/// Augmentation options; all off by default.
+public struct Augmentation: Equatable, Sendable, Codable {
+    /// Zero-padding for the random crop (CIFAR style uses 4); 0 disables it.
+    public var cropPadding: Int
+    /// Mirror left–right with probability 0.5.
+    public var horizontalFlip: Bool
+    /// Largest random translation in pixels on each axis; 0 disables it.
+    public var maxTranslation: Int
+
+    /// Options as given; the defaults leave images unchanged.
+    public init(cropPadding: Int = 0, horizontalFlip: Bool = false, maxTranslation: Int = 0) {
+        precondition(cropPadding >= 0 && maxTranslation >= 0, "augmentation sizes must not be negative")
+        self.cropPadding = cropPadding
+        self.horizontalFlip = horizontalFlip
+        self.maxTranslation = maxTranslation
+    }
+
+    /// No augmentation.
+    public static let none = Augmentation()
+
+    /// Whether every image passes through unchanged.
+    public var isIdentity: Bool { cropPadding == 0 && !horizontalFlip && maxTranslation == 0 }
+
+    /// The random choices for one sample: a pure function of (seed, epoch, sampleIndex).
+    /// Draws happen in a fixed order whatever is enabled.
+    public func parameters(seed: UInt64, epoch: Int, sampleIndex: Int) -> AugmentationParameters {
+        let key = counterHash(seed ^ 0xA06_3E47_A710_0003, UInt64(truncatingIfNeeded: epoch))
+        var rng = SplitMix64(seed: counterHash(key, UInt64(truncatingIfNeeded: sampleIndex)))
+        let flipBit = rng.next() >> 63 == 1
+        let cropY = Int(uniformBelow(UInt64(2 * cropPadding + 1), &rng)) - cropPadding
+        let cropX = Int(uniformBelow(UInt64(2 * cropPadding + 1), &rng)) - cropPadding
+        let moveY = Int(uniformBelow(UInt64(2 * maxTranslation + 1), &rng)) - maxTranslation
+        let moveX = Int(uniformBelow(UInt64(2 * maxTranslation + 1), &rng)) - maxTranslation
+        return AugmentationParameters(flip: horizontalFlip && flipBit, shiftY: cropY + moveY, shiftX: cropX + moveX)
+    }
+}
+
+/// The geometric transform applied to one sample (see the file comment).
+public struct AugmentationParameters: Equatable, Sendable {
+    /// Mirror left–right (applied before the shift).
+    public var flip: Bool
+    /// Output row y reads row y + shiftY of the (mirrored) image.
+    public var shiftY: Int
+    /// Output column x reads column x + shiftX of the (mirrored) image.
+    public var shiftX: Int
+
+    /// Parameters as given.
+    public init(flip: Bool = false, shiftY: Int = 0, shiftX: Int = 0) {
+        self.flip = flip
+        self.shiftY = shiftY
+        self.shiftX = shiftX
+    }
+
+    /// The identity transform.
+    public static let identity = AugmentationParameters()
+
+    /// Applies the transform to one CHW byte image, filling with 0 (black).
+    /// The batch assembler does the same on the fly while normalising.
+    public func apply(to image: ArraySlice<UInt8>, channels: Int, height: Int, width: Int) -> [UInt8] {
+        precondition(image.count == channels * height * width, "image of \(image.count) bytes is not \(channels)x\(height)x\(width)")
+        var out = [UInt8](repeating: 0, count: image.count)
+        let base = image.startIndex
+        for c in 0..<channels {
+            for y in 0..<height {
+                let sy = y + shiftY
+                guard sy >= 0 && sy < height else { continue }
+                for x in 0..<width {
+                    let mx = x + shiftX
+                    guard mx >= 0 && mx < width else { continue }
+                    let sx = flip ? width - 1 - mx : mx
+                    out[(c * height + y) * width + x] = image[base + (c * height + sy) * width + sx]
+                }
+            }
+        }
+        return out
+    }
+}

@@ -1,2 +1,0 @@
-// CnnData: see README for the architecture.
-import CnnCore

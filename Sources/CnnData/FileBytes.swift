@@ -1,0 +1,173 @@
+// Whole-file reads and writes, and gzip (RFC 1952) through zlib's inflate and
+// deflate. Files are small enough (≤ 200 MB) to hold in memory at once.
+import CnnCore
+import CZlib
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// Reading and writing whole files, with transparent gzip.
+public enum FileBytes {
+    /// Whether a file or directory exists at `path`.
+    public static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0
+    }
+
+    /// Whether `path` names a directory.
+    public static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// The bytes of the file at `path`, as stored (no decompression).
+    public static func read(_ path: String) throws -> [UInt8] {
+        guard let file = fopen(path, "rb") else {
+            throw CnnError.io(file: path, reason: "cannot open for reading: \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        guard fseeko(file, 0, SEEK_END) == 0 else {
+            throw CnnError.io(file: path, reason: "cannot seek: \(String(cString: strerror(errno)))")
+        }
+        let size = Int(ftello(file))
+        guard size >= 0, fseeko(file, 0, SEEK_SET) == 0 else {
+            throw CnnError.io(file: path, reason: "cannot determine the file size (is it a directory?)")
+        }
+        var readCount = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: size) { buffer, initialized in
+            if size > 0 { readCount = fread(buffer.baseAddress!, 1, size, file) }
+            initialized = readCount
+        }
+        guard readCount == size else {
+            throw CnnError.io(file: path, reason: "read \(readCount) of \(size) bytes: \(String(cString: strerror(errno)))")
+        }
+        return bytes
+    }
+
+    /// The bytes of the file at `path`, gunzipped if the file starts with the
+    /// gzip magic 1f 8b (detected by content, not by name).
+    public static func readDecompressing(_ path: String) throws -> (bytes: [UInt8], wasCompressed: Bool) {
+        let stored = try read(path)
+        if Gzip.isCompressed(stored) {
+            return (try Gzip.decompress(stored, file: path), true)
+        }
+        return (stored, false)
+    }
+
+    /// Writes `bytes` to `path`, replacing any existing file.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        guard let file = fopen(path, "wb") else {
+            throw CnnError.io(file: path, reason: "cannot open for writing: \(String(cString: strerror(errno)))")
+        }
+        let written = bytes.withUnsafeBufferPointer { buffer in
+            buffer.isEmpty ? 0 : fwrite(buffer.baseAddress!, 1, buffer.count, file)
+        }
+        let closed = fclose(file)
+        guard written == bytes.count, closed == 0 else {
+            throw CnnError.io(file: path, reason: "wrote \(written) of \(bytes.count) bytes: \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// gzip compression and decompression in memory through zlib.
+public enum Gzip {
+    /// Whether `bytes` starts with the gzip magic number 1f 8b.
+    public static func isCompressed(_ bytes: [UInt8]) -> Bool {
+        bytes.count >= 2 && bytes[0] == 0x1F && bytes[1] == 0x8B
+    }
+
+    /// Decompresses a gzip stream (one or more concatenated members).
+    ///
+    /// Throws `CnnError.invalidData` naming `file` if the stream is corrupt
+    /// (bad header, CRC or length), ends before its end-of-stream marker
+    /// (a truncated download), or is followed by bytes that are not another member.
+    public static func decompress(_ bytes: [UInt8], file: String) throws -> [UInt8] {
+        var stream = z_stream()
+        // windowBits 15 + 16: gzip wrapper only, with CRC-32 and length checks.
+        guard inflateInit2_(&stream, 15 + 16, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+            throw CnnError.invalidData(file: file, reason: "zlib inflateInit2 failed")
+        }
+        defer { inflateEnd(&stream) }
+
+        // The trailer's ISIZE (uncompressed length mod 2^32) sizes the output for single-member files.
+        var capacity = max(bytes.count * 4, 1 << 16)
+        if bytes.count >= 18 {
+            let n = bytes.count
+            let isize = Int(bytes[n - 4]) | Int(bytes[n - 3]) << 8 | Int(bytes[n - 2]) << 16 | Int(bytes[n - 1]) << 24
+            if isize >= bytes.count / 2 && isize <= bytes.count * 1100 { capacity = isize + 1 }
+        }
+        var output = [UInt8](repeating: 0, count: capacity)
+        var produced = 0
+
+        try bytes.withUnsafeBufferPointer { input in
+            stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!)
+            stream.avail_in = UInt32(input.count)
+            while true {
+                if produced == output.count {
+                    output.append(contentsOf: repeatElement(0, count: max(output.count, 1 << 16)))
+                }
+                let space = output.count - produced
+                let chunk = min(space, Int(UInt32.max))
+                let status: Int32 = output.withUnsafeMutableBufferPointer { out in
+                    stream.next_out = out.baseAddress! + produced
+                    stream.avail_out = UInt32(chunk)
+                    return inflate(&stream, Z_NO_FLUSH)
+                }
+                produced += chunk - Int(stream.avail_out)
+                let consumed = input.count - Int(stream.avail_in)
+                switch status {
+                case Z_STREAM_END:
+                    if stream.avail_in == 0 { return }
+                    let rest = input.count - consumed
+                    if rest >= 2 && input[consumed] == 0x1F && input[consumed + 1] == 0x8B {
+                        inflateReset(&stream)   // next member of a multi-member file
+                        continue
+                    }
+                    throw CnnError.invalidData(file: file, reason:
+                        "\(rest) unexpected bytes after the end of the gzip stream (at compressed offset \(consumed))")
+                case Z_OK:
+                    if stream.avail_in == 0 && stream.avail_out > 0 {
+                        throw CnnError.invalidData(file: file, reason:
+                            "gzip stream is truncated: all \(input.count) compressed bytes read (\(produced) bytes decompressed) without reaching the end-of-stream marker")
+                    }
+                case Z_BUF_ERROR:
+                    throw CnnError.invalidData(file: file, reason:
+                        "gzip stream is truncated: all \(input.count) compressed bytes read (\(produced) bytes decompressed) without reaching the end-of-stream marker")
+                default:
+                    let message = stream.msg.map { String(cString: $0) } ?? "zlib error \(status)"
+                    throw CnnError.invalidData(file: file, reason:
+                        "corrupt gzip stream at compressed offset \(consumed): \(message)")
+                }
+            }
+        }
+        output.removeLast(output.count - produced)
+        return output
+    }
+
+    /// Compresses `bytes` into a single gzip member at the given zlib level (0–9).
+    public static func compress(_ bytes: [UInt8], level: Int32 = 6) -> [UInt8] {
+        var stream = z_stream()
+        let status = deflateInit2_(&stream, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY,
+                                   zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        precondition(status == Z_OK, "zlib deflateInit2 failed with \(status)")
+        defer { deflateEnd(&stream) }
+        let bound = Int(deflateBound(&stream, uLong(bytes.count))) + 64
+        var output = [UInt8](repeating: 0, count: bound)
+        var produced = 0
+        bytes.withUnsafeBufferPointer { input in
+            output.withUnsafeMutableBufferPointer { out in
+                stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress ?? UnsafePointer(out.baseAddress!))
+                stream.avail_in = UInt32(input.count)
+                stream.next_out = out.baseAddress!
+                stream.avail_out = UInt32(out.count)
+                let result = deflate(&stream, Z_FINISH)
+                precondition(result == Z_STREAM_END, "zlib deflate did not finish (\(result))")
+                produced = out.count - Int(stream.avail_out)
+            }
+        }
+        output.removeLast(output.count - produced)
+        return output
+    }
+}
