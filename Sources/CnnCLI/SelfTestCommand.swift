@@ -1,8 +1,74 @@
 import ArgumentParser
+import CnnDistributed
+import Foundation
 
-/// Placeholder, replaced by its owner.
+/// `cnn-dist selftest [--local-ranks N]`: checks the communicator with exact
+/// expected values (allreduce of several sizes up to 10 M floats, overlapping
+/// non-blocking allreduces, reduce, broadcast from the first and last rank,
+/// allgather, max/min, barrier). Rank 0 prints one line per rank and a summary.
+///
+/// Under mpirun it uses MPI; with `--local-ranks N` it runs N ranks as threads
+/// of this process; otherwise it checks a one-rank world.
 public struct SelfTestCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(commandName: "selftest", shouldDisplay: false)
+    public static let configuration = CommandConfiguration(
+        commandName: "selftest",
+        abstract: "Check the communicator (run under mpirun, or with --local-ranks N).",
+        shouldDisplay: false
+    )
+
+    @Option(name: .long, help: "Run N ranks as threads of this process instead of using MPI.")
+    var localRanks: Int?
+
+    @Option(name: .long, help: "Element count of the large Float allreduce.")
+    var largeCount: Int = 10_000_000
+
+    @Option(name: .long, help: "Seconds an in-process collective waits for the other ranks.")
+    var timeout: Double = 60
+
     public init() {}
-    public func run() throws { throw ValidationError("not built yet") }
+
+    public func validate() throws {
+        if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
+        if largeCount < 0 { throw ValidationError("--large-count must be at least 0, got \(largeCount)") }
+        if !(timeout > 0) { throw ValidationError("--timeout must be positive, got \(timeout)") }
+    }
+
+    public func run() throws {
+        let report: CommunicatorSelfTest.Report
+        if let localRanks {
+            let lock = NSLock()
+            var rank0Report: CommunicatorSelfTest.Report?
+            let largeCount = self.largeCount
+            try LocalWorld.run(size: localRanks, timeout: timeout) { comm in
+                let report = try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+                if comm.rank == 0 { lock.lock(); rank0Report = report; lock.unlock() }
+            }
+            report = rank0Report!
+            report.lines.forEach { print($0) }
+        } else {
+            let comm = try makeWorldCommunicator()
+            do {
+                report = try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+            } catch {
+                // Other ranks may be blocked in a collective: end the whole job, not just this rank.
+                FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+                if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
+                throw error
+            }
+            if comm.rank == 0 { report.lines.forEach { print($0) } }
+            fflush(stdout)
+            try finalizeWorldCommunicator(comm)
+        }
+        fflush(stdout)
+        if !report.passed { throw SelfTestFailed(ranks: report.failedRanks, size: report.size) }
+    }
+}
+
+/// The self-check found wrong values on some ranks.
+struct SelfTestFailed: Error, CustomStringConvertible {
+    var ranks: [Int]
+    var size: Int
+    var description: String {
+        "communicator self-test failed on \(ranks.count) of \(size) ranks: \(ranks.map(String.init).joined(separator: ", "))"
+    }
 }
