@@ -55,7 +55,13 @@ public struct SelfTestCommand: ParsableCommand {
                 if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
                 throw error
             }
-            if comm.rank == 0 { report.lines.forEach { print($0) } }
+            if comm.rank == 0 {
+                report.lines.forEach { print($0) }
+                if let mpi = comm as? MPICommunicator {
+                    print("selftest: MPI thread level provided \(threadLevelName(mpi.providedThreadLevel)), "
+                          + "requested \(threadLevelName(mpi.requestedThreadLevel))")
+                }
+            }
             fflush(stdout)
             try finalizeWorldCommunicator(comm)
         }
@@ -70,5 +76,15 @@ struct SelfTestFailed: Error, CustomStringConvertible {
     var size: Int
     var description: String {
         "communicator self-test failed on \(ranks.count) of \(size) ranks: \(ranks.map(String.init).joined(separator: ", "))"
+    }
+}
+
+/// "FUNNELED", "SERIALIZED", "MULTIPLE" or "SINGLE" for an MPI thread level.
+private func threadLevelName(_ level: Int) -> String {
+    switch level {
+    case MPICommunicator.threadMultiple: return "MULTIPLE"
+    case MPICommunicator.threadSerialized: return "SERIALIZED"
+    case MPICommunicator.threadFunneled: return "FUNNELED"
+    default: return "SINGLE"
     }
 }

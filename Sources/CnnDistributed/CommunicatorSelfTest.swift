@@ -38,7 +38,7 @@ public enum CommunicatorSelfTest {
             }
             lines.append("selftest: \(largeCount)-float allreduce took \(String(format: "%.3f", largeAllreduceSeconds)) s")
             lines.append(passed
-                ? "selftest: \(size) ranks passed"
+                ? "selftest: \(size) \(size == 1 ? "rank" : "ranks") passed"
                 : "selftest: \(failedRanks.count) of \(size) ranks failed (ranks \(failedRanks.map(String.init).joined(separator: ", ")))")
             return lines
         }
