@@ -1,4 +1,5 @@
 import ArgumentParser
+import CnnCore
 import CnnDistributed
 import Foundation
 
@@ -25,7 +26,33 @@ public struct SelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "Seconds an in-process collective waits for the other ranks.")
     var timeout: Double = 60
 
+    @Option(name: .long, help: ArgumentHelp("Inject a fault to check failure handling: throw, mismatch.", visibility: .hidden))
+    var fault: Fault?
+
+    /// Faults the self-test can inject, so tests can check that failures end every rank with a clear message.
+    enum Fault: String, ExpressibleByArgument {
+        /// The last rank throws before the checks while the others block in a collective.
+        case `throw`
+        /// Rank 0 broadcasts 8 bytes while the others expect 4 (MPI_ERR_TRUNCATE under MPI).
+        case mismatch
+    }
+
     public init() {}
+
+    /// Runs the injected fault (if any), then the checks.
+    private static func check(_ comm: Communicator, largeCount: Int, fault: Fault?) throws -> CommunicatorSelfTest.Report {
+        switch fault {
+        case .throw? where comm.rank == comm.size - 1:
+            throw CnnError.invalidArgument(layer: "selftest", argument: "--fault", value: "throw",
+                                           reason: "injected failure on rank \(comm.rank)")
+        case .mismatch?:
+            var bytes = [UInt8](repeating: 1, count: comm.rank == 0 ? 8 : 4)
+            try comm.broadcast(&bytes, root: 0)
+        default:
+            break
+        }
+        return try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+    }
 
     public func validate() throws {
         if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
@@ -38,9 +65,9 @@ public struct SelfTestCommand: ParsableCommand {
         if let localRanks {
             let lock = NSLock()
             var rank0Report: CommunicatorSelfTest.Report?
-            let largeCount = self.largeCount
+            let largeCount = self.largeCount, fault = self.fault
             try LocalWorld.run(size: localRanks, timeout: timeout) { comm in
-                let report = try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+                let report = try Self.check(comm, largeCount: largeCount, fault: fault)
                 if comm.rank == 0 { lock.lock(); rank0Report = report; lock.unlock() }
             }
             report = rank0Report!
@@ -48,7 +75,7 @@ public struct SelfTestCommand: ParsableCommand {
         } else {
             let comm = try makeWorldCommunicator()
             do {
-                report = try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+                report = try Self.check(comm, largeCount: largeCount, fault: fault)
             } catch {
                 // Other ranks may be blocked in a collective: end the whole job, not just this rank.
                 FileHandle.standardError.write(Data("Error: \(error)\n".utf8))

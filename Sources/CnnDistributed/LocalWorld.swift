@@ -72,7 +72,7 @@ public final class LocalCommunicator: Communicator {
     public let rank: Int
     /// The number of threads in the world.
     public var size: Int { hub.size }
-    /// The host name, suffixed with the thread rank ("host/thread 2").
+    /// The host name (the same for every rank of the world).
     public let processorName: String
 
     private let hub: LocalHub

@@ -95,6 +95,33 @@ final class MPISelfTestTests: XCTestCase {
         }
     }
 
+    /// A failing rank must end the whole job with its message (MPI_Abort), not leave the others blocked.
+    func testFailuresUnderMPIRunEndTheJobWithTheRankAndMPIErrorString() throws {
+        guard let mpirun = mpirun() else { throw XCTSkip("mpirun is not installed") }
+        let binary = try cnnDistBinary()
+        let rootEnv = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+        let (status, _, stderr) = try run(mpirun, ["--oversubscribe", "-n", "3", binary.path, "selftest", "--fault", "throw"],
+                                          environment: rootEnv, deadline: 60)
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(stderr.contains("injected failure on rank 2"), stderr)
+
+        let (status2, _, stderr2) = try run(mpirun, ["--oversubscribe", "-n", "2", binary.path, "selftest", "--fault", "mismatch"],
+                                            environment: rootEnv, deadline: 60)
+        XCTAssertNotEqual(status2, 0)
+        // The checked wrapper names the rank, the call and MPI's own error string.
+        XCTAssertTrue(stderr2.contains("rank 1: MPI_Bcast failed: MPI_ERR_TRUNCATE"), stderr2)
+    }
+
+    func testSelfTestCommandFaultsWithLocalRanks() throws {
+        let binary = try cnnDistBinary()
+        let (status, _, stderr) = try run(binary, ["selftest", "--local-ranks", "3", "--fault", "throw", "--timeout", "5"], deadline: 30)
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(stderr.contains("injected failure on rank 2"), stderr)
+        let (status2, _, stderr2) = try run(binary, ["selftest", "--local-ranks", "2", "--fault", "mismatch"], deadline: 30)
+        XCTAssertNotEqual(status2, 0)
+        XCTAssertTrue(stderr2.contains("rank 1 called broadcast(root: 0) of 4 but rank 0 called broadcast(root: 0) of 8"), stderr2)
+    }
+
     func testSelfTestCommandWithLocalRanks() throws {
         let binary = try cnnDistBinary()
         let (status, stdout, stderr) = try run(binary, ["selftest", "--local-ranks", "3"])
