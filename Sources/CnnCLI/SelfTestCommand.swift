@@ -1,8 +1,117 @@
 import ArgumentParser
+import CnnCore
+import CnnDistributed
+import Foundation
 
-/// Placeholder, replaced by its owner.
+/// `cnn-dist selftest [--local-ranks N]`: checks the communicator with exact
+/// expected values (allreduce of several sizes up to 10 M floats, overlapping
+/// non-blocking allreduces, reduce, broadcast from the first and last rank,
+/// allgather, max/min, barrier). Rank 0 prints one line per rank and a summary.
+///
+/// Under mpirun it uses MPI; with `--local-ranks N` it runs N ranks as threads
+/// of this process; otherwise it checks a one-rank world.
 public struct SelfTestCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(commandName: "selftest", shouldDisplay: false)
+    public static let configuration = CommandConfiguration(
+        commandName: "selftest",
+        abstract: "Check the communicator (run under mpirun, or with --local-ranks N).",
+        shouldDisplay: false
+    )
+
+    @Option(name: .long, help: "Run N ranks as threads of this process instead of using MPI.")
+    var localRanks: Int?
+
+    @Option(name: .long, help: "Element count of the large Float allreduce.")
+    var largeCount: Int = 10_000_000
+
+    @Option(name: .long, help: "Seconds an in-process collective waits for the other ranks.")
+    var timeout: Double = 60
+
+    @Option(name: .long, help: ArgumentHelp("Inject a fault to check failure handling: throw, mismatch.", visibility: .hidden))
+    var fault: Fault?
+
+    /// Faults the self-test can inject, so tests can check that failures end every rank with a clear message.
+    enum Fault: String, ExpressibleByArgument {
+        /// The last rank throws before the checks while the others block in a collective.
+        case `throw`
+        /// Rank 0 broadcasts 8 bytes while the others expect 4 (MPI_ERR_TRUNCATE under MPI).
+        case mismatch
+    }
+
     public init() {}
-    public func run() throws { throw ValidationError("not built yet") }
+
+    /// Runs the injected fault (if any), then the checks.
+    private static func check(_ comm: Communicator, largeCount: Int, fault: Fault?) throws -> CommunicatorSelfTest.Report {
+        switch fault {
+        case .throw? where comm.rank == comm.size - 1:
+            throw CnnError.invalidArgument(layer: "selftest", argument: "--fault", value: "throw",
+                                           reason: "injected failure on rank \(comm.rank)")
+        case .mismatch?:
+            var bytes = [UInt8](repeating: 1, count: comm.rank == 0 ? 8 : 4)
+            try comm.broadcast(&bytes, root: 0)
+        default:
+            break
+        }
+        return try CommunicatorSelfTest.run(comm, largeCount: largeCount)
+    }
+
+    public func validate() throws {
+        if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
+        if largeCount < 0 { throw ValidationError("--large-count must be at least 0, got \(largeCount)") }
+        if !(timeout > 0) { throw ValidationError("--timeout must be positive, got \(timeout)") }
+    }
+
+    public func run() throws {
+        let report: CommunicatorSelfTest.Report
+        if let localRanks {
+            let lock = NSLock()
+            var rank0Report: CommunicatorSelfTest.Report?
+            let largeCount = self.largeCount, fault = self.fault
+            try LocalWorld.run(size: localRanks, timeout: timeout) { comm in
+                let report = try Self.check(comm, largeCount: largeCount, fault: fault)
+                if comm.rank == 0 { lock.lock(); rank0Report = report; lock.unlock() }
+            }
+            report = rank0Report!
+            report.lines.forEach { print($0) }
+        } else {
+            let comm = try makeWorldCommunicator()
+            do {
+                report = try Self.check(comm, largeCount: largeCount, fault: fault)
+            } catch {
+                // Other ranks may be blocked in a collective: end the whole job, not just this rank.
+                FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+                if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
+                throw error
+            }
+            if comm.rank == 0 {
+                report.lines.forEach { print($0) }
+                if let mpi = comm as? MPICommunicator {
+                    print("selftest: MPI thread level provided \(threadLevelName(mpi.providedThreadLevel)), "
+                          + "requested \(threadLevelName(mpi.requestedThreadLevel))")
+                }
+            }
+            fflush(stdout)
+            try finalizeWorldCommunicator(comm)
+        }
+        fflush(stdout)
+        if !report.passed { throw SelfTestFailed(ranks: report.failedRanks, size: report.size) }
+    }
+}
+
+/// The self-check found wrong values on some ranks.
+struct SelfTestFailed: Error, CustomStringConvertible {
+    var ranks: [Int]
+    var size: Int
+    var description: String {
+        "communicator self-test failed on \(ranks.count) of \(size) ranks: \(ranks.map(String.init).joined(separator: ", "))"
+    }
+}
+
+/// "FUNNELED", "SERIALIZED", "MULTIPLE" or "SINGLE" for an MPI thread level.
+private func threadLevelName(_ level: Int) -> String {
+    switch level {
+    case MPICommunicator.threadMultiple: return "MULTIPLE"
+    case MPICommunicator.threadSerialized: return "SERIALIZED"
+    case MPICommunicator.threadFunneled: return "FUNNELED"
+    default: return "SINGLE"
+    }
 }

@@ -1,2 +1,0 @@
-// CnnDistributed: see README for the architecture.
-import CnnCore

@@ -1,0 +1,192 @@
+// CnnDistributed: communicators for data-parallel training.
+//
+// One protocol, three implementations with the same semantics:
+//   - MPICommunicator:           one rank per process, launched by mpirun (OpenMPI or MPICH).
+//   - LocalWorld / LocalCommunicator: N ranks on N threads of one process ("single-node
+//                                test mode"), for tests and for running without mpirun.
+//   - SingleProcessCommunicator: a world of one rank; every collective is the identity.
+//
+// Conventions shared by all implementations:
+//   - Every collective is called by every rank of the world, in the same order
+//     (MPI's rule). Non-blocking collectives count in that order when started,
+//     not when waited; they may be waited in any order.
+//   - Buffers are reduced in place. Sums are element-wise.
+//   - Counts (element or byte) must agree across ranks.
+//   - Errors come back as `CnnError.communication(rank:call:reason:)`, where
+//     `rank` is the rank that observed the failure and `reason` names the rank
+//     that caused it when that is known.
+
+import CnnCore
+import Foundation
+
+/// A group of ranks that take part in collective operations together.
+///
+/// Thread use: a communicator is driven by one thread at a time (the training
+/// loop, or a communication thread handing off to it). Implementations
+/// serialise concurrent calls, but two threads of one rank must not start
+/// collectives concurrently, because the order in which they start is the
+/// order in which they are matched across ranks.
+public protocol Communicator: AnyObject {
+    /// This process's (or thread's) rank, in `0..<size`.
+    var rank: Int { get }
+    /// The number of ranks in the world.
+    var size: Int { get }
+    /// The host this rank runs on (MPI_Get_processor_name for MPI, the host
+    /// name otherwise), for logs.
+    var processorName: String { get }
+
+    /// Replaces `buffer` on every rank with the element-wise sum of all ranks'
+    /// buffers. All ranks pass the same count (0 is allowed).
+    ///
+    /// Order: the in-process implementation adds contributions in rank order
+    /// 0, 1, ..., N-1 for every element, so results are bitwise reproducible
+    /// run to run. MPI chooses its own (deterministic for a fixed world size
+    /// and count in OpenMPI's default tuned algorithms) order, so the last
+    /// bits can differ between MPI and in-process runs unless the values sum
+    /// exactly.
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+
+    /// Double-precision form of `allreduceSum(_:)`, same semantics.
+    func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+
+    /// Starts an in-place element-wise sum over all ranks and returns at once.
+    ///
+    /// The buffer must stay allocated and must not be read or written until
+    /// the returned request's `wait()` returns (or `test()` returns true).
+    /// Several requests may be in flight at once and may be completed in any
+    /// order; they are matched across ranks in the order they were started,
+    /// together with blocking collectives. Every request must be completed.
+    /// Results are identical to `allreduceSum(_:)`.
+    func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest
+
+    /// Sums `buffer` element-wise over all ranks into `root`'s buffer.
+    /// Buffers on the other ranks are left unchanged.
+    func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
+
+    /// Double-precision form of `reduceSum(_:root:)`.
+    func reduceSum(_ buffer: UnsafeMutableBufferPointer<Double>, root: Int) throws
+
+    /// Copies `root`'s bytes into every other rank's `bytes`. All ranks pass
+    /// the same byte count.
+    func broadcast(_ bytes: UnsafeMutableRawBufferPointer, root: Int) throws
+
+    /// Returns once every rank has called `barrier()`.
+    func barrier() throws
+
+    /// Gathers one small control value (a checksum, a batch count) from every
+    /// rank; element `r` of the result is rank `r`'s value, on every rank.
+    func allgather(_ value: Int64) throws -> [Int64]
+
+    /// The largest of the ranks' values, on every rank (e.g. the slowest step time).
+    func allreduceMax(_ value: Double) throws -> Double
+
+    /// The smallest of the ranks' values, on every rank.
+    func allreduceMin(_ value: Double) throws -> Double
+}
+
+/// A non-blocking collective in flight, from `Communicator.startAllreduceSum`.
+public protocol CollectiveRequest: AnyObject {
+    /// Blocks until the operation has completed on this rank; its buffer then
+    /// holds the result. Calling it again after completion returns at once.
+    func wait() throws
+
+    /// Returns true if the operation has completed (the buffer holds the
+    /// result), false if it is still in flight. Never blocks for long; with
+    /// MPI it also drives progress, so polling it is a valid way to complete.
+    func test() throws -> Bool
+}
+
+// MARK: - Conveniences over the protocol
+
+extension Communicator {
+    /// Element-wise sum over all ranks of an array, in place.
+    public func allreduceSum(_ array: inout [Float]) throws {
+        try array.withUnsafeMutableBufferPointer { try allreduceSum($0) }
+    }
+
+    /// Element-wise sum over all ranks of an array, in place.
+    public func allreduceSum(_ array: inout [Double]) throws {
+        try array.withUnsafeMutableBufferPointer { try allreduceSum($0) }
+    }
+
+    /// The sum over all ranks of one value (a loss, a correct-prediction count).
+    public func allreduceSum(_ value: Double) throws -> Double {
+        var v = value
+        try withUnsafeMutablePointer(to: &v) { try allreduceSum(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+        return v
+    }
+
+    /// Broadcasts an array of trivial values from `root`; all ranks pass arrays of the same count.
+    public func broadcast<T>(_ array: inout [T], root: Int) throws {
+        try array.withUnsafeMutableBytes { try broadcast($0, root: root) }
+    }
+
+    /// Broadcasts a string of at most `maxBytes` UTF-8 bytes from `root`; returns root's string on every rank.
+    public func broadcast(_ string: String, root: Int, maxBytes: Int = 1024) throws -> String {
+        var bytes = [UInt8](repeating: 0, count: maxBytes + 8)
+        if rank == root {
+            let utf8 = Array(string.utf8.prefix(maxBytes))
+            var n = Int64(utf8.count).littleEndian
+            withUnsafeBytes(of: &n) { for i in 0..<8 { bytes[i] = $0[i] } }
+            for (i, b) in utf8.enumerated() { bytes[8 + i] = b }
+        }
+        try broadcast(&bytes, root: root)
+        var n: Int64 = 0
+        withUnsafeMutableBytes(of: &n) { for i in 0..<8 { $0[i] = bytes[i] } }
+        let count = max(0, min(maxBytes, Int(Int64(littleEndian: n))))
+        return String(decoding: bytes[8..<(8 + count)], as: UTF8.self)
+    }
+}
+
+/// Checks a root argument the same way in every implementation.
+func checkRoot(_ root: Int, size: Int, rank: Int, call: String) throws {
+    guard (0..<size).contains(root) else {
+        throw CnnError.communication(rank: rank, call: call,
+                                     reason: "root \(root) is not a rank of this \(size)-rank world")
+    }
+}
+
+// MARK: - Choosing the world communicator
+
+/// Environment variables set by MPI launchers on each process they start:
+/// OpenMPI's mpirun (OMPI_COMM_WORLD_SIZE/RANK), PMIx launchers such as
+/// OpenMPI 5 and Slurm (PMIX_RANK), and PMI launchers such as MPICH's Hydra
+/// (PMI_SIZE/PMI_RANK).
+public let mpiLauncherEnvironmentVariables = ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                                              "PMIX_RANK", "PMI_SIZE", "PMI_RANK"]
+
+/// True if this process was started by an MPI launcher (see `mpiLauncherEnvironmentVariables`).
+public func launchedByMPI(environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+    mpiLauncherEnvironmentVariables.contains { environment[$0] != nil }
+}
+
+/// The communicator for this process's world.
+///
+/// Under an MPI launcher (mpirun, mpiexec, srun) this initialises MPI and
+/// returns the shared `MPICommunicator` (call `finalize()` on it once, at the
+/// end of the process). Otherwise it returns a `SingleProcessCommunicator`
+/// without touching MPI: OpenMPI's singleton init (MPI_Init without mpirun)
+/// has to start a helper daemon, which is slow and fails in some containers.
+/// Set CNN_DIST_FORCE_MPI=1, or pass `forceMPI`, to use MPI anyway.
+public func makeWorldCommunicator(forceMPI: Bool = false) throws -> Communicator {
+    let env = ProcessInfo.processInfo.environment
+    if forceMPI || env["CNN_DIST_FORCE_MPI"] == "1" || launchedByMPI(environment: env) {
+        return try MPICommunicator.world()
+    }
+    return SingleProcessCommunicator()
+}
+
+/// Ends the world started by `makeWorldCommunicator()`: finalises MPI if it
+/// was used, does nothing otherwise. Call once, at the end of the process.
+public func finalizeWorldCommunicator(_ communicator: Communicator) throws {
+    if let mpi = communicator as? MPICommunicator { try mpi.finalize() }
+}
+
+/// This machine's host name (gethostname), for single-process and in-process ranks.
+func localHostName() -> String {
+    var buf = [CChar](repeating: 0, count: 256)
+    if gethostname(&buf, buf.count - 1) == 0 {
+        return String(cString: buf)
+    }
+    return ProcessInfo.processInfo.hostName
+}

@@ -1,0 +1,431 @@
+import CnnCore
+import Foundation
+
+/// N ranks on N threads of this process ("single-node test mode"), with the
+/// semantics of `MPICommunicator`.
+///
+///     try LocalWorld.run(size: 4) { comm in
+///         try comm.allreduceSum(gradients)
+///     }
+///
+/// How collectives work: every rank numbers its collectives 0, 1, 2, ... in
+/// the order it starts them (blocking and non-blocking alike, as MPI matches
+/// them). Collective number k is a slot in a shared hub: each rank posts its
+/// buffer pointer and count there; the last rank to arrive sums the buffers
+/// element by element in rank order 0..N-1 (so results are bitwise
+/// reproducible) and writes the sum into every rank's buffer, then marks the
+/// slot done. A rank's `wait()` returns once its slot is done, so
+/// non-blocking allreduces complete when the last rank starts them, and may
+/// be waited in any order.
+///
+/// Failure: if a rank's body throws, the hub is poisoned and every rank
+/// waiting in (or later entering) a collective throws
+/// `CnnError.communication` naming the failed rank; a rank whose body
+/// returns while others wait for it in a collective poisons the hub the same
+/// way. A collective whose ranks do not all arrive within `timeout` throws,
+/// naming the ranks that did not arrive. Mismatched collectives (different
+/// operation, count or root at the same position) throw naming both ranks.
+public enum LocalWorld {
+    /// Runs `body` on `size` threads, each with its own `LocalCommunicator`
+    /// of one shared world, and returns when all have finished.
+    ///
+    /// - Parameters:
+    ///   - size: number of ranks (threads), at least 1.
+    ///   - timeout: seconds a collective waits for the other ranks before
+    ///     throwing (default 60).
+    ///   - stackSize: bytes of stack per rank thread (default 16 MiB).
+    ///   - body: one rank's program.
+    /// - Throws: the first error any rank threw (the original failure, not
+    ///   the errors other ranks threw because of it).
+    public static func run(size: Int, timeout: TimeInterval = 60, stackSize: Int = 16 << 20,
+                           _ body: @escaping (Communicator) throws -> Void) throws {
+        guard size >= 1 else {
+            throw CnnError.invalidArgument(layer: "LocalWorld", argument: "size", value: "\(size)",
+                                           reason: "a world needs at least one rank")
+        }
+        let hub = LocalHub(size: size, timeout: timeout)
+        let group = DispatchGroup()
+        for r in 0..<size {
+            group.enter()
+            let thread = Thread {
+                defer { group.leave() }
+                let comm = LocalCommunicator(rank: r, hub: hub)
+                do {
+                    try body(comm)
+                    hub.rankExited(r)
+                } catch {
+                    hub.rankFailed(r, error: error)
+                }
+            }
+            thread.name = "cnn-dist rank \(r)"
+            thread.stackSize = stackSize
+            thread.start()
+        }
+        group.wait()
+        if let error = hub.firstError { throw error }
+    }
+}
+
+/// One rank of a `LocalWorld`. Made by `LocalWorld.run`; see there for semantics.
+public final class LocalCommunicator: Communicator {
+    /// This thread's rank.
+    public let rank: Int
+    /// The number of threads in the world.
+    public var size: Int { hub.size }
+    /// The host name (the same for every rank of the world).
+    public let processorName: String
+
+    private let hub: LocalHub
+    private let lock = NSLock()
+    private var nextSequence = 0
+
+    init(rank: Int, hub: LocalHub) {
+        self.rank = rank
+        self.hub = hub
+        processorName = localHostName()
+    }
+
+    /// Posts this rank's contribution to its next collective slot.
+    private func join(_ op: LocalOp, count: Int, pointer: UnsafeMutableRawPointer?, scalar: UInt64 = 0) throws -> LocalSlot {
+        lock.lock()
+        defer { lock.unlock() }
+        let sequence = nextSequence
+        nextSequence += 1
+        return try hub.join(sequence: sequence, rank: rank,
+                            LocalContribution(op: op, count: count, pointer: pointer, scalar: scalar))
+    }
+
+    private func run<T>(_ op: LocalOp, count: Int = 0, pointer: UnsafeMutableRawPointer? = nil, scalar: UInt64 = 0,
+                        read: (LocalSlot) -> T) throws -> T {
+        let slot = try join(op, count: count, pointer: pointer, scalar: scalar)
+        return try hub.wait(slot, rank: rank, read: read)
+    }
+
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try run(.sumFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+    }
+
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
+        try run(.sumDouble, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+    }
+
+    public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        let slot = try join(.sumFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress))
+        return LocalRequest(hub: hub, slot: slot, rank: rank)
+    }
+
+    public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
+        try checkRoot(root, size: size, rank: rank, call: "reduceSum")
+        try run(.reduceFloat(root: root), count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+    }
+
+    public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Double>, root: Int) throws {
+        try checkRoot(root, size: size, rank: rank, call: "reduceSum")
+        try run(.reduceDouble(root: root), count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+    }
+
+    public func broadcast(_ bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
+        try checkRoot(root, size: size, rank: rank, call: "broadcast")
+        try run(.broadcast(root: root), count: bytes.count, pointer: bytes.baseAddress) { _ in }
+    }
+
+    public func barrier() throws {
+        try run(.barrier) { _ in }
+    }
+
+    public func allgather(_ value: Int64) throws -> [Int64] {
+        try run(.allgather, scalar: UInt64(bitPattern: value)) { slot in
+            slot.contributions.map { Int64(bitPattern: $0!.scalar) }
+        }
+    }
+
+    public func allreduceMax(_ value: Double) throws -> Double {
+        try run(.max, scalar: value.bitPattern) { slot in
+            slot.contributions.map { Double(bitPattern: $0!.scalar) }.reduce(-Double.infinity) { Swift.max($0, $1) }
+        }
+    }
+
+    public func allreduceMin(_ value: Double) throws -> Double {
+        try run(.min, scalar: value.bitPattern) { slot in
+            slot.contributions.map { Double(bitPattern: $0!.scalar) }.reduce(Double.infinity) { Swift.min($0, $1) }
+        }
+    }
+}
+
+/// A non-blocking allreduce of a `LocalWorld` rank: completes when the last rank has started it.
+final class LocalRequest: CollectiveRequest {
+    private let hub: LocalHub
+    private let slot: LocalSlot
+    private let rank: Int
+    private var completed = false
+
+    init(hub: LocalHub, slot: LocalSlot, rank: Int) {
+        self.hub = hub
+        self.slot = slot
+        self.rank = rank
+    }
+
+    func wait() throws {
+        guard !completed else { return }
+        try hub.wait(slot, rank: rank) { _ in }
+        completed = true
+    }
+
+    func test() throws -> Bool {
+        guard !completed else { return true }
+        completed = try hub.test(slot, rank: rank)
+        return completed
+    }
+}
+
+// MARK: - The hub
+
+/// What a collective does; ranks at the same position must agree on it.
+enum LocalOp: Equatable, CustomStringConvertible {
+    case sumFloat, sumDouble
+    case reduceFloat(root: Int), reduceDouble(root: Int)
+    case broadcast(root: Int)
+    case barrier, allgather, max, min
+
+    var description: String {
+        switch self {
+        case .sumFloat: return "allreduceSum(Float)"
+        case .sumDouble: return "allreduceSum(Double)"
+        case let .reduceFloat(root): return "reduceSum(Float, root: \(root))"
+        case let .reduceDouble(root): return "reduceSum(Double, root: \(root))"
+        case let .broadcast(root): return "broadcast(root: \(root))"
+        case .barrier: return "barrier"
+        case .allgather: return "allgather"
+        case .max: return "allreduceMax"
+        case .min: return "allreduceMin"
+        }
+    }
+
+    /// The call name used in errors.
+    var call: String {
+        switch self {
+        case .sumFloat, .sumDouble: return "allreduceSum"
+        case .reduceFloat, .reduceDouble: return "reduceSum"
+        case .broadcast: return "broadcast"
+        case .barrier: return "barrier"
+        case .allgather: return "allgather"
+        case .max: return "allreduceMax"
+        case .min: return "allreduceMin"
+        }
+    }
+}
+
+/// One rank's part in a collective: its buffer (elements or bytes) or its scalar.
+struct LocalContribution {
+    let op: LocalOp
+    let count: Int
+    let pointer: UnsafeMutableRawPointer?
+    let scalar: UInt64
+}
+
+/// Collective number `sequence`: the ranks' contributions and whether it has completed.
+final class LocalSlot {
+    let sequence: Int
+    var contributions: [LocalContribution?]
+    var arrived = 0
+    var done = false
+    var released = 0
+
+    init(sequence: Int, size: Int) {
+        self.sequence = sequence
+        contributions = Array(repeating: nil, count: size)
+    }
+
+    var missingRanks: [Int] { contributions.indices.filter { contributions[$0] == nil } }
+    var op: LocalOp? { contributions.first { $0 != nil }??.op }
+}
+
+/// State shared by the ranks of one `LocalWorld`, guarded by one condition variable.
+final class LocalHub {
+    let size: Int
+    let timeout: TimeInterval
+    private let condition = NSCondition()
+    private var slots: [Int: LocalSlot] = [:]
+    private var exited = Set<Int>()
+    /// Why the world was aborted, for the errors of the other ranks.
+    private var failureReason: String?
+    /// The error `LocalWorld.run` rethrows.
+    var firstError: Error? {
+        condition.lock()
+        defer { condition.unlock() }
+        return _firstError
+    }
+    private var _firstError: Error?
+
+    init(size: Int, timeout: TimeInterval) {
+        self.size = size
+        self.timeout = timeout
+    }
+
+    /// Aborts the world (first reason wins). Call with the lock held.
+    private func poison(reason: String, error: Error) {
+        if failureReason == nil {
+            failureReason = reason
+            _firstError = error
+        }
+        condition.broadcast()
+    }
+
+    /// Rank `rank`'s body threw `error`.
+    func rankFailed(_ rank: Int, error: Error) {
+        condition.lock()
+        defer { condition.unlock() }
+        poison(reason: "rank \(rank) failed: \(error)", error: error)
+    }
+
+    /// Rank `rank`'s body returned normally.
+    func rankExited(_ rank: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        exited.insert(rank)
+        condition.broadcast()
+    }
+
+    private func abortedError(rank: Int, call: String) -> CnnError? {
+        failureReason.map { CnnError.communication(rank: rank, call: call, reason: "world aborted: \($0)") }
+    }
+
+    /// Posts a contribution; the last rank to arrive computes the result.
+    func join(sequence: Int, rank: Int, _ contribution: LocalContribution) throws -> LocalSlot {
+        condition.lock()
+        if let error = abortedError(rank: rank, call: contribution.op.call) {
+            condition.unlock()
+            throw error
+        }
+        let slot: LocalSlot
+        if let existing = slots[sequence] {
+            slot = existing
+        } else {
+            slot = LocalSlot(sequence: sequence, size: size)
+            slots[sequence] = slot
+        }
+        if let other = slot.contributions.indices.first(where: { slot.contributions[$0] != nil }),
+           let theirs = slot.contributions[other],
+           theirs.op != contribution.op || theirs.count != contribution.count {
+            let what = { (op: LocalOp, count: Int) -> String in
+                "\(op)" + ((op == .barrier || op == .allgather || op == .max || op == .min) ? "" : " of \(count)")
+            }
+            let reason = "collective #\(sequence) does not match across ranks: rank \(rank) called "
+                + "\(what(contribution.op, contribution.count)) but rank \(other) called \(what(theirs.op, theirs.count))"
+            let error = CnnError.communication(rank: rank, call: contribution.op.call, reason: reason)
+            poison(reason: reason, error: error)
+            condition.unlock()
+            throw error
+        }
+        slot.contributions[rank] = contribution
+        slot.arrived += 1
+        let last = slot.arrived == size
+        condition.unlock()
+        if last {
+            // Outside the lock: the other ranks' buffers are theirs to give until `done`.
+            LocalHub.compute(slot.contributions.map { $0! })
+            condition.lock()
+            slot.done = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        return slot
+    }
+
+    /// Blocks until `slot` is done, then returns `read(slot)`.
+    func wait<T>(_ slot: LocalSlot, rank: Int, read: (LocalSlot) -> T) throws -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        let call = slot.op?.call ?? "collective"
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while !slot.done {
+            // Once all ranks have arrived the sum is being written into our buffer: wait for it.
+            if slot.arrived == size { condition.wait(); continue }
+            try checkAlive(slot, rank: rank, call: call)
+            if !condition.wait(until: deadline) && !slot.done && slot.arrived < size {
+                try checkAlive(slot, rank: rank, call: call)
+                let missing = slot.missingRanks
+                let reason = "timed out after \(timeout) s in \(slot.op.map { "\($0)" } ?? call) "
+                    + "(collective #\(slot.sequence)): \(missing.count == 1 ? "rank" : "ranks") "
+                    + "\(missing.map(String.init).joined(separator: ", ")) did not arrive"
+                let error = CnnError.communication(rank: rank, call: call, reason: reason)
+                poison(reason: reason, error: error)
+                throw error
+            }
+        }
+        return release(slot, read: read)
+    }
+
+    /// True (and the result in place) if `slot` is done; false if still waiting for ranks.
+    func test(_ slot: LocalSlot, rank: Int) throws -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        if slot.done {
+            release(slot) { _ in }
+            return true
+        }
+        if slot.arrived < size { try checkAlive(slot, rank: rank, call: slot.op?.call ?? "collective") }
+        return false
+    }
+
+    /// Throws if the world was aborted, or if a rank this slot waits for has already returned.
+    private func checkAlive(_ slot: LocalSlot, rank: Int, call: String) throws {
+        if let error = abortedError(rank: rank, call: call) { throw error }
+        if let gone = slot.missingRanks.first(where: exited.contains) {
+            let reason = "rank \(gone) returned without joining \(slot.op.map { "\($0)" } ?? call) "
+                + "(collective #\(slot.sequence))"
+            let error = CnnError.communication(rank: rank, call: call, reason: reason)
+            poison(reason: reason, error: error)
+            throw error
+        }
+    }
+
+    /// Reads the result for one rank; the slot is dropped after the last rank has read it.
+    private func release<T>(_ slot: LocalSlot, read: (LocalSlot) -> T) -> T {
+        let result = read(slot)
+        slot.released += 1
+        if slot.released == size { slots[slot.sequence] = nil }
+        return result
+    }
+
+    /// Writes the collective's result into the ranks' buffers. Scalar collectives are read at release.
+    private static func compute(_ parts: [LocalContribution]) {
+        let count = parts[0].count
+        guard count > 0 else { return }
+        switch parts[0].op {
+        case .sumFloat: sum(parts, Float.self, count: count, into: nil)
+        case .sumDouble: sum(parts, Double.self, count: count, into: nil)
+        case let .reduceFloat(root): sum(parts, Float.self, count: count, into: root)
+        case let .reduceDouble(root): sum(parts, Double.self, count: count, into: root)
+        case let .broadcast(root):
+            for (r, part) in parts.enumerated() where r != root {
+                part.pointer!.copyMemory(from: parts[root].pointer!, byteCount: count)
+            }
+        case .barrier, .allgather, .max, .min:
+            break
+        }
+    }
+
+    /// Element-wise sum in rank order 0..N-1, a block at a time, written to every buffer (or only `root`'s).
+    private static func sum<T: BinaryFloatingPoint>(_ parts: [LocalContribution], _: T.Type, count: Int, into root: Int?) {
+        let buffers = parts.map { $0.pointer!.assumingMemoryBound(to: T.self) }
+        let block = 4096
+        let acc = UnsafeMutablePointer<T>.allocate(capacity: block)
+        defer { acc.deallocate() }
+        var start = 0
+        while start < count {
+            let n = min(block, count - start)
+            acc.update(from: buffers[0] + start, count: n)
+            for r in 1..<buffers.count {
+                let src = buffers[r] + start
+                for i in 0..<n { acc[i] += src[i] }
+            }
+            if let root {
+                (buffers[root] + start).update(from: acc, count: n)
+            } else {
+                for buffer in buffers { (buffer + start).update(from: acc, count: n) }
+            }
+            start += n
+        }
+    }
+}
