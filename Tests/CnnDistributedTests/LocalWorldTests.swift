@@ -1,5 +1,5 @@
 import CnnCore
-@testable import CnnDistributed
+import CnnDistributed
 import Foundation
 import XCTest
 
@@ -145,7 +145,7 @@ final class LocalWorldTests: XCTestCase {
         let start = Date()
         XCTAssertThrowsError(try LocalWorld.run(size: 3, timeout: 1) { comm in
             if comm.rank == 1 {
-                Thread.sleep(forTimeInterval: 1.5)  // skips the barrier, still alive
+                Thread.sleep(forTimeInterval: 3)  // skips the barrier, still alive past the deadline
                 return
             }
             do { try comm.barrier() } catch {
@@ -184,8 +184,11 @@ final class LocalWorldTests: XCTestCase {
                 try comm.allreduceSum(&x)
             }
         }) { error in
-            XCTAssertTrue("\(error)".contains("rank 1 called allreduceSum(Float) of 3 but rank 0 called allreduceSum(Float) of 2"),
-                          "\(error)")
+            // Rank 1 normally arrives second and reports; under load the order can flip.
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("does not match across ranks"), message)
+            XCTAssertTrue(message.contains("rank 1 called allreduceSum(Float) of 3"), message)
+            XCTAssertTrue(message.contains("rank 0 called allreduceSum(Float) of 2"), message)
         }
     }
 
