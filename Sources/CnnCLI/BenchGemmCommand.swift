@@ -21,7 +21,7 @@ public struct BenchGemmCommand: ParsableCommand {
     var json = false
 
     @Option(name: .long, help: "Rounds per shape; each round times ours and OpenBLAS once (best of N).")
-    var repeats = 5
+    var repeats = 10
 
     @Option(name: .long, help: "Comma-separated shapes MxNxK[:TT], e.g. 256x256x256,64x512x4096:nt.")
     var shapes: String?
@@ -90,7 +90,7 @@ public struct BenchGemmCommand: ParsableCommand {
         var c = [Float](repeating: 0, count: s.m * s.n)
         let flops = 2.0 * Double(s.m) * Double(s.n) * Double(s.k)
         // Enough calls per timing that even small shapes run for tens of milliseconds.
-        let calls = max(1, Int((4e8 / flops).rounded(.up)))
+        let calls = max(1, Int((2e8 / flops).rounded(.up)))
 
         var ours = Double.infinity, theirs = Double.infinity
         a.withUnsafeBufferPointer { pa in

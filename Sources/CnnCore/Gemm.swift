@@ -44,18 +44,26 @@ public enum GemmBlocking {
     public static let NR = 2 * GemmVector.scalarCount
     /// Depth of a packed panel. A KC×NR B micro-panel (16 KiB at KC = 256) stays in L1
     /// while the kernel streams MR×KC A micro-panels past it.
-    public static let KC = 256
+    public static let KC = 384
     /// Rows of the packed A block: MC×KC floats (144 KiB) sit in L2 with room for C traffic.
     public static let MC = 144
     /// Columns of the packed B panel: KC×NC floats (about 4 MiB) live in L3.
     public static let NC = 4080
+    /// Columns of the packed B panel when all of op(A) fits in L2 (M ≤ MC and at most 48K
+    /// floats, e.g. every convolution of the reference models): op(A) is packed once, and a
+    /// narrow B panel (KC×NCsmall, 192 KiB) is consumed while it is still in L2.
+    public static let NCsmall = 128
 }
+
+/// Largest op(A), in floats, that the small-M path packs whole (192 KiB).
+private let packedAWholeLimit = 48 * 1024
 
 private let MR = GemmBlocking.MR
 private let NR = GemmBlocking.NR
 private let KC = GemmBlocking.KC
 private let MC = GemmBlocking.MC
 private let NC = GemmBlocking.NC
+private let NCsmall = GemmBlocking.NCsmall
 private let L = GemmVector.scalarCount
 
 /// C (M×N) = alpha · op(A) (M×K) · op(B) (K×N) + beta · C, all row-major.
@@ -79,34 +87,55 @@ public func sgemm(
         return
     }
 
-    let mcMax = roundUp(min(MC, m), MR)
-    let ncMax = roundUp(min(NC, n), NR)
-    let kcMax = min(KC, k)
+    // K is split into equal steps of at most KC, so no step is a thin remainder.
+    let kSteps = (k + KC - 1) / KC
+    let kcMax = (k + kSteps - 1) / kSteps
     let ws = GemmWorkspace.forCurrentThread()
-    ws.reserve(aCount: mcMax * kcMax, bCount: kcMax * ncMax)
-    let packedA = ws.a, packedB = ws.b, tile = ws.tile
 
+    if m <= MC && roundUp(m, MR) * k <= packedAWholeLimit {
+        // Small M (every convolution here): pack all of op(A) once, then walk N in narrow
+        // panels whose packed B (kcMax×NCsmall) stays in L2 between packing and use.
+        let mPadded = roundUp(m, MR)
+        ws.reserve(aCount: mPadded * k, bCount: kcMax * roundUp(min(NCsmall, n), NR))
+        let packedA = ws.a, packedB = ws.b, tile = ws.tile
+        var pc = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            packA(transA, mc: m, kc: kc, a: a, lda: lda, row: 0, col: pc, dst: packedA + mPadded * pc)
+            pc += kc
+        }
+        var jc = 0
+        while jc < n {
+            let nc = min(NCsmall, n - jc)
+            pc = 0
+            while pc < k {
+                let kc = min(kcMax, k - pc)
+                packB(transB, kc: kc, nc: nc, b: b, ldb: ldb, row: pc, col: jc, dst: packedB)
+                macroKernel(mc: m, nc: nc, kc: kc, alpha: alpha, beta: pc == 0 ? beta : 1,
+                            packedA: packedA + mPadded * pc, packedB: packedB,
+                            c: c + jc, ldc: ldc, tile: tile)
+                pc += kc
+            }
+            jc += nc
+        }
+        return
+    }
+
+    ws.reserve(aCount: roundUp(min(MC, m), MR) * kcMax, bCount: kcMax * roundUp(min(NC, n), NR))
+    let packedA = ws.a, packedB = ws.b, tile = ws.tile
     var jc = 0
     while jc < n {
         let nc = min(NC, n - jc)
         var pc = 0
         while pc < k {
-            let kc = min(KC, k - pc)
+            let kc = min(kcMax, k - pc)
             // Later K steps add onto what the first one wrote.
             let betaStep: Float = pc == 0 ? beta : 1
-            if transB == .none {
-                packBPanel(kc: kc, nc: nc, src: b + pc * ldb + jc, rowStride: ldb, colStride: 1, dst: packedB)
-            } else {
-                packBPanel(kc: kc, nc: nc, src: b + jc * ldb + pc, rowStride: 1, colStride: ldb, dst: packedB)
-            }
+            packB(transB, kc: kc, nc: nc, b: b, ldb: ldb, row: pc, col: jc, dst: packedB)
             var ic = 0
             while ic < m {
                 let mc = min(MC, m - ic)
-                if transA == .none {
-                    packABlock(mc: mc, kc: kc, src: a + ic * lda + pc, rowStride: lda, colStride: 1, dst: packedA)
-                } else {
-                    packABlock(mc: mc, kc: kc, src: a + pc * lda + ic, rowStride: 1, colStride: lda, dst: packedA)
-                }
+                packA(transA, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: packedA)
                 macroKernel(mc: mc, nc: nc, kc: kc, alpha: alpha, beta: betaStep,
                             packedA: packedA, packedB: packedB,
                             c: c + ic * ldc + jc, ldc: ldc, tile: tile)
@@ -115,6 +144,28 @@ public func sgemm(
             pc += kc
         }
         jc += nc
+    }
+}
+
+/// Packs op(A)[row..<row+mc, col..<col+kc].
+@inline(__always)
+private func packA(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Float>, lda: Int,
+                   row: Int, col: Int, dst: UnsafeMutablePointer<Float>) {
+    if trans == .none {
+        packABlock(mc: mc, kc: kc, src: a + row * lda + col, rowStride: lda, colStride: 1, dst: dst)
+    } else {
+        packABlock(mc: mc, kc: kc, src: a + col * lda + row, rowStride: 1, colStride: lda, dst: dst)
+    }
+}
+
+/// Packs op(B)[row..<row+kc, col..<col+nc].
+@inline(__always)
+private func packB(_ trans: Transpose, kc: Int, nc: Int, b: UnsafePointer<Float>, ldb: Int,
+                   row: Int, col: Int, dst: UnsafeMutablePointer<Float>) {
+    if trans == .none {
+        packBPanel(kc: kc, nc: nc, src: b + row * ldb + col, rowStride: ldb, colStride: 1, dst: dst)
+    } else {
+        packBPanel(kc: kc, nc: nc, src: b + col * ldb + row, rowStride: 1, colStride: ldb, dst: dst)
     }
 }
 
@@ -288,28 +339,42 @@ private func packBPanel(
     kc: Int, nc: Int, src: UnsafePointer<Float>, rowStride: Int, colStride: Int,
     dst: UnsafeMutablePointer<Float>
 ) {
+    let fullPanels = nc / NR
     var jr = 0
-    var out = dst
+    if colStride == 1 {
+        // B as stored (im2col columns, the hot case). Chunks of a few micro-panels: each
+        // source row is read as one contiguous run, and only a few output streams are open.
+        let chunk = 8
+        var q0 = 0
+        while q0 < fullPanels {
+            let q1 = min(q0 + chunk, fullPanels)
+            for p in 0..<kc {
+                let s = UnsafeRawPointer(src + p * rowStride)
+                let o = UnsafeMutableRawPointer(dst + p * NR)
+                for q in q0..<q1 {
+                    let so = q * NR * 4, oo = q * NR * kc * 4
+                    o.storeBytes(of: s.loadUnaligned(fromByteOffset: so, as: GemmVector.self),
+                                 toByteOffset: oo, as: GemmVector.self)
+                    o.storeBytes(of: s.loadUnaligned(fromByteOffset: so + L * 4, as: GemmVector.self),
+                                 toByteOffset: oo + L * 4, as: GemmVector.self)
+                }
+            }
+            q0 = q1
+        }
+        jr = fullPanels * NR
+    }
+    var out = dst + jr * kc
     while jr < nc {
         let nr = min(NR, nc - jr)
         let panel = src + jr * colStride
         if colStride == 1 {
-            if nr == NR {
-                // The hot case (im2col columns): two vector copies per row.
-                for p in 0..<kc {
-                    let s = UnsafeRawPointer(panel + p * rowStride)
-                    let o = UnsafeMutableRawPointer(out + p * NR)
-                    o.storeBytes(of: s.loadUnaligned(as: GemmVector.self), as: GemmVector.self)
-                    o.storeBytes(of: s.loadUnaligned(fromByteOffset: L * 4, as: GemmVector.self),
-                                 toByteOffset: L * 4, as: GemmVector.self)
-                }
-            } else {
-                for p in 0..<kc {
-                    let s = panel + p * rowStride, o = out + p * NR
-                    for j in 0..<nr { o[j] = s[j] }
-                    for j in nr..<NR { o[j] = 0 }
-                }
+            for p in 0..<kc {
+                let s = panel + p * rowStride, o = out + p * NR
+                for j in 0..<nr { o[j] = s[j] }
+                for j in nr..<NR { o[j] = 0 }
             }
+        } else if nr == NR {
+            packTransposedPanel(kc: kc, src: panel, ld: colStride, dst: out)
         } else {
             // Bᵀ: each column j of op(B) is a contiguous row of the stored matrix.
             for j in 0..<NR {
@@ -324,6 +389,72 @@ private func packBPanel(
         out += NR * kc
         jr += NR
     }
+}
+
+/// One full Bᵀ micro-panel: out[p·NR + j] = src[j·ld + p] for p < kc, j < NR.
+/// With AVX2, 8×8 blocks are transposed in registers so reads and writes are both vectors.
+@inline(__always)
+private func packTransposedPanel(kc: Int, src: UnsafePointer<Float>, ld: Int, dst: UnsafeMutablePointer<Float>) {
+    var p = 0
+    #if !CNN_PORTABLE
+    while p + 8 <= kc {
+        for h in 0..<(NR / 8) {
+            let s = src + (8 * h) * ld + p
+            let t = transpose8x8(
+                load8(s), load8(s + ld), load8(s + 2 * ld), load8(s + 3 * ld),
+                load8(s + 4 * ld), load8(s + 5 * ld), load8(s + 6 * ld), load8(s + 7 * ld))
+            let o = dst + p * NR + 8 * h
+            store8(t.0, o); store8(t.1, o + NR); store8(t.2, o + 2 * NR); store8(t.3, o + 3 * NR)
+            store8(t.4, o + 4 * NR); store8(t.5, o + 5 * NR); store8(t.6, o + 6 * NR); store8(t.7, o + 7 * NR)
+        }
+        p += 8
+    }
+    #endif
+    while p < kc {
+        for j in 0..<NR { dst[p * NR + j] = src[j * ld + p] }
+        p += 1
+    }
+}
+
+@inline(__always)
+private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always)
+private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+/// x0 y0 x1 y1 x2 y2 x3 y3.
+@inline(__always)
+private func interleave(_ x: SIMD4<Float>, _ y: SIMD4<Float>) -> SIMD8<Float> {
+    var v = SIMD8<Float>()
+    v.evenHalf = x
+    v.oddHalf = y
+    return v
+}
+
+typealias Rows8 = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                   SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
+
+/// One perfect shuffle of the 64 elements (row-major 8×8): element s goes to 2s mod 63.
+/// It rotates the 6 index bits left by one, so three of them swap row and column bits.
+@inline(__always)
+private func perfectShuffle(_ r: Rows8) -> Rows8 {
+    (interleave(r.0.lowHalf, r.4.lowHalf), interleave(r.0.highHalf, r.4.highHalf),
+     interleave(r.1.lowHalf, r.5.lowHalf), interleave(r.1.highHalf, r.5.highHalf),
+     interleave(r.2.lowHalf, r.6.lowHalf), interleave(r.2.highHalf, r.6.highHalf),
+     interleave(r.3.lowHalf, r.7.lowHalf), interleave(r.3.highHalf, r.7.highHalf))
+}
+
+/// Transpose of the 8×8 matrix whose rows are r0…r7.
+@inline(__always)
+private func transpose8x8(
+    _ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
+    _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>
+) -> Rows8 {
+    perfectShuffle(perfectShuffle(perfectShuffle((r0, r1, r2, r3, r4, r5, r6, r7))))
 }
 
 // MARK: - Per-thread workspace
