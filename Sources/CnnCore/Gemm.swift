@@ -11,7 +11,8 @@
 //
 // Layout assumptions:
 // - Packed A (MC×KC block) is a sequence of MR-row micro-panels; micro-panel r holds
-//   op(A)[r·MR + i, p] at index p·MR + i (k-major), rows past M are zero.
+//   op(A)[r·MR + i, p] at index p·MR + i (k-major), rows past M are zero. A tail of at
+//   most 4 rows gets a 4-row panel (and a 4×NR kernel) instead of a padded MR-row one.
 // - Packed B (KC×NC panel) is a sequence of NR-column micro-panels; micro-panel s holds
 //   op(B)[p, s·NR + j] at index p·NR + j, columns past N are zero.
 // - Both packed buffers are 64-byte aligned, so every NR-wide row of a B micro-panel is
@@ -200,26 +201,53 @@ private func macroKernel(
         let bPanel = packedB + jr * kc
         var ir = 0
         while ir < mc {
-            let mr = min(MR, mc - ir)
+            let rows = panelRows(mc - ir)
+            let mr = min(rows, mc - ir)
             let aPanel = packedA + ir * kc
             let cTile = c + ir * ldc + jr
-            if mr == MR && nr == NR {
-                microKernel(kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc, alpha: alpha, beta: beta)
+            if rows == MR {
+                runTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
+                        alpha: alpha, beta: beta, tile: tile)
             } else {
-                // Zero-padded panels give a full tile; only its valid corner reaches C.
-                microKernel(kc: kc, a: aPanel, b: bPanel, c: tile, ldc: NR, alpha: alpha, beta: 0)
-                for i in 0..<mr {
-                    let src = tile + i * NR, dst = cTile + i * ldc
-                    if beta == 0 {
-                        for j in 0..<nr { dst[j] = src[j] }
-                    } else {
-                        for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
-                    }
-                }
+                runTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
+                        alpha: alpha, beta: beta, tile: tile)
             }
-            ir += MR
+            ir += rows
         }
         jr += NR
+    }
+}
+
+/// Rows of the A micro-panel that starts with `remaining` rows of the block left: MR, but a
+/// tail of at most tailMR rows gets a tailMR-row panel instead of a zero-padded MR one
+/// (M = 16 is 6 + 6 + 4 rather than 6 + 6 + 6). Only the last panel of a block can be short,
+/// so panel r still starts at row r·MR of the packed block.
+@inline(__always)
+private func panelRows(_ remaining: Int) -> Int { remaining > tailMR ? MR : tailMR }
+
+/// Height of the short tail panel. 4 rows × 2 vectors = 8 accumulators, which still covers
+/// the FMA latency × throughput product of Zen 3 (4 cycles × 2 pipes).
+private let tailMR = 4
+
+/// One rows×NR tile of C with mr×nr valid: straight into C when full, else through `tile`.
+@inline(__always)
+private func runTile(
+    rows: Int, mr: Int, nr: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float, tile: UnsafeMutablePointer<Float>
+) {
+    if mr == rows && nr == NR {
+        microKernel(rows: rows, kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+        return
+    }
+    // Zero-padded panels give a full tile; only its valid corner reaches C.
+    microKernel(rows: rows, kc: kc, a: a, b: b, c: tile, ldc: NR, alpha: alpha, beta: 0)
+    for i in 0..<mr {
+        let src = tile + i * NR, dst = c + i * ldc
+        if beta == 0 {
+            for j in 0..<nr { dst[j] = src[j] }
+        } else {
+            for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
+        }
     }
 }
 
@@ -242,14 +270,15 @@ private func storeRow(_ acc: GemmVector, _ p: UnsafeMutablePointer<Float>, alpha
     }
 }
 
-/// One MR×NR tile (6 × 2 vectors): C = alpha · Ã·B̃ + beta · C.
-/// a: packed A micro-panel, kc×MR, a[p·MR + i].
+/// One rows×NR tile (rows is MR = 6 or tailMR = 4, a constant after inlining; 2 vectors
+/// per row): C = alpha · Ã·B̃ + beta · C.
+/// a: packed A micro-panel, kc×rows, a[p·rows + i].
 /// b: packed B micro-panel, kc×NR, b[p·NR + j], 32-byte aligned rows.
-/// c: MR×NR tile of row-major C, row stride ldc (any alignment).
-/// The 12 accumulators are named locals so they stay in registers across the K loop.
+/// c: rows×NR tile of row-major C, row stride ldc (any alignment).
+/// The accumulators are named locals so they stay in registers across the K loop.
 @inline(__always)
 private func microKernel(
-    kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float
 ) {
     var c00 = GemmVector(), c01 = GemmVector()
@@ -269,11 +298,13 @@ private func microKernel(
         c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
         av = GemmVector(repeating: pa[3])
         c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        av = GemmVector(repeating: pa[4])
-        c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-        av = GemmVector(repeating: pa[5])
-        c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        pa += 6
+        if rows == 6 {
+            av = GemmVector(repeating: pa[4])
+            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+            av = GemmVector(repeating: pa[5])
+            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        }
+        pa += rows
         pb += 2 * L
     }
     let va = GemmVector(repeating: alpha)
@@ -284,10 +315,12 @@ private func microKernel(
     storeRow(c20, row, alpha: va, beta: beta); storeRow(c21, row + L, alpha: va, beta: beta)
     row += ldc
     storeRow(c30, row, alpha: va, beta: beta); storeRow(c31, row + L, alpha: va, beta: beta)
-    row += ldc
-    storeRow(c40, row, alpha: va, beta: beta); storeRow(c41, row + L, alpha: va, beta: beta)
-    row += ldc
-    storeRow(c50, row, alpha: va, beta: beta); storeRow(c51, row + L, alpha: va, beta: beta)
+    if rows == 6 {
+        row += ldc
+        storeRow(c40, row, alpha: va, beta: beta); storeRow(c41, row + L, alpha: va, beta: beta)
+        row += ldc
+        storeRow(c50, row, alpha: va, beta: beta); storeRow(c51, row + L, alpha: va, beta: beta)
+    }
 }
 
 // MARK: - Packing
@@ -302,33 +335,30 @@ private func packABlock(
     var ir = 0
     var out = dst
     while ir < mc {
-        let mr = min(MR, mc - ir)
+        let rows = panelRows(mc - ir)
+        let mr = min(rows, mc - ir)
         let panel = src + ir * rowStride
         if colStride == 1 {
-            // Rows of A are contiguous in p: read MR rows side by side, write k-major.
-            for i in 0..<MR {
+            // Rows of A are contiguous in p: read the panel's rows side by side, write k-major.
+            for i in 0..<rows {
                 if i < mr {
                     let row = panel + i * rowStride
-                    for p in 0..<kc { out[p * MR + i] = row[p] }
+                    for p in 0..<kc { out[p * rows + i] = row[p] }
                 } else {
-                    for p in 0..<kc { out[p * MR + i] = 0 }
+                    for p in 0..<kc { out[p * rows + i] = 0 }
                 }
             }
         } else {
-            // Aᵀ: for each p the MR values are contiguous in memory.
+            // Aᵀ: for each p the panel's values are contiguous in memory.
             for p in 0..<kc {
                 let col = panel + p * colStride
-                let o = out + p * MR
-                if mr == MR {
-                    for i in 0..<MR { o[i] = col[i] }
-                } else {
-                    for i in 0..<mr { o[i] = col[i] }
-                    for i in mr..<MR { o[i] = 0 }
-                }
+                let o = out + p * rows
+                for i in 0..<mr { o[i] = col[i] }
+                for i in mr..<rows { o[i] = 0 }
             }
         }
-        out += MR * kc
-        ir += MR
+        out += rows * kc
+        ir += rows
     }
 }
 
