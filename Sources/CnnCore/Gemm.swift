@@ -423,19 +423,22 @@ private func packBPanel(
 
 /// One full Bᵀ micro-panel: out[p·NR + j] = src[j·ld + p] for p < kc, j < NR.
 /// With AVX2, 8×8 blocks are transposed in registers so reads and writes are both vectors.
+/// Steps of 16 in p use each 64-byte source line whole while it is in L1 (with ld a
+/// multiple of 1024 floats all NR source rows fall into one L1 set).
 @inline(__always)
 private func packTransposedPanel(kc: Int, src: UnsafePointer<Float>, ld: Int, dst: UnsafeMutablePointer<Float>) {
     var p = 0
     #if !CNN_PORTABLE
+    while p + 16 <= kc {
+        for h in 0..<(NR / 8) {
+            transposeBlock(src + (8 * h) * ld + p, ld: ld, dst + p * NR + 8 * h)
+            transposeBlock(src + (8 * h) * ld + p + 8, ld: ld, dst + (p + 8) * NR + 8 * h)
+        }
+        p += 16
+    }
     while p + 8 <= kc {
         for h in 0..<(NR / 8) {
-            let s = src + (8 * h) * ld + p
-            let t = transpose8x8(
-                load8(s), load8(s + ld), load8(s + 2 * ld), load8(s + 3 * ld),
-                load8(s + 4 * ld), load8(s + 5 * ld), load8(s + 6 * ld), load8(s + 7 * ld))
-            let o = dst + p * NR + 8 * h
-            store8(t.0, o); store8(t.1, o + NR); store8(t.2, o + 2 * NR); store8(t.3, o + 3 * NR)
-            store8(t.4, o + 4 * NR); store8(t.5, o + 5 * NR); store8(t.6, o + 6 * NR); store8(t.7, o + 7 * NR)
+            transposeBlock(src + (8 * h) * ld + p, ld: ld, dst + p * NR + 8 * h)
         }
         p += 8
     }
@@ -444,6 +447,52 @@ private func packTransposedPanel(kc: Int, src: UnsafePointer<Float>, ld: Int, ds
         for j in 0..<NR { dst[p * NR + j] = src[j * ld + p] }
         p += 1
     }
+}
+
+#if !CNN_PORTABLE
+/// dst[q·NR + r] = s[r·ld + q] for r, q < 8: the classic AVX sequence (unpack, shuffle,
+/// 128-bit lane permute), written as constant-index SIMD8 shuffles that LLVM turns into
+/// vunpcklps / vshufps / vperm2f128.
+@inline(__always)
+private func transposeBlock(_ s: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMutablePointer<Float>) {
+    let r0 = load8(s), r1 = load8(s + ld), r2 = load8(s + 2 * ld), r3 = load8(s + 3 * ld)
+    let r4 = load8(s + 4 * ld), r5 = load8(s + 5 * ld), r6 = load8(s + 6 * ld), r7 = load8(s + 7 * ld)
+    let t0 = unpackLo(r0, r1), t1 = unpackHi(r0, r1), t2 = unpackLo(r2, r3), t3 = unpackHi(r2, r3)
+    let t4 = unpackLo(r4, r5), t5 = unpackHi(r4, r5), t6 = unpackLo(r6, r7), t7 = unpackHi(r6, r7)
+    let u0 = shuffleLo(t0, t2), u1 = shuffleHi(t0, t2), u2 = shuffleLo(t1, t3), u3 = shuffleHi(t1, t3)
+    let u4 = shuffleLo(t4, t6), u5 = shuffleHi(t4, t6), u6 = shuffleLo(t5, t7), u7 = shuffleHi(t5, t7)
+    store8(SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), dst)
+    store8(SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf), dst + NR)
+    store8(SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), dst + 2 * NR)
+    store8(SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf), dst + 3 * NR)
+    store8(SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), dst + 4 * NR)
+    store8(SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf), dst + 5 * NR)
+    store8(SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), dst + 6 * NR)
+    store8(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * NR)
+}
+
+/// vunpcklps: a0 b0 a1 b1 | a4 b4 a5 b5.
+@inline(__always)
+private func unpackLo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+    SIMD8(a[0], b[0], a[1], b[1], a[4], b[4], a[5], b[5])
+}
+
+/// vunpckhps: a2 b2 a3 b3 | a6 b6 a7 b7.
+@inline(__always)
+private func unpackHi(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+    SIMD8(a[2], b[2], a[3], b[3], a[6], b[6], a[7], b[7])
+}
+
+/// vshufps 0x44: a0 a1 b0 b1 | a4 a5 b4 b5.
+@inline(__always)
+private func shuffleLo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+    SIMD8(a[0], a[1], b[0], b[1], a[4], a[5], b[4], b[5])
+}
+
+/// vshufps 0xEE: a2 a3 b2 b3 | a6 a7 b6 b7.
+@inline(__always)
+private func shuffleHi(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
+    SIMD8(a[2], a[3], b[2], b[3], a[6], a[7], b[6], b[7])
 }
 
 @inline(__always)
@@ -455,37 +504,7 @@ private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
 private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
-
-/// x0 y0 x1 y1 x2 y2 x3 y3.
-@inline(__always)
-private func interleave(_ x: SIMD4<Float>, _ y: SIMD4<Float>) -> SIMD8<Float> {
-    var v = SIMD8<Float>()
-    v.evenHalf = x
-    v.oddHalf = y
-    return v
-}
-
-typealias Rows8 = (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
-                   SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>)
-
-/// One perfect shuffle of the 64 elements (row-major 8×8): element s goes to 2s mod 63.
-/// It rotates the 6 index bits left by one, so three of them swap row and column bits.
-@inline(__always)
-private func perfectShuffle(_ r: Rows8) -> Rows8 {
-    (interleave(r.0.lowHalf, r.4.lowHalf), interleave(r.0.highHalf, r.4.highHalf),
-     interleave(r.1.lowHalf, r.5.lowHalf), interleave(r.1.highHalf, r.5.highHalf),
-     interleave(r.2.lowHalf, r.6.lowHalf), interleave(r.2.highHalf, r.6.highHalf),
-     interleave(r.3.lowHalf, r.7.lowHalf), interleave(r.3.highHalf, r.7.highHalf))
-}
-
-/// Transpose of the 8×8 matrix whose rows are r0…r7.
-@inline(__always)
-private func transpose8x8(
-    _ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
-    _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>
-) -> Rows8 {
-    perfectShuffle(perfectShuffle(perfectShuffle((r0, r1, r2, r3, r4, r5, r6, r7))))
-}
+#endif
 
 // MARK: - Per-thread workspace
 
