@@ -11,8 +11,9 @@
 //
 // Layout assumptions:
 // - Packed A (MC×KC block) is a sequence of MR-row micro-panels; micro-panel r holds
-//   op(A)[r·MR + i, p] at index p·MR + i (k-major), rows past M are zero. A tail of at
-//   most 4 rows gets a 4-row panel (and a 4×NR kernel) instead of a padded MR-row one.
+//   op(A)[r·MR + i, p] at index p·MR + i (k-major), rows past M are zero. A tail of 8
+//   rows, or of at most 4, uses 4-row panels (and a 4×NR kernel) instead of padded MR-row
+//   ones; see panelRows.
 // - Packed B (KC×NC panel) is a sequence of NR-column micro-panels; micro-panel s holds
 //   op(B)[p, s·NR + j] at index p·NR + j, columns past N are zero.
 // - Both packed buffers are 64-byte aligned, so every NR-wide row of a B micro-panel is
@@ -219,11 +220,13 @@ private func macroKernel(
 }
 
 /// Rows of the A micro-panel that starts with `remaining` rows of the block left: MR, but a
-/// tail of at most tailMR rows gets a tailMR-row panel instead of a zero-padded MR one
-/// (M = 16 is 6 + 6 + 4 rather than 6 + 6 + 6). Only the last panel of a block can be short,
-/// so panel r still starts at row r·MR of the packed block.
+/// tail of 8 rows is two tailMR-row panels and a tail of at most tailMR rows one, instead of
+/// zero-padded MR-row panels (M = 16 is 6+6+4, M = 32 is 6·4+4+4). Only the last panel of
+/// a block can be padded, so the panel starting at row ir starts at ir·kc in packed A.
 @inline(__always)
-private func panelRows(_ remaining: Int) -> Int { remaining > tailMR ? MR : tailMR }
+private func panelRows(_ remaining: Int) -> Int {
+    remaining > tailMR && remaining != 2 * tailMR ? MR : tailMR
+}
 
 /// Height of the short tail panel. 4 rows × 2 vectors = 8 accumulators, which still covers
 /// the FMA latency × throughput product of Zen 3 (4 cycles × 2 pipes).
