@@ -23,6 +23,9 @@ public struct BenchGemmCommand: ParsableCommand {
     @Option(name: .long, help: "Rounds per shape; each round times ours and OpenBLAS once (best of N).")
     var repeats = 10
 
+    @Flag(name: .long, help: "Time with this thread's CPU clock instead of the wall clock: steadier on a busy machine (time spent descheduled is not counted).")
+    var threadTime = false
+
     @Option(name: .long, help: "Comma-separated shapes MxNxK[:TT], e.g. 256x256x256,64x512x4096:nt.")
     var shapes: String?
 
@@ -47,7 +50,8 @@ public struct BenchGemmCommand: ParsableCommand {
         for shape in list {
             let r = measure(shape, blas: blas)
             var row: [String: Any] = ["shape": shape.description, "name": shape.name,
-                                      "m": shape.m, "n": shape.n, "k": shape.k, "ours_gflops": r.ours]
+                                      "m": shape.m, "n": shape.n, "k": shape.k, "ours_gflops": r.ours,
+                                      "trans": (shape.transA == .none ? "n" : "t") + (shape.transB == .none ? "n" : "t")]
             if let theirs = r.openblas {
                 let ratio = r.ours / theirs
                 row["openblas_gflops"] = theirs
@@ -66,12 +70,25 @@ public struct BenchGemmCommand: ParsableCommand {
         let geomean: Double? = ratioCount > 0 ? exp(logRatio / Double(ratioCount)) : nil
         if json {
             var object: [String: Any] = ["shapes": rows, "repeats": repeats,
+                                         "clock": threadTime ? "thread" : "wall",
                                          "openblas": blas?.path ?? NSNull()]
             object["geomean_ratio"] = geomean ?? NSNull()
             printJSON(object)
         } else if let geomean {
             print("geometric-mean ratio (ours / OpenBLAS): \(fmt(geomean, 3)) over \(ratioCount) shapes")
         }
+    }
+
+    /// One warmed-up timing of `body`: `bestSeconds` on the wall clock, or the same on the
+    /// thread's CPU clock with --thread-time.
+    private func seconds(_ body: () -> Void) -> Double {
+        guard threadTime else { return bestSeconds(repeats: 1, body) }
+        body()
+        var start = timespec(), end = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start)
+        body()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end)
+        return Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) * 1e-9
     }
 
     /// Best GFLOP/s of ours and of OpenBLAS, alternating one timed run of each per round.
@@ -98,14 +115,14 @@ public struct BenchGemmCommand: ParsableCommand {
                 c.withUnsafeMutableBufferPointer { pc in
                     let (A, B, C) = (pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
                     for _ in 0..<repeats {
-                        ours = min(ours, bestSeconds(repeats: 1) {
+                        ours = min(ours, seconds {
                             for _ in 0..<calls {
                                 sgemm(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
                                       b: B, ldb: ldb, beta: 0, c: C, ldc: s.n)
                             }
                         })
                         if let blas {
-                            theirs = min(theirs, bestSeconds(repeats: 1) {
+                            theirs = min(theirs, seconds {
                                 for _ in 0..<calls {
                                     blas.sgemm(s.transA, s.transB, s.m, s.n, s.k, A, lda, B, ldb, C, s.n)
                                 }
