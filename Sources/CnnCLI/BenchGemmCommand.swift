@@ -44,7 +44,8 @@ public struct BenchGemmCommand: ParsableCommand {
 
         if !json {
             print(blas == nil ? "OpenBLAS not found (libopenblas.so.0): showing our figures only."
-                              : "OpenBLAS: \(blas!.path), 1 thread. Best of \(repeats) alternating rounds.")
+                              : "OpenBLAS: \(blas!.path), 1 thread. Best of \(repeats) alternating rounds, "
+                                + (threadTime ? "thread CPU time." : "wall clock."))
             print(pad("shape", 24) + pad("name", 16) + lpad("ours GF/s", 11) + lpad("OpenBLAS GF/s", 15) + lpad("ratio", 8))
         }
         for shape in list {
