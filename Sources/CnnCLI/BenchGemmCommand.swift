@@ -1,8 +1,232 @@
 import ArgumentParser
+import CnnCore
+import Foundation
 
-/// Placeholder, replaced by its owner.
+/// `cnn-dist bench gemm`: GFLOP/s of our `sgemm` against single-threaded OpenBLAS
+/// `cblas_sgemm`, measured side by side in the same run on the same operands.
 public struct BenchGemmCommand: ParsableCommand {
-    public static let configuration = CommandConfiguration(commandName: "gemm", shouldDisplay: false)
+    public static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "GFLOP/s of our sgemm vs single-threaded OpenBLAS on convolution and linear-layer shapes.",
+        discussion: """
+            Shapes are MxNxK, optionally followed by :TT where each T is n (as stored) or t \
+            (transposed) for A and B, e.g. 64x512x4096:nt. The defaults are the forward GEMMs \
+            (M = output channels, N = output pixels × batch 64, K = C_in·kh·kw) of the reference \
+            models' convolutions, a linear layer in all four transpose forms, and squares. \
+            OpenBLAS is loaded at run time (libopenblas.so.0) and forced to one thread.
+            """
+    )
+
+    @Flag(name: .long, help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @Option(name: .long, help: "Rounds per shape; each round times ours and OpenBLAS once (best of N).")
+    var repeats = 10
+
+    @Flag(name: .long, help: "Time with this thread's CPU clock instead of the wall clock: steadier on a busy machine (time spent descheduled is not counted).")
+    var threadTime = false
+
+    @Option(name: .long, help: "Comma-separated shapes MxNxK[:TT], e.g. 256x256x256,64x512x4096:nt.")
+    var shapes: String?
+
     public init() {}
-    public func run() throws { throw ValidationError("not built yet") }
+
+    public func validate() throws {
+        guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1, got \(repeats)") }
+        if let shapes { _ = try GemmBenchShape.parseList(shapes) }
+    }
+
+    public func run() throws {
+        let list = try shapes.map(GemmBenchShape.parseList) ?? GemmBenchShape.defaults
+        let blas = OpenBLAS.load()
+        var rows: [[String: Any]] = []
+        var logRatio = 0.0, ratioCount = 0
+
+        if !json {
+            print(blas == nil ? "OpenBLAS not found (libopenblas.so.0): showing our figures only."
+                              : "OpenBLAS: \(blas!.path), 1 thread. Best of \(repeats) alternating rounds, "
+                                + (threadTime ? "thread CPU time." : "wall clock."))
+            print(pad("shape", 24) + pad("name", 16) + lpad("ours GF/s", 11) + lpad("OpenBLAS GF/s", 15) + lpad("ratio", 8))
+        }
+        for shape in list {
+            let r = measure(shape, blas: blas)
+            var row: [String: Any] = ["shape": shape.description, "name": shape.name,
+                                      "m": shape.m, "n": shape.n, "k": shape.k, "ours_gflops": r.ours,
+                                      "trans": (shape.transA == .none ? "n" : "t") + (shape.transB == .none ? "n" : "t")]
+            if let theirs = r.openblas {
+                let ratio = r.ours / theirs
+                row["openblas_gflops"] = theirs
+                row["ratio"] = ratio
+                logRatio += log(ratio)
+                ratioCount += 1
+            }
+            rows.append(row)
+            if !json {
+                let theirs = r.openblas.map { fmt($0, 1) } ?? "-"
+                let ratio = r.openblas.map { fmt(r.ours / $0, 2) } ?? "-"
+                print(pad(shape.description, 24) + pad(shape.name, 16) + lpad(fmt(r.ours, 1), 11)
+                      + lpad(theirs, 15) + lpad(ratio, 8))
+            }
+        }
+        let geomean: Double? = ratioCount > 0 ? exp(logRatio / Double(ratioCount)) : nil
+        if json {
+            var object: [String: Any] = ["shapes": rows, "repeats": repeats,
+                                         "clock": threadTime ? "thread" : "wall",
+                                         "openblas": blas?.path ?? NSNull()]
+            object["geomean_ratio"] = geomean ?? NSNull()
+            printJSON(object)
+        } else if let geomean {
+            print("geometric-mean ratio (ours / OpenBLAS): \(fmt(geomean, 3)) over \(ratioCount) shapes")
+        }
+    }
+
+    /// One warmed-up timing of `body`: `bestSeconds` on the wall clock, or the same on the
+    /// thread's CPU clock with --thread-time.
+    private func seconds(_ body: () -> Void) -> Double {
+        guard threadTime else { return bestSeconds(repeats: 1, body) }
+        body()
+        var start = timespec(), end = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start)
+        body()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end)
+        return Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) * 1e-9
+    }
+
+    /// Best GFLOP/s of ours and of OpenBLAS, alternating one timed run of each per round.
+    private func measure(_ s: GemmBenchShape, blas: OpenBLAS?) -> (ours: Double, openblas: Double?) {
+        // Stored shapes: A is M×K (or K×M when transposed), B is K×N (or N×K).
+        let lda = s.transA == .none ? s.k : s.m
+        let ldb = s.transB == .none ? s.n : s.k
+        // A cheap LCG: the values only need to be ordinary floats, not good randomness.
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        let next = { () -> Float in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int32(truncatingIfNeeded: state >> 32)) * 0x1p-31
+        }
+        let a = (0..<(s.m * s.k)).map { _ in next() }
+        let b = (0..<(s.k * s.n)).map { _ in next() }
+        var c = [Float](repeating: 0, count: s.m * s.n)
+        let flops = 2.0 * Double(s.m) * Double(s.n) * Double(s.k)
+        // Enough calls per timing that even small shapes run for tens of milliseconds.
+        let calls = max(1, Int((2e8 / flops).rounded(.up)))
+
+        var ours = Double.infinity, theirs = Double.infinity
+        a.withUnsafeBufferPointer { pa in
+            b.withUnsafeBufferPointer { pb in
+                c.withUnsafeMutableBufferPointer { pc in
+                    let (A, B, C) = (pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
+                    for _ in 0..<repeats {
+                        ours = min(ours, seconds {
+                            for _ in 0..<calls {
+                                sgemm(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
+                                      b: B, ldb: ldb, beta: 0, c: C, ldc: s.n)
+                            }
+                        })
+                        if let blas {
+                            theirs = min(theirs, seconds {
+                                for _ in 0..<calls {
+                                    blas.sgemm(s.transA, s.transB, s.m, s.n, s.k, A, lda, B, ldb, C, s.n)
+                                }
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        let gflops = { (seconds: Double) in flops * Double(calls) / seconds * 1e-9 }
+        return (gflops(ours), blas == nil ? nil : gflops(theirs))
+    }
 }
+
+/// One benchmark GEMM: sizes, transposes and a label.
+struct GemmBenchShape: CustomStringConvertible {
+    var m: Int, n: Int, k: Int
+    var transA: Transpose = .none, transB: Transpose = .none
+    var name = ""
+
+    var description: String {
+        let t = (transA == .none ? "n" : "t") + (transB == .none ? "n" : "t")
+        return "\(m)x\(n)x\(k)" + (t == "nn" ? "" : ":" + t)
+    }
+
+    /// Convolution forward GEMMs at batch 64, a 4096→512 linear layer (batch 64) in its four
+    /// transpose forms, and squares.
+    static let defaults: [GemmBenchShape] = [
+        .init(m: 50, n: 12544, k: 225, name: "fashion conv2"),
+        .init(m: 75, n: 3136, k: 450, name: "fashion conv3"),
+        .init(m: 32, n: 65536, k: 27, name: "minivgg c1"),
+        .init(m: 32, n: 65536, k: 288, name: "minivgg c2"),
+        .init(m: 64, n: 16384, k: 288, name: "minivgg c3"),
+        .init(m: 64, n: 16384, k: 576, name: "minivgg c4"),
+        .init(m: 16, n: 65536, k: 144, name: "resnet20 s1"),
+        .init(m: 32, n: 16384, k: 288, name: "resnet20 s2"),
+        .init(m: 64, n: 4096, k: 576, name: "resnet20 s3"),
+        .init(m: 64, n: 512, k: 4096, name: "linear"),
+        .init(m: 64, n: 512, k: 4096, transB: .transposed, name: "linear"),
+        .init(m: 64, n: 512, k: 4096, transA: .transposed, name: "linear"),
+        .init(m: 64, n: 512, k: 4096, transA: .transposed, transB: .transposed, name: "linear"),
+        .init(m: 256, n: 256, k: 256, name: "square"),
+        .init(m: 512, n: 512, k: 512, name: "square"),
+        .init(m: 1024, n: 1024, k: 1024, name: "square"),
+    ]
+
+    /// Parses "MxNxK[:TT],..." (T is n or t), throwing a message naming the bad entry.
+    static func parseList(_ text: String) throws -> [GemmBenchShape] {
+        try text.split(separator: ",").map { entry in
+            let parts = entry.trimmingCharacters(in: .whitespaces).lowercased().split(separator: ":")
+            let dims = parts.first.map { $0.split(separator: "x").compactMap { Int($0) } } ?? []
+            guard parts.count <= 2, dims.count == 3, dims.allSatisfy({ $0 > 0 }) else {
+                throw ValidationError("bad shape '\(entry)': expected MxNxK[:TT] with positive sizes, e.g. 64x512x4096:nt")
+            }
+            var shape = GemmBenchShape(m: dims[0], n: dims[1], k: dims[2], name: "custom")
+            if parts.count == 2 {
+                let t = Array(parts[1])
+                guard t.count == 2, t.allSatisfy({ $0 == "n" || $0 == "t" }) else {
+                    throw ValidationError("bad transpose '\(parts[1])' in '\(entry)': expected nn, nt, tn or tt")
+                }
+                shape.transA = t[0] == "t" ? .transposed : .none
+                shape.transB = t[1] == "t" ? .transposed : .none
+            }
+            return shape
+        }
+    }
+}
+
+/// OpenBLAS's `cblas_sgemm`, found at run time so the build does not depend on it.
+struct OpenBLAS {
+    typealias CblasSgemm = @convention(c) (
+        Int32, Int32, Int32, Int32, Int32, Int32, Float, UnsafePointer<Float>?, Int32,
+        UnsafePointer<Float>?, Int32, Float, UnsafeMutablePointer<Float>?, Int32) -> Void
+    typealias SetNumThreads = @convention(c) (Int32) -> Void
+
+    let path: String
+    private let function: CblasSgemm
+
+    /// dlopens libopenblas.so.0 single-threaded; nil if it or cblas_sgemm is missing.
+    static func load() -> OpenBLAS? {
+        // Before dlopen: OpenBLAS sizes its thread pool when the library initialises.
+        setenv("OPENBLAS_NUM_THREADS", "1", 1)
+        for path in ["libopenblas.so.0", "libopenblas.so", "libopenblas.dylib"] {
+            guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL),
+                  let symbol = dlsym(handle, "cblas_sgemm") else { continue }
+            if let set = dlsym(handle, "openblas_set_num_threads") {
+                unsafeBitCast(set, to: SetNumThreads.self)(1)
+            }
+            return OpenBLAS(path: path, function: unsafeBitCast(symbol, to: CblasSgemm.self))
+        }
+        return nil
+    }
+
+    /// Row-major C = op(A)·op(B) (alpha 1, beta 0), same operands as our sgemm.
+    func sgemm(_ transA: Transpose, _ transB: Transpose, _ m: Int, _ n: Int, _ k: Int,
+               _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+               _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        let rowMajor: Int32 = 101, noTrans: Int32 = 111, trans: Int32 = 112
+        function(rowMajor, transA == .none ? noTrans : trans, transB == .none ? noTrans : trans,
+                 Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), 0, c, Int32(ldc))
+    }
+}
+
+private func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
+private func pad(_ s: String, _ width: Int) -> String { s.padding(toLength: max(width, s.count + 1), withPad: " ", startingAt: 0) }
+private func lpad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(1, width - s.count)) + s }

@@ -1,0 +1,148 @@
+import Dispatch
+import XCTest
+import CnnCore
+
+/// sgemm against sgemmReference: every transpose form, odd and blocking-crossing sizes,
+/// padded leading dimensions, alpha/beta cases and empty problems.
+final class GemmTests: XCTestCase {
+    static let allTransposes: [(Transpose, Transpose)] =
+        [(.none, .none), (.none, .transposed), (.transposed, .none), (.transposed, .transposed)]
+
+    func testOddSizesAllTransposes() {
+        let sizes: [(Int, Int, Int)] = [
+            (1, 1, 1), (7, 13, 17), (13, 7, 31), (17, 31, 7), (31, 65, 13), (65, 17, 127),
+            (127, 65, 31), (1, 257, 65), (257, 1, 65), (13, 17, 1), (65, 257, 127), (257, 127, 65),
+            (16, 48, 27), (6, 16, 8), (12, 32, 256), (257, 257, 257),
+        ]
+        for (ta, tb) in Self.allTransposes {
+            for (m, n, k) in sizes {
+                checkAgainstReference(ta, tb, m: m, n: n, k: k)
+            }
+        }
+    }
+
+    func testCrossesBlockSizes() {
+        let kc = GemmBlocking.KC, mc = GemmBlocking.MC, nc = GemmBlocking.NC
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 13, n: 31, k: 2 * kc + 37)           // K > KC, uneven split
+            checkAgainstReference(ta, tb, m: 7, n: nc + 37, k: 19)                // N > NC
+            checkAgainstReference(ta, tb, m: mc + 23, n: 33, k: 45)               // M > MC
+            checkAgainstReference(ta, tb, m: mc + 5, n: 65, k: kc + 1, beta: 1)   // M > MC and K > KC
+        }
+    }
+
+    func testLeadingDimensionsLargerThanWidth() {
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 31, n: 17, k: 65, padA: 3, padB: 5, padC: 7)
+            checkAgainstReference(ta, tb, m: 65, n: 127, k: 13, padA: 16, padB: 1, padC: 33, beta: 0.5)
+        }
+    }
+
+    func testBetaZeroIgnoresNaNInC() {
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 17, n: 31, k: 13, beta: 0, nanC: true)
+            checkAgainstReference(ta, tb, m: 13, n: 16, k: 300, alpha: 2, beta: 0, nanC: true)
+        }
+    }
+
+    func testBetaOneAccumulates() {
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 31, n: 65, k: 17, beta: 1)
+            checkAgainstReference(ta, tb, m: 12, n: 32, k: 7, beta: 1)
+        }
+    }
+
+    func testAlphaAndGeneralBeta() {
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 19, n: 23, k: 29, alpha: -0.75, beta: 0.5)
+            checkAgainstReference(ta, tb, m: 18, n: 48, k: 29, alpha: 3, beta: -2)
+            checkAgainstReference(ta, tb, m: 7, n: 9, k: 5, alpha: 0, beta: 0.25)
+        }
+    }
+
+    func testEmptyProblems() {
+        // m or n zero: nothing to write. k zero: C = beta · C (zeros when beta == 0).
+        for (ta, tb) in Self.allTransposes {
+            checkAgainstReference(ta, tb, m: 0, n: 5, k: 3)
+            checkAgainstReference(ta, tb, m: 5, n: 0, k: 3)
+            checkAgainstReference(ta, tb, m: 5, n: 7, k: 0, beta: 0, nanC: true)
+            checkAgainstReference(ta, tb, m: 5, n: 7, k: 0, beta: 2)
+            checkAgainstReference(ta, tb, m: 0, n: 0, k: 0)
+        }
+    }
+
+    func testConcurrentCallersGetIndependentWorkspaces() {
+        // The in-process ranks call sgemm from several threads at once.
+        let shapes = [(37, 129, 300), (64, 200, 27), (5, 500, 64), (100, 40, 513)]
+        DispatchQueue.concurrentPerform(iterations: 8) { i in
+            let (m, n, k) = shapes[i % shapes.count]
+            checkAgainstReference(i % 2 == 0 ? .none : .transposed, i % 3 == 0 ? .none : .transposed,
+                                  m: m, n: n, k: k, beta: 0.5, seed: UInt64(i + 1))
+        }
+    }
+}
+
+/// Deterministic floats in [-1, 1).
+private struct TestLCG {
+    var state: UInt64
+    mutating func next() -> Float {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Float(Int32(truncatingIfNeeded: state >> 32)) * 0x1p-31
+    }
+}
+
+/// Runs sgemm and sgemmReference on the same random operands and compares C, including
+/// that the padding columns of C (between n and ldc) are left untouched.
+/// Tolerance: float rounding of a k-term dot product grows like sqrt(k).
+private func checkAgainstReference(
+    _ ta: Transpose, _ tb: Transpose, m: Int, n: Int, k: Int,
+    alpha: Float = 1, padA: Int = 0, padB: Int = 0, padC: Int = 0,
+    beta: Float = 0, nanC: Bool = false, seed: UInt64 = 42,
+    file: StaticString = #filePath, line: UInt = #line
+) {
+    var rng = TestLCG(state: seed)
+    // Stored shapes: A is m×k (or k×m), B is k×n (or n×k).
+    let (aRows, aCols) = ta == .none ? (m, k) : (k, m)
+    let (bRows, bCols) = tb == .none ? (k, n) : (n, k)
+    let lda = aCols + padA, ldb = bCols + padB, ldc = n + padC
+    let a = (0..<max(1, aRows * lda)).map { _ in rng.next() }
+    let b = (0..<max(1, bRows * ldb)).map { _ in rng.next() }
+    let sentinel: Float = 12345
+    var c0 = [Float](repeating: sentinel, count: max(1, m * ldc))
+    for i in 0..<m {
+        for j in 0..<n { c0[i * ldc + j] = nanC ? .nan : rng.next() }
+    }
+    var ours = c0, expected = c0
+    a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            ours.withUnsafeMutableBufferPointer { pc in
+                sgemm(ta, tb, m: m, n: n, k: k, alpha: alpha, a: pa.baseAddress!, lda: max(1, lda),
+                      b: pb.baseAddress!, ldb: max(1, ldb), beta: beta, c: pc.baseAddress!, ldc: max(1, ldc))
+            }
+            expected.withUnsafeMutableBufferPointer { pc in
+                sgemmReference(ta, tb, m: m, n: n, k: k, alpha: alpha, a: pa.baseAddress!, lda: max(1, lda),
+                               b: pb.baseAddress!, ldb: max(1, ldb), beta: beta, c: pc.baseAddress!,
+                               ldc: max(1, ldc))
+            }
+        }
+    }
+    let tolerance = 1e-5 * Float(k).squareRoot() * max(1, abs(alpha)) + 1e-6
+    var worst: Float = 0, mismatches = 0
+    for i in 0..<m {
+        for j in 0..<ldc {
+            let idx = i * ldc + j
+            if j >= n {
+                if ours[idx] != sentinel { mismatches += 1 }
+                continue
+            }
+            let err = abs(ours[idx] - expected[idx])
+            let scale = max(1, abs(expected[idx]))
+            if !(err <= tolerance * scale) { mismatches += 1 }
+            worst = max(worst, err.isNaN ? .infinity : err / scale)
+        }
+    }
+    XCTAssertEqual(mismatches, 0,
+                   "sgemm(\(ta), \(tb), m: \(m), n: \(n), k: \(k), alpha: \(alpha), beta: \(beta), "
+                   + "lda: \(lda), ldb: \(ldb), ldc: \(ldc)): worst relative error \(worst), tolerance \(tolerance)",
+                   file: file, line: line)
+}
