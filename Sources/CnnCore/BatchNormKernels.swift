@@ -62,11 +62,12 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                                n: Int, c: Int, s: Int) {
     for i in 0..<n {
         for ch in 0..<c {
+            // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
             let scale = invStd[ch] * (gamma?[ch] ?? 1)
-            let shift = (beta?[ch] ?? 0) - mean[ch] * scale
+            let shift = beta?[ch] ?? 0, m = mean[ch]
             let off = (i * c + ch) * s
             let p = x + off, q = y + off
-            for j in 0..<s { q[j] = p[j] * scale + shift }
+            for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
         }
     }
 }
