@@ -14,14 +14,14 @@ final class GradientCheckTests: XCTestCase {
     func testBatchNorm2dTraining() throws {
         for affine in [true, false] {
             assertGradients(try BatchNorm2d(3, affine: affine), input: randomTensor([4, 3, 3, 3], seed: 4, offset: 0.5),
-                            tolerance: 1e-2, storeSetup: { randomizeParameters($0, seed: 9) })
+                            tolerance: 2e-3, storeSetup: { randomizeParameters($0, seed: 9) })
         }
     }
 
     func testBatchNorm1dTraining() throws {
         for affine in [true, false] {
             assertGradients(try BatchNorm1d(5, affine: affine), input: randomTensor([6, 5], seed: 5, offset: -0.3),
-                            tolerance: 1e-2, storeSetup: { randomizeParameters($0, seed: 10) })
+                            tolerance: 2e-3, storeSetup: { randomizeParameters($0, seed: 10) })
         }
     }
 
@@ -79,7 +79,7 @@ final class GradientCheckTests: XCTestCase {
             branch: [("b1", try BatchNorm2d(2)), ("act", Tanh()), ("p", try AvgPool2d(kernelSize: 3, stride: 1, padding: 1))],
             shortcut: ("sc", Sequential([try BatchNorm2d(2), Sigmoid()])),
             activation: Tanh())
-        let store = assertGradients(block, input: randomTensor([3, 2, 3, 3], seed: 20), tolerance: 1e-2,
+        let store = assertGradients(block, input: randomTensor([3, 2, 3, 3], seed: 20), tolerance: 2e-3,
                                     storeSetup: { randomizeParameters($0, seed: 4) })
         XCTAssertEqual(store.parameterEntries.map(\.name), ["b1.weight", "b1.bias", "sc.0.weight", "sc.0.bias"])
         XCTAssertEqual(store.bufferEntries.map(\.name),
@@ -98,7 +98,7 @@ final class GradientCheckTests: XCTestCase {
                              shortcut: nil, activation: Tanh())
         assertGradients(block, input: randomTensor([3, 5], seed: 22))
         let plain = Residual(branch: [("b", try BatchNorm1d(5))], shortcut: nil, activation: nil)
-        assertGradients(plain, input: randomTensor([4, 5], seed: 23), tolerance: 1e-2)
+        assertGradients(plain, input: randomTensor([4, 5], seed: 23), tolerance: 2e-3)
     }
 
     func testConcat() throws {
@@ -110,7 +110,7 @@ final class GradientCheckTests: XCTestCase {
         ])
         let input = randomTensor([3, 2, 3, 3], seed: 24)
         XCTAssertEqual(try concat.outputShape(for: [3, 2, 3, 3]), [3, 6, 3, 3])
-        let store = assertGradients(concat, input: input, tolerance: 1e-2, maxChecks: 100,
+        let store = assertGradients(concat, input: input, tolerance: 2e-3, maxChecks: 100,
                                     storeSetup: { randomizeParameters($0, seed: 5) })
         XCTAssertEqual(store.parameterEntries.map(\.name), ["dense.0.weight", "dense.0.bias"])
         // Channels 0..<2 are the input itself.

@@ -24,7 +24,7 @@ func distinctTensor(_ shape: [Int], seed: UInt64, gap: Float = 0.05) -> Tensor {
 /// Binds `layer` through a fresh, initialised ParameterStore, then runs the
 /// finite-difference check and asserts the worst relative error is below `tolerance`.
 @discardableResult
-func assertGradients(_ layer: Layer, input: Tensor, training: Bool = true, tolerance: Double = 5e-3,
+func assertGradients(_ layer: Layer, input: Tensor, training: Bool = true, tolerance: Double = 1e-3,
                      maxChecks: Int = 60, seed: UInt64 = 11, storeSetup: ((ParameterStore) -> Void)? = nil,
                      file: StaticString = #filePath, line: UInt = #line) -> ParameterStore {
     let store = ParameterStore(root: layer)
@@ -32,6 +32,7 @@ func assertGradients(_ layer: Layer, input: Tensor, training: Bool = true, toler
     storeSetup?(store)
     let context = ExecutionContext(training: training, seed: 5, step: 3, sampleOffset: 0)
     let result = checkGradients(layer: layer, store: store, input: input, context: context, maxChecks: maxChecks)
+    print("gradient check \(layer.typeName): \(result)")
     XCTAssertGreaterThan(result.checked, 0, file: file, line: line)
     XCTAssertLessThan(result.worstError, tolerance, "\(layer.typeName): \(result)", file: file, line: line)
     return store
