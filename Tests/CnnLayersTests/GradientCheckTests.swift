@@ -18,6 +18,11 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    func testBatchNorm2dTrainingWiderPlanes() throws {
+        assertGradients(try BatchNorm2d(2), input: randomTensor([2, 2, 6, 5], seed: 26, offset: 0.2),
+                        tolerance: 2e-3, maxChecks: 80, storeSetup: { randomizeParameters($0, seed: 12) })
+    }
+
     func testBatchNorm1dTraining() throws {
         for affine in [true, false] {
             assertGradients(try BatchNorm1d(5, affine: affine), input: randomTensor([6, 5], seed: 5, offset: -0.3),

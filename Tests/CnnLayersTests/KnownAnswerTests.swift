@@ -90,6 +90,36 @@ final class KnownAnswerTests: XCTestCase {
         assertClose(y.toArray(), (0..<8).map { Float((Double($0) - 3.5) / s) }, accuracy: 1e-5)
     }
 
+    func testBatchNormMatchesDoubleReferenceOnLargePlanes() throws {
+        // 33x33 planes cross the kernels' SIMD blocks and 1024-element Double blocks.
+        let bn = try BatchNorm2d(2)
+        let store = ParameterStore(root: bn)
+        store.initialize(seed: 0)
+        randomizeParameters(store, seed: 8)
+        let x = randomTensor([3, 2, 33, 33], seed: 12, scale: 3, offset: 1)
+        let dy = randomTensor([3, 2, 33, 33], seed: 13)
+        let y = bn.forward(x, context: ExecutionContext())
+        let dx = bn.backward(dy, context: ExecutionContext())
+        let s = 33 * 33, m = Double(3 * s)
+        for ch in 0..<2 {
+            let idx = (0..<3).flatMap { n in (0..<s).map { (n * 2 + ch) * s + $0 } }
+            let mean = idx.reduce(0.0) { $0 + Double(x[$1]) } / m
+            let variance = idx.reduce(0.0) { $0 + (Double(x[$1]) - mean) * (Double(x[$1]) - mean) } / m
+            let inv = 1 / (variance + 1e-5).squareRoot()
+            let gamma = Double(store.parameters[ch]), beta = Double(store.parameters[2 + ch])
+            let sumDy = idx.reduce(0.0) { $0 + Double(dy[$1]) }
+            let sumDyXhat = idx.reduce(0.0) { $0 + Double(dy[$1]) * (Double(x[$1]) - mean) * inv }
+            for i in idx {
+                let xhat = (Double(x[i]) - mean) * inv
+                XCTAssertEqual(Double(y[i]), gamma * xhat + beta, accuracy: 1e-5)
+                let ref = gamma * inv * (Double(dy[i]) - sumDy / m - xhat * sumDyXhat / m)
+                XCTAssertEqual(Double(dx[i]), ref, accuracy: 1e-5)
+            }
+            XCTAssertEqual(Double(store.buffers[ch]), 0.1 * mean, accuracy: 1e-6)
+            XCTAssertEqual(Double(store.buffers[2 + ch]), 0.9 + 0.1 * variance * m / (m - 1), accuracy: 1e-5)
+        }
+    }
+
     func testSoftmaxCrossEntropyByHand() throws {
         let loss = try SoftmaxCrossEntropy()
         let logits = Tensor(shape: [1, 3], values: [1, 2, 3])
