@@ -47,6 +47,42 @@ final class KnownAnswerTests: XCTestCase {
         XCTAssertEqual(Array(padded.toArray()[9..<18]), [-1, -2, -1, -5, -3, -4, -1, -1, -2])
     }
 
+    func testMaxPoolMatchesBruteForce() throws {
+        // Shapes that exercise the 8-wide 2x2 path and its scalar tail, odd sizes, overlap and padding.
+        let cases: [(k: (Int, Int), s: (Int, Int), p: (Int, Int), h: Int, w: Int)] = [
+            ((2, 2), (2, 2), (0, 0), 9, 37), ((2, 2), (1, 1), (0, 0), 5, 21), ((3, 3), (2, 2), (1, 1), 7, 19),
+            ((2, 3), (2, 1), (1, 0), 6, 11),
+        ]
+        for (k, st, pad, h, w) in cases {
+            let pool = try MaxPool2d(kernelSize: k, stride: st, padding: pad)
+            let x = distinctTensor([2, 3, h, w], seed: UInt64(h * w))
+            x[5] = .nan
+            let y = pool.forward(x, context: ExecutionContext())
+            let oh = (h + 2 * pad.0 - k.0) / st.0 + 1, ow = (w + 2 * pad.1 - k.1) / st.1 + 1
+            XCTAssertEqual(y.shape, [2, 3, oh, ow])
+            let dy = randomTensor(y.shape, seed: 3)
+            let dx = pool.backward(dy, context: ExecutionContext())
+            var expectedDx = [Float](repeating: 0, count: x.count)
+            for plane in 0..<6 {
+                for i in 0..<oh {
+                    for j in 0..<ow {
+                        var best = -Float.infinity, at = -1
+                        for r in (i * st.0 - pad.0)..<(i * st.0 - pad.0 + k.0) where r >= 0 && r < h {
+                            for c in (j * st.1 - pad.1)..<(j * st.1 - pad.1 + k.1) where c >= 0 && c < w {
+                                let v = x[plane * h * w + r * w + c]
+                                if at < 0 || v > best || (v.isNaN && !best.isNaN) { best = v; at = r * w + c }
+                            }
+                        }
+                        let o = (plane * oh + i) * ow + j
+                        if best.isNaN { XCTAssertTrue(y[o].isNaN, "NaN propagates") } else { XCTAssertEqual(y[o], best) }
+                        expectedDx[plane * h * w + at] += dy[o]
+                    }
+                }
+            }
+            assertClose(dx.toArray(), expectedDx, accuracy: 1e-6, "max pool \(k) \(st) \(pad) \(h)x\(w)")
+        }
+    }
+
     func testAvgPoolByHand() throws {
         let x = Tensor(shape: [1, 1, 4, 4], values: seedInput)
         let y = try AvgPool2d(kernelSize: 2).forward(x, context: ExecutionContext())
