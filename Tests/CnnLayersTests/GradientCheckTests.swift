@@ -125,6 +125,15 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 
+    func testConcatUnequalChannels() throws {
+        // Branches of 2 and 4 channels (a nested concat), DenseNet-like growth.
+        let inner = Concat(branches: [("p", try MaxPool2d(kernelSize: 3, stride: 1, padding: 1)), ("t", Tanh())])
+        let concat = Concat(branches: [("bn", try BatchNorm2d(2)), ("inner", inner)])
+        XCTAssertEqual(try concat.outputShape(for: [2, 2, 4, 4]), [2, 6, 4, 4])
+        assertGradients(concat, input: distinctTensor([2, 2, 4, 4], seed: 27), tolerance: 2e-3, maxChecks: 100,
+                        storeSetup: { randomizeParameters($0, seed: 6) })
+    }
+
     func testSoftmaxCrossEntropyGradient() throws {
         for smoothing: Float in [0, 0.1] {
             let loss = try SoftmaxCrossEntropy(labelSmoothing: smoothing)
