@@ -14,23 +14,53 @@
 //   dx = γ·invStd · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)
 // In eval mode the statistics are constants, so dx = γ·invStd·dy.
 
+/// Σ p[j] for j < count: SIMD8 Float partials over blocks of 1024, Double across blocks.
+@inline(__always)
+func blockSum(_ p: UnsafePointer<Float>, _ count: Int) -> Double {
+    var total = 0.0
+    var j = 0
+    let raw = UnsafeRawPointer(p)
+    while j < count {
+        let end = min(j + 1024, count)
+        var acc = SIMD8<Float>()
+        while j + 8 <= end {
+            acc += raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+            j += 8
+        }
+        var tail = acc.sum()
+        while j < end { tail += p[j]; j += 1 }
+        total += Double(tail)
+    }
+    return total
+}
+
+/// Σ (p[j] − m)² for j < count, blocked like `blockSum`.
+@inline(__always)
+func blockCentredSquares(_ p: UnsafePointer<Float>, _ count: Int, _ m: Float) -> Double {
+    var total = 0.0
+    var j = 0
+    let raw = UnsafeRawPointer(p)
+    let mv = SIMD8<Float>(repeating: m)
+    while j < count {
+        let end = min(j + 1024, count)
+        var acc = SIMD8<Float>()
+        while j + 8 <= end {
+            let d = raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv
+            acc.addProduct(d, d)
+            j += 8
+        }
+        var tail = acc.sum()
+        while j < end { let d = p[j] - m; tail += d * d; j += 1 }
+        total += Double(tail)
+    }
+    return total
+}
+
 /// sums[c] = Σ over (n, s) of x[n, c, s], accumulated in Double.
 public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
     for ch in 0..<c { sums[ch] = 0 }
     for i in 0..<n {
-        for ch in 0..<c {
-            let p = x + (i * c + ch) * s
-            var acc: Float = 0, total = 0.0
-            var j = 0
-            // Float partial sums over short runs, Double across them.
-            while j < s {
-                let end = min(j + 256, s)
-                acc = 0
-                while j < end { acc += p[j]; j += 1 }
-                total += Double(acc)
-            }
-            sums[ch] += total
-        }
+        for ch in 0..<c { sums[ch] += blockSum(x + (i * c + ch) * s, s) }
     }
 }
 
@@ -39,19 +69,7 @@ public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointe
                                      sums: UnsafeMutablePointer<Double>) {
     for ch in 0..<c { sums[ch] = 0 }
     for i in 0..<n {
-        for ch in 0..<c {
-            let p = x + (i * c + ch) * s
-            let m = mean[ch]
-            var acc: Float = 0, total = 0.0
-            var j = 0
-            while j < s {
-                let end = min(j + 256, s)
-                acc = 0
-                while j < end { let d = p[j] - m; acc += d * d; j += 1 }
-                total += Double(acc)
-            }
-            sums[ch] += total
-        }
+        for ch in 0..<c { sums[ch] += blockCentredSquares(x + (i * c + ch) * s, s, mean[ch]) }
     }
 }
 
@@ -62,11 +80,12 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                                n: Int, c: Int, s: Int) {
     for i in 0..<n {
         for ch in 0..<c {
+            // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
             let scale = invStd[ch] * (gamma?[ch] ?? 1)
-            let shift = (beta?[ch] ?? 0) - mean[ch] * scale
+            let shift = beta?[ch] ?? 0, m = mean[ch]
             let off = (i * c + ch) * s
             let p = x + off, q = y + off
-            for j in 0..<s { q[j] = p[j] * scale + shift }
+            for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
         }
     }
 }
@@ -82,10 +101,25 @@ public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Flo
             let off = (i * c + ch) * s
             let p = x + off, g = dy + off
             let m = mean[ch]
-            var a: Float = 0, b: Float = 0
-            for j in 0..<s { a += g[j]; b += g[j] * (p[j] - m) }
-            sumDy[ch] += Double(a)
-            sumDyXhat[ch] += Double(b) * Double(invStd[ch])
+            var a = 0.0, b = 0.0
+            var j = 0
+            let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g)
+            let mv = SIMD8<Float>(repeating: m)
+            while j < s {
+                let end = min(j + 1024, s)
+                var va = SIMD8<Float>(), vb = SIMD8<Float>()
+                while j + 8 <= end {
+                    let gv = rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+                    va += gv
+                    vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
+                    j += 8
+                }
+                var ta = va.sum(), tb = vb.sum()
+                while j < end { ta += g[j]; tb += g[j] * (p[j] - m); j += 1 }
+                a += Double(ta); b += Double(tb)
+            }
+            sumDy[ch] += a
+            sumDyXhat[ch] += b * Double(invStd[ch])
         }
     }
 }

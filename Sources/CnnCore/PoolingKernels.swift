@@ -7,6 +7,10 @@
 public func maxPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>,
                            planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                            kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
+    if ph == 0 && pw == 0 && kh == 2 && kw == 2 {
+        maxPool2x2(x: x, y: y, argmax: argmax, planes: planes, h: h, w: w, oh: oh, ow: ow, sh: sh, sw: sw)
+        return
+    }
     for p in 0..<planes {
         let xp = x + p * h * w
         let yp = y + p * oh * ow
@@ -20,12 +24,67 @@ public func maxPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Floa
                 var best = -Float.infinity, at = hs * w + ws
                 for r in hs..<he {
                     for c in ws..<we {
+                        // Branch-free select; a NaN wins (and then stays), as in PyTorch.
+                        // `>` and isNaN are never both true, so != is their exclusive or.
                         let v = xp[r * w + c]
-                        if v > best || (v.isNaN && !best.isNaN) { best = v; at = r * w + c }
+                        let take = (v > best) != v.isNaN
+                        best = take ? v : best
+                        at = take ? r * w + c : at
                     }
                 }
                 yp[i * ow + j] = best
                 ap[i * ow + j] = Int32(truncatingIfNeeded: at)
+            }
+        }
+    }
+}
+
+/// The common unpadded 2×2 window, unrolled: same results as the general loop.
+@inline(__always)
+func maxPool2x2(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>,
+                planes: Int, h: Int, w: Int, oh: Int, ow: Int, sh: Int, sw: Int) {
+    @inline(__always) func pick(_ best: inout Float, _ at: inout Int32, _ v: Float, _ idx: Int32) {
+        let take = (v > best) != v.isNaN
+        best = take ? v : best
+        at = take ? idx : at
+    }
+    for p in 0..<planes {
+        let xp = x + p * h * w
+        let yp = y + p * oh * ow
+        let ap = argmax + p * oh * ow
+        for i in 0..<oh {
+            let r0 = i * sh * w
+            var j = 0
+            if sw == 2 {
+                // Eight windows at a time: even/odd lanes of 16 consecutive inputs per row.
+                let raw = UnsafeRawPointer(xp)
+                let lane = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
+                while j + 8 <= ow {
+                    let i0 = r0 + 2 * j
+                    let top = raw.loadUnaligned(fromByteOffset: i0 * 4, as: SIMD16<Float>.self)
+                    let bottom = raw.loadUnaligned(fromByteOffset: (i0 + w) * 4, as: SIMD16<Float>.self)
+                    let base = lane &+ Int32(truncatingIfNeeded: i0)
+                    var best = top.evenHalf, at = base
+                    for (v, off) in [(top.oddHalf, Int32(1)), (bottom.evenHalf, Int32(truncatingIfNeeded: w)),
+                                     (bottom.oddHalf, Int32(truncatingIfNeeded: w + 1))] {
+                        let take = (v .> best) .| (v .!= v)
+                        best.replace(with: v, where: take)
+                        at.replace(with: base &+ off, where: take)
+                    }
+                    UnsafeMutableRawPointer(yp + i * ow + j).storeBytes(of: best, as: SIMD8<Float>.self)
+                    UnsafeMutableRawPointer(ap + i * ow + j).storeBytes(of: at, as: SIMD8<Int32>.self)
+                    j += 8
+                }
+            }
+            while j < ow {
+                defer { j += 1 }
+                let i0 = r0 + j * sw
+                var best = xp[i0], at = Int32(truncatingIfNeeded: i0)
+                pick(&best, &at, xp[i0 + 1], Int32(truncatingIfNeeded: i0 + 1))
+                pick(&best, &at, xp[i0 + w], Int32(truncatingIfNeeded: i0 + w))
+                pick(&best, &at, xp[i0 + w + 1], Int32(truncatingIfNeeded: i0 + w + 1))
+                yp[i * ow + j] = best
+                ap[i * ow + j] = at
             }
         }
     }
@@ -91,10 +150,7 @@ public func avgPoolBackward(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<F
 public func globalAvgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, planes: Int, s: Int) {
     let scale = 1 / Float(s)
     for p in 0..<planes {
-        let xp = x + p * s
-        var acc: Float = 0
-        for j in 0..<s { acc += xp[j] }
-        y[p] = acc * scale
+        y[p] = Float(blockSum(x + p * s, s)) * scale
     }
 }
 

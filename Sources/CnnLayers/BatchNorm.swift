@@ -8,7 +8,7 @@ import CnnCore
 /// statistics.
 ///
 /// Synchronized BatchNorm: with a `statisticsReducer` in the context, forward
-/// sums [Σx per channel, local count] across ranks, then Σ(x − mean)² per
+/// sums [Σx per channel (as hi + lo Floats), local count] across ranks, then Σ(x − mean)² per
 /// channel (two passes, stable), and backward sums [Σdy, Σdy·x̂] per channel,
 /// so the result equals one BatchNorm over the global batch even when ranks
 /// hold different local batch sizes. Parameter gradients stay local sums (the
@@ -107,11 +107,17 @@ final class BatchNormEngine {
             batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA)
             var total = localCount
             if let reducer {
-                for ch in 0..<c { reduceBuffer[ch] = Float(sumsA[ch]) }
-                reduceBuffer[c] = Float(localCount)
-                reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: c + 1))
-                total = Double(reduceBuffer[c])
-                for ch in 0..<c { mean[ch] = Float(Double(reduceBuffer[ch]) / total) }
+                // The reducer sums Floats: send each Double sum as hi + lo so the
+                // global mean keeps ~Double precision (matters when |mean| ≫ std).
+                for ch in 0..<c {
+                    let hi = Float(sumsA[ch])
+                    reduceBuffer[ch] = hi
+                    reduceBuffer[c + ch] = Float(sumsA[ch] - Double(hi))
+                }
+                reduceBuffer[2 * c] = Float(localCount)
+                reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: 2 * c + 1))
+                total = Double(reduceBuffer[2 * c])
+                for ch in 0..<c { mean[ch] = Float((Double(reduceBuffer[ch]) + Double(reduceBuffer[c + ch])) / total) }
             } else {
                 for ch in 0..<c { mean[ch] = Float(sumsA[ch] / total) }
             }

@@ -14,6 +14,8 @@ public final class Concat: Layer {
     private let branchGrads: [Tensor]
     private var branchChannels: [Int]
     private var input: Tensor?
+    /// The branches' outputs of the last forward (kept in place: no per-step array).
+    private var outs: [Tensor]
 
     /// A concatenation of the named branches, in channel order.
     public init(branches: [(String, Layer)]) {
@@ -21,6 +23,7 @@ public final class Concat: Layer {
         self.branches = branches.map { (name: $0.0, layer: $0.1) }
         branchGrads = branches.map { _ in Tensor(shape: [0]) }
         branchChannels = Array(repeating: 0, count: branches.count)
+        outs = branches.map { _ in Tensor(shape: [0]) }
     }
 
     public var children: [(name: String, layer: Layer)] { branches }
@@ -53,23 +56,22 @@ public final class Concat: Layer {
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
         self.input = input
-        let outs = branches.map { $0.layer.forward(input, context: context) }
+        for b in branches.indices { outs[b] = branches[b].layer.forward(input, context: context) }
         // A branch may return the input itself (Identity); all outputs are read before anything is written.
         let first = outs[0].shape
         let n = first[0], inner = first.dropFirst(2).reduce(1, *)
         var totalC = 0
-        for (b, o) in outs.enumerated() {
+        for b in outs.indices {
+            let o = outs[b]
             precondition(o.shape.count == first.count && o.shape[0] == n && o.shape.dropFirst(2).elementsEqual(first.dropFirst(2)),
                          "Concat: branch \(branches[b].name) output \(formatShape(o.shape)) does not match \(formatShape(first))")
             branchChannels[b] = o.shape[1]
             totalC += o.shape[1]
         }
-        var shape = first
-        shape[1] = totalC
-        ensureShape(output, shape)
+        ensureShape(output, like: first, channels: totalC)
         var c0 = 0
-        for (b, o) in outs.enumerated() {
-            let cb = branchChannels[b]
+        for b in outs.indices {
+            let o = outs[b], cb = branchChannels[b]
             for i in 0..<n {
                 (output.data + (i * totalC + c0) * inner).update(from: o.data + i * cb * inner, count: cb * inner)
             }
@@ -88,10 +90,8 @@ public final class Concat: Layer {
         for b in branches.indices.reversed() {
             let cb = branchChannels[b]
             c0 -= cb
-            var shape = output.shape
-            shape[1] = cb
             let g = branchGrads[b]
-            ensureShape(g, shape)
+            ensureShape(g, like: output.shape, channels: cb)
             for i in 0..<n {
                 (g.data + i * cb * inner).update(from: gradOutput.data + (i * totalC + c0) * inner, count: cb * inner)
             }
@@ -101,5 +101,20 @@ public final class Concat: Layer {
             for j in 0..<gradInput.count { gradInput.data[j] += dx.data[j] }
         }
         return gradInput
+    }
+}
+
+/// Resizes `tensor` to `shape` with dimension 1 replaced by `channels`, building
+/// the new shape array only when the tensor's shape differs.
+func ensureShape(_ tensor: Tensor, like shape: [Int], channels: Int) {
+    let current = tensor.shape
+    var same = current.count == shape.count
+    if same {
+        for d in shape.indices where current[d] != (d == 1 ? channels : shape[d]) { same = false; break }
+    }
+    if !same {
+        var s = shape
+        s[1] = channels
+        tensor.resize(to: s)
     }
 }

@@ -1,0 +1,162 @@
+import XCTest
+import CnnCore
+import CnnLayers
+
+/// Finite-difference gradient checks for every layer.
+final class GradientCheckTests: XCTestCase {
+    func testLinear() throws {
+        assertGradients(try Linear(7, 5), input: randomTensor([4, 7], seed: 1))
+        assertGradients(try Linear(7, 5, bias: false), input: randomTensor([3, 7], seed: 2))
+        // Unflattened input [N, C, H, W] with C·H·W = inFeatures.
+        assertGradients(try Linear(12, 4), input: randomTensor([2, 3, 2, 2], seed: 3))
+    }
+
+    func testBatchNorm2dTraining() throws {
+        for affine in [true, false] {
+            assertGradients(try BatchNorm2d(3, affine: affine), input: randomTensor([4, 3, 3, 3], seed: 4, offset: 0.5),
+                            tolerance: 2e-3, storeSetup: { randomizeParameters($0, seed: 9) })
+        }
+    }
+
+    func testBatchNorm2dTrainingWiderPlanes() throws {
+        assertGradients(try BatchNorm2d(2), input: randomTensor([2, 2, 6, 5], seed: 26, offset: 0.2),
+                        tolerance: 2e-3, maxChecks: 80, storeSetup: { randomizeParameters($0, seed: 12) })
+    }
+
+    func testBatchNorm1dTraining() throws {
+        for affine in [true, false] {
+            assertGradients(try BatchNorm1d(5, affine: affine), input: randomTensor([6, 5], seed: 5, offset: -0.3),
+                            tolerance: 2e-3, storeSetup: { randomizeParameters($0, seed: 10) })
+        }
+    }
+
+    func testBatchNormEval() throws {
+        let bn = try BatchNorm2d(2)
+        assertGradients(bn, input: randomTensor([3, 2, 2, 2], seed: 6), training: false,
+                        storeSetup: { store in
+                            randomizeParameters(store, seed: 3)
+                            // Non-trivial running statistics.
+                            for i in 0..<4 { store.buffers[i] = 0.3 + Float(i) * 0.2 }
+                        })
+    }
+
+    func testActivations() throws {
+        let input = distinctTensor([3, 2, 3, 3], seed: 7)
+        for layer: Layer in [ReLU(), LeakyReLU(negativeSlope: 0.1), ELU(alpha: 0.7), Sigmoid(), Tanh()] {
+            assertGradients(layer, input: input, maxChecks: 200)
+        }
+    }
+
+    func testMaxPool() throws {
+        // Non-overlapping, overlapping with padding, odd sizes, rectangular windows.
+        assertGradients(try MaxPool2d(kernelSize: 2), input: distinctTensor([2, 2, 4, 4], seed: 8), maxChecks: 200)
+        assertGradients(try MaxPool2d(kernelSize: 3, stride: 2, padding: 1), input: distinctTensor([2, 2, 5, 5], seed: 9),
+                        maxChecks: 200)
+        assertGradients(try MaxPool2d(kernelSize: 3, stride: 1), input: distinctTensor([1, 3, 5, 6], seed: 10), maxChecks: 200)
+        assertGradients(try MaxPool2d(kernelSize: (2, 3), stride: (1, 2), padding: (1, 1)),
+                        input: distinctTensor([2, 1, 5, 7], seed: 11), maxChecks: 200)
+    }
+
+    func testAvgPool() throws {
+        assertGradients(try AvgPool2d(kernelSize: 2), input: randomTensor([2, 2, 4, 4], seed: 12), maxChecks: 200)
+        assertGradients(try AvgPool2d(kernelSize: 3, stride: 2, padding: 1), input: randomTensor([2, 2, 5, 5], seed: 13),
+                        maxChecks: 200)
+        assertGradients(try AvgPool2d(kernelSize: (3, 2), stride: (1, 2), padding: (1, 0)),
+                        input: randomTensor([1, 2, 5, 7], seed: 14), maxChecks: 200)
+    }
+
+    func testGlobalAvgPool() {
+        assertGradients(GlobalAvgPool2d(), input: randomTensor([2, 3, 3, 5], seed: 15), maxChecks: 200)
+    }
+
+    func testDropoutTraining() throws {
+        assertGradients(try Dropout(p: 0.4, key: 3), input: randomTensor([3, 4, 2, 2], seed: 16), maxChecks: 200)
+        assertGradients(try Dropout(p: 0.4, key: 3), input: randomTensor([3, 4], seed: 17), training: false)
+    }
+
+    func testFlattenAndIdentity() {
+        assertGradients(Flatten(), input: randomTensor([2, 3, 2, 2], seed: 18))
+        assertGradients(Identity(), input: randomTensor([2, 3, 2, 2], seed: 19))
+    }
+
+    func testResidualWithShortcut() throws {
+        let block = Residual(
+            branch: [("b1", try BatchNorm2d(2)), ("act", Tanh()), ("p", try AvgPool2d(kernelSize: 3, stride: 1, padding: 1))],
+            shortcut: ("sc", Sequential([try BatchNorm2d(2), Sigmoid()])),
+            activation: Tanh())
+        let store = assertGradients(block, input: randomTensor([3, 2, 3, 3], seed: 20), tolerance: 2e-3,
+                                    storeSetup: { randomizeParameters($0, seed: 4) })
+        XCTAssertEqual(store.parameterEntries.map(\.name), ["b1.weight", "b1.bias", "sc.0.weight", "sc.0.bias"])
+        XCTAssertEqual(store.bufferEntries.map(\.name),
+                       ["b1.running_mean", "b1.running_var", "b1.num_batches_tracked",
+                        "sc.0.running_mean", "sc.0.running_var", "sc.0.num_batches_tracked"])
+    }
+
+    func testResidualLinearShortcut() throws {
+        let block = Residual(branch: [("l1", try Linear(6, 6)), ("t", Tanh()), ("l2", try Linear(6, 6))],
+                             shortcut: ("sc", try Linear(6, 6, bias: false)), activation: nil)
+        assertGradients(block, input: randomTensor([4, 6], seed: 21))
+    }
+
+    func testResidualIdentityShortcut() throws {
+        let block = Residual(branch: [("l1", try Linear(5, 5)), ("t", Sigmoid()), ("l2", try Linear(5, 5))],
+                             shortcut: nil, activation: Tanh())
+        assertGradients(block, input: randomTensor([3, 5], seed: 22))
+        let plain = Residual(branch: [("b", try BatchNorm1d(5))], shortcut: nil, activation: nil)
+        assertGradients(plain, input: randomTensor([4, 5], seed: 23), tolerance: 2e-3)
+    }
+
+    func testConcat() throws {
+        // DenseNet-style (identity beside a layer) plus an Inception-style pooling branch.
+        let concat = Concat(branches: [
+            ("id", Identity()),
+            ("dense", Sequential([try BatchNorm2d(2), Tanh()])),
+            ("pool", try AvgPool2d(kernelSize: 3, stride: 1, padding: 1)),
+        ])
+        let input = randomTensor([3, 2, 3, 3], seed: 24)
+        XCTAssertEqual(try concat.outputShape(for: [3, 2, 3, 3]), [3, 6, 3, 3])
+        let store = assertGradients(concat, input: input, tolerance: 2e-3, maxChecks: 100,
+                                    storeSetup: { randomizeParameters($0, seed: 5) })
+        XCTAssertEqual(store.parameterEntries.map(\.name), ["dense.0.weight", "dense.0.bias"])
+        // Channels 0..<2 are the input itself.
+        let y = concat.forward(input, context: ExecutionContext())
+        for n in 0..<3 {
+            for j in 0..<18 { XCTAssertEqual(y[n * 54 + j], input[n * 18 + j]) }
+        }
+    }
+
+    func testConcatUnequalChannels() throws {
+        // Branches of 2 and 4 channels (a nested concat), DenseNet-like growth.
+        let inner = Concat(branches: [("p", try MaxPool2d(kernelSize: 3, stride: 1, padding: 1)), ("t", Tanh())])
+        let concat = Concat(branches: [("bn", try BatchNorm2d(2)), ("inner", inner)])
+        XCTAssertEqual(try concat.outputShape(for: [2, 2, 4, 4]), [2, 6, 4, 4])
+        assertGradients(concat, input: distinctTensor([2, 2, 4, 4], seed: 27), tolerance: 2e-3, maxChecks: 100,
+                        storeSetup: { randomizeParameters($0, seed: 6) })
+    }
+
+    func testSoftmaxCrossEntropyGradient() throws {
+        for smoothing: Float in [0, 0.1] {
+            let loss = try SoftmaxCrossEntropy(labelSmoothing: smoothing)
+            let logits = randomTensor([5, 7], seed: 25, scale: 2)
+            let labels: [Int32] = [0, 6, 3, 3, 1]
+            let normalizer = 8
+            func value() -> Double {
+                labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0, normalizer: normalizer) }
+            }
+            _ = value()
+            let grad = loss.backward().clone()
+            XCTAssertEqual(grad.shape, [5, 7])
+            let h: Float = 1e-2
+            var worst = 0.0
+            for i in 0..<logits.count {
+                let saved = logits[i]
+                logits[i] = saved + h; let lp = value()
+                logits[i] = saved - h; let lm = value()
+                logits[i] = saved
+                let numeric = (lp - lm) / Double(2 * h)
+                worst = max(worst, abs(numeric - Double(grad[i])))
+            }
+            XCTAssertLessThan(worst, 1e-4, "smoothing \(smoothing)")
+        }
+    }
+}

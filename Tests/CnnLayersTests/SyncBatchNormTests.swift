@@ -1,0 +1,130 @@
+import XCTest
+import Foundation
+import CnnCore
+import CnnLayers
+
+/// Two in-process "ranks" that meet at a barrier and sum their vectors.
+final class TwoRankHub: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var slots: [[Float]] = [[], []]
+    private var arrived = 0
+    private var generation = 0
+    private var result: [Float] = []
+    private(set) var calls = 0
+
+    func allreduce(rank: Int, _ values: UnsafeMutableBufferPointer<Float>) {
+        condition.lock()
+        defer { condition.unlock() }
+        slots[rank] = Array(values)
+        arrived += 1
+        if arrived == 2 {
+            precondition(slots[0].count == slots[1].count, "ranks reduced different lengths")
+            result = zip(slots[0], slots[1]).map { $0 + $1 }
+            arrived = 0
+            generation += 1
+            calls += 1
+            condition.broadcast()
+        } else {
+            let g = generation
+            while generation == g { condition.wait() }
+        }
+        for i in 0..<values.count { values[i] = result[i] }
+    }
+}
+
+final class RankReducer: StatisticsReducer {
+    let hub: TwoRankHub
+    let rank: Int
+    init(hub: TwoRankHub, rank: Int) { self.hub = hub; self.rank = rank }
+    func allreduceSum(_ values: UnsafeMutableBufferPointer<Float>) { hub.allreduce(rank: rank, values) }
+}
+
+final class SyncBatchNormTests: XCTestCase {
+    /// Everything one rank produced.
+    struct RankResult {
+        var output: [Float] = []
+        var gradInput: [Float] = []
+        var gradients: [Float] = []
+        var buffers: [Float] = []
+    }
+
+    func makeStore(_ layer: Layer) -> ParameterStore {
+        let store = ParameterStore(root: layer)
+        store.initialize(seed: 1)
+        randomizeParameters(store, seed: 77)
+        return store
+    }
+
+    func runSplit(make: () throws -> Layer, shape: [Int], split: Int, offset: Float = 3, scale: Float = 2,
+                  accuracy: Float = 1e-5) throws {
+        let total = shape[0]
+        let per = shape.dropFirst().reduce(1, *)
+        let x = randomTensor(shape, seed: 31, scale: scale, offset: offset)
+        let dy = randomTensor(shape, seed: 32)
+
+        // One BatchNorm over the whole batch.
+        let whole = try make()
+        let wholeStore = makeStore(whole)
+        let context = ExecutionContext(training: true)
+        let yWhole = whole.forward(x, context: context).toArray()
+        wholeStore.zeroGradients()
+        let dxWhole = whole.backward(dy, context: context).toArray()
+
+        // Two ranks with different local batch sizes, on two threads.
+        let hub = TwoRankHub()
+        let sizes = [split, total - split]
+        let layers = try [make(), make()]
+        let stores = layers.map(makeStore)
+        final class Results: @unchecked Sendable { var value = [RankResult(), RankResult()] }
+        let box = Results()
+        let done = DispatchGroup()
+        let lock = NSLock()
+        for rank in 0..<2 {
+            let start = rank == 0 ? 0 : split
+            var localShape = shape
+            localShape[0] = sizes[rank]
+            let xr = Tensor(shape: localShape, values: Array(x.toArray()[(start * per)..<((start + sizes[rank]) * per)]))
+            let dyr = Tensor(shape: localShape, values: Array(dy.toArray()[(start * per)..<((start + sizes[rank]) * per)]))
+            let layer = layers[rank], store = stores[rank]
+            let ctx = ExecutionContext(training: true, sampleOffset: start)
+            ctx.statisticsReducer = RankReducer(hub: hub, rank: rank)
+            done.enter()
+            let thread = Thread {
+                var r = RankResult()
+                r.output = layer.forward(xr, context: ctx).toArray()
+                store.zeroGradients()
+                r.gradInput = layer.backward(dyr, context: ctx).toArray()
+                r.gradients = store.gradients.toArray()
+                r.buffers = store.buffers.toArray()
+                lock.lock(); box.value[rank] = r; lock.unlock()
+                done.leave()
+            }
+            thread.start()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 30), .success, "ranks deadlocked")
+        XCTAssertEqual(hub.calls, 3, "forward reduces sums then squares; backward reduces once")
+
+        let results = box.value
+        assertClose(results[0].output + results[1].output, yWhole, accuracy: accuracy, "outputs")
+        assertClose(results[0].gradInput + results[1].gradInput, dxWhole, accuracy: accuracy, "input gradients")
+        let summed = zip(results[0].gradients, results[1].gradients).map { $0 + $1 }
+        assertClose(summed, wholeStore.gradients.toArray(), accuracy: accuracy, "parameter gradients")
+        for r in results {
+            assertClose(r.buffers, wholeStore.buffers.toArray(), accuracy: accuracy, "running statistics")
+        }
+    }
+
+    func testSynchronizedBatchNorm2dMatchesWholeBatch() throws {
+        try runSplit(make: { try BatchNorm2d(3) }, shape: [16, 3, 2, 3], split: 7)
+    }
+
+    func testSynchronizedBatchNorm1dMatchesWholeBatch() throws {
+        try runSplit(make: { try BatchNorm1d(4, affine: false) }, shape: [16, 4], split: 7)
+        try runSplit(make: { try BatchNorm1d(4) }, shape: [16, 4], split: 9)
+    }
+
+    func testSynchronizedBatchNormLargeMean() throws {
+        // |mean| ≫ std: the global mean must not lose precision in the Float reduction.
+        try runSplit(make: { try BatchNorm2d(2) }, shape: [16, 2, 3, 3], split: 7, offset: 1000, scale: 1, accuracy: 1e-4)
+    }
+}
