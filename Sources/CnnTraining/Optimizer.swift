@@ -102,7 +102,7 @@ public struct WeightDecayMask: Equatable, Sendable {
     }
 
     /// Splits `0..<count` into contiguous segments with and without decay.
-    func segments(count: Int) -> [(range: Range<Int>, decay: Bool)] {
+    public func segments(count: Int) -> [(range: Range<Int>, decay: Bool)] {
         var result: [(range: Range<Int>, decay: Bool)] = []
         var start = 0
         for r in excluded where r.lowerBound < count {

@@ -12,7 +12,7 @@ public struct TrainingConfig: Codable, Equatable {
     public var dataset = "fashion-mnist"
     /// Directory holding the dataset files.
     public var data = "/usr/share/datasets/fashion-mnist"
-    public var epochs = 15
+    public var epochs = 20
     /// Global batch size, split over the ranks.
     public var batch_size = 128
     public var optimizer = "sgd"
@@ -29,10 +29,10 @@ public struct TrainingConfig: Codable, Equatable {
     public var gamma: Float = 0.1
     public var warmup_epochs: Float = 0
     public var clip_norm: Float? = nil
-    public var label_smoothing: Float = 0
+    public var label_smoothing: Float = 0.1
     /// Augmentation: zero-padding for random crops (0 = off).
-    public var crop_padding = 0
-    public var flip = false
+    public var crop_padding = 2
+    public var flip = true
     /// Random translation in pixels (0 = off).
     public var translate = 0
     public var init_scheme = "pytorch"

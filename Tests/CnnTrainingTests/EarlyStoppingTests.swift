@@ -1,6 +1,6 @@
 import XCTest
 import CnnCore
-@testable import CnnTraining
+import CnnTraining
 
 final class EarlyStoppingTests: XCTestCase {
     func testMinModeWithDelta() throws {

@@ -1,7 +1,7 @@
 import XCTest
 import CnnCore
 import CnnLayers
-@testable import CnnTraining
+import CnnTraining
 
 /// Runs `optimizer` on `p` with one gradient vector per step at `lr`.
 private func stepAll(_ optimizer: Optimizer, _ p: inout [Float], gradients: [[Float]], lr: Float) {

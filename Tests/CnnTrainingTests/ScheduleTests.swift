@@ -1,6 +1,6 @@
 import XCTest
 import CnnCore
-@testable import CnnTraining
+import CnnTraining
 
 final class ScheduleTests: XCTestCase {
     private func assertRates(_ s: LearningRateSchedule, stepsPerEpoch: Int, _ expected: [(step: Int, lr: Float)],
