@@ -61,8 +61,10 @@ public final class ConvolutionWorkspace {
             p = min(p, total)
             if hw >= p {
                 // Blocks stay inside one image: split the image into equal chunks ≤ p.
+                // Rounded up to the quantum when that still fits the budget.
                 let chunks = (hw + p - 1) / p
-                p = (hw + chunks - 1) / chunks
+                let even = (hw + chunks - 1) / chunks
+                p = min(p, (even + panelColumnQuantum - 1) / panelColumnQuantum * panelColumnQuantum)
             }
             blockPixels = p
             panel.reserve(g.panelRows * p)
