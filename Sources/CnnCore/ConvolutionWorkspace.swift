@@ -55,7 +55,9 @@ public final class ConvolutionWorkspace {
         if g.isPointwise {
             blockPixels = hw   // no panel: the GEMM reads the input directly
         } else {
-            let rowBytes = g.panelRows * MemoryLayout<Float>.stride
+            // A block's column costs Cg·kh·kw panel floats, and Kg block-output floats
+            // when the block spans images; keep each of the two within the budget.
+            let rowBytes = max(g.panelRows, g.groupOutChannels) * MemoryLayout<Float>.stride
             var p = panelBudgetBytes / rowBytes / panelColumnQuantum * panelColumnQuantum
             p = max(p, panelColumnQuantum)
             p = min(p, total)
