@@ -29,6 +29,7 @@ public func convolution2DForward(
                 sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: x + (n * C + grp * Cg) * hw, ldb: hw,
                       beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
+                if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
             }
         }
     } else {
@@ -44,24 +45,30 @@ public func convolution2DForward(
                     sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
                           b: panel, ldb: count, beta: 0,
                           c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                    // Bias while the block is still in cache.
+                    if let bias {
+                        addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
+                                rows: Kg, count: count, ld: hw)
+                    }
                 } else {
                     let out = ws.blockOutput.pointer
                     sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
                           b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                    if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
                     blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
                                   channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
                 }
             }
         }
     }
-    if let bias {
-        for n in 0..<batch {
-            for k in 0..<K {
-                let plane = y + (n * K + k) * hw
-                let b = bias[k]
-                for i in 0..<hw { plane[i] += b }
-            }
-        }
+}
+
+/// c[r · ld + j] += bias[r] for r < rows, j < count.
+@inline(__always)
+func addBias(_ bias: UnsafePointer<Float>, to c: UnsafeMutablePointer<Float>, rows: Int, count: Int, ld: Int) {
+    for r in 0..<rows {
+        let row = c + r * ld, b = bias[r]
+        for j in 0..<count { row[j] += b }
     }
 }
 

@@ -55,14 +55,18 @@ public final class ConvolutionWorkspace {
         if g.isPointwise {
             blockPixels = hw   // no panel: the GEMM reads the input directly
         } else {
-            let rowBytes = g.panelRows * MemoryLayout<Float>.stride
+            // A block's column costs Cg·kh·kw panel floats, and Kg block-output floats
+            // when the block spans images; keep each of the two within the budget.
+            let rowBytes = max(g.panelRows, g.groupOutChannels) * MemoryLayout<Float>.stride
             var p = panelBudgetBytes / rowBytes / panelColumnQuantum * panelColumnQuantum
             p = max(p, panelColumnQuantum)
             p = min(p, total)
             if hw >= p {
                 // Blocks stay inside one image: split the image into equal chunks ≤ p.
+                // Rounded up to the quantum when that still fits the budget.
                 let chunks = (hw + p - 1) / p
-                p = (hw + chunks - 1) / chunks
+                let even = (hw + chunks - 1) / chunks
+                p = min(p, (even + panelColumnQuantum - 1) / panelColumnQuantum * panelColumnQuantum)
             }
             blockPixels = p
             panel.reserve(g.panelRows * p)

@@ -7,9 +7,13 @@ import CnnCore
 public final class Conv1D: Layer {
     /// The 2-D convolution doing the work on (N, C, 1, L).
     private let inner: Conv2D
+    /// C, the input channels.
     public var inChannels: Int { inner.inChannels }
+    /// K, the output channels.
     public var outChannels: Int { inner.outChannels }
+    /// k, the kernel length.
     public var kernelSize: Int { inner.kernelSize.width }
+    /// Name used in error messages.
     public var name: String { inner.name }
     public var typeName: String { "Conv1d" }
     /// Scratch memory of the kernels.

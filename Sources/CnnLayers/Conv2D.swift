@@ -8,14 +8,23 @@ import CnnCore
 /// change it in between). The output, dL/dx and the im2col workspace are owned
 /// by the layer and reused, so a steady-state step allocates nothing.
 public final class Conv2D: Layer {
+    /// C, the input channels.
     public let inChannels: Int
+    /// K, the output channels.
     public let outChannels: Int
+    /// kh × kw.
     public let kernelSize: (height: Int, width: Int)
+    /// Step of the window along H and W.
     public let stride: (height: Int, width: Int)
+    /// Padding amounts, or the `.same` / `.valid` rule resolved per input size.
     public let padding: ConvPadding
+    /// Spacing of kernel taps along H and W.
     public let dilation: (height: Int, width: Int)
+    /// Channel groups; `groups == inChannels` is a depthwise convolution.
     public let groups: Int
+    /// Whether the layer has a "bias" parameter.
     public let hasBias: Bool
+    /// What the padded border holds (zeros, reflect, replicate, circular).
     public let paddingMode: PaddingMode
     /// Name used in error messages.
     public let name: String
