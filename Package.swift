@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "CnnTrainingTests",
                     dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed", "CnnTraining"],
                     swiftSettings: plainSettings),
-        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore", "CnnTraining"], swiftSettings: plainSettings),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -110,6 +110,7 @@ public struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest verified checkpoint, on any number of ranks; "
                                + "flags given override its config.", valueName: "RUN_DIR"))
     var resume: String?
+    @Option(name: .customLong("test-model"), help: .hidden) var testModel: String?
 
     public init() {}
 
@@ -142,7 +143,14 @@ public struct TrainCommand: ParsableCommand {
             } else {
                 config = fresh!
             }
-            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, resume: point,
+            var custom: Model? = nil
+            if let name = testModel {
+                guard let m = try TestModels.model(named: name, seed: config.seed) else {
+                    throw ValidationError("--test-model: unknown \(name); known: \(TestModels.names.joined(separator: ", "))")
+                }
+                custom = m
+            }
+            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
                                       bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
             if terminal && comm.rank == 0 {
                 trainer.progress = { line in print("\r\u{1B}[K" + line, terminator: ""); fflush(stdout) }

@@ -631,7 +631,7 @@ public final class Trainer {
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {
         try SafeTensors.encode(modelTensors(), metadata: [
-            "model": config.model, "input": formatShape(model.inputShape), "classes": String(model.classCount),
+            "model": model.name, "input": formatShape(model.inputShape), "classes": String(model.classCount),
             "step": String(step), "format": "cnn-dist",
             "normalization_mean": statistics.mean.map { String($0) }.joined(separator: ","),
             "normalization_std": statistics.std.map { String($0) }.joined(separator: ","),

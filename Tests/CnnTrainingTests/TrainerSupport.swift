@@ -31,18 +31,8 @@ func syntheticConfig(steps: Int, batch: Int, model: String = "fashion-cnn") -> T
     return c
 }
 
-/// A BatchNorm CNN with smooth activations (ELU, tanh) and average pooling:
-/// no kinks, so rounding differences between rank counts stay rounding-sized.
-func smoothBatchNormModel() throws -> Model {
-    let root = Sequential([
-        try Conv2D(1, 8, kernelSize: 3, padding: 1), try BatchNorm2d(8), ELU(), try AvgPool2d(kernelSize: 2),
-        try Conv2D(8, 16, kernelSize: 3, padding: 1), try BatchNorm2d(16), Tanh(), try AvgPool2d(kernelSize: 2),
-        Flatten(), try Dropout(p: 0.2), try Linear(16 * 7 * 7, 10),
-    ])
-    let model = try Model(name: "smooth-bn", root: root, inputShape: [1, 28, 28], classCount: 10)
-    model.store.initialize(seed: 7)
-    return model
-}
+/// The smooth BatchNorm test model (see `TestModels.smoothBatchNorm`).
+func smoothBatchNormModel() throws -> Model { try TestModels.smoothBatchNorm(seed: 7) }
 
 /// Runs `config` on `ranks` in-process ranks (optionally resuming, with a
 /// run directory) and returns rank 0's state.
