@@ -86,6 +86,9 @@ public final class Trainer {
     public private(set) var history: [EpochMetrics] = []
     /// Phase times of all steps of this run (this rank).
     public private(set) var profile = StepProfile()
+    /// Phase times of the steps from `profileSkipSteps` on (benchmarks skip warm-up steps).
+    public private(set) var measuredProfile = StepProfile()
+    public var profileSkipSteps = 0
     private let log: (String) -> Void
     private let loss: SoftmaxCrossEntropy
     private let reducer: StatisticsAllreducer
@@ -175,8 +178,11 @@ public final class Trainer {
     static func loadData(_ config: TrainingConfig) throws -> (ImageDataset, ImageDataset) {
         switch config.dataset {
         case "synthetic":
+            // Learnable synthetic images of the configured input shape (default 1x28x28), 10 classes.
+            let shape = try config.input.map { try parseShapeField($0, field: "input") } ?? [1, 28, 28]
             let all = ImageDataset.synthetic(count: config.synthetic_count + config.synthetic_count / 4,
-                                             channels: 1, height: 28, width: 28, classCount: 10, seed: config.seed)
+                                             channels: shape[0], height: shape[1], width: shape[2],
+                                             classCount: max(2, min(10, config.classes ?? 10)), seed: config.seed)
             return (all.subset(0..<config.synthetic_count), all.subset(config.synthetic_count..<all.count))
         case "cifar10":
             return (try ImageDataset.loadCIFAR10(directory: config.data, split: .train),
@@ -285,11 +291,12 @@ public final class Trainer {
             let loader = BatchLoader(assembler: assembler, epoch: epoch, batches: microBatches)
             defer { loader.close() }
             var epochProfile = StepProfile()
+            var stepPhases = StepProfile()
             let epochStart = monotonicSeconds()
             var lr: Float = 0
             var microIndex = 0
             while step < totalSteps, let batch = loader.next() {
-                epochProfile.data += loader.lastWaitSeconds
+                stepPhases.data += loader.lastWaitSeconds
                 let last = microIndex == micro - 1
                 var t = monotonicSeconds()
                 context.training = true
@@ -302,18 +309,18 @@ public final class Trainer {
                 epochSums[0] += batchLoss * Double(batch.globalBatchSize)
                 epochSums[1] += Double(loss.lastCorrect)
                 epochSums[2] += Double(batch.count)
-                epochProfile.forward += lap(&t)
+                stepPhases.forward += lap(&t)
                 if microIndex == 0 { model.store.zeroGradients() }
                 // Gradients are communicated once, during the last micro-batch's backward.
                 if last { bucketer.beginStep() }
                 context.gradientsReady = last ? { [bucketer] layer in bucketer.layerReady(layer) } : nil
                 _ = model.backward(loss.backward(), context: context)
-                epochProfile.backward += lap(&t)
+                stepPhases.backward += lap(&t)
                 microIndex += 1
                 if !last { continue }
                 microIndex = 0
 
-                epochProfile.allreduceWait += try bucketer.finish()
+                stepPhases.allreduceWait += try bucketer.finish()
                 try reducer.checkFailure()
                 t = monotonicSeconds()
                 for r in frozen { model.store.gradients.data.advanced(by: r.lowerBound).update(repeating: 0, count: r.count) }
@@ -324,8 +331,11 @@ public final class Trainer {
                 }
                 lr = schedule.learningRate(step: step, stepsPerEpoch: stepsPerEpoch)
                 optimizer.step(model.store, learningRate: lr)
-                epochProfile.optimizer += lap(&t)
-                epochProfile.steps += 1
+                stepPhases.optimizer += lap(&t)
+                stepPhases.steps = 1
+                epochProfile.add(stepPhases)
+                if step >= profileSkipSteps { measuredProfile.add(stepPhases) }
+                stepPhases = StepProfile()
                 step += 1
                 stepInEpoch += 1
                 if step % consistencyCheckEvery == 0 { try checkConsistency(what: "periodic check") }
@@ -645,7 +655,8 @@ public final class Trainer {
 }
 
 extension StepProfile {
-    mutating func add(_ o: StepProfile) {
+    /// Adds another profile's phase times and steps.
+    public mutating func add(_ o: StepProfile) {
         data += o.data; forward += o.forward; backward += o.backward
         allreduceWait += o.allreduceWait; optimizer += o.optimizer; steps += o.steps
     }
