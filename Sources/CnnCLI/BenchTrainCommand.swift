@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import CnnCore
+import CnnLayers
 import CnnModels
 import CnnDistributed
 import CnnTraining
@@ -27,6 +28,7 @@ public struct BenchTrainCommand: ParsableCommand {
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce after backward instead of overlapping.") var noOverlap = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Also time each top-level layer's forward and backward.") var layers = false
 
     public init() {}
 
@@ -75,6 +77,8 @@ public struct BenchTrainCommand: ParsableCommand {
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
                                   bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
         trainer.profileSkipSteps = warmup
+        let layerProfiler = layers ? LayerProfiler() : nil
+        trainer.layerProfiler = layerProfiler
         try comm.barrier()
         try trainer.run()
         let p = trainer.measuredProfile
@@ -107,6 +111,12 @@ public struct BenchTrainCommand: ParsableCommand {
             var profile: [String: Double] = [:]
             for (name, value) in fractions { profile[name] = value / max(p.total, 1e-12) }
             object["profile_fraction"] = profile
+            if let layerProfiler {
+                object["layers"] = layerProfiler.entries.map {
+                    ["name": $0.name, "type": $0.type, "forward_ms": 1000 * $0.forward / Double(steps),
+                     "backward_ms": 1000 * $0.backward / Double(steps)] as [String: Any]
+                }
+            }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
@@ -116,6 +126,15 @@ public struct BenchTrainCommand: ParsableCommand {
                          gflops, groupedDigits(macs), 100 * gflops / sgemmRate, sgemmRate))
             print("  peak resident memory per rank: " + rss.map { String(format: "%.0f MiB", Double($0) / 1_048_576) }.joined(separator: ", ")
                   + (localRanks != nil ? " (one process: in-process ranks share it)" : ""))
+            if let layerProfiler {
+                let total = layerProfiler.entries.reduce(0) { $0 + $1.forward + $1.backward }
+                print("  per layer (rank 0, ms per step):   forward  backward   share")
+                for e in layerProfiler.entries {
+                    print(String(format: "    %-8@ %-18@ %8.2f  %8.2f  %5.1f%%", e.name, e.type,
+                                 1000 * e.forward / Double(steps), 1000 * e.backward / Double(steps),
+                                 100 * (e.forward + e.backward) / max(total, 1e-12)))
+                }
+            }
         }
     }
 }

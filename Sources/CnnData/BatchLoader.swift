@@ -229,9 +229,3 @@ final class ConditionLock {
     func broadcast() { pthread_cond_broadcast(condition) }
 }
 
-/// Seconds on the monotonic clock.
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}

@@ -46,6 +46,8 @@ public final class ExecutionContext {
     /// Called after a layer's backward has finished its parameter gradients,
     /// in backward order; the gradient bucketer hooks in here.
     public var gradientsReady: ((Layer) -> Void)?
+    /// When set, the outermost Sequential times each of its children.
+    public var layerProfiler: LayerProfiler?
 
     public init(training: Bool = true, seed: UInt64 = 0, step: Int = 0, sampleOffset: Int = 0) {
         self.training = training
@@ -103,4 +105,32 @@ public func requireRank(_ shape: [Int], _ rank: Int, layer: String, layout: Stri
     guard shape.count == rank, shape.allSatisfy({ $0 > 0 }) else {
         throw CnnError.shapeMismatch(layer: layer, expected: "\(rank)-D \(layout)", got: formatShape(shape))
     }
+}
+
+/// Seconds per layer (forward and backward), summed over calls, in first-seen order.
+public final class LayerProfiler {
+    public struct Entry: Equatable, Sendable {
+        public var name: String
+        public var type: String
+        public var forward = 0.0
+        public var backward = 0.0
+    }
+    public private(set) var entries: [Entry] = []
+    private var index: [String: Int] = [:]
+
+    public init() {}
+
+    public func record(name: String, type: String, forward: Double = 0, backward: Double = 0) {
+        let i: Int
+        if let known = index[name] { i = known } else {
+            i = entries.count
+            index[name] = i
+            entries.append(Entry(name: name, type: type))
+        }
+        entries[i].forward += forward
+        entries[i].backward += backward
+    }
+
+    /// Forgets what was recorded (e.g. after warm-up steps).
+    public func reset() { entries.removeAll(); index.removeAll() }
 }

@@ -31,14 +31,30 @@ public final class Sequential: Layer {
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
         var x = input
+        if let profiler = context.layerProfiler {
+            // Time the children of the outermost profiled Sequential only (no double counting).
+            context.layerProfiler = nil
+            defer { context.layerProfiler = profiler }
+            for (name, layer) in zip(names, layers) {
+                let t0 = monotonicSeconds()
+                x = layer.forward(x, context: context)
+                profiler.record(name: name, type: layer.typeName, forward: monotonicSeconds() - t0)
+            }
+            return x
+        }
         for layer in layers { x = layer.forward(x, context: context) }
         return x
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         var dy = gradOutput
-        for layer in layers.reversed() {
+        let profiler = context.layerProfiler
+        context.layerProfiler = nil
+        defer { context.layerProfiler = profiler }
+        for (name, layer) in zip(names, layers).reversed() {
+            let t0 = profiler == nil ? 0 : monotonicSeconds()
             dy = layer.backward(dy, context: context)
+            profiler?.record(name: name, type: layer.typeName, backward: monotonicSeconds() - t0)
             context.gradientsReady?(layer)
         }
         return dy

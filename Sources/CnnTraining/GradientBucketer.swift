@@ -84,13 +84,3 @@ final class GradientBucketer {
     }
 }
 
-/// Seconds on a monotonic clock.
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif

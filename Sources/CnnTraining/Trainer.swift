@@ -89,6 +89,8 @@ public final class Trainer {
     /// Phase times of the steps from `profileSkipSteps` on (benchmarks skip warm-up steps).
     public private(set) var measuredProfile = StepProfile()
     public var profileSkipSteps = 0
+    /// Per-layer forward/backward times of the measured steps, when set.
+    public var layerProfiler: LayerProfiler?
     private let log: (String) -> Void
     private let loss: SoftmaxCrossEntropy
     private let reducer: StatisticsAllreducer
@@ -298,6 +300,8 @@ public final class Trainer {
             while step < totalSteps, let batch = loader.next() {
                 stepPhases.data += loader.lastWaitSeconds
                 let last = microIndex == micro - 1
+                if step == profileSkipSteps && microIndex == 0 { layerProfiler?.reset() }
+                context.layerProfiler = layerProfiler
                 var t = monotonicSeconds()
                 context.training = true
                 context.step = step
