@@ -84,12 +84,16 @@ public struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce all gradients after backward instead of overlapping.")
     var noOverlap = false
+    // issue 6 (rely): collective deadline.
+    @Option(help: "Seconds a rank waits in one collective before naming the missing ranks and stopping the job (default $CNN_DIST_DEADLINE, else 60).")
+    var deadline: Double?
 
     public init() {}
 
     public func validate() throws {
         if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1, got \(n)") }
         if bucketMB <= 0 { throw ValidationError("--bucket-mb must be positive, got \(bucketMB)") }
+        if let d = deadline, !(d > 0) { throw ValidationError("--deadline must be positive seconds, got \(d)") } // issue 6 (rely)
     }
 
     public func run() throws {
@@ -97,7 +101,9 @@ public struct TrainCommand: ParsableCommand {
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let dir = runDir ?? "runs/\(config.model)-\(stamp)"
         let bucketBytes = Int(bucketMB * 1_048_576)
+        let deadline = self.deadline ?? deadlineFromEnvironment() ?? 60 // issue 6 (rely)
         let body: (Communicator) throws -> Void = { comm in
+            try Preflight.check(config, runDirectory: dir, communicator: comm) // issue 6 (rely)
             let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir,
                                       bucketBytes: bucketBytes, overlap: !noOverlap,
                                       log: { line in if comm.rank == 0 { print(line); fflush(stdout) } })
@@ -108,9 +114,9 @@ public struct TrainCommand: ParsableCommand {
             }
         }
         if let n = localRanks {
-            try LocalWorld.run(size: n, body)
+            try LocalWorld.run(size: n, timeout: deadline, body) // issue 6 (rely): timeout = deadline
         } else {
-            let comm = try makeWorldCommunicator()
+            let comm = try makeWorldCommunicator(deadline: deadline) // issue 6 (rely)
             do { try body(comm) } catch {
                 // A failing rank must take the job down, not leave the others waiting:
                 // mpirun ends the job when a rank exits non-zero without finalizing.

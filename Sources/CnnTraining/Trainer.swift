@@ -195,6 +195,7 @@ public final class Trainer {
                 waitData += loader.lastWaitSeconds
                 context.training = true
                 context.step = step
+                communicator.currentStep = step // issue 6 (rely): named in deadline and schedule reports
                 context.sampleOffset = batch.sampleOffset
                 let logits = model.forward(batch.images, context: context)
                 let batchLoss = batch.labels.withUnsafeBufferPointer {
