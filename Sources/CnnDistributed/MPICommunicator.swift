@@ -124,6 +124,10 @@ public final class MPICommunicator: Communicator {
     // Counts are C ints: a larger buffer goes as several calls of at most this many elements.
     static let maxCount = 1 << 30
     static let tokenWords = 5
+
+    /// Seconds between heartbeats while waiting: often enough that a silent peer stands out
+    /// within the launcher's SIGTERM-to-SIGKILL second, and well inside half the deadline.
+    static func heartbeatInterval(deadline: TimeInterval) -> TimeInterval { min(0.2, deadline / 5) }
     static let tokenTag: Int32 = 6
 
     private static let sharedLock = NSLock()
@@ -362,12 +366,12 @@ public final class MPICommunicator: Communicator {
         setWaiting(request.descriptor, since: begin)
         defer { setWaiting(nil, since: 0) }
         let limit = deadline
-        let heartbeatEvery = max(0.05, limit / 5)
+        let heartbeatEvery = Self.heartbeatInterval(deadline: limit)
         var now = begin
         while try !poll(request) {
             now = monotonic()
             let waited = now - begin
-            if waited > limit { try missedDeadline(request.descriptor, waited: waited) }
+            if waited > limit { try missedDeadline(request.descriptor, since: begin) }
             if now - lastHeartbeat > heartbeatEvery { try sendHeartbeat(waitingAt: request.descriptor.sequence) }
             // Spin for the first millisecond, then yield, then sleep: ranks may share cores.
             if waited > 0.02 { usleep(200) } else if waited > 0.001 { sched_yield() }
@@ -495,6 +499,7 @@ public final class MPICommunicator: Communicator {
                     peer.waitingAt = d.sequence
                 } else {
                     peer.arrived = d.sequence
+                    peer.arrivedAt = peer.heard
                     peer.last = d
                     peer.pending.append(d)
                 }
@@ -530,7 +535,7 @@ public final class MPICommunicator: Communicator {
     }
 
     /// Names the ranks that kept collective `descriptor` from completing, then stops.
-    private func missedDeadline(_ descriptor: CollectiveDescriptor, waited: Double) throws {
+    private func missedDeadline(_ descriptor: CollectiveDescriptor, since begin: Double) throws {
         try receiveTokens()
         let s = descriptor.sequence
         let now = monotonic()
@@ -543,6 +548,14 @@ public final class MPICommunicator: Communicator {
             }.joined(separator: ", ")
             try stop("\(ranksAndHosts(missing.map(\.rank))) \(missing.count == 1 ? "has" : "have") not reached "
                      + "collective \(descriptor.label) \(within) (\(last)); \(noticed)", call: descriptor.kind.call)
+        }
+        // Arrived, but long after this rank: it was stopped and has just been resumed (mpirun sends SIGCONT
+        // before SIGTERM when another rank aborts the job), or it is that slow.
+        let late = peers.filter { $0.arrived == s && $0.arrivedAt - begin > deadline / 2 }
+        if !late.isEmpty {
+            let delays = late.map { "rank \($0.rank) \(formatSeconds($0.arrivedAt - begin)) s after this rank" }.joined(separator: ", ")
+            try stop("\(ranksAndHosts(late.map(\.rank))) reached collective \(descriptor.label) only late (\(delays)); "
+                     + "it did not complete \(within); \(noticed)", call: descriptor.kind.call)
         }
         let silent = peers.filter { $0.arrived == s && now - $0.heard > deadline / 2 }
         if !silent.isEmpty {
@@ -623,6 +636,14 @@ public final class MPICommunicator: Communicator {
         signal(SIGTERM, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
         source.setEventHandler { [unowned self] in
+            // OpenMPI sends SIGKILL a second after SIGTERM: spend 0.3 s listening, so that the live
+            // peers' heartbeats come in and a dead one stands out by its silence.
+            usleep(300_000)
+            if lock.try() {
+                // The training thread is computing, not polling: take in the tokens ourselves.
+                if !finalized { try? receiveTokens() }
+                lock.unlock()
+            }
             FileHandle.standardError.write(Data("cnn-dist: \(terminationReport())\n".utf8))
             _exit(143)
         }
@@ -640,6 +661,13 @@ public final class MPICommunicator: Communicator {
             text += " while waiting \(formatSeconds(now - waitingSince)) s in collective \(w.label)"
             let missing = peers.filter { $0.arrived < w.sequence }.map(\.rank)
             if !missing.isEmpty { text += " for \(ranksAndHosts(missing))" }
+            // Peers that reached it send heartbeats while they wait; silence means dead or stopped.
+            let quiet = 2.5 * Self.heartbeatInterval(deadline: _deadline)
+            let silent = peers.filter { $0.arrived >= w.sequence && now - $0.heard > quiet && now - waitingSince > quiet }
+            if !silent.isEmpty {
+                text += "; \(ranksAndHosts(silent.map(\.rank))) reached it but went silent "
+                    + silent.map { "\(formatSeconds(now - $0.heard)) s ago" }.joined(separator: ", ")
+            }
         }
         let heard = peers.map { p in
             "rank \(p.rank) (host \(host(p.rank))) \(formatSeconds(now - p.heard)) s ago at #\(p.arrived)"
@@ -791,8 +819,9 @@ final class PeerChannel {
     let buffer = UnsafeMutablePointer<Int64>.allocate(capacity: MPICommunicator.tokenWords)
     /// The highest collective number the peer has announced (-1: none yet).
     var arrived: Int64 = -1
-    /// Its latest announced collective.
+    /// Its latest announced collective, and when its token came.
     var last: CollectiveDescriptor?
+    var arrivedAt = 0.0
     /// Announced collectives not yet compared with this rank's (the peer is ahead).
     var pending: [CollectiveDescriptor] = []
     /// Monotonic time of its latest token or heartbeat.
