@@ -44,7 +44,21 @@ public struct SelfTestCommand: ParsableCommand {
         case hang
     }
 
+    @Option(name: .long, help: ArgumentHelp("Also time N allreduces of 1 and of 65536 floats (per-collective cost).",
+                                            visibility: .hidden))
+    var latency: Int = 0
+
     public init() {}
+
+    /// Mean seconds per blocking allreduce of `count` floats over `repeats` calls (after 10 warm-up calls).
+    private static func allreduceSeconds(_ comm: Communicator, count: Int, repeats: Int) throws -> Double {
+        var buffer = [Float](repeating: 1, count: count)
+        for _ in 0..<10 { try comm.allreduceSum(&buffer) }
+        try comm.barrier()
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<repeats { try comm.allreduceSum(&buffer) }
+        return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(repeats)
+    }
 
     /// Runs the injected fault (if any), then the checks.
     private static func check(_ comm: Communicator, largeCount: Int, fault: Fault?) throws -> CommunicatorSelfTest.Report {
@@ -99,6 +113,14 @@ public struct SelfTestCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
                 if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
                 throw error
+            }
+            if latency > 0 {
+                let small = try Self.allreduceSeconds(comm, count: 1, repeats: latency)
+                let large = try Self.allreduceSeconds(comm, count: 65_536, repeats: latency)
+                if comm.rank == 0 {
+                    print(String(format: "selftest: allreduce latency over %d calls: 1 float %.1f us, 65536 floats %.1f us",
+                                 latency, small * 1e6, large * 1e6))
+                }
             }
             if comm.rank == 0 {
                 report.lines.forEach { print($0) }

@@ -120,6 +120,8 @@ public final class MPICommunicator: Communicator {
     private var waitingFor: CollectiveDescriptor?
     private var waitingSince = 0.0
     private var signalSource: DispatchSourceSignal?
+    /// UDP liveness datagrams outside MPI (see `LivenessBeacon`).
+    private var beacon: LivenessBeacon?
 
     // Counts are C ints: a larger buffer goes as several calls of at most this many elements.
     static let maxCount = 1 << 30
@@ -179,7 +181,11 @@ public final class MPICommunicator: Communicator {
         hostNames[rank] = processorName
         try startControlChannel()
         installTerminationReport()
-        hostNames = try gatherHostNames()
+        let beacon = size > 1 ? LivenessBeacon(rank: rank) : nil
+        let (names, ports) = try gatherHostNames(port: beacon?.port ?? 0)
+        hostNames = names
+        beacon?.start(peers: (0..<size).filter { $0 != rank }.map { ($0, names[$0], ports[$0]) })
+        self.beacon = beacon
     }
 
     // MARK: The checked wrapper
@@ -433,22 +439,28 @@ public final class MPICommunicator: Communicator {
                             control, &peer.request), call: "MPI_Irecv(arrival token)")
     }
 
-    /// Rank names, one fixed-size record each, so reports can say where a rank runs.
-    private func gatherHostNames() throws -> [String] {
-        let width = 128
+    /// Rank names and liveness ports, one fixed-size record each, so reports can say where a rank runs.
+    private func gatherHostNames(port: UInt16) throws -> ([String], [UInt16]) {
+        let width = 136 // 128 bytes of name, then the UDP port (little-endian)
         let mine = UnsafeMutablePointer<CChar>.allocate(capacity: width)
         let all = UnsafeMutablePointer<CChar>.allocate(capacity: width * size)
         defer { mine.deallocate(); all.deallocate() }
         mine.initialize(repeating: 0, count: width)
         all.initialize(repeating: 0, count: width * size)
-        for (i, c) in processorName.utf8.prefix(width - 1).enumerated() { mine[i] = CChar(bitPattern: c) }
+        for (i, c) in processorName.utf8.prefix(127).enumerated() { mine[i] = CChar(bitPattern: c) }
+        mine[128] = CChar(bitPattern: UInt8(port & 0xff))
+        mine[129] = CChar(bitPattern: UInt8(port >> 8))
         try run(.hostNames, count: width, call: "MPI_Iallgather") { handles in
             var h = cnn_mpi_request_null()
             try check(MPI_Iallgather(mine, Int32(width), cnn_mpi_char(), all, Int32(width), cnn_mpi_char(), comm, &h),
                       call: "MPI_Iallgather")
             handles.append(h)
         }
-        return (0..<size).map { String(cString: all + $0 * width) }
+        let names = (0..<size).map { String(cString: all + $0 * width) }
+        let ports = (0..<size).map { r in
+            UInt16(UInt8(bitPattern: all[r * width + 128])) | UInt16(UInt8(bitPattern: all[r * width + 129])) << 8
+        }
+        return (names, ports)
     }
 
     private func sendToken(_ d: CollectiveDescriptor) throws {
@@ -530,6 +542,14 @@ public final class MPICommunicator: Communicator {
 
     private func host(_ r: Int) -> String { r < hostNames.count ? hostNames[r] : "?" }
 
+    /// " and its process is alive" / " and no liveness datagram for 4.3 s (dead, stopped or cut off)" / "".
+    private func livenessNote(_ r: Int) -> String {
+        guard let beacon, let silence = beacon.silence(of: r) else { return "" }
+        return silence > 3 * beacon.interval
+            ? " and no liveness datagram for \(formatSeconds(silence)) s (dead, stopped or cut off)"
+            : " and its process is alive (busy or stuck outside MPI)"
+    }
+
     private func ranksAndHosts(_ ranks: [Int]) -> String {
         (ranks.count == 1 ? "rank " : "ranks ") + ranks.map { "\($0) (host \(host($0)))" }.joined(separator: ", ")
     }
@@ -541,13 +561,23 @@ public final class MPICommunicator: Communicator {
         let now = monotonic()
         let within = "within \(formatSeconds(deadline)) s"
         let noticed = "noticed by rank \(rank) (host \(processorName))"
-        let missing = peers.filter { $0.arrived < s }
+        var missing = peers.filter { $0.arrived < s }
+        // A missing rank that is itself waiting in an earlier collective (its heartbeats say so) is a victim,
+        // not the culprit: name the others, if any, and mention it.
+        let blocked = missing.filter { $0.waitingAt == $0.arrived && now - $0.heard < deadline / 2 }
+        var blockedNote = ""
+        if !blocked.isEmpty && blocked.count < missing.count {
+            missing.removeAll { p in blocked.contains { $0 === p } }
+            blockedNote = "; " + blocked.map { "rank \($0.rank) (host \(host($0.rank))) is itself still waiting in collective #\($0.arrived)" }
+                .joined(separator: ", ")
+        }
         if !missing.isEmpty {
             let last = missing.map { p in
-                p.last.map { "rank \(p.rank) was last at collective \($0.label)" } ?? "rank \(p.rank) has reached no collective"
+                (p.last.map { "rank \(p.rank) was last at collective \($0.label)" } ?? "rank \(p.rank) has reached no collective")
+                    + livenessNote(p.rank)
             }.joined(separator: ", ")
             try stop("\(ranksAndHosts(missing.map(\.rank))) \(missing.count == 1 ? "has" : "have") not reached "
-                     + "collective \(descriptor.label) \(within) (\(last)); \(noticed)", call: descriptor.kind.call)
+                     + "collective \(descriptor.label) \(within) (\(last))\(blockedNote); \(noticed)", call: descriptor.kind.call)
         }
         // Arrived, but long after this rank: it was stopped and has just been resumed (mpirun sends SIGCONT
         // before SIGTERM when another rank aborts the job), or it is that slow.
@@ -664,9 +694,16 @@ public final class MPICommunicator: Communicator {
             // Peers that reached it send heartbeats while they wait; silence means dead or stopped.
             let quiet = 2.5 * Self.heartbeatInterval(deadline: _deadline)
             let silent = peers.filter { $0.arrived >= w.sequence && now - $0.heard > quiet && now - waitingSince > quiet }
-            if !silent.isEmpty {
+            if !silent.isEmpty && silent.count < peers.count {
                 text += "; \(ranksAndHosts(silent.map(\.rank))) reached it but went silent "
                     + silent.map { "\(formatSeconds(now - $0.heard)) s ago" }.joined(separator: ", ")
+            }
+        }
+        if let beacon {
+            let gone = peers.compactMap { p in beacon.silence(of: p.rank).flatMap { $0 > 3 * beacon.interval ? (p.rank, $0) : nil } }
+            if !gone.isEmpty {
+                text += "; no liveness datagram from " + gone.map { "rank \($0.0) (host \(host($0.0))) for \(formatSeconds($0.1)) s" }
+                    .joined(separator: ", ") + " (dead, stopped or cut off)"
             }
         }
         let heard = peers.map { p in
@@ -710,6 +747,7 @@ public final class MPICommunicator: Communicator {
         }
         if size > 1 { _ = MPI_Comm_free(&control) }
         signalSource?.cancel()
+        beacon?.stop()
         signal(SIGTERM, SIG_DFL)
         finalized = true
         try check(MPI_Finalize(), call: "MPI_Finalize")

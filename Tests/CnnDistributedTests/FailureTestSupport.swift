@@ -151,6 +151,28 @@ final class Job: @unchecked Sendable {
     }
 }
 
+/// True if some `cnn-dist:` report line names rank `rank` (on `host`, if given) as the culprit:
+/// not reached, reached but stopped, waited for, or silent on the liveness channel.
+func reportNamesCulprit(_ output: String, rank: Int, host: String? = nil) -> Bool {
+    let who = "rank \(rank) (host \(host ?? ""))"
+    let whoPrefix = host == nil ? "rank \(rank) (host " : who
+    return output.split(separator: "\n").contains { line in
+        guard line.contains("cnn-dist: ") else { return false }
+        return [" has not reached", " reached collective", " reached it but"].contains { line.contains(whoPrefix) && lineHas(line, whoPrefix, then: $0) }
+            || line.contains("no liveness datagram from \(whoPrefix)") || line.contains("for \(whoPrefix)")
+            || line.contains("mismatch") && line.contains(whoPrefix)
+    }
+}
+
+/// True if `line` has `prefix`, then (after the closing parenthesis of the host) `suffix`.
+private func lineHas(_ line: Substring, _ prefix: String, then suffix: String) -> Bool {
+    guard let start = line.range(of: prefix) else { return false }
+    let rest = line[start.upperBound...]
+    if prefix.hasSuffix(")") { return rest.hasPrefix(suffix) }
+    guard let close = rest.firstIndex(of: ")") else { return false }
+    return rest[rest.index(after: close)...].hasPrefix(suffix)
+}
+
 func monotonicNow() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -63,7 +63,7 @@ final class NetnsClusterTests: XCTestCase {
               + reports.joined(separator: "\n"))
         XCTAssertNotEqual(status, 0, output)
         XCTAssertLessThan(seconds, Self.deadline + 10)
-        XCTAssertTrue(output.contains("rank \(rank) (host \(host))"), "rank \(rank) on \(host) not named:\n\(output)")
+        XCTAssertTrue(reportNamesCulprit(output, rank: rank, host: host), "rank \(rank) on \(host) not named as the culprit:\n\(output)")
     }
 
     /// (d) Pull host 2's cable: no process dies, so the ranks' deadline has to end the job.
