@@ -46,8 +46,10 @@ public enum Preflight {
 
     /// Builds the model once for the configured (or the dataset's) input shape.
     public static func checkModel(_ config: TrainingConfig) throws {
-        let datasetShape = datasetImageShape(config.dataset)
-        let input = try config.input.map { try parseShapeField($0, field: "input") } ?? datasetShape
+        let configured = try config.input.map { try parseShapeField($0, field: "input") }
+        // Synthetic images take the configured shape; real datasets have their own.
+        let datasetShape = config.dataset == "synthetic" ? configured ?? [1, 28, 28] : datasetImageShape(config.dataset)
+        let input = configured ?? datasetShape
         guard input == datasetShape else {
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
                                          allowed: "the \(config.dataset) image shape \(formatShape(datasetShape))")
