@@ -38,11 +38,16 @@ import Glibc
 /// - Heartbeats. While waiting, a rank sends its peers a heartbeat token every
 ///   `deadline / 5` seconds, so a rank that reached a collective and then
 ///   stopped (SIGSTOP, a stuck thread inside MPI) can be told from a slow one.
+/// - Liveness datagrams (`LivenessBeacon`): a thread per rank sends each
+///   peer a UDP datagram every 0.2 s, outside MPI, so a dead, stopped or
+///   cut-off rank stands out even when OpenMPI's progress has stalled.
 /// - Deadline. A rank that has waited `deadline` seconds in one collective
 ///   names the culprit: the ranks whose token for it has not arrived ("has
-///   not reached collective #s"), else the ranks that reached it but have
-///   been silent for half the deadline, else it says every rank is alive and
-///   the collective itself did not complete.
+///   not reached collective #s"; ranks whose heartbeats say they are
+///   themselves waiting in an earlier collective are set aside as victims),
+///   else the ranks that reached it only after half the deadline, else those
+///   that reached it and then went silent, else it says every rank is alive
+///   and the collective itself did not complete.
 ///
 /// With `failurePolicy == .abort` (the default) a deadline or schedule
 /// failure prints one line starting `cnn-dist:` to standard error and calls

@@ -18,7 +18,7 @@ final class FailureDetectionTests: XCTestCase {
                       environment: FailureTestSupport.mpiEnvironment)
         try job.start()
         addTeardownBlock { if job.process.isRunning { job.killTree(SIGKILL) } }
-        XCTAssertTrue(job.waitForOutput(timeout: 60) { $0.contains(" step 50/") },
+        XCTAssertTrue(job.waitForOutput(timeout: 60) { $0.contains("epoch 1: train loss") },
                       "training did not get going:\n\(job.output)")
         return job
     }

@@ -41,7 +41,7 @@ final class NetnsClusterTests: XCTestCase {
                        "--deadline", "\(Self.deadline)", "--run-dir", dir])
         try job.start()
         addTeardownBlock { if job.process.isRunning { job.killTree(SIGKILL) } }
-        XCTAssertTrue(job.waitForOutput(timeout: 90) { $0.contains(" step 50/") },
+        XCTAssertTrue(job.waitForOutput(timeout: 90) { $0.contains("epoch 1: train loss") },
                       "training did not get going on the cluster:\n\(job.output)")
         XCTAssertTrue(job.output.contains("3 rank(s)"), job.output)
         return job
