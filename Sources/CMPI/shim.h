@@ -22,4 +22,8 @@ static inline int cnn_mpi_max_processor_name(void) { return MPI_MAX_PROCESSOR_NA
 static inline int cnn_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
 static inline int cnn_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline int cnn_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }
+// Added for deadlines and the collective-schedule check (MPICommunicator).
+static inline MPI_Status *cnn_mpi_statuses_ignore(void) { return MPI_STATUSES_IGNORE; }
+static inline MPI_Comm cnn_mpi_comm_null(void) { return MPI_COMM_NULL; }
+static inline MPI_Datatype cnn_mpi_char(void) { return MPI_CHAR; }
 #endif

@@ -23,10 +23,11 @@ public struct SelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "Element count of the large Float allreduce.")
     var largeCount: Int = 10_000_000
 
-    @Option(name: .long, help: "Seconds an in-process collective waits for the other ranks.")
-    var timeout: Double = 60
+    @Option(name: .long, help: "Seconds a collective waits for the other ranks, in-process or MPI (default $CNN_DIST_DEADLINE, else 60).")
+    var timeout: Double?
 
-    @Option(name: .long, help: ArgumentHelp("Inject a fault to check failure handling: throw, mismatch.", visibility: .hidden))
+    @Option(name: .long, help: ArgumentHelp("Inject a fault to check failure handling: throw, mismatch, extra, count, hang.",
+                                            visibility: .hidden))
     var fault: Fault?
 
     /// Faults the self-test can inject, so tests can check that failures end every rank with a clear message.
@@ -35,9 +36,29 @@ public struct SelfTestCommand: ParsableCommand {
         case `throw`
         /// Rank 0 broadcasts 8 bytes while the others expect 4 (MPI_ERR_TRUNCATE under MPI).
         case mismatch
+        /// Rank 1 does one extra allreduce before the checks (a schedule one collective longer).
+        case extra
+        /// Rank 1 allreduces 1001 floats where the others allreduce 1000.
+        case count
+        /// The last rank loops forever before the checks (a rank that stops making progress).
+        case hang
     }
 
+    @Option(name: .long, help: ArgumentHelp("Also time N allreduces of 1 and of 65536 floats (per-collective cost).",
+                                            visibility: .hidden))
+    var latency: Int = 0
+
     public init() {}
+
+    /// Mean seconds per blocking allreduce of `count` floats over `repeats` calls (after 10 warm-up calls).
+    private static func allreduceSeconds(_ comm: Communicator, count: Int, repeats: Int) throws -> Double {
+        var buffer = [Float](repeating: 1, count: count)
+        for _ in 0..<10 { try comm.allreduceSum(&buffer) }
+        try comm.barrier()
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<repeats { try comm.allreduceSum(&buffer) }
+        return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(repeats)
+    }
 
     /// Runs the injected fault (if any), then the checks.
     private static func check(_ comm: Communicator, largeCount: Int, fault: Fault?) throws -> CommunicatorSelfTest.Report {
@@ -48,6 +69,17 @@ public struct SelfTestCommand: ParsableCommand {
         case .mismatch?:
             var bytes = [UInt8](repeating: 1, count: comm.rank == 0 ? 8 : 4)
             try comm.broadcast(&bytes, root: 0)
+        case .extra? where comm.rank == 1:
+            var values = [Float](repeating: 1, count: 1000)
+            try comm.allreduceSum(&values)
+        case .count?:
+            var values = [Float](repeating: 1, count: comm.rank == 1 ? 1001 : 1000)
+            try comm.allreduceSum(&values)
+        case .hang? where comm.rank == comm.size - 1:
+            FileHandle.standardError.write(Data("selftest: rank \(comm.rank) loops forever (--fault hang)\n".utf8))
+            var spins = 0
+            while clock() != -1 { spins &+= 1 } // clock() does not fail here: an endless busy loop
+            _ = spins
         default:
             break
         }
@@ -57,7 +89,7 @@ public struct SelfTestCommand: ParsableCommand {
     public func validate() throws {
         if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
         if largeCount < 0 { throw ValidationError("--large-count must be at least 0, got \(largeCount)") }
-        if !(timeout > 0) { throw ValidationError("--timeout must be positive, got \(timeout)") }
+        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be positive, got \(timeout)") }
     }
 
     public func run() throws {
@@ -66,14 +98,14 @@ public struct SelfTestCommand: ParsableCommand {
             let lock = NSLock()
             var rank0Report: CommunicatorSelfTest.Report?
             let largeCount = self.largeCount, fault = self.fault
-            try LocalWorld.run(size: localRanks, timeout: timeout) { comm in
+            try LocalWorld.run(size: localRanks, timeout: timeout ?? deadlineFromEnvironment() ?? 60) { comm in
                 let report = try Self.check(comm, largeCount: largeCount, fault: fault)
                 if comm.rank == 0 { lock.lock(); rank0Report = report; lock.unlock() }
             }
             report = rank0Report!
             report.lines.forEach { print($0) }
         } else {
-            let comm = try makeWorldCommunicator()
+            let comm = try makeWorldCommunicator(deadline: timeout)
             do {
                 report = try Self.check(comm, largeCount: largeCount, fault: fault)
             } catch {
@@ -81,6 +113,14 @@ public struct SelfTestCommand: ParsableCommand {
                 FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
                 if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
                 throw error
+            }
+            if latency > 0 {
+                let small = try Self.allreduceSeconds(comm, count: 1, repeats: latency)
+                let large = try Self.allreduceSeconds(comm, count: 65_536, repeats: latency)
+                if comm.rank == 0 {
+                    print(String(format: "selftest: allreduce latency over %d calls: 1 float %.1f us, 65536 floats %.1f us",
+                                 latency, small * 1e6, large * 1e6))
+                }
             }
             if comm.rank == 0 {
                 report.lines.forEach { print($0) }

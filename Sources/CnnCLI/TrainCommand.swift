@@ -111,12 +111,16 @@ public struct TrainCommand: ParsableCommand {
                                + "flags given override its config.", valueName: "RUN_DIR"))
     var resume: String?
     @Option(name: .customLong("test-model"), help: .hidden) var testModel: String?
+    // issue 6 (rely): collective deadline.
+    @Option(help: "Seconds a rank waits in one collective before naming the missing ranks and stopping the job (default $CNN_DIST_DEADLINE, else 60).")
+    var deadline: Double?
 
     public init() {}
 
     public func validate() throws {
         if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1, got \(n)") }
         if bucketMB <= 0 { throw ValidationError("--bucket-mb must be positive, got \(bucketMB)") }
+        if let d = deadline, !(d > 0) { throw ValidationError("--deadline must be positive seconds, got \(d)") } // issue 6 (rely)
     }
 
     public func run() throws {
@@ -128,6 +132,7 @@ public struct TrainCommand: ParsableCommand {
         let dir = resume ?? runDir ?? "runs/\(fresh!.model)-\(stamp)"
         let bucketBytes = Int(bucketMB * 1_048_576)
         let terminal = isatty(STDOUT_FILENO) != 0
+        let deadline = self.deadline ?? deadlineFromEnvironment() ?? 60 // issue 6 (rely)
         let body: (Communicator) throws -> Void = { comm in
             let log: (String) -> Void = { line in
                 guard comm.rank == 0 else { return }
@@ -143,6 +148,7 @@ public struct TrainCommand: ParsableCommand {
             } else {
                 config = fresh!
             }
+            if testModel == nil { try Preflight.check(config, runDirectory: dir, communicator: comm) } // issue 6 (rely)
             var custom: Model? = nil
             if let name = testModel {
                 guard let m = try TestModels.model(named: name, seed: config.seed) else {
@@ -162,9 +168,9 @@ public struct TrainCommand: ParsableCommand {
             }
         }
         if let n = localRanks {
-            try LocalWorld.run(size: n, body)
+            try LocalWorld.run(size: n, timeout: deadline, body) // issue 6 (rely): timeout = deadline
         } else {
-            let comm = try makeWorldCommunicator()
+            let comm = try makeWorldCommunicator(deadline: deadline) // issue 6 (rely)
             do { try body(comm) } catch {
                 // A failing rank must take the job down, not leave the others waiting:
                 // mpirun ends the job when a rank exits non-zero without finalizing.

@@ -82,6 +82,20 @@ public protocol Communicator: AnyObject {
 
     /// The smallest of the ranks' values, on every rank.
     func allreduceMin(_ value: Double) throws -> Double
+
+    /// The training step this rank is at, set by the training loop. Carried
+    /// with every collective so that deadline and schedule-mismatch reports
+    /// can say at which step a rank stopped. Implementations without such
+    /// reports ignore it (see the default below).
+    var currentStep: Int { get set }
+}
+
+extension Communicator {
+    /// Default for communicators that do not report steps: always 0, setting does nothing.
+    public var currentStep: Int {
+        get { 0 }
+        set {}
+    }
 }
 
 /// A non-blocking collective in flight, from `Communicator.startAllreduceSum`.
@@ -168,12 +182,23 @@ public func launchedByMPI(environment: [String: String] = ProcessInfo.processInf
 /// without touching MPI: OpenMPI's singleton init (MPI_Init without mpirun)
 /// has to start a helper daemon, which is slow and fails in some containers.
 /// Set CNN_DIST_FORCE_MPI=1, or pass `forceMPI`, to use MPI anyway.
-public func makeWorldCommunicator(forceMPI: Bool = false) throws -> Communicator {
+///
+/// `deadline`: seconds a rank waits in one collective before it names the
+/// ranks that have not arrived and stops the job (see `MPICommunicator`);
+/// nil keeps $CNN_DIST_DEADLINE, else 60.
+public func makeWorldCommunicator(forceMPI: Bool = false, deadline: TimeInterval? = nil) throws -> Communicator {
     let env = ProcessInfo.processInfo.environment
     if forceMPI || env["CNN_DIST_FORCE_MPI"] == "1" || launchedByMPI(environment: env) {
-        return try MPICommunicator.world()
+        let mpi = try MPICommunicator.world()
+        if let deadline { mpi.deadline = deadline }
+        return mpi
     }
     return SingleProcessCommunicator()
+}
+
+/// The collective deadline from $CNN_DIST_DEADLINE (seconds), or nil if unset or not a positive number.
+public func deadlineFromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> TimeInterval? {
+    environment["CNN_DIST_DEADLINE"].flatMap(Double.init).flatMap { $0 > 0 && $0.isFinite ? $0 : nil }
 }
 
 /// Ends the world started by `makeWorldCommunicator()`: finalises MPI if it

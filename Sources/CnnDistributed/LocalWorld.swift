@@ -23,8 +23,17 @@ import Foundation
 /// `CnnError.communication` naming the failed rank; a rank whose body
 /// returns while others wait for it in a collective poisons the hub the same
 /// way. A collective whose ranks do not all arrive within `timeout` throws,
-/// naming the ranks that did not arrive. Mismatched collectives (different
-/// operation, count or root at the same position) throw naming both ranks.
+/// naming the ranks that did not arrive, the collective's number and each
+/// rank's step (`currentStep`), in the words `MPICommunicator` uses:
+/// "rank 2 (host H) has not reached collective #57 (allreduceSum(Float) of
+/// 4096, step 12) within 5 s". Mismatched collectives (different operation,
+/// count or root at the same position) throw naming both ranks.
+///
+/// Never hang: a rank that never returns (an endless loop, a deadlock of its
+/// own) cannot be stopped from outside its thread, so once the world has
+/// failed `run` waits at most `timeout` more seconds for the rank threads,
+/// then throws the failure and leaves the stuck threads behind (they end
+/// with the process).
 public enum LocalWorld {
     /// Runs `body` on `size` threads, each with its own `LocalCommunicator`
     /// of one shared world, and returns when all have finished.
@@ -61,7 +70,15 @@ public enum LocalWorld {
             thread.stackSize = stackSize
             thread.start()
         }
-        group.wait()
+        // Wait for every rank, but once the world has failed give stuck ranks only `timeout` more seconds.
+        var failedAt: Date?
+        while group.wait(timeout: .now() + 0.05) == .timedOut {
+            if hub.firstError != nil {
+                let since = failedAt ?? Date()
+                failedAt = since
+                if Date().timeIntervalSince(since) > timeout { break }
+            }
+        }
         if let error = hub.firstError { throw error }
     }
 }
@@ -75,9 +92,16 @@ public final class LocalCommunicator: Communicator {
     /// The host name (the same for every rank of the world).
     public let processorName: String
 
+    /// The training step, named in timeout reports.
+    public var currentStep: Int {
+        get { lock.lock(); defer { lock.unlock() }; return step }
+        set { lock.lock(); step = newValue; lock.unlock() }
+    }
+
     private let hub: LocalHub
     private let lock = NSLock()
     private var nextSequence = 0
+    private var step = 0
 
     init(rank: Int, hub: LocalHub) {
         self.rank = rank
@@ -92,7 +116,7 @@ public final class LocalCommunicator: Communicator {
         let sequence = nextSequence
         nextSequence += 1
         return try hub.join(sequence: sequence, rank: rank,
-                            LocalContribution(op: op, count: count, pointer: pointer, scalar: scalar))
+                            LocalContribution(op: op, count: count, pointer: pointer, scalar: scalar, step: step))
     }
 
     private func run<T>(_ op: LocalOp, count: Int = 0, pointer: UnsafeMutableRawPointer? = nil, scalar: UInt64 = 0,
@@ -221,6 +245,13 @@ struct LocalContribution {
     let count: Int
     let pointer: UnsafeMutableRawPointer?
     let scalar: UInt64
+    /// The rank's training step when it joined (for reports).
+    var step = 0
+
+    /// "allreduceSum(Float) of 4096", "barrier".
+    var what: String {
+        "\(op)" + ((op == .barrier || op == .allgather || op == .max || op == .min) ? "" : " of \(count)")
+    }
 }
 
 /// Collective number `sequence`: the ranks' contributions and whether it has completed.
@@ -247,6 +278,9 @@ final class LocalHub {
     private let condition = NSCondition()
     private var slots: [Int: LocalSlot] = [:]
     private var exited = Set<Int>()
+    /// Each rank's latest collective (number and contribution), for timeout reports.
+    private var lastJoined: [(sequence: Int, contribution: LocalContribution)?]
+    private let hostName = localHostName()
     /// Why the world was aborted, for the errors of the other ranks.
     private var failureReason: String?
     /// The error `LocalWorld.run` rethrows.
@@ -260,6 +294,7 @@ final class LocalHub {
     init(size: Int, timeout: TimeInterval) {
         self.size = size
         self.timeout = timeout
+        lastJoined = Array(repeating: nil, count: size)
     }
 
     /// Aborts the world (first reason wins). Call with the lock held.
@@ -318,6 +353,7 @@ final class LocalHub {
             throw error
         }
         slot.contributions[rank] = contribution
+        lastJoined[rank] = (sequence, contribution)
         slot.arrived += 1
         let last = slot.arrived == size
         condition.unlock()
@@ -345,9 +381,17 @@ final class LocalHub {
             if !condition.wait(until: deadline) && !slot.done && slot.arrived < size {
                 try checkAlive(slot, rank: rank, call: call)
                 let missing = slot.missingRanks
+                let what = slot.contributions[rank].map { "\($0.what), step \($0.step)" } ?? call
+                let last = missing.map { r in
+                    lastJoined[r].map { "rank \(r) was last at collective #\($0.sequence) (\($0.contribution.what), step \($0.contribution.step))" }
+                        ?? "rank \(r) has reached no collective"
+                }.joined(separator: ", ")
                 let reason = "timed out after \(timeout) s in \(slot.op.map { "\($0)" } ?? call) "
                     + "(collective #\(slot.sequence)): \(missing.count == 1 ? "rank" : "ranks") "
-                    + "\(missing.map(String.init).joined(separator: ", ")) did not arrive"
+                    + "\(missing.map(String.init).joined(separator: ", ")) did not arrive; "
+                    + "\(missing.count == 1 ? "rank" : "ranks") \(missing.map { "\($0) (host \(hostName))" }.joined(separator: ", ")) "
+                    + "\(missing.count == 1 ? "has" : "have") not reached collective #\(slot.sequence) (\(what)) "
+                    + "within \(formatSeconds(timeout)) s (\(last))"
                 let error = CnnError.communication(rank: rank, call: call, reason: reason)
                 poison(reason: reason, error: error)
                 throw error

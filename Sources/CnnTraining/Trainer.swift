@@ -305,6 +305,7 @@ public final class Trainer {
                 var t = monotonicSeconds()
                 context.training = true
                 context.step = step
+                communicator.currentStep = step // issue 6 (rely): named in deadline and schedule reports
                 context.sampleOffset = batch.sampleOffset
                 let logits = model.forward(batch.images, context: context)
                 let batchLoss = batch.labels.withUnsafeBufferPointer {

@@ -108,8 +108,11 @@ final class MPISelfTestTests: XCTestCase {
         let (status2, _, stderr2) = try run(mpirun, ["--oversubscribe", "-n", "2", binary.path, "selftest", "--fault", "mismatch"],
                                             environment: rootEnv, deadline: 60)
         XCTAssertNotEqual(status2, 0)
-        // The checked wrapper names the rank, the call and MPI's own error string.
-        XCTAssertTrue(stderr2.contains("rank 1: MPI_Bcast failed: MPI_ERR_TRUNCATE"), stderr2)
+        // Issue 6: the collective-schedule check now stops this before MPI's truncation error,
+        // naming both ranks and both byte counts.
+        XCTAssertTrue(stderr2.contains("collective schedule mismatch at collective #1"), stderr2)
+        XCTAssertTrue(stderr2.contains("called broadcast of 8 bytes from rank 0"), stderr2)
+        XCTAssertTrue(stderr2.contains("called broadcast of 4 bytes from rank 0"), stderr2)
     }
 
     func testSelfTestCommandFaultsWithLocalRanks() throws {

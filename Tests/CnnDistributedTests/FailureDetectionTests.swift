@@ -1,0 +1,120 @@
+import Foundation
+import XCTest
+
+/// Issue 6, "never hang, name the culprit", on one machine under the real
+/// mpirun: a rank killed or stopped during `cnn-dist train`, ranks whose
+/// collective schedules differ, a rank that loops forever. Each job must end
+/// non-zero within deadline + 10 s and say which rank it was.
+final class FailureDetectionTests: XCTestCase {
+    /// The collective deadline these tests give the ranks (seconds).
+    static let deadline = 4.0
+
+    /// `cnn-dist train` on synthetic data under `mpirun -n 3`, long enough to be interrupted.
+    private func startTraining(runDirectory: String) throws -> Job {
+        let job = Job(try FailureTestSupport.mpirun(),
+                      ["-n", "3", "--bind-to", "none", try FailureTestSupport.binary().path, "train",
+                       "--dataset", "synthetic", "--model", "lenet5", "--epochs", "200", "--batch-size", "48",
+                       "--deadline", "\(Self.deadline)", "--run-dir", runDirectory],
+                      environment: FailureTestSupport.mpiEnvironment)
+        try job.start()
+        addTeardownBlock { if job.process.isRunning { job.killTree(SIGKILL) } }
+        XCTAssertTrue(job.waitForOutput(timeout: 60) { $0.contains("epoch 1: train loss") },
+                      "training did not get going:\n\(job.output)")
+        return job
+    }
+
+    /// Sends `signal` to rank 1 mid-training; the job must end non-zero, soon, naming rank 1.
+    private func interruptRank1(with signal: Int32, name: String) throws {
+        let dir = FailureTestSupport.temporaryDirectory(self, "kill")
+        let job = try startTraining(runDirectory: dir)
+        guard let pid = job.rankProcess(1) else { return XCTFail("rank 1 not found among \(job.descendants())") }
+        let sent = monotonicNow()
+        kill(pid, signal)
+        let status = job.finish(timeout: Self.deadline + 10)
+        let seconds = monotonicNow() - sent
+        if signal == SIGSTOP { kill(pid, SIGKILL) } // in case the launcher left it stopped
+        let output = job.output
+        print("\(name) rank 1: job ended with status \(status) \(String(format: "%.2f", seconds)) s after the signal; "
+              + "reports:\n" + output.split(separator: "\n").filter { $0.contains("cnn-dist:") || $0.contains("rank 1") }
+                .joined(separator: "\n"))
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertLessThan(seconds, Self.deadline + 10)
+        // A killed process is also named by mpirun itself ("mpirun noticed that process rank 1 ... exited on signal 9").
+        XCTAssertTrue(reportNamesCulprit(output, rank: 1) || (signal == SIGKILL && output.contains("noticed that process rank 1 ")),
+                      "rank 1 not named as the culprit:\n\(output)")
+    }
+
+    /// (a) SIGKILL: mpirun sees the death at once; the survivors' reports name the rank they wait for.
+    func testKilledRankEndsTheJobNamingIt() throws {
+        try interruptRank1(with: SIGKILL, name: "SIGKILL")
+    }
+
+    /// (b) SIGSTOP: nothing dies, so only the deadline can end the job; the report names rank 1.
+    func testStoppedRankIsNamedWithinTheDeadline() throws {
+        try interruptRank1(with: SIGSTOP, name: "SIGSTOP")
+    }
+
+    /// Runs `cnn-dist selftest --fault FAULT` under `mpirun -n 3`; returns (status, output, seconds).
+    private func selfTestFault(_ fault: String, ranks: Int = 3) throws -> (Int32, String, Double) {
+        let job = Job(try FailureTestSupport.mpirun(),
+                      ["-n", "\(ranks)", "--bind-to", "none", try FailureTestSupport.binary().path, "selftest",
+                       "--fault", fault, "--timeout", "\(Self.deadline)", "--large-count", "1000"],
+                      environment: FailureTestSupport.mpiEnvironment)
+        try job.start()
+        let status = job.finish(timeout: Self.deadline + 20)
+        let seconds = monotonicNow() - job.started
+        print("selftest --fault \(fault): status \(status) after \(String(format: "%.2f", seconds)) s\n"
+              + job.output.split(separator: "\n").filter { $0.hasPrefix("cnn-dist: ") && !$0.contains("terminated by") }
+                .prefix(1).joined())
+        return (status, job.output, seconds)
+    }
+
+    /// (c) Rank 1 does one extra allreduce: stopped at the first differing collective, rank 1 named with both descriptors.
+    func testExtraCollectiveOnOneRankIsNamed() throws {
+        let (status, output, seconds) = try selfTestFault("extra")
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertLessThan(seconds, Self.deadline + 10)
+        XCTAssertTrue(output.contains("collective schedule mismatch at collective #1: rank 1 (host "), output)
+        XCTAssertTrue(output.contains("called allreduce of 1000 floats"), output)
+        XCTAssertTrue(output.contains("ranks 0 (host "), output)
+    }
+
+    /// (c) Rank 1 allreduces 1001 floats where the others allreduce 1000.
+    func testDifferentCountOnOneRankIsNamed() throws {
+        let (status, output, _) = try selfTestFault("count")
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertTrue(output.contains("rank 1 (host "), output)
+        XCTAssertTrue(output.contains("called allreduce of 1001 floats"), output)
+        XCTAssertTrue(output.contains("called allreduce of 1000 floats"), output)
+    }
+
+    /// A rank that loops forever (never reaches the next collective) is named by the others at the deadline.
+    func testEndlessLoopRankIsNamedAtTheDeadline() throws {
+        let (status, output, seconds) = try selfTestFault("hang")
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertGreaterThan(seconds, Self.deadline - 0.5)
+        XCTAssertLessThan(seconds, Self.deadline + 10)
+        XCTAssertTrue(output.contains("rank 2 (host "), output)
+        XCTAssertTrue(output.contains("has not reached collective #1"), output)
+    }
+
+    /// In-process ranks (--local-ranks): the same faults end the command, naming the rank, without waiting on the stuck thread forever.
+    func testLocalRanksNameTheStuckRankAndReturn() throws {
+        let binary = try FailureTestSupport.binary()
+        let hang = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "hang", "--timeout", "2", "--large-count", "1000"])
+        try hang.start()
+        let status = hang.finish(timeout: 20)
+        let seconds = monotonicNow() - hang.started
+        XCTAssertNotEqual(status, 0)
+        XCTAssertLessThan(seconds, 2 * 2 + 5)
+        XCTAssertTrue(hang.stderr.contains("rank 2 (host "), hang.stderr)
+        XCTAssertTrue(hang.stderr.contains("has not reached collective #0"), hang.stderr)
+
+        let extra = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "extra", "--timeout", "5", "--large-count", "1000"])
+        try extra.start()
+        XCTAssertNotEqual(extra.finish(timeout: 20), 0)
+        XCTAssertTrue(extra.stderr.contains("does not match across ranks"), extra.stderr)
+        XCTAssertTrue(extra.stderr.contains("rank 1 called allreduceSum(Float) of 1000")
+                      || extra.stderr.contains("but rank 1 called allreduceSum(Float) of 1000"), extra.stderr)
+    }
+}
