@@ -1,4 +1,5 @@
 import Foundation
+import CnnCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -140,9 +141,3 @@ final class LivenessBeacon: @unchecked Sendable {
     }
 }
 
-/// Seconds on a monotonic clock.
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}

@@ -14,7 +14,7 @@ final class FailureDetectionTests: XCTestCase {
         let job = Job(try FailureTestSupport.mpirun(),
                       ["-n", "3", "--bind-to", "none", try FailureTestSupport.binary().path, "train",
                        "--dataset", "synthetic", "--model", "lenet5", "--epochs", "200", "--batch-size", "48",
-                       "--deadline", "\(Self.deadline)", "--run-dir", runDirectory],
+                       "--deadline", "\(Self.deadline)", "--checkpoint-every", "5", "--run-dir", runDirectory],
                       environment: FailureTestSupport.mpiEnvironment)
         try job.start()
         addTeardownBlock { if job.process.isRunning { job.killTree(SIGKILL) } }
@@ -42,6 +42,25 @@ final class FailureDetectionTests: XCTestCase {
         // A killed process is also named by mpirun itself ("mpirun noticed that process rank 1 ... exited on signal 9").
         XCTAssertTrue(reportNamesCulprit(output, rank: 1) || (signal == SIGKILL && output.contains("noticed that process rank 1 ")),
                       "rank 1 not named as the culprit:\n\(output)")
+        try resumeAfterFailure(runDirectory: dir)
+    }
+
+    /// The newest checkpoint the failed job left verifies, and the run resumes
+    /// from it (on 2 ranks instead of 3) and takes two more steps.
+    private func resumeAfterFailure(runDirectory dir: String) throws {
+        let steps = ((try? FileManager.default.contentsOfDirectory(atPath: dir + "/checkpoints")) ?? [])
+            .compactMap { $0.hasPrefix("step-") ? Int($0.dropFirst(5)) : nil }
+        guard let newest = steps.max() else { return XCTFail("no checkpoint in \(dir)/checkpoints") }
+        let job = Job(try FailureTestSupport.mpirun(),
+                      ["-n", "2", "--bind-to", "none", try FailureTestSupport.binary().path, "train",
+                       "--resume", dir, "--max-steps", "\(newest + 2)", "--deadline", "\(Self.deadline)"],
+                      environment: FailureTestSupport.mpiEnvironment)
+        try job.start()
+        let status = job.finish(timeout: 120)
+        XCTAssertEqual(status, 0, job.output)
+        XCTAssertTrue(job.output.contains("resume: using") && job.output.contains(String(format: "step-%08d", newest)),
+                      "did not resume from the newest checkpoint step \(newest):\n\(job.output)")
+        XCTAssertFalse(job.output.contains("skipping"), "a checkpoint was damaged:\n\(job.output)")
     }
 
     /// (a) SIGKILL: mpirun sees the death at once; the survivors' reports name the rank they wait for.
