@@ -197,7 +197,7 @@ extension ParameterStore {
                      source: String = "state_dict") throws -> (loaded: [String], missing: [String], unexpected: [String]) {
         func bad(_ reason: String) -> CnnError { CnnError.invalidCheckpoint(file: source, reason: reason) }
         var plan: [(entry: ParameterEntry, tensor: SafeTensor?)] = []
-        var loaded: [String] = [], missing: [String] = []
+        var loaded: [String] = [], missing: [String] = [], problems: [String] = []
         for entry in parameterEntries + bufferEntries where !skip(entry.name) {
             guard let t = tensors[entry.name] else {
                 if entry.role == .counter {
@@ -209,23 +209,29 @@ extension ParameterStore {
             }
             // A 0-d counter may come back as [1] from some writers; anything else must match exactly.
             let compatible = t.shape == entry.shape || (entry.role == .counter && t.shape.reduce(1, *) == 1)
-            guard compatible else {
-                throw bad("size mismatch for '\(entry.name)': the model has shape \(shapeText(entry.shape)), "
-                          + "the checkpoint has \(shapeText(t.shape))")
-            }
-            if t.dtype == .f32, let index = firstNonFiniteIndex(t) {
-                throw bad("tensor '\(entry.name)' holds a non-finite value (\(t.floats()[index])) at index \(index)")
+            if !compatible {
+                problems.append("size mismatch for '\(entry.name)': the model has shape \(shapeText(entry.shape)), "
+                                + "the checkpoint has \(shapeText(t.shape))")
+            } else if t.dtype == .f32, let index = firstNonFiniteIndex(t) {
+                problems.append("tensor '\(entry.name)' holds a non-finite value (\(t.floats()[index])) at index \(index)")
             }
             plan.append((entry, t))
             loaded.append(entry.name)
         }
         let known = Set((parameterEntries + bufferEntries).map(\.name))
         let unexpected = tensors.keys.filter { !known.contains($0) && !skip($0) }.sorted()
-        if strict && (!missing.isEmpty || !unexpected.isEmpty) {
-            var parts: [String] = []
-            if !missing.isEmpty { parts.append("missing \(missing.count) tensor(s) the model needs: \(listed(missing))") }
-            if !unexpected.isEmpty { parts.append("\(unexpected.count) unexpected tensor(s) the model does not have: \(listed(unexpected))") }
-            throw bad(parts.joined(separator: "; ") + " (is this checkpoint for another model?)")
+        // Like PyTorch, report everything at once: missing and unexpected names
+        // (when strict) first, as they usually say "another model", then shapes.
+        var reasons: [String] = []
+        if strict && !missing.isEmpty { reasons.append("missing \(missing.count) tensor(s) the model needs: \(listed(missing))") }
+        if strict && !unexpected.isEmpty {
+            reasons.append("\(unexpected.count) unexpected tensor(s) the model does not have: \(listed(unexpected))")
+        }
+        reasons += problems.prefix(8)
+        if problems.count > 8 { reasons.append("… \(problems.count - 8) more size mismatches") }
+        if !reasons.isEmpty {
+            let hint = strict && (!missing.isEmpty || !unexpected.isEmpty) ? " (is this checkpoint for another model?)" : ""
+            throw bad(reasons.joined(separator: "; ") + hint)
         }
         for (entry, tensor) in plan {
             let destination = (entry.isTrainable ? parameters.data : buffers.data) + entry.offset

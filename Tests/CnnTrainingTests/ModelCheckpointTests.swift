@@ -135,7 +135,9 @@ final class ModelCheckpointTests: XCTestCase {
         XCTAssertEqual(target.store.parameters.toArray(), before)
 
         // Non-strict reports instead of throwing; skipped names are neither loaded nor reported.
-        let report = try target.store.load(missing.merging(unexpected) { a, _ in a }, strict: false, skip: { $0.hasPrefix("17.") })
+        var both = missing
+        both["extra.weight"] = unexpected["extra.weight"]
+        let report = try target.store.load(both, strict: false, skip: { $0.hasPrefix("17.") })
         XCTAssertEqual(report.missing, ["4.weight"])
         XCTAssertEqual(report.unexpected, ["extra.weight"])
         XCTAssertFalse(report.loaded.contains("17.weight"))
@@ -158,7 +160,8 @@ final class ModelCheckpointTests: XCTestCase {
         let path = dir + "/lenet.safetensors"
         let lenet = try seededModel("lenet5")
         try writeModelCheckpoint(model: lenet, statistics: statistics, to: path, extraMetadata: ["model": "fashion-cnn"])
-        assertError(try loadModelCheckpoint(path: path), [path, "missing", "unexpected"])
+        assertError(try loadModelCheckpoint(path: path), [path, "missing", "unexpected", "'4.weight'", "'3.weight'",
+                                                          "size mismatch for '0.weight'", "another model"])
         try writeModelCheckpoint(model: lenet, statistics: statistics, to: path, extraMetadata: ["model": "nosuchnet"])
         assertError(try loadModelCheckpoint(path: path), [path, "nosuchnet"])
         let bare = try SafeTensors.encode(lenet.store.stateDict())
