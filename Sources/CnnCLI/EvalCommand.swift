@@ -23,7 +23,7 @@ public struct EvalCommand: ParsableCommand {
     @Option(help: "Dataset directory (default \(ImageDataset.defaultFashionMNISTDirectory) for fashion-mnist).") var data: String?
     @Option(name: .customLong("batch-size"), help: "Images per forward pass on each rank.") var batchSize = 256
     @Option(name: .customLong("test-limit"), help: "Evaluate only the first N test images (0 = all).") var testLimit = 0
-    @Option(name: .customLong("label-smoothing"), help: "Label smoothing of the reported loss.") var labelSmoothing: Float = 0
+    @Option(name: .customLong("label-smoothing"), help: "Label smoothing of the reported loss.") var labelSmoothing: Double = 0
     @Option(name: .customLong("synthetic-count"), help: "Training-set size of the synthetic dataset, as in the training config.")
     var syntheticCount = TrainingConfig().synthetic_count
     @Option(help: "Seed of the synthetic dataset, as in the training config.") var seed = TrainingConfig().seed
@@ -68,13 +68,13 @@ public struct EvalCommand: ParsableCommand {
         var test = try loadTestSplit(name, imageShape: model.inputShape)
         if testLimit > 0 && testLimit < test.count { test = test.subset(0..<testLimit, name: test.name) }
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
-                                  batchSize: batchSize, labelSmoothing: labelSmoothing)
+                                  batchSize: batchSize, labelSmoothing: Float(labelSmoothing))
         if json {
             let object: [String: Any] = [
                 "loss": result.loss, "accuracy": result.accuracy, "correct": result.correct, "count": result.count,
-                "checkpoint": checkpoint, "dataset": name, "model": model.name, "label_smoothing": Double(labelSmoothing),
+                "checkpoint": checkpoint, "dataset": name, "model": model.name, "label_smoothing": labelSmoothing,
             ]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             return String(decoding: data, as: UTF8.self)
         }
         return String(format: "%@ on %@ (%d images): loss %.4f accuracy %.4f (%d correct)",

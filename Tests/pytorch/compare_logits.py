@@ -36,7 +36,23 @@ import safetensors.torch
 from safetensors import safe_open
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-DEFAULT_REFERENCE = os.path.join(REPO, "..", "shared", "reference", "torch_models.py")
+
+
+def default_reference():
+    """../shared/reference/torch_models.py next to the repository; from a git
+    worktree elsewhere, next to the main checkout."""
+    candidates = [REPO]
+    try:
+        common = subprocess.run(["git", "-C", REPO, "rev-parse", "--path-format=absolute", "--git-common-dir"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        candidates.append(os.path.dirname(common))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    paths = [os.path.normpath(os.path.join(c, "..", "shared", "reference", "torch_models.py")) for c in candidates]
+    return next((p for p in paths if os.path.exists(p)), paths[0])
+
+
+DEFAULT_REFERENCE = default_reference()
 FASHION = "/usr/share/datasets/fashion-mnist"
 
 
