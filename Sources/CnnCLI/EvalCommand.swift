@@ -92,6 +92,9 @@ public struct EvalCommand: ParsableCommand {
         case "cifar10":
             guard let data else { throw ValidationError("--data DIR is required for cifar10 (the directory of test_batch.bin)") }
             return try ImageDataset.loadCIFAR10(directory: data, split: .test)
+        case "mnist":
+            guard let data else { throw ValidationError("--data DIR is required for mnist (the directory of t10k-images-idx3-ubyte)") }
+            return try ImageDataset.loadFashionMNIST(directory: data, split: .test)
         default:
             return try ImageDataset.loadFashionMNIST(directory: data ?? ImageDataset.defaultFashionMNISTDirectory, split: .test)
         }

@@ -85,7 +85,7 @@ public func decodeStateDict(_ bytes: [UInt8], file: String) throws -> (tensors: 
     tensors.reserveCapacity(entries.count)
     var expectedBegin = 0
     for e in entries {
-        guard let width = StoredDType.width(of: e.dtype) else {
+        guard let width = storedWidth(e.dtype) else {
             throw bad("tensor '\(e.name)' has dtype \(e.dtype); supported are F32, F64, F16, BF16 (read as F32) and I64, I32 (read as I64)")
         }
         guard e.begin >= 0, e.begin <= e.end, e.end <= dataLength else {
@@ -128,15 +128,13 @@ private func integers(_ values: [Any]) -> [Int]? {
     return result
 }
 
-/// The dtypes a stored tensor may have and their byte widths.
-private enum StoredDType {
-    static func width(of dtype: String) -> Int? {
-        switch dtype {
-        case "F32", "I32": return 4
-        case "F64", "I64": return 8
-        case "F16", "BF16": return 2
-        default: return nil
-        }
+/// Bytes per element of the dtypes a stored tensor may have; nil for others.
+private func storedWidth(_ dtype: String) -> Int? {
+    switch dtype {
+    case "F32", "I32": return 4
+    case "F64", "I64": return 8
+    case "F16", "BF16": return 2
+    default: return nil
     }
 }
 
@@ -182,7 +180,8 @@ extension ParameterStore {
     ///   loaded nor reported), e.g. a classifier head when fine-tuning to
     ///   another class count.
     /// - A shape that differs from the model's throws naming the tensor and
-    ///   both shapes, whatever `strict` says (as PyTorch does).
+    ///   both shapes, whatever `strict` says (as PyTorch does); so does a
+    ///   tensor whose byte count does not match its own shape.
     /// - With `strict`, any missing or unexpected name throws, listing them;
     ///   without it they are returned. As in PyTorch's BatchNorm, a missing
     ///   `num_batches_tracked` is never an error: the counter is set to 0.
@@ -209,7 +208,10 @@ extension ParameterStore {
             }
             // A 0-d counter may come back as [1] from some writers; anything else must match exactly.
             let compatible = t.shape == entry.shape || (entry.role == .counter && t.shape.reduce(1, *) == 1)
-            if !compatible {
+            let width = t.dtype == .f32 ? 4 : 8
+            if t.bytes.count != t.shape.reduce(1, *) * width {
+                problems.append("tensor '\(entry.name)' has \(t.bytes.count) bytes of \(t.dtype.rawValue) for shape \(shapeText(t.shape))")
+            } else if !compatible {
                 problems.append("size mismatch for '\(entry.name)': the model has shape \(shapeText(entry.shape)), "
                                 + "the checkpoint has \(shapeText(t.shape))")
             } else if t.dtype == .f32, let index = firstNonFiniteIndex(t) {
@@ -228,7 +230,7 @@ extension ParameterStore {
             reasons.append("\(unexpected.count) unexpected tensor(s) the model does not have: \(listed(unexpected))")
         }
         reasons += problems.prefix(8)
-        if problems.count > 8 { reasons.append("… \(problems.count - 8) more size mismatches") }
+        if problems.count > 8 { reasons.append("… \(problems.count - 8) more") }
         if !reasons.isEmpty {
             let hint = strict && (!missing.isEmpty || !unexpected.isEmpty) ? " (is this checkpoint for another model?)" : ""
             throw bad(reasons.joined(separator: "; ") + hint)
@@ -237,13 +239,14 @@ extension ParameterStore {
             let destination = (entry.isTrainable ? parameters.data : buffers.data) + entry.offset
             guard let tensor else { destination.update(repeating: 0, count: entry.count); continue }
             switch tensor.dtype {
-            case .f32:
+            case .f32 where entry.count > 0:
                 tensor.bytes.withUnsafeBytes { src in
                     UnsafeMutableRawPointer(destination).copyMemory(from: src.baseAddress!, byteCount: entry.count * 4)
                 }
             case .i64:
                 let values = tensor.floats()
                 for i in 0..<entry.count { destination[i] = values[i] }
+            default: break
             }
         }
         return (loaded, missing, unexpected)

@@ -131,6 +131,10 @@ final class ModelCheckpointTests: XCTestCase {
         nonFinite["0.bias"] = nan.withUnsafeBufferPointer { SafeTensor(name: "0.bias", floats: $0, shape: [25]) }
         assertError(try target.store.load(nonFinite, strict: true, skip: { _ in false }), ["'0.bias'", "non-finite"])
 
+        var shortBytes = full
+        shortBytes["0.bias"]!.bytes.removeLast(4)
+        assertError(try target.store.load(shortBytes, strict: true, skip: { _ in false }), ["'0.bias'", "96 bytes"])
+
         // Failed loads change nothing.
         XCTAssertEqual(target.store.parameters.toArray(), before)
 
