@@ -65,7 +65,7 @@ public struct EvalCommand: ParsableCommand {
         let loaded = try loadModelCheckpoint(path: checkpoint)
         let model = loaded.model
         let name = dataset ?? (model.inputShape[0] == 3 ? "cifar10" : "fashion-mnist")
-        var test = try loadTestSplit(name, imageShape: model.inputShape)
+        var test = try loadTestSplit(name, imageShape: model.inputShape, classes: model.classCount)
         if testLimit > 0 && testLimit < test.count { test = test.subset(0..<testLimit, name: test.name) }
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
                                   batchSize: batchSize, labelSmoothing: Float(labelSmoothing))
@@ -81,13 +81,15 @@ public struct EvalCommand: ParsableCommand {
                       checkpoint, test.name, result.count, result.loss, result.accuracy, result.correct)
     }
 
-    /// The test split of `name`; synthetic is regenerated exactly as the trainer does.
-    func loadTestSplit(_ name: String, imageShape: [Int]) throws -> ImageDataset {
+    /// The test split of `name`; synthetic is regenerated exactly as the trainer
+    /// does, in the model's input shape with min(10, classes) classes.
+    func loadTestSplit(_ name: String, imageShape: [Int], classes: Int) throws -> ImageDataset {
         switch name {
         case "synthetic":
             // Trainer.loadData: one stream of count + count / 4 images, the last quarter is the test split.
-            let all = ImageDataset.synthetic(count: syntheticCount + syntheticCount / 4, channels: 1, height: 28, width: 28,
-                                             classCount: 10, seed: seed)
+            let all = ImageDataset.synthetic(count: syntheticCount + syntheticCount / 4, channels: imageShape[0],
+                                             height: imageShape[1], width: imageShape[2],
+                                             classCount: max(2, min(10, classes)), seed: seed)
             return all.subset(syntheticCount..<all.count, name: "synthetic(seed \(seed)) test")
         case "cifar10":
             guard let data else { throw ValidationError("--data DIR is required for cifar10 (the directory of test_batch.bin)") }
