@@ -5,7 +5,7 @@ public struct CnnDist: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "cnn-dist",
         abstract: "Distributed data-parallel CNN training on CPU clusters.",
-        subcommands: [TrainCommand.self, SummaryCommand.self, BenchCommand.self, SelfTestCommand.self]
+        subcommands: [TrainCommand.self, SummaryCommand.self, BenchCommand.self, SelfTestCommand.self, EvalCommand.self, PredictCommand.self]
     )
     public init() {}
 }
