@@ -63,7 +63,8 @@ let package = Package(
         .testTarget(name: "CnnTrainingTests",
                     dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed", "CnnTraining"],
                     swiftSettings: plainSettings),
-        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore", "CnnTraining"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore", "CnnData",
+                                                        "CnnDistributed", "CnnTraining"], swiftSettings: plainSettings),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -86,11 +86,7 @@ public struct EvalCommand: ParsableCommand {
     func loadTestSplit(_ name: String, imageShape: [Int], classes: Int) throws -> ImageDataset {
         switch name {
         case "synthetic":
-            // Trainer.loadData: one stream of count + count / 4 images, the last quarter is the test split.
-            let all = ImageDataset.synthetic(count: syntheticCount + syntheticCount / 4, channels: imageShape[0],
-                                             height: imageShape[1], width: imageShape[2],
-                                             classCount: max(2, min(10, classes)), seed: seed)
-            return all.subset(syntheticCount..<all.count, name: "synthetic(seed \(seed)) test")
+            return Trainer.syntheticSplits(count: syntheticCount, shape: imageShape, classes: classes, seed: seed).test
         case "cifar10":
             guard let data else { throw ValidationError("--data DIR is required for cifar10 (the directory of test_batch.bin)") }
             return try ImageDataset.loadCIFAR10(directory: data, split: .test)

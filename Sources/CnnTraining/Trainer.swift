@@ -182,10 +182,7 @@ public final class Trainer {
         case "synthetic":
             // Learnable synthetic images of the configured input shape (default 1x28x28), 10 classes.
             let shape = try config.input.map { try parseShapeField($0, field: "input") } ?? [1, 28, 28]
-            let all = ImageDataset.synthetic(count: config.synthetic_count + config.synthetic_count / 4,
-                                             channels: shape[0], height: shape[1], width: shape[2],
-                                             classCount: max(2, min(10, config.classes ?? 10)), seed: config.seed)
-            return (all.subset(0..<config.synthetic_count), all.subset(config.synthetic_count..<all.count))
+            return syntheticSplits(count: config.synthetic_count, shape: shape, classes: config.classes ?? 10, seed: config.seed)
         case "cifar10":
             return (try ImageDataset.loadCIFAR10(directory: config.data, split: .train),
                     try ImageDataset.loadCIFAR10(directory: config.data, split: .test))
@@ -193,6 +190,14 @@ public final class Trainer {
             return (try ImageDataset.loadFashionMNIST(directory: config.data, split: .train),
                     try ImageDataset.loadFashionMNIST(directory: config.data, split: .test))
         }
+    }
+
+    /// The synthetic dataset's splits: one stream of count + count / 4 images of
+    /// `shape` with min(10, classes) classes; the last quarter is the test split.
+    public static func syntheticSplits(count: Int, shape: [Int], classes: Int, seed: UInt64) -> (train: ImageDataset, test: ImageDataset) {
+        let all = ImageDataset.synthetic(count: count + count / 4, channels: shape[0], height: shape[1], width: shape[2],
+                                         classCount: max(2, min(10, classes)), seed: seed)
+        return (all.subset(0..<count), all.subset(count..<all.count, name: "synthetic(seed \(seed)) test"))
     }
 
     static func makeOptimizer(_ c: TrainingConfig) throws -> Optimizer {
@@ -526,7 +531,8 @@ public final class Trainer {
 
     /// Loads weights, buffers, optimizer state and position from a resume point.
     func restore(_ point: ResumePoint) throws {
-        try assign(point.model, file: point.folder + "/model.safetensors")
+        try model.store.load(Dictionary(point.model.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                             strict: true, source: point.folder + "/model.safetensors")
         guard point.optimizerMetadata["optimizer"] == optimizer.name else {
             throw CnnError.invalidCheckpoint(file: point.folder + "/optimizer.safetensors",
                                              reason: "holds \(point.optimizerMetadata["optimizer"] ?? "?") state, the run uses \(optimizer.name)")
@@ -560,12 +566,13 @@ public final class Trainer {
     /// saved with safetensors; with `replace_head` the classifier keeps its
     /// fresh initialisation.
     func initialize(fromFile path: String) throws {
-        guard let bytes = FileManager.default.contents(atPath: path) else {
-            throw CnnError.io(file: path, reason: "cannot read the init_from file")
-        }
-        let (tensors, _) = try SafeTensors.decode(Array(bytes), file: path)
+        let (tensors, _) = try readStateDict(path: path)
         let head = config.replace_head ? Trainer.headNames(model.store) : []
-        try assign(tensors, file: path, skip: head)
+        do {
+            try model.store.load(tensors, strict: true, skip: { head.contains($0) }, source: path)
+        } catch let error as CnnError where head.isEmpty && Trainer.headNames(model.store).contains(where: { "\(error)".contains($0) }) {
+            throw CnnError.invalidCheckpoint(file: path, reason: "\(error) (a different class count? use replace_head / --replace-head)")
+        }
         if communicator.rank == 0 {
             log("init_from: \(path): loaded \(model.store.parameterEntries.count + model.store.bufferEntries.count - head.count) tensors"
                 + (head.isEmpty ? "" : ", classifier head \(head.sorted().joined(separator: ", ")) left fresh"))
@@ -576,26 +583,6 @@ public final class Trainer {
     static func headNames(_ store: ParameterStore) -> Set<String> {
         guard let last = store.layerRanges.values.max(by: { $0.lowerBound < $1.lowerBound }) else { return [] }
         return Set(store.parameterEntries.filter { last.contains($0.offset) }.map(\.name))
-    }
-
-    /// Copies named tensors into the store; every parameter and buffer not in
-    /// `skip` must be present with its shape.
-    func assign(_ tensors: [SafeTensor], file: String, skip: Set<String> = []) throws {
-        let byName = Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        let store = model.store
-        for (entries, target) in [(store.parameterEntries, store.parameters), (store.bufferEntries, store.buffers)] {
-            for e in entries where !skip.contains(e.name) {
-                guard let t = byName[e.name] else {
-                    throw CnnError.invalidCheckpoint(file: file, reason: "missing tensor \(e.name)")
-                }
-                guard t.shape == e.shape || (t.shape.isEmpty && e.count == 1) else {
-                    let hint = Trainer.headNames(store).contains(e.name) ? " (a different class count? use replace_head / --replace-head)" : ""
-                    throw CnnError.invalidCheckpoint(file: file, reason: "\(e.name) has shape \(t.shape), the model needs \(e.shape)" + hint)
-                }
-                let values = t.floats()
-                target.data.advanced(by: e.offset).update(from: values, count: e.count)
-            }
-        }
     }
 
     // MARK: - Run directory (rank 0)
@@ -626,31 +613,12 @@ public final class Trainer {
     }
 
     /// Weights and BatchNorm buffers under PyTorch state_dict names.
-    public func modelTensors() -> [SafeTensor] {
-        let store = model.store
-        var tensors: [SafeTensor] = []
-        for e in store.parameterEntries {
-            tensors.append(SafeTensor(name: e.name, floats: UnsafeBufferPointer(start: store.parameters.data + e.offset, count: e.count), shape: e.shape))
-        }
-        for e in store.bufferEntries {
-            if e.role == .counter {
-                tensors.append(SafeTensor(name: e.name, int64s: [Int64(store.buffers[e.offset])], shape: e.shape))
-            } else {
-                tensors.append(SafeTensor(name: e.name, floats: UnsafeBufferPointer(start: store.buffers.data + e.offset, count: e.count), shape: e.shape))
-            }
-        }
-        return tensors
-    }
+    public func modelTensors() -> [SafeTensor] { model.store.stateDict() }
 
     /// The model file: tensors plus what is needed to use it alone (model,
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {
-        try SafeTensors.encode(modelTensors(), metadata: [
-            "model": model.name, "input": formatShape(model.inputShape), "classes": String(model.classCount),
-            "step": String(step), "format": "cnn-dist",
-            "normalization_mean": statistics.mean.map { String($0) }.joined(separator: ","),
-            "normalization_std": statistics.std.map { String($0) }.joined(separator: ","),
-        ])
+        try SafeTensors.encode(model.store.stateDict(), metadata: modelCheckpointMetadata(model: model, statistics: statistics, step: step))
     }
 
     func writeModel(to path: String?) throws {

@@ -96,4 +96,29 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertEqual(maxRelativeDifference(straight, try readModel(dir + "/model.safetensors"), "resumed at 6 on 2 ranks"), 0,
                        "bitwise equal")
     }
+
+    /// Exactly-once evaluation under mpirun: 1,009 test samples (a prime) give
+    /// the same correct count and loss on 1, 2, 3 and 4 ranks.
+    func testMPIEvaluationIsExactlyOnce() throws {
+        try requireMPI()
+        let config = try writeConfig(["model": "lenet5", "synthetic_count": "4036", "batch_size": "32"], name: "eval")
+        let dir = temporaryDirectory("eval")
+        _ = try train(("single", 1), config: config, extra: ["--max-steps", "5"], runDir: dir)
+        var results: [Int: [String: Any]] = [:]
+        for ranks in 1...4 {
+            let args = ["eval", "--checkpoint", dir + "/model.safetensors", "--dataset", "synthetic",
+                        "--synthetic-count", "4036", "--batch-size", "100", "--json"]
+            let r = ranks == 1 ? try runCnnDist(args) : try runUnderMPI(ranks: ranks, args)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("{") }.map(String.init) ?? "{}"
+            results[ranks] = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            print("eval on \(ranks) rank(s): \(line)")
+        }
+        for ranks in 1...4 {
+            XCTAssertEqual(results[ranks]?["count"] as? Int, 1009, "\(ranks) ranks")
+            XCTAssertEqual(results[ranks]?["correct"] as? Int, results[1]?["correct"] as? Int, "\(ranks) ranks")
+            let loss = results[ranks]?["loss"] as? Double ?? .nan, loss1 = results[1]?["loss"] as? Double ?? .nan
+            XCTAssertEqual(loss, loss1, accuracy: 1e-9 * max(1, abs(loss1)), "\(ranks) ranks")
+        }
+    }
 }
