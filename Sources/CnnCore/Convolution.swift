@@ -34,6 +34,7 @@ public func convolution2DForward(
         }
     } else {
         let panel = ws.panel.pointer
+        let direct = spanningBlocksUseDirectGemm(g)
         ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
             let n0 = start / hw
             let inside = (start + count - 1) / hw == n0
@@ -49,6 +50,14 @@ public func convolution2DForward(
                     if let bias {
                         addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
                                 rows: Kg, count: count, ld: hw)
+                    }
+                } else if direct {
+                    // One GEMM per image segment, straight into the NCHW output.
+                    forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                        let c = y + (n * K + grp * Kg) * hw + p
+                        sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                              b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
+                        if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
                     }
                 } else {
                     let out = ws.blockOutput.pointer
@@ -93,10 +102,21 @@ public func convolution2DBackwardData(
     }
     dx.update(repeating: 0, count: batch * C * g.height * g.width)
     let dcol = ws.panel.pointer
+    let direct = spanningBlocksUseDirectGemm(g)
     ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0
         for grp in 0..<g.groups {
+            if !inside && direct {
+                // One GEMM per image segment, reading dY in place.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    sgemm(.transposed, .none, m: rows, n: run, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                          b: dy + (n * K + grp * Kg) * hw + p, ldb: hw, beta: 0, c: dcol + j, ldc: count)
+                }
+                col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       gradInput: dx, workspace: ws)
+                continue
+            }
             let dyBlock: UnsafePointer<Float>, ld: Int
             if inside {
                 dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
@@ -134,10 +154,22 @@ public func convolution2DBackwardWeights(
         }
     } else {
         let panel = ws.panel.pointer
+        let direct = spanningBlocksUseDirectGemm(g)
         ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
             let n0 = start / hw
             let inside = (start + count - 1) / hw == n0
             for grp in 0..<g.groups {
+                if !inside && direct {
+                    im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                           panel: panel, workspace: ws)
+                    // One GEMM per image segment, reading dY in place.
+                    forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                        sgemm(.none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
+                              a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
+                              b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+                    }
+                    continue
+                }
                 let dyBlock: UnsafePointer<Float>, ld: Int
                 if inside {
                     dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
@@ -164,6 +196,35 @@ public func convolution2DBackwardWeights(
                 db[k] += s
             }
         }
+    }
+}
+
+/// Whether blocks that span images run one GEMM per image segment directly on
+/// the NCHW tensor instead of copying the block output through the workspace.
+/// The per-segment GEMMs re-pack the Kg × Cg·kh·kw weights (or re-read dW)
+/// once per image, the copy moves Kg × outH·outW floats per image; so direct
+/// wins when the reduction is shorter than the plane (Cg·kh·kw < outH·outW),
+/// e.g. first layers (rows 9–27) and 1×1 shortcuts. Planes narrower than two
+/// micro-tiles (32 columns) keep the copy: their ragged GEMM edges cost more.
+@inline(__always)
+func spanningBlocksUseDirectGemm(_ g: Conv2DGeometry) -> Bool {
+    g.panelRows < g.outPixels && g.outPixels >= 32
+}
+
+/// Calls `body(n, p, j, run)` for each per-image piece of global output pixels
+/// start ..< start + count: image n, pixels p ..< p + run of its plane, block
+/// columns j ..< j + run.
+@inline(__always)
+func forEachImageSegment(start: Int, count: Int, outPixels hw: Int,
+                         _ body: (_ n: Int, _ p: Int, _ j: Int, _ run: Int) -> Void) {
+    var j = 0
+    var n = start / hw, p = start - n * hw
+    while j < count {
+        let run = min(hw - p, count - j)
+        body(n, p, j, run)
+        j += run
+        n += 1
+        p = 0
     }
 }
 
