@@ -48,6 +48,11 @@ func copyFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>,
             of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
         i += 8
     }
+    if i + 4 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(
+            of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+        i += 4
+    }
     while i < count { dst[i] = src[i]; i += 1 }
 }
 
@@ -60,6 +65,12 @@ func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, 
         let v = d.loadUnaligned(as: SIMD8<Float>.self) + UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
         d.storeBytes(of: v, as: SIMD8<Float>.self)
         i += 8
+    }
+    if i + 4 <= count {
+        let d = UnsafeMutableRawPointer(dst + i)
+        let v = d.loadUnaligned(as: SIMD4<Float>.self) + UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self)
+        d.storeBytes(of: v, as: SIMD4<Float>.self)
+        i += 4
     }
     while i < count { dst[i] += src[i]; i += 1 }
 }
