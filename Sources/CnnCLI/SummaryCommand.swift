@@ -1,6 +1,7 @@
 import ArgumentParser
 import CnnCore
 import CnnModels
+import CnnTraining
 
 /// `cnn-dist summary --model NAME`: layers, output shapes, parameters, MACs.
 public struct SummaryCommand: ParsableCommand {
@@ -25,7 +26,7 @@ public struct SummaryCommand: ParsableCommand {
     public init() {}
 
     public func run() throws {
-        let shape = try input.map { try parseShape($0, field: "--input") }
+        let shape = try input.map { try parseShapeField($0, field: "input") }
         let built = try Model(name: model, inputShape: shape, classCount: classes)
         let rows = try summaryRows(of: built)
         let totalMACs = rows.reduce(0) { $0 + $1.multiplyAccumulates }
@@ -58,13 +59,4 @@ public struct SummaryCommand: ParsableCommand {
         print("\(model) \(formatShape(built.inputShape)) -> \(built.classCount) classes: "
               + "\(groupedDigits(built.parameterCount)) parameters, \(groupedDigits(totalMACs)) multiply-accumulates per image")
     }
-}
-
-/// Parses "3x32x32" into [3, 32, 32]; throws naming the option.
-func parseShape(_ text: String, field: String) throws -> [Int] {
-    let parts = text.lowercased().split(separator: "x").map { Int($0) }
-    guard parts.count == 3, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
-        throw ValidationError("\(field) '\(text)' is not a shape CxHxW of positive integers (e.g. 3x32x32)")
-    }
-    return parts.map { $0! }
 }

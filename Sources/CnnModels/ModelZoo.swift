@@ -117,18 +117,26 @@ func miniVGG(_ input: [Int], _ classes: Int) throws -> Layer {
     return s.sequential()
 }
 
-/// The reference `Block`: relu(b2(c2(relu(b1(c1(x))))) + shortcut(x)), names c1 b1 c2 b2 sc.
-func cifarBasicBlock(_ inChannels: Int, _ outChannels: Int, stride: Int) throws -> Layer {
+/// State_dict names of a basic residual block's parts: the reference model's
+/// `Block` (c1 b1 c2 b2 sc) or torchvision's BasicBlock (conv1 bn1 conv2 bn2 downsample).
+struct BlockNames {
+    var conv1, bn1, conv2, bn2, shortcut: String
+    static let reference = BlockNames(conv1: "c1", bn1: "b1", conv2: "c2", bn2: "b2", shortcut: "sc")
+    static let torchvision = BlockNames(conv1: "conv1", bn1: "bn1", conv2: "conv2", bn2: "bn2", shortcut: "downsample")
+}
+
+/// relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); the shortcut is a
+/// strided 1x1 conv + BN when the shape changes, else the identity.
+func basicBlock(_ i: Int, _ o: Int, stride: Int, names: BlockNames) throws -> Layer {
     var shortcut: (String, Layer)? = nil
-    if stride != 1 || inChannels != outChannels {
-        shortcut = ("sc", Sequential([try Conv2D(inChannels, outChannels, kernelSize: 1, stride: stride, bias: false),
-                                      try BatchNorm2d(outChannels)]))
+    if stride != 1 || i != o {
+        shortcut = (names.shortcut, Sequential([try Conv2D(i, o, kernelSize: 1, stride: stride, bias: false),
+                                                try BatchNorm2d(o)]))
     }
     return try Residual(branch: [
-        ("c1", try Conv2D(inChannels, outChannels, kernelSize: 3, stride: stride, padding: 1, bias: false)),
-        ("b1", try BatchNorm2d(outChannels)), ("relu", ReLU()),
-        ("c2", try Conv2D(outChannels, outChannels, kernelSize: 3, stride: 1, padding: 1, bias: false)),
-        ("b2", try BatchNorm2d(outChannels)),
+        (names.conv1, try Conv2D(i, o, kernelSize: 3, stride: stride, padding: 1, bias: false)),
+        (names.bn1, try BatchNorm2d(o)), ("relu", ReLU()),
+        (names.conv2, try Conv2D(o, o, kernelSize: 3, padding: 1, bias: false)), (names.bn2, try BatchNorm2d(o)),
     ], shortcut: shortcut, activation: ReLU())
 }
 
@@ -139,7 +147,7 @@ func resnet20(_ input: [Int], _ classes: Int) throws -> Layer {
     var channels = 16
     for (out, stride) in [(16, 1), (32, 2), (64, 2)] {
         for k in 0..<3 {
-            try s.add(cifarBasicBlock(channels, out, stride: k == 0 ? stride : 1))
+            try s.add(basicBlock(channels, out, stride: k == 0 ? stride : 1, names: .reference))
             channels = out
         }
     }
@@ -240,20 +248,6 @@ func googLeNet(_ input: [Int], _ classes: Int) throws -> Layer {
     return s.sequential()
 }
 
-/// torchvision's BasicBlock: names conv1 bn1 conv2 bn2 downsample.
-func basicBlock(_ i: Int, _ o: Int, stride: Int) throws -> Layer {
-    var shortcut: (String, Layer)? = nil
-    if stride != 1 || i != o {
-        shortcut = ("downsample", Sequential([try Conv2D(i, o, kernelSize: 1, stride: stride, bias: false),
-                                              try BatchNorm2d(o)]))
-    }
-    return try Residual(branch: [
-        ("conv1", try Conv2D(i, o, kernelSize: 3, stride: stride, padding: 1, bias: false)),
-        ("bn1", try BatchNorm2d(o)), ("relu", ReLU()),
-        ("conv2", try Conv2D(o, o, kernelSize: 3, padding: 1, bias: false)), ("bn2", try BatchNorm2d(o)),
-    ], shortcut: shortcut, activation: ReLU())
-}
-
 func resnet18(_ input: [Int], _ classes: Int) throws -> Layer {
     var s = Stack(input: input)
     try s.add(Conv2D(input[0], 64, kernelSize: 7, stride: 2, padding: 3, bias: false), name: "conv1")
@@ -262,7 +256,8 @@ func resnet18(_ input: [Int], _ classes: Int) throws -> Layer {
     var channels = 64
     for (index, out) in [64, 128, 256, 512].enumerated() {
         let stride = index == 0 ? 1 : 2
-        let layer = Sequential([try basicBlock(channels, out, stride: stride), try basicBlock(out, out, stride: 1)])
+        let layer = Sequential([try basicBlock(channels, out, stride: stride, names: .torchvision),
+                                try basicBlock(out, out, stride: 1, names: .torchvision)])
         try s.add(layer, name: "layer\(index + 1)")
         channels = out
     }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Local or single-node MPI run:  launch/mpirun.sh RANKS [cnn-dist arguments...]
+#   launch/mpirun.sh 4 train --config configs/fashion-cnn.yaml
+# Handles running as root (containers, CI) and more ranks than cores, and
+# binds each rank to cores; THREADS_PER_RANK sets OMP/OpenBLAS threads (default 1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ranks="${1:?usage: launch/mpirun.sh RANKS [cnn-dist arguments...]}"
+shift
+binary="${CNN_DIST_BINARY:-.build/release/cnn-dist}"
+[ -x "$binary" ] || swift build -c release
+extra=()
+if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+cores=$(nproc)
+if [ "$ranks" -gt "$cores" ]; then
+    extra+=(--oversubscribe --bind-to none)
+else
+    extra+=(--bind-to core --map-by core)
+fi
+export OPENBLAS_NUM_THREADS="${THREADS_PER_RANK:-1}"
+exec mpirun -n "$ranks" "${extra[@]}" -x OPENBLAS_NUM_THREADS "$binary" "$@"
