@@ -100,6 +100,11 @@ public func convolution2DBackwardData(
         }
         return
     }
+    if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
+        stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: 0..<batch, geometry: g,
+                                     dcol: ws.panel.pointer, dcolCapacity: ws.panel.capacity)
+        return
+    }
     dx.update(repeating: 0, count: batch * C * g.height * g.width)
     let dcol = ws.panel.pointer
     let direct = spanningBlocksUseDirectGemm(g)
@@ -132,6 +137,64 @@ public func convolution2DBackwardData(
             col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                    gradInput: dx, workspace: ws)
         }
+    }
+}
+
+/// Backward-data of a 1×1, unpadded, strided convolution (ResNet shortcuts)
+/// for images `images`: each input pixel receives at most one contribution,
+/// so instead of zeroing dx and adding col2im into it, every dx row is written
+/// once: rows y = oy·sh get dcol interleaved with zeros, the others zeros.
+/// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats.
+func stridedPointwiseBackwardData(
+    gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
+    images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int
+) {
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
+    let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels
+    let blockRows = max(1, min(outH, dcolCapacity / (Cg * outW)))
+    for n in images {
+        for grp in 0..<g.groups {
+            var oy0 = 0
+            while oy0 < outH {
+                let rows = min(blockRows, outH - oy0), count = rows * outW
+                // dcol (Cg × count) = W_gᵀ (Cg × Kg) · dY rows oy0 ..< oy0 + rows (Kg × count).
+                sgemm(.transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
+                      b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                for cl in 0..<Cg {
+                    let plane = dx + (n * C + grp * Cg + cl) * H * W
+                    for oy in oy0 ..< oy0 + rows {
+                        let src = dcol + cl * count + (oy - oy0) * outW
+                        let y = oy * sh
+                        scatterStridedRow(plane + y * W, src, width: W, outWidth: outW, stride: sw)
+                        // Input rows between this output row's and the next one's get nothing.
+                        (plane + (y + 1) * W).update(repeating: 0, count: (min(y + sh, H) - y - 1) * W)
+                    }
+                }
+                oy0 += rows
+            }
+        }
+    }
+}
+
+/// dst[x] = src[x / s] where x is a multiple of s (x / s < outWidth), else 0, for x < width.
+@inline(__always)
+func scatterStridedRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, width: Int,
+                       outWidth: Int, stride s: Int) {
+    var o = 0
+    if s == 2 {
+        // 8 values → 16 outputs, zeros in the odd lanes.
+        while o + 8 <= outWidth && 2 * o + 16 <= width {
+            let v = UnsafeRawPointer(src + o).loadUnaligned(as: SIMD8<Float>.self)
+            let z = SIMD16<Float>(v[0], 0, v[1], 0, v[2], 0, v[3], 0, v[4], 0, v[5], 0, v[6], 0, v[7], 0)
+            UnsafeMutableRawPointer(dst + 2 * o).storeBytes(of: z, as: SIMD16<Float>.self)
+            o += 8
+        }
+    }
+    var x = o * s
+    while x < width {
+        dst[x] = x % s == 0 && x / s < outWidth ? src[x / s] : 0
+        x += 1
     }
 }
 

@@ -75,6 +75,47 @@ func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, 
     while i < count { dst[i] += src[i]; i += 1 }
 }
 
+/// dst[o] = s0[2·o] for o in lo ..< hi: the interior of a stride-2 row, with
+/// 8 outputs per step taken from 16 consecutive inputs. The vector step needs
+/// o + 8 < hi so its 16th load (s0[2·o + 15]) stays inside the row.
+@inline(__always)
+func gatherStride2(_ dst: UnsafeMutablePointer<Float>, _ s0: UnsafePointer<Float>, _ lo: Int, _ hi: Int) {
+    var o = lo
+    while o + 8 < hi {
+        let v = UnsafeRawPointer(s0 + 2 * o).loadUnaligned(as: SIMD16<Float>.self)
+        let even = SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+        UnsafeMutableRawPointer(dst + o).storeBytes(of: even, as: SIMD8<Float>.self)
+        o += 8
+    }
+    while o < hi { dst[o] = s0[2 * o]; o += 1 }
+}
+
+/// One output-row segment of an im2col row: dst[ox] for ox in ox0 ..< ox1 from
+/// input row `src` (nil: a padded row, all zeros). Columns inside [lo, hi) read
+/// src[ox·sw + offset] directly; the rest go through the padding table xt.
+@inline(__always)
+func gatherRowSegment(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>?, ox0: Int, ox1: Int,
+                      lo: Int, hi: Int, offset: Int, sw: Int, xt: UnsafePointer<Int32>) {
+    guard let src else {
+        (dst + ox0).update(repeating: 0, count: ox1 - ox0)
+        return
+    }
+    let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
+    var ox = ox0
+    while ox < i0 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
+    if sw == 1 {
+        copyFloats(dst + i0, src + (i0 + offset), i1 - i0)
+    } else if sw == 2 {
+        gatherStride2(dst, src + offset, i0, i1)
+    } else {
+        let s0 = src + offset
+        var o = i0
+        while o < i1 { dst[o] = s0[o &* sw]; o &+= 1 }
+    }
+    ox = i1
+    while ox < ox1 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
+}
+
 /// Builds the column panel of one group for output pixels start ..< start + count
 /// (which may span images). `input` is (N, C, H, W); `panel` holds
 /// Cg·kh·kw × count floats, row stride `count`. `workspace` must be prepared for `g`.
@@ -95,26 +136,11 @@ public func im2col(input x: UnsafePointer<Float>, geometry g: Conv2DGeometry, gr
                 let offset = b * g.dilationWidth - g.padLeft
                 let xt = xTable + b * outW
                 forEachPixelRun(start: start, count: count, outPixels: hw, outWidth: outW, outHeight: outH) { r in
-                    let ox0 = r.ox0, ox1 = r.ox1
-                    let dst = row + (r.j - ox0)          // dst[ox] for ox in ox0 ..< ox1
                     let y = Int(ya[r.oy])
-                    if y < 0 {
-                        (dst + ox0).update(repeating: 0, count: ox1 - ox0)
-                        return
-                    }
-                    let src = x + ((r.n * C + c) * H + y) * W
-                    let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
-                    var ox = ox0
-                    while ox < i0 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
-                    if sw == 1 {
-                        copyFloats(dst + i0, src + (i0 + offset), i1 - i0)
-                    } else {
-                        let s0 = src + offset
-                        var o = i0
-                        while o < i1 { dst[o] = s0[o &* sw]; o &+= 1 }
-                    }
-                    ox = i1
-                    while ox < ox1 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
+                    let src: UnsafePointer<Float>? = y < 0 ? nil : x + ((r.n * C + c) * H + y) * W
+                    // dst[ox] for ox in ox0 ..< ox1.
+                    gatherRowSegment(row + (r.j - r.ox0), src, ox0: r.ox0, ox1: r.ox1,
+                                     lo: lo, hi: hi, offset: offset, sw: sw, xt: xt)
                 }
             }
         }
