@@ -13,6 +13,13 @@
 // the workspace's block-output buffer and is scattered / gathered per image.
 // 1×1, stride-1, unpadded convolutions skip im2col: the NCHW input of one
 // image already is the Cg × H·W panel.
+//
+// Threads (ComputeThreads.count = T > 1): the batch is split into T contiguous
+// image ranges (workspace.taskCount tasks), each with its own panel and
+// block-output buffer; ranges write disjoint parts of y and dx, and
+// backward-weights accumulates task t > 0 into its own zeroed partial dW,
+// added to dW in task order at the end. With one image the GEMMs themselves
+// split instead.
 
 /// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`.
 public func convolution2DForward(
@@ -21,10 +28,27 @@ public func convolution2DForward(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    if tasks == 1 {
+        forwardImages(0..<batch, x, w, bias, y, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
+        return
+    }
+    parallelTasks(tasks) { t in
+        forwardImages(taskRange(t, of: batch, tasks: tasks), x, w, bias, y, g, ws,
+                      panel: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
+    }
+}
+
+/// The forward pass over images `images` with the given scratch buffers.
+private func forwardImages(
+    _ images: Range<Int>, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    panel: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
     if g.isPointwise {
-        for n in 0..<batch {
+        for n in images {
             for grp in 0..<g.groups {
                 sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: x + (n * C + grp * Cg) * hw, ldb: hw,
@@ -32,41 +56,40 @@ public func convolution2DForward(
                 if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
             }
         }
-    } else {
-        let panel = ws.panel.pointer
-        let direct = spanningBlocksUseDirectGemm(g)
-        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
-            let n0 = start / hw
-            let inside = (start + count - 1) / hw == n0
-            for grp in 0..<g.groups {
-                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
-                       panel: panel, workspace: ws)
-                let wg = w + grp * Kg * rows
-                if inside {
-                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel, ldb: count, beta: 0,
-                          c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
-                    // Bias while the block is still in cache.
-                    if let bias {
-                        addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
-                                rows: Kg, count: count, ld: hw)
-                    }
-                } else if direct {
-                    // One GEMM per image segment, straight into the NCHW output.
-                    forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
-                        let c = y + (n * K + grp * Kg) * hw + p
-                        sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
-                              b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
-                        if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
-                    }
-                } else {
-                    let out = ws.blockOutput.pointer
-                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel, ldb: count, beta: 0, c: out, ldc: count)
-                    if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
-                    blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
-                                  channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
+        return
+    }
+    let direct = spanningBlocksUseDirectGemm(g)
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
+        let n0 = start / hw
+        let inside = (start + count - 1) / hw == n0
+        for grp in 0..<g.groups {
+            im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                   panel: panel, workspace: ws)
+            let wg = w + grp * Kg * rows
+            if inside {
+                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                      b: panel, ldb: count, beta: 0,
+                      c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                // Bias while the block is still in cache.
+                if let bias {
+                    addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
+                            rows: Kg, count: count, ld: hw)
                 }
+            } else if direct {
+                // One GEMM per image segment, straight into the NCHW output.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    let c = y + (n * K + grp * Kg) * hw + p
+                    sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                          b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
+                    if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
+                }
+            } else {
+                let out = blockOutput!
+                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                      b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
+                blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
+                              channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
             }
         }
     }
@@ -88,10 +111,27 @@ public func convolution2DBackwardData(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    if tasks == 1 {
+        backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
+        return
+    }
+    parallelTasks(tasks) { t in
+        backwardDataImages(taskRange(t, of: batch, tasks: tasks), dy, w, dx, g, ws,
+                           dcol: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
+    }
+}
+
+/// Backward-data over images `images` (only their part of dx is written).
+private func backwardDataImages(
+    _ images: Range<Int>, _ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
     if g.isPointwise {
-        for n in 0..<batch {
+        for n in images {
             for grp in 0..<g.groups {
                 sgemm(.transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: dy + (n * K + grp * Kg) * hw, ldb: hw,
@@ -101,14 +141,14 @@ public func convolution2DBackwardData(
         return
     }
     if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
-        stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: 0..<batch, geometry: g,
-                                     dcol: ws.panel.pointer, dcolCapacity: ws.panel.capacity)
+        stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
+                                     dcol: dcol, dcolCapacity: ws.panel.capacity)
         return
     }
-    dx.update(repeating: 0, count: batch * C * g.height * g.width)
-    let dcol = ws.panel.pointer
+    let plane = C * g.height * g.width
+    (dx + images.lowerBound * plane).update(repeating: 0, count: images.count * plane)
     let direct = spanningBlocksUseDirectGemm(g)
-    ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0
         for grp in 0..<g.groups {
@@ -126,7 +166,7 @@ public func convolution2DBackwardData(
             if inside {
                 dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
             } else {
-                let buf = ws.blockOutput.pointer
+                let buf = blockOutput!
                 blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
                               channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
                               start: start, count: count, toTensor: false)
@@ -205,50 +245,21 @@ public func convolution2DBackwardWeights(
     batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
-    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
-    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    if g.isPointwise {
-        for n in 0..<batch {
-            for grp in 0..<g.groups {
-                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
-                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
-                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
-            }
-        }
+    let hw = g.outPixels, K = g.outChannels
+    let dwCount = K * g.panelRows
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
+    if tasks == 1 {
+        backwardWeightsImages(0..<batch, x, dy, dw, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
     } else {
-        let panel = ws.panel.pointer
-        let direct = spanningBlocksUseDirectGemm(g)
-        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
-            let n0 = start / hw
-            let inside = (start + count - 1) / hw == n0
-            for grp in 0..<g.groups {
-                if !inside && direct {
-                    im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
-                           panel: panel, workspace: ws)
-                    // One GEMM per image segment, reading dY in place.
-                    forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
-                        sgemm(.none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
-                              a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
-                              b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
-                    }
-                    continue
-                }
-                let dyBlock: UnsafePointer<Float>, ld: Int
-                if inside {
-                    dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
-                } else {
-                    let buf = ws.blockOutput.pointer
-                    blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
-                                  channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
-                                  start: start, count: count, toTensor: false)
-                    dyBlock = UnsafePointer(buf); ld = count
-                }
-                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
-                       panel: panel, workspace: ws)
-                sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
-                      b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
-            }
+        // Task 0 adds into dW itself, task t > 0 into its own zeroed partial.
+        parallelTasks(tasks) { t in
+            let target = t == 0 ? dw : ws.taskGradWeight(t)
+            if t > 0 { target.update(repeating: 0, count: dwCount) }
+            backwardWeightsImages(taskRange(t, of: batch, tasks: tasks), x, dy, target, g, ws,
+                                  panel: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
         }
+        // Fixed order, so the sum does not depend on which task finished first.
+        for t in 1..<tasks { addFloats(dw, ws.taskGradWeight(t), dwCount) }
     }
     if let db {
         for n in 0..<batch {
@@ -258,6 +269,58 @@ public func convolution2DBackwardWeights(
                 for i in 0..<hw { s += plane[i] }
                 db[k] += s
             }
+        }
+    }
+}
+
+/// Backward-weights over images `images`, accumulating into `dw`.
+private func backwardWeightsImages(
+    _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>,
+    _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    panel: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    if g.isPointwise {
+        for n in images {
+            for grp in 0..<g.groups {
+                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
+                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+            }
+        }
+        return
+    }
+    let direct = spanningBlocksUseDirectGemm(g)
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
+        let n0 = start / hw
+        let inside = (start + count - 1) / hw == n0
+        for grp in 0..<g.groups {
+            if !inside && direct {
+                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       panel: panel, workspace: ws)
+                // One GEMM per image segment, reading dY in place.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    sgemm(.none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
+                          a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
+                          b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+                }
+                continue
+            }
+            let dyBlock: UnsafePointer<Float>, ld: Int
+            if inside {
+                dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
+            } else {
+                let buf = blockOutput!
+                blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
+                              channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
+                              start: start, count: count, toTensor: false)
+                dyBlock = UnsafePointer(buf); ld = count
+            }
+            im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                   panel: panel, workspace: ws)
+            sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
+                  b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
         }
     }
 }
