@@ -55,6 +55,13 @@ let referenceConvShapes: [ConvBenchShape] = [
 /// Equivalent GEMMs (P = N·outH·outW, R = C/g·kh·kw):
 /// forward M = K, N = P, K = R; backward-data M = R, N = P, K = K (Wᵀ·dY);
 /// backward-weights M = K, N = R, K = P (dY·colᵀ). FLOPs = 2·MACs for each.
+/// Each GEMM runs on operands of the layer's real sizes (the whole-batch
+/// R × P column matrix), so the reference is the GEMM the layer would be
+/// without im2col, col2im and blocking.
+///
+/// Timing: per pass, `repeats` rounds each time the pass once and its GEMM
+/// once (each timing loops enough calls to run ≥ 20 ms), best of the rounds;
+/// alternating keeps the pair exposed to the same load on a shared machine.
 public struct BenchConvCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "conv",
@@ -64,25 +71,40 @@ public struct BenchConvCommand: ParsableCommand {
     var json = false
     @Option(help: "Batch size N.")
     var batch = 64
-    @Option(help: "Timed runs per measurement (best of; one warm-up run first).")
+    @Option(help: "Alternating rounds per pass (best of; one warm-up run first).")
     var repeats = 3
+    @Option(help: "Compute threads (ComputeThreads.count) for the passes and their GEMMs.")
+    var threads = 1
+    @Flag(name: .long, help: "Time with this thread's CPU clock instead of the wall clock: steadier on a busy machine (time spent descheduled is not counted). Single thread only.")
+    var threadTime = false
+    @Option(help: "Only layers whose model/layer name contains this text, e.g. resnet20/6.")
+    var layer: String?
 
     public init() {}
 
     public func validate() throws {
         guard batch > 0 else { throw ValidationError("--batch must be positive, got \(batch)") }
         guard repeats > 0 else { throw ValidationError("--repeats must be positive, got \(repeats)") }
+        guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+        guard !(threadTime && threads > 1) else {
+            throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
+        }
     }
 
     public func run() throws {
+        let previousThreads = ComputeThreads.count
+        ComputeThreads.count = threads
+        defer { ComputeThreads.count = previousThreads }
+        let shapes = referenceConvShapes.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
         var rows: [[String: Any]] = []
         if !json {
-            print("batch \(batch), best of \(repeats); GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
+            print("batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
+                  + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
             print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
                   + pad("data", 8) + pad("gemm", 8) + pad("ratio", 7) + pad("wgt", 8) + pad("gemm", 8)
                   + pad("ratio", 7) + "workspace")
         }
-        for s in referenceConvShapes {
+        for s in shapes {
             let row = try measure(s)
             rows.append(row)
             if !json {
@@ -96,14 +118,51 @@ public struct BenchConvCommand: ParsableCommand {
                       + pad(f("backward_weights_ratio"), 7) + "\(row["workspace_bytes"]!)")
             }
         }
+        if !json && !rows.isEmpty {
+            let ratios = rows.flatMap { r in
+                ["forward_ratio", "backward_data_ratio", "backward_weights_ratio"].map { r[$0] as! Double }
+            }
+            let low = ratios.filter { $0 < 0.70 }.count
+            print(String(format: "min ratio %.2f, geometric mean %.2f; %d of %d passes below 0.70",
+                         ratios.min()!, exp(ratios.map(log).reduce(0, +) / Double(ratios.count)), low, ratios.count))
+        }
         if json {
-            printJSON(["batch": batch, "repeats": repeats, "panel_budget_bytes": convolutionPanelBudgetBytes,
-                       "layers": rows])
+            printJSON(["batch": batch, "repeats": repeats, "threads": threads, "clock": threadTime ? "thread" : "wall",
+                       "panel_budget_bytes": convolutionPanelBudgetBytes, "layers": rows])
         }
     }
 
     private func pad(_ s: String, _ width: Int) -> String {
         s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
+    }
+
+    /// Best seconds per call of `pass` and of `gemm`, alternating one timing of each per round.
+    private func timePair(_ pass: () -> Void, _ gemm: () -> Void) -> (pass: Double, gemm: Double) {
+        // Warm-up, and the call count that makes one timing last ≥ 20 ms.
+        let once = bestSeconds(repeats: 1, pass)
+        let calls = max(1, Int((0.02 / max(once, 1e-7)).rounded(.up)))
+        gemm()
+        var best = (pass: Double.infinity, gemm: Double.infinity)
+        for _ in 0..<repeats {
+            best.pass = min(best.pass, seconds(calls, pass))
+            best.gemm = min(best.gemm, seconds(calls, gemm))
+        }
+        return best
+    }
+
+    /// Seconds per call of `calls` back-to-back calls: wall clock, or this
+    /// thread's CPU clock with --thread-time.
+    private func seconds(_ calls: Int, _ body: () -> Void) -> Double {
+        if threadTime {
+            var start = timespec(), end = timespec()
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start)
+            for _ in 0..<calls { body() }
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end)
+            return (Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) * 1e-9) / Double(calls)
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<calls { body() }
+        return Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9 / Double(calls)
     }
 
     private func measure(_ s: ConvBenchShape) throws -> [String: Any] {
@@ -129,36 +188,33 @@ public struct BenchConvCommand: ParsableCommand {
         let bias: UnsafePointer<Float>? = s.bias ? UnsafePointer(b.data) : nil
         let gradBias: UnsafeMutablePointer<Float>? = s.bias ? db.data : nil
 
-        let flops = 2 * Double(g.multiplyAccumulates) * Double(n)
-        let fwd = bestSeconds(repeats: repeats) {
-            convolution2DForward(input: x.data, weight: w.data, bias: bias, output: y.data, batch: n,
-                                 geometry: g, workspace: ws)
-        }
-        let data = bestSeconds(repeats: repeats) {
-            convolution2DBackwardData(gradOutput: dy.data, weight: w.data, gradInput: dx.data, batch: n,
-                                      geometry: g, workspace: ws)
-        }
-        let wgt = bestSeconds(repeats: repeats) {
-            convolution2DBackwardWeights(input: x.data, gradOutput: dy.data, gradWeight: dw.data, gradBias: gradBias,
-                                         batch: n, geometry: g, workspace: ws)
-        }
-
         // Plain sgemm on the equivalent shapes, with operands of the same sizes.
         let p = n * g.outPixels, r = g.panelRows, k = s.k
         let col = filled(r * p)          // the whole-batch im2col matrix (R × P)
         let out = Tensor(shape: [k * p])
-        let gemmForward = bestSeconds(repeats: repeats) {
+
+        let flops = 2 * Double(g.multiplyAccumulates) * Double(n)
+        let fwd = timePair({
+            convolution2DForward(input: x.data, weight: w.data, bias: bias, output: y.data, batch: n,
+                                 geometry: g, workspace: ws)
+        }, {
             sgemm(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
                   beta: 0, c: out.data, ldc: p)
-        }
-        let gemmData = bestSeconds(repeats: repeats) {
+        })
+        let data = timePair({
+            convolution2DBackwardData(gradOutput: dy.data, weight: w.data, gradInput: dx.data, batch: n,
+                                      geometry: g, workspace: ws)
+        }, {
             sgemm(.transposed, .none, m: r, n: p, k: k, alpha: 1, a: w.data, lda: r, b: dy.data, ldb: p,
                   beta: 0, c: col.data, ldc: p)
-        }
-        let gemmWeights = bestSeconds(repeats: repeats) {
+        })
+        let wgt = timePair({
+            convolution2DBackwardWeights(input: x.data, gradOutput: dy.data, gradWeight: dw.data, gradBias: gradBias,
+                                         batch: n, geometry: g, workspace: ws)
+        }, {
             sgemm(.none, .transposed, m: k, n: r, k: p, alpha: 1, a: dy.data, lda: p, b: col.data, ldb: p,
                   beta: 1, c: dw.data, ldc: r)
-        }
+        })
         func gf(_ t: Double) -> Double { flops / t * 1e-9 }
         return [
             "model": s.model, "layer": s.layer,
@@ -167,11 +223,11 @@ public struct BenchConvCommand: ParsableCommand {
             "out_height": g.outHeight, "out_width": g.outWidth,
             "macs_per_sample": g.multiplyAccumulates,
             "gemm_forward_mnk": [k, p, r], "gemm_backward_data_mnk": [r, p, k], "gemm_backward_weights_mnk": [k, r, p],
-            "forward_gflops": gf(fwd), "forward_gemm_gflops": gf(gemmForward), "forward_ratio": gemmForward / fwd,
-            "backward_data_gflops": gf(data), "backward_data_gemm_gflops": gf(gemmData),
-            "backward_data_ratio": gemmData / data,
-            "backward_weights_gflops": gf(wgt), "backward_weights_gemm_gflops": gf(gemmWeights),
-            "backward_weights_ratio": gemmWeights / wgt,
+            "forward_gflops": gf(fwd.pass), "forward_gemm_gflops": gf(fwd.gemm), "forward_ratio": fwd.gemm / fwd.pass,
+            "backward_data_gflops": gf(data.pass), "backward_data_gemm_gflops": gf(data.gemm),
+            "backward_data_ratio": data.gemm / data.pass,
+            "backward_weights_gflops": gf(wgt.pass), "backward_weights_gemm_gflops": gf(wgt.gemm),
+            "backward_weights_ratio": wgt.gemm / wgt.pass,
             "workspace_bytes": ws.bytes, "block_pixels": ws.blockPixels,
         ]
     }

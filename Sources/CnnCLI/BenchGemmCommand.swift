@@ -26,6 +26,9 @@ public struct BenchGemmCommand: ParsableCommand {
     @Flag(name: .long, help: "Time with this thread's CPU clock instead of the wall clock: steadier on a busy machine (time spent descheduled is not counted).")
     var threadTime = false
 
+    @Option(name: .long, help: "Compute threads for our sgemm (ComputeThreads.count); OpenBLAS stays at 1. With 2 or more, each shape is also timed at 1 thread and the speed-up printed.")
+    var threads = 1
+
     @Option(name: .long, help: "Comma-separated shapes MxNxK[:TT], e.g. 256x256x256,64x512x4096:nt.")
     var shapes: String?
 
@@ -33,6 +36,10 @@ public struct BenchGemmCommand: ParsableCommand {
 
     public func validate() throws {
         guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1, got \(repeats)") }
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads)") }
+        guard !(threadTime && threads > 1) else {
+            throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
+        }
         if let shapes { _ = try GemmBenchShape.parseList(shapes) }
     }
 
@@ -46,12 +53,15 @@ public struct BenchGemmCommand: ParsableCommand {
             print(blas == nil ? "OpenBLAS not found (libopenblas.so.0): showing our figures only."
                               : "OpenBLAS: \(blas!.path), 1 thread. Best of \(repeats) alternating rounds, "
                                 + (threadTime ? "thread CPU time." : "wall clock."))
-            print(pad("shape", 24) + pad("name", 16) + lpad("ours GF/s", 11) + lpad("OpenBLAS GF/s", 15) + lpad("ratio", 8))
+            if threads > 1 { print("ours with \(threads) compute threads; '1 thread' and 'speed-up' time ours at 1 in the same rounds.") }
+            print(pad("shape", 24) + pad("name", 16) + lpad("ours GF/s", 11) + lpad("OpenBLAS GF/s", 15) + lpad("ratio", 8)
+                  + (threads > 1 ? lpad("1 thread", 10) + lpad("speed-up", 10) : ""))
         }
         for shape in list {
             let r = measure(shape, blas: blas)
             var row: [String: Any] = ["shape": shape.description, "name": shape.name,
                                       "m": shape.m, "n": shape.n, "k": shape.k, "ours_gflops": r.ours,
+                                      "threads": threads,
                                       "trans": (shape.transA == .none ? "n" : "t") + (shape.transB == .none ? "n" : "t")]
             if let theirs = r.openblas {
                 let ratio = r.ours / theirs
@@ -60,12 +70,17 @@ public struct BenchGemmCommand: ParsableCommand {
                 logRatio += log(ratio)
                 ratioCount += 1
             }
+            if let single = r.single {
+                row["ours_1thread_gflops"] = single
+                row["speedup"] = r.ours / single
+            }
             rows.append(row)
             if !json {
                 let theirs = r.openblas.map { fmt($0, 1) } ?? "-"
                 let ratio = r.openblas.map { fmt(r.ours / $0, 2) } ?? "-"
                 print(pad(shape.description, 24) + pad(shape.name, 16) + lpad(fmt(r.ours, 1), 11)
-                      + lpad(theirs, 15) + lpad(ratio, 8))
+                      + lpad(theirs, 15) + lpad(ratio, 8)
+                      + (r.single.map { lpad(fmt($0, 1), 10) + lpad(fmt(r.ours / $0, 2), 10) } ?? ""))
             }
         }
         let geomean: Double? = ratioCount > 0 ? exp(logRatio / Double(ratioCount)) : nil
@@ -92,8 +107,9 @@ public struct BenchGemmCommand: ParsableCommand {
         return Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) * 1e-9
     }
 
-    /// Best GFLOP/s of ours and of OpenBLAS, alternating one timed run of each per round.
-    private func measure(_ s: GemmBenchShape, blas: OpenBLAS?) -> (ours: Double, openblas: Double?) {
+    /// Best GFLOP/s of ours (at --threads), of OpenBLAS, and of ours at 1 thread when
+    /// --threads > 1, alternating one timed run of each per round.
+    private func measure(_ s: GemmBenchShape, blas: OpenBLAS?) -> (ours: Double, openblas: Double?, single: Double?) {
         // Stored shapes: A is M×K (or K×M when transposed), B is K×N (or N×K).
         let lda = s.transA == .none ? s.k : s.m
         let ldb = s.transB == .none ? s.n : s.k
@@ -110,12 +126,24 @@ public struct BenchGemmCommand: ParsableCommand {
         // Enough calls per timing that even small shapes run for tens of milliseconds.
         let calls = max(1, Int((2e8 / flops).rounded(.up)))
 
-        var ours = Double.infinity, theirs = Double.infinity
+        var ours = Double.infinity, theirs = Double.infinity, single = Double.infinity
+        let previousThreads = ComputeThreads.count
+        defer { ComputeThreads.count = previousThreads }
         a.withUnsafeBufferPointer { pa in
             b.withUnsafeBufferPointer { pb in
                 c.withUnsafeMutableBufferPointer { pc in
                     let (A, B, C) = (pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
                     for _ in 0..<repeats {
+                        if threads > 1 {
+                            ComputeThreads.count = 1
+                            single = min(single, seconds {
+                                for _ in 0..<calls {
+                                    sgemm(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
+                                          b: B, ldb: ldb, beta: 0, c: C, ldc: s.n)
+                                }
+                            })
+                        }
+                        ComputeThreads.count = threads
                         ours = min(ours, seconds {
                             for _ in 0..<calls {
                                 sgemm(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
@@ -134,7 +162,7 @@ public struct BenchGemmCommand: ParsableCommand {
             }
         }
         let gflops = { (seconds: Double) in flops * Double(calls) / seconds * 1e-9 }
-        return (gflops(ours), blas == nil ? nil : gflops(theirs))
+        return (gflops(ours), blas == nil ? nil : gflops(theirs), threads > 1 ? gflops(single) : nil)
     }
 }
 

@@ -13,6 +13,13 @@
 // the workspace's block-output buffer and is scattered / gathered per image.
 // 1×1, stride-1, unpadded convolutions skip im2col: the NCHW input of one
 // image already is the Cg × H·W panel.
+//
+// Threads (ComputeThreads.count = T > 1): the batch is split into T contiguous
+// image ranges (workspace.taskCount tasks), each with its own panel and
+// block-output buffer; ranges write disjoint parts of y and dx, and
+// backward-weights accumulates task t > 0 into its own zeroed partial dW,
+// added to dW in task order at the end. With one image the GEMMs themselves
+// split instead.
 
 /// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`.
 public func convolution2DForward(
@@ -21,10 +28,27 @@ public func convolution2DForward(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    if tasks == 1 {
+        forwardImages(0..<batch, x, w, bias, y, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
+        return
+    }
+    parallelTasks(tasks) { t in
+        forwardImages(taskRange(t, of: batch, tasks: tasks), x, w, bias, y, g, ws,
+                      panel: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
+    }
+}
+
+/// The forward pass over images `images` with the given scratch buffers.
+private func forwardImages(
+    _ images: Range<Int>, _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    panel: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
     if g.isPointwise {
-        for n in 0..<batch {
+        for n in images {
             for grp in 0..<g.groups {
                 sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: x + (n * C + grp * Cg) * hw, ldb: hw,
@@ -32,32 +56,40 @@ public func convolution2DForward(
                 if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
             }
         }
-    } else {
-        let panel = ws.panel.pointer
-        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
-            let n0 = start / hw
-            let inside = (start + count - 1) / hw == n0
-            for grp in 0..<g.groups {
-                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
-                       panel: panel, workspace: ws)
-                let wg = w + grp * Kg * rows
-                if inside {
-                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel, ldb: count, beta: 0,
-                          c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
-                    // Bias while the block is still in cache.
-                    if let bias {
-                        addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
-                                rows: Kg, count: count, ld: hw)
-                    }
-                } else {
-                    let out = ws.blockOutput.pointer
-                    sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel, ldb: count, beta: 0, c: out, ldc: count)
-                    if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
-                    blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
-                                  channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
+        return
+    }
+    let direct = spanningBlocksUseDirectGemm(g)
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
+        let n0 = start / hw
+        let inside = (start + count - 1) / hw == n0
+        for grp in 0..<g.groups {
+            im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                   panel: panel, workspace: ws)
+            let wg = w + grp * Kg * rows
+            if inside {
+                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                      b: panel, ldb: count, beta: 0,
+                      c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                // Bias while the block is still in cache.
+                if let bias {
+                    addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
+                            rows: Kg, count: count, ld: hw)
                 }
+            } else if direct {
+                // One GEMM per image segment, straight into the NCHW output.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    let c = y + (n * K + grp * Kg) * hw + p
+                    sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                          b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
+                    if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
+                }
+            } else {
+                let out = blockOutput!
+                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                      b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
+                blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
+                              channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
             }
         }
     }
@@ -79,10 +111,27 @@ public func convolution2DBackwardData(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    if tasks == 1 {
+        backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
+        return
+    }
+    parallelTasks(tasks) { t in
+        backwardDataImages(taskRange(t, of: batch, tasks: tasks), dy, w, dx, g, ws,
+                           dcol: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
+    }
+}
+
+/// Backward-data over images `images` (only their part of dx is written).
+private func backwardDataImages(
+    _ images: Range<Int>, _ dy: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>,
+    _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
     if g.isPointwise {
-        for n in 0..<batch {
+        for n in images {
             for grp in 0..<g.groups {
                 sgemm(.transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: dy + (n * K + grp * Kg) * hw, ldb: hw,
@@ -91,17 +140,33 @@ public func convolution2DBackwardData(
         }
         return
     }
-    dx.update(repeating: 0, count: batch * C * g.height * g.width)
-    let dcol = ws.panel.pointer
-    ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
+    if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
+        stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
+                                     dcol: dcol, dcolCapacity: ws.panel.capacity)
+        return
+    }
+    let plane = C * g.height * g.width
+    (dx + images.lowerBound * plane).update(repeating: 0, count: images.count * plane)
+    let direct = spanningBlocksUseDirectGemm(g)
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0
         for grp in 0..<g.groups {
+            if !inside && direct {
+                // One GEMM per image segment, reading dY in place.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    sgemm(.transposed, .none, m: rows, n: run, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                          b: dy + (n * K + grp * Kg) * hw + p, ldb: hw, beta: 0, c: dcol + j, ldc: count)
+                }
+                col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       gradInput: dx, workspace: ws)
+                continue
+            }
             let dyBlock: UnsafePointer<Float>, ld: Int
             if inside {
                 dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
             } else {
-                let buf = ws.blockOutput.pointer
+                let buf = blockOutput!
                 blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
                               channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
                               start: start, count: count, toTensor: false)
@@ -115,6 +180,64 @@ public func convolution2DBackwardData(
     }
 }
 
+/// Backward-data of a 1×1, unpadded, strided convolution (ResNet shortcuts)
+/// for images `images`: each input pixel receives at most one contribution,
+/// so instead of zeroing dx and adding col2im into it, every dx row is written
+/// once: rows y = oy·sh get dcol interleaved with zeros, the others zeros.
+/// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats.
+func stridedPointwiseBackwardData(
+    gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
+    images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int
+) {
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
+    let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels
+    let blockRows = max(1, min(outH, dcolCapacity / (Cg * outW)))
+    for n in images {
+        for grp in 0..<g.groups {
+            var oy0 = 0
+            while oy0 < outH {
+                let rows = min(blockRows, outH - oy0), count = rows * outW
+                // dcol (Cg × count) = W_gᵀ (Cg × Kg) · dY rows oy0 ..< oy0 + rows (Kg × count).
+                sgemm(.transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
+                      b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                for cl in 0..<Cg {
+                    let plane = dx + (n * C + grp * Cg + cl) * H * W
+                    for oy in oy0 ..< oy0 + rows {
+                        let src = dcol + cl * count + (oy - oy0) * outW
+                        let y = oy * sh
+                        scatterStridedRow(plane + y * W, src, width: W, outWidth: outW, stride: sw)
+                        // Input rows between this output row's and the next one's get nothing.
+                        (plane + (y + 1) * W).update(repeating: 0, count: (min(y + sh, H) - y - 1) * W)
+                    }
+                }
+                oy0 += rows
+            }
+        }
+    }
+}
+
+/// dst[x] = src[x / s] where x is a multiple of s (x / s < outWidth), else 0, for x < width.
+@inline(__always)
+func scatterStridedRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, width: Int,
+                       outWidth: Int, stride s: Int) {
+    var o = 0
+    if s == 2 {
+        // 8 values → 16 outputs, zeros in the odd lanes.
+        while o + 8 <= outWidth && 2 * o + 16 <= width {
+            let v = UnsafeRawPointer(src + o).loadUnaligned(as: SIMD8<Float>.self)
+            let z = SIMD16<Float>(v[0], 0, v[1], 0, v[2], 0, v[3], 0, v[4], 0, v[5], 0, v[6], 0, v[7], 0)
+            UnsafeMutableRawPointer(dst + 2 * o).storeBytes(of: z, as: SIMD16<Float>.self)
+            o += 8
+        }
+    }
+    var x = o * s
+    while x < width {
+        dst[x] = x % s == 0 && x / s < outWidth ? src[x / s] : 0
+        x += 1
+    }
+}
+
 /// dW += ∂L/∂W and, if `gradBias` is given, db += ∂L/∂b (both accumulate).
 public func convolution2DBackwardWeights(
     input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
@@ -122,38 +245,21 @@ public func convolution2DBackwardWeights(
     batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
-    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
-    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    if g.isPointwise {
-        for n in 0..<batch {
-            for grp in 0..<g.groups {
-                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
-                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
-                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
-            }
-        }
+    let hw = g.outPixels, K = g.outChannels
+    let dwCount = K * g.panelRows
+    let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
+    if tasks == 1 {
+        backwardWeightsImages(0..<batch, x, dy, dw, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
     } else {
-        let panel = ws.panel.pointer
-        ws.forEachBlock(batch: batch, outPixels: hw) { start, count in
-            let n0 = start / hw
-            let inside = (start + count - 1) / hw == n0
-            for grp in 0..<g.groups {
-                let dyBlock: UnsafePointer<Float>, ld: Int
-                if inside {
-                    dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
-                } else {
-                    let buf = ws.blockOutput.pointer
-                    blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
-                                  channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
-                                  start: start, count: count, toTensor: false)
-                    dyBlock = UnsafePointer(buf); ld = count
-                }
-                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
-                       panel: panel, workspace: ws)
-                sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
-                      b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
-            }
+        // Task 0 adds into dW itself, task t > 0 into its own zeroed partial.
+        parallelTasks(tasks) { t in
+            let target = t == 0 ? dw : ws.taskGradWeight(t)
+            if t > 0 { target.update(repeating: 0, count: dwCount) }
+            backwardWeightsImages(taskRange(t, of: batch, tasks: tasks), x, dy, target, g, ws,
+                                  panel: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
         }
+        // Fixed order, so the sum does not depend on which task finished first.
+        for t in 1..<tasks { addFloats(dw, ws.taskGradWeight(t), dwCount) }
     }
     if let db {
         for n in 0..<batch {
@@ -164,6 +270,87 @@ public func convolution2DBackwardWeights(
                 db[k] += s
             }
         }
+    }
+}
+
+/// Backward-weights over images `images`, accumulating into `dw`.
+private func backwardWeightsImages(
+    _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, _ dw: UnsafeMutablePointer<Float>,
+    _ g: Conv2DGeometry, _ ws: ConvolutionWorkspace,
+    panel: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+) {
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    if g.isPointwise {
+        for n in images {
+            for grp in 0..<g.groups {
+                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
+                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+            }
+        }
+        return
+    }
+    let direct = spanningBlocksUseDirectGemm(g)
+    ws.forEachBlock(images: images, outPixels: hw) { start, count in
+        let n0 = start / hw
+        let inside = (start + count - 1) / hw == n0
+        for grp in 0..<g.groups {
+            if !inside && direct {
+                im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                       panel: panel, workspace: ws)
+                // One GEMM per image segment, reading dY in place.
+                forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
+                    sgemm(.none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
+                          a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
+                          b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+                }
+                continue
+            }
+            let dyBlock: UnsafePointer<Float>, ld: Int
+            if inside {
+                dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
+            } else {
+                let buf = blockOutput!
+                blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
+                              channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
+                              start: start, count: count, toTensor: false)
+                dyBlock = UnsafePointer(buf); ld = count
+            }
+            im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
+                   panel: panel, workspace: ws)
+            sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
+                  b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+        }
+    }
+}
+
+/// Whether blocks that span images run one GEMM per image segment directly on
+/// the NCHW tensor instead of copying the block output through the workspace.
+/// The per-segment GEMMs re-pack the Kg × Cg·kh·kw weights (or re-read dW)
+/// once per image, the copy moves Kg × outH·outW floats per image; so direct
+/// wins when the reduction is shorter than the plane (Cg·kh·kw < outH·outW),
+/// e.g. first layers (rows 9–27) and 1×1 shortcuts. Planes narrower than two
+/// micro-tiles (32 columns) keep the copy: their ragged GEMM edges cost more.
+@inline(__always)
+func spanningBlocksUseDirectGemm(_ g: Conv2DGeometry) -> Bool {
+    g.panelRows < g.outPixels && g.outPixels >= 32
+}
+
+/// Calls `body(n, p, j, run)` for each per-image piece of global output pixels
+/// start ..< start + count: image n, pixels p ..< p + run of its plane, block
+/// columns j ..< j + run.
+@inline(__always)
+func forEachImageSegment(start: Int, count: Int, outPixels hw: Int,
+                         _ body: (_ n: Int, _ p: Int, _ j: Int, _ run: Int) -> Void) {
+    var j = 0
+    var n = start / hw, p = start - n * hw
+    while j < count {
+        let run = min(hw - p, count - j)
+        body(n, p, j, run)
+        j += run
+        n += 1
+        p = 0
     }
 }
 

@@ -176,6 +176,12 @@ public struct Conv2DGeometry: Equatable, Sendable {
     public var outPixels: Int { outHeight * outWidth }
     /// Multiply-accumulates of one sample: K·outH·outW·Cg·kh·kw.
     public var multiplyAccumulates: Int { outChannels * outPixels * panelRows }
+    /// True for a 1×1, unpadded convolution with a stride above 1 (a ResNet
+    /// shortcut): every input pixel feeds at most one output pixel.
+    public var isStridedPointwise: Bool {
+        kernelHeight == 1 && kernelWidth == 1 && !isPointwise
+            && padTop == 0 && padBottom == 0 && padLeft == 0 && padRight == 0
+    }
     /// True when the input itself is the im2col panel: 1×1 kernel, stride 1, no padding.
     public var isPointwise: Bool {
         kernelHeight == 1 && kernelWidth == 1 && strideHeight == 1 && strideWidth == 1

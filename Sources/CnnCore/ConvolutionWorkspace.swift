@@ -9,6 +9,15 @@
 /// to 2 MiB per core on current x86) when the GEMM packs it, so im2col costs
 /// one pass over L2 instead of a round trip through DRAM, and the memory does
 /// not grow with the batch (Caffe's "one image at a time" taken further).
+///
+/// Measured (`cnn-dist bench conv`, batch 64, all reference shapes): budgets of
+/// 256 KiB, 1 MiB and 2 MiB gave the same pass / sgemm ratios within the noise
+/// of the shared machine (±0.05): the GEMM's small-M path packs the weights
+/// once per call and streams 128-column B panels, so a few hundred columns per
+/// block already amortise the per-call setup, and the time lost was in
+/// im2col / col2im and the block copies, not in the block width. So the
+/// smallest budget stays: it keeps the panel in L2 next to the GEMM's packed
+/// buffers and the workspace 4–10× smaller.
 public let convolutionPanelBudgetBytes = 256 * 1024
 
 /// Column-count granularity of a panel block: a multiple of the GEMM
@@ -36,8 +45,19 @@ public final class ConvolutionWorkspace {
     /// For kernel column b, the output columns [xInterior[2b], xInterior[2b+1]) whose
     /// input column ox·sw + b·dw − padLeft lies inside the input (no mapping needed).
     var xInterior = GrowableBuffer<Int>()
+    /// Scratch of tasks 1 ..< taskCount of a threaded pass (task 0 uses the
+    /// buffers above): a panel and block output each, and a partial dW.
+    private var taskScratch: [TaskScratch] = []
+    /// Tasks the last `prepareTasks` set up.
+    public private(set) var taskCount = 1
     private var preparedGeometry: Conv2DGeometry?
     private var preparedBatch = 0
+
+    struct TaskScratch {
+        var panel = GrowableBuffer<Float>()
+        var blockOutput = GrowableBuffer<Float>()
+        var gradWeight = GrowableBuffer<Float>()
+    }
 
     /// A workspace whose panels stay within `panelBudgetBytes`.
     public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes) {
@@ -96,13 +116,46 @@ public final class ConvolutionWorkspace {
         bytes = panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
     }
 
+    /// Sizes the scratch of `tasks` concurrent tasks (after `prepare`): each
+    /// task past the first gets a panel and block output as large as the main
+    /// ones, and `gradWeightCount` floats of partial dW. Returns `tasks`.
+    func prepareTasks(_ tasks: Int, gradWeightCount: Int) -> Int {
+        taskCount = max(tasks, 1)
+        guard tasks > 1 else { return 1 }
+        while taskScratch.count < tasks - 1 { taskScratch.append(TaskScratch()) }
+        for i in 0..<(tasks - 1) {
+            taskScratch[i].panel.reserve(panel.capacity)
+            taskScratch[i].blockOutput.reserve(blockOutput.capacity)
+            taskScratch[i].gradWeight.reserve(gradWeightCount)
+        }
+        bytes = panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
+            + taskScratch.reduce(0) { $0 + $1.panel.bytes + $1.blockOutput.bytes + $1.gradWeight.bytes }
+        return tasks
+    }
+
+    /// Panel of task t (t = 0: the main one).
+    func taskPanel(_ t: Int) -> UnsafeMutablePointer<Float> {
+        t == 0 ? panel.pointer : taskScratch[t - 1].panel.pointer
+    }
+
+    /// Block-output buffer of task t, nil when the geometry needs none.
+    func taskBlockOutput(_ t: Int) -> UnsafeMutablePointer<Float>? {
+        t == 0 ? blockOutput.base : taskScratch[t - 1].blockOutput.base
+    }
+
+    /// Partial dW of task t ≥ 1.
+    func taskGradWeight(_ t: Int) -> UnsafeMutablePointer<Float> {
+        taskScratch[t - 1].gradWeight.pointer
+    }
+
     /// Calls `body(start, count)` for each block of global output pixels
     /// (pixel q = n·outH·outW + oy·outW + ox). With large planes a block stays
     /// inside one image; with small planes (e.g. 8×8) a block spans images.
-    func forEachBlock(batch: Int, outPixels hw: Int, _ body: (_ start: Int, _ count: Int) -> Void) {
+    /// Only images `images` are covered (a task's share of the batch).
+    func forEachBlock(images: Range<Int>, outPixels hw: Int, _ body: (_ start: Int, _ count: Int) -> Void) {
         let p = blockPixels
         if hw >= p {
-            for n in 0..<batch {
+            for n in images {
                 var s = 0
                 while s < hw {
                     let c = min(p, hw - s)
@@ -111,10 +164,10 @@ public final class ConvolutionWorkspace {
                 }
             }
         } else {
-            let total = batch * hw
-            var s = 0
-            while s < total {
-                let c = min(p, total - s)
+            let end = images.upperBound * hw
+            var s = images.lowerBound * hw
+            while s < end {
+                let c = min(p, end - s)
                 body(s, c)
                 s += c
             }

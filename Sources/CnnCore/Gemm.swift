@@ -63,6 +63,10 @@ public enum GemmBlocking {
     public static let NCsmall = 128
 }
 
+/// Smallest product (M·N·K multiply-accumulates) that `sgemm` splits over threads:
+/// about 20 µs of work, several times the cost of waking the pool.
+public let parallelGemmMinimumMACs = 1 << 20
+
 /// Largest op(A), in floats, that the small-M path packs whole (192 KiB).
 private let packedAWholeLimit = 48 * 1024
 
@@ -79,9 +83,12 @@ private let L = GemmVector.scalarCount
 /// op(B) is B (K×N, ldb ≥ N) or Bᵀ where B is stored N×K (ldb ≥ K).
 /// beta == 0 overwrites C without reading it (C may hold NaN).
 ///
-/// Single-threaded and thread-safe: each calling thread packs into its own cached
-/// workspace, which grows to the largest problem seen and is then reused (no allocation
-/// in the steady state).
+/// Thread-safe: each calling thread packs into its own cached workspace, which grows to
+/// the largest problem seen and is then reused (no allocation in the steady state).
+/// With `ComputeThreads.count` = T > 1 (and not already inside a split), products of at
+/// least `parallelGemmMinimumMACs` are split into T column ranges of C (multiples of NR),
+/// or row ranges (multiples of MR) when C is taller than wide; every element of C still
+/// gets the same K loop as single-threaded, so the result does not depend on T.
 public func sgemm(
     _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
     alpha: Float, a: UnsafePointer<Float>, lda: Int,
@@ -96,6 +103,28 @@ public func sgemm(
     if k == 0 || alpha == 0 {
         scaleC(m: m, n: n, beta: beta, c: c, ldc: ldc)
         return
+    }
+    let threads = availableComputeThreads()
+    if threads > 1 && m * n * k >= parallelGemmMinimumMACs {
+        let byColumns = n >= m
+        let units = byColumns ? (n + NR - 1) / NR : (m + MR - 1) / MR
+        let tasks = min(threads, units)
+        if tasks > 1 {
+            parallelTasks(tasks) { t in
+                let r = taskRange(t, of: units, tasks: tasks)
+                if byColumns {
+                    let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
+                    sgemm(transA, transB, m: m, n: j1 - j0, k: k, alpha: alpha, a: a, lda: lda,
+                          b: transB == .none ? b + j0 : b + j0 * ldb, ldb: ldb, beta: beta, c: c + j0, ldc: ldc)
+                } else {
+                    let i0 = r.lowerBound * MR, i1 = min(r.upperBound * MR, m)
+                    sgemm(transA, transB, m: i1 - i0, n: n, k: k, alpha: alpha,
+                          a: transA == .none ? a + i0 * lda : a + i0, lda: lda, b: b, ldb: ldb,
+                          beta: beta, c: c + i0 * ldc, ldc: ldc)
+                }
+            }
+            return
+        }
     }
 
     // K is split into equal steps of at most KC, so no step is a thin remainder.

@@ -9,6 +9,113 @@
 // The weight tensor [K, Cg, kh, kw] viewed as a K × (Cg·kh·kw) matrix has the
 // same row order r, so the block output is W_g · panel.
 
+/// One row segment of a block: output pixels ox0 ..< ox1 of row oy of image n,
+/// at panel columns j ..< j + (ox1 − ox0).
+@usableFromInline
+struct PixelRun {
+    var n: Int, oy: Int, ox0: Int, ox1: Int, j: Int
+}
+
+/// Calls `body` for each row segment of output pixels start ..< start + count,
+/// in order. One division for the first pixel; later segments advance
+/// incrementally (row by row, image by image).
+@inline(__always)
+func forEachPixelRun(start: Int, count: Int, outPixels hw: Int, outWidth outW: Int, outHeight outH: Int,
+                     _ body: (PixelRun) -> Void) {
+    var n = start / hw
+    let rem = start - n * hw
+    var oy = rem / outW
+    var ox0 = rem - oy * outW
+    var j = 0
+    while j < count {
+        let ox1 = min(outW, ox0 + (count - j))
+        body(PixelRun(n: n, oy: oy, ox0: ox0, ox1: ox1, j: j))
+        j += ox1 - ox0
+        ox0 = 0
+        oy += 1
+        if oy == outH { oy = 0; n += 1 }
+    }
+}
+
+/// dst[i] = src[i] for i < count; an inline loop, since runs are usually one
+/// short output row (8–32 floats) where a memmove call costs more than the copy.
+@inline(__always)
+func copyFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
+    if count >= 64 { dst.update(from: src, count: count); return }
+    var i = 0
+    while i + 8 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(
+            of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+        i += 8
+    }
+    if i + 4 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(
+            of: UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self), as: SIMD4<Float>.self)
+        i += 4
+    }
+    while i < count { dst[i] = src[i]; i += 1 }
+}
+
+/// dst[i] += src[i] for i < count.
+@inline(__always)
+func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
+    var i = 0
+    while i + 8 <= count {
+        let d = UnsafeMutableRawPointer(dst + i)
+        let v = d.loadUnaligned(as: SIMD8<Float>.self) + UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+        d.storeBytes(of: v, as: SIMD8<Float>.self)
+        i += 8
+    }
+    if i + 4 <= count {
+        let d = UnsafeMutableRawPointer(dst + i)
+        let v = d.loadUnaligned(as: SIMD4<Float>.self) + UnsafeRawPointer(src + i).loadUnaligned(as: SIMD4<Float>.self)
+        d.storeBytes(of: v, as: SIMD4<Float>.self)
+        i += 4
+    }
+    while i < count { dst[i] += src[i]; i += 1 }
+}
+
+/// dst[o] = s0[2·o] for o in lo ..< hi: the interior of a stride-2 row, with
+/// 8 outputs per step taken from 16 consecutive inputs. The vector step needs
+/// o + 8 < hi so its 16th load (s0[2·o + 15]) stays inside the row.
+@inline(__always)
+func gatherStride2(_ dst: UnsafeMutablePointer<Float>, _ s0: UnsafePointer<Float>, _ lo: Int, _ hi: Int) {
+    var o = lo
+    while o + 8 < hi {
+        let v = UnsafeRawPointer(s0 + 2 * o).loadUnaligned(as: SIMD16<Float>.self)
+        let even = SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+        UnsafeMutableRawPointer(dst + o).storeBytes(of: even, as: SIMD8<Float>.self)
+        o += 8
+    }
+    while o < hi { dst[o] = s0[2 * o]; o += 1 }
+}
+
+/// One output-row segment of an im2col row: dst[ox] for ox in ox0 ..< ox1 from
+/// input row `src` (nil: a padded row, all zeros). Columns inside [lo, hi) read
+/// src[ox·sw + offset] directly; the rest go through the padding table xt.
+@inline(__always)
+func gatherRowSegment(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>?, ox0: Int, ox1: Int,
+                      lo: Int, hi: Int, offset: Int, sw: Int, xt: UnsafePointer<Int32>) {
+    guard let src else {
+        (dst + ox0).update(repeating: 0, count: ox1 - ox0)
+        return
+    }
+    let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
+    var ox = ox0
+    while ox < i0 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
+    if sw == 1 {
+        copyFloats(dst + i0, src + (i0 + offset), i1 - i0)
+    } else if sw == 2 {
+        gatherStride2(dst, src + offset, i0, i1)
+    } else {
+        let s0 = src + offset
+        var o = i0
+        while o < i1 { dst[o] = s0[o &* sw]; o &+= 1 }
+    }
+    ox = i1
+    while ox < ox1 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
+}
+
 /// Builds the column panel of one group for output pixels start ..< start + count
 /// (which may span images). `input` is (N, C, H, W); `panel` holds
 /// Cg·kh·kw × count floats, row stride `count`. `workspace` must be prepared for `g`.
@@ -22,37 +129,18 @@ public func im2col(input x: UnsafePointer<Float>, geometry g: Conv2DGeometry, gr
     for cl in 0..<Cg {
         let c = group * Cg + cl
         for a in 0..<kh {
+            let ya = yTable + a * outH
             for b in 0..<kw {
                 let row = panel + ((cl * kh + a) * kw + b) * count
                 let lo = interior[2 * b], hi = interior[2 * b + 1]
                 let offset = b * g.dilationWidth - g.padLeft
                 let xt = xTable + b * outW
-                var q = start, j = 0
-                while j < count {
-                    // One run of output pixels along a row of one image.
-                    let n = q / hw, rem = q - n * hw
-                    let oy = rem / outW, ox0 = rem - oy * outW
-                    let ox1 = min(outW, ox0 + (count - j))
-                    let dst = row + (j - ox0)          // dst[ox] for ox in ox0 ..< ox1
-                    let y = Int(yTable[a * outH + oy])
-                    if y < 0 {
-                        (dst + ox0).update(repeating: 0, count: ox1 - ox0)
-                    } else {
-                        let src = x + ((n * C + c) * H + y) * W
-                        let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
-                        var ox = ox0
-                        while ox < i0 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
-                        if sw == 1 {
-                            (dst + i0).update(from: src + (i0 + offset), count: i1 - i0)
-                        } else {
-                            var o = i0
-                            while o < i1 { dst[o] = src[o * sw + offset]; o += 1 }
-                        }
-                        ox = i1
-                        while ox < ox1 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
-                    }
-                    j += ox1 - ox0
-                    q += ox1 - ox0
+                forEachPixelRun(start: start, count: count, outPixels: hw, outWidth: outW, outHeight: outH) { r in
+                    let y = Int(ya[r.oy])
+                    let src: UnsafePointer<Float>? = y < 0 ? nil : x + ((r.n * C + c) * H + y) * W
+                    // dst[ox] for ox in ox0 ..< ox1.
+                    gatherRowSegment(row + (r.j - r.ox0), src, ox0: r.ox0, ox1: r.ox1,
+                                     lo: lo, hi: hi, offset: offset, sw: sw, xt: xt)
                 }
             }
         }
@@ -73,36 +161,30 @@ public func col2im(panel: UnsafePointer<Float>, geometry g: Conv2DGeometry, grou
     for cl in 0..<Cg {
         let c = group * Cg + cl
         for a in 0..<kh {
+            let ya = yTable + a * outH
             for b in 0..<kw {
                 let row = panel + ((cl * kh + a) * kw + b) * count
                 let lo = interior[2 * b], hi = interior[2 * b + 1]
                 let offset = b * g.dilationWidth - g.padLeft
                 let xt = xTable + b * outW
-                var q = start, j = 0
-                while j < count {
-                    let n = q / hw, rem = q - n * hw
-                    let oy = rem / outW, ox0 = rem - oy * outW
-                    let ox1 = min(outW, ox0 + (count - j))
-                    let src = row + (j - ox0)          // src[ox] for ox in ox0 ..< ox1
-                    let y = Int(yTable[a * outH + oy])
-                    if y >= 0 {
-                        let dst = dx + ((n * C + c) * H + y) * W
-                        let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
-                        var ox = ox0
-                        while ox < i0 { let s = Int(xt[ox]); if s >= 0 { dst[s] += src[ox] }; ox += 1 }
-                        if sw == 1 {
-                            let d = dst + offset
-                            var o = i0
-                            while o < i1 { d[o] += src[o]; o += 1 }
-                        } else {
-                            var o = i0
-                            while o < i1 { dst[o * sw + offset] += src[o]; o += 1 }
-                        }
-                        ox = i1
-                        while ox < ox1 { let s = Int(xt[ox]); if s >= 0 { dst[s] += src[ox] }; ox += 1 }
+                forEachPixelRun(start: start, count: count, outPixels: hw, outWidth: outW, outHeight: outH) { r in
+                    let ox0 = r.ox0, ox1 = r.ox1
+                    let y = Int(ya[r.oy])
+                    if y < 0 { return }
+                    let src = row + (r.j - ox0)          // src[ox] for ox in ox0 ..< ox1
+                    let dst = dx + ((r.n * C + c) * H + y) * W
+                    let i0 = min(max(lo, ox0), ox1), i1 = min(max(hi, i0), ox1)
+                    var ox = ox0
+                    while ox < i0 { let s = Int(xt[ox]); if s >= 0 { dst[s] += src[ox] }; ox += 1 }
+                    if sw == 1 {
+                        addFloats(dst + (i0 + offset), src + i0, i1 - i0)
+                    } else {
+                        let d0 = dst + offset
+                        var o = i0
+                        while o < i1 { d0[o &* sw] += src[o]; o &+= 1 }
                     }
-                    j += ox1 - ox0
-                    q += ox1 - ox0
+                    ox = i1
+                    while ox < ox1 { let s = Int(xt[ox]); if s >= 0 { dst[s] += src[ox] }; ox += 1 }
                 }
             }
         }

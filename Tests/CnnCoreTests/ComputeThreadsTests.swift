@@ -1,0 +1,117 @@
+import XCTest
+import CnnCore
+
+/// ComputeThreads.count = 2 against 1: sgemm and the three convolution passes give the
+/// same results (to a tight tolerance) and the same bits on every threaded run.
+final class ComputeThreadsTests: XCTestCase {
+
+    override func tearDown() {
+        ComputeThreads.count = 1
+        super.tearDown()
+    }
+
+    func random(_ count: Int, seed: UInt64) -> [Float] {
+        var rng = SplitMix64(seed: seed)
+        return (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 }
+    }
+
+    /// Runs `body` with `threads` compute threads and returns what it produced.
+    func with<T>(threads: Int, _ body: () -> T) -> T {
+        ComputeThreads.count = threads
+        defer { ComputeThreads.count = 1 }
+        return body()
+    }
+
+    func assertClose(_ a: [Float], _ b: [Float], tolerance: Float, _ what: String,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, what, file: file, line: line)
+        var worst: Float = 0
+        for i in 0..<a.count { worst = max(worst, abs(a[i] - b[i]) / max(1, abs(b[i]))) }
+        XCTAssertLessThanOrEqual(worst, tolerance, "\(what): largest relative difference \(worst)", file: file, line: line)
+    }
+
+    func testDefaultIsOneThread() {
+        XCTAssertEqual(ComputeThreads.count, 1)
+    }
+
+    func testSgemmTwoThreadsMatchesOne() {
+        // Wide (split over columns), tall (split over rows), transposed operands, beta 0 / 1 / 0.5.
+        let cases: [(m: Int, n: Int, k: Int, ta: Transpose, tb: Transpose, beta: Float)] = [
+            (32, 4000, 147, .none, .none, 0), (300, 70, 200, .none, .transposed, 1),
+            (64, 1031, 77, .transposed, .none, 0.5), (17, 2500, 400, .transposed, .transposed, 0),
+        ]
+        for s in cases {
+            let a = random(s.m * s.k, seed: 1), b = random(s.k * s.n, seed: 2), c0 = random(s.m * s.n, seed: 3)
+            let lda = s.ta == .none ? s.k : s.m, ldb = s.tb == .none ? s.n : s.k
+            func run() -> [Float] {
+                var c = c0
+                c.withUnsafeMutableBufferPointer { cp in
+                    sgemm(s.ta, s.tb, m: s.m, n: s.n, k: s.k, alpha: 1.5, a: a, lda: lda, b: b, ldb: ldb,
+                          beta: s.beta, c: cp.baseAddress!, ldc: s.n)
+                }
+                return c
+            }
+            let one = with(threads: 1, run)
+            let two = with(threads: 2, run), twoAgain = with(threads: 2, run)
+            let three = with(threads: 3, run)
+            assertClose(two, one, tolerance: 1e-6, "sgemm \(s) threads 2 vs 1")
+            assertClose(three, one, tolerance: 1e-6, "sgemm \(s) threads 3 vs 1")
+            XCTAssertEqual(two, twoAgain, "sgemm \(s): threaded runs differ")
+        }
+    }
+
+    /// y, dx, dW, db of one batch.
+    func passes(_ g: Conv2DGeometry, batch: Int, ws: ConvolutionWorkspace) -> [[Float]] {
+        let x = random(batch * g.inChannels * g.height * g.width, seed: 11)
+        let w = random(g.outChannels * g.panelRows, seed: 12)
+        let bias = random(g.outChannels, seed: 13)
+        let dy = random(batch * g.outChannels * g.outPixels, seed: 14)
+        var y = [Float](repeating: .nan, count: dy.count)
+        var dx = [Float](repeating: .nan, count: x.count)
+        var dw = [Float](repeating: 0.25, count: w.count)
+        var db = [Float](repeating: 0.25, count: g.outChannels)
+        y.withUnsafeMutableBufferPointer { yp in
+            convolution2DForward(input: x, weight: w, bias: bias, output: yp.baseAddress!, batch: batch,
+                                 geometry: g, workspace: ws)
+        }
+        dx.withUnsafeMutableBufferPointer { dxp in
+            convolution2DBackwardData(gradOutput: dy, weight: w, gradInput: dxp.baseAddress!, batch: batch,
+                                      geometry: g, workspace: ws)
+        }
+        dw.withUnsafeMutableBufferPointer { dwp in db.withUnsafeMutableBufferPointer { dbp in
+            convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: dwp.baseAddress!,
+                                         gradBias: dbp.baseAddress!, batch: batch, geometry: g, workspace: ws)
+        } }
+        return [y, dx, dw, db]
+    }
+
+    func testConvolutionTwoThreadsMatchesOne() throws {
+        let shapes: [(Conv2DGeometry, Int, Int)] = [
+            // Blocks inside images (small budget), odd batch.
+            (try Conv2DGeometry(inChannels: 3, height: 13, width: 11, outChannels: 5, kernelHeight: 3, kernelWidth: 3,
+                                padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), 3, 1024),
+            // Blocks spanning images, stride 2.
+            (try Conv2DGeometry(inChannels: 8, height: 8, width: 8, outChannels: 16, kernelHeight: 3, kernelWidth: 3,
+                                strideHeight: 2, strideWidth: 2, padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+             5, convolutionPanelBudgetBytes),
+            // ResNet shortcut (strided 1×1) and pointwise, groups.
+            (try Conv2DGeometry(inChannels: 16, height: 16, width: 16, outChannels: 32, kernelHeight: 1, kernelWidth: 1,
+                                strideHeight: 2, strideWidth: 2), 4, convolutionPanelBudgetBytes),
+            (try Conv2DGeometry(inChannels: 8, height: 10, width: 10, outChannels: 12, kernelHeight: 1, kernelWidth: 1,
+                                groups: 2), 3, convolutionPanelBudgetBytes),
+            // One image: the GEMMs split instead of the batch.
+            (try Conv2DGeometry(inChannels: 32, height: 32, width: 32, outChannels: 32, kernelHeight: 3, kernelWidth: 3,
+                                padding: .same), 1, convolutionPanelBudgetBytes),
+        ]
+        for (g, batch, budget) in shapes {
+            let one = with(threads: 1) { passes(g, batch: batch, ws: ConvolutionWorkspace(panelBudgetBytes: budget)) }
+            let ws2 = ConvolutionWorkspace(panelBudgetBytes: budget)
+            let two = with(threads: 2) { passes(g, batch: batch, ws: ws2) }
+            let twoAgain = with(threads: 2) { passes(g, batch: batch, ws: ws2) }
+            for (i, name) in ["y", "dx", "dW", "db"].enumerated() {
+                assertClose(two[i], one[i], tolerance: 1e-5, "\(g.inChannels)x\(g.height)x\(g.width) k\(g.kernelHeight) \(name)")
+                XCTAssertEqual(two[i], twoAgain[i], "\(name): threaded runs differ")
+            }
+        }
+    }
+}
