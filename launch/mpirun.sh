@@ -2,7 +2,9 @@
 # Local or single-node MPI run:  launch/mpirun.sh RANKS [cnn-dist arguments...]
 #   launch/mpirun.sh 4 train --config configs/fashion-cnn.yaml
 # Handles running as root (containers, CI) and more ranks than cores, and
-# binds each rank to cores; THREADS_PER_RANK sets OMP/OpenBLAS threads (default 1).
+# binds each rank to cores. Hybrid MPI + threads: THREADS_PER_RANK=T gives each
+# rank T cores; pass the same `--threads T` to train / bench train, e.g.
+#   THREADS_PER_RANK=2 launch/mpirun.sh 2 train --threads 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ranks="${1:?usage: launch/mpirun.sh RANKS [cnn-dist arguments...]}"
@@ -14,10 +16,13 @@ if [ "$(id -u)" -eq 0 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 cores=$(nproc)
-if [ "$ranks" -gt "$cores" ]; then
+threads="${THREADS_PER_RANK:-1}"
+if [ $((ranks * threads)) -gt "$cores" ]; then
     extra+=(--oversubscribe --bind-to none)
+elif [ "$threads" -gt 1 ]; then
+    extra+=(--map-by "slot:PE=$threads" --bind-to core)
 else
     extra+=(--bind-to core --map-by core)
 fi
-export OPENBLAS_NUM_THREADS="${THREADS_PER_RANK:-1}"
+export OPENBLAS_NUM_THREADS=1
 exec mpirun -n "$ranks" "${extra[@]}" -x OPENBLAS_NUM_THREADS "$binary" "$@"

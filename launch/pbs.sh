@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PBS / Torque job: qsub launch/pbs.sh   (arguments through: qsub -v ARGS="--epochs 5" launch/pbs.sh)
 #PBS -N cnn-dist
-#PBS -l select=2:ncpus=2:mpiprocs=2
+#PBS -l select=2:ncpus=2:mpiprocs=2:ompthreads=1
 #PBS -l walltime=02:00:00
 #PBS -j oe
 set -euo pipefail
@@ -9,4 +9,6 @@ cd "${PBS_O_WORKDIR:-.}"
 binary="${CNN_DIST_BINARY:-.build/release/cnn-dist}"
 ranks=$(wc -l < "$PBS_NODEFILE")
 # shellcheck disable=SC2086
-mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --bind-to core "$binary" train --run-dir "runs/pbs-${PBS_JOBID%%.*}" ${ARGS:-}
+# Hybrid MPI + threads: set mpiprocs=1:ompthreads=N above; OMP_NUM_THREADS carries N here.
+mpirun -n "$ranks" --hostfile "$PBS_NODEFILE" --map-by "slot:PE=${OMP_NUM_THREADS:-1}" --bind-to core \
+    "$binary" train --threads "${OMP_NUM_THREADS:-1}" --run-dir "runs/pbs-${PBS_JOBID%%.*}" ${ARGS:-}

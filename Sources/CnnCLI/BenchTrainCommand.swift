@@ -74,6 +74,7 @@ public struct BenchTrainCommand: ParsableCommand {
         c.flip = false
         c.test_limit = 1
         c.threads = threads
+        if comm.rank == 0 || localRanks == nil { ComputeThreads.count = threads }
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
                                   bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
         trainer.profileSkipSteps = warmup

@@ -156,6 +156,8 @@ public struct TrainCommand: ParsableCommand {
                 }
                 custom = m
             }
+            // Threads of the compute kernels: one process-wide setting, the same for in-process ranks.
+            if comm.rank == 0 || localRanks == nil { ComputeThreads.count = config.threads }
             let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
                                       bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
             if terminal && comm.rank == 0 {
