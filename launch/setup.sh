@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(pkg-config zlib1g-dev libopenmpi-dev openmpi-bin libopenblas-dev dataset-fashion-mnist)
+packages=(pkg-config zlib1g-dev libopenmpi-dev openmpi-bin libopenblas-dev dataset-fashion-mnist iproute2)
 
 install_packages() {
     local missing=()

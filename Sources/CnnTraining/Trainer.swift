@@ -84,6 +84,8 @@ public final class Trainer {
     public private(set) var epoch = 0
     public private(set) var stepInEpoch = 0
     public private(set) var history: [EpochMetrics] = []
+    /// Steps skipped for non-finite gradients (on_nonfinite: skip).
+    public private(set) var skippedSteps = 0
     /// Phase times of all steps of this run (this rank).
     public private(set) var profile = StepProfile()
     /// Phase times of the steps from `profileSkipSteps` on (benchmarks skip warm-up steps).
@@ -335,12 +337,18 @@ public final class Trainer {
                 t = monotonicSeconds()
                 for r in frozen { model.store.gradients.data.advanced(by: r.lowerBound).update(repeating: 0, count: r.count) }
                 if let clipping { clipping.apply(model.store.gradients) }
+                lr = schedule.learningRate(step: step, stepsPerEpoch: stepsPerEpoch)
+                // Every rank sees the same reduced gradients, so every rank decides the same.
                 if let bad = firstNonFinite(model.store.gradients) {
                     let name = model.store.parameterEntries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
-                    throw CnnError.nonFinite(step: step, location: "gradient of \(name)")
+                    guard config.on_nonfinite == "skip" else {
+                        throw CnnError.nonFinite(step: step, location: "gradient of \(name) (the first non-finite one in layer order)")
+                    }
+                    skippedSteps += 1
+                    if rank == 0 { log("step \(step): non-finite gradient of \(name); step skipped (on_nonfinite: skip)") }
+                } else {
+                    optimizer.step(model.store, learningRate: lr)
                 }
-                lr = schedule.learningRate(step: step, stepsPerEpoch: stepsPerEpoch)
-                optimizer.step(model.store, learningRate: lr)
                 stepPhases.optimizer += lap(&t)
                 stepPhases.steps = 1
                 epochProfile.add(stepPhases)
@@ -383,6 +391,7 @@ public final class Trainer {
 
     /// Epoch totals, evaluation, metrics line, epoch-end checkpoint.
     func finishEpoch(profile p: StepProfile, seconds: Double, lr: Float) throws {
+        try checkFiniteState()
         // Epoch totals over all ranks: loss was normalised by the global batch.
         // After a resume rank 0's sums start from the checkpoint's global sums, so this is still the epoch total.
         var totals = epochSums
@@ -455,8 +464,21 @@ public final class Trainer {
                              early_stopping: earlyStopping.state, config: config)
     }
 
+    /// Never a non-finite checkpoint (or metrics line): all ranks hold the same
+    /// values, so all stop together, naming the first bad tensor.
+    func checkFiniteState() throws {
+        for (what, t, entries) in [("parameter", model.store.parameters, model.store.parameterEntries),
+                                   ("buffer", model.store.buffers, model.store.bufferEntries)] {
+            if let bad = firstNonFinite(t) {
+                let name = entries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
+                throw CnnError.nonFinite(step: step, location: "\(what) \(name); checkpoint not written")
+            }
+        }
+    }
+
     /// Every rank joins (the state needs a reduction); rank 0 writes.
     public func saveCheckpoint() throws {
+        try checkFiniteState()
         let state = try currentState()
         guard communicator.rank == 0, let dir = runDirectory else { return }
         let encoder = JSONEncoder()

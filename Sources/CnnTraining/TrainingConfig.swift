@@ -12,7 +12,7 @@ public struct TrainingConfig: Codable, Equatable {
     public var dataset = "fashion-mnist"
     /// Directory holding the dataset files.
     public var data = "/usr/share/datasets/fashion-mnist"
-    public var epochs = 20
+    public var epochs = 40
     /// Global batch size, split over the ranks.
     public var batch_size = 128
     public var optimizer = "sgd"
@@ -66,6 +66,9 @@ public struct TrainingConfig: Codable, Equatable {
     /// Fine-tuning: parameters whose state_dict names start with one of these
     /// prefixes are frozen (no update, no weight decay), e.g. ["0.", "1."].
     public var freeze: [String] = []
+    /// Non-finite gradients after the allreduce: "stop" (error naming the step
+    /// and the first parameter, in layer order, where they appear) or "skip" the step.
+    public var on_nonfinite = "stop"
 
     public init() {}
 
@@ -101,6 +104,7 @@ public struct TrainingConfig: Codable, Equatable {
         guard checkpoint_every >= 0 else { throw fail("checkpoint_every", checkpoint_every, "an integer >= 0 (0 = epoch ends only)") }
         guard keep_checkpoints >= 1 else { throw fail("keep_checkpoints", keep_checkpoints, "an integer >= 1") }
         guard max_steps >= 0 else { throw fail("max_steps", max_steps, "an integer >= 0 (0 = no limit)") }
+        guard ["stop", "skip"].contains(on_nonfinite) else { throw fail("on_nonfinite", on_nonfinite, "stop, skip") }
         guard (1...256).contains(threads) else { throw fail("threads", threads, "an integer from 1 to 256") }
     }
 }

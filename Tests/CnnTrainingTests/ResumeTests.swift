@@ -143,3 +143,40 @@ final class FineTuningTests: XCTestCase {
         }
     }
 }
+
+/// Non-finite gradients: stop naming the step and parameter, or skip the step;
+/// a non-finite checkpoint is never written.
+final class NonFiniteTests: XCTestCase {
+    func explodingConfig() -> TrainingConfig {
+        var c = syntheticConfig(steps: 6, batch: 32, model: "lenet5")
+        c.lr = 1e38
+        c.momentum = 0
+        c.nesterov = false
+        return c
+    }
+
+    func testNonFiniteGradientsStopNamingStepAndParameter() throws {
+        let dir = temporaryFolder("nonfinite-stop")
+        XCTAssertThrowsError(try trainLocally(explodingConfig(), ranks: 2, runDirectory: dir)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("step") && text.contains("weight"), text)
+        }
+        XCTAssertTrue(CheckpointStore.list(runDirectory: dir).isEmpty, "no checkpoint may be written")
+    }
+
+    func testSkipModeSkipsStepsButNeverWritesANonFiniteCheckpoint() throws {
+        var config = explodingConfig()
+        config.on_nonfinite = "skip"
+        let dir = temporaryFolder("nonfinite-skip")
+        XCTAssertThrowsError(try trainLocally(config, ranks: 1, runDirectory: dir)) { error in
+            XCTAssertTrue("\(error)".contains("checkpoint not written"), "\(error)")
+        }
+        XCTAssertTrue(CheckpointStore.list(runDirectory: dir).isEmpty, "no checkpoint may be written")
+
+        // A run whose gradients are finite is unaffected by the setting.
+        var fine = syntheticConfig(steps: 3, batch: 32, model: "lenet5")
+        fine.on_nonfinite = "skip"
+        let run = try trainLocally(fine, ranks: 1)
+        XCTAssertEqual(run.history.count, 1)
+    }
+}
