@@ -5,7 +5,8 @@ public struct CnnDist: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "cnn-dist",
         abstract: "Distributed data-parallel CNN training on CPU clusters.",
-        subcommands: [TrainCommand.self, SummaryCommand.self, BenchCommand.self, SelfTestCommand.self]
+        subcommands: [TrainCommand.self, SummaryCommand.self, BenchCommand.self, SelfTestCommand.self,
+                      PlotCommand.self, DoctorCommand.self]
     )
     public init() {}
 }

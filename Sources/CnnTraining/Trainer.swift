@@ -254,6 +254,7 @@ public final class Trainer {
             }
         }
         if rank == 0 { try writeModel(name: "model.safetensors") }
+        try tensorBoard?.close()
         try communicator.barrier()
         return history
     }
@@ -280,6 +281,9 @@ public final class Trainer {
 
     // MARK: - Run directory (rank 0)
 
+    /// Rank 0's TensorBoard event file in the run directory, from `prepareRunDirectory()`.
+    private var tensorBoard: TensorBoardWriter?
+
     func prepareRunDirectory() throws {
         guard communicator.rank == 0, let dir = runDirectory else { return }
         do {
@@ -291,6 +295,7 @@ public final class Trainer {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFileAtomically(Array(try encoder.encode(config)), to: dir + "/config.json")
         try writeFileAtomically([], to: dir + "/metrics.jsonl")
+        tensorBoard = try TensorBoardWriter(directory: dir)
     }
 
     func appendMetrics(_ m: EpochMetrics) throws {
@@ -300,6 +305,16 @@ public final class Trainer {
         let line = Array(try encoder.encode(m)) + [0x0A]
         let existing = (try? FileBytes.read(dir + "/metrics.jsonl")) ?? []
         try writeFileAtomically(existing + line, to: dir + "/metrics.jsonl")
+        if let tensorBoard {
+            for (tag, value) in [("loss/train", m.train_loss), ("loss/test", m.test_loss),
+                                 ("accuracy/train", m.train_accuracy), ("accuracy/test", m.test_accuracy),
+                                 ("lr", m.lr), ("images_per_second", m.images_per_second),
+                                 ("allreduce_wait_fraction", m.allreduce_wait_fraction),
+                                 ("data_wait_fraction", m.data_wait_fraction)] {
+                try tensorBoard.addScalar(tag: tag, value: value, step: m.epoch)
+            }
+            try tensorBoard.flush()
+        }
     }
 
     /// Weights and BatchNorm buffers under PyTorch state_dict names.
