@@ -209,9 +209,19 @@ public final class MPICommunicator: Communicator {
                 let n = min(Self.maxCount, count - start)
                 let chunk = base + start * stride
                 // Root reduces in place; the others only send, their buffers unchanged.
-                let code = rank == root
-                    ? MPI_Reduce(cnn_mpi_in_place(), chunk, Int32(n), type, cnn_mpi_sum(), Int32(root), comm)
-                    : MPI_Reduce(chunk, nil, Int32(n), type, cnn_mpi_sum(), Int32(root), comm)
+                // A root other than 0 sends a copy instead of MPI_IN_PLACE: MPICH 4.0.x-4.1.1
+                // crash on MPI_IN_PLACE at a non-zero root (pmodels/mpich#6540, fixed in #6543).
+                let code: Int32
+                if rank != root {
+                    code = MPI_Reduce(chunk, nil, Int32(n), type, cnn_mpi_sum(), Int32(root), comm)
+                } else if root == 0 {
+                    code = MPI_Reduce(cnn_mpi_in_place(), chunk, Int32(n), type, cnn_mpi_sum(), Int32(root), comm)
+                } else {
+                    let copy = UnsafeMutableRawPointer.allocate(byteCount: n * stride, alignment: 16)
+                    defer { copy.deallocate() }
+                    copy.copyMemory(from: chunk, byteCount: n * stride)
+                    code = MPI_Reduce(copy, chunk, Int32(n), type, cnn_mpi_sum(), Int32(root), comm)
+                }
                 try check(code, call: "MPI_Reduce")
                 start += n
             }
