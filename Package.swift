@@ -41,6 +41,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
     ],
     targets: [
         // System libraries.
@@ -59,7 +60,8 @@ let package = Package(
         .target(name: "CnnDistributed", dependencies: ["CnnCore", "CMPI"], swiftSettings: plainSettings + mpiDefines),
         // Optimizers, schedules, trainer, checkpoints.
         .target(name: "CnnTraining",
-                dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed"],
+                dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed",
+                               .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: kernelSettings),
         // Command line: subcommands, kept in a library so tests can run them.
         .target(name: "CnnCLI",
@@ -76,7 +78,7 @@ let package = Package(
         .testTarget(name: "CnnTrainingTests",
                     dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed", "CnnTraining"],
                     swiftSettings: plainSettings),
-        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnCLITests", dependencies: ["CnnCLI", "CnnModels", "CnnLayers", "CnnCore", "CnnTraining"], swiftSettings: plainSettings),
     ],
     swiftLanguageModes: [.v5]
 )

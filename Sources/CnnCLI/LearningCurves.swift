@@ -1,5 +1,4 @@
 import CnnCore
-import CnnTraining
 import Foundation
 
 // Learning curves as a self-contained SVG: two panels (loss, accuracy) of
@@ -7,12 +6,23 @@ import Foundation
 // metrics.jsonl. No plotting library; the SVG is plain text a browser,
 // rsvg-convert or an editor can open.
 
-/// Reads a metrics.jsonl file: one `EpochMetrics` JSON object per line.
+/// The fields of a metrics.jsonl line the curves need. Other fields
+/// (timings, fractions; more are added over time) are ignored, so runs
+/// written by older and newer versions plot alike.
+public struct CurvePoint: Decodable, Equatable {
+    public var epoch: Int
+    public var train_loss: Double
+    public var train_accuracy: Double
+    public var test_loss: Double
+    public var test_accuracy: Double
+}
+
+/// Reads a metrics.jsonl file: one JSON object per epoch, per line.
 ///
 /// Throws `CnnError.io` if the file is missing or unreadable and
 /// `CnnError.invalidData` naming the file and the 1-based line if it is
 /// empty or a line is not a complete metrics object. Blank lines are skipped.
-public func readMetricsLines(path: String) throws -> [EpochMetrics] {
+public func readMetricsLines(path: String) throws -> [CurvePoint] {
     guard FileManager.default.fileExists(atPath: path) else {
         throw CnnError.io(file: path, reason: "no such file (is this a cnn-dist run directory?)")
     }
@@ -20,12 +30,12 @@ public func readMetricsLines(path: String) throws -> [EpochMetrics] {
         throw CnnError.io(file: path, reason: "cannot read the file")
     }
     let decoder = JSONDecoder()
-    var metrics: [EpochMetrics] = []
+    var metrics: [CurvePoint] = []
     for (index, line) in data.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
         let text = line.last == 0x0D ? line.dropLast() : line
         if text.allSatisfy({ $0 == 0x20 || $0 == 0x09 }) { continue }
         do {
-            metrics.append(try decoder.decode(EpochMetrics.self, from: Data(text)))
+            metrics.append(try decoder.decode(CurvePoint.self, from: Data(text)))
         } catch let DecodingError.keyNotFound(key, _) {
             throw CnnError.invalidData(file: path, reason: "line \(index + 1): missing field '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, context) {
@@ -77,9 +87,9 @@ public struct PlotPanel {
 }
 
 /// The loss and accuracy panels of a run's metrics, titled `title`, as an SVG document.
-public func learningCurvesSVG(_ metrics: [EpochMetrics], title: String) -> String {
+public func learningCurvesSVG(_ metrics: [CurvePoint], title: String) -> String {
     let epochs = metrics.map { Double($0.epoch) }
-    func points(_ value: (EpochMetrics) -> Double) -> [(x: Double, y: Double)] {
+    func points(_ value: (CurvePoint) -> Double) -> [(x: Double, y: Double)] {
         zip(epochs, metrics.map(value)).map { (x: $0, y: $1) }
     }
     let train = "#1f77b4", test = "#d62728"

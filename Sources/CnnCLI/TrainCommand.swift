@@ -21,11 +21,27 @@ struct ConfigOptions: ParsableArguments {
     @Option(help: "Random seed.") var seed: UInt64?
     @Option(name: .customLong("train-limit"), help: "Use only the first N training images.") var trainLimit: Int?
     @Option(name: .customLong("test-limit"), help: "Use only the first N test images.") var testLimit: Int?
+    @Option(name: .customLong("accumulation-steps"), help: "Micro-batches per global batch (gradient accumulation).")
+    var accumulationSteps: Int?
+    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (0: epoch ends only).") var checkpointEvery: Int?
+    @Option(name: .customLong("max-steps"), help: "Stop after N optimizer steps in all (0: no limit).") var maxSteps: Int?
+    @Option(help: "Compute threads inside each rank.") var threads: Int?
+    @Option(name: .customLong("init-from"), help: "Fine-tuning: start from this safetensors file's weights.") var initFrom: String?
+    @Option(help: "Fine-tuning: freeze parameters whose names start with this prefix (repeatable).") var freeze: [String] = []
+    @Flag(name: .customLong("replace-head"), help: "Fine-tuning: keep a fresh classifier head instead of loading it.")
+    var replaceHead = false
+    @Flag(name: .customLong("local-bn"), help: "BatchNorm statistics per rank instead of synchronized.") var localBN = false
 
     /// Defaults, then the file, then the flags.
     func resolve() throws -> TrainingConfig {
         var c = TrainingConfig()
         if let path = config { c = try loadTrainingConfig(path: path) }
+        try apply(to: &c)
+        return c
+    }
+
+    /// The flags given on the command line, over `c`.
+    func apply(to c: inout TrainingConfig) throws {
         if let v = model { c.model = v }
         if let v = dataset { c.dataset = v }
         if let v = data { c.data = v }
@@ -37,8 +53,15 @@ struct ConfigOptions: ParsableArguments {
         if let v = seed { c.seed = v }
         if let v = trainLimit { c.train_limit = v }
         if let v = testLimit { c.test_limit = v }
+        if let v = accumulationSteps { c.accumulation_steps = v }
+        if let v = checkpointEvery { c.checkpoint_every = v }
+        if let v = maxSteps { c.max_steps = v }
+        if let v = threads { c.threads = v }
+        if let v = initFrom { c.init_from = v }
+        if !freeze.isEmpty { c.freeze = freeze }
+        if replaceHead { c.replace_head = true }
+        if localBN { c.sync_batchnorm = false }
         try c.validate(modelNames: ModelZoo.names)
-        return c
     }
 }
 
@@ -84,6 +107,10 @@ public struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce all gradients after backward instead of overlapping.")
     var noOverlap = false
+    @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest verified checkpoint, on any number of ranks; "
+                               + "flags given override its config.", valueName: "RUN_DIR"))
+    var resume: String?
+    @Option(name: .customLong("test-model"), help: .hidden) var testModel: String?
 
     public init() {}
 
@@ -93,14 +120,41 @@ public struct TrainCommand: ParsableCommand {
     }
 
     public func run() throws {
-        let config = try options.resolve()
+        if resume != nil && (runDir != nil || options.config != nil) {
+            throw ValidationError("--resume RUN_DIR continues that run with its own config: drop --run-dir and --config")
+        }
+        let fresh = resume == nil ? try options.resolve() : nil
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
-        let dir = runDir ?? "runs/\(config.model)-\(stamp)"
+        let dir = resume ?? runDir ?? "runs/\(fresh!.model)-\(stamp)"
         let bucketBytes = Int(bucketMB * 1_048_576)
+        let terminal = isatty(STDOUT_FILENO) != 0
         let body: (Communicator) throws -> Void = { comm in
-            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir,
-                                      bucketBytes: bucketBytes, overlap: !noOverlap,
-                                      log: { line in if comm.rank == 0 { print(line); fflush(stdout) } })
+            let log: (String) -> Void = { line in
+                guard comm.rank == 0 else { return }
+                print((terminal ? "\r\u{1B}[K" : "") + line)
+                fflush(stdout)
+            }
+            var config: TrainingConfig
+            var point: ResumePoint? = nil
+            if let resume {
+                point = try Trainer.loadResumePoint(runDirectory: resume, communicator: comm, log: log)
+                config = point!.state.config
+                try options.apply(to: &config)
+            } else {
+                config = fresh!
+            }
+            var custom: Model? = nil
+            if let name = testModel {
+                guard let m = try TestModels.model(named: name, seed: config.seed) else {
+                    throw ValidationError("--test-model: unknown \(name); known: \(TestModels.names.joined(separator: ", "))")
+                }
+                custom = m
+            }
+            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
+                                      bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
+            if terminal && comm.rank == 0 {
+                trainer.progress = { line in print("\r\u{1B}[K" + line, terminator: ""); fflush(stdout) }
+            }
             let history = try trainer.run()
             if comm.rank == 0, let last = history.last {
                 print(String(format: "done: test accuracy %.4f after %d epochs; run directory %@",

@@ -47,6 +47,20 @@ public final class Model {
         self.store = ParameterStore(root: root)
     }
 
+    /// A model from a layer tree built by hand (tests, experiments), checked
+    /// like a zoo model: `root` must map N x `inputShape` to N x `classCount`.
+    public init(name: String, root: Layer, inputShape: [Int], classCount: Int) throws {
+        let out = try root.outputShape(for: [1] + inputShape)
+        guard out == [1, classCount] else {
+            throw CnnError.shapeMismatch(layer: name, expected: "output 1x\(classCount)", got: formatShape(out))
+        }
+        self.name = name
+        self.root = root
+        self.inputShape = inputShape
+        self.classCount = classCount
+        self.store = ParameterStore(root: root)
+    }
+
     /// Trainable parameter count (as PyTorch's sum of p.numel()).
     public var parameterCount: Int { store.parameterCount }
 

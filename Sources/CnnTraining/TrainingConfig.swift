@@ -44,6 +44,28 @@ public struct TrainingConfig: Codable, Equatable {
     public var test_limit = 0
     /// Synthetic dataset size (dataset = synthetic).
     public var synthetic_count = 2048
+    /// Gradient accumulation: each rank's part of a global batch runs as this
+    /// many micro-batches; gradients are communicated once per global batch.
+    public var accumulation_steps = 1
+    /// Synchronized BatchNorm across ranks (false: each rank normalises with its own batch).
+    public var sync_batchnorm = true
+    /// Write a checkpoint every N optimizer steps (0: only at epoch ends and at the end).
+    public var checkpoint_every = 0
+    /// Checkpoints kept in RUN_DIR/checkpoints (the newest ones).
+    public var keep_checkpoints = 3
+    /// Stop after this many optimizer steps in all (0: run all epochs).
+    public var max_steps = 0
+    /// Threads for the compute kernels inside each rank (hybrid MPI + threads).
+    public var threads = 1
+    /// Fine-tuning: start from the weights of this safetensors file (a cnn-dist
+    /// checkpoint or a PyTorch state_dict saved with safetensors).
+    public var init_from: String? = nil
+    /// Fine-tuning: do not load the classifier head from `init_from` (it keeps
+    /// its fresh initialisation, e.g. for a different class count).
+    public var replace_head = false
+    /// Fine-tuning: parameters whose state_dict names start with one of these
+    /// prefixes are frozen (no update, no weight decay), e.g. ["0.", "1."].
+    public var freeze: [String] = []
 
     public init() {}
 
@@ -75,5 +97,10 @@ public struct TrainingConfig: Codable, Equatable {
             throw fail("init_scheme", init_scheme, "pytorch, kaiming, xavier")
         }
         guard train_limit >= 0, test_limit >= 0 else { throw fail("train_limit", train_limit, ">= 0") }
+        guard accumulation_steps >= 1 else { throw fail("accumulation_steps", accumulation_steps, "an integer >= 1") }
+        guard checkpoint_every >= 0 else { throw fail("checkpoint_every", checkpoint_every, "an integer >= 0 (0 = epoch ends only)") }
+        guard keep_checkpoints >= 1 else { throw fail("keep_checkpoints", keep_checkpoints, "an integer >= 1") }
+        guard max_steps >= 0 else { throw fail("max_steps", max_steps, "an integer >= 0 (0 = no limit)") }
+        guard (1...256).contains(threads) else { throw fail("threads", threads, "an integer from 1 to 256") }
     }
 }

@@ -43,7 +43,9 @@ final class PlotCommandTests: XCTestCase {
             metricsLine(epoch: e, trainLoss: 1.0 / Double(e), testLoss: 1.1 / Double(e),
                         trainAccuracy: 0.7 + 0.04 * Double(e), testAccuracy: 0.68 + 0.04 * Double(e))
         }
-        try (lines.joined(separator: "\n") + "\n").write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
+        // Fields the plot does not use, present or not, do not matter (older and newer runs plot alike).
+        let withExtraField = lines.enumerated().map { $0 == 4 ? $1.replacingOccurrences(of: "{", with: "{\"forward_fraction\":0.4,") : $1 }
+        try (withExtraField.joined(separator: "\n") + "\n").write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
         try "{\"model\": \"lenet5\", \"dataset\": \"fashion-mnist\", \"epochs\": 5}"
             .write(toFile: dir + "/config.json", atomically: true, encoding: .utf8)
         try runPlot([dir])

@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import CnnCore
+import CnnModels
+import CnnDistributed
+import CnnTraining
+
+/// `cnn-dist bench train`: training throughput of a model on synthetic data,
+/// over the whole world (mpirun or --local-ranks), with the per-step profile.
+public struct BenchTrainCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Training throughput: images/s, per-step profile, GFLOP/s, peak memory per rank.",
+        discussion: """
+            Same work as ../shared/bench/torch_ref_bench.py: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), \
+            cross-entropy, --batch images per rank, no augmentation; plus synchronized BatchNorm and the \
+            bucketed gradient allreduce when there is more than one rank. Data come from the (prefetching) \
+            loader over synthetic images of the model's input shape.
+            """)
+
+    @Option(help: "Model name.") var model = "fashion-cnn"
+    @Option(help: "Images per rank per step.") var batch = 64
+    @Option(help: "Timed steps.") var steps = 30
+    @Option(help: "Untimed warm-up steps.") var warmup = 3
+    @Option(help: "Compute threads inside each rank.") var threads = 1
+    @Option(name: .customLong("local-ranks"), help: "Single-node test mode: N ranks as threads, no mpirun.") var localRanks: Int?
+    @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
+    @Flag(name: .customLong("no-overlap"), help: "Allreduce after backward instead of overlapping.") var noOverlap = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    public init() {}
+
+    public func validate() throws {
+        guard ModelZoo.names.contains(model) else {
+            throw ValidationError("--model \(model) is not one of \(ModelZoo.names.joined(separator: ", "))")
+        }
+        guard batch >= 1, steps >= 1, warmup >= 0, threads >= 1 else {
+            throw ValidationError("--batch, --steps, --threads must be >= 1 and --warmup >= 0")
+        }
+        if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1, got \(n)") }
+    }
+
+    public func run() throws {
+        let entry = ModelZoo.entry(named: model)!
+        let body: (Communicator) throws -> Void = { comm in try measure(comm, input: entry.defaultInput) }
+        if let n = localRanks {
+            try LocalWorld.run(size: n, body)
+        } else {
+            let comm = try makeWorldCommunicator()
+            do { try body(comm) } catch {
+                FileHandle.standardError.write("Error: rank \(comm.rank): \(error)\n".data(using: .utf8)!)
+                Foundation.exit(1)
+            }
+            try finalizeWorldCommunicator(comm)
+        }
+    }
+
+    func measure(_ comm: Communicator, input: [Int]) throws {
+        let size = comm.size
+        var c = TrainingConfig()
+        c.model = model
+        c.dataset = "synthetic"
+        c.input = input.map(String.init).joined(separator: "x")
+        c.batch_size = batch * size
+        c.synthetic_count = c.batch_size * (steps + warmup)
+        c.epochs = 1
+        c.lr = 0.01
+        c.schedule = "constant"
+        c.nesterov = false
+        c.label_smoothing = 0
+        c.crop_padding = 0
+        c.flip = false
+        c.test_limit = 1
+        c.threads = threads
+        let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
+                                  bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
+        trainer.profileSkipSteps = warmup
+        try comm.barrier()
+        try trainer.run()
+        let p = trainer.measuredProfile
+        // The world's step time is its slowest rank's.
+        let seconds = try comm.allreduceMax(p.total)
+        let imagesPerSecond = Double(steps * batch * size) / seconds
+
+        // Model FLOPs: forward, backward-data and backward-weights ≈ 3 x 2 x MACs per image.
+        let macs = try summaryRows(of: trainer.model).reduce(0) { $0 + $1.multiplyAccumulates }
+        let gflops = 6 * Double(macs) * imagesPerSecond / 1e9
+        // The machine's sgemm rate with every rank running it at once.
+        try comm.barrier()
+        var sgemmRates = [measureSgemm()]
+        try comm.allreduceSum(&sgemmRates)
+        let sgemmRate = sgemmRates[0]
+        let rss = try comm.allgather(Int64(peakResidentBytes()))
+
+        guard comm.rank == 0 else { return }
+        let fractions: [(String, Double)] = [("forward", p.forward), ("backward", p.backward),
+                                             ("allreduce_wait", p.allreduceWait), ("optimizer", p.optimizer), ("data", p.data)]
+        if json {
+            var object: [String: Any] = [
+                "model": model, "ranks": size, "threads": threads, "batch_per_rank": batch, "steps": steps,
+                "mode": localRanks != nil ? "local-ranks" : (size > 1 ? "mpi" : "single"),
+                "images_per_second": imagesPerSecond, "step_ms": 1000 * seconds / Double(steps),
+                "gflops": gflops, "sgemm_gflops": sgemmRate, "sgemm_share": gflops / sgemmRate,
+                "peak_rss_mib_per_rank": rss.map { Double($0) / 1_048_576 },
+                "multiply_accumulates_per_image": macs, "overlap": !noOverlap,
+            ]
+            var profile: [String: Double] = [:]
+            for (name, value) in fractions { profile[name] = value / max(p.total, 1e-12) }
+            object["profile_fraction"] = profile
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("bench train: \(model), \(size) rank(s) x \(threads) thread(s), batch \(batch)/rank, \(steps) steps (+\(warmup) warm-up)")
+            print(String(format: "  images/s %.1f   step %.1f ms   %@", imagesPerSecond, 1000 * seconds / Double(steps), p.summary))
+            print(String(format: "  %.2f GFLOP/s model FLOPs (6 x %@ MACs/image) = %.0f%% of the measured sgemm rate %.1f GFLOP/s",
+                         gflops, groupedDigits(macs), 100 * gflops / sgemmRate, sgemmRate))
+            print("  peak resident memory per rank: " + rss.map { String(format: "%.0f MiB", Double($0) / 1_048_576) }.joined(separator: ", ")
+                  + (localRanks != nil ? " (one process: in-process ranks share it)" : ""))
+        }
+    }
+}
+
+/// GFLOP/s of our sgemm on a 256 x 3136 x 288 problem (a mid-sized convolution's GEMM), best of a few.
+func measureSgemm() -> Double {
+    let m = 256, n = 3136, k = 288
+    let a = Tensor(shape: [m, k]), b = Tensor(shape: [k, n]), c = Tensor(shape: [m, n])
+    for i in 0..<a.count { a.data[i] = Float(i % 7) * 0.01 }
+    for i in 0..<b.count { b.data[i] = Float(i % 5) * 0.01 }
+    var best = Double.infinity
+    for _ in 0..<5 {
+        let t0 = monotonicSeconds()
+        sgemm(.none, .none, m: m, n: n, k: k, alpha: 1, a: a.data, lda: k, b: b.data, ldb: n, beta: 0, c: c.data, ldc: n)
+        best = min(best, monotonicSeconds() - t0)
+    }
+    return 2 * Double(m * n * k) / best / 1e9
+}
+
+/// Peak resident set size of this process in bytes (ru_maxrss is in KiB on Linux).
+func peakResidentBytes() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return usage.ru_maxrss * 1024
+}

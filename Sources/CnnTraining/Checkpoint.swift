@@ -1,0 +1,185 @@
+import Foundation
+import Crypto
+import CnnCore
+
+// Crash-consistent training checkpoints.
+//
+// Layout of a run directory's checkpoints:
+//
+//   RUN_DIR/checkpoints/step-00000120/model.safetensors      weights + BatchNorm buffers (PyTorch names)
+//                                    /optimizer.safetensors  optimizer state buffers + step counter
+//                                    /state.json             TrainingState: step, epoch, position, config, ...
+//                                    /manifest.json          size and SHA-256 of each file above (written last)
+//
+// A checkpoint is built in `checkpoints/.partial-step-N-PID`, every file
+// fsynced, the manifest written last, then the folder is renamed to
+// `step-N` and the parent fsynced. A crash at any moment leaves either no
+// `step-N` or a complete one; a `step-N` damaged later (disk, a person) fails
+// its manifest check and resume skips it, saying so. The newest K are kept.
+
+/// Everything besides weights and optimizer buffers that a run needs to
+/// continue exactly where it stopped. The data order, augmentation and
+/// dropout masks are pure functions of (seed, epoch, sample position), so the
+/// "sampler and RNG state" is (config.seed, epoch, step_in_epoch).
+public struct TrainingState: Codable, Equatable {
+    public var format = "cnn-dist-training-state/1"
+    /// Optimizer steps taken so far (global batches trained).
+    public var step: Int
+    /// The epoch in progress (0-based).
+    public var epoch: Int
+    /// Global batches of `epoch` already trained; the next one is this index.
+    public var step_in_epoch: Int
+    /// Ranks of the run that wrote it (resume works on any rank count).
+    public var world_size: Int
+    /// Sums over all ranks of this epoch's training loss (times batch size),
+    /// correct predictions and samples so far, so epoch metrics survive a resume.
+    public var epoch_loss_sum: Double
+    public var epoch_correct: Double
+    public var epoch_seen: Double
+    public var early_stopping: EarlyStopping.State
+    /// The run's resolved configuration.
+    public var config: TrainingConfig
+
+    public init(step: Int, epoch: Int, step_in_epoch: Int, world_size: Int, epoch_loss_sum: Double,
+                epoch_correct: Double, epoch_seen: Double, early_stopping: EarlyStopping.State, config: TrainingConfig) {
+        self.step = step
+        self.epoch = epoch
+        self.step_in_epoch = step_in_epoch
+        self.world_size = world_size
+        self.epoch_loss_sum = epoch_loss_sum
+        self.epoch_correct = epoch_correct
+        self.epoch_seen = epoch_seen
+        self.early_stopping = early_stopping
+        self.config = config
+    }
+}
+
+/// The manifest of one checkpoint folder.
+public struct CheckpointManifest: Codable, Equatable {
+    public struct File: Codable, Equatable {
+        public var name: String
+        public var bytes: Int
+        public var sha256: String
+    }
+    public var format = "cnn-dist-checkpoint/1"
+    public var step: Int
+    public var files: [File]
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+public func sha256Hex(_ bytes: [UInt8]) -> String {
+    SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
+}
+
+/// Writing, verifying and finding checkpoints under `RUN_DIR/checkpoints`.
+public enum CheckpointStore {
+    /// The folder of step `step` under `runDirectory`.
+    public static func folder(runDirectory: String, step: Int) -> String {
+        runDirectory + "/checkpoints/" + String(format: "step-%08d", step)
+    }
+
+    /// Writes `files` as checkpoint `step` crash-consistently and keeps the
+    /// newest `keep` checkpoints (older ones are deleted after the new one is in place).
+    /// Returns the checkpoint folder.
+    @discardableResult
+    public static func write(runDirectory: String, step: Int, files: [(name: String, bytes: [UInt8])], keep: Int) throws -> String {
+        let root = runDirectory + "/checkpoints"
+        try createDirectory(root)
+        let final = folder(runDirectory: runDirectory, step: step)
+        let partial = root + "/.partial-" + String(format: "step-%08d", step) + "-\(getpid())"
+        try? FileManager.default.removeItem(atPath: partial)
+        try createDirectory(partial)
+        var manifest = CheckpointManifest(step: step, files: [])
+        for file in files {
+            try writeFileAtomically(file.bytes, to: partial + "/" + file.name)
+            manifest.files.append(.init(name: file.name, bytes: file.bytes.count, sha256: sha256Hex(file.bytes)))
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeFileAtomically(Array(try encoder.encode(manifest)), to: partial + "/manifest.json")
+        // The same step may be written twice (an every-N checkpoint that falls on an epoch end).
+        if FileManager.default.fileExists(atPath: final) { try FileManager.default.removeItem(atPath: final) }
+        guard rename(partial, final) == 0 else {
+            throw CnnError.io(file: final, reason: "rename of the finished checkpoint failed: \(String(cString: strerror(errno)))")
+        }
+        fsyncDirectory(root)
+        try prune(root: root, keep: keep)
+        return final
+    }
+
+    /// Reads and checks one checkpoint folder: the manifest parses, every file
+    /// it lists exists with its size and SHA-256. Returns the files' bytes by name.
+    public static func verify(_ folder: String) throws -> (manifest: CheckpointManifest, files: [String: [UInt8]]) {
+        let manifestPath = folder + "/manifest.json"
+        guard let data = FileManager.default.contents(atPath: manifestPath) else {
+            throw CnnError.invalidCheckpoint(file: manifestPath, reason: "missing manifest")
+        }
+        let manifest: CheckpointManifest
+        do { manifest = try JSONDecoder().decode(CheckpointManifest.self, from: data) } catch {
+            throw CnnError.invalidCheckpoint(file: manifestPath, reason: "unreadable manifest (\(error))")
+        }
+        var files: [String: [UInt8]] = [:]
+        for f in manifest.files {
+            let path = folder + "/" + f.name
+            guard let bytes = FileManager.default.contents(atPath: path).map(Array.init) else {
+                throw CnnError.invalidCheckpoint(file: path, reason: "listed in the manifest but missing")
+            }
+            guard bytes.count == f.bytes else {
+                throw CnnError.invalidCheckpoint(file: path, reason: "\(bytes.count) bytes, the manifest says \(f.bytes)")
+            }
+            let digest = sha256Hex(bytes)
+            guard digest == f.sha256 else {
+                throw CnnError.invalidCheckpoint(file: path, reason: "SHA-256 \(digest) does not match the manifest's \(f.sha256)")
+            }
+            files[f.name] = bytes
+        }
+        return (manifest, files)
+    }
+
+    /// Checkpoint folders under the run directory, newest first.
+    public static func list(runDirectory: String) -> [(step: Int, folder: String)] {
+        let root = runDirectory + "/checkpoints"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        return names.compactMap { name -> (Int, String)? in
+            guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)) else { return nil }
+            return (step, root + "/" + name)
+        }.sorted { $0.0 > $1.0 }
+    }
+
+    /// The newest checkpoint that verifies, with the reasons newer ones were skipped.
+    public static func latestVerified(runDirectory: String) throws
+        -> (folder: String, manifest: CheckpointManifest, files: [String: [UInt8]], skipped: [(folder: String, reason: String)]) {
+        var skipped: [(String, String)] = []
+        for (_, folder) in list(runDirectory: runDirectory) {
+            do {
+                let (manifest, files) = try verify(folder)
+                return (folder, manifest, files, skipped)
+            } catch {
+                skipped.append((folder, "\(error)"))
+            }
+        }
+        let why = skipped.isEmpty ? "no checkpoints found" : "no checkpoint verifies: " + skipped.map { "\($0.0): \($0.1)" }.joined(separator: "; ")
+        throw CnnError.invalidCheckpoint(file: runDirectory + "/checkpoints", reason: why)
+    }
+
+    static func prune(root: String, keep: Int) throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        let steps = names.filter { $0.hasPrefix("step-") }.sorted(by: >)
+        for old in steps.dropFirst(max(1, keep)) { try? FileManager.default.removeItem(atPath: root + "/" + old) }
+        // Leftovers of writers that died mid-checkpoint (other PIDs).
+        for partial in names where partial.hasPrefix(".partial-") && !partial.hasSuffix("-\(getpid())") {
+            try? FileManager.default.removeItem(atPath: root + "/" + partial)
+        }
+    }
+
+    static func createDirectory(_ path: String) throws {
+        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+            throw CnnError.io(file: path, reason: "cannot create the folder: \(error.localizedDescription)")
+        }
+    }
+
+    static func fsyncDirectory(_ path: String) {
+        let fd = open(path, O_RDONLY)
+        if fd >= 0 { fsync(fd); close(fd) }
+    }
+}
