@@ -65,6 +65,8 @@ public struct DoctorCommand: ParsableCommand {
             }
             report = rank0!
         } else {
+            // Before MPI_Init: Open MPI's singleton init sets the launcher variables itself.
+            let launched = launchedByMPI()
             let comm: Communicator
             do {
                 comm = try makeWorldCommunicator(forceMPI: mpi)
@@ -75,7 +77,7 @@ public struct DoctorCommand: ParsableCommand {
             }
             let world: String
             if let m = comm as? MPICommunicator {
-                world = "\(comm.size) MPI rank(s)" + (launchedByMPI() ? " (started by an MPI launcher)" : " (MPI singleton, --mpi)")
+                world = "\(comm.size) MPI rank(s)" + (launched ? " (started by an MPI launcher)" : " (MPI singleton, --mpi)")
                     + ", thread level \(mpiThreadLevelName(m.providedThreadLevel)) "
                     + "(requested \(mpiThreadLevelName(m.requestedThreadLevel)))"
             } else {
