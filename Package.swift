@@ -17,6 +17,21 @@ let kernelSettings: [SwiftSetting] = simdDefines + [
 ]
 let plainSettings: [SwiftSetting] = simdDefines + [.unsafeFlags(simdFlags)]
 
+// The MPI implementation: Open MPI by default (pkg-config ompi-c, libopenmpi-dev);
+// CNN_DIST_MPI=mpich swift build --scratch-path .build-mpich  builds against MPICH
+// (pkg-config mpich, libmpich-dev). Both compile the same standard-MPI shim
+// (Sources/CMPI/shim.h) as the module CMPI; a separate scratch path keeps the two
+// builds from overwriting each other. Tests that launch ranks take the matching
+// launcher from CNN_DIST_MPIRUN (e.g. mpirun.mpich).
+let mpiChoice = ProcessInfo.processInfo.environment["CNN_DIST_MPI"]?.lowercased() ?? "openmpi"
+guard ["openmpi", "mpich"].contains(mpiChoice) else {
+    fatalError("CNN_DIST_MPI=\(mpiChoice) is not supported; use openmpi (the default) or mpich")
+}
+let mpiTarget: Target = mpiChoice == "mpich"
+    ? .systemLibrary(name: "CMPI", path: "Sources/CMPIMPICH", pkgConfig: "mpich", providers: [.apt(["libmpich-dev"])])
+    : .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])])
+let mpiDefines: [SwiftSetting] = mpiChoice == "mpich" ? [.define("CNN_MPICH")] : []
+
 let package = Package(
     name: "cnn-dist",
     platforms: [.macOS(.v13)],
@@ -30,7 +45,7 @@ let package = Package(
     ],
     targets: [
         // System libraries.
-        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        mpiTarget,
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Compute core: tensors, our packed GEMM, im2col convolution kernels.
@@ -42,7 +57,7 @@ let package = Package(
         // Dataset readers, normalisation, augmentation, batching.
         .target(name: "CnnData", dependencies: ["CnnCore", "CZlib"], swiftSettings: kernelSettings),
         // Communicators: MPI and in-process ranks.
-        .target(name: "CnnDistributed", dependencies: ["CnnCore", "CMPI"], swiftSettings: plainSettings),
+        .target(name: "CnnDistributed", dependencies: ["CnnCore", "CMPI"], swiftSettings: plainSettings + mpiDefines),
         // Optimizers, schedules, trainer, checkpoints.
         .target(name: "CnnTraining",
                 dependencies: ["CnnCore", "CnnLayers", "CnnModels", "CnnData", "CnnDistributed",

@@ -4,10 +4,20 @@
 #   launch/setup.sh build     install + release build
 #   launch/setup.sh test      install + build + the whole test suite (what CI runs)
 #   launch/setup.sh train ... install + build + `cnn-dist train ...`
+# CNN_DIST_MPI=mpich selects MPICH instead of Open MPI: its packages, a build in
+# .build-mpich, and mpirun.mpich for the MPI tests (Open MPI stays the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(pkg-config zlib1g-dev libopenmpi-dev openmpi-bin libopenblas-dev dataset-fashion-mnist iproute2)
+mpi="${CNN_DIST_MPI:-openmpi}"
+packages=(pkg-config zlib1g-dev libopenblas-dev dataset-fashion-mnist iproute2)
+scratch=.build
+case "$mpi" in
+    openmpi) packages+=(libopenmpi-dev openmpi-bin) ;;
+    mpich) packages+=(libmpich-dev mpich); scratch=.build-mpich
+           export CNN_DIST_MPI CNN_DIST_MPIRUN="${CNN_DIST_MPIRUN:-mpirun.mpich}" ;;
+    *) echo "setup: CNN_DIST_MPI=$mpi is not supported; use openmpi (default) or mpich" >&2; exit 2 ;;
+esac
 
 install_packages() {
     local missing=()
@@ -24,7 +34,7 @@ install_packages() {
 }
 
 build() {
-    swift build -c release
+    swift build -c release --scratch-path "$scratch"
 }
 
 cmd="${1:-test}"
@@ -37,8 +47,8 @@ case "$cmd" in
         build
         # mpirun inside the MPI tests: allow root (CI runs as root) and more ranks than cores.
         export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-        swift test -c release "$@"
+        swift test -c release --scratch-path "$scratch" "$@"
         ;;
-    train) install_packages; build; exec .build/release/cnn-dist train "$@" ;;
+    train) install_packages; build; exec "$scratch"/release/cnn-dist train "$@" ;;
     *) echo "usage: launch/setup.sh install|build|test|train [args]" >&2; exit 2 ;;
 esac

@@ -2,6 +2,9 @@
 #define CNN_DIST_CMPI_SHIM_H
 #include <mpi.h>
 
+// Standard MPI-3 only (no OMPI_ or MPICH_ extensions), so the same shim
+// builds against Open MPI (Sources/CMPI) and MPICH (Sources/CMPIMPICH).
+
 // Swift cannot import MPI's handle macros (they are casts of addresses of
 // library globals in OpenMPI, integers in MPICH): wrap each in a function.
 static inline MPI_Comm cnn_mpi_comm_world(void) { return MPI_COMM_WORLD; }
@@ -19,6 +22,7 @@ static inline MPI_Errhandler cnn_mpi_errors_return(void) { return MPI_ERRORS_RET
 static inline int cnn_mpi_success(void) { return MPI_SUCCESS; }
 static inline int cnn_mpi_max_error_string(void) { return MPI_MAX_ERROR_STRING; }
 static inline int cnn_mpi_max_processor_name(void) { return MPI_MAX_PROCESSOR_NAME; }
+static inline int cnn_mpi_max_library_version_string(void) { return MPI_MAX_LIBRARY_VERSION_STRING; }
 static inline int cnn_mpi_thread_funneled(void) { return MPI_THREAD_FUNNELED; }
 static inline int cnn_mpi_thread_serialized(void) { return MPI_THREAD_SERIALIZED; }
 static inline int cnn_mpi_thread_multiple(void) { return MPI_THREAD_MULTIPLE; }

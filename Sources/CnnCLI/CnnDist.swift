@@ -5,7 +5,8 @@ public struct CnnDist: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "cnn-dist",
         abstract: "Distributed data-parallel CNN training on CPU clusters.",
-        subcommands: [TrainCommand.self, SummaryCommand.self, BenchCommand.self, SelfTestCommand.self, EvalCommand.self, PredictCommand.self]
+        subcommands: [TrainCommand.self, EvalCommand.self, PredictCommand.self, SummaryCommand.self,
+                      PlotCommand.self, DoctorCommand.self, BenchCommand.self, SelfTestCommand.self]
     )
     public init() {}
 }

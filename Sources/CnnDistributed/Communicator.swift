@@ -77,6 +77,12 @@ public protocol Communicator: AnyObject {
     /// rank; element `r` of the result is rank `r`'s value, on every rank.
     func allgather(_ value: Int64) throws -> [Int64]
 
+    /// Gathers `bytes` from every rank into `gathered` on every rank: rank
+    /// `r`'s bytes land at offset `r * bytes.count`. All ranks pass the same
+    /// byte count, and `gathered` holds `size * bytes.count` bytes. For small
+    /// control data (a report line per rank), not for tensors.
+    func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws
+
     /// The largest of the ranks' values, on every rank (e.g. the slowest step time).
     func allreduceMax(_ value: Double) throws -> Double
 
@@ -149,6 +155,53 @@ extension Communicator {
         withUnsafeMutableBytes(of: &n) { for i in 0..<8 { $0[i] = bytes[i] } }
         let count = max(0, min(maxBytes, Int(Int64(littleEndian: n))))
         return String(decoding: bytes[8..<(8 + count)], as: UTF8.self)
+    }
+}
+
+extension Communicator {
+    /// A byte allgather built from one broadcast per rank, for communicators
+    /// that do not provide their own (the three in this module do).
+    public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
+        try checkAllgatherBuffers(bytes, gathered, size: size, rank: rank, call: "allgather")
+        let n = bytes.count
+        guard n > 0, let base = gathered.baseAddress else { return }
+        if let src = bytes.baseAddress { (base + rank * n).copyMemory(from: src, byteCount: n) }
+        for root in 0..<size {
+            try broadcast(UnsafeMutableRawBufferPointer(start: base + root * n, count: n), root: root)
+        }
+    }
+
+    /// Gathers one string of at most `maxBytes` UTF-8 bytes from every rank
+    /// (longer strings are cut at a character boundary); element `r` is rank `r`'s string, on every rank.
+    public func allgather(_ string: String, maxBytes: Int = 1024) throws -> [String] {
+        var utf8 = Array(string.utf8)
+        if utf8.count > maxBytes {
+            var end = maxBytes
+            while end > 0 && (utf8[end] & 0xC0) == 0x80 { end -= 1 }  // not inside a multi-byte character
+            utf8 = Array(utf8[..<end])
+        }
+        // Each rank's record: an 8-byte little-endian length, then the bytes, zero-padded.
+        let record = 8 + maxBytes
+        var mine = [UInt8](repeating: 0, count: record)
+        withUnsafeBytes(of: Int64(utf8.count).littleEndian) { for i in 0..<8 { mine[i] = $0[i] } }
+        for (i, b) in utf8.enumerated() { mine[8 + i] = b }
+        var all = [UInt8](repeating: 0, count: record * size)
+        try mine.withUnsafeBytes { src in try all.withUnsafeMutableBytes { try allgather(src, into: $0) } }
+        return (0..<size).map { r in
+            var n: Int64 = 0
+            withUnsafeMutableBytes(of: &n) { for i in 0..<8 { $0[i] = all[r * record + i] } }
+            let count = max(0, min(maxBytes, Int(Int64(littleEndian: n))))
+            return String(decoding: all[(r * record + 8)..<(r * record + 8 + count)], as: UTF8.self)
+        }
+    }
+}
+
+/// Checks that a byte allgather's output holds `size` times the input, the same way in every implementation.
+func checkAllgatherBuffers(_ bytes: UnsafeRawBufferPointer, _ gathered: UnsafeMutableRawBufferPointer,
+                           size: Int, rank: Int, call: String) throws {
+    guard gathered.count == bytes.count * size else {
+        throw CnnError.communication(rank: rank, call: call, reason:
+            "the output holds \(gathered.count) bytes, expected \(size) ranks x \(bytes.count) bytes = \(size * bytes.count)")
     }
 }
 

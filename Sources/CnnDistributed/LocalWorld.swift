@@ -163,6 +163,16 @@ public final class LocalCommunicator: Communicator {
         }
     }
 
+    /// Each rank copies its bytes into its own part of `gathered`, then the
+    /// last rank to arrive copies every part into every other rank's output.
+    public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
+        try checkAllgatherBuffers(bytes, gathered, size: size, rank: rank, call: "allgather")
+        if let src = bytes.baseAddress, let dst = gathered.baseAddress {
+            (dst + rank * bytes.count).copyMemory(from: src, byteCount: bytes.count)
+        }
+        try run(.allgatherBytes, count: bytes.count, pointer: gathered.baseAddress) { _ in }
+    }
+
     public func allreduceMax(_ value: Double) throws -> Double {
         try run(.max, scalar: value.bitPattern) { slot in
             slot.contributions.map { Double(bitPattern: $0!.scalar) }.reduce(-Double.infinity) { Swift.max($0, $1) }
@@ -210,6 +220,8 @@ enum LocalOp: Equatable, CustomStringConvertible {
     case reduceFloat(root: Int), reduceDouble(root: Int)
     case broadcast(root: Int)
     case barrier, allgather, max, min
+    /// A byte allgather; `count` is the bytes per rank, the pointer the rank's output.
+    case allgatherBytes
 
     var description: String {
         switch self {
@@ -220,6 +232,7 @@ enum LocalOp: Equatable, CustomStringConvertible {
         case let .broadcast(root): return "broadcast(root: \(root))"
         case .barrier: return "barrier"
         case .allgather: return "allgather"
+        case .allgatherBytes: return "allgather(bytes)"
         case .max: return "allreduceMax"
         case .min: return "allreduceMin"
         }
@@ -232,7 +245,7 @@ enum LocalOp: Equatable, CustomStringConvertible {
         case .reduceFloat, .reduceDouble: return "reduceSum"
         case .broadcast: return "broadcast"
         case .barrier: return "barrier"
-        case .allgather: return "allgather"
+        case .allgather, .allgatherBytes: return "allgather"
         case .max: return "allreduceMax"
         case .min: return "allreduceMin"
         }
@@ -444,6 +457,13 @@ final class LocalHub {
         case let .broadcast(root):
             for (r, part) in parts.enumerated() where r != root {
                 part.pointer!.copyMemory(from: parts[root].pointer!, byteCount: count)
+            }
+        case .allgatherBytes:
+            // Part r of every other rank's output gets rank r's part (already in place in its own output).
+            for (r, source) in parts.enumerated() {
+                for (d, destination) in parts.enumerated() where d != r {
+                    (destination.pointer! + r * count).copyMemory(from: source.pointer! + r * count, byteCount: count)
+                }
             }
         case .barrier, .allgather, .max, .min:
             break

@@ -304,6 +304,21 @@ public final class MPICommunicator: Communicator {
         return all
     }
 
+    /// MPI_Allgather of MPI_BYTE.
+    public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
+        try checkAllgatherBuffers(bytes, gathered, size: size, rank: rank, call: "MPI_Allgather")
+        guard bytes.count <= Self.maxCount else {
+            throw CnnError.communication(rank: rank, call: "MPI_Allgather", reason:
+                "\(bytes.count) bytes per rank is more than one call can send (\(Self.maxCount)); it is meant for small control data")
+        }
+        try locked("MPI_Allgather") {
+            guard bytes.count > 0 else { return }
+            try check(MPI_Allgather(bytes.baseAddress, Int32(bytes.count), cnn_mpi_byte(),
+                                    gathered.baseAddress, Int32(bytes.count), cnn_mpi_byte(), comm),
+                      call: "MPI_Allgather")
+        }
+    }
+
     public func allreduceMax(_ value: Double) throws -> Double {
         try scalarAllreduce(value, kind: .allreduceMax, op: cnn_mpi_max())
     }

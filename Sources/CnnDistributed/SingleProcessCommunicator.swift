@@ -39,6 +39,11 @@ public final class SingleProcessCommunicator: Communicator {
     public func barrier() throws {}
     /// `[value]`.
     public func allgather(_ value: Int64) throws -> [Int64] { [value] }
+    /// Copies `bytes` into `gathered`.
+    public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
+        try checkAllgatherBuffers(bytes, gathered, size: 1, rank: 0, call: "allgather")
+        if let src = bytes.baseAddress, let dst = gathered.baseAddress { dst.copyMemory(from: src, byteCount: bytes.count) }
+    }
     /// `value`.
     public func allreduceMax(_ value: Double) throws -> Double { value }
     /// `value`.

@@ -385,6 +385,7 @@ public final class Trainer {
             }
         }
         if rank == 0 { try writeModel(to: runDirectory.map { $0 + "/model.safetensors" }) }
+        try tensorBoard?.close()
         try communicator.barrier()
         return history
     }
@@ -609,6 +610,9 @@ public final class Trainer {
 
     // MARK: - Run directory (rank 0)
 
+    /// Rank 0's TensorBoard event file in the run directory, from `prepareRunDirectory()`.
+    private var tensorBoard: TensorBoardWriter?
+
     func prepareRunDirectory() throws {
         guard communicator.rank == 0, let dir = runDirectory else { return }
         try CheckpointStore.createDirectory(dir)
@@ -623,6 +627,7 @@ public final class Trainer {
         }
         history = kept.compactMap { try? JSONDecoder().decode(EpochMetrics.self, from: Data($0)) }
         try writeFileAtomically(kept.flatMap { Array($0) + [0x0A] }, to: path)
+        tensorBoard = try TensorBoardWriter(directory: dir)
     }
 
     func appendMetrics(_ m: EpochMetrics) throws {
@@ -632,6 +637,16 @@ public final class Trainer {
         let line = Array(try encoder.encode(m)) + [0x0A]
         let existing = (try? FileBytes.read(dir + "/metrics.jsonl")) ?? []
         try writeFileAtomically(existing + line, to: dir + "/metrics.jsonl")
+        if let tensorBoard {
+            for (tag, value) in [("loss/train", m.train_loss), ("loss/test", m.test_loss),
+                                 ("accuracy/train", m.train_accuracy), ("accuracy/test", m.test_accuracy),
+                                 ("lr", m.lr), ("images_per_second", m.images_per_second),
+                                 ("allreduce_wait_fraction", m.allreduce_wait_fraction),
+                                 ("data_wait_fraction", m.data_wait_fraction)] {
+                try tensorBoard.addScalar(tag: tag, value: value, step: m.epoch)
+            }
+            try tensorBoard.flush()
+        }
     }
 
     /// Weights and BatchNorm buffers under PyTorch state_dict names.

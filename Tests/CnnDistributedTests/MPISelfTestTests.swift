@@ -30,13 +30,31 @@ final class MPISelfTestTests: XCTestCase {
         throw XCTSkip("cnn-dist binary not found (set CNN_DIST_BINARY); looked in \(candidates.map(\.path))")
     }
 
+    /// The MPI launcher: $CNN_DIST_MPIRUN (a path or a name on PATH, e.g. mpirun.mpich for a
+    /// build with CNN_DIST_MPI=mpich), else `mpirun` on PATH. The launcher must match the MPI
+    /// the binary was built against.
     private func mpirun() -> URL? {
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+        let env = ProcessInfo.processInfo.environment
+        let name = env["CNN_DIST_MPIRUN"] ?? "mpirun"
+        if name.contains("/") { return FileManager.default.isExecutableFile(atPath: name) ? URL(fileURLWithPath: name) : nil }
+        let path = env["PATH"] ?? "/usr/bin:/bin"
         for dir in path.split(separator: ":").map(String.init) + ["/usr/bin", "/usr/local/bin"] {
-            let url = URL(fileURLWithPath: dir).appendingPathComponent("mpirun")
+            let url = URL(fileURLWithPath: dir).appendingPathComponent(name)
             if FileManager.default.isExecutableFile(atPath: url.path) { return url }
         }
         return nil
+    }
+
+    /// True if `launcher` is MPICH's Hydra (mpirun.mpich, mpiexec.hydra), which reports "HYDRA" in --version.
+    private func isHydra(_ launcher: URL) throws -> Bool {
+        let (_, stdout, stderr) = try run(launcher, ["--version"], deadline: 30)
+        return (stdout + stderr).contains("HYDRA")
+    }
+
+    /// Launcher arguments for `size` ranks: Open MPI's mpirun needs --oversubscribe to start more
+    /// ranks than cores; Hydra oversubscribes by default and rejects the flag.
+    private func launchArguments(_ launcher: URL, size: Int) throws -> [String] {
+        try isHydra(launcher) ? ["-n", "\(size)"] : ["--oversubscribe", "-n", "\(size)"]
     }
 
     /// Runs `executable arguments` with a deadline; returns (exit status, stdout, stderr).
@@ -86,7 +104,7 @@ final class MPISelfTestTests: XCTestCase {
         let binary = try cnnDistBinary()
         let rootEnv = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
         for size in [2, 4] {
-            let (status, stdout, stderr) = try run(mpirun, ["--oversubscribe", "-n", "\(size)", binary.path, "selftest"],
+            let (status, stdout, stderr) = try run(mpirun, try launchArguments(mpirun, size: size) + [binary.path, "selftest"],
                                                    environment: rootEnv)
             XCTAssertEqual(status, 0, "mpirun -n \(size) exited \(status)\nstdout:\n\(stdout)\nstderr:\n\(stderr)")
             assertSelfTestOutput(stdout, size: size)
@@ -100,12 +118,12 @@ final class MPISelfTestTests: XCTestCase {
         guard let mpirun = mpirun() else { throw XCTSkip("mpirun is not installed") }
         let binary = try cnnDistBinary()
         let rootEnv = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
-        let (status, _, stderr) = try run(mpirun, ["--oversubscribe", "-n", "3", binary.path, "selftest", "--fault", "throw"],
+        let (status, _, stderr) = try run(mpirun, try launchArguments(mpirun, size: 3) + [binary.path, "selftest", "--fault", "throw"],
                                           environment: rootEnv, deadline: 60)
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(stderr.contains("injected failure on rank 2"), stderr)
 
-        let (status2, _, stderr2) = try run(mpirun, ["--oversubscribe", "-n", "2", binary.path, "selftest", "--fault", "mismatch"],
+        let (status2, _, stderr2) = try run(mpirun, try launchArguments(mpirun, size: 2) + [binary.path, "selftest", "--fault", "mismatch"],
                                             environment: rootEnv, deadline: 60)
         XCTAssertNotEqual(status2, 0)
         // Issue 6: the collective-schedule check now stops this before MPI's truncation error,
@@ -137,5 +155,83 @@ final class MPISelfTestTests: XCTestCase {
         let (badStatus, _, badStderr) = try run(binary, ["selftest", "--local-ranks", "0"])
         XCTAssertNotEqual(badStatus, 0)
         XCTAssertTrue(badStderr.contains("--local-ranks must be at least 1"), badStderr)
+    }
+
+    // MARK: cnn-dist doctor
+
+    /// A dataset directory with tiny valid IDX files (2 train and 1 test image of 28x28), and
+    /// one whose train images file has a wrong magic number.
+    private func doctorDatasets() throws -> (valid: String, corrupt: String, missing: String) {
+        let root = NSTemporaryDirectory() + "cnn-dist-doctor-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: root) }
+        func bigEndian(_ values: [UInt32]) -> [UInt8] { values.flatMap { v in (0..<4).map { UInt8((v >> (24 - 8 * $0)) & 0xFF) } } }
+        func images(_ n: UInt32, magic: UInt32 = 0x803) -> Data { Data(bigEndian([magic, n, 28, 28]) + [UInt8](repeating: 7, count: Int(n) * 784)) }
+        func labels(_ n: UInt32) -> Data { Data(bigEndian([0x801, n]) + (0..<Int(n)).map { UInt8($0 % 10) }) }
+        for (name, magic) in [("valid", UInt32(0x803)), ("corrupt", UInt32(0x802))] {
+            let dir = "\(root)/\(name)"
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try images(2, magic: magic).write(to: URL(fileURLWithPath: "\(dir)/train-images-idx3-ubyte"))
+            try labels(2).write(to: URL(fileURLWithPath: "\(dir)/train-labels-idx1-ubyte"))
+            try images(1).write(to: URL(fileURLWithPath: "\(dir)/t10k-images-idx3-ubyte"))
+            try labels(1).write(to: URL(fileURLWithPath: "\(dir)/t10k-labels-idx1-ubyte"))
+        }
+        return ("\(root)/valid", "\(root)/corrupt", "\(root)/missing")
+    }
+
+    /// Checks rank 0's doctor report: library and world lines, one line per rank, three dataset lines, the verdict.
+    private func assertDoctorOutput(_ stdout: String, size: Int, world: String, file: StaticString = #filePath, line: UInt = #line) {
+        let lines = stdout.split(separator: "\n").map(String.init)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("doctor: MPI library: ") && ($0.contains("Open MPI") || $0.contains("MPICH"))
+                                       && $0.contains("MPI standard ") }, stdout, file: file, line: line)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("doctor: world: \(world)") }, stdout, file: file, line: line)
+        let rankLines = lines.filter { $0.hasPrefix("doctor: rank ") }
+        XCTAssertEqual(rankLines.count, size, stdout, file: file, line: line)
+        for r in 0..<size {
+            XCTAssertTrue(rankLines.contains { $0.hasPrefix("doctor: rank \(r)/\(size) on ") && $0.contains(" pid ")
+                                               && $0.contains("threads 1 (compute kernels")
+                                               && $0.contains("SIMD ") && $0.contains("CPU flags ") },
+                          "rank \(r) in:\n\(stdout)", file: file, line: line)
+        }
+        XCTAssertTrue(lines.contains { $0.hasPrefix("doctor: dataset fashion-mnist: found in ") && $0.contains("2 train + 1 test images of 1x28x28") },
+                      stdout, file: file, line: line)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("doctor: dataset mnist: not found") }, stdout, file: file, line: line)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("doctor: dataset cifar10: not found") }, stdout, file: file, line: line)
+        XCTAssertEqual(lines.last, "doctor: ok (\(size) rank\(size == 1 ? "" : "s"))", stdout, file: file, line: line)
+    }
+
+    func testDoctorInOneProcessAndWithLocalRanks() throws {
+        let binary = try cnnDistBinary()
+        let data = try doctorDatasets()
+        let datasetArguments = ["--fashion-mnist", data.valid, "--mnist", data.missing, "--cifar10", data.missing]
+        let (status, stdout, stderr) = try run(binary, ["doctor"] + datasetArguments, deadline: 60)
+        XCTAssertEqual(status, 0, "stdout:\n\(stdout)\nstderr:\n\(stderr)")
+        assertDoctorOutput(stdout, size: 1, world: "1 rank (no MPI launcher")
+
+        let (status3, stdout3, stderr3) = try run(binary, ["doctor", "--local-ranks", "3"] + datasetArguments, deadline: 60)
+        XCTAssertEqual(status3, 0, "stdout:\n\(stdout3)\nstderr:\n\(stderr3)")
+        assertDoctorOutput(stdout3, size: 3, world: "3 in-process rank(s)")
+        // Datasets are checked once per host: the three ranks share one.
+        XCTAssertEqual(stdout3.components(separatedBy: "doctor: dataset fashion-mnist").count - 1, 1)
+
+        // Files present but invalid: non-zero exit, naming the dataset and the file.
+        let (badStatus, badStdout, badStderr) = try run(binary, ["doctor", "--fashion-mnist", data.valid, "--mnist", data.corrupt,
+                                                                 "--cifar10", data.missing], deadline: 60)
+        XCTAssertNotEqual(badStatus, 0)
+        XCTAssertTrue(badStdout.contains("doctor: dataset mnist: INVALID in \(data.corrupt)"), badStdout)
+        XCTAssertTrue(badStderr.contains("doctor: 1 problem") && badStderr.contains("\(data.corrupt)/train-images-idx3-ubyte")
+                      && badStderr.contains("wrong magic number"), badStderr)
+    }
+
+    func testDoctorUnderMPIRunPrintsOneLinePerRank() throws {
+        guard let mpirun = mpirun() else { throw XCTSkip("mpirun is not installed") }
+        let binary = try cnnDistBinary()
+        let data = try doctorDatasets()
+        let rootEnv = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
+        let (status, stdout, stderr) = try run(mpirun, try launchArguments(mpirun, size: 2) + [
+            binary.path, "doctor", "--fashion-mnist", data.valid, "--mnist", data.missing, "--cifar10", data.missing,
+        ], environment: rootEnv, deadline: 120)
+        XCTAssertEqual(status, 0, "stdout:\n\(stdout)\nstderr:\n\(stderr)")
+        assertDoctorOutput(stdout, size: 2, world: "2 MPI rank(s) (started by an MPI launcher)")
+        print("mpirun -n 2 cnn-dist doctor:\n\(stdout)")
     }
 }

@@ -1,0 +1,206 @@
+import CnnCore
+import Foundation
+
+// TensorBoard event files, written without TensorFlow or a protobuf library.
+//
+// A file `events.out.tfevents.<unixtime>.<host>` is a sequence of TFRecords
+// (tensorflow/core/lib/io/record_writer.cc):
+//
+//     uint64  length                      little-endian
+//     uint32  masked CRC-32C of the 8 length bytes
+//     byte    data[length]                one serialized Event
+//     uint32  masked CRC-32C of data
+//
+// with mask(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8 (mod 2^32).
+//
+// Each record is an Event (tensorboard/compat/proto/event.proto). The few
+// fields written here, with their protobuf field numbers and wire types:
+//
+//     Event                                   Summary
+//       1 wall_time     double  (fixed64)       1 value   repeated Value (length-delimited)
+//       2 step          int64   (varint)      Summary.Value
+//       3 file_version  string  (length)        1 tag           string (length)
+//       5 summary       Summary (length)        2 simple_value  float  (fixed32)
+//
+// The first record is an Event with file_version "brain.Event:2", which
+// readers use to recognise the file. TensorBoard reads `simple_value` as a
+// scalar (its data_compat layer migrates it to the scalars plugin).
+
+/// Writes scalars to a TensorBoard event file.
+///
+/// Scalars are encoded at once and kept in memory until `flush()` appends
+/// them to the file in one write, so a crash loses at most the unflushed
+/// scalars and leaves a file whose records are all readable (a write cut
+/// short by a crash leaves one incomplete record at the end, which
+/// TensorBoard skips). Not thread-safe: use from one thread.
+public final class TensorBoardWriter {
+    /// The event file's path.
+    public let path: String
+    private var fd: Int32
+    private var pending: [UInt8] = []
+
+    /// The `file_version` of the first record.
+    public static let fileVersion = "brain.Event:2"
+
+    /// Creates `directory` if needed and starts a new event file there,
+    /// `events.out.tfevents.<unixtime>.<host>` (with a `.N` suffix if a file
+    /// of that name exists), whose first record carries the file version.
+    public init(directory: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw CnnError.io(file: directory, reason: "cannot create the TensorBoard directory: \(error.localizedDescription)")
+        }
+        let now = Date().timeIntervalSince1970
+        let base = (directory as NSString).appendingPathComponent(
+            "events.out.tfevents.\(Int(now)).\(tensorBoardHostName())")
+        var candidate = base, attempt = 0, opened: Int32 = -1
+        while true {
+            opened = open(candidate, O_WRONLY | O_CREAT | O_EXCL | O_APPEND, 0o644)
+            if opened >= 0 || errno != EEXIST || attempt >= 1000 { break }
+            attempt += 1
+            candidate = base + ".\(attempt)"
+        }
+        guard opened >= 0 else {
+            throw CnnError.io(file: candidate, reason: "cannot create the event file: \(String(cString: strerror(errno)))")
+        }
+        path = candidate
+        fd = opened
+        var event = ProtobufEncoder()
+        event.double(field: 1, now)
+        event.string(field: 3, Self.fileVersion)
+        appendRecord(event.bytes)
+        try flush()
+    }
+
+    deinit {
+        if fd >= 0 { _ = try? flush(); closeDescriptor(fd) }
+    }
+
+    /// Records `value` under `tag` (e.g. "loss/train") at `step`; written by the next `flush()`.
+    /// The value is stored as a 32-bit float, as TensorBoard's `simple_value` is.
+    public func addScalar(tag: String, value: Double, step: Int) throws {
+        guard fd >= 0 else { throw CnnError.io(file: path, reason: "addScalar after close()") }
+        var summaryValue = ProtobufEncoder()
+        summaryValue.string(field: 1, tag)
+        summaryValue.float(field: 2, Float(value))
+        var summary = ProtobufEncoder()
+        summary.message(field: 1, summaryValue.bytes)
+        var event = ProtobufEncoder()
+        event.double(field: 1, Date().timeIntervalSince1970)
+        event.int64(field: 2, Int64(step))
+        event.message(field: 5, summary.bytes)
+        appendRecord(event.bytes)
+    }
+
+    /// Appends the records added since the last flush to the file in one write.
+    public func flush() throws {
+        guard fd >= 0, !pending.isEmpty else { return }
+        var written = 0
+        while written < pending.count {
+            let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + written, pending.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CnnError.io(file: path, reason: "cannot write the event file: \(String(cString: strerror(errno)))")
+            }
+            written += n
+        }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Flushes and closes the file; later calls do nothing.
+    public func close() throws {
+        guard fd >= 0 else { return }
+        defer { closeDescriptor(fd); fd = -1 }
+        try flush()
+    }
+
+    /// Frames `data` as one TFRecord into the pending bytes.
+    private func appendRecord(_ data: [UInt8]) {
+        let length = littleEndianBytes(UInt64(data.count))
+        pending += length
+        pending += littleEndianBytes(CRC32C.masked(length))
+        pending += data
+        pending += littleEndianBytes(CRC32C.masked(data))
+    }
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as TFRecord uses.
+public enum CRC32C {
+    private static let table: [UInt32] = (0..<256).map { i -> UInt32 in
+        var c = UInt32(i)
+        for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
+        return c
+    }
+
+    /// The CRC-32C of `bytes` ("123456789" gives 0xE3069283).
+    public static func checksum<S: Sequence>(_ bytes: S) -> UInt32 where S.Element == UInt8 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for b in bytes { crc = table[Int((crc ^ UInt32(b)) & 0xFF)] ^ (crc >> 8) }
+        return crc ^ 0xFFFF_FFFF
+    }
+
+    /// TFRecord's masked CRC: the checksum rotated right by 15 bits plus 0xa282ead8.
+    public static func masked<S: Sequence>(_ bytes: S) -> UInt32 where S.Element == UInt8 {
+        let crc = checksum(bytes)
+        return ((crc >> 15) | (crc << 17)) &+ 0xA282_EAD8
+    }
+}
+
+/// The few protobuf encodings an Event needs (proto3 wire format).
+struct ProtobufEncoder {
+    private(set) var bytes: [UInt8] = []
+
+    // Wire types.
+    private static let varint: UInt64 = 0, fixed64: UInt64 = 1, lengthDelimited: UInt64 = 2, fixed32: UInt64 = 5
+
+    private mutating func key(_ field: Int, _ wireType: UInt64) { varint(UInt64(field) << 3 | wireType) }
+
+    private mutating func varint(_ value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            bytes.append(UInt8(v & 0x7F) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+
+    /// int64 as a varint (negative values take ten bytes, two's complement).
+    mutating func int64(field: Int, _ value: Int64) {
+        key(field, Self.varint)
+        varint(UInt64(bitPattern: value))
+    }
+
+    mutating func double(field: Int, _ value: Double) {
+        key(field, Self.fixed64)
+        bytes += littleEndianBytes(value.bitPattern)
+    }
+
+    mutating func float(field: Int, _ value: Float) {
+        key(field, Self.fixed32)
+        bytes += littleEndianBytes(value.bitPattern)
+    }
+
+    mutating func string(field: Int, _ value: String) { message(field: field, Array(value.utf8)) }
+
+    /// A length-delimited field: a nested message, bytes or a string.
+    mutating func message(field: Int, _ payload: [UInt8]) {
+        key(field, Self.lengthDelimited)
+        varint(UInt64(payload.count))
+        bytes += payload
+    }
+}
+
+/// close(2), named so it is not shadowed by `TensorBoardWriter.close()`.
+private func closeDescriptor(_ fd: Int32) { _ = close(fd) }
+
+private func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+    withUnsafeBytes(of: value.littleEndian) { Array($0) }
+}
+
+/// The host name for the file name, with '/' (never in a host name, but a path separator) replaced.
+private func tensorBoardHostName() -> String {
+    var buf = [CChar](repeating: 0, count: 256)
+    let name = gethostname(&buf, buf.count - 1) == 0 ? String(cString: buf) : "localhost"
+    return name.isEmpty ? "localhost" : name.replacingOccurrences(of: "/", with: "_")
+}
