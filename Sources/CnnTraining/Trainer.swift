@@ -433,24 +433,11 @@ public final class Trainer {
         }
     }
 
-    /// Exactly-once evaluation: each test sample on one rank, sums reduced.
+    /// Exactly-once evaluation: each test sample on one rank, sums reduced
+    /// (with the training loss's label smoothing, as metrics.jsonl reports it).
     public func evaluate() throws -> Evaluation {
-        let context = ExecutionContext(training: false, seed: config.seed)
-        let assembler = BatchAssembler(dataset: testSet, statistics: statistics, augmentation: Augmentation(), seed: config.seed)
-        let batches = evaluationBatches(count: testSet.count, rank: communicator.rank, size: communicator.size,
-                                        batchSize: max(1, config.batch_size))
-        var sums = [0.0, 0.0, 0.0]
-        for b in batches where !b.indices.isEmpty {
-            let (images, labels) = assembler.batch(indices: b.indices, epoch: 0)
-            let logits = model.forward(images, context: context)
-            let l = labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0, normalizer: 1) }
-            sums[0] += l
-            sums[1] += Double(loss.lastCorrect)
-            sums[2] += Double(labels.count)
-        }
-        try communicator.allreduceSum(&sums)
-        return Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
-                          count: Int(sums[2]), correct: Int(sums[1]))
+        try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
+                                 batchSize: max(1, config.batch_size), labelSmoothing: config.label_smoothing)
     }
 
     // MARK: - Checkpoints and resume
