@@ -129,11 +129,13 @@ public struct BenchTrainCommand: ParsableCommand {
                   + (localRanks != nil ? " (one process: in-process ranks share it)" : ""))
             if let layerProfiler {
                 let total = layerProfiler.entries.reduce(0) { $0 + $1.forward + $1.backward }
-                print("  per layer (rank 0, ms per step):   forward  backward   share")
+                print("  per layer (rank 0, ms per step)       forward  backward   share")
                 for e in layerProfiler.entries {
-                    print(String(format: "    %-8@ %-18@ %8.2f  %8.2f  %5.1f%%", e.name, e.type,
-                                 1000 * e.forward / Double(steps), 1000 * e.backward / Double(steps),
-                                 100 * (e.forward + e.backward) / max(total, 1e-12)))
+                    let label = "    " + e.name.padding(toLength: max(8, e.name.count + 1), withPad: " ", startingAt: 0)
+                        + e.type.padding(toLength: max(18, e.type.count + 1), withPad: " ", startingAt: 0)
+                    print(label + String(format: "%8.2f  %8.2f  %5.1f%%",
+                                         1000 * e.forward / Double(steps), 1000 * e.backward / Double(steps),
+                                         100 * (e.forward + e.backward) / max(total, 1e-12)))
                 }
             }
         }
