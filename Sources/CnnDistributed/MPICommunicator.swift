@@ -797,9 +797,13 @@ private func monotonic() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
-/// An MPI_Request as Swift imports OpenMPI's (a pointer to an opaque struct, so optional).
-/// MPICH's MPI_Request is an int: there this alias would be `MPI_Request`.
+/// An MPI_Request as Swift imports it: OpenMPI's is a pointer to an opaque
+/// struct (so optional), MPICH's an int. Handles start as cnn_mpi_request_null().
+#if CNN_MPICH
+typealias MPIHandle = MPI_Request
+#else
 typealias MPIHandle = MPI_Request?
+#endif
 
 /// What a collective is; ranks must agree on it at every position of their schedules.
 enum CollectiveKind: Int64 {
