@@ -12,7 +12,10 @@
 // (row stride outH·outW); a block spanning images (small planes) goes through
 // the workspace's block-output buffer and is scattered / gathered per image.
 // 1×1, stride-1, unpadded convolutions skip im2col: the NCHW input of one
-// image already is the Cg × H·W panel.
+// image already is the Cg × H·W panel. Backward-data writes each dx row once,
+// without zeroing dx or col2im adds, for strided 1×1 convolutions
+// (stridedPointwiseBackwardData) and 3×3 / stride-2 / zero pad-1 ones
+// (stride2Kernel3BackwardData, ConvolutionStride2Backward.swift).
 //
 // Threads (ComputeThreads.count = T > 1): the batch is split into T contiguous
 // image ranges (workspace.taskCount tasks), each with its own panel and
@@ -143,6 +146,11 @@ private func backwardDataImages(
     if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
         stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                      dcol: dcol, dcolCapacity: ws.panel.capacity)
+        return
+    }
+    if g.isStride2Kernel3Pad1 && ws.blockPixels >= g.outWidth {
+        stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
+                                   blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput)
         return
     }
     let plane = C * g.height * g.width

@@ -129,6 +129,22 @@ final class ConvolutionBlockedTests: XCTestCase {
               manyBlocks: false)
     }
 
+    func testStrideTwoThreeByThreeGather() throws {
+        // Backward-data gathers per dx row (isStride2Kernel3Pad1). Blocks of one output row
+        // (27 rows, P = 32 ≥ outW): odd 37×35 maps, pad 1 all round; even 36×34, pad only top / left.
+        check(try geometry(3, 37, 35, 4, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), batch: 2, budget: 27 * 4 * 32)
+        check(try geometry(3, 36, 34, 4, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 0, left: 1, right: 0)), batch: 2, budget: 27 * 4 * 32)
+        // Blocks of several whole images (18 rows, P = 192, 8×8 = 64 pixels per image: 3, 3, 1), two groups.
+        check(try geometry(4, 16, 16, 6, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1), groups: 2),
+              batch: 7, budget: 18 * 4 * 192)
+        // Blocks of several output rows, bottom / right padding 2.
+        check(try geometry(2, 33, 40, 3, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 2, left: 1, right: 2)), batch: 2, budget: 18 * 4 * 80)
+    }
+
     func testPointwiseAndStridedOneByOne() throws {
         check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
         check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
