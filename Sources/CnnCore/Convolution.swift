@@ -170,16 +170,9 @@ private func backwardDataImages(
                        gradInput: dx, workspace: ws)
                 continue
             }
-            let dyBlock: UnsafePointer<Float>, ld: Int
-            if inside {
-                dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
-            } else {
-                let buf = blockOutput!
-                blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
-                              channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
-                              start: start, count: count, toTensor: false)
-                dyBlock = UnsafePointer(buf); ld = count
-            }
+            let (dyBlock, ld) = gradOutputBlock(dy, inside: inside, firstImage: n0, channels: K, group: grp,
+                                                groupChannels: Kg, outPixels: hw, start: start, count: count,
+                                                blockOutput: blockOutput)
             sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                   b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
             col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
@@ -315,16 +308,9 @@ private func backwardWeightsImages(
                 }
                 continue
             }
-            let dyBlock: UnsafePointer<Float>, ld: Int
-            if inside {
-                dyBlock = dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw); ld = hw
-            } else {
-                let buf = blockOutput!
-                blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
-                              channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
-                              start: start, count: count, toTensor: false)
-                dyBlock = UnsafePointer(buf); ld = count
-            }
+            let (dyBlock, ld) = gradOutputBlock(dy, inside: inside, firstImage: n0, channels: K, group: grp,
+                                                groupChannels: Kg, outPixels: hw, start: start, count: count,
+                                                blockOutput: blockOutput)
             im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                    panel: panel, workspace: ws)
             sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
@@ -382,4 +368,19 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
         }
         j += run
     }
+}
+
+/// dY for output pixels start..<start+count of one group, as a [Kg, count]
+/// matrix with leading dimension `ld`: read in place when the block lies in
+/// one image (ld = outPixels), else gathered into `blockOutput` (ld = count).
+@inline(__always)
+private func gradOutputBlock(_ dy: UnsafePointer<Float>, inside: Bool, firstImage n0: Int, channels K: Int, group grp: Int,
+                             groupChannels Kg: Int, outPixels hw: Int, start: Int, count: Int,
+                             blockOutput: UnsafeMutablePointer<Float>?) -> (UnsafePointer<Float>, Int) {
+    if inside { return (dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw), hw) }
+    let buf = blockOutput!
+    blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
+                  channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
+                  start: start, count: count, toTensor: false)
+    return (UnsafePointer(buf), count)
 }
