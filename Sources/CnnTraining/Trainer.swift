@@ -636,9 +636,6 @@ public final class Trainer {
         }
     }
 
-    /// Weights and BatchNorm buffers under PyTorch state_dict names.
-    public func modelTensors() -> [SafeTensor] { model.store.stateDict() }
-
     /// The model file: tensors plus what is needed to use it alone (model,
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {

@@ -94,7 +94,7 @@ final class ModelCheckpointTests: XCTestCase {
         let loaded = try loadModelCheckpoint(path: path)
         XCTAssertEqual(loaded.model.store.parameters.toArray(), trainer.model.store.parameters.toArray())
         XCTAssertEqual(loaded.statistics, trainer.statistics)
-        XCTAssertEqual(loaded.model.store.stateDict(), trainer.modelTensors())
+        XCTAssertEqual(loaded.model.store.stateDict(), trainer.model.store.stateDict())
         let bytes = try FileBytes.read(path)
         let decoded = try decodeStateDict(bytes, file: path)
         XCTAssertEqual(try SafeTensors.encode(decoded.tensors, metadata: decoded.metadata), bytes)
