@@ -32,6 +32,19 @@ public func convolution2DForward(
 ) {
     ws.prepare(for: g, batch: batch)
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    // Packed im2col, unless a single image would leave threads idle (its GEMMs split instead).
+    if let plan = ws.packedPlan, tasks > 1 || availableComputeThreads() == 1 {
+        plan.packWeights(w)
+        plan.reservePlanes(tasks)
+        if tasks == 1 {
+            packedIm2colForward(0..<batch, x, bias, y, plan, task: 0)
+        } else {
+            parallelTasks(tasks) { t in
+                packedIm2colForward(taskRange(t, of: batch, tasks: tasks), x, bias, y, plan, task: t)
+            }
+        }
+        return
+    }
     if tasks == 1 {
         forwardImages(0..<batch, x, w, bias, y, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
         return
@@ -114,6 +127,12 @@ public func convolution2DBackwardData(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
+    if let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
+        flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
+        convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
+                             batch: batch, geometry: bg, workspace: bws)
+        return
+    }
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     if tasks == 1 {
         backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
@@ -177,6 +196,45 @@ private func backwardDataImages(
                   b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
             col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                    gradInput: dx, workspace: ws)
+        }
+    }
+}
+
+/// The geometry that computes backward-data of `g` as a forward convolution,
+/// or nil. For stride 1, dx = conv(dY, W̃) with W̃[c, k, a, b] = W[k, c, kh−1−a, kw−1−b]
+/// per group and padding (kh−1)·dh − padTop etc. ("full" correlation): then
+/// backward-data is the packed im2col forward, with no col2im scatter-add.
+/// Needs zero padding not larger than the dilated kernel minus one, and at
+/// least 4 input channels per group (M of its GEMM; fewer waste the micro-tile,
+/// and first layers rarely need dx at all).
+func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
+    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 4,
+          g.paddingMode == .zeros || g.padTop + g.padBottom + g.padLeft + g.padRight == 0 else { return nil }
+    let spanH = (g.kernelHeight - 1) * g.dilationHeight, spanW = (g.kernelWidth - 1) * g.dilationWidth
+    guard max(g.padTop, g.padBottom) <= spanH, max(g.padLeft, g.padRight) <= spanW else { return nil }
+    guard let bg = try? Conv2DGeometry(
+        layer: g.layer, inChannels: g.outChannels, height: g.outHeight, width: g.outWidth,
+        outChannels: g.inChannels, kernelHeight: g.kernelHeight, kernelWidth: g.kernelWidth,
+        dilationHeight: g.dilationHeight, dilationWidth: g.dilationWidth,
+        padding: .explicit(top: spanH - g.padTop, bottom: spanH - g.padBottom,
+                           left: spanW - g.padLeft, right: spanW - g.padRight),
+        groups: g.groups, paddingMode: .zeros),
+        bg.outHeight == g.height, bg.outWidth == g.width, packedIm2colApplies(bg) else { return nil }
+    return bg
+}
+
+/// w̃ (C, Kg, kh, kw) from w (K, Cg, kh, kw): w̃[grp·Cg + c, k, a, b] = w[grp·Kg + k, c, kh−1−a, kw−1−b].
+func flipWeightsForBackwardData(_ w: UnsafePointer<Float>, into flipped: UnsafeMutablePointer<Float>,
+                                geometry g: Conv2DGeometry) {
+    let kh = g.kernelHeight, kw = g.kernelWidth, taps = kh * kw
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels
+    for grp in 0..<g.groups {
+        for c in 0..<Cg {
+            for k in 0..<Kg {
+                let src = w + ((grp * Kg + k) * Cg + c) * taps
+                let dst = flipped + ((grp * Cg + c) * Kg + k) * taps
+                for t in 0..<taps { dst[t] = src[taps - 1 - t] }
+            }
         }
     }
 }

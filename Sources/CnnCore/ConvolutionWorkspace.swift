@@ -31,8 +31,13 @@ let panelColumnQuantum = 16
 public final class ConvolutionWorkspace {
     /// Largest panel this workspace builds, in bytes (see `convolutionPanelBudgetBytes`).
     public let panelBudgetBytes: Int
-    /// Bytes currently held (panel, block output, index tables).
-    public private(set) var bytes: Int = 0
+    /// Bytes currently held (panel, block output, index tables, packed im2col
+    /// planes and weights, and the backward-data workspace).
+    public var bytes: Int {
+        panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
+            + taskScratch.reduce(0) { $0 + $1.panel.bytes + $1.blockOutput.bytes + $1.gradWeight.bytes }
+            + (packedPlan?.bytes ?? 0) + flippedWeights.bytes + (backwardDataWorkspace?.bytes ?? 0)
+    }
     /// Output pixels per block (P), the panel's column count; set by `prepare`.
     public private(set) var blockPixels: Int = 0
 
@@ -50,6 +55,13 @@ public final class ConvolutionWorkspace {
     private var taskScratch: [TaskScratch] = []
     /// Tasks the last `prepareTasks` set up.
     public private(set) var taskCount = 1
+    /// Tables of the packed im2col forward (PackedIm2col.swift), nil when it does not apply.
+    var packedPlan: PackedIm2colPlan?
+    /// Backward-data as a forward convolution of dY with the flipped weights
+    /// (`flippedBackwardDataGeometry`), nil when that does not apply.
+    var backwardDataGeometry: Conv2DGeometry?
+    var backwardDataWorkspace: ConvolutionWorkspace?
+    var flippedWeights = GrowableBuffer<Float>()
     private var preparedGeometry: Conv2DGeometry?
     private var preparedBatch = 0
 
@@ -59,21 +71,37 @@ public final class ConvolutionWorkspace {
         var gradWeight = GrowableBuffer<Float>()
     }
 
+    /// Whether forward (and stride-1 backward-data) may use packed im2col
+    /// (PackedIm2col.swift); false keeps every pass on the stored panel.
+    public let allowsPackedIm2col: Bool
+
     /// A workspace whose panels stay within `panelBudgetBytes`.
-    public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes) {
+    public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes, allowsPackedIm2col: Bool = true) {
         self.panelBudgetBytes = panelBudgetBytes
+        self.allowsPackedIm2col = allowsPackedIm2col
     }
 
     /// Sizes the buffers and builds the index tables for this geometry and
     /// batch; free when called again with the same ones.
     public func prepare(for g: Conv2DGeometry, batch: Int) {
         if preparedGeometry == g && preparedBatch == batch { return }
+        if preparedGeometry != g {
+            packedPlan = allowsPackedIm2col && packedIm2colApplies(g) ? PackedIm2colPlan(g) : nil
+            backwardDataGeometry = allowsPackedIm2col ? flippedBackwardDataGeometry(g) : nil
+            if backwardDataGeometry != nil {
+                if backwardDataWorkspace == nil {
+                    backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes)
+                }
+                flippedWeights.reserve(g.outChannels * g.panelRows)
+            }
+        }
         preparedGeometry = g
         preparedBatch = batch
         let hw = g.outPixels
         let total = batch * hw
         if g.isPointwise {
             blockPixels = hw   // no panel: the GEMM reads the input directly
+            panel.reserve(GemmBlocking.NR)   // only so that callers can pass its pointer
         } else {
             // A block's column costs Cg·kh·kw panel floats, and Kg block-output floats
             // when the block spans images; keep each of the two within the budget.
@@ -113,7 +141,6 @@ public final class ConvolutionWorkspace {
             xInterior[2 * b] = lo
             xInterior[2 * b + 1] = hi
         }
-        bytes = panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
     }
 
     /// Sizes the scratch of `tasks` concurrent tasks (after `prepare`): each
@@ -128,8 +155,6 @@ public final class ConvolutionWorkspace {
             taskScratch[i].blockOutput.reserve(blockOutput.capacity)
             taskScratch[i].gradWeight.reserve(gradWeightCount)
         }
-        bytes = panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
-            + taskScratch.reduce(0) { $0 + $1.panel.bytes + $1.blockOutput.bytes + $1.gradWeight.bytes }
         return tasks
     }
 

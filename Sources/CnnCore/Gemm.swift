@@ -187,6 +187,107 @@ public func sgemm(
     }
 }
 
+// MARK: - Prepacked A, B packed by the caller
+
+/// op(A) packed once into micro-panels, for products whose B operand the caller produces
+/// panel by panel (`sgemmPackedA`): a convolution packs its weights once per pass and
+/// builds the B panels straight from the input, so no im2col matrix is ever stored.
+/// Layout: for each K step (equal steps of at most KC) and each block of at most MC rows,
+/// one `packABlock` block; `offsets[step · rowBlocks + block]` says where it starts.
+public final class PackedGemmA {
+    public private(set) var m = 0
+    public private(set) var k = 0
+    var kcMax = 0
+    var rowBlocks = 0
+    var storage = GrowableBuffer<Float>()
+    var offsets: [Int] = []
+
+    public init() {}
+
+    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed).
+    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int) {
+        precondition(m > 0 && k > 0, "PackedGemmA: empty operand \(m)×\(k)")
+        self.m = m
+        self.k = k
+        let kSteps = (k + KC - 1) / KC
+        kcMax = (k + kSteps - 1) / kSteps
+        rowBlocks = (m + MC - 1) / MC
+        // Every block pads its rows to at most MR more than it holds.
+        storage.reserve((m + rowBlocks * MR) * k)
+        offsets.removeAll(keepingCapacity: true)
+        var offset = 0, pc = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            var ic = 0
+            while ic < m {
+                let mc = min(MC, m - ic)
+                offsets.append(offset)
+                packA(trans, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: storage.pointer + offset)
+                offset += paddedPanelRows(mc) * kc
+                ic += mc
+            }
+            pc += kc
+        }
+    }
+}
+
+/// Rows a packed block of mc rows occupies (its last panel zero-padded to 4 or MR rows).
+@inline(__always)
+private func paddedPanelRows(_ mc: Int) -> Int {
+    var ir = 0, total = 0
+    while ir < mc {
+        let rows = panelRows(mc - ir)
+        total += rows
+        ir += rows
+    }
+    return total
+}
+
+/// Supplies rows row ..< row + kc and columns col ..< col + nc of B, written into `dst` as
+/// NR-column micro-panels: element (p, j) at dst[(j / NR)·NR·kc + p·NR + j % NR], and the
+/// columns nc ..< roundUp(nc, NR) of the last micro-panel zero.
+public typealias GemmPanelPacker = (_ row: Int, _ kc: Int, _ col: Int, _ nc: Int,
+                                    _ dst: UnsafeMutablePointer<Float>) -> Void
+
+/// Columns of the B panels `sgemmPackedA` asks for at once (a multiple of NR).
+public func packedGemmPanelColumns(m: Int, k: Int) -> Int {
+    m <= MC && roundUp(m, MR) * k <= packedAWholeLimit ? NCsmall : NC
+}
+
+/// C (M×N) = A·B + beta·C with A prepacked and B produced by `packB` one KC×NC panel at
+/// a time (NC = `packedGemmPanelColumns`). Single-threaded: callers split their work
+/// (a convolution splits the batch). beta == 0 overwrites C without reading it.
+public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                         packB: GemmPanelPacker) {
+    if n == 0 { return }
+    let m = a.m, k = a.k, kcMax = a.kcMax
+    let panelColumns = packedGemmPanelColumns(m: m, k: k)
+    let ws = GemmWorkspace.forCurrentThread()
+    ws.reserve(aCount: 0, bCount: kcMax * roundUp(min(panelColumns, n), NR))
+    let packedB = ws.b, tile = ws.tile, base = a.storage.pointer
+    var jc = 0
+    while jc < n {
+        let nc = min(panelColumns, n - jc)
+        var pc = 0, step = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            packB(pc, kc, jc, nc, packedB)
+            var ic = 0, block = 0
+            while ic < m {
+                let mc = min(MC, m - ic)
+                macroKernel(mc: mc, nc: nc, kc: kc, alpha: 1, beta: pc == 0 ? beta : 1,
+                            packedA: base + a.offsets[step * a.rowBlocks + block], packedB: packedB,
+                            c: c + ic * ldc + jc, ldc: ldc, tile: tile)
+                ic += mc
+                block += 1
+            }
+            pc += kc
+            step += 1
+        }
+        jc += nc
+    }
+}
+
 /// Packs op(A)[row..<row+mc, col..<col+kc].
 @inline(__always)
 private func packA(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Float>, lda: Int,

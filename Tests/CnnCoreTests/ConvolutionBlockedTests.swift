@@ -41,7 +41,14 @@ final class ConvolutionBlockedTests: XCTestCase {
         (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 }
     }
 
+    /// Checks the stored-panel path (with `budget`) and the packed im2col path against the direct loops.
     func check(_ g: Conv2DGeometry, batch: Int, budget: Int, manyBlocks: Bool = true, file: StaticString = #filePath, line: UInt = #line) {
+        check(g, batch: batch, budget: budget, packed: false, manyBlocks: manyBlocks, file: file, line: line)
+        check(g, batch: batch, budget: budget, packed: true, manyBlocks: false, file: file, line: line)
+    }
+
+    func check(_ g: Conv2DGeometry, batch: Int, budget: Int, packed: Bool, manyBlocks: Bool,
+               file: StaticString = #filePath, line: UInt = #line) {
         var rng = SplitMix64(seed: UInt64(g.height * 131 + g.width * 7 + batch))
         let x = random(batch * g.inChannels * g.height * g.width, &rng)
         let w = random(g.outChannels * g.panelRows, &rng)
@@ -59,7 +66,7 @@ final class ConvolutionBlockedTests: XCTestCase {
         var dbRef = [Double](repeating: 0, count: g.outChannels)
         for i in 0..<dy.count { dbRef[i / g.outPixels % g.outChannels] += Double(dy[i]) }
 
-        let ws = ConvolutionWorkspace(panelBudgetBytes: budget)
+        let ws = ConvolutionWorkspace(panelBudgetBytes: budget, allowsPackedIm2col: packed)
         var y = [Float](repeating: .nan, count: dy.count)
         var dx = [Float](repeating: .nan, count: x.count)
         var dw = [Float](repeating: 0.5, count: w.count)   // backward-weights accumulates
@@ -86,7 +93,7 @@ final class ConvolutionBlockedTests: XCTestCase {
         }
         let label = "\(g.height)x\(g.width) C\(g.inChannels) K\(g.outChannels) k\(g.kernelHeight)x\(g.kernelWidth) "
             + "s\(g.strideHeight)x\(g.strideWidth) d\(g.dilationHeight) g\(g.groups) \(g.paddingMode) N\(batch) "
-            + "P\(ws.blockPixels)"
+            + "P\(ws.blockPixels)" + (packed ? " packed" : " panel")
         if manyBlocks {
             XCTAssertLessThan(ws.blockPixels * 2, batch * g.outPixels, "too few blocks: " + label, file: file, line: line)
         }
@@ -149,6 +156,32 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
         check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
         check(try geometry(6, 9, 9, 4, kernel: (1, 1), stride: (2, 2)), batch: 3, budget: 256)   // resnet shortcut shape
+    }
+
+    func testPackedIm2colShapes() throws {
+        // Output rows wider and narrower than a 16-column micro-panel, planes not a multiple of 16,
+        // stride 2 and 3, dilation, asymmetric padding, groups.
+        check(try geometry(5, 19, 23, 7, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(4, 9, 5, 6, kernel: (3, 3), padding: .explicit(top: 0, bottom: 2, left: 1, right: 0)),
+              batch: 3, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(6, 21, 37, 5, kernel: (3, 3), stride: (2, 2), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+              batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(4, 17, 20, 5, kernel: (3, 2), stride: (3, 3), dilation: (2, 1), padding: .same), batch: 2,
+              budget: 1 << 20, manyBlocks: false)
+        check(try geometry(8, 11, 13, 8, kernel: (5, 5), dilation: (2, 2), padding: .same, groups: 4), batch: 2,
+              budget: 1 << 20, manyBlocks: false)
+        // Unpadded stride 1 (the input is read in place), as in LeNet-5.
+        check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 3, budget: 1 << 20, manyBlocks: false)
+        // More than KC = 384 reduction rows (2 K steps) and more than MC = 144 output channels (2 row blocks).
+        check(try geometry(48, 6, 7, 150, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+    }
+
+    func testPackedIm2colThreadsMatchOneThread() throws {
+        let g = try geometry(8, 12, 12, 12, kernel: (3, 3), padding: .same)
+        let saved = ComputeThreads.count
+        defer { ComputeThreads.count = saved }
+        ComputeThreads.count = 3
+        check(g, batch: 5, budget: 1 << 20, manyBlocks: false)
     }
 
     func testWorkspaceReportsBytesAndRespectsBudget() throws {
