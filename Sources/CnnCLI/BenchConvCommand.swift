@@ -79,6 +79,8 @@ public struct BenchConvCommand: ParsableCommand {
     var threadTime = false
     @Option(help: "Only layers whose model/layer name contains this text, e.g. resnet20/6.")
     var layer: String?
+    @Flag(name: .long, help: "Keep every pass on the stored im2col panel (no packed im2col), to compare the two side by side.")
+    var panelOnly = false
 
     public init() {}
 
@@ -184,7 +186,7 @@ public struct BenchConvCommand: ParsableCommand {
         let dy = filled(y.count)
         let dx = Tensor(shape: [x.count])
         let dw = Tensor(shape: [w.count]), db = Tensor(shape: [s.k])
-        let ws = ConvolutionWorkspace()
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly)
         let bias: UnsafePointer<Float>? = s.bias ? UnsafePointer(b.data) : nil
         let gradBias: UnsafeMutablePointer<Float>? = s.bias ? db.data : nil
 

@@ -255,11 +255,31 @@ public func packedGemmPanelColumns(m: Int, k: Int) -> Int {
 }
 
 /// C (M×N) = A·B + beta·C with A prepacked and B produced by `packB` one KC×NC panel at
-/// a time (NC = `packedGemmPanelColumns`). Single-threaded: callers split their work
-/// (a convolution splits the batch). beta == 0 overwrites C without reading it.
+/// a time (NC = `packedGemmPanelColumns`). beta == 0 overwrites C without reading it.
+/// With `ComputeThreads.count` = T > 1 (outside a split) and enough work, the columns are
+/// split into T ranges of whole micro-panels, each packed and multiplied by its own
+/// thread; every element still gets the same K loop, so the result does not depend on T.
 public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                          packB: GemmPanelPacker) {
     if n == 0 { return }
+    let threads = availableComputeThreads()
+    let units = (n + NR - 1) / NR
+    if threads > 1 && units > 1 && a.m * n * a.k >= parallelGemmMinimumMACs {
+        let tasks = min(threads, units)
+        parallelTasks(tasks) { t in
+            let r = taskRange(t, of: units, tasks: tasks)
+            let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
+            sgemmPackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+        }
+        return
+    }
+    sgemmPackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packB: packB)
+}
+
+/// Columns j0 ..< j0 + n of `sgemmPackedA` (j0 a multiple of NR), on this thread; c points
+/// at column j0.
+private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
+                                 ldc: Int, packB: GemmPanelPacker) {
     let m = a.m, k = a.k, kcMax = a.kcMax
     let panelColumns = packedGemmPanelColumns(m: m, k: k)
     let ws = GemmWorkspace.forCurrentThread()
@@ -271,7 +291,7 @@ public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutable
         var pc = 0, step = 0
         while pc < k {
             let kc = min(kcMax, k - pc)
-            packB(pc, kc, jc, nc, packedB)
+            packB(pc, kc, j0 + jc, nc, packedB)
             var ic = 0, block = 0
             while ic < m {
                 let mc = min(MC, m - ic)

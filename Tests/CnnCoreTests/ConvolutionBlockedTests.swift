@@ -172,6 +172,11 @@ final class ConvolutionBlockedTests: XCTestCase {
               budget: 1 << 20, manyBlocks: false)
         // Unpadded stride 1 (the input is read in place), as in LeNet-5.
         check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 3, budget: 1 << 20, manyBlocks: false)
+        // Backward-data as a flipped forward (≥ 8 input channels, stride 1): asymmetric padding, dilation.
+        check(try geometry(10, 9, 11, 6, kernel: (3, 5), dilation: (2, 1),
+                           padding: .explicit(top: 2, bottom: 1, left: 0, right: 3)), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(16, 7, 7, 12, kernel: (3, 3), padding: .same, groups: 2), batch: 3, budget: 1 << 20,
+              manyBlocks: false)
         // More than KC = 384 reduction rows (2 K steps) and more than MC = 144 output channels (2 row blocks).
         check(try geometry(48, 6, 7, 150, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
