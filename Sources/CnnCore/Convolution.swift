@@ -308,7 +308,7 @@ public func convolution2DBackwardWeights(
     let hw = g.outPixels, K = g.outChannels
     let dwCount = K * g.panelRows
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
-    let packed = ws.packedPlan.flatMap { $0.supportsBackwardWeights ? $0 : nil }
+    let packed = ws.packedPlan
     if let plan = packed {
         plan.reservePlanes(tasks, always: true)
         plan.reserveGradOutputRows(tasks)

@@ -1,64 +1,72 @@
-// Packed im2col: the forward GEMM's B panels are built straight from the input,
-// so no im2col matrix is ever stored and the GEMM does not re-pack one.
+// Packed im2col: the GEMM's B panels are built straight from the input, so no
+// im2col matrix is ever stored and the GEMM does not re-pack one.
 //
-// The input of one image and group is first copied into a zero-bordered plane
-// stack xp (Cg × Hp × Wp, Hp = H + padTop + padBottom, Wp = W + padLeft + padRight);
-// the borders are written once when the buffer is set up and only the interior
-// is copied per image. Without padding and with stride 1 the input itself is xp.
-// Every panel entry is then one load:
-//   B[r, j] = xp[rowOffset[r] + pixelOffset[j]]
-//   rowOffset[r]   = (c·Hp + a·dh)·Wp + b·dw        r = (c·kh + a)·kw + b
-//   pixelOffset[j] = oy·sh·Wp + ox·sw              j = oy·outW + ox
-// Consecutive pixels of one output row are sw apart in xp, so a row of a
-// 16-column micro-panel is one run of loads (two 8-float copies for stride 1
-// and outW ≥ 16) or a few (one per output row it touches). The runs of every
-// micro-panel of an image are computed once per geometry.
+// The input of one image and group is first copied into a zero-bordered
+// "phase plane" stack xs: the padded input (Hp = H + padTop + padBottom,
+// Wp = W + padLeft + padRight) split by stride phase, plane (py, px, c) holding
+// padded rows py, py + sh, … and columns px, px + sw, … of channel c
+// (Hs = ⌈Hp / sh⌉ × Ws = ⌈Wp / sw⌉ each). Borders are written once when the
+// buffer is set up; per image only the input's own positions are copied, and
+// only the phases some kernel tap reads. Without padding and with stride 1
+// the input itself is xs. In phase coordinates every convolution has stride 1,
+// so each panel entry is one load:
+//   B[r, j] = xs[rowOffset[r] + pixelOffset[j]]
+//   rowOffset[r]   = ((py·sw + px)·Cg + c)·Hs·Ws + ⌊a·dh / sh⌋·Ws + ⌊b·dw / sw⌋,
+//                    py = a·dh mod sh, px = b·dw mod sw,  r = (c·kh + a)·kw + b
+//   pixelOffset[j] = oy·Ws + ox                          j = oy·outW + ox
+// and the pixels of one output row are contiguous: a row of a 16-column
+// micro-panel is one run (two 8-float copies when outW ≥ 16) or a few (one per
+// output row it touches). The runs of every micro-panel are computed once per geometry.
 //
-// The weights are packed once per pass (PackedGemmA, one per group) and
-// reused for every image: one GEMM per image and group, C = the image's NCHW
-// output (Kg × outH·outW), N = outH·outW.
+// Forward: the weights are packed once per pass (PackedGemmA, one per group)
+// and reused for every image: one GEMM per image and group, C = the image's
+// NCHW output (Kg × outH·outW), N = outH·outW.
 //
-// Backward-weights (stride 1) runs over "virtual pixels" v = oy·Wp + ox with
-// ox < Wp instead of ox < outW: then B[v, r] = xp[rowOffset[r] + v] is
-// contiguous in v for every r, so the Bᵀ-shaped panel is packed with 8×8
-// register transposes, and dY is copied into rows of Wp whose extra columns
-// stay zero (they cancel the extra pixels). dW_g += dY_v (Kg × V) · B (V × rows),
-// V = outH·Wp; the extra work is Wp/outW − 1 (6 % at 32×32, 29 % at 7×7).
+// Backward-weights runs over "virtual pixels" v = oy·Ws + ox with ox < Ws
+// instead of ox < outW: then B[v, r] = xs[rowOffset[r] + v] is contiguous in v
+// for every r, so the Bᵀ-shaped panel is packed with 8×8 register transposes,
+// and dY is copied into rows of Ws whose extra columns stay zero (they cancel
+// the extra pixels). dW_g += dY_v (Kg × V) · B (V × rows), V = outH·Ws; the
+// extra work is Ws / outW − 1 (6 % at 32×32, 29 % at 7×7).
 
-/// Largest zero-bordered input copy (Cg·Hp·Wp floats) the packed path uses;
+/// Largest phase-plane input copy (about Cg·Hp·Wp floats) the packed path uses;
 /// larger planes (VGG at 224×224 past the first layer) keep the panel path.
 let packedIm2colPlaneLimitBytes = 4 << 20
 
 /// Whether `g` runs through packed im2col: zero (or no) padding and not a
 /// 1×1 convolution (stride 1 reads the input directly; a strided one reads a
-/// quarter of its input or less, which the panel path gathers without a copy).
+/// quarter of its input or less, and with its short reduction the phase copy
+/// costs more than the panel path's gather: measured 0.6x forward, 0.55x
+/// backward-weights on the ResNet-20 shortcuts).
 func packedIm2colApplies(_ g: Conv2DGeometry) -> Bool {
     let padded = g.padTop + g.padBottom + g.padLeft + g.padRight > 0
     if g.isPointwise || g.isStridedPointwise || (padded && g.paddingMode != .zeros) { return false }
-    let planeBytes = g.groupInChannels * (g.height + g.padTop + g.padBottom)
-        * (g.width + g.padLeft + g.padRight) * MemoryLayout<Float>.stride
+    let planeBytes = g.groupInChannels * (g.height + g.padTop + g.padBottom + g.strideHeight)
+        * (g.width + g.padLeft + g.padRight + g.strideWidth) * MemoryLayout<Float>.stride
     return planeBytes <= packedIm2colPlaneLimitBytes
 }
 
-/// Index tables of one geometry, plus the zero-bordered input copies of each task.
+/// Index tables of one geometry, plus the phase-plane input copies of each task.
 final class PackedIm2colPlan {
     let geometry: Conv2DGeometry
-    /// Padded plane size; xp of one group holds Cg · paddedHeight · paddedWidth floats.
-    let paddedHeight: Int, paddedWidth: Int
-    /// False when xp is the input itself (no padding, stride 1).
+    /// Size of one phase plane: xs of one group holds sh·sw·Cg planes of Hs × Ws floats.
+    let phaseHeight: Int, phaseWidth: Int
+    /// False when xs is the input itself (no padding, stride 1).
     let copiesInput: Bool
+    /// usedPhase[py·sw + px]: some kernel tap reads phase (py, px).
+    private let usedPhase: [Bool]
     /// rowOffset[r] for r < Cg·kh·kw.
     var rowOffset = GrowableBuffer<Int32>()
     /// Runs of micro-panel s (global within an image) are runStart[s] ..< runStart[s + 1].
     var runStart = GrowableBuffer<Int32>()
-    /// Per run: xp offset of its first pixel (pixelOffset), its first column in the
+    /// Per run: xs offset of its first pixel (pixelOffset), its first column in the
     /// micro-panel, and its length.
     var runSource = GrowableBuffer<Int32>()
     var runColumn = GrowableBuffer<Int32>()
     var runLength = GrowableBuffer<Int32>()
-    /// Zero-bordered input copies, one per task.
+    /// Phase-plane input copies, one per task.
     private var planes: [GrowableBuffer<Float>] = []
-    /// Backward-weights, per task: dY in rows of Wp (extra columns zero), and its packed form.
+    /// Backward-weights, per task: dY in rows of Ws (extra columns zero), and its packed form.
     private var gradOutputRows: [GrowableBuffer<Float>] = []
     private var packedGradOutputs: [PackedGemmA] = []
     /// Packed weights, one per group.
@@ -66,19 +74,26 @@ final class PackedIm2colPlan {
 
     init(_ g: Conv2DGeometry) {
         geometry = g
-        paddedHeight = g.height + g.padTop + g.padBottom
-        paddedWidth = g.width + g.padLeft + g.padRight
-        copiesInput = paddedHeight != g.height || paddedWidth != g.width || g.strideWidth != 1
-        let kh = g.kernelHeight, kw = g.kernelWidth, Wp = paddedWidth
+        let sh = g.strideHeight, sw = g.strideWidth
+        let Hp = g.height + g.padTop + g.padBottom, Wp = g.width + g.padLeft + g.padRight
+        phaseHeight = (Hp + sh - 1) / sh
+        phaseWidth = (Wp + sw - 1) / sw
+        copiesInput = Hp != g.height || Wp != g.width || sh != 1 || sw != 1
+        let kh = g.kernelHeight, kw = g.kernelWidth, Ws = phaseWidth
+        let plane = phaseHeight * phaseWidth, Cg = g.groupInChannels
+        var used = [Bool](repeating: false, count: sh * sw)
         rowOffset.reserve(g.panelRows)
-        for c in 0..<g.groupInChannels {
+        for c in 0..<Cg {
             for a in 0..<kh {
                 for b in 0..<kw {
-                    rowOffset[(c * kh + a) * kw + b] =
-                        Int32((c * paddedHeight + a * g.dilationHeight) * Wp + b * g.dilationWidth)
+                    let y = a * g.dilationHeight, x = b * g.dilationWidth
+                    let phase = (y % sh) * sw + x % sw
+                    used[phase] = true
+                    rowOffset[(c * kh + a) * kw + b] = Int32((phase * Cg + c) * plane + (y / sh) * Ws + x / sw)
                 }
             }
         }
+        usedPhase = used
         let NR = GemmBlocking.NR, hw = g.outPixels, outW = g.outWidth
         let panels = (hw + NR - 1) / NR
         runStart.reserve(panels + 1)
@@ -95,7 +110,7 @@ final class PackedIm2colPlan {
             while j < end {
                 let oy = j / outW, ox = j - oy * outW
                 let length = min(outW - ox, end - j)
-                runSource[runs] = Int32(oy * g.strideHeight * Wp + ox * g.strideWidth)
+                runSource[runs] = Int32(oy * Ws + ox)
                 runColumn[runs] = Int32(j - s * NR)
                 runLength[runs] = Int32(length)
                 runs += 1
@@ -112,18 +127,17 @@ final class PackedIm2colPlan {
             + gradOutputRows.reduce(0) { $0 + $1.bytes } + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
     }
 
-    /// Whether backward-weights can run over virtual pixels (stride 1).
-    var supportsBackwardWeights: Bool { geometry.strideHeight == 1 && geometry.strideWidth == 1 }
+    /// Virtual pixels of one image in backward-weights: outH rows of Ws.
+    var virtualPixels: Int { geometry.outHeight * phaseWidth }
 
-    /// Virtual pixels of one image in backward-weights: outH rows of Wp.
-    var virtualPixels: Int { geometry.outHeight * paddedWidth }
-
-    /// Makes sure tasks 0 ..< tasks have a zero-bordered plane stack (backward-weights
+    /// Makes sure tasks 0 ..< tasks have a zero-bordered phase-plane stack (backward-weights
     /// always copies: its virtual pixels read a few floats past the image).
     func reservePlanes(_ tasks: Int, always: Bool = false) {
         guard copiesInput || always else { return }
-        // Slack past the end: the stride-2 gather loads 32 floats for 16 pixels.
-        let count = geometry.groupInChannels * paddedHeight * paddedWidth + 32
+        let g = geometry
+        // Slack past the end for the virtual pixels' last row.
+        let count = g.strideHeight * g.strideWidth * g.groupInChannels * phaseHeight * phaseWidth
+            + 32 + g.kernelWidth * g.dilationWidth
         while planes.count < tasks {
             var plane = GrowableBuffer<Float>()
             plane.reserve(count)
@@ -153,27 +167,52 @@ final class PackedIm2colPlan {
         }
     }
 
-    /// xp of image n, group grp for task t: the input itself, or its interior
-    /// copied into the task's zero-bordered planes (always with `copy`).
+    /// xs of image n, group grp for task t: the input itself, or its phase planes
+    /// copied into the task's zero-bordered buffer (always with `copy`).
     func source(_ x: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int,
                 copy: Bool = false) -> UnsafePointer<Float> {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
         let image = x + (n * g.inChannels + grp * Cg) * H * W
         guard copiesInput || copy else { return image }
-        let xp = planes[t].pointer, Wp = paddedWidth
+        let xs = planes[t].pointer, sh = g.strideHeight, sw = g.strideWidth
+        let Ws = phaseWidth, plane = phaseHeight * Ws
         for c in 0..<Cg {
             let src = image + c * H * W
-            let dst = xp + (c * paddedHeight + g.padTop) * Wp + g.padLeft
-            for yy in 0..<H { copyFloats(dst + yy * Wp, src + yy * W, W) }
+            for yy in 0..<H {
+                let yp = yy + g.padTop, py = yp % sh
+                let row = src + yy * W
+                if sw == 2 && usedPhase[py * 2] && usedPhase[py * 2 + 1] {
+                    // Both column phases: split even and odd input columns in one pass.
+                    let rowBase = xs + (py * 2 * Cg + c) * plane + (yp / sh) * Ws
+                    let evenPhase = g.padLeft % 2, oddPhase = (1 + g.padLeft) % 2
+                    deinterleaveRow(row, count: W,
+                                    even: rowBase + evenPhase * Cg * plane + g.padLeft / 2,
+                                    odd: rowBase + oddPhase * Cg * plane + (1 + g.padLeft) / 2)
+                    continue
+                }
+                for px in 0..<sw where usedPhase[py * sw + px] {
+                    // Input columns xx with (xx + padLeft) mod sw == px land at (xx + padLeft) / sw.
+                    let first = ((px - g.padLeft) % sw + sw) % sw
+                    if first >= W { continue }
+                    let dst = xs + ((py * sw + px) * Cg + c) * plane + (yp / sh) * Ws + (first + g.padLeft) / sw
+                    let count = (W - first + sw - 1) / sw
+                    if sw == 1 {
+                        copyFloats(dst, row, W)
+                    } else {
+                        let s0 = row + first
+                        for i in 0..<count { dst[i] = s0[i * sw] }
+                    }
+                }
+            }
         }
-        return UnsafePointer(xp)
+        return UnsafePointer(xs)
     }
 
     /// Writes rows r0 ..< r0 + kc, columns j0 ..< j0 + nc of the image's panel
-    /// (xp = `source`) as NR-column micro-panels (the GemmPanelPacker contract).
+    /// (xs = `source`) as NR-column micro-panels (the GemmPanelPacker contract).
     @inline(__always)
-    func packPanel(_ xp: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, nc: Int, dst: UnsafeMutablePointer<Float>) {
-        let NR = GemmBlocking.NR, sw = geometry.strideWidth
+    func packPanel(_ xs: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, nc: Int, dst: UnsafeMutablePointer<Float>) {
+        let NR = GemmBlocking.NR
         let offsets = rowOffset.pointer + r0
         let starts = runStart.pointer, sources = runSource.pointer
         let columns = runColumn.pointer, lengths = runLength.pointer
@@ -183,9 +222,9 @@ final class PackedIm2colPlan {
             let first = Int(starts[global]), last = Int(starts[global + 1])
             let out = dst + s * NR * kc
             let valid = min(NR, nc - s * NR)
-            if last - first == 1 && valid == NR && sw == 1 && NR == 16 {
+            if last - first == 1 && valid == NR && NR == 16 {
                 // The common case: one output row covers the whole micro-panel.
-                let base = xp + Int(sources[first])
+                let base = xs + Int(sources[first])
                 for p in 0..<kc {
                     let src = UnsafeRawPointer(base + Int(offsets[p]))
                     let o = UnsafeMutableRawPointer(out + p * 16)
@@ -198,17 +237,8 @@ final class PackedIm2colPlan {
             // Several runs (narrow output rows, or a row boundary inside the panel): one
             // pass over the panel rows per run, each copy exactly the run's length.
             for q in first..<last {
-                let base = xp + Int(sources[q]), column = out + Int(columns[q]), length = Int(lengths[q])
-                if sw == 1 {
-                    for p in 0..<kc { copyShortRun(column + p * NR, base + Int(offsets[p]), length) }
-                } else if sw == 2 {
-                    for p in 0..<kc { gatherStride2Run(column + p * NR, base + Int(offsets[p]), length) }
-                } else {
-                    for p in 0..<kc {
-                        let d = column + p * NR, src = base + Int(offsets[p])
-                        for i in 0..<length { d[i] = src[i * sw] }
-                    }
-                }
+                let base = xs + Int(sources[q]), column = out + Int(columns[q]), length = Int(lengths[q])
+                for p in 0..<kc { copyShortRun(column + p * NR, base + Int(offsets[p]), length) }
             }
             if valid < NR {
                 for p in 0..<kc { (out + p * NR + valid).update(repeating: 0, count: NR - valid) }
@@ -219,28 +249,28 @@ final class PackedIm2colPlan {
 
 extension PackedIm2colPlan {
     /// Packs dY of image n, group grp (Kg × outH·outW) as the A operand of
-    /// backward-weights: rows of Wp virtual pixels, extra columns zero.
+    /// backward-weights: rows of Ws virtual pixels, extra columns zero.
     func packGradOutput(_ dy: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int) -> PackedGemmA {
         let g = geometry, hw = g.outPixels, outW = g.outWidth, Kg = g.groupOutChannels
-        let V = virtualPixels, Wp = paddedWidth
+        let V = virtualPixels, Ws = phaseWidth
         let rows = gradOutputRows[t].pointer
         let src = dy + (n * g.outChannels + grp * Kg) * hw
         for k in 0..<Kg {
-            for oy in 0..<g.outHeight { copyFloats(rows + k * V + oy * Wp, src + k * hw + oy * outW, outW) }
+            for oy in 0..<g.outHeight { copyFloats(rows + k * V + oy * Ws, src + k * hw + oy * outW, outW) }
         }
         let packed = packedGradOutputs[t]
         packed.pack(.none, m: Kg, k: V, a: rows, lda: V)
         return packed
     }
 
-    /// Writes B[v, r] = xp[rowOffset[r] + v] for v in v0 ..< v0 + kc, r in r0 ..< r0 + nc
+    /// Writes B[v, r] = xs[rowOffset[r] + v] for v in v0 ..< v0 + kc, r in r0 ..< r0 + nc
     /// as NR-column micro-panels (the GemmPanelPacker contract, with the virtual
     /// pixels as the reduction): 8×8 blocks transposed in registers.
     @inline(__always)
-    func packTransposedPanel(_ xp: UnsafePointer<Float>, v0: Int, kc: Int, r0: Int, nc: Int,
+    func packTransposedPanel(_ xs: UnsafePointer<Float>, v0: Int, kc: Int, r0: Int, nc: Int,
                              dst: UnsafeMutablePointer<Float>) {
         let NR = GemmBlocking.NR
-        let base = xp + v0
+        let base = xs + v0
         let panels = (nc + NR - 1) / NR
         for s in 0..<panels {
             let offsets = rowOffset.pointer + r0 + s * NR
@@ -314,12 +344,31 @@ func packedIm2colBackwardWeights(
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     for n in images {
         for grp in 0..<g.groups {
-            let xp = plan.source(x, image: n, group: grp, task: t, copy: true)
+            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
             let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
             sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { v0, kc, r0, nc, dst in
-                plan.packTransposedPanel(xp, v0: v0, kc: kc, r0: r0, nc: nc, dst: dst)
+                plan.packTransposedPanel(xs, v0: v0, kc: kc, r0: r0, nc: nc, dst: dst)
             }
         }
+    }
+}
+
+/// even[i] = src[2·i], odd[i] = src[2·i + 1] for the count floats of src.
+@inline(__always)
+private func deinterleaveRow(_ src: UnsafePointer<Float>, count: Int,
+                             even: UnsafeMutablePointer<Float>, odd: UnsafeMutablePointer<Float>) {
+    var i = 0
+    while i + 16 <= count {
+        let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)
+        UnsafeMutableRawPointer(even + i / 2).storeBytes(
+            of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(odd + i / 2).storeBytes(
+            of: SIMD8<Float>(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]), as: SIMD8<Float>.self)
+        i += 16
+    }
+    while i < count {
+        if i & 1 == 0 { even[i / 2] = src[i] } else { odd[i / 2] = src[i] }
+        i += 1
     }
 }
 
@@ -348,20 +397,6 @@ private func copyShortRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePoint
     if count & 1 != 0 { dst[i] = src[i] }
 }
 
-/// dst[i] = src[2·i] for i < count ≤ 16: whole 8-output steps load 16 floats,
-/// which the zero-bordered copy's slack keeps inside the buffer.
-@inline(__always)
-private func gatherStride2Run(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
-    var i = 0
-    while i + 8 <= count {
-        let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
-        let even = SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
-        UnsafeMutableRawPointer(dst + i).storeBytes(of: even, as: SIMD8<Float>.self)
-        i += 8
-    }
-    while i < count { dst[i] = src[2 * i]; i += 1 }
-}
-
 /// Forward over images `images` for task t through packed im2col (the plan's
 /// weights are already packed): y = conv(x, w) + bias.
 func packedIm2colForward(
@@ -371,10 +406,10 @@ func packedIm2colForward(
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     for n in images {
         for grp in 0..<g.groups {
-            let xp = plan.source(x, image: n, group: grp, task: t)
+            let xs = plan.source(x, image: n, group: grp, task: t)
             let c = y + (n * K + grp * Kg) * hw
             sgemmPackedA(plan.packedWeights[grp], n: hw, beta: 0, c: c, ldc: hw) { r0, kc, j0, nc, dst in
-                plan.packPanel(xp, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
             }
             if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: hw, ld: hw) }
         }
