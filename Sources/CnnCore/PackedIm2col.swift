@@ -127,6 +127,13 @@ final class PackedIm2colPlan {
             + gradOutputRows.reduce(0) { $0 + $1.bytes } + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
     }
 
+    /// Where the zero row of a phase-plane buffer starts (see `reservePlanes`).
+    var zeroRowOffset: Int {
+        let g = geometry
+        return g.strideHeight * g.strideWidth * g.groupInChannels * phaseHeight * phaseWidth
+            + 32 + g.kernelWidth * g.dilationWidth
+    }
+
     /// Virtual pixels of one image in backward-weights: outH rows of Ws.
     var virtualPixels: Int { geometry.outHeight * phaseWidth }
 
@@ -135,9 +142,9 @@ final class PackedIm2colPlan {
     func reservePlanes(_ tasks: Int, always: Bool = false) {
         guard copiesInput || always else { return }
         let g = geometry
-        // Slack past the end for the virtual pixels' last row.
-        let count = g.strideHeight * g.strideWidth * g.groupInChannels * phaseHeight * phaseWidth
-            + 32 + g.kernelWidth * g.dilationWidth
+        // Slack past the end for the virtual pixels' last row, then a zero row of
+        // V floats that stands in for the missing rows of a partial Bᵀ micro-panel.
+        let count = zeroRowOffset + virtualPixels + 8
         while planes.count < tasks {
             var plane = GrowableBuffer<Float>()
             plane.reserve(count)
@@ -272,24 +279,29 @@ extension PackedIm2colPlan {
         let NR = GemmBlocking.NR
         let base = xs + v0
         let panels = (nc + NR - 1) / NR
-        for s in 0..<panels {
-            let offsets = rowOffset.pointer + r0 + s * NR
-            let out = dst + s * NR * kc
-            let valid = min(NR, nc - s * NR)
-            var p = 0
-            if valid == NR {
+        withUnsafeTemporaryAllocation(of: Int32.self, capacity: NR) { partial in
+            for s in 0..<panels {
+                var offsets = UnsafePointer(rowOffset.pointer + r0 + s * NR)
+                let out = dst + s * NR * kc
+                let valid = min(NR, nc - s * NR)
+                if valid < NR {
+                    // Missing rows read the zero row (first layers: 9, 25 or 27 rows).
+                    let zero = Int32(zeroRowOffset - v0)
+                    for j in 0..<NR { partial[j] = j < valid ? offsets[j] : zero }
+                    offsets = UnsafePointer(partial.baseAddress!)
+                }
+                var p = 0
                 while p + 8 <= kc {
                     for h in 0..<(NR / 8) {
                         transpose8x8(base + p, offsets + 8 * h, out + p * NR + 8 * h, dstStride: NR)
                     }
                     p += 8
                 }
-            }
-            while p < kc {
-                let o = out + p * NR
-                for j in 0..<valid { o[j] = base[Int(offsets[j]) + p] }
-                for j in valid..<NR { o[j] = 0 }
-                p += 1
+                while p < kc {
+                    let o = out + p * NR
+                    for j in 0..<NR { o[j] = base[Int(offsets[j]) + p] }
+                    p += 1
+                }
             }
         }
     }
