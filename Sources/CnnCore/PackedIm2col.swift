@@ -71,6 +71,13 @@ final class PackedIm2colPlan {
     private var packedGradOutputs: [PackedGemmA] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
+    /// Images per forward GEMM: 1, or several for small planes whose output row count is not
+    /// a multiple of the 16-column micro-panel (a 7×7 plane alone fills 49 of 64 columns).
+    let imagesPerBlock: Int
+    /// Floats between consecutive images of one block in xs.
+    let imageStride: Int
+    /// Per task: the block's output (Kg × imagesPerBlock·outH·outW) when imagesPerBlock > 1.
+    private var blockOutputs: [GrowableBuffer<Float>] = []
 
     init(_ g: Conv2DGeometry) {
         geometry = g
@@ -95,7 +102,10 @@ final class PackedIm2colPlan {
         }
         usedPhase = used
         let NR = GemmBlocking.NR, hw = g.outPixels, outW = g.outWidth
-        let panels = (hw + NR - 1) / NR
+        imagesPerBlock = hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
+        imageStride = copiesInput ? sh * sw * Cg * plane : g.inChannels * g.height * g.width
+        let columns = imagesPerBlock * hw
+        let panels = (columns + NR - 1) / NR
         runStart.reserve(panels + 1)
         // At most one run per output row a panel touches, plus one.
         let runCapacity = panels * (NR / max(1, min(outW, NR)) + 2)
@@ -106,11 +116,12 @@ final class PackedIm2colPlan {
         for s in 0..<panels {
             runStart[s] = Int32(runs)
             var j = s * NR
-            let end = min(hw, j + NR)
+            let end = min(columns, j + NR)
             while j < end {
-                let oy = j / outW, ox = j - oy * outW
+                let image = j / hw, pixel = j - image * hw
+                let oy = pixel / outW, ox = pixel - oy * outW
                 let length = min(outW - ox, end - j)
-                runSource[runs] = Int32(oy * Ws + ox)
+                runSource[runs] = Int32(image * imageStride + oy * Ws + ox)
                 runColumn[runs] = Int32(j - s * NR)
                 runLength[runs] = Int32(length)
                 runs += 1
@@ -125,12 +136,26 @@ final class PackedIm2colPlan {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + gradOutputRows.reduce(0) { $0 + $1.bytes } + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
+            + blockOutputs.reduce(0) { $0 + $1.bytes }
+    }
+
+    /// Block-output buffer of task t.
+    func blockOutput(_ t: Int) -> UnsafeMutablePointer<Float> { blockOutputs[t].pointer }
+
+    /// Makes sure tasks 0 ..< tasks have a block-output buffer (when blocks hold several images).
+    func reserveBlockOutputs(_ tasks: Int) {
+        guard imagesPerBlock > 1 else { return }
+        while blockOutputs.count < tasks {
+            var buffer = GrowableBuffer<Float>()
+            buffer.reserve(geometry.groupOutChannels * imagesPerBlock * geometry.outPixels)
+            blockOutputs.append(buffer)
+        }
     }
 
     /// Where the zero row of a phase-plane buffer starts (see `reservePlanes`).
     var zeroRowOffset: Int {
         let g = geometry
-        return g.strideHeight * g.strideWidth * g.groupInChannels * phaseHeight * phaseWidth
+        return imagesPerBlock * g.strideHeight * g.strideWidth * g.groupInChannels * phaseHeight * phaseWidth
             + 32 + g.kernelWidth * g.dilationWidth
     }
 
@@ -174,14 +199,24 @@ final class PackedIm2colPlan {
         }
     }
 
-    /// xs of image n, group grp for task t: the input itself, or its phase planes
-    /// copied into the task's zero-bordered buffer (always with `copy`).
-    func source(_ x: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int,
+    /// xs of images n ..< n + count (≤ imagesPerBlock), group grp, for task t: the
+    /// input itself, or their phase planes copied into the task's zero-bordered
+    /// buffer, imageStride apart (always with `copy`, then count is 1).
+    func source(_ x: UnsafePointer<Float>, image n: Int, count: Int = 1, group grp: Int, task t: Int,
                 copy: Bool = false) -> UnsafePointer<Float> {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
-        let image = x + (n * g.inChannels + grp * Cg) * H * W
-        guard copiesInput || copy else { return image }
-        let xs = planes[t].pointer, sh = g.strideHeight, sw = g.strideWidth
+        let first = x + (n * g.inChannels + grp * Cg) * H * W
+        guard copiesInput || copy else { return first }
+        for i in 0..<count {
+            copyPhasePlanes(first + i * g.inChannels * H * W, to: planes[t].pointer + i * imageStride)
+        }
+        return UnsafePointer(planes[t].pointer)
+    }
+
+    /// Copies one image's group (Cg × H × W at `image`) into its phase planes at xs.
+    private func copyPhasePlanes(_ image: UnsafePointer<Float>, to xs: UnsafeMutablePointer<Float>) {
+        let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
+        let sh = g.strideHeight, sw = g.strideWidth
         let Ws = phaseWidth, plane = phaseHeight * Ws
         for c in 0..<Cg {
             let src = image + c * H * W
@@ -212,7 +247,6 @@ final class PackedIm2colPlan {
                 }
             }
         }
-        return UnsafePointer(xs)
     }
 
     /// Writes rows r0 ..< r0 + kc, columns j0 ..< j0 + nc of the image's panel
@@ -416,14 +450,28 @@ func packedIm2colForward(
     _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
-    for n in images {
+    var n = images.lowerBound
+    while n < images.upperBound {
+        let count = min(plan.imagesPerBlock, images.upperBound - n)
         for grp in 0..<g.groups {
-            let xs = plan.source(x, image: n, group: grp, task: t)
-            let c = y + (n * K + grp * Kg) * hw
-            sgemmPackedA(plan.packedWeights[grp], n: hw, beta: 0, c: c, ldc: hw) { r0, kc, j0, nc, dst in
+            let xs = plan.source(x, image: n, count: count, group: grp, task: t)
+            let columns = count * hw
+            // One image: straight into its NCHW output; several: through the block buffer.
+            let out = plan.imagesPerBlock == 1 ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
+            sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
                 plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
             }
-            if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: hw, ld: hw) }
+            if plan.imagesPerBlock > 1 {
+                for i in 0..<count {
+                    for k in 0..<Kg {
+                        copyFloats(y + ((n + i) * K + grp * Kg + k) * hw, out + k * columns + i * hw, hw)
+                    }
+                }
+            }
+            if let bias {
+                for i in 0..<count { addBias(bias + grp * Kg, to: y + ((n + i) * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
+            }
         }
+        n += count
     }
 }

@@ -177,6 +177,10 @@ final class ConvolutionBlockedTests: XCTestCase {
                            padding: .explicit(top: 2, bottom: 1, left: 0, right: 3)), batch: 2, budget: 1 << 20, manyBlocks: false)
         check(try geometry(16, 7, 7, 12, kernel: (3, 3), padding: .same, groups: 2), batch: 3, budget: 1 << 20,
               manyBlocks: false)
+        // Small planes: forward GEMMs over blocks of several images (5×5: 8 + 1 images; 7×7 with two groups).
+        check(try geometry(9, 5, 5, 10, kernel: (3, 3), padding: .same), batch: 9, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(12, 9, 9, 8, kernel: (3, 3), stride: (2, 2), padding: .same, groups: 2), batch: 5,
+              budget: 1 << 20, manyBlocks: false)
         // More than KC = 384 reduction rows (2 K steps) and more than MC = 144 output channels (2 row blocks).
         check(try geometry(48, 6, 7, 150, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
