@@ -15,7 +15,9 @@ import CnnCore
 // fsynced, the manifest written last, then the folder is renamed to
 // `step-N` and the parent fsynced. A crash at any moment leaves either no
 // `step-N` or a complete one; a `step-N` damaged later (disk, a person) fails
-// its manifest check and resume skips it, saying so. The newest K are kept.
+// its manifest check and resume skips it, saying so. The newest K are kept;
+// an older one is renamed to `.discard-step-N-PID` before it is deleted, so
+// a crash mid-delete never leaves a partial `step-N` either.
 
 /// Everything besides weights and optimizer buffers that a run needs to
 /// continue exactly where it stopped. The data order, augmentation and
@@ -97,8 +99,9 @@ public enum CheckpointStore {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFileAtomically(Array(try encoder.encode(manifest)), to: partial + "/manifest.json")
-        // The same step may be written twice (an every-N checkpoint that falls on an epoch end).
-        if FileManager.default.fileExists(atPath: final) { try FileManager.default.removeItem(atPath: final) }
+        // The same step may be written twice (an every-N checkpoint that falls on an epoch end):
+        // the old folder leaves the listing in one rename before the new one takes its name.
+        if FileManager.default.fileExists(atPath: final) { discard(final, root: root) }
         guard rename(partial, final) == 0 else {
             throw CnnError.io(file: final, reason: "rename of the finished checkpoint failed: \(String(cString: strerror(errno)))")
         }
@@ -165,11 +168,24 @@ public enum CheckpointStore {
     static func prune(root: String, keep: Int) throws {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
         let steps = names.filter { $0.hasPrefix("step-") }.sorted(by: >)
-        for old in steps.dropFirst(max(1, keep)) { try? FileManager.default.removeItem(atPath: root + "/" + old) }
-        // Leftovers of writers that died mid-checkpoint (other PIDs).
-        for partial in names where partial.hasPrefix(".partial-") && !partial.hasSuffix("-\(getpid())") {
-            try? FileManager.default.removeItem(atPath: root + "/" + partial)
+        for old in steps.dropFirst(max(1, keep)) { discard(root + "/" + old, root: root) }
+        // Leftovers of writers that died mid-checkpoint or mid-delete (other PIDs).
+        for name in names where (name.hasPrefix(".partial-") || name.hasPrefix(".discard-"))
+            && !name.hasSuffix("-\(getpid())") {
+            try? FileManager.default.removeItem(atPath: root + "/" + name)
         }
+    }
+
+    /// Deletes a checkpoint folder without ever leaving a partly deleted `step-*`
+    /// folder behind a crash: it is first renamed out of the listing (one atomic
+    /// rename, made durable), then removed file by file.
+    static func discard(_ folder: String, root: String) {
+        let name = (folder as NSString).lastPathComponent
+        let trash = root + "/.discard-" + name + "-\(getpid())"
+        try? FileManager.default.removeItem(atPath: trash)
+        guard rename(folder, trash) == 0 else { return }
+        fsyncDirectory(root)
+        try? FileManager.default.removeItem(atPath: trash)
     }
 
     static func createDirectory(_ path: String) throws {
