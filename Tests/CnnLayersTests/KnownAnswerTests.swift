@@ -52,9 +52,10 @@ final class KnownAnswerTests: XCTestCase {
         let cases: [(k: (Int, Int), s: (Int, Int), p: (Int, Int), h: Int, w: Int)] = [
             ((2, 2), (2, 2), (0, 0), 9, 37), ((2, 2), (1, 1), (0, 0), 5, 21), ((3, 3), (2, 2), (1, 1), 7, 19),
             ((2, 3), (2, 1), (1, 0), 6, 11),
-            // 2x2 stride 2: 4-wide blocks (OW 7 overlapping, OW 4 exact), scalar (OW 3), 8-wide overlapping (OW 12).
+            // 2x2 stride 2: 4-wide blocks (OW 7 overlapping, OW 4 exact), gathered short rows (OW 3, 2, 1),
+            // 8-wide overlapping (OW 12).
             ((2, 2), (2, 2), (0, 0), 7, 14), ((2, 2), (2, 2), (0, 0), 4, 9), ((2, 2), (2, 2), (0, 0), 6, 6),
-            ((2, 2), (2, 2), (0, 0), 5, 24),
+            ((2, 2), (2, 2), (0, 0), 5, 4), ((2, 2), (2, 2), (0, 0), 3, 3), ((2, 2), (2, 2), (0, 0), 5, 24),
         ]
         for (k, st, pad, h, w) in cases { for ties in [false, true] {
             let pool = try MaxPool2d(kernelSize: k, stride: st, padding: pad)
