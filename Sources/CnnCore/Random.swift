@@ -35,8 +35,18 @@ public struct SplitMix64: RandomNumberGenerator {
 /// sample index, so they do not depend on how a batch is split across ranks.
 @inline(__always)
 public func counterHash(_ key: UInt64, _ counter: UInt64) -> UInt64 {
-    SplitMix64.mix(key &+ SplitMix64.mix(counter &+ 0x632B_E59B_D9B4_E019))
+    counterHash(key, mixedCounter: counterMix(counter))
 }
+
+/// The half of `counterHash` that does not depend on the key, so that callers hashing the
+/// same counters under many keys (dropout: one key per sample) can compute it once:
+/// counterHash(key, c) == counterHash(key, mixedCounter: counterMix(c)).
+@inline(__always)
+public func counterMix(_ counter: UInt64) -> UInt64 { SplitMix64.mix(counter &+ 0x632B_E59B_D9B4_E019) }
+
+/// `counterHash` from a counter already passed through `counterMix`.
+@inline(__always)
+public func counterHash(_ key: UInt64, mixedCounter: UInt64) -> UInt64 { SplitMix64.mix(key &+ mixedCounter) }
 
 @inline(__always) func _log(_ x: Double) -> Double { Double.log(x) }
 @inline(__always) func _cos(_ x: Double) -> Double { Double.cos(x) }

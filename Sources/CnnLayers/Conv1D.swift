@@ -4,7 +4,7 @@ import CnnCore
 /// H = 1 and a 1×k kernel (same memory layout, so no copies).
 ///
 /// Parameters in state_dict order: "weight" [K, C/groups, k], "bias" [K].
-public final class Conv1D: Layer {
+public final class Conv1D: Layer, InputGradientOptional {
     /// The 2-D convolution doing the work on (N, C, 1, L).
     private let inner: Conv2D
     /// C, the input channels.
@@ -78,6 +78,6 @@ public final class Conv1D: Layer {
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
         return inner.runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: 1,
-                                 width: x.shape[2], gradInputShape: x.shape)
+                                 width: x.shape[2], gradInputShape: x.shape, inputGradient: context.needsInputGradient)
     }
 }

@@ -7,7 +7,7 @@ import CnnCore
 /// Forward keeps a reference to its input for backward (the caller must not
 /// change it in between). The output, dL/dx and the im2col workspace are owned
 /// by the layer and reused, so a steady-state step allocates nothing.
-public final class Conv2D: Layer {
+public final class Conv2D: Layer, InputGradientOptional {
     /// C, the input channels.
     public let inChannels: Int
     /// K, the output channels.
@@ -38,6 +38,7 @@ public final class Conv2D: Layer {
     private var gradBias: UnsafeMutablePointer<Float>?
     private let output = Tensor(shape: [0])
     private let gradInput = Tensor(shape: [0])
+    private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
     private var cachedGeometry: Conv2DGeometry?
 
@@ -131,7 +132,7 @@ public final class Conv2D: Layer {
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
         return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
-                           width: x.shape[3], gradInputShape: x.shape)
+                           width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient)
     }
 
     // Shared with Conv1D, which runs as H = 1 and reshapes.
@@ -148,12 +149,13 @@ public final class Conv2D: Layer {
     }
 
     func runBackward(_ dy: UnsafeMutablePointer<Float>, input x: UnsafeMutablePointer<Float>, batch: Int,
-                     height: Int, width: Int, gradInputShape: [Int]) -> Tensor {
+                     height: Int, width: Int, gradInputShape: [Int], inputGradient: Bool) -> Tensor {
         guard let weight, let gradWeight else { preconditionFailure("\(name): backward before bind") }
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
         convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
                                      batch: batch, geometry: g, workspace: workspace)
+        guard inputGradient else { return noGradient }
         gradInput.resize(to: gradInputShape)
         convolution2DBackwardData(gradOutput: dy, weight: weight, gradInput: gradInput.data, batch: batch,
                                   geometry: g, workspace: workspace)

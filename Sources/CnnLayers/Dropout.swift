@@ -16,6 +16,8 @@ public final class Dropout: Layer {
     private let gradInput = Tensor(shape: [0])
     private let mask = Tensor(shape: [0])
     private var maskActive = false
+    /// counterMix(j) for the element indices j of one sample: the same every step and sample.
+    private var mixedElementIndices: [UInt64] = []
 
     /// Dropout with drop probability `p` in [0, 1) and a per-layer mask `key`.
     public init(p: Float, key: UInt64 = 0) throws {
@@ -36,14 +38,17 @@ public final class Dropout: Layer {
         let n = input.n, per = input.sampleCount
         let scale = 1 / (1 - p)
         let stepKey = counterHash(counterHash(context.seed, key), UInt64(truncatingIfNeeded: context.step))
-        for i in 0..<n {
-            let sampleKey = counterHash(stepKey, UInt64(truncatingIfNeeded: context.sampleOffset + i))
-            let m = mask.data + i * per, x = input.data + i * per, y = output.data + i * per
-            for j in 0..<per {
-                let u = Float(counterHash(sampleKey, UInt64(j)) >> 40) * (1.0 / 16_777_216.0)
-                let keep: Float = u >= p ? scale : 0
-                m[j] = keep
-                y[j] = x[j] * keep
+        if mixedElementIndices.count != per { mixedElementIndices = (0..<per).map { counterMix(UInt64($0)) } }
+        mixedElementIndices.withUnsafeBufferPointer { mixed in
+            for i in 0..<n {
+                let sampleKey = counterHash(stepKey, UInt64(truncatingIfNeeded: context.sampleOffset + i))
+                let m = mask.data + i * per, x = input.data + i * per, y = output.data + i * per
+                for j in 0..<per {
+                    let u = Float(counterHash(sampleKey, mixedCounter: mixed[j]) >> 40) * (1.0 / 16_777_216.0)
+                    let keep: Float = u >= p ? scale : 0
+                    m[j] = keep
+                    y[j] = x[j] * keep
+                }
             }
         }
         return output
@@ -53,7 +58,9 @@ public final class Dropout: Layer {
         guard maskActive else { return gradOutput }
         precondition(gradOutput.count == mask.count, "Dropout: gradient \(formatShape(gradOutput.shape)) does not match output")
         ensureShape(gradInput, mask.shape)
-        for j in 0..<mask.count { gradInput.data[j] = gradOutput.data[j] * mask.data[j] }
+        // Pointers in locals, so the loop need not reload them from the tensors (the stores could alias them).
+        let dx = gradInput.data, dy = gradOutput.data, m = mask.data
+        for j in 0..<mask.count { dx[j] = dy[j] * m[j] }
         return gradInput
     }
 }

@@ -48,6 +48,11 @@ public final class ExecutionContext {
     public var gradientsReady: ((Layer) -> Void)?
     /// When set, the outermost Sequential times each of its children.
     public var layerProfiler: LayerProfiler?
+    /// Whether the `backward` being called must return dL/dx. A caller that discards dL/dx
+    /// of the model input (training) sets it false; `Model.backward` and Sequential pass it on
+    /// only to an `InputGradientOptional` first layer and set it true for every other layer,
+    /// so only such a layer ever sees false. Default true.
+    public var needsInputGradient = true
 
     public init(training: Bool = true, seed: UInt64 = 0, step: Int = 0, sampleOffset: Int = 0) {
         self.training = training
@@ -99,6 +104,11 @@ extension Layer {
                      buffers: [UnsafeMutablePointer<Float>]) {}
     public func multiplyAccumulates(for input: [Int]) -> Int { 0 }
 }
+
+/// A layer whose backward skips dL/dx when `context.needsInputGradient` is false (it still
+/// adds its parameter gradients) and then returns an empty tensor: for the first layer of a
+/// model nobody reads dL/dx, and for a convolution it is a third of the backward work.
+public protocol InputGradientOptional: Layer {}
 
 /// Checks that `shape` has `rank` dimensions, else throws naming the layer.
 public func requireRank(_ shape: [Int], _ rank: Int, layer: String, layout: String) throws {

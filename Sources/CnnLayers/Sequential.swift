@@ -2,7 +2,7 @@ import CnnCore
 
 /// Layers applied one after the other; children are named "0", "1", ... as
 /// in PyTorch's nn.Sequential (or by the names given).
-public final class Sequential: Layer {
+public final class Sequential: Layer, InputGradientOptional {
     public let layers: [Layer]
     public let names: [String]
     public var typeName: String { "Sequential" }
@@ -50,8 +50,11 @@ public final class Sequential: Layer {
         var dy = gradOutput
         let profiler = context.layerProfiler
         context.layerProfiler = nil
-        defer { context.layerProfiler = profiler }
-        for (name, layer) in zip(names, layers).reversed() {
+        let inputGradientWanted = context.needsInputGradient
+        defer { context.layerProfiler = profiler; context.needsInputGradient = inputGradientWanted }
+        for (index, (name, layer)) in zip(names, layers).enumerated().reversed() {
+            // Later children's dL/dx feeds the child before them; only the first child's is ours.
+            context.needsInputGradient = index > 0 || inputGradientWanted || !(layer is InputGradientOptional)
             let t0 = profiler == nil ? 0 : monotonicSeconds()
             dy = layer.backward(dy, context: context)
             profiler?.record(name: name, type: layer.typeName, backward: monotonicSeconds() - t0)

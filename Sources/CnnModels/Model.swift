@@ -68,10 +68,15 @@ public final class Model {
         root.forward(input, context: context)
     }
 
+    /// dL/dx of the model input; an empty tensor when `context.needsInputGradient` is
+    /// false (the first layer may then skip it).
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        let inputGradientWanted = context.needsInputGradient
+        defer { context.needsInputGradient = inputGradientWanted }
+        if !(root is InputGradientOptional) { context.needsInputGradient = true }
         let dx = root.backward(gradOutput, context: context)
         context.gradientsReady?(root)
-        return dx
+        return inputGradientWanted ? dx : Tensor(shape: [0])
     }
 
     /// Throws unless `shape` is [N] + inputShape with N ≥ 1.

@@ -276,6 +276,7 @@ public final class Trainer {
         let rank = communicator.rank, size = communicator.size
         let context = ExecutionContext(training: true, seed: config.seed)
         if size > 1 && config.sync_batchnorm { context.statisticsReducer = reducer }
+        context.needsInputGradient = false   // dL/d(images) is discarded: the first conv can skip it
         let assembler = BatchAssembler(dataset: trainSet, statistics: statistics,
                                        augmentation: Augmentation(cropPadding: config.crop_padding,
                                                                   horizontalFlip: config.flip,

@@ -141,3 +141,31 @@ final class ConvLayerTests: XCTestCase {
         XCTAssertTrue(s4.contains("r:") && s4.contains("reflect") && s4.contains("(2, 2, 2, 2)"), s4)
     }
 }
+
+final class InputGradientSkipTests: XCTestCase {
+    /// Only the first conv of the outermost Sequential may skip dL/dx: the parameter gradients
+    /// must not change (a nested first conv or a residual branch conv skipping would change them).
+    func testSkippingModelInputGradientKeepsParameterGradients() throws {
+        func build() throws -> Sequential {
+            let block = Residual(branch: [("c", try Conv2D(4, 4, kernelSize: 3, padding: 1)), ("r", ReLU()),
+                                          ("d", try Conv2D(4, 4, kernelSize: 3, padding: 1))], shortcut: nil, activation: ReLU())
+            let inner = Sequential([try Conv2D(2, 4, kernelSize: 3, padding: 1), ReLU(), try Conv2D(4, 4, kernelSize: 2)])
+            return Sequential([inner, ReLU(), block, try Conv2D(4, 3, kernelSize: 3, stride: 2)])
+        }
+        var gradients: [[Float]] = []
+        for needsInputGradient in [true, false] {
+            let root = try build()
+            let store = ParameterStore(root: root)
+            store.initialize(seed: 5)
+            let context = ExecutionContext()
+            let y = root.forward(randomTensor([2, 2, 7, 7], seed: 6), context: context)
+            store.zeroGradients()
+            context.needsInputGradient = needsInputGradient
+            let dx = root.backward(randomTensor(y.shape, seed: 7), context: context)
+            XCTAssertEqual(dx.shape, needsInputGradient ? [2, 2, 7, 7] : [0])
+            XCTAssertEqual(context.needsInputGradient, needsInputGradient, "restored after backward")
+            gradients.append(store.gradients.toArray())
+        }
+        XCTAssertEqual(gradients[0], gradients[1])
+    }
+}

@@ -52,10 +52,16 @@ final class KnownAnswerTests: XCTestCase {
         let cases: [(k: (Int, Int), s: (Int, Int), p: (Int, Int), h: Int, w: Int)] = [
             ((2, 2), (2, 2), (0, 0), 9, 37), ((2, 2), (1, 1), (0, 0), 5, 21), ((3, 3), (2, 2), (1, 1), 7, 19),
             ((2, 3), (2, 1), (1, 0), 6, 11),
+            // 2x2 stride 2: 4-wide blocks (OW 7 overlapping, OW 4 exact), gathered short rows (OW 3, 2, 1),
+            // 8-wide overlapping (OW 12).
+            ((2, 2), (2, 2), (0, 0), 7, 14), ((2, 2), (2, 2), (0, 0), 4, 9), ((2, 2), (2, 2), (0, 0), 6, 6),
+            ((2, 2), (2, 2), (0, 0), 5, 4), ((2, 2), (2, 2), (0, 0), 3, 3), ((2, 2), (2, 2), (0, 0), 5, 24),
         ]
-        for (k, st, pad, h, w) in cases {
+        for (k, st, pad, h, w) in cases { for ties in [false, true] {
             let pool = try MaxPool2d(kernelSize: k, stride: st, padding: pad)
             let x = distinctTensor([2, 3, h, w], seed: UInt64(h * w))
+            // Coarse values make equal maxima within windows: the first one (row-major) must win.
+            if ties { for i in 0..<x.count { x[i] = (x[i] * 3).rounded() } }
             x[5] = .nan
             let y = pool.forward(x, context: ExecutionContext())
             let oh = (h + 2 * pad.0 - k.0) / st.0 + 1, ow = (w + 2 * pad.1 - k.1) / st.1 + 1
@@ -79,8 +85,8 @@ final class KnownAnswerTests: XCTestCase {
                     }
                 }
             }
-            assertClose(dx.toArray(), expectedDx, accuracy: 1e-6, "max pool \(k) \(st) \(pad) \(h)x\(w)")
-        }
+            assertClose(dx.toArray(), expectedDx, accuracy: 1e-6, "max pool \(k) \(st) \(pad) \(h)x\(w) ties \(ties)")
+        } }
     }
 
     func testAvgPoolByHand() throws {
