@@ -309,7 +309,7 @@ public func convolution2DBackwardWeights(
     let hw = g.outPixels, K = g.outChannels
     let dwCount = K * g.panelRows
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
-    let packed = ws.packedPlan
+    let packed = ws.packedPlan.flatMap { $0.supportsBackwardWeights ? $0 : nil }
     if let plan = packed {
         plan.reservePlanes(tasks, always: true)
         plan.reserveGradOutputRows(tasks)

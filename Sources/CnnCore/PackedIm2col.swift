@@ -34,13 +34,14 @@
 let packedIm2colPlaneLimitBytes = 4 << 20
 
 /// Whether `g` runs through packed im2col: zero (or no) padding and not a
-/// 1×1 convolution (stride 1 reads the input directly; a strided one reads a
-/// quarter of its input or less, and with its short reduction the phase copy
-/// costs more than the panel path's gather: measured 0.6x forward, 0.55x
-/// backward-weights on the ResNet-20 shortcuts).
+/// 1×1 stride-1 convolution (those read the input directly). 1×1 strided
+/// convolutions (ResNet shortcuts) read only every sw-th input pixel, so they
+/// skip the phase-plane copy and gather their runs from the input in place
+/// (`gatherStride`); with a 16-32 long reduction the copy would cost as much
+/// as the arithmetic.
 func packedIm2colApplies(_ g: Conv2DGeometry) -> Bool {
     let padded = g.padTop + g.padBottom + g.padLeft + g.padRight > 0
-    if g.isPointwise || g.isStridedPointwise || (padded && g.paddingMode != .zeros) { return false }
+    if g.isPointwise || (padded && g.paddingMode != .zeros) { return false }
     let planeBytes = g.groupInChannels * (g.height + g.padTop + g.padBottom + g.strideHeight)
         * (g.width + g.padLeft + g.padRight + g.strideWidth) * MemoryLayout<Float>.stride
     return planeBytes <= packedIm2colPlaneLimitBytes
@@ -51,8 +52,17 @@ final class PackedIm2colPlan {
     let geometry: Conv2DGeometry
     /// Size of one phase plane: xs of one group holds sh·sw·Cg planes of Hs × Ws floats.
     let phaseHeight: Int, phaseWidth: Int
-    /// False when xs is the input itself (no padding, stride 1).
+    /// False when xs is the input itself (no padding and stride 1, or a 1×1 strided convolution).
     let copiesInput: Bool
+    /// 1, or the stride of a 1×1 strided convolution, whose runs are gathered from the
+    /// input in place (input pixel (oy·sh, ox·sw) for output pixel (oy, ox)).
+    let gatherStride: Int
+    /// Whether an 8-output stride-2 gather may load one float past a run's last input
+    /// pixel: true for even input widths (the float is in the same row).
+    private var gatherOverreadIsSafe: Bool { geometry.width % 2 == 0 }
+    /// Whether backward-weights runs here (not for gathered 1×1 strided convolutions,
+    /// whose virtual pixels would need the phase copy).
+    var supportsBackwardWeights: Bool { gatherStride == 1 }
     /// usedPhase[py·sw + px]: some kernel tap reads phase (py, px).
     private let usedPhase: [Bool]
     /// rowOffset[r] for r < Cg·kh·kw.
@@ -85,7 +95,8 @@ final class PackedIm2colPlan {
         let Hp = g.height + g.padTop + g.padBottom, Wp = g.width + g.padLeft + g.padRight
         phaseHeight = (Hp + sh - 1) / sh
         phaseWidth = (Wp + sw - 1) / sw
-        copiesInput = Hp != g.height || Wp != g.width || sh != 1 || sw != 1
+        gatherStride = g.isStridedPointwise ? sw : 1
+        copiesInput = !g.isStridedPointwise && (Hp != g.height || Wp != g.width || sh != 1 || sw != 1)
         let kh = g.kernelHeight, kw = g.kernelWidth, Ws = phaseWidth
         let plane = phaseHeight * phaseWidth, Cg = g.groupInChannels
         var used = [Bool](repeating: false, count: sh * sw)
@@ -96,7 +107,9 @@ final class PackedIm2colPlan {
                     let y = a * g.dilationHeight, x = b * g.dilationWidth
                     let phase = (y % sh) * sw + x % sw
                     used[phase] = true
-                    rowOffset[(c * kh + a) * kw + b] = Int32((phase * Cg + c) * plane + (y / sh) * Ws + x / sw)
+                    rowOffset[(c * kh + a) * kw + b] = gatherStride > 1
+                        ? Int32(c * g.height * g.width)
+                        : Int32((phase * Cg + c) * plane + (y / sh) * Ws + x / sw)
                 }
             }
         }
@@ -121,7 +134,9 @@ final class PackedIm2colPlan {
                 let image = j / hw, pixel = j - image * hw
                 let oy = pixel / outW, ox = pixel - oy * outW
                 let length = min(outW - ox, end - j)
-                runSource[runs] = Int32(image * imageStride + oy * Ws + ox)
+                runSource[runs] = gatherStride > 1
+                    ? Int32(image * imageStride + oy * sh * g.width + ox * sw)
+                    : Int32(image * imageStride + oy * Ws + ox)
                 runColumn[runs] = Int32(j - s * NR)
                 runLength[runs] = Int32(length)
                 runs += 1
@@ -263,6 +278,19 @@ final class PackedIm2colPlan {
             let first = Int(starts[global]), last = Int(starts[global + 1])
             let out = dst + s * NR * kc
             let valid = min(NR, nc - s * NR)
+            if gatherStride > 1 {
+                for q in first..<last {
+                    let base = xs + Int(sources[q]), column = out + Int(columns[q]), length = Int(lengths[q])
+                    for p in 0..<kc {
+                        gatherRun(column + p * NR, base + Int(offsets[p]), length, stride: gatherStride,
+                                  vectorStride2: gatherOverreadIsSafe)
+                    }
+                }
+                if valid < NR {
+                    for p in 0..<kc { (out + p * NR + valid).update(repeating: 0, count: NR - valid) }
+                }
+                continue
+            }
             if last - first == 1 && valid == NR && NR == 16 {
                 // The common case: one output row covers the whole micro-panel.
                 let base = xs + Int(sources[first])
@@ -397,6 +425,23 @@ func packedIm2colBackwardWeights(
             }
         }
     }
+}
+
+/// dst[i] = src[i·stride] for i < count. Stride 2 with `vectorStride2`: 8 outputs
+/// from one 16-float load, which reads src[2·count − 1], one past the last pixel.
+@inline(__always)
+private func gatherRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int,
+                       stride: Int, vectorStride2: Bool) {
+    var i = 0
+    if stride == 2 && vectorStride2 {
+        while i + 8 <= count {
+            let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(dst + i).storeBytes(
+                of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
+            i += 8
+        }
+    }
+    while i < count { dst[i] = src[i * stride]; i += 1 }
 }
 
 /// even[i] = src[2·i], odd[i] = src[2·i + 1] for the count floats of src.

@@ -156,6 +156,9 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
         check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
         check(try geometry(6, 9, 9, 4, kernel: (1, 1), stride: (2, 2)), batch: 3, budget: 256)   // resnet shortcut shape
+        // Even widths: the packed path gathers 8 outputs per 16-float load (runs of 16 and 1 for outW = 17).
+        check(try geometry(6, 10, 34, 4, kernel: (1, 1), stride: (2, 2)), batch: 3, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(5, 9, 12, 3, kernel: (1, 1), stride: (3, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
 
     func testPackedIm2colShapes() throws {
