@@ -35,14 +35,14 @@ public func convolution2DForward(
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
     if let plan = ws.packedPlan {
         plan.packWeights(w)
-        plan.reservePlanes(tasks)
+        plan.reservePlanes(tasks, always: plan.usesImplicitB)
         plan.reserveBlockOutputs(tasks)
+        plan.reserveVirtualOutputs(tasks)
+        let pass = plan.usesImplicitB ? implicitForward : packedIm2colForward
         if tasks == 1 {
-            packedIm2colForward(0..<batch, x, bias, y, plan, task: 0)
+            pass(0..<batch, x, bias, y, plan, 0)
         } else {
-            parallelTasks(tasks) { t in
-                packedIm2colForward(taskRange(t, of: batch, tasks: tasks), x, bias, y, plan, task: t)
-            }
+            parallelTasks(tasks) { t in pass(taskRange(t, of: batch, tasks: tasks), x, bias, y, plan, t) }
         }
         return
     }
@@ -207,10 +207,11 @@ private func backwardDataImages(
 /// backward-data is the packed im2col forward, with no col2im scatter-add.
 /// Needs zero padding not larger than the dilated kernel minus one, and at
 /// least 8 input channels per group (M of its GEMM: with LeNet-5's 6 the panel path
-/// measured 1.3x faster, with 16 and more this one 1.2-2x; fewer waste the micro-tile,
-/// and first layers rarely need dx at all).
+/// measured 1.3x faster, with 16 and more this one 1.2-2x; fewer waste the micro-tile),
+/// or exactly 1 where implicit B applies (its M = 1 kernel; first layers, whose input
+/// gradient training skips, but `bench conv` and callers may ask for it).
 func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
-    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8,
+    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8 || g.groupInChannels == 1,
           g.paddingMode == .zeros || g.padTop + g.padBottom + g.padLeft + g.padRight == 0 else { return nil }
     let spanH = (g.kernelHeight - 1) * g.dilationHeight, spanW = (g.kernelWidth - 1) * g.dilationWidth
     guard max(g.padTop, g.padBottom) <= spanH, max(g.padLeft, g.padRight) <= spanW else { return nil }
@@ -222,6 +223,11 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
                            left: spanW - g.padLeft, right: spanW - g.padRight),
         groups: g.groups, paddingMode: .zeros),
         bg.outHeight == g.height, bg.outWidth == g.width, packedIm2colApplies(bg) else { return nil }
+    // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
+    // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
+    // the 9 multiply-adds per element (fashion-cnn/0: 34 → 20 GFLOP/s; LeNet-5's 5×5: 16 → 32).
+    if g.groupInChannels == 1 && (g.kernelHeight * g.kernelWidth < 16
+        || !implicitForwardPays(bg, phaseWidth: bg.width + bg.padLeft + bg.padRight)) { return nil }
     return bg
 }
 

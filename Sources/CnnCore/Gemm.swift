@@ -308,6 +308,222 @@ private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float,
     }
 }
 
+// MARK: - Implicit B (no packing)
+
+/// C (M×N) = A·B + beta·C with A prepacked and B never stored or packed: the 16
+/// columns j ..< j + 16 of row p of B are the floats at b + rowOffsets[p] + j
+/// (a convolution's implicit im2col over its input in place, see PackedIm2col.swift).
+/// Reads up to NR − 1 floats past column N − 1 of every row of B (they only reach
+/// C columns ≥ N, which are not written). Threads split the columns as `sgemmPackedA`.
+public func sgemmImplicitB(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, rowOffsets: UnsafePointer<Int32>,
+                           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if n == 0 { return }
+    let threads = availableComputeThreads()
+    let units = (n + NR - 1) / NR
+    if threads > 1 && units > 1 && a.m * n * a.k >= parallelGemmMinimumMACs {
+        let tasks = min(threads, units)
+        parallelTasks(tasks) { t in
+            let r = taskRange(t, of: units, tasks: tasks)
+            let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
+            sgemmImplicitBColumns(a, n: j1 - j0, b: b + j0, rowOffsets: rowOffsets, beta: beta, c: c + j0, ldc: ldc)
+        }
+        return
+    }
+    sgemmImplicitBColumns(a, n: n, b: b, rowOffsets: rowOffsets, beta: beta, c: c, ldc: ldc)
+}
+
+/// `sgemmImplicitB` on this thread: for each 16-column tile (its B rows stay in L1
+/// across the row panels), every K step and row panel of A.
+private func sgemmImplicitBColumns(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, rowOffsets: UnsafePointer<Int32>,
+                                   beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if a.m == 1 {
+        implicitSingleRow(a, n: n, b: b, rowOffsets: rowOffsets, beta: beta, c: c)
+        return
+    }
+    let m = a.m, k = a.k, kcMax = a.kcMax
+    let tile = GemmWorkspace.forCurrentThread().tile, base = a.storage.pointer
+    var jr = 0
+    while jr < n {
+        let nr = min(NR, n - jr)
+        var pc = 0, step = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            let betaStep: Float = pc == 0 ? beta : 1
+            var ic = 0, block = 0
+            while ic < m {
+                let mc = min(MC, m - ic)
+                let packedA = base + a.offsets[step * a.rowBlocks + block]
+                var ir = 0
+                while ir < mc {
+                    let rows = panelRows(mc - ir)
+                    let mr = min(rows, mc - ir)
+                    let aPanel = packedA + ir * kc, cTile = c + (ic + ir) * ldc + jr
+                    if rows == MR {
+                        runImplicitTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                        c: cTile, ldc: ldc, beta: betaStep, tile: tile)
+                    } else {
+                        runImplicitTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                        c: cTile, ldc: ldc, beta: betaStep, tile: tile)
+                    }
+                    ir += rows
+                }
+                ic += mc
+                block += 1
+            }
+            pc += kc
+            step += 1
+        }
+        jr += NR
+    }
+}
+
+/// M = 1 (a first layer's input gradient): the 4-row micro-tile would waste three
+/// quarters of its FMAs, so one broadcast of A[p] feeds 8 vectors (64 columns) of B instead.
+/// c[j] = Σ_p A[p]·B[p, j] + beta·c[j] for j < n.
+private func implicitSingleRow(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, rowOffsets: UnsafePointer<Int32>,
+                               beta: Float, c: UnsafeMutablePointer<Float>) {
+    // A's single row, contiguous (packed A holds it in 4-row panels: every 4th float).
+    let k = a.k
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { row in
+        var pc = 0, step = 0
+        while pc < k {
+            let kc = min(a.kcMax, k - pc)
+            let panel = a.storage.pointer + a.offsets[step * a.rowBlocks]
+            for p in 0..<kc { row[pc + p] = panel[p * panelRows(1)] }
+            pc += kc
+            step += 1
+        }
+        let w = UnsafePointer(row.baseAddress!)
+        // Chunks of 32 rows of B: a 64-column tile then touches 32 × 5 cache lines (10 KiB),
+        // which stay in L1 while every tile of the row passes; C is updated once per chunk.
+        let chunk = 32
+        var p0 = 0
+        while p0 < k {
+            let p1 = min(p0 + chunk, k)
+            let first = p0 == 0
+            var j = 0
+            while j < n {
+                let count = min(8 * L, n - j)
+                var acc = (GemmVector(), GemmVector(), GemmVector(), GemmVector(),
+                           GemmVector(), GemmVector(), GemmVector(), GemmVector())
+                if count == 8 * L {
+                    for p in p0..<p1 {
+                        let ap = GemmVector(repeating: w[p])
+                        let bp = UnsafeRawPointer(b + Int(rowOffsets[p]) + j)
+                        acc.0 = acc.0.addingProduct(ap, bp.loadUnaligned(as: GemmVector.self))
+                        acc.1 = acc.1.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self))
+                        acc.2 = acc.2.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self))
+                        acc.3 = acc.3.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self))
+                        acc.4 = acc.4.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self))
+                        acc.5 = acc.5.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self))
+                        acc.6 = acc.6.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self))
+                        acc.7 = acc.7.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 28 * L, as: GemmVector.self))
+                    }
+                } else {
+                    // The last columns: whole vectors (B may be read past column n − 1).
+                    let vectors = (count + L - 1) / L
+                    for p in p0..<p1 {
+                        let ap = GemmVector(repeating: w[p])
+                        let bp = UnsafeRawPointer(b + Int(rowOffsets[p]) + j)
+                        acc.0 = acc.0.addingProduct(ap, bp.loadUnaligned(as: GemmVector.self))
+                        if vectors > 1 { acc.1 = acc.1.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self)) }
+                        if vectors > 2 { acc.2 = acc.2.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self)) }
+                        if vectors > 3 { acc.3 = acc.3.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self)) }
+                        if vectors > 4 { acc.4 = acc.4.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self)) }
+                        if vectors > 5 { acc.5 = acc.5.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self)) }
+                        if vectors > 6 { acc.6 = acc.6.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self)) }
+                    }
+                }
+                withUnsafeTemporaryAllocation(of: GemmVector.self, capacity: 8) { lanes in
+                    lanes[0] = acc.0; lanes[1] = acc.1; lanes[2] = acc.2; lanes[3] = acc.3
+                    lanes[4] = acc.4; lanes[5] = acc.5; lanes[6] = acc.6; lanes[7] = acc.7
+                    let values = UnsafeRawPointer(lanes.baseAddress!).assumingMemoryBound(to: Float.self)
+                    let out = c + j
+                    if first && beta == 0 {
+                        for i in 0..<count { out[i] = values[i] }
+                    } else {
+                        let scale: Float = first ? beta : 1
+                        for i in 0..<count { out[i] = values[i] + scale * out[i] }
+                    }
+                }
+                j += count
+            }
+            p0 = p1
+        }
+    }
+}
+
+/// One rows×NR tile with implicit B: straight into C when full, else through `tile`.
+@inline(__always)
+private func runImplicitTile(
+    rows: Int, mr: Int, nr: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    offsets: UnsafePointer<Int32>, c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float,
+    tile: UnsafeMutablePointer<Float>
+) {
+    if mr == rows && nr == NR {
+        microKernelImplicitB(rows: rows, kc: kc, a: a, b: b, offsets: offsets, c: c, ldc: ldc, beta: beta)
+        return
+    }
+    microKernelImplicitB(rows: rows, kc: kc, a: a, b: b, offsets: offsets, c: tile, ldc: NR, beta: 0)
+    for i in 0..<mr {
+        let src = tile + i * NR, dst = c + i * ldc
+        if beta == 0 {
+            for j in 0..<nr { dst[j] = src[j] }
+        } else {
+            for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
+        }
+    }
+}
+
+/// The micro-kernel with B row p read at b + offsets[p] (unaligned) instead of from a
+/// packed panel; otherwise as `microKernel` (alpha = 1).
+@inline(__always)
+private func microKernelImplicitB(
+    rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, offsets: UnsafePointer<Int32>,
+    c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float
+) {
+    var c00 = GemmVector(), c01 = GemmVector()
+    var c10 = GemmVector(), c11 = GemmVector()
+    var c20 = GemmVector(), c21 = GemmVector()
+    var c30 = GemmVector(), c31 = GemmVector()
+    var c40 = GemmVector(), c41 = GemmVector()
+    var c50 = GemmVector(), c51 = GemmVector()
+    var pa = a
+    for p in 0..<kc {
+        let pb = UnsafeRawPointer(b + Int(offsets[p]))
+        let b0 = pb.loadUnaligned(as: GemmVector.self), b1 = pb.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self)
+        var av = GemmVector(repeating: pa[0])
+        c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        av = GemmVector(repeating: pa[1])
+        c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+        av = GemmVector(repeating: pa[2])
+        c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+        av = GemmVector(repeating: pa[3])
+        c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+        if rows == 6 {
+            av = GemmVector(repeating: pa[4])
+            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+            av = GemmVector(repeating: pa[5])
+            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+        }
+        pa += rows
+    }
+    let va = GemmVector(repeating: 1)
+    storeRow(c00, c, alpha: va, beta: beta); storeRow(c01, c + L, alpha: va, beta: beta)
+    var row = c + ldc
+    storeRow(c10, row, alpha: va, beta: beta); storeRow(c11, row + L, alpha: va, beta: beta)
+    row += ldc
+    storeRow(c20, row, alpha: va, beta: beta); storeRow(c21, row + L, alpha: va, beta: beta)
+    row += ldc
+    storeRow(c30, row, alpha: va, beta: beta); storeRow(c31, row + L, alpha: va, beta: beta)
+    if rows == 6 {
+        row += ldc
+        storeRow(c40, row, alpha: va, beta: beta); storeRow(c41, row + L, alpha: va, beta: beta)
+        row += ldc
+        storeRow(c50, row, alpha: va, beta: beta); storeRow(c51, row + L, alpha: va, beta: beta)
+    }
+}
+
 /// Packs op(A)[row..<row+mc, col..<col+kc].
 @inline(__always)
 private func packA(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Float>, lda: Int,

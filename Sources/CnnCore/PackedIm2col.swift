@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // Packed im2col: the GEMM's B panels are built straight from the input, so no
 // im2col matrix is ever stored and the GEMM does not re-pack one.
 //
@@ -88,6 +92,11 @@ final class PackedIm2colPlan {
     let imageStride: Int
     /// Per task: the block's output (Kg × imagesPerBlock·outH·outW) when imagesPerBlock > 1.
     private var blockOutputs: [GrowableBuffer<Float>] = []
+    /// Whether forward runs with implicit B (`sgemmImplicitB` over virtual pixels, no
+    /// packing) instead of packed panels; see `implicitForwardPays`.
+    let usesImplicitB: Bool
+    /// Per task, with implicit B: the output over virtual pixels, Kg × virtualOutputStride.
+    private var virtualOutputs: [GrowableBuffer<Float>] = []
 
     init(_ g: Conv2DGeometry) {
         geometry = g
@@ -115,7 +124,8 @@ final class PackedIm2colPlan {
         }
         usedPhase = used
         let NR = GemmBlocking.NR, hw = g.outPixels, outW = g.outWidth
-        imagesPerBlock = hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
+        usesImplicitB = gatherStride == 1 && implicitForwardPays(g, phaseWidth: Ws)
+        imagesPerBlock = usesImplicitB || hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
         imageStride = copiesInput ? sh * sw * Cg * plane : g.inChannels * g.height * g.width
         let columns = imagesPerBlock * hw
         let panels = (columns + NR - 1) / NR
@@ -151,7 +161,23 @@ final class PackedIm2colPlan {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + gradOutputRows.reduce(0) { $0 + $1.bytes } + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
-            + blockOutputs.reduce(0) { $0 + $1.bytes }
+            + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
+    }
+
+    /// Row stride of a virtual output: the virtual pixels rounded up to whole micro-tiles.
+    var virtualOutputStride: Int { (virtualPixels + GemmBlocking.NR - 1) / GemmBlocking.NR * GemmBlocking.NR }
+
+    /// Virtual-output buffer of task t (after `reserveVirtualOutputs`).
+    func virtualOutput(_ t: Int) -> UnsafeMutablePointer<Float> { virtualOutputs[t].pointer }
+
+    /// Makes sure tasks 0 ..< tasks have a virtual-output buffer (implicit B only).
+    func reserveVirtualOutputs(_ tasks: Int) {
+        guard usesImplicitB else { return }
+        while virtualOutputs.count < tasks {
+            var buffer = GrowableBuffer<Float>()
+            buffer.reserve(geometry.groupOutChannels * virtualOutputStride)
+            virtualOutputs.append(buffer)
+        }
     }
 
     /// Block-output buffer of task t.
@@ -184,7 +210,7 @@ final class PackedIm2colPlan {
         let g = geometry
         // Slack past the end for the virtual pixels' last row, then a zero row of
         // V floats that stands in for the missing rows of a partial Bᵀ micro-panel.
-        let count = zeroRowOffset + virtualPixels + 8
+        let count = zeroRowOffset + virtualPixels + 64
         while planes.count < tasks {
             var plane = GrowableBuffer<Float>()
             plane.reserve(count)
@@ -518,5 +544,49 @@ func packedIm2colForward(
             }
         }
         n += count
+    }
+}
+
+/// Whether a forward pass of `g` is faster with implicit B than with packed panels.
+/// Implicit B skips packing but computes Ws − outW extra columns per row, copies the
+/// output once more, and loads each B row as two unaligned cache lines once per row
+/// panel of A. Measured side by side (`CNN_DIST_IMPLICIT_B=1` / `0` force it on / off,
+/// `bench conv`): it wins only where packing splits every micro-panel into several
+/// runs (output rows not a multiple of 16 wide) and little is wasted: lenet5/0 forward
+/// 37 → 47 GFLOP/s, fashion-cnn/4 backward-data (as a flipped forward) 53 → 60; it
+/// loses with ≥ 64 output channels (resnet20 9.c1 74 → 57), a reduction of 9
+/// (fashion-cnn/0 40 → 31) and on 7×7 / 8×8 planes (22-25 % extra columns).
+func implicitForwardPays(_ g: Conv2DGeometry, phaseWidth Ws: Int) -> Bool {
+    if let forced = implicitForwardOverride { return forced }
+    return g.outWidth % GemmBlocking.NR != 0 && (Ws - g.outWidth) * 8 <= Ws
+        && g.panelRows >= 16 && g.groupOutChannels <= 32
+}
+
+private let implicitForwardOverride: Bool? = {
+    guard let value = getenv("CNN_DIST_IMPLICIT_B") else { return nil }
+    return String(cString: value) == "1"
+}()
+
+/// Forward over images `images` for task t with implicit B: one GEMM per image and
+/// group over its virtual pixels (outH rows of Ws), then the outW real columns of
+/// each row copied to the NCHW output.
+func implicitForward(
+    _ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
+) {
+    let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
+    let outW = g.outWidth, Ws = plan.phaseWidth, stride = plan.virtualOutputStride
+    let virtual = plan.virtualOutput(t)
+    for n in images {
+        for grp in 0..<g.groups {
+            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
+            sgemmImplicitB(plan.packedWeights[grp], n: plan.virtualPixels, b: xs, rowOffsets: plan.rowOffset.pointer,
+                           beta: 0, c: virtual, ldc: stride)
+            let out = y + (n * K + grp * Kg) * hw
+            for k in 0..<Kg {
+                for oy in 0..<g.outHeight { copyFloats(out + k * hw + oy * outW, virtual + k * stride + oy * Ws, outW) }
+            }
+            if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: hw, ld: hw) }
+        }
     }
 }

@@ -184,6 +184,13 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(9, 5, 5, 10, kernel: (3, 3), padding: .same), batch: 9, budget: 1 << 20, manyBlocks: false)
         check(try geometry(12, 9, 9, 8, kernel: (3, 3), stride: (2, 2), padding: .same, groups: 2), batch: 5,
               budget: 1 << 20, manyBlocks: false)
+        // Implicit B (rows not a multiple of 16 wide, little waste): forward with 6 and 20 output
+        // channels; backward-data of a 1-channel 5×5 layer through the M = 1 kernel (LeNet-5's first layer).
+        check(try geometry(3, 28, 28, 6, kernel: (5, 5), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(20, 14, 14, 20, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(1, 28, 28, 6, kernel: (5, 5), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(1, 30, 26, 7, kernel: (5, 5), padding: .explicit(top: 2, bottom: 1, left: 2, right: 2)), batch: 2,
+              budget: 1 << 20, manyBlocks: false)
         // More than KC = 384 reduction rows (2 K steps) and more than MC = 144 output channels (2 row blocks).
         check(try geometry(48, 6, 7, 150, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
@@ -194,6 +201,11 @@ final class ConvolutionBlockedTests: XCTestCase {
         defer { ComputeThreads.count = saved }
         ComputeThreads.count = 3
         check(g, batch: 5, budget: 1 << 20, manyBlocks: false)
+        // Implicit B, split by images and (one image) by columns.
+        let implicit = try geometry(20, 14, 14, 20, kernel: (3, 3), padding: .same)
+        check(implicit, batch: 4, budget: 1 << 20, manyBlocks: false)
+        check(implicit, batch: 1, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(1, 28, 28, 6, kernel: (5, 5), padding: .same), batch: 1, budget: 1 << 20, manyBlocks: false)
     }
 
     func testWorkspaceReportsBytesAndRespectsBudget() throws {
