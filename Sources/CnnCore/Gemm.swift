@@ -261,6 +261,15 @@ public func packedGemmPanelColumns(m: Int, k: Int) -> Int {
 /// thread; every element still gets the same K loop, so the result does not depend on T.
 public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                          packB: GemmPanelPacker) {
+    forEachColumnRange(a, n: n) { j0, count in
+        sgemmPackedAColumns(a, j0: j0, n: count, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+    }
+}
+
+/// Calls body(j0, count) for the column ranges of a product with prepacked A: all N
+/// columns on this thread, or with `ComputeThreads.count` = T > 1 (outside a split) and
+/// enough work, T ranges of whole micro-panels on T threads.
+private func forEachColumnRange(_ a: PackedGemmA, n: Int, _ body: (_ j0: Int, _ count: Int) -> Void) {
     if n == 0 { return }
     let threads = availableComputeThreads()
     let units = (n + NR - 1) / NR
@@ -269,40 +278,54 @@ public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutable
         parallelTasks(tasks) { t in
             let r = taskRange(t, of: units, tasks: tasks)
             let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
-            sgemmPackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+            body(j0, j1 - j0)
         }
         return
     }
-    sgemmPackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packB: packB)
+    body(0, n)
+}
+
+/// Calls body(pc, kc, ic, mc, block) for each K step and, inside it, each packed block
+/// of at most MC rows of a prepacked A, in the order the blocks are stored.
+@inline(__always)
+private func forEachPackedBlock(_ a: PackedGemmA,
+                                _ body: (_ pc: Int, _ kc: Int, _ ic: Int, _ mc: Int, _ block: UnsafePointer<Float>) -> Void) {
+    let base = a.storage.pointer
+    var pc = 0, step = 0
+    while pc < a.k {
+        let kc = min(a.kcMax, a.k - pc)
+        var ic = 0, block = 0
+        while ic < a.m {
+            let mc = min(MC, a.m - ic)
+            body(pc, kc, ic, mc, base + a.offsets[step * a.rowBlocks + block])
+            ic += mc
+            block += 1
+        }
+        pc += kc
+        step += 1
+    }
 }
 
 /// Columns j0 ..< j0 + n of `sgemmPackedA` (j0 a multiple of NR), on this thread; c points
 /// at column j0.
 private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
                                  ldc: Int, packB: GemmPanelPacker) {
-    let m = a.m, k = a.k, kcMax = a.kcMax
-    let panelColumns = packedGemmPanelColumns(m: m, k: k)
+    let panelColumns = packedGemmPanelColumns(m: a.m, k: a.k)
     let ws = GemmWorkspace.forCurrentThread()
-    ws.reserve(aCount: 0, bCount: kcMax * roundUp(min(panelColumns, n), NR))
-    let packedB = ws.b, tile = ws.tile, base = a.storage.pointer
+    ws.reserve(aCount: 0, bCount: a.kcMax * roundUp(min(panelColumns, n), NR))
+    let packedB = ws.b, tile = ws.tile
     var jc = 0
     while jc < n {
         let nc = min(panelColumns, n - jc)
-        var pc = 0, step = 0
-        while pc < k {
-            let kc = min(kcMax, k - pc)
-            packB(pc, kc, j0 + jc, nc, packedB)
-            var ic = 0, block = 0
-            while ic < m {
-                let mc = min(MC, m - ic)
-                macroKernel(mc: mc, nc: nc, kc: kc, alpha: 1, beta: pc == 0 ? beta : 1,
-                            packedA: base + a.offsets[step * a.rowBlocks + block], packedB: packedB,
-                            c: c + ic * ldc + jc, ldc: ldc, tile: tile)
-                ic += mc
-                block += 1
+        // Blocks come K step by K step, so each B panel is packed once, before its first block.
+        var packedStep = -1
+        forEachPackedBlock(a) { pc, kc, ic, mc, packedA in
+            if pc != packedStep {
+                packB(pc, kc, j0 + jc, nc, packedB)
+                packedStep = pc
             }
-            pc += kc
-            step += 1
+            macroKernel(mc: mc, nc: nc, kc: kc, alpha: 1, beta: pc == 0 ? beta : 1,
+                        packedA: packedA, packedB: packedB, c: c + ic * ldc + jc, ldc: ldc, tile: tile)
         }
         jc += nc
     }
@@ -317,19 +340,9 @@ private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float,
 /// C columns ≥ N, which are not written). Threads split the columns as `sgemmPackedA`.
 public func sgemmImplicitB(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, rowOffsets: UnsafePointer<Int32>,
                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    if n == 0 { return }
-    let threads = availableComputeThreads()
-    let units = (n + NR - 1) / NR
-    if threads > 1 && units > 1 && a.m * n * a.k >= parallelGemmMinimumMACs {
-        let tasks = min(threads, units)
-        parallelTasks(tasks) { t in
-            let r = taskRange(t, of: units, tasks: tasks)
-            let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
-            sgemmImplicitBColumns(a, n: j1 - j0, b: b + j0, rowOffsets: rowOffsets, beta: beta, c: c + j0, ldc: ldc)
-        }
-        return
+    forEachColumnRange(a, n: n) { j0, count in
+        sgemmImplicitBColumns(a, n: count, b: b + j0, rowOffsets: rowOffsets, beta: beta, c: c + j0, ldc: ldc)
     }
-    sgemmImplicitBColumns(a, n: n, b: b, rowOffsets: rowOffsets, beta: beta, c: c, ldc: ldc)
 }
 
 /// `sgemmImplicitB` on this thread: for each 16-column tile (its B rows stay in L1
@@ -340,38 +353,26 @@ private func sgemmImplicitBColumns(_ a: PackedGemmA, n: Int, b: UnsafePointer<Fl
         implicitSingleRow(a, n: n, b: b, rowOffsets: rowOffsets, beta: beta, c: c)
         return
     }
-    let m = a.m, k = a.k, kcMax = a.kcMax
-    let tile = GemmWorkspace.forCurrentThread().tile, base = a.storage.pointer
+    let tile = GemmWorkspace.forCurrentThread().tile
     var jr = 0
     while jr < n {
         let nr = min(NR, n - jr)
-        var pc = 0, step = 0
-        while pc < k {
-            let kc = min(kcMax, k - pc)
+        forEachPackedBlock(a) { pc, kc, ic, mc, packedA in
             let betaStep: Float = pc == 0 ? beta : 1
-            var ic = 0, block = 0
-            while ic < m {
-                let mc = min(MC, m - ic)
-                let packedA = base + a.offsets[step * a.rowBlocks + block]
-                var ir = 0
-                while ir < mc {
-                    let rows = panelRows(mc - ir)
-                    let mr = min(rows, mc - ir)
-                    let aPanel = packedA + ir * kc, cTile = c + (ic + ir) * ldc + jr
-                    if rows == MR {
-                        runImplicitTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                        c: cTile, ldc: ldc, beta: betaStep, tile: tile)
-                    } else {
-                        runImplicitTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                        c: cTile, ldc: ldc, beta: betaStep, tile: tile)
-                    }
-                    ir += rows
+            var ir = 0
+            while ir < mc {
+                let rows = panelRows(mc - ir)
+                let mr = min(rows, mc - ir)
+                let aPanel = packedA + ir * kc, cTile = c + (ic + ir) * ldc + jr
+                if rows == MR {
+                    runImplicitTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                    c: cTile, ldc: ldc, beta: betaStep, tile: tile)
+                } else {
+                    runImplicitTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                    c: cTile, ldc: ldc, beta: betaStep, tile: tile)
                 }
-                ic += mc
-                block += 1
+                ir += rows
             }
-            pc += kc
-            step += 1
         }
         jr += NR
     }
@@ -385,13 +386,8 @@ private func implicitSingleRow(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>
     // A's single row, contiguous (packed A holds it in 4-row panels: every 4th float).
     let k = a.k
     withUnsafeTemporaryAllocation(of: Float.self, capacity: k) { row in
-        var pc = 0, step = 0
-        while pc < k {
-            let kc = min(a.kcMax, k - pc)
-            let panel = a.storage.pointer + a.offsets[step * a.rowBlocks]
+        forEachPackedBlock(a) { pc, kc, _, _, panel in
             for p in 0..<kc { row[pc + p] = panel[p * panelRows(1)] }
-            pc += kc
-            step += 1
         }
         let w = UnsafePointer(row.baseAddress!)
         // Chunks of 32 rows of B: a 64-column tile then touches 32 × 5 cache lines (10 KiB),
@@ -476,51 +472,15 @@ private func runImplicitTile(
 }
 
 /// The micro-kernel with B row p read at b + offsets[p] (unaligned) instead of from a
-/// packed panel; otherwise as `microKernel` (alpha = 1).
+/// packed panel (alpha = 1).
 @inline(__always)
 private func microKernelImplicitB(
     rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, offsets: UnsafePointer<Int32>,
     c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float
 ) {
-    var c00 = GemmVector(), c01 = GemmVector()
-    var c10 = GemmVector(), c11 = GemmVector()
-    var c20 = GemmVector(), c21 = GemmVector()
-    var c30 = GemmVector(), c31 = GemmVector()
-    var c40 = GemmVector(), c41 = GemmVector()
-    var c50 = GemmVector(), c51 = GemmVector()
-    var pa = a
-    for p in 0..<kc {
+    microKernelBody(rows: rows, kc: kc, a: a, c: c, ldc: ldc, alpha: 1, beta: beta) { p in
         let pb = UnsafeRawPointer(b + Int(offsets[p]))
-        let b0 = pb.loadUnaligned(as: GemmVector.self), b1 = pb.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self)
-        var av = GemmVector(repeating: pa[0])
-        c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
-        av = GemmVector(repeating: pa[1])
-        c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
-        av = GemmVector(repeating: pa[2])
-        c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
-        av = GemmVector(repeating: pa[3])
-        c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
-        if rows == 6 {
-            av = GemmVector(repeating: pa[4])
-            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
-            av = GemmVector(repeating: pa[5])
-            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
-        }
-        pa += rows
-    }
-    let va = GemmVector(repeating: 1)
-    storeRow(c00, c, alpha: va, beta: beta); storeRow(c01, c + L, alpha: va, beta: beta)
-    var row = c + ldc
-    storeRow(c10, row, alpha: va, beta: beta); storeRow(c11, row + L, alpha: va, beta: beta)
-    row += ldc
-    storeRow(c20, row, alpha: va, beta: beta); storeRow(c21, row + L, alpha: va, beta: beta)
-    row += ldc
-    storeRow(c30, row, alpha: va, beta: beta); storeRow(c31, row + L, alpha: va, beta: beta)
-    if rows == 6 {
-        row += ldc
-        storeRow(c40, row, alpha: va, beta: beta); storeRow(c41, row + L, alpha: va, beta: beta)
-        row += ldc
-        storeRow(c50, row, alpha: va, beta: beta); storeRow(c51, row + L, alpha: va, beta: beta)
+        return (pb.loadUnaligned(as: GemmVector.self), pb.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self))
     }
 }
 
@@ -653,11 +613,23 @@ private func storeRow(_ acc: GemmVector, _ p: UnsafeMutablePointer<Float>, alpha
 /// a: packed A micro-panel, kc×rows, a[p·rows + i].
 /// b: packed B micro-panel, kc×NR, b[p·NR + j], 32-byte aligned rows.
 /// c: rows×NR tile of row-major C, row stride ldc (any alignment).
-/// The accumulators are named locals so they stay in registers across the K loop.
 @inline(__always)
 private func microKernel(
     rows: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
     c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float
+) {
+    microKernelBody(rows: rows, kc: kc, a: a, c: c, ldc: ldc, alpha: alpha, beta: beta) { p in
+        (loadVector(b + p * 2 * L), loadVector(b + p * 2 * L + L))
+    }
+}
+
+/// The micro-kernel's arithmetic, with `bRow(p)` giving the two B vectors of row p
+/// (packed or read in place; inlined, so each caller compiles to its own loop).
+/// The accumulators are named locals so they stay in registers across the K loop.
+@inline(__always)
+private func microKernelBody(
+    rows: Int, kc: Int, a: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>, ldc: Int,
+    alpha: Float, beta: Float, bRow: (Int) -> (GemmVector, GemmVector)
 ) {
     var c00 = GemmVector(), c01 = GemmVector()
     var c10 = GemmVector(), c11 = GemmVector()
@@ -665,9 +637,9 @@ private func microKernel(
     var c30 = GemmVector(), c31 = GemmVector()
     var c40 = GemmVector(), c41 = GemmVector()
     var c50 = GemmVector(), c51 = GemmVector()
-    var pa = a, pb = b
-    for _ in 0..<kc {
-        let b0 = loadVector(pb), b1 = loadVector(pb + L)
+    var pa = a
+    for p in 0..<kc {
+        let (b0, b1) = bRow(p)
         var av = GemmVector(repeating: pa[0])
         c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
         av = GemmVector(repeating: pa[1])
@@ -683,7 +655,6 @@ private func microKernel(
             c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
         }
         pa += rows
-        pb += 2 * L
     }
     let va = GemmVector(repeating: alpha)
     storeRow(c00, c, alpha: va, beta: beta); storeRow(c01, c + L, alpha: va, beta: beta)
