@@ -364,12 +364,17 @@ private func sgemmImplicitBColumns(_ a: PackedGemmA, n: Int, b: UnsafePointer<Fl
                 let rows = panelRows(mc - ir)
                 let mr = min(rows, mc - ir)
                 let aPanel = packedA + ir * kc, cTile = c + (ic + ir) * ldc + jr
+                // rows is a constant in each branch, so each kernel is compiled for it.
                 if rows == MR {
-                    runImplicitTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                    c: cTile, ldc: ldc, beta: betaStep, tile: tile)
+                    runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
+                        microKernelImplicitB(rows: MR, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                             c: c, ldc: ldc, beta: beta)
+                    }
                 } else {
-                    runImplicitTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                    c: cTile, ldc: ldc, beta: betaStep, tile: tile)
+                    runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
+                        microKernelImplicitB(rows: tailMR, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
+                                             c: c, ldc: ldc, beta: beta)
+                    }
                 }
                 ir += rows
             }
@@ -449,28 +454,6 @@ private func implicitSingleRow(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>
     }
 }
 
-/// One rows×NR tile with implicit B: straight into C when full, else through `tile`.
-@inline(__always)
-private func runImplicitTile(
-    rows: Int, mr: Int, nr: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-    offsets: UnsafePointer<Int32>, c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float,
-    tile: UnsafeMutablePointer<Float>
-) {
-    if mr == rows && nr == NR {
-        microKernelImplicitB(rows: rows, kc: kc, a: a, b: b, offsets: offsets, c: c, ldc: ldc, beta: beta)
-        return
-    }
-    microKernelImplicitB(rows: rows, kc: kc, a: a, b: b, offsets: offsets, c: tile, ldc: NR, beta: 0)
-    for i in 0..<mr {
-        let src = tile + i * NR, dst = c + i * ldc
-        if beta == 0 {
-            for j in 0..<nr { dst[j] = src[j] }
-        } else {
-            for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
-        }
-    }
-}
-
 /// The micro-kernel with B row p read at b + offsets[p] (unaligned) instead of from a
 /// packed panel (alpha = 1).
 @inline(__always)
@@ -542,11 +525,13 @@ private func macroKernel(
             let aPanel = packedA + ir * kc
             let cTile = c + ir * ldc + jr
             if rows == MR {
-                runTile(rows: MR, mr: mr, nr: nr, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
-                        alpha: alpha, beta: beta, tile: tile)
+                runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                    microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                }
             } else {
-                runTile(rows: tailMR, mr: mr, nr: nr, kc: kc, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
-                        alpha: alpha, beta: beta, tile: tile)
+                runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                    microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                }
             }
             ir += rows
         }
@@ -567,18 +552,27 @@ private func panelRows(_ remaining: Int) -> Int {
 /// the FMA latency × throughput product of Zen 3 (4 cycles × 2 pipes).
 private let tailMR = 4
 
-/// One rows×NR tile of C with mr×nr valid: straight into C when full, else through `tile`.
+/// One rows×NR tile of C with mr×nr valid: `kernel(c, ldc, beta)` computes a full tile,
+/// straight into C when the tile is whole, else into `tile` whose valid corner is then stored.
 @inline(__always)
 private func runTile(
-    rows: Int, mr: Int, nr: Int, kc: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
-    c: UnsafeMutablePointer<Float>, ldc: Int, alpha: Float, beta: Float, tile: UnsafeMutablePointer<Float>
+    rows: Int, mr: Int, nr: Int, c: UnsafeMutablePointer<Float>, ldc: Int, beta: Float,
+    tile: UnsafeMutablePointer<Float>,
+    kernel: (_ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ beta: Float) -> Void
 ) {
     if mr == rows && nr == NR {
-        microKernel(rows: rows, kc: kc, a: a, b: b, c: c, ldc: ldc, alpha: alpha, beta: beta)
+        kernel(c, ldc, beta)
         return
     }
-    // Zero-padded panels give a full tile; only its valid corner reaches C.
-    microKernel(rows: rows, kc: kc, a: a, b: b, c: tile, ldc: NR, alpha: alpha, beta: 0)
+    // Zero-padded panels (or columns past N) give a full tile; only its valid corner reaches C.
+    kernel(tile, NR, 0)
+    storeTileCorner(tile, mr: mr, nr: nr, c: c, ldc: ldc, beta: beta)
+}
+
+/// C[i, j] = tile[i, j] + beta · C[i, j] for i < mr, j < nr (beta == 0: C not read).
+@inline(__always)
+private func storeTileCorner(_ tile: UnsafePointer<Float>, mr: Int, nr: Int, c: UnsafeMutablePointer<Float>,
+                             ldc: Int, beta: Float) {
     for i in 0..<mr {
         let src = tile + i * NR, dst = c + i * ldc
         if beta == 0 {
