@@ -211,7 +211,7 @@ private func backwardDataImages(
 /// or exactly 1 where implicit B applies (its M = 1 kernel; first layers, whose input
 /// gradient training skips, but `bench conv` and callers may ask for it).
 func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
-    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8 || g.groupInChannels == 1,
+    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8 || g.groupInChannels < 4,
           g.paddingMode == .zeros || g.padTop + g.padBottom + g.padLeft + g.padRight == 0 else { return nil }
     let spanH = (g.kernelHeight - 1) * g.dilationHeight, spanW = (g.kernelWidth - 1) * g.dilationWidth
     guard max(g.padTop, g.padBottom) <= spanH, max(g.padLeft, g.padRight) <= spanW else { return nil }
@@ -226,7 +226,7 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
     // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
     // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
     // the 9 multiply-adds per element (fashion-cnn/0: 34 → 20 GFLOP/s; LeNet-5's 5×5: 16 → 32).
-    if g.groupInChannels == 1 && (g.kernelHeight * g.kernelWidth < 16
+    if g.groupInChannels < 4 && (g.groupInChannels * g.kernelHeight * g.kernelWidth < 16
         || !implicitForwardPays(bg, phaseWidth: bg.width + bg.padLeft + bg.padRight)) { return nil }
     return bg
 }

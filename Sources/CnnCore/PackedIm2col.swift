@@ -558,8 +558,10 @@ func packedIm2colForward(
 /// (fashion-cnn/0 40 → 31) and on 7×7 / 8×8 planes (22-25 % extra columns).
 func implicitForwardPays(_ g: Conv2DGeometry, phaseWidth Ws: Int) -> Bool {
     if let forced = implicitForwardOverride { return forced }
-    return g.outWidth % GemmBlocking.NR != 0 && (Ws - g.outWidth) * 8 <= Ws
-        && g.panelRows >= 16 && g.groupOutChannels <= 32
+    guard g.panelRows >= 16 && g.groupOutChannels <= 32 && (Ws - g.outWidth) * 8 <= Ws else { return false }
+    // Fewer than 4 output channels (backward-data of 1- and 3-channel first layers): a
+    // packed panel would feed a single, mostly empty micro-tile.
+    return g.outWidth % GemmBlocking.NR != 0 || g.groupOutChannels < 4
 }
 
 private let implicitForwardOverride: Bool? = {

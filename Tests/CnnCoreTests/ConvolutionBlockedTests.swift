@@ -191,6 +191,9 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(1, 28, 28, 6, kernel: (5, 5), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
         check(try geometry(1, 30, 26, 7, kernel: (5, 5), padding: .explicit(top: 2, bottom: 1, left: 2, right: 2)), batch: 2,
               budget: 1 << 20, manyBlocks: false)
+        // Backward-data of 3-channel first layers through implicit B with M = 3.
+        check(try geometry(3, 20, 20, 12, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(3, 16, 16, 8, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
         // More than KC = 384 reduction rows (2 K steps) and more than MC = 144 output channels (2 row blocks).
         check(try geometry(48, 6, 7, 150, kernel: (3, 3), padding: .same), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
