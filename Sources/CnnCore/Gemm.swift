@@ -411,14 +411,14 @@ private func implicitSingleRow(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>
                     for p in p0..<p1 {
                         let ap = GemmVector(repeating: w[p])
                         let bp = UnsafeRawPointer(b + Int(rowOffsets[p]) + j)
-                        acc.0 = acc.0.addingProduct(ap, bp.loadUnaligned(as: GemmVector.self))
-                        acc.1 = acc.1.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self))
-                        acc.2 = acc.2.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self))
-                        acc.3 = acc.3.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self))
-                        acc.4 = acc.4.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self))
-                        acc.5 = acc.5.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self))
-                        acc.6 = acc.6.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self))
-                        acc.7 = acc.7.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 28 * L, as: GemmVector.self))
+                        acc.0 = multiplyAdd(acc.0, ap, bp.loadUnaligned(as: GemmVector.self))
+                        acc.1 = multiplyAdd(acc.1, ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self))
+                        acc.2 = multiplyAdd(acc.2, ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self))
+                        acc.3 = multiplyAdd(acc.3, ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self))
+                        acc.4 = multiplyAdd(acc.4, ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self))
+                        acc.5 = multiplyAdd(acc.5, ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self))
+                        acc.6 = multiplyAdd(acc.6, ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self))
+                        acc.7 = multiplyAdd(acc.7, ap, bp.loadUnaligned(fromByteOffset: 28 * L, as: GemmVector.self))
                     }
                 } else {
                     // The last columns: whole vectors (B may be read past column n − 1).
@@ -426,13 +426,13 @@ private func implicitSingleRow(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>
                     for p in p0..<p1 {
                         let ap = GemmVector(repeating: w[p])
                         let bp = UnsafeRawPointer(b + Int(rowOffsets[p]) + j)
-                        acc.0 = acc.0.addingProduct(ap, bp.loadUnaligned(as: GemmVector.self))
-                        if vectors > 1 { acc.1 = acc.1.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self)) }
-                        if vectors > 2 { acc.2 = acc.2.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self)) }
-                        if vectors > 3 { acc.3 = acc.3.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self)) }
-                        if vectors > 4 { acc.4 = acc.4.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self)) }
-                        if vectors > 5 { acc.5 = acc.5.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self)) }
-                        if vectors > 6 { acc.6 = acc.6.addingProduct(ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self)) }
+                        acc.0 = multiplyAdd(acc.0, ap, bp.loadUnaligned(as: GemmVector.self))
+                        if vectors > 1 { acc.1 = multiplyAdd(acc.1, ap, bp.loadUnaligned(fromByteOffset: 4 * L, as: GemmVector.self)) }
+                        if vectors > 2 { acc.2 = multiplyAdd(acc.2, ap, bp.loadUnaligned(fromByteOffset: 8 * L, as: GemmVector.self)) }
+                        if vectors > 3 { acc.3 = multiplyAdd(acc.3, ap, bp.loadUnaligned(fromByteOffset: 12 * L, as: GemmVector.self)) }
+                        if vectors > 4 { acc.4 = multiplyAdd(acc.4, ap, bp.loadUnaligned(fromByteOffset: 16 * L, as: GemmVector.self)) }
+                        if vectors > 5 { acc.5 = multiplyAdd(acc.5, ap, bp.loadUnaligned(fromByteOffset: 20 * L, as: GemmVector.self)) }
+                        if vectors > 6 { acc.6 = multiplyAdd(acc.6, ap, bp.loadUnaligned(fromByteOffset: 24 * L, as: GemmVector.self)) }
                     }
                 }
                 withUnsafeTemporaryAllocation(of: GemmVector.self, capacity: 8) { lanes in
@@ -585,6 +585,18 @@ private func storeTileCorner(_ tile: UnsafePointer<Float>, mr: Int, nr: Int, c: 
 
 // MARK: - Micro-kernel
 
+/// acc + a·b: one FMA instruction in the AVX2 build. The portable build multiplies and
+/// adds: without hardware FMA, `addingProduct` keeps its single rounding by calling the C
+/// library's fmaf for every lane (the portable sgemm measured 0.7 GFLOP/s that way).
+@inline(__always)
+private func multiplyAdd(_ acc: GemmVector, _ a: GemmVector, _ b: GemmVector) -> GemmVector {
+    #if CNN_PORTABLE
+    return acc + a * b
+    #else
+    return acc.addingProduct(a, b)
+    #endif
+}
+
 @inline(__always)
 private func loadVector(_ p: UnsafePointer<Float>) -> GemmVector {
     UnsafeRawPointer(p).load(as: GemmVector.self)
@@ -598,7 +610,7 @@ private func storeRow(_ acc: GemmVector, _ p: UnsafeMutablePointer<Float>, alpha
         raw.storeBytes(of: acc * alpha, as: GemmVector.self)
     } else {
         let old = UnsafeRawPointer(raw).loadUnaligned(as: GemmVector.self)
-        raw.storeBytes(of: (acc * alpha).addingProduct(GemmVector(repeating: beta), old), as: GemmVector.self)
+        raw.storeBytes(of: multiplyAdd(acc * alpha, GemmVector(repeating: beta), old), as: GemmVector.self)
     }
 }
 
@@ -635,18 +647,18 @@ private func microKernelBody(
     for p in 0..<kc {
         let (b0, b1) = bRow(p)
         var av = GemmVector(repeating: pa[0])
-        c00 = c00.addingProduct(av, b0); c01 = c01.addingProduct(av, b1)
+        c00 = multiplyAdd(c00, av, b0); c01 = multiplyAdd(c01, av, b1)
         av = GemmVector(repeating: pa[1])
-        c10 = c10.addingProduct(av, b0); c11 = c11.addingProduct(av, b1)
+        c10 = multiplyAdd(c10, av, b0); c11 = multiplyAdd(c11, av, b1)
         av = GemmVector(repeating: pa[2])
-        c20 = c20.addingProduct(av, b0); c21 = c21.addingProduct(av, b1)
+        c20 = multiplyAdd(c20, av, b0); c21 = multiplyAdd(c21, av, b1)
         av = GemmVector(repeating: pa[3])
-        c30 = c30.addingProduct(av, b0); c31 = c31.addingProduct(av, b1)
+        c30 = multiplyAdd(c30, av, b0); c31 = multiplyAdd(c31, av, b1)
         if rows == 6 {
             av = GemmVector(repeating: pa[4])
-            c40 = c40.addingProduct(av, b0); c41 = c41.addingProduct(av, b1)
+            c40 = multiplyAdd(c40, av, b0); c41 = multiplyAdd(c41, av, b1)
             av = GemmVector(repeating: pa[5])
-            c50 = c50.addingProduct(av, b0); c51 = c51.addingProduct(av, b1)
+            c50 = multiplyAdd(c50, av, b0); c51 = multiplyAdd(c51, av, b1)
         }
         pa += rows
     }
