@@ -57,37 +57,13 @@ final class MPISelfTestTests: XCTestCase {
         try isHydra(launcher) ? ["-n", "\(size)"] : ["--oversubscribe", "-n", "\(size)"]
     }
 
-    /// Runs `executable arguments` with a deadline; returns (exit status, stdout, stderr).
+    /// Runs `executable arguments` with a deadline (a `Job`); returns (exit status, stdout, stderr).
     private func run(_ executable: URL, _ arguments: [String], environment extra: [String: String] = [:],
                      deadline: TimeInterval = 180) throws -> (Int32, String, String) {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
-        env.merge(extra) { $1 }
-        process.environment = env
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        // Read both pipes concurrently so a chatty child cannot block on a full pipe.
-        final class Box: @unchecked Sendable { var data = Data() }
-        let outData = Box(), errData = Box()
-        let group = DispatchGroup()
-        group.enter()
-        DispatchQueue.global().async { outData.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        group.enter()
-        DispatchQueue.global().async { errData.data = err.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-        try process.run()
-        let finished = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async { process.waitUntilExit(); finished.signal() }
-        if finished.wait(timeout: .now() + deadline) == .timedOut {
-            process.terminate()
-            XCTFail("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) did not finish in \(deadline) s")
-            process.waitUntilExit()
-        }
-        group.wait()
-        return (process.terminationStatus, String(decoding: outData.data, as: UTF8.self), String(decoding: errData.data, as: UTF8.self))
+        let job = Job(executable, arguments, environment: extra)
+        try job.start()
+        let status = job.finish(timeout: deadline)
+        return (status, job.stdout, job.stderr)
     }
 
     private func assertSelfTestOutput(_ stdout: String, size: Int, file: StaticString = #filePath, line: UInt = #line) {
