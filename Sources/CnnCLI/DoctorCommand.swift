@@ -86,9 +86,7 @@ public struct DoctorCommand: ParsableCommand {
             do {
                 report = try DoctorReport.collect(comm, world: world, datasets: datasets)
             } catch {
-                // Other ranks may be blocked in a collective: end the whole job.
-                FileHandle.standardError.write(Data("Error: rank \(comm.rank): doctor: \(error)\n".utf8))
-                if let m = comm as? MPICommunicator { m.abort(errorCode: 1) }
+                endWorldAfterError(comm, message: "Error: rank \(comm.rank): doctor: \(error)")
                 throw error
             }
             if comm.rank != 0 {

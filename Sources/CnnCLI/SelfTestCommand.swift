@@ -109,9 +109,7 @@ public struct SelfTestCommand: ParsableCommand {
             do {
                 report = try Self.check(comm, largeCount: largeCount, fault: fault)
             } catch {
-                // Other ranks may be blocked in a collective: end the whole job, not just this rank.
-                FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
-                if let mpi = comm as? MPICommunicator { mpi.abort(errorCode: 1) }
+                endWorldAfterError(comm, message: "Error: \(error)")
                 throw error
             }
             if latency > 0 {

@@ -260,6 +260,14 @@ public func finalizeWorldCommunicator(_ communicator: Communicator) throws {
     if let mpi = communicator as? MPICommunicator { try mpi.finalize() }
 }
 
+/// After an error on this rank, writes `message` to standard error and, under MPI, aborts
+/// the whole job: the other ranks may be blocked in a collective this one will never reach.
+/// Otherwise returns, and the caller rethrows.
+public func endWorldAfterError(_ communicator: Communicator, message: String) {
+    FileHandle.standardError.write(Data((message + "\n").utf8))
+    if let mpi = communicator as? MPICommunicator { mpi.abort(errorCode: 1) }
+}
+
 /// This machine's host name (gethostname), for single-process and in-process ranks.
 func localHostName() -> String {
     var buf = [CChar](repeating: 0, count: 256)
