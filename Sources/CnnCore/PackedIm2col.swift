@@ -304,20 +304,7 @@ final class PackedIm2colPlan {
             let first = Int(starts[global]), last = Int(starts[global + 1])
             let out = dst + s * NR * kc
             let valid = min(NR, nc - s * NR)
-            if gatherStride > 1 {
-                for q in first..<last {
-                    let base = xs + Int(sources[q]), column = out + Int(columns[q]), length = Int(lengths[q])
-                    for p in 0..<kc {
-                        gatherRun(column + p * NR, base + Int(offsets[p]), length, stride: gatherStride,
-                                  vectorStride2: gatherOverreadIsSafe)
-                    }
-                }
-                if valid < NR {
-                    for p in 0..<kc { (out + p * NR + valid).update(repeating: 0, count: NR - valid) }
-                }
-                continue
-            }
-            if last - first == 1 && valid == NR && NR == 16 {
+            if gatherStride == 1 && last - first == 1 && valid == NR && NR == 16 {
                 // The common case: one output row covers the whole micro-panel.
                 let base = xs + Int(sources[first])
                 for p in 0..<kc {
@@ -329,16 +316,22 @@ final class PackedIm2colPlan {
                 }
                 continue
             }
-            // Several runs (narrow output rows, or a row boundary inside the panel): one
-            // pass over the panel rows per run. A run followed by another in the panel may
-            // copy whole 8-float vectors (fewer moves for 7-, 10-, 14-wide rows): its extra
-            // columns belong to a later run, which overwrites them, as long as they stay
-            // inside the panel row and the read stays inside the phase-plane copy.
+            // Several runs (narrow output rows, a row boundary inside the panel, or gathered
+            // 1×1 strided runs): one pass over the panel rows per run. A run followed by
+            // another in the panel may copy whole 8-float vectors (fewer moves for 7-, 10-,
+            // 14-wide rows): its extra columns belong to a later run, which overwrites them,
+            // as long as they stay inside the panel row and the read stays inside the
+            // phase-plane copy.
             for q in first..<last {
                 let base = xs + Int(sources[q]), col = Int(columns[q]), length = Int(lengths[q])
                 let column = out + col
                 let vectors = (length + 7) / 8
-                if copiesInput && q + 1 < last && col + 8 * vectors <= NR {
+                if gatherStride > 1 {
+                    for p in 0..<kc {
+                        gatherRun(column + p * NR, base + Int(offsets[p]), length, stride: gatherStride,
+                                  vectorStride2: gatherOverreadIsSafe)
+                    }
+                } else if copiesInput && q + 1 < last && col + 8 * vectors <= NR {
                     for p in 0..<kc { copyVectors(column + p * NR, base + Int(offsets[p]), vectors) }
                 } else {
                     for p in 0..<kc { copyShortRun(column + p * NR, base + Int(offsets[p]), length) }
