@@ -15,7 +15,9 @@
 // image already is the Cg × H·W panel. Backward-data writes each dx row once,
 // without zeroing dx or col2im adds, for strided 1×1 convolutions
 // (stridedPointwiseBackwardData) and 3×3 / stride-2 / zero pad-1 ones
-// (stride2Kernel3BackwardData, ConvolutionStride2Backward.swift).
+// (stride2Kernel3BackwardData, ConvolutionStride2Backward.swift), and stride-1
+// zero-padded ones whose images fit a block gather each dx row from dcol
+// (stride1GatherBackwardData, ConvolutionStride1Backward.swift).
 //
 // Threads (ComputeThreads.count = T > 1): the batch is split into T contiguous
 // image ranges (workspace.taskCount tasks), each with its own panel and
@@ -171,6 +173,11 @@ private func backwardDataImages(
     if g.isStride2Kernel3Pad1 && ws.blockPixels >= g.outWidth {
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                    blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput)
+        return
+    }
+    if g.isStride1ZeroPadded && hw <= ws.blockPixels {
+        stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
+                                  blockPixels: ws.blockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput)
         return
     }
     let plane = C * g.height * g.width
@@ -468,7 +475,7 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
 /// matrix with leading dimension `ld`: read in place when the block lies in
 /// one image (ld = outPixels), else gathered into `blockOutput` (ld = count).
 @inline(__always)
-private func gradOutputBlock(_ dy: UnsafePointer<Float>, inside: Bool, firstImage n0: Int, channels K: Int, group grp: Int,
+func gradOutputBlock(_ dy: UnsafePointer<Float>, inside: Bool, firstImage n0: Int, channels K: Int, group grp: Int,
                              groupChannels Kg: Int, outPixels hw: Int, start: Int, count: Int,
                              blockOutput: UnsafeMutablePointer<Float>?) -> (UnsafePointer<Float>, Int) {
     if inside { return (dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw), hw) }

@@ -41,16 +41,9 @@ func stride2Kernel3BackwardData(
         while n0 < images.upperBound {
             let m = min(perBlock, images.upperBound - n0), count = m * hw
             for grp in 0..<g.groups {
-                let dyBlock: UnsafePointer<Float>, ld: Int
-                if m == 1 {
-                    dyBlock = dy + (n0 * K + grp * Kg) * hw; ld = hw
-                } else {
-                    let buf = blockOutput!
-                    blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,
-                                  channelOffset: grp * Kg, channelCount: Kg, outPixels: hw,
-                                  start: n0 * hw, count: count, toTensor: false)
-                    dyBlock = UnsafePointer(buf); ld = count
-                }
+                let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
+                                                    groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
+                                                    blockOutput: blockOutput)
                 // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
                 sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                       b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)

@@ -117,7 +117,8 @@ public final class ConvolutionWorkspace {
                 p = min(p, (even + panelColumnQuantum - 1) / panelColumnQuantum * panelColumnQuantum)
             }
             blockPixels = p
-            panel.reserve(g.panelRows * p)
+            // Slack on both sides for the stride-1 backward-data row gather's masked reads.
+            panel.reserve(g.panelRows * p + 2 * g.rowGatherSlack)
             if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
         }
         yTable.reserve(g.kernelHeight * g.outHeight)

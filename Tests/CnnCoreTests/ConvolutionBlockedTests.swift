@@ -152,6 +152,29 @@ final class ConvolutionBlockedTests: XCTestCase {
                            padding: .explicit(top: 1, bottom: 2, left: 1, right: 2)), batch: 2, budget: 18 * 4 * 80)
     }
 
+    func testStrideOneRowGather() throws {
+        // Backward-data of stride-1 zero-padded layers whose images fit a block gathers each dx
+        // row from dcol (masked shifted loads). LeNet-5's 6-channel layer in blocks of 2 + 2 + 1
+        // images (150 rows, P = 208 ≥ 2 · 100); a 1-channel first layer (28-wide rows, 4 vectors).
+        check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 5, budget: 150 * 4 * 208, manyBlocks: false)
+        check(try geometry(1, 28, 28, 5, kernel: (3, 3), padding: .same), batch: 3, budget: 1 << 20, manyBlocks: false)
+        // 37-wide rows (a chunk of 4 vectors, then 1), dilation, asymmetric padding, two groups.
+        check(try geometry(4, 6, 37, 4, kernel: (3, 5), dilation: (2, 2),
+                           padding: .explicit(top: 2, bottom: 0, left: 3, right: 1), groups: 2),
+              batch: 2, budget: 1 << 20, manyBlocks: false)
+        // Rows narrower than a vector (whole-vector stores run into the next row), an output
+        // wider than the input, and padding wider than the kernel (dx pixels no tap reaches).
+        check(try geometry(2, 6, 3, 3, kernel: (2, 2), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+              batch: 3, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(2, 5, 9, 3, kernel: (3, 3), padding: .explicit(top: 3, bottom: 0, left: 4, right: 1)),
+              batch: 2, budget: 1 << 20, manyBlocks: false)
+        // Split over 3 threads by images.
+        let saved = ComputeThreads.count
+        defer { ComputeThreads.count = saved }
+        ComputeThreads.count = 3
+        check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 7, budget: 150 * 4 * 208, manyBlocks: false)
+    }
+
     func testPointwiseAndStridedOneByOne() throws {
         check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
         check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
