@@ -61,7 +61,7 @@ func stride1GatherBackwardData(
         // then reads L1: fashion-cnn/0 0.70 → 0.83 of its GEMM); otherwise the whole panel
         // block (dcol is read from L2 either way, and a wider GEMM wastes less of its edge tile).
         let imageFloats = rows * hw
-        let perBlock = imageFloats <= rowGatherL1Floats ? max(1, rowGatherL1Floats / imageFloats) : p / hw
+        let perBlock = imageFloats <= rowGatherL1Floats ? max(1, min(p / hw, rowGatherL1Floats / imageFloats)) : p / hw
         var n0 = images.lowerBound
         while n0 < images.upperBound {
             let m = min(perBlock, images.upperBound - n0), count = m * hw

@@ -158,6 +158,8 @@ final class ConvolutionBlockedTests: XCTestCase {
         // images (150 rows, P = 208 ≥ 2 · 100); a 1-channel first layer (28-wide rows, 4 vectors).
         check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 5, budget: 150 * 4 * 208, manyBlocks: false)
         check(try geometry(1, 28, 28, 5, kernel: (3, 3), padding: .same), batch: 3, budget: 1 << 20, manyBlocks: false)
+        // Small planes whose dcol fits in L1: as many images per block as the panel budget allows (2).
+        check(try geometry(3, 4, 4, 4, kernel: (3, 3), padding: .same), batch: 5, budget: 27 * 4 * 32)
         // 37-wide rows (a chunk of 4 vectors, then 1), dilation, asymmetric padding, two groups.
         check(try geometry(4, 6, 37, 4, kernel: (3, 5), dilation: (2, 2),
                            padding: .explicit(top: 2, bottom: 0, left: 3, right: 1), groups: 2),
