@@ -13,8 +13,8 @@
 // the workspace's block-output buffer and is scattered / gathered per image.
 // 1×1, stride-1, unpadded convolutions skip im2col: the NCHW input of one
 // image already is the Cg × H·W panel. Backward-data writes each dx row once,
-// without zeroing dx or col2im adds, for strided 1×1 convolutions
-// (stridedPointwiseBackwardData) and 3×3 / stride-2 / zero pad-1 ones
+// without zeroing dx or col2im adds, for strided 1×1 convolutions (tile by
+// tile as the GEMM finishes them, stridedPointwiseBackwardDataTiles) and 3×3 / stride-2 / zero pad-1 ones
 // (stride2Kernel3BackwardData, ConvolutionStride2Backward.swift), and stride-1
 // zero-padded ones whose images fit a block gather each dx row from dcol
 // (stride1GatherBackwardData, ConvolutionStride1Backward.swift).
@@ -137,6 +137,14 @@ public func convolution2DBackwardData(
         return
     }
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
+    if g.isStridedPointwise && sgemmTilesSupports(k: g.groupOutChannels) {
+        // W_gᵀ (Cg × Kg) packed once for every image and task.
+        while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
+        for grp in 0..<g.groups {
+            ws.transposedWeights[grp].pack(.transposed, m: g.groupInChannels, k: g.groupOutChannels,
+                                           a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels)
+        }
+    }
     if tasks == 1 {
         backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
         return
@@ -163,6 +171,11 @@ private func backwardDataImages(
                       beta: 0, c: dx + (n * C + grp * Cg) * hw, ldc: hw)
             }
         }
+        return
+    }
+    if g.isStridedPointwise && sgemmTilesSupports(k: Kg) {
+        stridedPointwiseBackwardDataTiles(gradOutput: dy, packedWeights: ws.transposedWeights, gradInput: dx,
+                                          images: images, geometry: g)
         return
     }
     if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
@@ -289,6 +302,58 @@ func stridedPointwiseBackwardData(
             }
         }
     }
+}
+
+/// Backward-data of a 1×1, unpadded, strided convolution whose Kg fits one GEMM K step,
+/// for images `images`: the GEMM (W_gᵀ prepacked, one per group) hands each finished tile
+/// of Cg-rows × 16 output pixels to the scatter (sgemmTiles), which writes the dx rows the
+/// tile reaches: row oy·sh with the values interleaved with zeros, the rows below it up to
+/// the next output row's zeros. Every dx float is written once, and the stores (4x the
+/// GEMM's output with stride 2) drain while later tiles compute; through a stored dcol
+/// they were a separate pass costing a third of the layer's time.
+func stridedPointwiseBackwardDataTiles(
+    gradOutput dy: UnsafePointer<Float>, packedWeights: [PackedGemmA], gradInput dx: UnsafeMutablePointer<Float>,
+    images: Range<Int>, geometry g: Conv2DGeometry
+) {
+    let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
+    let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
+    let Cg = g.groupInChannels, Kg = g.groupOutChannels
+    for n in images {
+        for grp in 0..<g.groups {
+            let planes = dx + (n * C + grp * Cg) * H * W
+            sgemmTiles(packedWeights[grp], n: hw, b: dy + (n * K + grp * Kg) * hw, ldb: hw) { tile, row, rows, col, cols in
+                // The tile's output-row runs: pixels col ..< col + cols of the image (one division).
+                var oy = col / outW, ox0 = col - oy * outW, j = 0
+                while j < cols {
+                    let ox1 = min(outW, ox0 + cols - j)
+                    let y = oy * sh, x0 = ox0 * sw
+                    // The last run of an output row also covers the input columns past it.
+                    let width = ox1 == outW ? W - x0 : (ox1 - ox0) * sw
+                    let nextRow = oy == outH - 1 ? H : min(y + sh, H)
+                    for i in 0..<rows {
+                        let plane = planes + (row + i) * H * W
+                        scatterStridedRow(plane + y * W + x0, tile + i * GemmBlocking.NR + j, width: width,
+                                          outWidth: ox1 - ox0, stride: sw)
+                        for z in (y + 1)..<nextRow { zeroFloats(plane + z * W + x0, width) }
+                    }
+                    j += ox1 - ox0
+                    ox0 = 0
+                    oy += 1
+                }
+            }
+        }
+    }
+}
+
+/// dst[i] = 0 for i < count, in vector stores (runs of 16-64 floats: cheaper inline than a memset call).
+@inline(__always)
+func zeroFloats(_ dst: UnsafeMutablePointer<Float>, _ count: Int) {
+    var i = 0
+    while i + 8 <= count {
+        UnsafeMutableRawPointer(dst + i).storeBytes(of: SIMD8<Float>(), as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < count { dst[i] = 0; i += 1 }
 }
 
 /// dst[x] = src[x / s] where x is a multiple of s (x / s < outWidth), else 0, for x < width.

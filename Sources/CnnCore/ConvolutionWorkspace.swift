@@ -37,6 +37,7 @@ public final class ConvolutionWorkspace {
         panel.bytes + blockOutput.bytes + yTable.bytes + xTable.bytes + xInterior.bytes
             + taskScratch.reduce(0) { $0 + $1.panel.bytes + $1.blockOutput.bytes + $1.gradWeight.bytes }
             + (packedPlan?.bytes ?? 0) + flippedWeights.bytes + (backwardDataWorkspace?.bytes ?? 0)
+            + transposedWeights.reduce(0) { $0 + $1.storage.bytes }
     }
     /// Output pixels per block (P), the panel's column count; set by `prepare`.
     public private(set) var blockPixels: Int = 0
@@ -62,6 +63,8 @@ public final class ConvolutionWorkspace {
     var backwardDataGeometry: Conv2DGeometry?
     var backwardDataWorkspace: ConvolutionWorkspace?
     var flippedWeights = GrowableBuffer<Float>()
+    /// W_gᵀ of each group packed for strided 1×1 backward-data (`sgemmTiles`).
+    var transposedWeights: [PackedGemmA] = []
     private var preparedGeometry: Conv2DGeometry?
     private var preparedBatch = 0
 

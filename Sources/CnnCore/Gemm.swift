@@ -467,6 +467,58 @@ private func microKernelImplicitB(
     }
 }
 
+// MARK: - Tiles to a sink (C never stored)
+
+/// Receives one finished tile of `sgemmTiles`: tile[i · NR + j] is C[row + i, col + j]
+/// for i < rows, j < cols (NR = GemmBlocking.NR).
+public typealias GemmTileSink = (_ tile: UnsafePointer<Float>, _ row: Int, _ rows: Int, _ col: Int, _ cols: Int) -> Void
+
+/// Whether `sgemmTiles` takes a prepacked A of this depth (one K step: no tile needs a
+/// second pass to finish).
+public func sgemmTilesSupports(k: Int) -> Bool { k <= KC }
+
+/// C (M×N) = A·B on this thread, A prepacked (k ≤ KC) and B row-major (K×N, ldb ≥ N),
+/// without storing C: each finished tile goes from the micro-kernel to `sink` while it is
+/// in L1. A caller that writes C somewhere unusual (interleaved with zeros into a tensor
+/// 4x its size: strided 1×1 backward-data) then does so tile by tile, its stores draining
+/// while the next tiles compute, instead of in a separate pass over a stored C.
+public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: Int, sink: GemmTileSink) {
+    precondition(sgemmTilesSupports(k: a.k), "sgemmTiles: k \(a.k) > KC \(KC)")
+    precondition(ldb >= n, "sgemmTiles: ldb \(ldb) < n \(n)")
+    if n == 0 { return }
+    let panelColumns = packedGemmPanelColumns(m: a.m, k: a.k)
+    let ws = GemmWorkspace.forCurrentThread()
+    ws.reserve(aCount: 0, bCount: a.k * roundUp(min(panelColumns, n), NR))
+    let packedB = ws.b, tile = ws.tile
+    var jc = 0
+    while jc < n {
+        let nc = min(panelColumns, n - jc)
+        packB(.none, kc: a.k, nc: nc, b: b, ldb: ldb, row: 0, col: jc, dst: packedB)
+        // Row panels outside, column tiles inside: the sink writes the rows of one panel at a
+        // time (a few output streams, not all M), while the packed B panel stays in L1.
+        forEachPackedBlock(a) { _, kc, ic, mc, packedA in
+            var ir = 0
+            while ir < mc {
+                let rows = panelRows(mc - ir)
+                let aPanel = packedA + ir * kc
+                var jr = 0
+                while jr < nc {
+                    let bPanel = packedB + jr * kc
+                    if rows == MR {
+                        microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: tile, ldc: NR, alpha: 1, beta: 0)
+                    } else {
+                        microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: tile, ldc: NR, alpha: 1, beta: 0)
+                    }
+                    sink(tile, ic + ir, min(rows, mc - ir), jc + jr, min(NR, nc - jr))
+                    jr += NR
+                }
+                ir += rows
+            }
+        }
+        jc += nc
+    }
+}
+
 /// Packs op(A)[row..<row+mc, col..<col+kc].
 @inline(__always)
 private func packA(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Float>, lda: Int,

@@ -71,6 +71,40 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    func testTilesReachSinkOnceEachAndMatchReference() {
+        // sgemmTiles: every C element arrives in exactly one tile, equal to sgemm's C; M with a
+        // 4-row tail panel and more than MC rows, N not a multiple of NR, several B panels.
+        for (m, n, k) in [(16, 37, 32), (6, 16, 1), (150, 300, 384), (3, 129, 17)] {
+            var rng = TestLCG(state: UInt64(m * 1000 + n))
+            let a = (0..<(m * k)).map { _ in rng.next() }
+            let b = (0..<(k * n)).map { _ in rng.next() }
+            var expected = [Float](repeating: 0, count: m * n)
+            var got = [Float](repeating: .nan, count: m * n)
+            var visits = [Int](repeating: 0, count: m * n)
+            let packed = PackedGemmA()
+            a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                    expected.withUnsafeMutableBufferPointer { pc in
+                        sgemmReference(.none, .none, m: m, n: n, k: k, alpha: 1, a: pa.baseAddress!, lda: k,
+                                       b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
+                    }
+                    packed.pack(.none, m: m, k: k, a: pa.baseAddress!, lda: k)
+                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, row, rows, col, cols in
+                        for i in 0..<rows {
+                            for j in 0..<cols {
+                                got[(row + i) * n + col + j] = tile[i * GemmBlocking.NR + j]
+                                visits[(row + i) * n + col + j] += 1
+                            }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(Set(visits), [1], "\(m)x\(n)x\(k): an element missed or sent twice")
+            let worst = zip(got, expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+            XCTAssertLessThan(worst, 1e-5 * Float(k).squareRoot() + 1e-6, "\(m)x\(n)x\(k)")
+        }
+    }
+
     func testConcurrentCallersGetIndependentWorkspaces() {
         // The in-process ranks call sgemm from several threads at once.
         let shapes = [(37, 129, 300), (64, 200, 27), (5, 500, 64), (100, 40, 513)]
