@@ -83,7 +83,8 @@ func stride1GatherBackwardData(
 }
 
 /// Writes dx of image n, group `group` (all Cg planes) from its dcol columns
-/// (`dcol[r · ld + oy · outW + ox]`).
+/// (`dcol[r · ld + oy · outW + ox]`): per plane, blocks of R rows × nv vectors
+/// (R·nv ≤ 8 accumulators: 4 rows of up to 2 vectors, or 2 rows of 3-4).
 @inline(__always)
 private func gatherImageRows(_ dcol: UnsafePointer<Float>, ld: Int, gradInput dx: UnsafeMutablePointer<Float>,
                              image n: Int, group grp: Int, geometry g: Conv2DGeometry,
@@ -92,75 +93,73 @@ private func gatherImageRows(_ dcol: UnsafePointer<Float>, ld: Int, gradInput dx
     for cl in 0..<Cg {
         let plane = dx + (n * g.inChannels + grp * Cg + cl) * H * W
         let channel = dcol + cl * taps * ld
-        for y in 0..<H {
-            var v0 = 0
-            while v0 < vectorsPerRow {
-                let nv = min(rowGatherChunkVectors, vectorsPerRow - v0)
-                let dst = plane + y * W + 8 * v0
-                // Whole vectors may run into the next row (written after this one) but not past the plane.
-                let whole = y * W + 8 * (v0 + nv) <= H * W
-                let valid = min(8 * nv, W - 8 * v0)
-                // nv is a constant in each call, so each is compiled for its vector count.
+        var v0 = 0
+        while v0 < vectorsPerRow {
+            let nv = min(rowGatherChunkVectors, vectorsPerRow - v0)
+            var y = 0
+            while y < H {
+                // R and nv are constants in each call, so each is compiled for its block shape.
                 switch nv {
-                case 1: gatherRowChunk(1, dst, valid, whole, channel, ld, y, v0, g, masks, vectorsPerRow)
-                case 2: gatherRowChunk(2, dst, valid, whole, channel, ld, y, v0, g, masks, vectorsPerRow)
-                case 3: gatherRowChunk(3, dst, valid, whole, channel, ld, y, v0, g, masks, vectorsPerRow)
-                default: gatherRowChunk(4, dst, valid, whole, channel, ld, y, v0, g, masks, vectorsPerRow)
+                case 1: y += gatherRowBlock(4, 1, plane, y, v0, channel, ld, g, masks, vectorsPerRow)
+                case 2: y += gatherRowBlock(4, 2, plane, y, v0, channel, ld, g, masks, vectorsPerRow)
+                case 3: y += gatherRowBlock(2, 3, plane, y, v0, channel, ld, g, masks, vectorsPerRow)
+                default: y += gatherRowBlock(2, 4, plane, y, v0, channel, ld, g, masks, vectorsPerRow)
                 }
-                v0 += nv
             }
+            v0 += nv
         }
     }
 }
 
-/// dx row y, vectors v0 ..< v0 + nv: the masked sum over every tap (a, b) reaching the
-/// row. Taps with even and odd b go to separate accumulators, so consecutive adds into
-/// one register are independent (a 25-tap row is not one 25-add latency chain).
-/// Stores nv whole vectors when `whole`, else the first `valid` floats.
+/// dx rows y ..< y + R (fewer at the bottom of the plane), vectors v0 ..< v0 + nv: the
+/// masked sum over every tap (a, b) reaching each row. Each tap's masks are loaded once
+/// for all R rows, and the R·nv accumulators are independent add chains. Stores whole
+/// vectors where they stay inside the plane (the overrun lands in later rows, which are
+/// written after), else the row's valid floats. Returns the rows written.
 @inline(__always)
-private func gatherRowChunk(_ nv: Int, _ dst: UnsafeMutablePointer<Float>, _ valid: Int, _ whole: Bool,
-                            _ channel: UnsafePointer<Float>, _ ld: Int, _ y: Int, _ v0: Int, _ g: Conv2DGeometry,
-                            _ masks: UnsafePointer<SIMD8<UInt32>>, _ vectorsPerRow: Int) {
-    let kh = g.kernelHeight, kw = g.kernelWidth, dh = g.dilationHeight, dw = g.dilationWidth
-    let outH = g.outHeight, outW = g.outWidth
-    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
-    var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
-    // Tap (a, b) reads dcol row (a·kw + b) at oy·outW + x + padLeft − b·dw for lane x.
-    let step = ld - dw
-    for a in 0..<kh {
-        let oy = y + g.padTop - a * dh
-        if oy < 0 || oy >= outH { continue }
-        let first = channel + a * kw * ld + oy * outW + g.padLeft + 8 * v0
-        var b = 0
-        while b < kw {
-            let s = UnsafeRawPointer(first + b * step), m = masks + b * vectorsPerRow + v0
-            e0 += maskedLoad(s, 0, m[0])
-            if nv > 1 { e1 += maskedLoad(s, 32, m[1]) }
-            if nv > 2 { e2 += maskedLoad(s, 64, m[2]) }
-            if nv > 3 { e3 += maskedLoad(s, 96, m[3]) }
-            if b + 1 < kw {
-                let s = UnsafeRawPointer(first + (b + 1) * step), m = m + vectorsPerRow
-                o0 += maskedLoad(s, 0, m[0])
-                if nv > 1 { o1 += maskedLoad(s, 32, m[1]) }
-                if nv > 2 { o2 += maskedLoad(s, 64, m[2]) }
-                if nv > 3 { o3 += maskedLoad(s, 96, m[3]) }
+private func gatherRowBlock(_ R: Int, _ nv: Int, _ plane: UnsafeMutablePointer<Float>, _ y: Int, _ v0: Int,
+                            _ channel: UnsafePointer<Float>, _ ld: Int, _ g: Conv2DGeometry,
+                            _ masks: UnsafePointer<SIMD8<UInt32>>, _ vectorsPerRow: Int) -> Int {
+    let H = g.height, W = g.width, kh = g.kernelHeight, kw = g.kernelWidth
+    let dh = g.dilationHeight, dw = g.dilationWidth, outH = g.outHeight, outW = g.outWidth
+    let rows = min(R, H - y)
+    return withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 8) { accBuffer in
+        let acc = accBuffer.baseAddress!
+        for i in 0..<(R * nv) { acc[i] = SIMD8<Float>() }
+        // Tap (a, b) reads dcol row (a·kw + b) at oy·outW + x + padLeft − b·dw for lane x.
+        for a in 0..<kh {
+            let oy0 = y + g.padTop - a * dh
+            // Rows r of the block with oy0 + r inside the output.
+            let rFirst = max(0, -oy0), rEnd = min(rows, outH - oy0)
+            if rFirst >= rEnd { continue }
+            let first = channel + a * kw * ld + oy0 * outW + g.padLeft + 8 * v0
+            // Every row of the block reached (the usual case): no per-row test in the tap loop.
+            let allRows = rFirst == 0 && rEnd == R
+            for b in 0..<kw {
+                let s = first + b * (ld - dw), m = masks + b * vectorsPerRow + v0
+                for v in 0..<nv {
+                    let mask = m[v]
+                    if allRows {
+                        for r in 0..<R { acc[r * nv + v] += maskedLoad(UnsafeRawPointer(s + r * outW), 32 * v, mask) }
+                    } else {
+                        // Constant r (unrolled), so the accumulators stay in registers.
+                        for r in 0..<R where r >= rFirst && r < rEnd {
+                            acc[r * nv + v] += maskedLoad(UnsafeRawPointer(s + r * outW), 32 * v, mask)
+                        }
+                    }
+                }
             }
-            b += 2
         }
-    }
-    let sums = (e0 + o0, e1 + o1, e2 + o2, e3 + o3)
-    if whole {
-        let d = UnsafeMutableRawPointer(dst)
-        d.storeBytes(of: sums.0, as: SIMD8<Float>.self)
-        if nv > 1 { d.storeBytes(of: sums.1, toByteOffset: 32, as: SIMD8<Float>.self) }
-        if nv > 2 { d.storeBytes(of: sums.2, toByteOffset: 64, as: SIMD8<Float>.self) }
-        if nv > 3 { d.storeBytes(of: sums.3, toByteOffset: 96, as: SIMD8<Float>.self) }
-        return
-    }
-    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 4) { lanes in
-        lanes[0] = sums.0; lanes[1] = sums.1; lanes[2] = sums.2; lanes[3] = sums.3
-        let values = UnsafeRawPointer(lanes.baseAddress!).assumingMemoryBound(to: Float.self)
-        for i in 0..<valid { dst[i] = values[i] }
+        for r in 0..<rows {
+            let dst = plane + (y + r) * W + 8 * v0
+            if (y + r) * W + 8 * (v0 + nv) <= H * W {
+                for v in 0..<nv { UnsafeMutableRawPointer(dst + 8 * v).storeBytes(of: acc[r * nv + v], as: SIMD8<Float>.self) }
+            } else {
+                let values = UnsafeRawPointer(acc + r * nv).assumingMemoryBound(to: Float.self)
+                for i in 0..<min(8 * nv, W - 8 * v0) { dst[i] = values[i] }
+            }
+        }
+        return rows
     }
 }
 
