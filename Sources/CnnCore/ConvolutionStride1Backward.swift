@@ -113,9 +113,9 @@ private func gatherImageRows(_ dcol: UnsafePointer<Float>, ld: Int, gradInput dx
 
 /// dx rows y ..< y + R (fewer at the bottom of the plane), vectors v0 ..< v0 + nv: the
 /// masked sum over every tap (a, b) reaching each row. Each tap's masks are loaded once
-/// for all R rows, and the R·nv accumulators are independent add chains. Stores whole
-/// vectors where they stay inside the plane (the overrun lands in later rows, which are
-/// written after), else the row's valid floats. Returns the rows written.
+/// for all R rows, and the R·nv accumulators are independent add chains. Stores
+/// whole vectors where that overwrites nothing already written, else the row's valid
+/// floats. Returns the rows written.
 @inline(__always)
 private func gatherRowBlock(_ R: Int, _ nv: Int, _ plane: UnsafeMutablePointer<Float>, _ y: Int, _ v0: Int,
                             _ channel: UnsafePointer<Float>, _ ld: Int, _ g: Conv2DGeometry,
@@ -152,7 +152,11 @@ private func gatherRowBlock(_ R: Int, _ nv: Int, _ plane: UnsafeMutablePointer<F
         }
         for r in 0..<rows {
             let dst = plane + (y + r) * W + 8 * v0
-            if (y + r) * W + 8 * (v0 + nv) <= H * W {
+            // Whole vectors when they end inside the row, or, for rows that are one chunk, when
+            // they end inside the plane: the overrun then lands in the next row, stored after
+            // this one. (With several chunks the next row's first chunk is already written.)
+            let ends = 8 * (v0 + nv)
+            if ends <= W || (nv == vectorsPerRow && (y + r) * W + ends <= H * W) {
                 for v in 0..<nv { UnsafeMutableRawPointer(dst + 8 * v).storeBytes(of: acc[r * nv + v], as: SIMD8<Float>.self) }
             } else {
                 let values = UnsafeRawPointer(acc + r * nv).assumingMemoryBound(to: Float.self)
