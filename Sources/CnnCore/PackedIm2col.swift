@@ -26,12 +26,13 @@ import Glibc
 // and reused for every image: one GEMM per image and group, C = the image's
 // NCHW output (Kg × outH·outW), N = outH·outW.
 //
-// Backward-weights runs over "virtual pixels" v = oy·Ws + ox with ox < Ws
-// instead of ox < outW: then B[v, r] = xs[rowOffset[r] + v] is contiguous in v
-// for every r, so the Bᵀ-shaped panel is packed with 8×8 register transposes,
-// and dY is copied into rows of Ws whose extra columns stay zero (they cancel
-// the extra pixels). dW_g += dY_v (Kg × V) · B (V × rows), V = outH·Ws; the
-// extra work is Ws / outW − 1 (6 % at 32×32, 29 % at 7×7).
+// Backward-weights: dW_g += dY (Kg × outH·outW, packed in place) · B (outH·outW × rows),
+// B[q, r] = xs[rowOffset[r] + oy·Ws + ox] for q = oy·outW + ox. Along an output row the
+// pixels are contiguous in xs for every r, so the Bᵀ-shaped panel is packed with 8×8
+// register transposes, 8 pixels of one row at a time (a row's last step may read past its
+// end; those panel rows are overwritten by the next row's). Reducing over "virtual
+// pixels" instead (rows of Ws, dY copied with zero columns, one contiguous run) did
+// Ws / outW − 1 more work: 40 % on LeNet-5's 10-wide rows, 29 % on 7×7.
 
 /// Largest phase-plane input copy (about Cg·Hp·Wp floats) the packed path uses;
 /// larger planes (VGG at 224×224 past the first layer) keep the panel path.
@@ -65,7 +66,7 @@ final class PackedIm2colPlan {
     /// pixel: true for even input widths (the float is in the same row).
     private var gatherOverreadIsSafe: Bool { geometry.width % 2 == 0 }
     /// Whether backward-weights runs here (not for gathered 1×1 strided convolutions,
-    /// whose virtual pixels would need the phase copy).
+    /// whose pixels are not contiguous without the phase copy).
     var supportsBackwardWeights: Bool { gatherStride == 1 }
     /// usedPhase[py·sw + px]: some kernel tap reads phase (py, px).
     private let usedPhase: [Bool]
@@ -80,8 +81,7 @@ final class PackedIm2colPlan {
     var runLength = GrowableBuffer<Int32>()
     /// Phase-plane input copies, one per task.
     private var planes: [GrowableBuffer<Float>] = []
-    /// Backward-weights, per task: dY in rows of Ws (extra columns zero), and its packed form.
-    private var gradOutputRows: [GrowableBuffer<Float>] = []
+    /// Backward-weights, per task: dY packed as the GEMM's A operand.
     private var packedGradOutputs: [PackedGemmA] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
@@ -160,7 +160,7 @@ final class PackedIm2colPlan {
     var bytes: Int {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
-            + gradOutputRows.reduce(0) { $0 + $1.bytes } + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
+            + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
     }
 
@@ -200,16 +200,16 @@ final class PackedIm2colPlan {
             + 32 + g.kernelWidth * g.dilationWidth
     }
 
-    /// Virtual pixels of one image in backward-weights: outH rows of Ws.
+    /// Virtual pixels of one image (outH rows of Ws): implicit-B forward computes them all.
     var virtualPixels: Int { geometry.outHeight * phaseWidth }
 
     /// Makes sure tasks 0 ..< tasks have a zero-bordered phase-plane stack (backward-weights
-    /// always copies: its virtual pixels read a few floats past the image).
+    /// always copies: its 8-pixel steps read a few floats past a row, and past the image).
     func reservePlanes(_ tasks: Int, always: Bool = false) {
         guard copiesInput || always else { return }
         let g = geometry
-        // Slack past the end for the virtual pixels' last row, then a zero row of
-        // V floats that stands in for the missing rows of a partial Bᵀ micro-panel.
+        // Slack past the end for reads past the last row, then a zero row of V floats
+        // that stands in for the missing rows of a partial Bᵀ micro-panel.
         let count = zeroRowOffset + virtualPixels + 64
         while planes.count < tasks {
             var plane = GrowableBuffer<Float>()
@@ -228,16 +228,9 @@ final class PackedIm2colPlan {
         }
     }
 
-    /// Makes sure tasks 0 ..< tasks have backward-weights buffers.
+    /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights.
     func reserveGradOutputRows(_ tasks: Int) {
-        let count = geometry.groupOutChannels * virtualPixels
-        while gradOutputRows.count < tasks {
-            var rows = GrowableBuffer<Float>()
-            rows.reserve(count)
-            rows.pointer.update(repeating: 0, count: count)
-            gradOutputRows.append(rows)
-            packedGradOutputs.append(PackedGemmA())
-        }
+        while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
     }
 
     /// xs of images n ..< n + count (≤ imagesPerBlock), group grp, for task t: the
@@ -345,54 +338,60 @@ final class PackedIm2colPlan {
 }
 
 extension PackedIm2colPlan {
-    /// Packs dY of image n, group grp (Kg × outH·outW) as the A operand of
-    /// backward-weights: rows of Ws virtual pixels, extra columns zero.
+    /// Packs dY of image n, group grp (Kg × outH·outW, read in place) as the A operand of
+    /// backward-weights: the reduction runs over the real output pixels.
     func packGradOutput(_ dy: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int) -> PackedGemmA {
-        let g = geometry, hw = g.outPixels, outW = g.outWidth, Kg = g.groupOutChannels
-        let V = virtualPixels, Ws = phaseWidth
-        let rows = gradOutputRows[t].pointer
-        let src = dy + (n * g.outChannels + grp * Kg) * hw
-        for k in 0..<Kg {
-            for oy in 0..<g.outHeight { copyFloats(rows + k * V + oy * Ws, src + k * hw + oy * outW, outW) }
-        }
+        let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
         let packed = packedGradOutputs[t]
-        packed.pack(.none, m: Kg, k: V, a: rows, lda: V)
+        packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw)
         return packed
     }
 
-    /// Writes B[v, r] = xs[rowOffset[r] + v] for v in v0 ..< v0 + kc, r in r0 ..< r0 + nc
-    /// as NR-column micro-panels (the GemmPanelPacker contract, with the virtual
-    /// pixels as the reduction): 8×8 blocks transposed in registers.
+    /// Writes B[q, r] = xs[rowOffset[r] + oy·Ws + ox] for output pixels q = oy·outW + ox in
+    /// q0 ..< q0 + kc and r in r0 ..< r0 + nc as NR-column micro-panels (the GemmPanelPacker
+    /// contract, with the pixels as the reduction). Within an output row, pixels are
+    /// contiguous in xs, so 8 at a time are transposed in registers for 8 r; a row's last
+    /// step may take pixels past its end: their panel rows are overwritten by the next row's
+    /// first step, and at the end of the K block the step goes through a scratch tile.
     @inline(__always)
-    func packTransposedPanel(_ xs: UnsafePointer<Float>, v0: Int, kc: Int, r0: Int, nc: Int,
+    func packTransposedPanel(_ xs: UnsafePointer<Float>, q0: Int, kc: Int, r0: Int, nc: Int,
                              dst: UnsafeMutablePointer<Float>) {
-        let NR = GemmBlocking.NR
-        let base = xs + v0
+        let NR = GemmBlocking.NR, outW = geometry.outWidth, Ws = phaseWidth
         let panels = (nc + NR - 1) / NR
         withUnsafeTemporaryAllocation(of: Int32.self, capacity: NR) { partial in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 8 * NR) { scratch in
             for s in 0..<panels {
                 var offsets = UnsafePointer(rowOffset.pointer + r0 + s * NR)
                 let out = dst + s * NR * kc
                 let valid = min(NR, nc - s * NR)
                 if valid < NR {
                     // Missing rows read the zero row (first layers: 9, 25 or 27 rows).
-                    let zero = Int32(zeroRowOffset - v0)
-                    for j in 0..<NR { partial[j] = j < valid ? offsets[j] : zero }
+                    for j in 0..<NR { partial[j] = j < valid ? offsets[j] : Int32(zeroRowOffset) }
                     offsets = UnsafePointer(partial.baseAddress!)
                 }
-                var p = 0
-                while p + 8 <= kc {
-                    for h in 0..<(NR / 8) {
-                        transpose8x8(base + p, offsets + 8 * h, out + p * NR + 8 * h, dstStride: NR)
-                    }
-                    p += 8
-                }
+                var p = 0, oy = q0 / outW, ox = q0 - oy * outW
                 while p < kc {
-                    let o = out + p * NR
-                    for j in 0..<NR { o[j] = base[Int(offsets[j]) + p] }
-                    p += 1
+                    let run = min(outW - ox, kc - p)
+                    let pixels = xs + oy * Ws + ox
+                    var i = 0
+                    while i < run {
+                        if p + i + 8 <= kc {
+                            for h in 0..<(NR / 8) {
+                                transpose8x8(pixels + i, offsets + 8 * h, out + (p + i) * NR + 8 * h, dstStride: NR)
+                            }
+                        } else {
+                            let tile = scratch.baseAddress!
+                            for h in 0..<(NR / 8) { transpose8x8(pixels + i, offsets + 8 * h, tile + 8 * h, dstStride: NR) }
+                            (out + (p + i) * NR).update(from: tile, count: (kc - p - i) * NR)
+                        }
+                        i += 8
+                    }
+                    p += run
+                    ox = 0
+                    oy += 1
                 }
             }
+        }
         }
     }
 }
@@ -437,8 +436,7 @@ private func transpose8x8(_ src: UnsafePointer<Float>, _ offsets: UnsafePointer<
     store(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), 7)
 }
 
-/// Backward-weights over images `images` for task t over virtual pixels,
-/// accumulating into `dw` (K × Cg·kh·kw).
+/// Backward-weights over images `images` for task t, accumulating into `dw` (K × Cg·kh·kw).
 func packedIm2colBackwardWeights(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
     _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
@@ -448,8 +446,8 @@ func packedIm2colBackwardWeights(
         for grp in 0..<g.groups {
             let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
             let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
-            sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { v0, kc, r0, nc, dst in
-                plan.packTransposedPanel(xs, v0: v0, kc: kc, r0: r0, nc: nc, dst: dst)
+            sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
+                plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
             }
         }
     }
