@@ -105,7 +105,7 @@ final class PackedIm2colPlan {
         phaseHeight = (Hp + sh - 1) / sh
         phaseWidth = (Wp + sw - 1) / sw
         gatherStride = g.isStridedPointwise ? sw : 1
-        copiesInput = !g.isStridedPointwise && (Hp != g.height || Wp != g.width || sh != 1 || sw != 1)
+        copiesInput = gatherStride == 1 && (Hp != g.height || Wp != g.width || sh != 1 || sw != 1)
         let kh = g.kernelHeight, kw = g.kernelWidth, Ws = phaseWidth
         let plane = phaseHeight * phaseWidth, Cg = g.groupInChannels
         var used = [Bool](repeating: false, count: sh * sw)
@@ -252,31 +252,41 @@ final class PackedIm2colPlan {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
         let sh = g.strideHeight, sw = g.strideWidth
         let Ws = phaseWidth, plane = phaseHeight * Ws
-        for c in 0..<Cg {
-            let src = image + c * H * W
-            for yy in 0..<H {
-                let yp = yy + g.padTop, py = yp % sh
-                let row = src + yy * W
-                if sw == 2 && usedPhase[py * 2] && usedPhase[py * 2 + 1] {
-                    // Both column phases: split even and odd input columns in one pass.
-                    let rowBase = xs + (py * 2 * Cg + c) * plane + (yp / sh) * Ws
-                    let evenPhase = g.padLeft % 2, oddPhase = (1 + g.padLeft) % 2
-                    deinterleaveRow(row, count: W,
-                                    even: rowBase + evenPhase * Cg * plane + g.padLeft / 2,
-                                    odd: rowBase + oddPhase * Cg * plane + (1 + g.padLeft) / 2)
-                    continue
-                }
-                for px in 0..<sw where usedPhase[py * sw + px] {
-                    // Input columns xx with (xx + padLeft) mod sw == px land at (xx + padLeft) / sw.
-                    let first = ((px - g.padLeft) % sw + sw) % sw
-                    if first >= W { continue }
-                    let dst = xs + ((py * sw + px) * Cg + c) * plane + (yp / sh) * Ws + (first + g.padLeft) / sw
-                    let count = (W - first + sw - 1) / sw
-                    if sw == 1 {
-                        copyFloats(dst, row, W)
-                    } else {
-                        let s0 = row + first
-                        for i in 0..<count { dst[i] = s0[i * sw] }
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * sw) { columns in
+            // Per column phase px (row-independent, so no divisions in the row loop): the first
+            // input column xx with (xx + padLeft) mod sw == px, its phase column, and the count.
+            for px in 0..<sw {
+                let first = ((px - g.padLeft) % sw + sw) % sw
+                columns[3 * px] = first
+                columns[3 * px + 1] = (first + g.padLeft) / sw
+                columns[3 * px + 2] = first < W ? (W - first + sw - 1) / sw : 0
+            }
+            usedPhase.withUnsafeBufferPointer { used in
+                for c in 0..<Cg {
+                    let src = image + c * H * W
+                    var py = g.padTop % sh, phaseRow = g.padTop / sh
+                    for yy in 0..<H {
+                        let row = src + yy * W
+                        if sw == 2 && used[py * 2] && used[py * 2 + 1] {
+                            // Both column phases: split even and odd input columns in one pass.
+                            let rowBase = xs + (py * 2 * Cg + c) * plane + phaseRow * Ws
+                            let evenPhase = columns[0]   // the phase of input column 0: padLeft mod 2
+                            deinterleaveRow(row, count: W,
+                                            even: rowBase + evenPhase * Cg * plane + columns[3 * evenPhase + 1],
+                                            odd: rowBase + (1 - evenPhase) * Cg * plane + columns[3 * (1 - evenPhase) + 1])
+                        } else {
+                            for px in 0..<sw where used[py * sw + px] {
+                                let first = columns[3 * px], count = columns[3 * px + 2]
+                                let dst = xs + ((py * sw + px) * Cg + c) * plane + phaseRow * Ws + columns[3 * px + 1]
+                                if sw == 1 {
+                                    copyFloats(dst, row, W)
+                                } else {
+                                    gatherStrided(dst, row + first, count: count, stride: sw, available: W - first)
+                                }
+                            }
+                        }
+                        py += 1
+                        if py == sh { py = 0; phaseRow += 1 }
                     }
                 }
             }
@@ -461,6 +471,23 @@ private func gatherRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<
     var i = 0
     if stride == 2 && vectorStride2 {
         while i + 8 <= count {
+            let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(dst + i).storeBytes(
+                of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
+            i += 8
+        }
+    }
+    while i < count { dst[i] = src[i * stride]; i += 1 }
+}
+
+/// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable:
+/// with stride 2, 8 outputs per 16-float load while the load stays inside them.
+@inline(__always)
+private func gatherStrided(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int, stride: Int,
+                          available: Int) {
+    var i = 0
+    if stride == 2 {
+        while i + 8 <= count && 2 * i + 16 <= available {
             let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
             UnsafeMutableRawPointer(dst + i).storeBytes(
                 of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
