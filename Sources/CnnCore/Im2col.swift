@@ -75,26 +75,28 @@ func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, 
     while i < count { dst[i] += src[i]; i += 1 }
 }
 
-/// dst[o] = s0[2·o] for o in lo ..< hi: the interior of a stride-2 row, with
-/// 8 outputs per step taken from 16 consecutive inputs. The vector step needs
-/// o + 8 < hi so its 16th load (s0[2·o + 15]) stays inside the row.
+/// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable:
+/// with stride 2, 8 outputs per 16-float load while the load stays inside them.
 @inline(__always)
-func gatherStride2(_ dst: UnsafeMutablePointer<Float>, _ s0: UnsafePointer<Float>, _ lo: Int, _ hi: Int) {
-    var o = lo
-    while o + 8 < hi {
-        let v = UnsafeRawPointer(s0 + 2 * o).loadUnaligned(as: SIMD16<Float>.self)
-        let even = SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
-        UnsafeMutableRawPointer(dst + o).storeBytes(of: even, as: SIMD8<Float>.self)
-        o += 8
+func gatherStrided(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int, stride: Int,
+                   available: Int) {
+    var i = 0
+    if stride == 2 {
+        while i + 8 <= count && 2 * i + 16 <= available {
+            let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(dst + i).storeBytes(
+                of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
+            i += 8
+        }
     }
-    while o < hi { dst[o] = s0[2 * o]; o += 1 }
+    while i < count { dst[i] = src[i &* stride]; i &+= 1 }
 }
 
 /// One output-row segment of an im2col row: dst[ox] for ox in ox0 ..< ox1 from
 /// input row `src` (nil: a padded row, all zeros). Columns inside [lo, hi) read
 /// src[ox·sw + offset] directly; the rest go through the padding table xt.
 @inline(__always)
-func gatherRowSegment(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>?, ox0: Int, ox1: Int,
+func gatherRowSegment(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>?, width: Int, ox0: Int, ox1: Int,
                       lo: Int, hi: Int, offset: Int, sw: Int, xt: UnsafePointer<Int32>) {
     guard let src else {
         (dst + ox0).update(repeating: 0, count: ox1 - ox0)
@@ -105,12 +107,9 @@ func gatherRowSegment(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<F
     while ox < i0 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
     if sw == 1 {
         copyFloats(dst + i0, src + (i0 + offset), i1 - i0)
-    } else if sw == 2 {
-        gatherStride2(dst, src + offset, i0, i1)
-    } else {
-        let s0 = src + offset
-        var o = i0
-        while o < i1 { dst[o] = s0[o &* sw]; o &+= 1 }
+    } else if i1 > i0 {
+        let first = i0 * sw + offset   // inside the row: i0 ≥ lo
+        gatherStrided(dst + i0, src + first, count: i1 - i0, stride: sw, available: width - first)
     }
     ox = i1
     while ox < ox1 { let s = Int(xt[ox]); dst[ox] = s < 0 ? 0 : src[s]; ox += 1 }
@@ -139,7 +138,7 @@ public func im2col(input x: UnsafePointer<Float>, geometry g: Conv2DGeometry, gr
                     let y = Int(ya[r.oy])
                     let src: UnsafePointer<Float>? = y < 0 ? nil : x + ((r.n * C + c) * H + y) * W
                     // dst[ox] for ox in ox0 ..< ox1.
-                    gatherRowSegment(row + (r.j - r.ox0), src, ox0: r.ox0, ox1: r.ox1,
+                    gatherRowSegment(row + (r.j - r.ox0), src, width: W, ox0: r.ox0, ox1: r.ox1,
                                      lo: lo, hi: hi, offset: offset, sw: sw, xt: xt)
                 }
             }

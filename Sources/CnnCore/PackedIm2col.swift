@@ -62,9 +62,9 @@ final class PackedIm2colPlan {
     /// 1, or the stride of a 1×1 strided convolution, whose runs are gathered from the
     /// input in place (input pixel (oy·sh, ox·sw) for output pixel (oy, ox)).
     let gatherStride: Int
-    /// Whether an 8-output stride-2 gather may load one float past a run's last input
-    /// pixel: true for even input widths (the float is in the same row).
-    private var gatherOverreadIsSafe: Bool { geometry.width % 2 == 0 }
+    /// Whether a gathered run may read stride − 1 floats past its last input pixel: true
+    /// when the input width is a multiple of the stride (they are in the same row).
+    private var gatherOverreadIsSafe: Bool { geometry.width % geometry.strideWidth == 0 }
     /// Whether backward-weights runs here (not for gathered 1×1 strided convolutions,
     /// whose pixels are not contiguous without the phase copy).
     var supportsBackwardWeights: Bool { gatherStride == 1 }
@@ -330,9 +330,10 @@ final class PackedIm2colPlan {
                 let column = out + col
                 let vectors = (length + 7) / 8
                 if gatherStride > 1 {
+                    let readable = gatherOverreadIsSafe ? length * gatherStride : (length - 1) * gatherStride + 1
                     for p in 0..<kc {
-                        gatherRun(column + p * NR, base + Int(offsets[p]), length, stride: gatherStride,
-                                  vectorStride2: gatherOverreadIsSafe)
+                        gatherStrided(column + p * NR, base + Int(offsets[p]), count: length, stride: gatherStride,
+                                      available: readable)
                     }
                 } else if copiesInput && q + 1 < last && col + 8 * vectors <= NR {
                     for p in 0..<kc { copyVectors(column + p * NR, base + Int(offsets[p]), vectors) }
@@ -461,40 +462,6 @@ func packedIm2colBackwardWeights(
             }
         }
     }
-}
-
-/// dst[i] = src[i·stride] for i < count. Stride 2 with `vectorStride2`: 8 outputs
-/// from one 16-float load, which reads src[2·count − 1], one past the last pixel.
-@inline(__always)
-private func gatherRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int,
-                       stride: Int, vectorStride2: Bool) {
-    var i = 0
-    if stride == 2 && vectorStride2 {
-        while i + 8 <= count {
-            let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
-            UnsafeMutableRawPointer(dst + i).storeBytes(
-                of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
-            i += 8
-        }
-    }
-    while i < count { dst[i] = src[i * stride]; i += 1 }
-}
-
-/// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable:
-/// with stride 2, 8 outputs per 16-float load while the load stays inside them.
-@inline(__always)
-private func gatherStrided(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int, stride: Int,
-                          available: Int) {
-    var i = 0
-    if stride == 2 {
-        while i + 8 <= count && 2 * i + 16 <= available {
-            let v = UnsafeRawPointer(src + 2 * i).loadUnaligned(as: SIMD16<Float>.self)
-            UnsafeMutableRawPointer(dst + i).storeBytes(
-                of: SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14]), as: SIMD8<Float>.self)
-            i += 8
-        }
-    }
-    while i < count { dst[i] = src[i * stride]; i += 1 }
 }
 
 /// even[i] = src[2·i], odd[i] = src[2·i + 1] for the count floats of src.
