@@ -536,6 +536,33 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
     }
 }
 
+/// Backward-data in blocks of whole images: for each block of at most `perBlock` images of
+/// `images` and each group, dcol (rows × m·hw) = W_gᵀ · dY of the block (dY read in place for
+/// one image, else copied through blockOutput), then `gather(dcol + i·hw, ld, n0 + i, group)`
+/// for each image of the block, which writes that image's dx from its dcol columns.
+@inline(__always)
+func forEachWholeImageDcol(
+    images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
+    geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?,
+    gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
+) {
+    let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    var n0 = images.lowerBound
+    while n0 < images.upperBound {
+        let m = min(perBlock, images.upperBound - n0), count = m * hw
+        for grp in 0..<g.groups {
+            let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
+                                                groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
+                                                blockOutput: blockOutput)
+            // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
+            sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                  b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
+        }
+        n0 += m
+    }
+}
+
 /// dY for output pixels start..<start+count of one group, as a [Kg, count]
 /// matrix with leading dimension `ld`: read in place when the block lies in
 /// one image (ld = outPixels), else gathered into `blockOutput` (ld = count).

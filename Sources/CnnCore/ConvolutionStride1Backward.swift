@@ -42,7 +42,7 @@ func stride1GatherBackwardData(
     images: Range<Int>, geometry g: Conv2DGeometry, blockPixels p: Int,
     dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
 ) {
-    let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
+    let hw = g.outPixels, rows = g.panelRows
     let vectorsPerRow = (g.width + 7) / 8
     withUnsafeTemporaryAllocation(of: SIMD8<UInt32>.self, capacity: g.kernelWidth * vectorsPerRow) { masks in
         // masks[b · vectorsPerRow + v], lane i: all ones when x = 8v + i has its tap b inside the row.
@@ -62,22 +62,10 @@ func stride1GatherBackwardData(
         // block (dcol is read from L2 either way, and a wider GEMM wastes less of its edge tile).
         let imageFloats = rows * hw
         let perBlock = imageFloats <= rowGatherL1Floats ? max(1, min(p / hw, rowGatherL1Floats / imageFloats)) : p / hw
-        var n0 = images.lowerBound
-        while n0 < images.upperBound {
-            let m = min(perBlock, images.upperBound - n0), count = m * hw
-            for grp in 0..<g.groups {
-                let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
-                                                    groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
-                                                    blockOutput: blockOutput)
-                // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-                sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                      b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
-                for i in 0..<m {
-                    gatherImageRows(dcol + i * hw, ld: count, gradInput: dx, image: n0 + i, group: grp,
-                                    geometry: g, masks: maskBase, vectorsPerRow: vectorsPerRow)
-                }
-            }
-            n0 += m
+        forEachWholeImageDcol(images: images, perBlock: perBlock, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
+                              blockOutput: blockOutput) { imageDcol, ld, n, grp in
+            gatherImageRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, geometry: g, masks: maskBase,
+                            vectorsPerRow: vectorsPerRow)
         }
     }
 }

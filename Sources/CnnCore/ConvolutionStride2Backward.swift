@@ -36,23 +36,9 @@ func stride2Kernel3BackwardData(
     let hw = g.outPixels, K = g.outChannels, outH = g.outHeight, outW = g.outWidth
     let Kg = g.groupOutChannels, rows = g.panelRows
     if hw <= p {
-        let perBlock = p / hw
-        var n0 = images.lowerBound
-        while n0 < images.upperBound {
-            let m = min(perBlock, images.upperBound - n0), count = m * hw
-            for grp in 0..<g.groups {
-                let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
-                                                    groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
-                                                    blockOutput: blockOutput)
-                // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-                sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                      b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
-                for i in 0..<m {
-                    stride2Kernel3GatherRows(dcol + i * hw, ld: count, gradInput: dx, image: n0 + i, group: grp,
-                                             outRows: 0..<outH, geometry: g)
-                }
-            }
-            n0 += m
+        forEachWholeImageDcol(images: images, perBlock: p / hw, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
+                              blockOutput: blockOutput) { imageDcol, ld, n, grp in
+            stride2Kernel3GatherRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, outRows: 0..<outH, geometry: g)
         }
         return
     }

@@ -310,13 +310,7 @@ private func forEachPackedBlock(_ a: PackedGemmA,
 /// at column j0.
 private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
                                  ldc: Int, packB: GemmPanelPacker) {
-    let panelColumns = packedGemmPanelColumns(m: a.m, k: a.k)
-    let ws = GemmWorkspace.forCurrentThread()
-    ws.reserve(aCount: 0, bCount: a.kcMax * roundUp(min(panelColumns, n), NR))
-    let packedB = ws.b, tile = ws.tile
-    var jc = 0
-    while jc < n {
-        let nc = min(panelColumns, n - jc)
+    forEachBPanel(a, n: n) { jc, nc, packedB, tile in
         // Blocks come K step by K step, so each B panel is packed once, before its first block.
         var packedStep = -1
         forEachPackedBlock(a) { pc, kc, ic, mc, packedA in
@@ -327,6 +321,23 @@ private func sgemmPackedAColumns(_ a: PackedGemmA, j0: Int, n: Int, beta: Float,
             macroKernel(mc: mc, nc: nc, kc: kc, alpha: 1, beta: pc == 0 ? beta : 1,
                         packedA: packedA, packedB: packedB, c: c + ic * ldc + jc, ldc: ldc, tile: tile)
         }
+    }
+}
+
+/// Calls body(jc, nc, packedB, tile) for the column panels jc ..< jc + nc (packedGemmPanelColumns
+/// wide) of an n-column product with prepacked A, with this thread's packing buffer
+/// reserved for one panel and its edge-tile scratch.
+@inline(__always)
+private func forEachBPanel(_ a: PackedGemmA, n: Int,
+                           _ body: (_ jc: Int, _ nc: Int, _ packedB: UnsafeMutablePointer<Float>,
+                                    _ tile: UnsafeMutablePointer<Float>) -> Void) {
+    let panelColumns = packedGemmPanelColumns(m: a.m, k: a.k)
+    let ws = GemmWorkspace.forCurrentThread()
+    ws.reserve(aCount: 0, bCount: a.kcMax * roundUp(min(panelColumns, n), NR))
+    var jc = 0
+    while jc < n {
+        let nc = min(panelColumns, n - jc)
+        body(jc, nc, ws.b, ws.tile)
         jc += nc
     }
 }
@@ -485,14 +496,7 @@ public func sgemmTilesSupports(k: Int) -> Bool { k <= KC }
 public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: Int, sink: GemmTileSink) {
     precondition(sgemmTilesSupports(k: a.k), "sgemmTiles: k \(a.k) > KC \(KC)")
     precondition(ldb >= n, "sgemmTiles: ldb \(ldb) < n \(n)")
-    if n == 0 { return }
-    let panelColumns = packedGemmPanelColumns(m: a.m, k: a.k)
-    let ws = GemmWorkspace.forCurrentThread()
-    ws.reserve(aCount: 0, bCount: a.k * roundUp(min(panelColumns, n), NR))
-    let packedB = ws.b, tile = ws.tile
-    var jc = 0
-    while jc < n {
-        let nc = min(panelColumns, n - jc)
+    forEachBPanel(a, n: n) { jc, nc, packedB, tile in
         packB(.none, kc: a.k, nc: nc, b: b, ldb: ldb, row: 0, col: jc, dst: packedB)
         // Row panels outside, column tiles inside: the sink writes the rows of one panel at a
         // time (a few output streams, not all M), while the packed B panel stays in L1.
@@ -515,7 +519,6 @@ public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: I
                 ir += rows
             }
         }
-        jc += nc
     }
 }
 

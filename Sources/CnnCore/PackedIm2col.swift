@@ -207,7 +207,6 @@ final class PackedIm2colPlan {
     /// always copies: its 8-pixel steps read a few floats past a row, and past the image).
     func reservePlanes(_ tasks: Int, always: Bool = false) {
         guard copiesInput || always else { return }
-        let g = geometry
         // Slack past the end for reads past the last row, then a zero row of V floats
         // that stands in for the missing rows of a partial Bᵀ micro-panel.
         let count = zeroRowOffset + virtualPixels + 64
