@@ -122,14 +122,19 @@ private func gatherRowBlock(_ R: Int, _ nv: Int, _ plane: UnsafeMutablePointer<F
             if rFirst >= rEnd { continue }
             let first = channel + a * kw * ld + oy0 * outW + g.padLeft + 8 * v0
             // Every row of the block reached (the usual case): no per-row test in the tap loop.
-            let allRows = rFirst == 0 && rEnd == R
-            for b in 0..<kw {
-                let s = first + b * (ld - dw), m = masks + b * vectorsPerRow + v0
-                for v in 0..<nv {
-                    let mask = m[v]
-                    if allRows {
+            if rFirst == 0 && rEnd == R {
+                for b in 0..<kw {
+                    let s = first + b * (ld - dw), m = masks + b * vectorsPerRow + v0
+                    for v in 0..<nv {
+                        let mask = m[v]
                         for r in 0..<R { acc[r * nv + v] += maskedLoad(UnsafeRawPointer(s + r * outW), 32 * v, mask) }
-                    } else {
+                    }
+                }
+            } else {
+                for b in 0..<kw {
+                    let s = first + b * (ld - dw), m = masks + b * vectorsPerRow + v0
+                    for v in 0..<nv {
+                        let mask = m[v]
                         // Constant r (unrolled), so the accumulators stay in registers.
                         for r in 0..<R where r >= rFirst && r < rEnd {
                             acc[r * nv + v] += maskedLoad(UnsafeRawPointer(s + r * outW), 32 * v, mask)
