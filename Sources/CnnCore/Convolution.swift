@@ -330,11 +330,20 @@ func stridedPointwiseBackwardDataTiles(
                     // The last run of an output row also covers the input columns past it.
                     let width = ox1 == outW ? W - x0 : (ox1 - ox0) * sw
                     let nextRow = oy == outH - 1 ? H : min(y + sh, H)
-                    for i in 0..<rows {
-                        let plane = planes + (row + i) * H * W
-                        scatterStridedRow(plane + y * W + x0, tile + i * GemmBlocking.NR + j, width: width,
-                                          outWidth: ox1 - ox0, stride: sw)
-                        for z in (y + 1)..<nextRow { zeroFloats(plane + z * W + x0, width) }
+                    if sh == 2 && sw == 2 && nextRow == y + 2 && width == 2 * (ox1 - ox0) && (ox1 - ox0) % 8 == 0 {
+                        // The ResNet shortcut case, straight-line: per 8 values, two vectors of the
+                        // row interleaved with zeros and two of the zero row below.
+                        for i in 0..<rows {
+                            interleaveZerosStride2(planes + (row + i) * H * W + y * W + x0,
+                                                   tile + i * GemmBlocking.NR + j, count: ox1 - ox0, rowStride: W)
+                        }
+                    } else {
+                        for i in 0..<rows {
+                            let plane = planes + (row + i) * H * W
+                            scatterStridedRow(plane + y * W + x0, tile + i * GemmBlocking.NR + j, width: width,
+                                              outWidth: ox1 - ox0, stride: sw)
+                            for z in (y + 1)..<nextRow { zeroFloats(plane + z * W + x0, width) }
+                        }
                     }
                     j += ox1 - ox0
                     ox0 = 0
@@ -342,6 +351,24 @@ func stridedPointwiseBackwardDataTiles(
                 }
             }
         }
+    }
+}
+
+/// dst[2i] = src[i], dst[2i + 1] = 0, and dst[rowStride + x] = 0 for i < count (a multiple of 8),
+/// x < 2·count: a stride-2 run of dx and the row below it.
+@inline(__always)
+func interleaveZerosStride2(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int,
+                            rowStride: Int) {
+    let d = UnsafeMutableRawPointer(dst), below = UnsafeMutableRawPointer(dst + rowStride)
+    let zero = SIMD8<Float>()
+    var o = 0
+    while o < count {
+        let v = UnsafeRawPointer(src + o).loadUnaligned(as: SIMD8<Float>.self)
+        d.storeBytes(of: SIMD8(v[0], 0, v[1], 0, v[2], 0, v[3], 0), toByteOffset: 8 * o, as: SIMD8<Float>.self)
+        d.storeBytes(of: SIMD8(v[4], 0, v[5], 0, v[6], 0, v[7], 0), toByteOffset: 8 * o + 32, as: SIMD8<Float>.self)
+        below.storeBytes(of: zero, toByteOffset: 8 * o, as: SIMD8<Float>.self)
+        below.storeBytes(of: zero, toByteOffset: 8 * o + 32, as: SIMD8<Float>.self)
+        o += 8
     }
 }
 
