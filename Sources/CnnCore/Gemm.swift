@@ -750,12 +750,21 @@ private func packABlock(
         let panel = src + ir * rowStride
         if colStride == 1 {
             // Rows of A are contiguous in p: read the panel's rows side by side, write k-major.
+            var p0 = 0
+            #if !CNN_PORTABLE
+            // 8 steps of p at a time: the panel's rows (zeros past mr) transposed in registers.
+            if rows == MR {
+                p0 = packRowsTransposed(rows: MR, mr: mr, kc: kc, src: panel, rowStride: rowStride, dst: out)
+            } else {
+                p0 = packRowsTransposed(rows: tailMR, mr: mr, kc: kc, src: panel, rowStride: rowStride, dst: out)
+            }
+            #endif
             for i in 0..<rows {
                 if i < mr {
                     let row = panel + i * rowStride
-                    for p in 0..<kc { out[p * rows + i] = row[p] }
+                    for p in p0..<kc { out[p * rows + i] = row[p] }
                 } else {
-                    for p in 0..<kc { out[p * rows + i] = 0 }
+                    for p in p0..<kc { out[p * rows + i] = 0 }
                 }
             }
         } else {
@@ -879,6 +888,44 @@ private func transposeBlock(_ s: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMut
     store8(SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf), dst + 5 * NR)
     store8(SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), dst + 6 * NR)
     store8(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * NR)
+}
+
+/// out[p·rows + i] = src[i·rowStride + p] for i < mr (zeros for mr ≤ i < rows) and p < p1,
+/// the largest multiple of 8 not above kc; returns p1. Each group of 8 p is one 8×8 register
+/// transpose (rows 6 and 7 zero or ignored), whose 8 output rows are stored as whole vectors
+/// in increasing p (each overrun of rows − 8 floats is rewritten by the next store) except
+/// the last, stored as exactly `rows` floats. The scalar loop moved one float per step: for
+/// backward-weights' dY (k = a whole image's pixels) that cost half of a first layer's GEMM.
+@inline(__always)
+private func packRowsTransposed(rows: Int, mr: Int, kc: Int, src: UnsafePointer<Float>, rowStride: Int,
+                                dst: UnsafeMutablePointer<Float>) -> Int {
+    @inline(__always) func row(_ i: Int, _ p: Int) -> SIMD8<Float> {
+        i < mr ? load8(src + i * rowStride + p) : SIMD8<Float>()
+    }
+    var p = 0
+    while p + 8 <= kc {
+        let r0 = row(0, p), r1 = row(1, p), r2 = row(2, p), r3 = row(3, p)
+        let r4 = rows > 4 ? row(4, p) : SIMD8<Float>(), r5 = rows > 4 ? row(5, p) : SIMD8<Float>()
+        let zero = SIMD8<Float>()
+        let t0 = unpackLo(r0, r1), t1 = unpackHi(r0, r1), t2 = unpackLo(r2, r3), t3 = unpackHi(r2, r3)
+        let t4 = unpackLo(r4, r5), t5 = unpackHi(r4, r5), t6 = unpackLo(zero, zero), t7 = unpackHi(zero, zero)
+        let u0 = shuffleLo(t0, t2), u1 = shuffleHi(t0, t2), u2 = shuffleLo(t1, t3), u3 = shuffleHi(t1, t3)
+        let u4 = shuffleLo(t4, t6), u5 = shuffleHi(t4, t6), u6 = shuffleLo(t5, t7), u7 = shuffleHi(t5, t7)
+        // Column q holds src rows 0 ..< 8 at p + q.
+        let columns = (SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf),
+                       SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf),
+                       SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf),
+                       SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf))
+        let o = dst + p * rows
+        store8(columns.0, o); store8(columns.1, o + rows); store8(columns.2, o + 2 * rows)
+        store8(columns.3, o + 3 * rows); store8(columns.4, o + 4 * rows); store8(columns.5, o + 5 * rows)
+        store8(columns.6, o + 6 * rows)
+        let last = UnsafeMutableRawPointer(o + 7 * rows)
+        last.storeBytes(of: columns.7.lowHalf, as: SIMD4<Float>.self)
+        if rows > 4 { last.storeBytes(of: SIMD2(columns.7[4], columns.7[5]), toByteOffset: 16, as: SIMD2<Float>.self) }
+        p += 8
+    }
+    return p
 }
 
 /// vunpcklps: a0 b0 a1 b1 | a4 b4 a5 b5.
