@@ -414,9 +414,9 @@ public func convolution2DBackwardWeights(
     let hw = g.outPixels, K = g.outChannels
     let dwCount = K * g.panelRows
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
-    let packed = ws.packedPlan.flatMap { $0.supportsBackwardWeights ? $0 : nil }
+    let packed = ws.packedPlan
     if let plan = packed {
-        plan.reservePlanes(tasks, always: true)
+        plan.reservePlanes(tasks, always: plan.gatherStride == 1)
         plan.reserveGradOutputRows(tasks)
     }
     if let plan = packed, tasks == 1 {

@@ -65,9 +65,6 @@ final class PackedIm2colPlan {
     /// Whether a gathered run may read stride − 1 floats past its last input pixel: true
     /// when the input width is a multiple of the stride (they are in the same row).
     private var gatherOverreadIsSafe: Bool { geometry.width % geometry.strideWidth == 0 }
-    /// Whether backward-weights runs here (not for gathered 1×1 strided convolutions,
-    /// whose pixels are not contiguous without the phase copy).
-    var supportsBackwardWeights: Bool { gatherStride == 1 }
     /// usedPhase[py·sw + px]: some kernel tap reads phase (py, px).
     private let usedPhase: [Bool]
     /// rowOffset[r] for r < Cg·kh·kw.
@@ -406,6 +403,53 @@ extension PackedIm2colPlan {
     }
 }
 
+extension PackedIm2colPlan {
+    /// `packTransposedPanel` for 1×1 strided convolutions, read from the input in place
+    /// (xs = the image's group): B[q, r] = xs[rowOffset[r] + oy·sh·W + ox·sw]. With stride 2,
+    /// 8 pixels of an output row per 16-float load, 8 channels at a time transposed in registers.
+    @inline(__always)
+    func packGatheredTransposedPanel(_ xs: UnsafePointer<Float>, q0: Int, kc: Int, r0: Int, nc: Int,
+                                     dst: UnsafeMutablePointer<Float>) {
+        let NR = GemmBlocking.NR, g = geometry, outW = g.outWidth, W = g.width
+        let sh = g.strideHeight, sw = gatherStride
+        let panels = (nc + NR - 1) / NR
+        for s in 0..<panels {
+            let offsets = rowOffset.pointer + r0 + s * NR
+            let out = dst + s * NR * kc
+            let valid = min(NR, nc - s * NR)
+            @inline(__always) func gathered(_ j: Int, _ pixel: Int) -> SIMD8<Float> {
+                guard j < valid else { return SIMD8<Float>() }
+                let v = UnsafeRawPointer(xs + Int(offsets[j]) + pixel).loadUnaligned(as: SIMD16<Float>.self)
+                return SIMD8(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+            }
+            var p = 0, oy = q0 / outW, ox = q0 - oy * outW
+            while p < kc {
+                let run = min(outW - ox, kc - p)
+                let first = oy * sh * W + ox * sw
+                var i = 0
+                while sw == 2 && i + 8 <= run && 2 * (ox + i) + 16 <= W {
+                    let pixel = first + 2 * i
+                    for h in 0..<(NR / 8) {
+                        let j = 8 * h
+                        transposeRows(gathered(j, pixel), gathered(j + 1, pixel), gathered(j + 2, pixel),
+                                      gathered(j + 3, pixel), gathered(j + 4, pixel), gathered(j + 5, pixel),
+                                      gathered(j + 6, pixel), gathered(j + 7, pixel), out + (p + i) * NR + j, dstStride: NR)
+                    }
+                    i += 8
+                }
+                while i < run {
+                    let o = out + (p + i) * NR
+                    for j in 0..<NR { o[j] = j < valid ? xs[Int(offsets[j]) + first + i * sw] : 0 }
+                    i += 1
+                }
+                p += run
+                ox = 0
+                oy += 1
+            }
+        }
+    }
+}
+
 /// dst[q·dstStride + i] = src[offsets[i] + q] for i, q < 8: eight rows at
 /// arbitrary offsets, transposed with unpack / shuffle / lane-permute steps.
 @inline(__always)
@@ -414,7 +458,14 @@ private func transpose8x8(_ src: UnsafePointer<Float>, _ offsets: UnsafePointer<
     @inline(__always) func row(_ i: Int) -> SIMD8<Float> {
         UnsafeRawPointer(src + Int(offsets[i])).loadUnaligned(as: SIMD8<Float>.self)
     }
-    let r0 = row(0), r1 = row(1), r2 = row(2), r3 = row(3), r4 = row(4), r5 = row(5), r6 = row(6), r7 = row(7)
+    transposeRows(row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7), dst, dstStride: dstStride)
+}
+
+/// dst[q·dstStride + i] = r_i[q] for i, q < 8.
+@inline(__always)
+private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
+                           _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>,
+                           _ dst: UnsafeMutablePointer<Float>, dstStride: Int) {
     // a0 b0 a1 b1 | a4 b4 a5 b5  and  a2 b2 a3 b3 | a6 b6 a7 b7
     @inline(__always) func lo(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD8<Float> {
         SIMD8(a[0], b[0], a[1], b[1], a[4], b[4], a[5], b[5])
@@ -454,8 +505,16 @@ func packedIm2colBackwardWeights(
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     for n in images {
         for grp in 0..<g.groups {
-            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
             let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
+            if plan.gatherStride > 1 {
+                // 1×1 strided: B gathered from the input in place.
+                let xs = plan.source(x, image: n, group: grp, task: t)
+                sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
+                    plan.packGatheredTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
+                }
+                continue
+            }
+            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
             sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
                 plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
             }
