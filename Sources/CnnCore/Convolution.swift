@@ -288,15 +288,11 @@ func stridedPointwiseBackwardData(
                 // dcol (Cg × count) = W_gᵀ (Cg × Kg) · dY rows oy0 ..< oy0 + rows (Kg × count).
                 sgemm(.transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
                       b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
-                for cl in 0..<Cg {
-                    let plane = dx + (n * C + grp * Cg + cl) * H * W
-                    for oy in oy0 ..< oy0 + rows {
-                        let src = dcol + cl * count + (oy - oy0) * outW
-                        let y = oy * sh
-                        scatterStridedRow(plane + y * W, src, width: W, outWidth: outW, stride: sw)
-                        // Input rows between this output row's and the next one's get nothing.
-                        (plane + (y + 1) * W).update(repeating: 0, count: (min(y + sh, H) - y - 1) * W)
-                    }
+                for oy in oy0 ..< oy0 + rows {
+                    let y = oy * sh
+                    writeStridedRuns(dx + (n * C + grp * Cg) * H * W + y * W, planeStride: H * W,
+                                     dcol + (oy - oy0) * outW, sourceStride: count, channels: Cg, count: outW,
+                                     width: W, stride: sw, zeroRows: min(y + sh, H) - y - 1, rowStride: W)
                 }
                 oy0 += rows
             }
@@ -308,11 +304,8 @@ func stridedPointwiseBackwardData(
 /// for images `images`: the GEMM (W_gᵀ prepacked, one per group) hands each finished tile
 /// of Cg-rows × 16 output pixels to the scatter (sgemmTiles), which writes the dx rows the
 /// tile reaches: row oy·sh with the values interleaved with zeros, the rows below it up to
-/// the next output row's zeros. Every dx float (4x the GEMM's output with stride 2) is
-/// written once, from the tile while it is in L1, with no dcol stored. For stride 2 and
-/// whole 8-value runs a straight-line interleave does it (resnet20's 16-channel shortcut:
-/// 0.61 of its GEMM's rate with the general scatter, 0.75 with plain stores of the same
-/// bytes in its place, 0.73-0.75 with the interleave).
+/// the next output row's zeros (`writeStridedRun`). Every dx float (4x the GEMM's output
+/// with stride 2) is written once, from the tile while it is in L1, with no dcol stored.
 func stridedPointwiseBackwardDataTiles(
     gradOutput dy: UnsafePointer<Float>, packedWeights: [PackedGemmA], gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry
@@ -332,27 +325,40 @@ func stridedPointwiseBackwardDataTiles(
                     // The last run of an output row also covers the input columns past it.
                     let width = ox1 == outW ? W - x0 : (ox1 - ox0) * sw
                     let nextRow = oy == outH - 1 ? H : min(y + sh, H)
-                    if sh == 2 && sw == 2 && nextRow == y + 2 && width == 2 * (ox1 - ox0) && (ox1 - ox0) % 8 == 0 {
-                        // The ResNet shortcut case, straight-line: per 8 values, two vectors of the
-                        // row interleaved with zeros and two of the zero row below.
-                        for i in 0..<rows {
-                            interleaveZerosStride2(planes + (row + i) * H * W + y * W + x0,
-                                                   tile + i * GemmBlocking.NR + j, count: ox1 - ox0, rowStride: W)
-                        }
-                    } else {
-                        for i in 0..<rows {
-                            let plane = planes + (row + i) * H * W
-                            scatterStridedRow(plane + y * W + x0, tile + i * GemmBlocking.NR + j, width: width,
-                                              outWidth: ox1 - ox0, stride: sw)
-                            for z in (y + 1)..<nextRow { zeroFloats(plane + z * W + x0, width) }
-                        }
-                    }
+                    writeStridedRuns(planes + row * H * W + y * W + x0, planeStride: H * W, tile + j,
+                                     sourceStride: GemmBlocking.NR, channels: rows, count: ox1 - ox0, width: width,
+                                     stride: sw, zeroRows: nextRow - y - 1, rowStride: W)
                     j += ox1 - ox0
                     ox0 = 0
                     oy += 1
                 }
             }
         }
+    }
+}
+
+/// One output-row run of a strided 1×1 backward-data, for `channels` planes (dst and src
+/// advance by planeStride and sourceStride): dst[x] = src[x / stride] where x is a multiple of
+/// the stride (x / stride < count), else 0, for x < width, and zeros in the same columns of
+/// the `zeroRows` rows below (input rows no output row reads). The ResNet shortcut case
+/// (stride 2, one zero row, whole 8-value runs) is straight-line code, chosen once for all
+/// channels: through the general loops the 16-channel shortcut's backward-data ran at 0.61
+/// of its GEMM's rate, with plain stores of the same bytes in their place at 0.75, with
+/// this at 0.73-0.75.
+@inline(__always)
+func writeStridedRuns(_ dst: UnsafeMutablePointer<Float>, planeStride: Int, _ src: UnsafePointer<Float>,
+                      sourceStride: Int, channels: Int, count: Int, width: Int, stride: Int, zeroRows: Int,
+                      rowStride: Int) {
+    if stride == 2 && zeroRows == 1 && width == 2 * count && count % 8 == 0 {
+        for i in 0..<channels {
+            interleaveZerosStride2(dst + i * planeStride, src + i * sourceStride, count: count, rowStride: rowStride)
+        }
+        return
+    }
+    for i in 0..<channels {
+        let d = dst + i * planeStride
+        scatterStridedRow(d, src + i * sourceStride, width: width, outWidth: count, stride: stride)
+        for z in 1 ..< zeroRows + 1 { zeroFloats(d + z * rowStride, width) }
     }
 }
 
@@ -419,7 +425,7 @@ public func convolution2DBackwardWeights(
     let packed = ws.packedPlan
     if let plan = packed {
         plan.reservePlanes(tasks, always: plan.gatherStride == 1)
-        plan.reserveGradOutputRows(tasks)
+        plan.reservePackedGradOutputs(tasks)
     }
     if let plan = packed, tasks == 1 {
         packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0)
@@ -597,8 +603,8 @@ func forEachWholeImageDcol(
 /// one image (ld = outPixels), else gathered into `blockOutput` (ld = count).
 @inline(__always)
 func gradOutputBlock(_ dy: UnsafePointer<Float>, inside: Bool, firstImage n0: Int, channels K: Int, group grp: Int,
-                             groupChannels Kg: Int, outPixels hw: Int, start: Int, count: Int,
-                             blockOutput: UnsafeMutablePointer<Float>?) -> (UnsafePointer<Float>, Int) {
+                     groupChannels Kg: Int, outPixels hw: Int, start: Int, count: Int,
+                     blockOutput: UnsafeMutablePointer<Float>?) -> (UnsafePointer<Float>, Int) {
     if inside { return (dy + (n0 * K + grp * Kg) * hw + (start - n0 * hw), hw) }
     let buf = blockOutput!
     blockTransfer(block: buf, tensor: UnsafeMutablePointer(mutating: dy), channels: K,

@@ -226,7 +226,7 @@ final class PackedIm2colPlan {
     }
 
     /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights.
-    func reserveGradOutputRows(_ tasks: Int) {
+    func reservePackedGradOutputs(_ tasks: Int) {
         while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
     }
 

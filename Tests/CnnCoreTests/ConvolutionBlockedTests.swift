@@ -186,10 +186,11 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(5, 9, 12, 3, kernel: (1, 1), stride: (3, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
         // Backward-data tile by tile from the GEMM (sgemmTiles) with two groups and tiles spanning
         // several output rows; and more than KC = 384 output channels (one K step no longer
-        // holds them: the stored-dcol path).
+        // holds them: the stored-dcol path, with odd and with 16-wide output rows).
         check(try geometry(8, 14, 16, 6, kernel: (1, 1), stride: (2, 2), groups: 2), batch: 2, budget: 1 << 20,
               manyBlocks: false)
         check(try geometry(3, 7, 8, 400, kernel: (1, 1), stride: (2, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(2, 4, 32, 400, kernel: (1, 1), stride: (2, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
     }
 
     func testPackedIm2colShapes() throws {
