@@ -868,64 +868,31 @@ private func packTransposedPanel(kc: Int, src: UnsafePointer<Float>, ld: Int, ds
     }
 }
 
-#if !CNN_PORTABLE
-/// dst[q·NR + r] = s[r·ld + q] for r, q < 8: the classic AVX sequence (unpack, shuffle,
-/// 128-bit lane permute), written as constant-index SIMD8 shuffles that LLVM turns into
-/// vunpcklps / vshufps / vperm2f128.
+/// The 8×8 transpose of rows r0 … r7: element q of the result is column q (lane i = r_i[q]).
+/// The classic AVX sequence (unpack, shuffle, 128-bit lane permute), written as
+/// constant-index SIMD8 shuffles that LLVM turns into vunpcklps / vshufps / vperm2f128.
+/// Shared by the GEMM's Bᵀ and A packing (PackedIm2col.swift keeps its own copy, see there).
 @inline(__always)
-private func transposeBlock(_ s: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMutablePointer<Float>) {
-    let r0 = load8(s), r1 = load8(s + ld), r2 = load8(s + 2 * ld), r3 = load8(s + 3 * ld)
-    let r4 = load8(s + 4 * ld), r5 = load8(s + 5 * ld), r6 = load8(s + 6 * ld), r7 = load8(s + 7 * ld)
+private func transpose8x8Rows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
+                      _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>)
+    -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
     let t0 = unpackLo(r0, r1), t1 = unpackHi(r0, r1), t2 = unpackLo(r2, r3), t3 = unpackHi(r2, r3)
     let t4 = unpackLo(r4, r5), t5 = unpackHi(r4, r5), t6 = unpackLo(r6, r7), t7 = unpackHi(r6, r7)
     let u0 = shuffleLo(t0, t2), u1 = shuffleHi(t0, t2), u2 = shuffleLo(t1, t3), u3 = shuffleHi(t1, t3)
     let u4 = shuffleLo(t4, t6), u5 = shuffleHi(t4, t6), u6 = shuffleLo(t5, t7), u7 = shuffleHi(t5, t7)
-    store8(SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), dst)
-    store8(SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf), dst + NR)
-    store8(SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), dst + 2 * NR)
-    store8(SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf), dst + 3 * NR)
-    store8(SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), dst + 4 * NR)
-    store8(SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf), dst + 5 * NR)
-    store8(SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), dst + 6 * NR)
-    store8(SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf), dst + 7 * NR)
+    return (SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf),
+            SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf),
+            SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf),
+            SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf))
 }
 
-/// out[p·rows + i] = src[i·rowStride + p] for i < mr (zeros for mr ≤ i < rows) and p < p1,
-/// the largest multiple of 8 not above kc; returns p1. Each group of 8 p is one 8×8 register
-/// transpose (rows 6 and 7 zero or ignored), whose 8 output rows are stored as whole vectors
-/// in increasing p (each overrun of rows − 8 floats is rewritten by the next store) except
-/// the last, stored as exactly `rows` floats. The scalar loop moved one float per step: for
-/// backward-weights' dY (k = a whole image's pixels) that cost half of a first layer's GEMM.
+/// dst[q·stride] = columns.q for q < 8.
 @inline(__always)
-private func packRowsTransposed(rows: Int, mr: Int, kc: Int, src: UnsafePointer<Float>, rowStride: Int,
-                                dst: UnsafeMutablePointer<Float>) -> Int {
-    @inline(__always) func row(_ i: Int, _ p: Int) -> SIMD8<Float> {
-        i < mr ? load8(src + i * rowStride + p) : SIMD8<Float>()
-    }
-    var p = 0
-    while p + 8 <= kc {
-        let r0 = row(0, p), r1 = row(1, p), r2 = row(2, p), r3 = row(3, p)
-        let r4 = rows > 4 ? row(4, p) : SIMD8<Float>(), r5 = rows > 4 ? row(5, p) : SIMD8<Float>()
-        let zero = SIMD8<Float>()
-        let t0 = unpackLo(r0, r1), t1 = unpackHi(r0, r1), t2 = unpackLo(r2, r3), t3 = unpackHi(r2, r3)
-        let t4 = unpackLo(r4, r5), t5 = unpackHi(r4, r5), t6 = unpackLo(zero, zero), t7 = unpackHi(zero, zero)
-        let u0 = shuffleLo(t0, t2), u1 = shuffleHi(t0, t2), u2 = shuffleLo(t1, t3), u3 = shuffleHi(t1, t3)
-        let u4 = shuffleLo(t4, t6), u5 = shuffleHi(t4, t6), u6 = shuffleLo(t5, t7), u7 = shuffleHi(t5, t7)
-        // Column q holds src rows 0 ..< 8 at p + q.
-        let columns = (SIMD8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), SIMD8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf),
-                       SIMD8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), SIMD8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf),
-                       SIMD8(lowHalf: u0.highHalf, highHalf: u4.highHalf), SIMD8(lowHalf: u1.highHalf, highHalf: u5.highHalf),
-                       SIMD8(lowHalf: u2.highHalf, highHalf: u6.highHalf), SIMD8(lowHalf: u3.highHalf, highHalf: u7.highHalf))
-        let o = dst + p * rows
-        store8(columns.0, o); store8(columns.1, o + rows); store8(columns.2, o + 2 * rows)
-        store8(columns.3, o + 3 * rows); store8(columns.4, o + 4 * rows); store8(columns.5, o + 5 * rows)
-        store8(columns.6, o + 6 * rows)
-        let last = UnsafeMutableRawPointer(o + 7 * rows)
-        last.storeBytes(of: columns.7.lowHalf, as: SIMD4<Float>.self)
-        if rows > 4 { last.storeBytes(of: SIMD2(columns.7[4], columns.7[5]), toByteOffset: 16, as: SIMD2<Float>.self) }
-        p += 8
-    }
-    return p
+private func store8x8(_ c: (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>,
+                    SIMD8<Float>, SIMD8<Float>), _ dst: UnsafeMutablePointer<Float>, stride: Int) {
+    store8(c.0, dst); store8(c.1, dst + stride); store8(c.2, dst + 2 * stride); store8(c.3, dst + 3 * stride)
+    store8(c.4, dst + 4 * stride); store8(c.5, dst + 5 * stride); store8(c.6, dst + 6 * stride)
+    store8(c.7, dst + 7 * stride)
 }
 
 /// vunpcklps: a0 b0 a1 b1 | a4 b4 a5 b5.
@@ -960,6 +927,44 @@ private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
 @inline(__always)
 private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
+}
+
+#if !CNN_PORTABLE
+/// dst[q·NR + r] = s[r·ld + q] for r, q < 8.
+@inline(__always)
+private func transposeBlock(_ s: UnsafePointer<Float>, ld: Int, _ dst: UnsafeMutablePointer<Float>) {
+    store8x8(transpose8x8Rows(load8(s), load8(s + ld), load8(s + 2 * ld), load8(s + 3 * ld),
+                              load8(s + 4 * ld), load8(s + 5 * ld), load8(s + 6 * ld), load8(s + 7 * ld)),
+             dst, stride: NR)
+}
+
+/// out[p·rows + i] = src[i·rowStride + p] for i < mr (zeros for mr ≤ i < rows) and p < p1,
+/// the largest multiple of 8 not above kc; returns p1. Each group of 8 p is one 8×8 register
+/// transpose (rows 6 and 7 zero or ignored), whose 8 output rows are stored as whole vectors
+/// in increasing p (each overrun of rows − 8 floats is rewritten by the next store) except
+/// the last, stored as exactly `rows` floats. The scalar loop moved one float per step: for
+/// backward-weights' dY (k = a whole image's pixels) that cost half of a first layer's GEMM.
+@inline(__always)
+private func packRowsTransposed(rows: Int, mr: Int, kc: Int, src: UnsafePointer<Float>, rowStride: Int,
+                                dst: UnsafeMutablePointer<Float>) -> Int {
+    @inline(__always) func row(_ i: Int, _ p: Int) -> SIMD8<Float> {
+        i < mr ? load8(src + i * rowStride + p) : SIMD8<Float>()
+    }
+    var p = 0
+    while p + 8 <= kc {
+        let zero = SIMD8<Float>()
+        // Column q holds src rows 0 ..< 8 at p + q.
+        let columns = transpose8x8Rows(row(0, p), row(1, p), row(2, p), row(3, p), row(4, p), row(5, p), zero, zero)
+        let o = dst + p * rows
+        store8(columns.0, o); store8(columns.1, o + rows); store8(columns.2, o + 2 * rows)
+        store8(columns.3, o + 3 * rows); store8(columns.4, o + 4 * rows); store8(columns.5, o + 5 * rows)
+        store8(columns.6, o + 6 * rows)
+        let last = UnsafeMutableRawPointer(o + 7 * rows)
+        last.storeBytes(of: columns.7.lowHalf, as: SIMD4<Float>.self)
+        if rows > 4 { last.storeBytes(of: SIMD2(columns.7[4], columns.7[5]), toByteOffset: 16, as: SIMD2<Float>.self) }
+        p += 8
+    }
+    return p
 }
 #endif
 

@@ -462,7 +462,10 @@ private func transpose8x8(_ src: UnsafePointer<Float>, _ offsets: UnsafePointer<
     transposeRows(row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7), dst, dstStride: dstStride)
 }
 
-/// dst[q·dstStride + i] = r_i[q] for i, q < 8.
+/// dst[q·dstStride + i] = r_i[q] for i, q < 8. The same network as Gemm.swift's
+/// `transpose8x8Rows`, kept here on purpose: calling that one from this file measured
+/// LeNet-5's 6-channel forward (which does not transpose) 53.5 → 50.4 GFLOP/s, side by side,
+/// a code-layout effect of the whole-module build, not of the transpose.
 @inline(__always)
 private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
                            _ r4: SIMD8<Float>, _ r5: SIMD8<Float>, _ r6: SIMD8<Float>, _ r7: SIMD8<Float>,
