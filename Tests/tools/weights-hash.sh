@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prints the SHA-256 of the weights after 30 steps of each reference model,
+# on 1 rank and on --local-ranks 2 (fixed seed): run with the binaries before
+# and after a refactor; the lines must be identical.
+#   Tests/tools/weights-hash.sh .build/release/cnn-dist
+set -euo pipefail
+bin="$1"; out="${TMPDIR:-/tmp}/weights-hash.$$"; mkdir -p "$out"
+for model in lenet5 fashion-cnn minivgg resnet20; do
+    case "$model" in
+        minivgg|resnet20) printf 'dataset: synthetic\ninput: 3x32x32\nsynthetic_count: 4096\n' >"$out/synthetic.yaml"
+                          data=(--config "$out/synthetic.yaml") ;;
+        *) data=(--dataset fashion-mnist --data /usr/share/datasets/fashion-mnist) ;;
+    esac
+    for ranks in 1 2; do
+        dir="$out/$model-$ranks"
+        "$bin" train --model "$model" "${data[@]}" --max-steps 30 --batch-size 64 --seed 7 \
+            --test-limit 256 --local-ranks "$ranks" --run-dir "$dir" >/dev/null 2>&1 \
+            || { echo "$model ranks=$ranks: train failed" >&2; exit 1; }
+        echo "$model ranks=$ranks $(sha256sum "$dir/model.safetensors" | cut -c1-16)"
+    done
+done
+rm -rf "$out"
