@@ -24,7 +24,7 @@ public struct BenchTrainCommand: ParsableCommand {
     @Option(help: "Timed steps.") var steps = 30
     @Option(help: "Untimed warm-up steps.") var warmup = 3
     @Option(help: "Compute threads inside each rank.") var threads = 1
-    @Option(name: .customLong("local-ranks"), help: "Single-node test mode: N ranks as threads, no mpirun.") var localRanks: Int?
+    @OptionGroup var world: WorldOptions
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce after backward instead of overlapping.") var noOverlap = false
     @Flag(help: "Print one JSON object.") var json = false
@@ -33,48 +33,37 @@ public struct BenchTrainCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        guard ModelZoo.names.contains(model) else {
-            throw ValidationError("--model \(model) is not one of \(ModelZoo.names.joined(separator: ", "))")
+        guard ZooModel(rawValue: model) != nil else {
+            throw ValidationError("--model \(model) is not one of \(ZooModel.names.joined(separator: ", "))")
         }
         guard batch >= 1, steps >= 1, warmup >= 0, threads >= 1 else {
             throw ValidationError("--batch, --steps, --threads must be >= 1 and --warmup >= 0")
         }
-        if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1, got \(n)") }
     }
 
     public func run() throws {
-        let entry = ModelZoo.entry(named: model)!
-        let body: (Communicator) throws -> Void = { comm in try measure(comm, input: entry.defaultInput) }
-        if let n = localRanks {
-            try LocalWorld.run(size: n, body)
-        } else {
-            let comm = try makeWorldCommunicator()
-            do { try body(comm) } catch {
-                FileHandle.standardError.write("Error: rank \(comm.rank): \(error)\n".data(using: .utf8)!)
-                Foundation.exit(1)
-            }
-            try finalizeWorldCommunicator(comm)
-        }
+        let input = ZooModel(rawValue: model)!.defaultInput
+        try withWorld(world) { comm in try measure(comm, input: input) }
     }
 
     func measure(_ comm: Communicator, input: [Int]) throws {
         let size = comm.size
         var c = TrainingConfig()
         c.model = model
-        c.dataset = "synthetic"
+        c.dataset = .synthetic
         c.input = input.map(String.init).joined(separator: "x")
-        c.batch_size = batch * size
-        c.synthetic_count = c.batch_size * (steps + warmup)
+        c.batchSize = batch * size
+        c.syntheticCount = c.batchSize * (steps + warmup)
         c.epochs = 1
         c.lr = 0.01
-        c.schedule = "constant"
+        c.schedule = .constant
         c.nesterov = false
-        c.label_smoothing = 0
-        c.crop_padding = 0
+        c.labelSmoothing = 0
+        c.cropPadding = 0
         c.flip = false
-        c.test_limit = 1
+        c.testLimit = 1
         c.threads = threads
-        if comm.rank == 0 || localRanks == nil { ComputeThreads.count = threads }
+        if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = threads }
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
                                   bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
         trainer.profileSkipSteps = warmup
@@ -103,7 +92,7 @@ public struct BenchTrainCommand: ParsableCommand {
         if json {
             var object: [String: Any] = [
                 "model": model, "ranks": size, "threads": threads, "batch_per_rank": batch, "steps": steps,
-                "mode": localRanks != nil ? "local-ranks" : (size > 1 ? "mpi" : "single"),
+                "mode": world.localRanks != nil ? "local-ranks" : (size > 1 ? "mpi" : "single"),
                 "images_per_second": imagesPerSecond, "step_ms": 1000 * seconds / Double(steps),
                 "gflops": gflops, "sgemm_gflops": sgemmRate, "sgemm_share": gflops / sgemmRate,
                 "peak_rss_mib_per_rank": rss.map { Double($0) / 1_048_576 },
@@ -126,7 +115,7 @@ public struct BenchTrainCommand: ParsableCommand {
             print(String(format: "  %.2f GFLOP/s model FLOPs (6 x %@ MACs/image) = %.0f%% of the measured sgemm rate %.1f GFLOP/s",
                          gflops, groupedDigits(macs), 100 * gflops / sgemmRate, sgemmRate))
             print("  peak resident memory per rank: " + rss.map { String(format: "%.0f MiB", Double($0) / 1_048_576) }.joined(separator: ", ")
-                  + (localRanks != nil ? " (one process: in-process ranks share it)" : ""))
+                  + (world.localRanks != nil ? " (one process: in-process ranks share it)" : ""))
             if let layerProfiler {
                 let total = layerProfiler.entries.reduce(0) { $0 + $1.forward + $1.backward }
                 print("  per layer (rank 0, ms per step)       forward  backward   share")

@@ -24,81 +24,64 @@ public struct DoctorCommand: ParsableCommand {
         commandName: "doctor",
         abstract: "Check MPI, ranks, SIMD path, CPU features and datasets (run under mpirun, or with --local-ranks N).")
 
-    @Option(name: .long, help: "Run N ranks as threads of this process instead of using MPI.")
-    var localRanks: Int?
+    @OptionGroup var world: WorldOptions
 
     @Flag(name: .long, help: "Initialise MPI even without an MPI launcher (a one-rank MPI world).")
     var mpi = false
 
-    @Option(name: .customLong("fashion-mnist"), help: "Fashion-MNIST directory to check.")
-    var fashionMNIST = ImageDataset.defaultFashionMNISTDirectory
-
-    @Option(name: .customLong("mnist"), help: "MNIST directory to check.")
-    var mnist = DoctorCommand.defaultMNISTDirectory
-
-    @Option(name: .customLong("cifar10"), help: "CIFAR-10 directory to check (configs/resnet20.yaml's data).")
-    var cifar10 = DoctorCommand.defaultCIFAR10Directory
-
-    /// Where an MNIST package or download would go, next to Debian's Fashion-MNIST.
-    public static let defaultMNISTDirectory = "/usr/share/datasets/mnist"
-    /// The `data` of configs/resnet20.yaml, relative to the working directory.
-    public static let defaultCIFAR10Directory = "data/cifar-10-batches-bin"
+    @Option(name: .customLong("data"), help: ArgumentHelp("Check this folder for a dataset instead of its default "
+                                                          + "(repeatable).", valueName: "NAME=DIR"))
+    var folders: [String] = []
 
     public init() {}
 
     public func validate() throws {
-        if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
-        if localRanks != nil && mpi { throw ValidationError("--local-ranks and --mpi cannot be combined") }
+        if world.localRanks != nil && mpi { throw ValidationError("--local-ranks and --mpi cannot be combined") }
+        _ = try probes()
+    }
+
+    /// Every dataset with files, in its default folder or the one --data gives.
+    func probes() throws -> [DatasetProbe] {
+        var chosen: [DatasetKind: String] = [:]
+        for item in folders {
+            let parts = item.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let kind = DatasetKind(rawValue: parts[0]), kind.defaultDirectory != nil else {
+                let names = DatasetKind.allCases.filter { $0.defaultDirectory != nil }.map(\.rawValue)
+                throw ValidationError("--data takes NAME=DIR with NAME one of \(names.joined(separator: ", ")), got '\(item)'")
+            }
+            chosen[kind] = parts[1]
+        }
+        return DatasetKind.allCases.compactMap { kind in
+            (chosen[kind] ?? kind.defaultDirectory).map { DatasetProbe(kind: kind, directory: $0) }
+        }
     }
 
     public func run() throws {
-        let datasets = [DatasetProbe(name: "fashion-mnist", kind: .idx, directory: fashionMNIST),
-                        DatasetProbe(name: "mnist", kind: .idx, directory: mnist),
-                        DatasetProbe(name: "cifar10", kind: .cifar10, directory: cifar10)]
-        let report: DoctorReport
-        if let localRanks {
-            let lock = NSLock()
-            var rank0: DoctorReport?
-            try LocalWorld.run(size: localRanks) { comm in
-                let r = try DoctorReport.collect(comm, world: "\(localRanks) in-process rank(s) (--local-ranks)", datasets: datasets)
-                if comm.rank == 0 { lock.lock(); rank0 = r; lock.unlock() }
+        let datasets = try probes()
+        // Before MPI_Init: Open MPI's singleton init sets the launcher variables itself.
+        let launched = launchedByMPI()
+        let report: DoctorReport?
+        do {
+            report = try withWorld(world, forceMPI: mpi) { comm in
+                let description: String
+                if let m = comm as? MPICommunicator {
+                    description = "\(comm.size) MPI rank(s)" + (launched ? " (started by an MPI launcher)" : " (MPI singleton, --mpi)")
+                        + ", thread level \(mpiThreadLevelName(m.providedThreadLevel)) "
+                        + "(requested \(mpiThreadLevelName(m.requestedThreadLevel)))"
+                } else if let n = world.localRanks {
+                    description = "\(n) in-process rank(s) (--local-ranks)"
+                } else {
+                    description = "1 rank (no MPI launcher: MPI not initialised; run under mpirun, or pass --mpi)"
+                }
+                return try DoctorReport.collect(comm, world: description, datasets: datasets)
             }
-            report = rank0!
-        } else {
-            // Before MPI_Init: Open MPI's singleton init sets the launcher variables itself.
-            let launched = launchedByMPI()
-            let comm: Communicator
-            do {
-                comm = try makeWorldCommunicator(forceMPI: mpi)
-            } catch {
-                print(DoctorReport.libraryLine())
-                fflush(stdout)
-                throw DoctorFailed(problems: ["MPI initialisation failed: \(error)"])
-            }
-            let world: String
-            if let m = comm as? MPICommunicator {
-                world = "\(comm.size) MPI rank(s)" + (launched ? " (started by an MPI launcher)" : " (MPI singleton, --mpi)")
-                    + ", thread level \(mpiThreadLevelName(m.providedThreadLevel)) "
-                    + "(requested \(mpiThreadLevelName(m.requestedThreadLevel)))"
-            } else {
-                world = "1 rank (no MPI launcher: MPI not initialised; run under mpirun, or pass --mpi)"
-            }
-            do {
-                report = try DoctorReport.collect(comm, world: world, datasets: datasets)
-            } catch {
-                endWorldAfterError(comm, message: "Error: rank \(comm.rank): doctor: \(error)")
-                throw error
-            }
-            if comm.rank != 0 {
-                try finalizeWorldCommunicator(comm)
-                return
-            }
-            report.lines.forEach { print($0) }
+        } catch let error as CnnError {
+            // MPI could not start: the library line still tells which MPI this binary uses.
+            print(DoctorReport.libraryLine())
             fflush(stdout)
-            try finalizeWorldCommunicator(comm)
-            if !report.problems.isEmpty { throw DoctorFailed(problems: report.problems) }
-            return
+            throw DoctorFailed(problems: ["MPI initialisation failed: \(error)"])
         }
+        guard let report else { return }
         report.lines.forEach { print($0) }
         fflush(stdout)
         if !report.problems.isEmpty { throw DoctorFailed(problems: report.problems) }
@@ -113,12 +96,11 @@ struct DoctorFailed: Error, CustomStringConvertible {
     }
 }
 
-/// A dataset directory to check, and how to read it.
+/// A dataset folder to check.
 struct DatasetProbe {
-    enum Kind { case idx, cifar10 }
-    var name: String
-    var kind: Kind
+    var kind: DatasetKind
     var directory: String
+    var name: String { kind.rawValue }
 }
 
 /// What rank 0 prints, and the problems found on any rank.
@@ -177,18 +159,12 @@ struct DoctorReport {
             return (probe.name, "not found (no directory \(dir))", nil)
         }
         do {
-            let (train, test): (ImageDataset, ImageDataset)
-            let files: [String]
-            switch probe.kind {
-            case .idx:
-                train = try ImageDataset.loadFashionMNIST(directory: dir, split: .train)
-                test = try ImageDataset.loadFashionMNIST(directory: dir, split: .test)
-                files = idxFilesPresent(directory: dir)
-            case .cifar10:
-                train = try ImageDataset.loadCIFAR10(directory: dir, split: .train)
-                test = try ImageDataset.loadCIFAR10(directory: dir, split: .test)
-                files = (ImageDataset.cifar10FileNames(.train) + ImageDataset.cifar10FileNames(.test))
+            let request = DatasetRequest(directory: dir)
+            let files = probe.kind.requiredFiles.compactMap { names in names.first { FileBytes.exists("\(dir)/\($0)") } }
+            if let missing = probe.kind.requiredFiles.first(where: { names in !names.contains { FileBytes.exists("\(dir)/\($0)") } }) {
+                return (probe.name, "incomplete in \(dir): missing \(missing[0])", nil)
             }
+            let (train, test) = try probe.kind.load(request)
             let shape = train.imageShape.map(String.init).joined(separator: "x")
             return (probe.name, "found in \(dir): \(train.count) train + \(test.count) test images of \(shape), "
                     + "\(train.classCount) classes (read and validated \(files.joined(separator: ", ")))", nil)
@@ -197,15 +173,6 @@ struct DoctorReport {
             return (probe.name, "incomplete in \(dir): \(file): \(reason)", nil)
         } catch {
             return (probe.name, "INVALID in \(dir): \(error)", "\(error)")
-        }
-    }
-
-    /// The IDX files of both splits the loader finds in `directory` (raw, gzipped or dotted spelling).
-    static func idxFilesPresent(directory: String) -> [String] {
-        let stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-        return stems.compactMap { stem in
-            let dotted = stem.replacingOccurrences(of: "-idx", with: ".idx")
-            return [stem, "\(stem).gz", dotted, "\(dotted).gz"].first { FileBytes.exists("\(directory)/\($0)") }
         }
     }
 }

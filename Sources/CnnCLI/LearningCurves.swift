@@ -11,10 +11,16 @@ import Foundation
 /// written by older and newer versions plot alike.
 public struct CurvePoint: Decodable, Equatable {
     public var epoch: Int
-    public var train_loss: Double
-    public var train_accuracy: Double
-    public var test_loss: Double
-    public var test_accuracy: Double
+    public var trainLoss: Double
+    public var trainAccuracy: Double
+    public var testLoss: Double
+    public var testAccuracy: Double
+
+    /// The file format's keys (snake_case, as PyTorch users and older runs write them).
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case epoch, trainLoss = "train_loss", trainAccuracy = "train_accuracy", testLoss = "test_loss"
+        case testAccuracy = "test_accuracy"
+    }
 }
 
 /// Reads a metrics.jsonl file: one JSON object per epoch, per line.
@@ -94,12 +100,12 @@ public func learningCurvesSVG(_ metrics: [CurvePoint], title: String) -> String 
     }
     let train = "#1f77b4", test = "#d62728"
     let loss = PlotPanel(title: "Loss", xLabel: "epoch", yLabel: "loss", series: [
-        PlotSeries(name: "train", color: train, points: points { $0.train_loss }),
-        PlotSeries(name: "test", color: test, points: points { $0.test_loss }, dashed: true),
+        PlotSeries(name: "train", color: train, points: points { $0.trainLoss }),
+        PlotSeries(name: "test", color: test, points: points { $0.testLoss }, dashed: true),
     ])
     let accuracy = PlotPanel(title: "Accuracy", xLabel: "epoch", yLabel: "accuracy", series: [
-        PlotSeries(name: "train", color: train, points: points { $0.train_accuracy }),
-        PlotSeries(name: "test", color: test, points: points { $0.test_accuracy }, dashed: true),
+        PlotSeries(name: "train", color: train, points: points { $0.trainAccuracy }),
+        PlotSeries(name: "test", color: test, points: points { $0.testAccuracy }, dashed: true),
     ])
     return svgDocument(title: title, panels: [loss, accuracy])
 }

@@ -27,7 +27,7 @@ public struct PlotCommand: ParsableCommand {
         let path = output ?? dir + "/curves.svg"
         try writeFileAtomically(Array(svg.utf8), to: path)
         let last = metrics[metrics.count - 1]
-        print(String(format: "plot: %d epochs, last test accuracy %.4f; wrote %@", metrics.count, last.test_accuracy, path))
+        print(String(format: "plot: %d epochs, last test accuracy %.4f; wrote %@", metrics.count, last.testAccuracy, path))
     }
 
     /// "fashion-cnn on fashion-mnist: fc40 (12 epochs)", or the directory's name alone without a readable config.json.

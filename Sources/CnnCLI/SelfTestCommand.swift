@@ -17,14 +17,10 @@ public struct SelfTestCommand: ParsableCommand {
         shouldDisplay: false
     )
 
-    @Option(name: .long, help: "Run N ranks as threads of this process instead of using MPI.")
-    var localRanks: Int?
+    @OptionGroup var world: WorldOptions
 
     @Option(name: .long, help: "Element count of the large Float allreduce.")
     var largeCount: Int = 10_000_000
-
-    @Option(name: .long, help: "Seconds a collective waits for the other ranks, in-process or MPI (default $CNN_DIST_DEADLINE, else 60).")
-    var timeout: Double?
 
     @Option(name: .long, help: ArgumentHelp("Inject a fault to check failure handling: throw, mismatch, extra, count, hang.",
                                             visibility: .hidden))
@@ -87,31 +83,14 @@ public struct SelfTestCommand: ParsableCommand {
     }
 
     public func validate() throws {
-        if let localRanks, localRanks < 1 { throw ValidationError("--local-ranks must be at least 1, got \(localRanks)") }
         if largeCount < 0 { throw ValidationError("--large-count must be at least 0, got \(largeCount)") }
-        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be positive, got \(timeout)") }
     }
 
     public func run() throws {
-        let report: CommunicatorSelfTest.Report
-        if let localRanks {
-            let lock = NSLock()
-            var rank0Report: CommunicatorSelfTest.Report?
-            let largeCount = self.largeCount, fault = self.fault
-            try LocalWorld.run(size: localRanks, timeout: timeout ?? deadlineFromEnvironment() ?? 60) { comm in
-                let report = try Self.check(comm, largeCount: largeCount, fault: fault)
-                if comm.rank == 0 { lock.lock(); rank0Report = report; lock.unlock() }
-            }
-            report = rank0Report!
-            report.lines.forEach { print($0) }
-        } else {
-            let comm = try makeWorldCommunicator(deadline: timeout)
-            do {
-                report = try Self.check(comm, largeCount: largeCount, fault: fault)
-            } catch {
-                endWorldAfterError(comm, message: "Error: \(error)")
-                throw error
-            }
+        let largeCount = self.largeCount, fault = self.fault, latency = self.latency
+        // Under MPI rank 0 prints before finalizing; in-process, after the world ends.
+        let result = try withWorld(world) { comm -> (report: CommunicatorSelfTest.Report, printed: Bool) in
+            let report = try Self.check(comm, largeCount: largeCount, fault: fault)
             if latency > 0 {
                 let small = try Self.allreduceSeconds(comm, count: 1, repeats: latency)
                 let large = try Self.allreduceSeconds(comm, count: 65_536, repeats: latency)
@@ -120,16 +99,16 @@ public struct SelfTestCommand: ParsableCommand {
                                  latency, small * 1e6, large * 1e6))
                 }
             }
-            if comm.rank == 0 {
+            if comm.rank == 0, let mpi = comm as? MPICommunicator {
                 report.lines.forEach { print($0) }
-                if let mpi = comm as? MPICommunicator {
-                    print("selftest: MPI thread level provided \(threadLevelName(mpi.providedThreadLevel)), "
-                          + "requested \(threadLevelName(mpi.requestedThreadLevel))")
-                }
+                print("selftest: MPI thread level provided \(threadLevelName(mpi.providedThreadLevel)), "
+                      + "requested \(threadLevelName(mpi.requestedThreadLevel))")
+                fflush(stdout)
             }
-            fflush(stdout)
-            try finalizeWorldCommunicator(comm)
+            return (report, comm is MPICommunicator)
         }
+        guard let (report, printed) = result else { return }
+        if !printed { report.lines.forEach { print($0) } }
         fflush(stdout)
         if !report.passed { throw SelfTestFailed(ranks: report.failedRanks, size: report.size) }
     }

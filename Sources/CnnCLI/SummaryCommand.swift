@@ -8,10 +8,10 @@ public struct SummaryCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "summary",
         abstract: "Print a model's layers with output shape, parameters and multiply-accumulates.",
-        discussion: "Models: " + ModelZoo.names.joined(separator: ", ")
+        discussion: "Models: " + ZooModel.names.joined(separator: ", ")
     )
 
-    @Option(help: "Model name (\(ModelZoo.names.joined(separator: ", "))).")
+    @Option(help: "Model name (\(ZooModel.names.joined(separator: ", "))).")
     var model: String = "fashion-cnn"
 
     @Option(help: "Input shape CxHxW, e.g. 3x224x224 (default: the model's).")

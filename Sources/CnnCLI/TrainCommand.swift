@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Yams
 import CnnCore
+import CnnData
 import CnnModels
 import CnnDistributed
 import CnnTraining
@@ -10,14 +11,14 @@ import CnnTraining
 struct ConfigOptions: ParsableArguments {
     @Option(help: "YAML (or JSON) config file; flags override it.")
     var config: String?
-    @Option(help: "Model: \(ModelZoo.names.joined(separator: ", ")).") var model: String?
-    @Option(help: "Dataset: fashion-mnist, mnist, cifar10, synthetic.") var dataset: String?
-    @Option(help: "Dataset directory.") var data: String?
+    @Option(help: "Model: \(ZooModel.names.joined(separator: ", ")).") var model: String?
+    @Option(help: "Dataset.") var dataset: DatasetKind?
+    @Option(help: "Dataset folder (default: the dataset's own folder).") var data: String?
     @Option(help: "Epochs.") var epochs: Int?
     @Option(name: .customLong("batch-size"), help: "Global batch size (split over ranks).") var batchSize: Int?
     @Option(help: "Base learning rate.") var lr: Float?
-    @Option(help: "Optimizer: sgd, adam, adamw, rmsprop.") var optimizer: String?
-    @Option(help: "LR schedule: constant, step, multistep, cosine, onecycle.") var schedule: String?
+    @Option(help: "Optimizer.") var optimizer: OptimizerKind?
+    @Option(help: "Learning-rate schedule.") var schedule: ScheduleKind?
     @Option(help: "Random seed.") var seed: UInt64?
     @Option(name: .customLong("train-limit"), help: "Use only the first N training images.") var trainLimit: Int?
     @Option(name: .customLong("test-limit"), help: "Use only the first N test images.") var testLimit: Int?
@@ -46,22 +47,22 @@ struct ConfigOptions: ParsableArguments {
         if let v = dataset { c.dataset = v }
         if let v = data { c.data = v }
         if let v = epochs { c.epochs = v }
-        if let v = batchSize { c.batch_size = v }
+        if let v = batchSize { c.batchSize = v }
         if let v = lr { c.lr = v }
         if let v = optimizer { c.optimizer = v }
         if let v = schedule { c.schedule = v }
         if let v = seed { c.seed = v }
-        if let v = trainLimit { c.train_limit = v }
-        if let v = testLimit { c.test_limit = v }
-        if let v = accumulationSteps { c.accumulation_steps = v }
-        if let v = checkpointEvery { c.checkpoint_every = v }
-        if let v = maxSteps { c.max_steps = v }
+        if let v = trainLimit { c.trainLimit = v }
+        if let v = testLimit { c.testLimit = v }
+        if let v = accumulationSteps { c.accumulationSteps = v }
+        if let v = checkpointEvery { c.checkpointEvery = v }
+        if let v = maxSteps { c.maxSteps = v }
         if let v = threads { c.threads = v }
-        if let v = initFrom { c.init_from = v }
+        if let v = initFrom { c.initFrom = v }
         if !freeze.isEmpty { c.freeze = freeze }
-        if replaceHead { c.replace_head = true }
-        if localBN { c.sync_batchnorm = false }
-        try c.validate(modelNames: ModelZoo.names)
+        if replaceHead { c.replaceHead = true }
+        if localBN { c.syncBatchNorm = false }
+        try c.validate()
     }
 }
 
@@ -77,10 +78,11 @@ func loadTrainingConfig(path: String) throws -> TrainingConfig {
     guard let overlay = loaded as? [String: Any] else {
         throw CnnError.invalidConfig(field: path, value: "not a mapping", allowed: "a YAML mapping of config fields")
     }
-    let known = Set(Mirror(reflecting: TrainingConfig()).children.compactMap(\.label))
-    for key in overlay.keys where !known.contains(key) {
+    let known = TrainingConfig.CodingKeys.allCases.map(\.rawValue)
+    for key in overlay.keys.sorted() where !known.contains(key) {
+        let hint = nearestName(to: key, in: known).map { "did you mean '\($0)'? Known fields: " } ?? ""
         throw CnnError.invalidConfig(field: key, value: "(unknown field in \(path))",
-                                     allowed: known.sorted().joined(separator: ", "))
+                                     allowed: hint + known.sorted().joined(separator: ", "))
     }
     var base = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as! [String: Any]
     for (k, v) in overlay { base[k] = v }
@@ -102,8 +104,7 @@ public struct TrainCommand: ParsableCommand {
 
     @OptionGroup var options: ConfigOptions
     @Option(name: .customLong("run-dir"), help: "Run directory (default runs/MODEL-TIMESTAMP).") var runDir: String?
-    @Option(name: .customLong("local-ranks"), help: "Single-node test mode: N ranks as threads, no mpirun.")
-    var localRanks: Int?
+    @OptionGroup var world: WorldOptions
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce all gradients after backward instead of overlapping.")
     var noOverlap = false
@@ -111,16 +112,11 @@ public struct TrainCommand: ParsableCommand {
                                + "flags given override its config.", valueName: "RUN_DIR"))
     var resume: String?
     @Option(name: .customLong("test-model"), help: .hidden) var testModel: String?
-    // issue 6 (rely): collective deadline.
-    @Option(help: "Seconds a rank waits in one collective before naming the missing ranks and stopping the job (default $CNN_DIST_DEADLINE, else 60).")
-    var deadline: Double?
 
     public init() {}
 
     public func validate() throws {
-        if let n = localRanks, n < 1 { throw ValidationError("--local-ranks must be at least 1, got \(n)") }
         if bucketMB <= 0 { throw ValidationError("--bucket-mb must be positive, got \(bucketMB)") }
-        if let d = deadline, !(d > 0) { throw ValidationError("--deadline must be positive seconds, got \(d)") } // issue 6 (rely)
     }
 
     public func run() throws {
@@ -132,8 +128,7 @@ public struct TrainCommand: ParsableCommand {
         let dir = resume ?? runDir ?? "runs/\(fresh!.model)-\(stamp)"
         let bucketBytes = Int(bucketMB * 1_048_576)
         let terminal = isatty(STDOUT_FILENO) != 0
-        let deadline = self.deadline ?? deadlineFromEnvironment() ?? 60 // issue 6 (rely)
-        let body: (Communicator) throws -> Void = { comm in
+        try withWorld(world) { comm in
             let log: (String) -> Void = { line in
                 guard comm.rank == 0 else { return }
                 print((terminal ? "\r\u{1B}[K" : "") + line)
@@ -148,7 +143,7 @@ public struct TrainCommand: ParsableCommand {
             } else {
                 config = fresh!
             }
-            if testModel == nil { try Preflight.check(config, runDirectory: dir, communicator: comm) } // issue 6 (rely)
+            if testModel == nil { try Preflight.check(config, runDirectory: dir, communicator: comm) }
             var custom: Model? = nil
             if let name = testModel {
                 guard let m = try TestModels.model(named: name, seed: config.seed) else {
@@ -157,7 +152,7 @@ public struct TrainCommand: ParsableCommand {
                 custom = m
             }
             // Threads of the compute kernels: one process-wide setting, the same for in-process ranks.
-            if comm.rank == 0 || localRanks == nil { ComputeThreads.count = config.threads }
+            if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = config.threads }
             let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
                                       bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
             if terminal && comm.rank == 0 {
@@ -166,20 +161,8 @@ public struct TrainCommand: ParsableCommand {
             let history = try trainer.run()
             if comm.rank == 0, let last = history.last {
                 print(String(format: "done: test accuracy %.4f after %d epochs; run directory %@",
-                             last.test_accuracy, last.epoch, dir))
+                             last.testAccuracy, last.epoch, dir))
             }
-        }
-        if let n = localRanks {
-            try LocalWorld.run(size: n, timeout: deadline, body) // issue 6 (rely): timeout = deadline
-        } else {
-            let comm = try makeWorldCommunicator(deadline: deadline) // issue 6 (rely)
-            do { try body(comm) } catch {
-                // A failing rank must take the job down, not leave the others waiting:
-                // mpirun ends the job when a rank exits non-zero without finalizing.
-                FileHandle.standardError.write("Error: rank \(comm.rank): \(error)\n".data(using: .utf8)!)
-                Foundation.exit(1)
-            }
-            try finalizeWorldCommunicator(comm)
         }
     }
 }

@@ -22,12 +22,20 @@ public enum FileBytes {
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// Whether this user may read the file at `path`.
+    public static func isReadable(_ path: String) -> Bool { access(path, R_OK) == 0 }
+
     /// The bytes of the file at `path`, as stored (no decompression).
     public static func read(_ path: String) throws -> [UInt8] {
         guard let file = fopen(path, "rb") else {
             throw CnnError.io(file: path, reason: "cannot open for reading: \(String(cString: strerror(errno)))")
         }
         defer { fclose(file) }
+        // A directory opens for reading on Linux, and ftello then reports a size near 2^63.
+        var info = stat()
+        guard fstat(fileno(file), &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            throw CnnError.io(file: path, reason: isDirectory(path) ? "is a directory; a file is expected here" : "not a regular file")
+        }
         guard fseeko(file, 0, SEEK_END) == 0 else {
             throw CnnError.io(file: path, reason: "cannot seek: \(String(cString: strerror(errno)))")
         }

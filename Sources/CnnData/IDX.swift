@@ -9,9 +9,6 @@
 import CnnCore
 
 extension ImageDataset {
-    /// The directory Debian's `dataset-fashion-mnist` package installs to.
-    public static let defaultFashionMNISTDirectory = "/usr/share/datasets/fashion-mnist"
-
     /// The four Fashion-MNIST (and MNIST) file stems, without the optional `.gz`.
     static func idxFileStems(_ split: DatasetSplit) -> (images: String, labels: String) {
         switch split {
@@ -29,7 +26,7 @@ extension ImageDataset {
     ///
     /// Throws `CnnError.io` naming the directory and the missing file, or any
     /// error of `loadIDX`.
-    public static func loadFashionMNIST(directory: String = defaultFashionMNISTDirectory,
+    public static func loadFashionMNIST(directory: String,
                                         split: DatasetSplit) throws -> ImageDataset {
         let stems = idxFileStems(split)
         let imagesPath = try findIDXFile(directory: directory, stem: stems.images)
@@ -45,9 +42,7 @@ extension ImageDataset {
             throw CnnError.io(file: directory, reason: "dataset directory does not exist")
         }
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        // The usual names, then the dotted spelling some unpackers produce (train-images.idx3-ubyte).
-        let dotted = stem.replacingFirst("-idx", with: ".idx")
-        for name in [stem, "\(stem).gz", dotted, "\(dotted).gz"] where FileBytes.exists("\(dir)/\(name)") {
+        for name in idxSpellings(stem) where FileBytes.exists("\(dir)/\(name)") {
             return "\(dir)/\(name)"
         }
         throw CnnError.io(file: directory, reason: "missing \(stem) (or \(stem).gz) in dataset directory \(directory)")

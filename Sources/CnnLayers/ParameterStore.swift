@@ -127,7 +127,7 @@ public final class ParameterStore {
 }
 
 /// How weights start.
-public enum InitScheme: String, CaseIterable, Sendable {
+public enum InitScheme: String, ConfigChoice {
     /// PyTorch's defaults for Conv2d / Linear (uniform ±1/sqrt(fan_in)).
     case pytorchDefault = "pytorch"
     /// He normal, fan-in mode; biases zero.

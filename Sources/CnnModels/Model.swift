@@ -16,10 +16,7 @@ public final class Model {
     /// Builds `name` from the zoo for inputs of `inputShape` (C, H, W) and
     /// `classCount` classes, checking every layer accepts the shapes it gets.
     public init(name: String, inputShape: [Int]? = nil, classCount: Int? = nil) throws {
-        guard let entry = ModelZoo.entry(named: name) else {
-            throw CnnError.invalidConfig(field: "model", value: name,
-                                         allowed: ModelZoo.entries.map(\.name).joined(separator: ", "))
-        }
+        let entry = try ZooModel.named(name)
         let input = inputShape ?? entry.defaultInput
         let classes = classCount ?? entry.defaultClasses
         guard input.count == 3, input.allSatisfy({ $0 > 0 }) else {
@@ -30,7 +27,7 @@ public final class Model {
         }
         let root: Layer
         do {
-            root = try entry.build(input, classes)
+            root = try entry.build(input: input, classes: classes)
             let out = try root.outputShape(for: [1] + input)
             guard out == [1, classes] else {
                 throw CnnError.shapeMismatch(layer: name, expected: "output 1x\(classes)", got: formatShape(out))

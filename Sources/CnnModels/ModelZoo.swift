@@ -1,48 +1,78 @@
 import CnnCore
 import CnnLayers
 
-/// One model of the zoo: its name, defaults, and builder.
-public struct ModelZooEntry {
-    public let name: String
-    /// A line for `cnn-dist summary --help` and the README.
-    public let summary: String
-    public let defaultInput: [Int]
-    public let defaultClasses: Int
-    let build: ([Int], Int) throws -> Layer
-}
-
-/// The models of the seed documents. The four reference models (lenet5,
+/// The built-in models of the seed documents: one case per model, owning its
+/// name, defaults and builder. The four reference models (lenet5,
 /// fashion-cnn, minivgg, resnet20) follow ../shared/reference/torch_models.py
 /// layer for layer, so state_dict names match; the others follow torchvision
 /// (resnet18, vgg11, vgg16, googlenet, densenet121) or d2l (alexnet, nin).
-public enum ModelZoo {
-    public static let entries: [ModelZooEntry] = [
-        ModelZooEntry(name: "lenet5", summary: "LeNet-5 (sigmoid, average pooling), d2l / seed 003",
-                      defaultInput: [1, 28, 28], defaultClasses: 10, build: lenet5),
-        ModelZooEntry(name: "fashion-cnn", summary: "three conv + BN blocks, seed 004",
-                      defaultInput: [1, 28, 28], defaultClasses: 10, build: fashionCNN),
-        ModelZooEntry(name: "minivgg", summary: "MiniVGG for CIFAR-10, seed 000",
-                      defaultInput: [3, 32, 32], defaultClasses: 10, build: miniVGG),
-        ModelZooEntry(name: "resnet20", summary: "ResNet-20 for CIFAR (He et al. 2016)",
-                      defaultInput: [3, 32, 32], defaultClasses: 10, build: resnet20),
-        ModelZooEntry(name: "alexnet", summary: "AlexNet as in seed 004's table (227x227)",
-                      defaultInput: [3, 227, 227], defaultClasses: 1000, build: alexNet),
-        ModelZooEntry(name: "vgg11", summary: "VGG-11 (torchvision layout)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: { try vgg([1, 1, 2, 2, 2], $0, $1) }),
-        ModelZooEntry(name: "vgg16", summary: "VGG-16 (torchvision layout)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: { try vgg([2, 2, 3, 3, 3], $0, $1) }),
-        ModelZooEntry(name: "nin", summary: "Network in Network (d2l)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: networkInNetwork),
-        ModelZooEntry(name: "googlenet", summary: "GoogLeNet / Inception v1 with BN (torchvision, no aux heads)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: googLeNet),
-        ModelZooEntry(name: "resnet18", summary: "ResNet-18 (torchvision)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: resnet18),
-        ModelZooEntry(name: "densenet121", summary: "DenseNet-121 (torchvision)",
-                      defaultInput: [3, 224, 224], defaultClasses: 1000, build: densenet121),
-    ]
+public enum ZooModel: String, CaseIterable, Sendable {
+    case lenet5
+    case fashionCNN = "fashion-cnn"
+    case minivgg, resnet20, alexnet, vgg11, vgg16, nin, googlenet, resnet18, densenet121
 
-    public static func entry(named name: String) -> ModelZooEntry? { entries.first { $0.name == name } }
-    public static var names: [String] { entries.map(\.name) }
+    /// The model named `name`; throws naming `field` and the known names.
+    public static func named(_ name: String, field: String = "model") throws -> ZooModel {
+        guard let model = ZooModel(rawValue: name) else {
+            throw CnnError.invalidConfig(field: field, value: name, allowed: names.joined(separator: ", "))
+        }
+        return model
+    }
+
+    /// Every name, in the zoo's order.
+    public static var names: [String] { allCases.map(\.rawValue) }
+
+    /// A line for `cnn-dist summary --help` and the README.
+    public var summary: String {
+        switch self {
+        case .lenet5: return "LeNet-5 (sigmoid, average pooling), d2l / seed 003"
+        case .fashionCNN: return "three conv + BN blocks, seed 004"
+        case .minivgg: return "MiniVGG for CIFAR-10, seed 000"
+        case .resnet20: return "ResNet-20 for CIFAR (He et al. 2016)"
+        case .alexnet: return "AlexNet as in seed 004's table (227x227)"
+        case .vgg11: return "VGG-11 (torchvision layout)"
+        case .vgg16: return "VGG-16 (torchvision layout)"
+        case .nin: return "Network in Network (d2l)"
+        case .googlenet: return "GoogLeNet / Inception v1 with BN (torchvision, no aux heads)"
+        case .resnet18: return "ResNet-18 (torchvision)"
+        case .densenet121: return "DenseNet-121 (torchvision)"
+        }
+    }
+
+    /// C, H, W the model was designed for.
+    public var defaultInput: [Int] {
+        switch self {
+        case .lenet5, .fashionCNN: return [1, 28, 28]
+        case .minivgg, .resnet20: return [3, 32, 32]
+        case .alexnet: return [3, 227, 227]
+        case .vgg11, .vgg16, .nin, .googlenet, .resnet18, .densenet121: return [3, 224, 224]
+        }
+    }
+
+    /// Classes of the dataset the model was designed for.
+    public var defaultClasses: Int {
+        switch self {
+        case .lenet5, .fashionCNN, .minivgg, .resnet20: return 10
+        default: return 1000
+        }
+    }
+
+    /// The layers for `input` (C, H, W) and `classes` outputs.
+    public func build(input: [Int], classes: Int) throws -> Layer {
+        switch self {
+        case .lenet5: return try CnnModels.lenet5(input, classes)
+        case .fashionCNN: return try CnnModels.fashionCNN(input, classes)
+        case .minivgg: return try miniVGG(input, classes)
+        case .resnet20: return try CnnModels.resnet20(input, classes)
+        case .alexnet: return try alexNet(input, classes)
+        case .vgg11: return try vgg([1, 1, 2, 2, 2], input, classes)
+        case .vgg16: return try vgg([2, 2, 3, 3, 3], input, classes)
+        case .nin: return try networkInNetwork(input, classes)
+        case .googlenet: return try googLeNet(input, classes)
+        case .resnet18: return try CnnModels.resnet18(input, classes)
+        case .densenet121: return try CnnModels.densenet121(input, classes)
+        }
+    }
 }
 
 /// Appends layers while tracking the shape they produce, so a Linear after

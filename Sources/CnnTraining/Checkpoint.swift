@@ -30,28 +30,35 @@ public struct TrainingState: Codable, Equatable {
     /// The epoch in progress (0-based).
     public var epoch: Int
     /// Global batches of `epoch` already trained; the next one is this index.
-    public var step_in_epoch: Int
+    public var stepInEpoch: Int
     /// Ranks of the run that wrote it (resume works on any rank count).
-    public var world_size: Int
+    public var worldSize: Int
     /// Sums over all ranks of this epoch's training loss (times batch size),
     /// correct predictions and samples so far, so epoch metrics survive a resume.
-    public var epoch_loss_sum: Double
-    public var epoch_correct: Double
-    public var epoch_seen: Double
-    public var early_stopping: EarlyStopping.State
+    public var epochLossSum: Double
+    public var epochCorrect: Double
+    public var epochSeen: Double
+    public var earlyStopping: EarlyStopping.State
     /// The run's resolved configuration.
     public var config: TrainingConfig
 
-    public init(step: Int, epoch: Int, step_in_epoch: Int, world_size: Int, epoch_loss_sum: Double,
-                epoch_correct: Double, epoch_seen: Double, early_stopping: EarlyStopping.State, config: TrainingConfig) {
+    /// The file format's keys (snake_case, as PyTorch users and older runs write them).
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case format, step, epoch, stepInEpoch = "step_in_epoch", worldSize = "world_size"
+        case epochLossSum = "epoch_loss_sum", epochCorrect = "epoch_correct", epochSeen = "epoch_seen"
+        case earlyStopping = "early_stopping", config
+    }
+
+    public init(step: Int, epoch: Int, stepInEpoch: Int, worldSize: Int, epochLossSum: Double,
+                epochCorrect: Double, epochSeen: Double, earlyStopping: EarlyStopping.State, config: TrainingConfig) {
         self.step = step
         self.epoch = epoch
-        self.step_in_epoch = step_in_epoch
-        self.world_size = world_size
-        self.epoch_loss_sum = epoch_loss_sum
-        self.epoch_correct = epoch_correct
-        self.epoch_seen = epoch_seen
-        self.early_stopping = early_stopping
+        self.stepInEpoch = stepInEpoch
+        self.worldSize = worldSize
+        self.epochLossSum = epochLossSum
+        self.epochCorrect = epochCorrect
+        self.epochSeen = epochSeen
+        self.earlyStopping = earlyStopping
         self.config = config
     }
 }

@@ -297,3 +297,25 @@ extension LearningRateSchedule {
         try self.init(baseLearningRate: baseLearningRate, decay: decay, warmup: warmup)
     }
 }
+
+/// The learning-rate schedules a config can name; each case builds its decay
+/// from the config (PyTorch's scheduler of the same name).
+public enum ScheduleKind: String, ConfigChoice {
+    case constant, step, multistep, cosine, onecycle
+
+    /// The schedule for `config` with `stepsPerEpoch` optimizer steps per epoch,
+    /// with `warmup_epochs` of linear warm-up.
+    public func make(_ c: TrainingConfig, stepsPerEpoch: Int) throws -> LearningRateSchedule {
+        let decay: LearningRateSchedule.Decay
+        switch self {
+        case .constant: decay = .constant
+        case .step: decay = .step(everyEpochs: c.stepEpochs, gamma: Double(c.gamma))
+        case .multistep: decay = .multiStep(milestones: c.milestones, gamma: Double(c.gamma))
+        case .cosine: decay = .cosine(length: .epochs(c.epochs), etaMin: 0)
+        case .onecycle: decay = .oneCycle(length: .steps(c.epochs * stepsPerEpoch))
+        }
+        let warmupSteps = Int((c.warmupEpochs * Float(stepsPerEpoch)).rounded())
+        return try LearningRateSchedule(baseLearningRate: c.lr, decay: decay,
+                                        warmup: warmupSteps > 0 ? .init(length: .steps(warmupSteps)) : nil)
+    }
+}

@@ -315,8 +315,8 @@ public func loadModelCheckpoint(path: String) throws -> LoadedModel {
         throw bad("metadata has no 'model' entry, so the architecture is unknown (a bare PyTorch state_dict? "
                   + "save it with metadata model, input, classes, normalization_mean, normalization_std)")
     }
-    guard ModelZoo.entry(named: name) != nil else {
-        throw bad("metadata names model '\(name)', which is not one of \(ModelZoo.names.joined(separator: ", "))")
+    guard ZooModel(rawValue: name) != nil else {
+        throw bad("metadata names model '\(name)', which is not one of \(ZooModel.names.joined(separator: ", "))")
     }
     var input: [Int]? = nil
     if let text = metadata["input"] {

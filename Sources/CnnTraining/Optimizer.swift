@@ -244,56 +244,19 @@ func forEachChunk(_ range: Range<Int>, _ body: (_ i: Int, _ n: Int) -> Void) {
 /// A Float hyper-parameter as the decimal it was written as (0.9, not 0.8999999762).
 func decimal(_ v: Float) -> Double { Double("\(v)") ?? Double(v) }
 
-// MARK: - Construction from a configuration
+/// The optimizers a config can name; each case builds its optimizer from the
+/// config's hyper-parameters. A new optimizer is its file, a case here and its test.
+public enum OptimizerKind: String, ConfigChoice {
+    case sgd, adam, adamw, rmsprop
 
-/// Builds an optimizer from its name and string options (a config section),
-/// with PyTorch's parameter names and defaults:
-/// - `sgd`: `momentum` [0], `dampening` [0], `nesterov` [false], `weight_decay` [0]
-/// - `adam`: `beta1` [0.9], `beta2` [0.999], `eps` [1e-8], `weight_decay` [0]
-/// - `adamw`: as adam, `weight_decay` [0.01]
-/// - `rmsprop`: `alpha` [0.99], `eps` [1e-8], `momentum` [0], `centered` [false], `weight_decay` [0]
-///
-/// Throws `CnnError.invalidConfig` for an unknown name or key, an unreadable
-/// value, or a value out of range.
-public func makeOptimizer(name: String, options: [String: String] = [:]) throws -> Optimizer {
-    var used: Set<String> = []
-    func float(_ key: String, _ defaultValue: Float) throws -> Float {
-        guard let s = options[key] else { return defaultValue }
-        used.insert(key)
-        guard let v = Float(s.trimmingCharacters(in: .whitespaces)) else {
-            throw CnnError.invalidConfig(field: "optimizer.\(key)", value: "'\(s)'", allowed: "a number")
-        }
-        return v
-    }
-    func bool(_ key: String) throws -> Bool {
-        guard let s = options[key] else { return false }
-        used.insert(key)
-        switch s.trimmingCharacters(in: .whitespaces).lowercased() {
-        case "true", "yes", "1": return true
-        case "false", "no", "0": return false
-        default: throw CnnError.invalidConfig(field: "optimizer.\(key)", value: "'\(s)'", allowed: "true or false")
+    /// The optimizer with `config`'s hyper-parameters (checked by its initializer).
+    public func make(_ config: TrainingConfig) throws -> Optimizer {
+        let c = config
+        switch self {
+        case .sgd: return try SGD(momentum: c.momentum, nesterov: c.nesterov && c.momentum > 0, weightDecay: c.weightDecay)
+        case .adam: return try Adam(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weightDecay)
+        case .adamw: return try AdamW(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weightDecay)
+        case .rmsprop: return try RMSProp(momentum: c.momentum, weightDecay: c.weightDecay)
         }
     }
-    let optimizer: Optimizer
-    switch name.lowercased() {
-    case "sgd":
-        optimizer = try SGD(momentum: float("momentum", 0), dampening: float("dampening", 0),
-                            nesterov: bool("nesterov"), weightDecay: float("weight_decay", 0))
-    case "adam":
-        optimizer = try Adam(beta1: float("beta1", 0.9), beta2: float("beta2", 0.999), eps: float("eps", 1e-8),
-                             weightDecay: float("weight_decay", 0))
-    case "adamw":
-        optimizer = try AdamW(beta1: float("beta1", 0.9), beta2: float("beta2", 0.999), eps: float("eps", 1e-8),
-                              weightDecay: float("weight_decay", 0.01))
-    case "rmsprop":
-        optimizer = try RMSProp(alpha: float("alpha", 0.99), eps: float("eps", 1e-8), momentum: float("momentum", 0),
-                                centered: bool("centered"), weightDecay: float("weight_decay", 0))
-    default:
-        throw CnnError.invalidConfig(field: "optimizer", value: "'\(name)'", allowed: "sgd, adam, adamw, rmsprop")
-    }
-    if let unknown = options.keys.sorted().first(where: { !used.contains($0) }) {
-        throw CnnError.invalidConfig(field: "optimizer.\(unknown)", value: "'\(options[unknown]!)'",
-                                     allowed: "a parameter of \(name)")
-    }
-    return optimizer
 }

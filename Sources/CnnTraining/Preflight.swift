@@ -1,5 +1,6 @@
 import Foundation
 import CnnCore
+import CnnData
 import CnnModels
 import CnnDistributed
 
@@ -29,9 +30,9 @@ public enum Preflight {
 
     /// Field ranges and the batch-versus-ranks rule.
     public static func checkConfig(_ config: TrainingConfig, ranks: Int) throws {
-        try config.validate(modelNames: ModelZoo.names)
-        guard config.batch_size >= ranks else {
-            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batch_size),
+        try config.validate()
+        guard config.batchSize >= ranks else {
+            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batchSize),
                                          allowed: "at least the number of ranks (\(ranks)), so that every rank gets a sample")
         }
         if let classes = config.classes, classes < 2 {
@@ -39,58 +40,26 @@ public enum Preflight {
         }
     }
 
-    /// The image shape the dataset will deliver (without reading it).
-    public static func datasetImageShape(_ dataset: String) -> [Int] {
-        dataset == "cifar10" ? [3, 32, 32] : [1, 28, 28]
-    }
-
     /// Builds the model once for the configured (or the dataset's) input shape.
     public static func checkModel(_ config: TrainingConfig) throws {
         let configured = try config.input.map { try parseShapeField($0, field: "input") }
-        // Synthetic images take the configured shape; real datasets have their own.
-        let datasetShape = config.dataset == "synthetic" ? configured ?? [1, 28, 28] : datasetImageShape(config.dataset)
+        // Generated images take the configured shape; files have their own.
+        let datasetShape = config.dataset.imageShape ?? configured ?? [1, 28, 28]
         let input = configured ?? datasetShape
         guard input == datasetShape else {
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
-                                         allowed: "the \(config.dataset) image shape \(formatShape(datasetShape))")
+                                         allowed: "the \(config.dataset.rawValue) image shape \(formatShape(datasetShape))")
         }
         // Model(name:inputShape:classCount:) throws invalidConfig naming "input" or "classes" with the reason.
         _ = try Model(name: config.model, inputShape: input, classCount: config.classes ?? 10)
     }
 
-    /// The dataset's files, each of which must exist and be readable (one of the accepted spellings for IDX).
+    /// The dataset's files, each of which must exist and be readable (the
+    /// registry's list, with its accepted spellings); a missing dataset names
+    /// the dataset, the folder looked in and how to get it.
     public static func checkData(_ config: TrainingConfig) throws {
-        let fm = FileManager.default
-        let dir = config.data.hasSuffix("/") ? String(config.data.dropLast()) : config.data
-        let groups: [[String]]
-        switch config.dataset {
-        case "synthetic":
-            return
-        case "cifar10":
-            groups = ((1...5).map { "data_batch_\($0).bin" } + ["test_batch.bin"]).map { [$0] }
-        default:
-            groups = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-                .map { stem in
-                    let dotted = stem.replacingOccurrences(of: "-idx", with: ".idx")
-                    return [stem, stem + ".gz", dotted, dotted + ".gz"]
-                }
-        }
-        var isDirectory: ObjCBool = false
-        guard fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw CnnError.invalidConfig(field: "data", value: config.data,
-                                         allowed: "a directory holding the \(config.dataset) files (it does not exist on host \(localHostNameForReports()))")
-        }
-        for names in groups {
-            let present = names.filter { fm.fileExists(atPath: "\(dir)/\($0)") }
-            guard !present.isEmpty else {
-                throw CnnError.invalidConfig(field: "data", value: config.data,
-                                             allowed: "a directory holding \(names[0]) (or \(names.dropFirst().joined(separator: ", ")))")
-            }
-            guard present.contains(where: { fm.isReadableFile(atPath: "\(dir)/\($0)") }) else {
-                throw CnnError.invalidConfig(field: "data", value: config.data,
-                                             allowed: "readable dataset files; \(dir)/\(present[0]) cannot be read by this user")
-            }
-        }
+        guard let dir = config.dataDirectory else { return }
+        try config.dataset.checkFiles(directory: dir)
     }
 
     /// Creates the run directory if needed and writes, then removes, a temporary file in it.
@@ -108,10 +77,4 @@ public enum Preflight {
         }
         try? fm.removeItem(atPath: probe)
     }
-}
-
-/// gethostname, for messages.
-func localHostNameForReports() -> String {
-    var buf = [CChar](repeating: 0, count: 256)
-    return gethostname(&buf, buf.count - 1) == 0 ? String(cString: buf) : "?"
 }

@@ -9,19 +9,27 @@ import CnnDistributed
 public struct EpochMetrics: Codable, Equatable {
     public var epoch: Int
     public var lr: Double
-    public var train_loss: Double
-    public var train_accuracy: Double
-    public var test_loss: Double
-    public var test_accuracy: Double
-    public var images_per_second: Double
+    public var trainLoss: Double
+    public var trainAccuracy: Double
+    public var testLoss: Double
+    public var testAccuracy: Double
+    public var imagesPerSecond: Double
     public var seconds: Double
     /// Fractions of the epoch's training time (coordinator's view): exposed
     /// allreduce wait, data wait, and the compute phases.
-    public var allreduce_wait_fraction: Double
-    public var data_wait_fraction: Double
-    public var forward_fraction: Double
-    public var backward_fraction: Double
-    public var optimizer_fraction: Double
+    public var allreduceWaitFraction: Double
+    public var dataWaitFraction: Double
+    public var forwardFraction: Double
+    public var backwardFraction: Double
+    public var optimizerFraction: Double
+    /// The file format's keys (snake_case, as PyTorch users and older runs write them).
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case epoch, lr, trainLoss = "train_loss", trainAccuracy = "train_accuracy", testLoss = "test_loss"
+        case testAccuracy = "test_accuracy", imagesPerSecond = "images_per_second", seconds
+        case allreduceWaitFraction = "allreduce_wait_fraction", dataWaitFraction = "data_wait_fraction"
+        case forwardFraction = "forward_fraction", backwardFraction = "backward_fraction"
+        case optimizerFraction = "optimizer_fraction"
+    }
 }
 
 /// Loss and accuracy over a test split.
@@ -117,22 +125,22 @@ public final class Trainer {
     public init(config: TrainingConfig, communicator: Communicator, runDirectory: String?,
                 model customModel: Model? = nil, resume: ResumePoint? = nil,
                 bucketBytes: Int = 4 << 20, overlap: Bool = true, log: @escaping (String) -> Void = { print($0) }) throws {
-        try config.validate(modelNames: ModelZoo.names)
+        try config.validate()
         self.config = config
         self.communicator = communicator
         self.runDirectory = runDirectory
         self.log = log
-        guard config.batch_size >= communicator.size * config.accumulation_steps else {
-            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batch_size),
-                                         allowed: "at least ranks x accumulation_steps (\(communicator.size) x \(config.accumulation_steps))")
+        guard config.batchSize >= communicator.size * config.accumulationSteps else {
+            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batchSize),
+                                         allowed: "at least ranks x accumulation_steps (\(communicator.size) x \(config.accumulationSteps))")
         }
 
         // Data: every rank reads the files; the sampler gives each its slice.
-        var (train, test) = try Trainer.loadData(config)
-        if config.train_limit > 0 && config.train_limit < train.count { train = train.subset(0..<config.train_limit) }
-        if config.test_limit > 0 && config.test_limit < test.count { test = test.subset(0..<config.test_limit) }
-        guard train.count >= config.batch_size else {
-            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batch_size),
+        var (train, test) = try config.dataset.load(config.datasetRequest)
+        if config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
+        if config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }
+        guard train.count >= config.batchSize else {
+            throw CnnError.invalidConfig(field: "batch_size", value: String(config.batchSize),
                                          allowed: "at most the \(train.count) training samples")
         }
         trainSet = train
@@ -154,75 +162,29 @@ public final class Trainer {
                                          allowed: ">= the dataset's \(train.classCount) classes")
         }
         if customModel == nil {
-            model.store.initialize(scheme: InitScheme(rawValue: config.init_scheme) ?? .pytorchDefault, seed: config.seed)
+            model.store.initialize(scheme: config.initScheme, seed: config.seed)
         }
 
-        optimizer = try Trainer.makeOptimizer(config)
+        optimizer = try config.optimizer.make(config)
         frozen = try Trainer.frozenRanges(config.freeze, store: model.store)
         if !frozen.isEmpty {
             // Frozen elements get zero gradients and no weight decay, so every optimizer leaves them unchanged.
             optimizer.weightDecayMask = WeightDecayMask(excluded: optimizer.weightDecayMask.excluded + frozen)
         }
-        schedule = try Trainer.makeSchedule(config, stepsPerEpoch: train.count / config.batch_size)
-        clipping = try config.clip_norm.map { try GradientClipping(maxNorm: $0) }
-        loss = try SoftmaxCrossEntropy(labelSmoothing: config.label_smoothing)
+        schedule = try config.schedule.make(config, stepsPerEpoch: train.count / config.batchSize)
+        clipping = try config.clipNorm.map { try GradientClipping(maxNorm: $0) }
+        loss = try SoftmaxCrossEntropy(labelSmoothing: config.labelSmoothing)
         reducer = StatisticsAllreducer(communicator: communicator)
         bucketer = GradientBucketer(store: model.store, communicator: communicator,
                                     bucketElements: max(1, bucketBytes / 4), overlap: overlap)
-        earlyStopping = try EarlyStopping(patience: max(1, config.early_stopping_patience), mode: .max)
+        earlyStopping = try EarlyStopping(patience: max(1, config.earlyStoppingPatience), mode: .max)
 
         if let resume {
             try restore(resume)
-        } else if let path = config.init_from {
+        } else if let path = config.initFrom {
             try initialize(fromFile: path)
         }
         try synchronizeInitialState()
-    }
-
-    static func loadData(_ config: TrainingConfig) throws -> (ImageDataset, ImageDataset) {
-        switch config.dataset {
-        case "synthetic":
-            // Learnable synthetic images of the configured input shape (default 1x28x28), 10 classes.
-            let shape = try config.input.map { try parseShapeField($0, field: "input") } ?? [1, 28, 28]
-            return syntheticSplits(count: config.synthetic_count, shape: shape, classes: config.classes ?? 10, seed: config.seed)
-        case "cifar10":
-            return (try ImageDataset.loadCIFAR10(directory: config.data, split: .train),
-                    try ImageDataset.loadCIFAR10(directory: config.data, split: .test))
-        default:
-            return (try ImageDataset.loadFashionMNIST(directory: config.data, split: .train),
-                    try ImageDataset.loadFashionMNIST(directory: config.data, split: .test))
-        }
-    }
-
-    /// The synthetic dataset's splits: one stream of count + count / 4 images of
-    /// `shape` with min(10, classes) classes; the last quarter is the test split.
-    public static func syntheticSplits(count: Int, shape: [Int], classes: Int, seed: UInt64) -> (train: ImageDataset, test: ImageDataset) {
-        let all = ImageDataset.synthetic(count: count + count / 4, channels: shape[0], height: shape[1], width: shape[2],
-                                         classCount: max(2, min(10, classes)), seed: seed)
-        return (all.subset(0..<count), all.subset(count..<all.count, name: "synthetic(seed \(seed)) test"))
-    }
-
-    static func makeOptimizer(_ c: TrainingConfig) throws -> Optimizer {
-        switch c.optimizer {
-        case "adam": return try Adam(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weight_decay)
-        case "adamw": return try AdamW(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weight_decay)
-        case "rmsprop": return try RMSProp(momentum: c.momentum, weightDecay: c.weight_decay)
-        default: return try SGD(momentum: c.momentum, nesterov: c.nesterov && c.momentum > 0, weightDecay: c.weight_decay)
-        }
-    }
-
-    static func makeSchedule(_ c: TrainingConfig, stepsPerEpoch: Int) throws -> LearningRateSchedule {
-        let decay: LearningRateSchedule.Decay
-        switch c.schedule {
-        case "step": decay = .step(everyEpochs: c.step_epochs, gamma: Double(c.gamma))
-        case "multistep": decay = .multiStep(milestones: c.milestones, gamma: Double(c.gamma))
-        case "cosine": decay = .cosine(length: .epochs(c.epochs), etaMin: 0)
-        case "onecycle": decay = .oneCycle(length: .steps(c.epochs * stepsPerEpoch))
-        default: decay = .constant
-        }
-        let warmupSteps = Int((c.warmup_epochs * Float(stepsPerEpoch)).rounded())
-        return try LearningRateSchedule(baseLearningRate: c.lr, decay: decay,
-                                        warmup: warmupSteps > 0 ? .init(length: .steps(warmupSteps)) : nil)
     }
 
     /// Parameter ranges whose names start with one of `prefixes`; a prefix
@@ -263,10 +225,10 @@ public final class Trainer {
         }
     }
 
-    var stepsPerEpoch: Int { trainSet.count / config.batch_size }
+    var stepsPerEpoch: Int { trainSet.count / config.batchSize }
     var totalSteps: Int {
         let all = stepsPerEpoch * config.epochs
-        return config.max_steps > 0 ? min(all, config.max_steps) : all
+        return config.maxSteps > 0 ? min(all, config.maxSteps) : all
     }
 
     /// Trains until the last epoch, `max_steps`, or early stopping; rank 0
@@ -275,20 +237,20 @@ public final class Trainer {
     public func run() throws -> [EpochMetrics] {
         let rank = communicator.rank, size = communicator.size
         let context = ExecutionContext(training: true, seed: config.seed)
-        if size > 1 && config.sync_batchnorm { context.statisticsReducer = reducer }
+        if size > 1 && config.syncBatchNorm { context.statisticsReducer = reducer }
         context.needsInputGradient = false   // dL/d(images) is discarded: the first conv can skip it
         let assembler = BatchAssembler(dataset: trainSet, statistics: statistics,
-                                       augmentation: Augmentation(cropPadding: config.crop_padding,
+                                       augmentation: Augmentation(cropPadding: config.cropPadding,
                                                                   horizontalFlip: config.flip,
                                                                   maxTranslation: config.translate),
                                        seed: config.seed)
         try prepareRunDirectory()
-        let micro = config.accumulation_steps
+        let micro = config.accumulationSteps
         let runStart = monotonicSeconds(), stepAtStart = step
         var lastProgress = runStart
         if rank == 0 {
             log("train: \(config.model) on \(trainSet.name) (\(trainSet.count) train, \(testSet.count) test), "
-                + "\(model.parameterCount) parameters, \(size) rank(s), global batch \(config.batch_size)"
+                + "\(model.parameterCount) parameters, \(size) rank(s), global batch \(config.batchSize)"
                 + (micro > 1 ? " in \(micro) micro-batches" : "")
                 + ", \(config.epochs) epochs x \(stepsPerEpoch) steps"
                 + (step > 0 ? "; resuming at step \(step) (epoch \(epoch + 1), batch \(stepInEpoch))" : ""))
@@ -296,7 +258,7 @@ public final class Trainer {
 
         while epoch < config.epochs && step < totalSteps {
             let sampler = EpochSampler(datasetCount: trainSet.count, seed: config.seed, epoch: epoch)
-            let batches = sampler.rankBatches(globalBatchSize: config.batch_size, rank: rank, worldSize: size, dropLast: true)
+            let batches = sampler.rankBatches(globalBatchSize: config.batchSize, rank: rank, worldSize: size, dropLast: true)
             let microBatches = batches[stepInEpoch...].flatMap { splitIntoMicroBatches($0, count: micro) }
             let loader = BatchLoader(assembler: assembler, epoch: epoch, batches: microBatches)
             defer { loader.close() }
@@ -342,7 +304,7 @@ public final class Trainer {
                 // Every rank sees the same reduced gradients, so every rank decides the same.
                 if let bad = firstNonFinite(model.store.gradients) {
                     let name = model.store.parameterEntries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
-                    guard config.on_nonfinite == "skip" else {
+                    guard config.onNonFinite == .skip else {
                         throw CnnError.nonFinite(step: step, location: "gradient of \(name) (the first non-finite one in layer order)")
                     }
                     skippedSteps += 1
@@ -361,7 +323,7 @@ public final class Trainer {
                 let now = monotonicSeconds()
                 if rank == 0 && ((progress != nil && now - lastProgress >= 0.5) || (progress == nil && step % progressEvery == 0)) {
                     lastProgress = now
-                    let rate = Double((step - stepAtStart) * config.batch_size) / (now - runStart)
+                    let rate = Double((step - stepAtStart) * config.batchSize) / (now - runStart)
                     let eta = Double(totalSteps - step) * (now - runStart) / Double(step - stepAtStart)
                     let line = String(format: "epoch %d/%d step %d/%d loss %.4f lr %.4g %.0f img/s eta %@",
                                       epoch + 1, config.epochs, step, totalSteps,
@@ -369,7 +331,7 @@ public final class Trainer {
                                       Double(lr), rate, formatDuration(eta))
                     if let progress { progress(line) } else { log(line) }
                 }
-                if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 && stepInEpoch < stepsPerEpoch {
+                if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 && stepInEpoch < stepsPerEpoch {
                     try saveCheckpoint()
                 }
             }
@@ -380,8 +342,8 @@ public final class Trainer {
                 break
             }
             try finishEpoch(profile: epochProfile, seconds: monotonicSeconds() - epochStart, lr: lr)
-            if config.early_stopping_patience > 0 && earlyStopping.shouldStop {
-                if rank == 0 { log("early stopping: test accuracy has not improved for \(config.early_stopping_patience) epochs") }
+            if config.earlyStoppingPatience > 0 && earlyStopping.shouldStop {
+                if rank == 0 { log("early stopping: test accuracy has not improved for \(config.earlyStoppingPatience) epochs") }
                 break
             }
         }
@@ -398,16 +360,16 @@ public final class Trainer {
         // After a resume rank 0's sums start from the checkpoint's global sums, so this is still the epoch total.
         var totals = epochSums
         try communicator.allreduceSum(&totals)
-        let trainImages = Double(stepsPerEpoch * config.batch_size)
+        let trainImages = Double(stepsPerEpoch * config.batchSize)
         let evaluation = try evaluate()
         let t = max(seconds, 1e-9)
         let metrics = EpochMetrics(
             epoch: epoch + 1, lr: Double(lr),
-            train_loss: totals[0] / trainImages, train_accuracy: totals[1] / max(1, totals[2]),
-            test_loss: evaluation.loss, test_accuracy: evaluation.accuracy,
-            images_per_second: Double(p.steps * config.batch_size) / t, seconds: seconds,
-            allreduce_wait_fraction: p.allreduceWait / t, data_wait_fraction: p.data / t,
-            forward_fraction: p.forward / t, backward_fraction: p.backward / t, optimizer_fraction: p.optimizer / t)
+            trainLoss: totals[0] / trainImages, trainAccuracy: totals[1] / max(1, totals[2]),
+            testLoss: evaluation.loss, testAccuracy: evaluation.accuracy,
+            imagesPerSecond: Double(p.steps * config.batchSize) / t, seconds: seconds,
+            allreduceWaitFraction: p.allreduceWait / t, dataWaitFraction: p.data / t,
+            forwardFraction: p.forward / t, backwardFraction: p.backward / t, optimizerFraction: p.optimizer / t)
         history.append(metrics)
         _ = earlyStopping.update(evaluation.accuracy)
         epoch += 1
@@ -415,8 +377,8 @@ public final class Trainer {
         epochSums = [0, 0, 0]
         if communicator.rank == 0 {
             log(String(format: "epoch %d: train loss %.4f acc %.4f | test loss %.4f acc %.4f | %.0f img/s, %.1fs | %@",
-                       metrics.epoch, metrics.train_loss, metrics.train_accuracy, metrics.test_loss,
-                       metrics.test_accuracy, metrics.images_per_second, metrics.seconds, p.summary))
+                       metrics.epoch, metrics.trainLoss, metrics.trainAccuracy, metrics.testLoss,
+                       metrics.testAccuracy, metrics.imagesPerSecond, metrics.seconds, p.summary))
             try appendMetrics(metrics)
         }
         try saveCheckpoint()
@@ -438,7 +400,7 @@ public final class Trainer {
     /// (with the training loss's label smoothing, as metrics.jsonl reports it).
     public func evaluate() throws -> Evaluation {
         try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
-                                 batchSize: max(1, config.batch_size), labelSmoothing: config.label_smoothing)
+                                 batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing)
     }
 
     // MARK: - Checkpoints and resume
@@ -448,9 +410,9 @@ public final class Trainer {
     func currentState() throws -> TrainingState {
         var sums = epochSums
         try communicator.allreduceSum(&sums)
-        return TrainingState(step: step, epoch: epoch, step_in_epoch: stepInEpoch, world_size: communicator.size,
-                             epoch_loss_sum: sums[0], epoch_correct: sums[1], epoch_seen: sums[2],
-                             early_stopping: earlyStopping.state, config: config)
+        return TrainingState(step: step, epoch: epoch, stepInEpoch: stepInEpoch, worldSize: communicator.size,
+                             epochLossSum: sums[0], epochCorrect: sums[1], epochSeen: sums[2],
+                             earlyStopping: earlyStopping.state, config: config)
     }
 
     /// Never a non-finite checkpoint (or metrics line): all ranks hold the same
@@ -481,7 +443,7 @@ public final class Trainer {
             ("model.safetensors", try modelBytes()),
             ("optimizer.safetensors", try SafeTensors.encode(optimizerTensors, metadata: optimizerMetadata)),
             ("state.json", Array(try encoder.encode(state))),
-        ], keep: config.keep_checkpoints)
+        ], keep: config.keepCheckpoints)
         log("checkpoint: \(folder) (step \(step))")
     }
 
@@ -563,10 +525,10 @@ public final class Trainer {
         let s = point.state
         step = s.step
         epoch = s.epoch
-        stepInEpoch = s.step_in_epoch
-        earlyStopping.state = s.early_stopping
+        stepInEpoch = s.stepInEpoch
+        earlyStopping.state = s.earlyStopping
         // Sums so far are global: rank 0 carries them, the others start from zero.
-        epochSums = communicator.rank == 0 ? [s.epoch_loss_sum, s.epoch_correct, s.epoch_seen] : [0, 0, 0]
+        epochSums = communicator.rank == 0 ? [s.epochLossSum, s.epochCorrect, s.epochSeen] : [0, 0, 0]
         guard stepInEpoch <= stepsPerEpoch else {
             throw CnnError.invalidCheckpoint(file: point.folder + "/state.json",
                                              reason: "step_in_epoch \(stepInEpoch) is past the epoch's \(stepsPerEpoch) steps (different data or batch size?)")
@@ -578,7 +540,7 @@ public final class Trainer {
     /// fresh initialisation.
     func initialize(fromFile path: String) throws {
         let (tensors, _) = try readStateDict(path: path)
-        let head = config.replace_head ? Trainer.headNames(model.store) : []
+        let head = config.replaceHead ? Trainer.headNames(model.store) : []
         do {
             try model.store.load(tensors, strict: true, skip: { head.contains($0) }, source: path)
         } catch let error as CnnError where head.isEmpty && Trainer.headNames(model.store).contains(where: { "\(error)".contains($0) }) {
@@ -626,11 +588,11 @@ public final class Trainer {
         let existing = (try? FileBytes.read(dir + "/metrics.jsonl")) ?? []
         try writeFileAtomically(existing + line, to: dir + "/metrics.jsonl")
         if let tensorBoard {
-            for (tag, value) in [("loss/train", m.train_loss), ("loss/test", m.test_loss),
-                                 ("accuracy/train", m.train_accuracy), ("accuracy/test", m.test_accuracy),
-                                 ("lr", m.lr), ("images_per_second", m.images_per_second),
-                                 ("allreduce_wait_fraction", m.allreduce_wait_fraction),
-                                 ("data_wait_fraction", m.data_wait_fraction)] {
+            for (tag, value) in [("loss/train", m.trainLoss), ("loss/test", m.testLoss),
+                                 ("accuracy/train", m.trainAccuracy), ("accuracy/test", m.testAccuracy),
+                                 ("lr", m.lr), ("images_per_second", m.imagesPerSecond),
+                                 ("allreduce_wait_fraction", m.allreduceWaitFraction),
+                                 ("data_wait_fraction", m.dataWaitFraction)] {
                 try tensorBoard.addScalar(tag: tag, value: value, step: m.epoch)
             }
             try tensorBoard.flush()

@@ -19,8 +19,8 @@ final class EvalPredictCommandTests: XCTestCase {
 
     func syntheticConfig() -> TrainingConfig {
         var c = TrainingConfig()
-        c.model = "lenet5"; c.dataset = "synthetic"; c.synthetic_count = 256; c.seed = 5
-        c.epochs = 1; c.batch_size = 32; c.schedule = "constant"; c.lr = 0.1; c.test_limit = 50
+        c.model = "lenet5"; c.dataset = "synthetic"; c.syntheticCount = 256; c.seed = 5
+        c.epochs = 1; c.batchSize = 32; c.schedule = "constant"; c.lr = 0.1; c.testLimit = 50
         return c
     }
 
@@ -42,7 +42,7 @@ final class EvalPredictCommandTests: XCTestCase {
         let trainer = try Trainer(config: config, communicator: SingleProcessCommunicator(), runDirectory: dir, log: { _ in })
         let history = try trainer.run()
         let expected = try trainer.evaluate()
-        XCTAssertEqual(history.last?.test_accuracy, expected.accuracy)
+        XCTAssertEqual(history.last?.testAccuracy, expected.accuracy)
         XCTAssertEqual(expected.count, 50)
 
         let arguments = ["--checkpoint", dir + "/model.safetensors", "--dataset", "synthetic", "--synthetic-count", "256",

@@ -77,7 +77,7 @@ final class FailureDetectionTests: XCTestCase {
     private func selfTestFault(_ fault: String, ranks: Int = 3) throws -> (Int32, String, Double) {
         let job = Job(try FailureTestSupport.mpirun(),
                       ["-n", "\(ranks)", "--bind-to", "none", try FailureTestSupport.binary().path, "selftest",
-                       "--fault", fault, "--timeout", "\(Self.deadline)", "--large-count", "1000"],
+                       "--fault", fault, "--deadline", "\(Self.deadline)", "--large-count", "1000"],
                       environment: FailureTestSupport.mpiEnvironment)
         try job.start()
         let status = job.finish(timeout: Self.deadline + 20)
@@ -120,7 +120,7 @@ final class FailureDetectionTests: XCTestCase {
     /// In-process ranks (--local-ranks): the same faults end the command, naming the rank, without waiting on the stuck thread forever.
     func testLocalRanksNameTheStuckRankAndReturn() throws {
         let binary = try FailureTestSupport.binary()
-        let hang = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "hang", "--timeout", "2", "--large-count", "1000"])
+        let hang = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "hang", "--deadline", "2", "--large-count", "1000"])
         try hang.start()
         let status = hang.finish(timeout: 20)
         let seconds = monotonicNow() - hang.started
@@ -129,7 +129,7 @@ final class FailureDetectionTests: XCTestCase {
         XCTAssertTrue(hang.stderr.contains("rank 2 (host "), hang.stderr)
         XCTAssertTrue(hang.stderr.contains("has not reached collective #0"), hang.stderr)
 
-        let extra = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "extra", "--timeout", "5", "--large-count", "1000"])
+        let extra = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "extra", "--deadline", "5", "--large-count", "1000"])
         try extra.start()
         XCTAssertNotEqual(extra.finish(timeout: 20), 0)
         XCTAssertTrue(extra.stderr.contains("does not match across ranks"), extra.stderr)

@@ -111,7 +111,7 @@ final class MPISelfTestTests: XCTestCase {
 
     func testSelfTestCommandFaultsWithLocalRanks() throws {
         let binary = try cnnDistBinary()
-        let (status, _, stderr) = try run(binary, ["selftest", "--local-ranks", "3", "--fault", "throw", "--timeout", "5"], deadline: 30)
+        let (status, _, stderr) = try run(binary, ["selftest", "--local-ranks", "3", "--fault", "throw", "--deadline", "5"], deadline: 30)
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(stderr.contains("injected failure on rank 2"), stderr)
         let (status2, _, stderr2) = try run(binary, ["selftest", "--local-ranks", "2", "--fault", "mismatch"], deadline: 30)
@@ -178,7 +178,7 @@ final class MPISelfTestTests: XCTestCase {
     func testDoctorInOneProcessAndWithLocalRanks() throws {
         let binary = try cnnDistBinary()
         let data = try doctorDatasets()
-        let datasetArguments = ["--fashion-mnist", data.valid, "--mnist", data.missing, "--cifar10", data.missing]
+        let datasetArguments = ["--data", "fashion-mnist=\(data.valid)", "--data", "mnist=\(data.missing)", "--data", "cifar10=\(data.missing)"]
         let (status, stdout, stderr) = try run(binary, ["doctor"] + datasetArguments, deadline: 60)
         XCTAssertEqual(status, 0, "stdout:\n\(stdout)\nstderr:\n\(stderr)")
         assertDoctorOutput(stdout, size: 1, world: "1 rank (no MPI launcher")
@@ -190,8 +190,8 @@ final class MPISelfTestTests: XCTestCase {
         XCTAssertEqual(stdout3.components(separatedBy: "doctor: dataset fashion-mnist").count - 1, 1)
 
         // Files present but invalid: non-zero exit, naming the dataset and the file.
-        let (badStatus, badStdout, badStderr) = try run(binary, ["doctor", "--fashion-mnist", data.valid, "--mnist", data.corrupt,
-                                                                 "--cifar10", data.missing], deadline: 60)
+        let (badStatus, badStdout, badStderr) = try run(binary, ["doctor", "--data", "fashion-mnist=\(data.valid)", "--data", "mnist=\(data.corrupt)",
+                                                                 "--data", "cifar10=\(data.missing)"], deadline: 60)
         XCTAssertNotEqual(badStatus, 0)
         XCTAssertTrue(badStdout.contains("doctor: dataset mnist: INVALID in \(data.corrupt)"), badStdout)
         XCTAssertTrue(badStderr.contains("doctor: 1 problem") && badStderr.contains("\(data.corrupt)/train-images-idx3-ubyte")
@@ -204,7 +204,7 @@ final class MPISelfTestTests: XCTestCase {
         let data = try doctorDatasets()
         let rootEnv = ["OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"]
         let (status, stdout, stderr) = try run(mpirun, try launchArguments(mpirun, size: 2) + [
-            binary.path, "doctor", "--fashion-mnist", data.valid, "--mnist", data.missing, "--cifar10", data.missing,
+            binary.path, "doctor", "--data", "fashion-mnist=\(data.valid)", "--data", "mnist=\(data.missing)", "--data", "cifar10=\(data.missing)",
         ], environment: rootEnv, deadline: 120)
         XCTAssertEqual(status, 0, "stdout:\n\(stdout)\nstderr:\n\(stderr)")
         assertDoctorOutput(stdout, size: 2, world: "2 MPI rank(s) (started by an MPI launcher)")

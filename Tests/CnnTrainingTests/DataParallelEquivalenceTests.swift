@@ -46,9 +46,9 @@ final class DataParallelEquivalenceTests: XCTestCase {
     /// 20 steps: equal to rounding until kink crossings (see above); bounded after.
     func testFashionCNNStaysCloseAcrossRankCounts() throws {
         var config = syntheticConfig(steps: 20, batch: 64)
-        config.crop_padding = 0
+        config.cropPadding = 0
         config.flip = false
-        let short = { () -> TrainingConfig in var c = config; c.max_steps = 2; return c }()
+        let short = { () -> TrainingConfig in var c = config; c.maxSteps = 2; return c }()
         let one = try trainLocally(short, ranks: 1)
         let oneLong = try trainLocally(config, ranks: 1)
         for ranks in [2, 4] {
@@ -67,21 +67,21 @@ final class DataParallelEquivalenceTests: XCTestCase {
         config.lr = 0.1
         let whole = try trainLocally(config, ranks: 1)
         var accumulated = config
-        accumulated.accumulation_steps = 4
+        accumulated.accumulationSteps = 4
         let micro = try trainLocally(accumulated, ranks: 1)
         XCTAssertLessThan(maxRelativeDifference(whole.params, micro.params, label: "accumulation 4"), 1e-4)
-        accumulated.accumulation_steps = 2
+        accumulated.accumulationSteps = 2
         let microTwoRanks = try trainLocally(accumulated, ranks: 2)
         XCTAssertLessThan(maxRelativeDifference(whole.params, microTwoRanks.params, label: "2 ranks x accumulation 2"), 1e-4)
         XCTAssertEqual(micro.history.count, 1)
-        XCTAssertEqual(micro.history[0].train_loss, whole.history[0].train_loss, accuracy: 1e-4)
+        XCTAssertEqual(micro.history[0].trainLoss, whole.history[0].trainLoss, accuracy: 1e-4)
     }
 
     /// Every rank needs at least one sample per micro-batch: a global batch
     /// smaller than ranks x accumulation_steps is a config error naming the field.
     func testBatchSmallerThanRanksTimesMicroBatchesIsRejected() throws {
         var config = syntheticConfig(steps: 4, batch: 6, model: "lenet5")
-        config.accumulation_steps = 4
+        config.accumulationSteps = 4
         XCTAssertThrowsError(try LocalWorld.run(size: 2) { comm in
             _ = try Trainer(config: config, communicator: comm, runDirectory: nil, log: { _ in })
         }) { error in

@@ -86,8 +86,8 @@ final class ModelCheckpointTests: XCTestCase {
     func testTrainerCheckpointLoads() throws {
         let dir = try temporaryDirectory()
         var c = TrainingConfig()
-        c.model = "lenet5"; c.dataset = "synthetic"; c.synthetic_count = 128; c.epochs = 1; c.batch_size = 32
-        c.schedule = "constant"; c.lr = 0.05; c.test_limit = 40
+        c.model = "lenet5"; c.dataset = "synthetic"; c.syntheticCount = 128; c.epochs = 1; c.batchSize = 32
+        c.schedule = "constant"; c.lr = 0.05; c.testLimit = 40
         let trainer = try Trainer(config: c, communicator: SingleProcessCommunicator(), runDirectory: dir, log: { _ in })
         try trainer.run()
         let path = dir + "/model.safetensors"

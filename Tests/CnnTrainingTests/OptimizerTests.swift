@@ -221,20 +221,22 @@ final class OptimizerTests: XCTestCase {
 
     // MARK: Construction from a configuration
 
-    func testMakeOptimizer() throws {
-        let sgd = try XCTUnwrap(try makeOptimizer(name: "SGD", options: ["momentum": "0.9", "nesterov": "true",
-                                                                         "weight_decay": "5e-4"]) as? SGD)
+    func testOptimizerRegistryBuildsFromConfig() throws {
+        var config = TrainingConfig()
+        config.momentum = 0.9
+        config.nesterov = true
+        config.weightDecay = 5e-4
+        let sgd = try XCTUnwrap(try OptimizerKind.sgd.make(config) as? SGD)
         XCTAssertEqual(sgd.momentum, 0.9)
         XCTAssertTrue(sgd.nesterov)
         XCTAssertEqual(sgd.weightDecay, 5e-4)
         XCTAssertEqual(sgd.hyperParameters.map(\.value), [0.9, 0, 1, 0.0005])
-        XCTAssertEqual(try makeOptimizer(name: "adamw").name, "adamw")
-        XCTAssertEqual((try makeOptimizer(name: "adamw") as? AdamW)?.weightDecay, 0.01)
-        XCTAssertEqual((try makeOptimizer(name: "rmsprop", options: ["centered": "yes"]) as? RMSProp)?.centered, true)
-        assertInvalidConfig(field: "optimizer") { _ = try makeOptimizer(name: "lamb") }
-        assertInvalidConfig(field: "optimizer.betas") { _ = try makeOptimizer(name: "adam", options: ["betas": "0.9"]) }
-        assertInvalidConfig(field: "optimizer.momentum") { _ = try makeOptimizer(name: "sgd", options: ["momentum": "x"]) }
-        assertInvalidConfig(field: "momentum") { _ = try makeOptimizer(name: "sgd", options: ["momentum": "1.2"]) }
+        config.weightDecay = 0.01
+        XCTAssertEqual((try OptimizerKind.adamw.make(config) as? AdamW)?.weightDecay, 0.01)
+        for kind in OptimizerKind.allCases { XCTAssertEqual(try kind.make(config).name, kind.rawValue) }
+        assertInvalidConfig(field: "optimizer") { _ = try OptimizerKind.named("lamb", field: "optimizer") }
+        config.momentum = 1.2
+        assertInvalidConfig(field: "momentum") { _ = try OptimizerKind.sgd.make(config) }
     }
 
     // MARK: Eight-lane loop

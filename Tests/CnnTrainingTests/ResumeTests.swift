@@ -14,17 +14,17 @@ final class ResumeTests: XCTestCase {
         config.epochs = 3
         config.schedule = "onecycle"
         config.lr = 0.05
-        config.max_steps = 14
+        config.maxSteps = 14
         let straightDir = temporaryFolder("straight")
         let straight = try trainLocally(config, ranks: 2, runDirectory: straightDir)
 
         let dir = temporaryFolder("resumed")
         var first = config
-        first.max_steps = 7
+        first.maxSteps = 7
         _ = try trainLocally(first, ranks: 2, runDirectory: dir)
         XCTAssertTrue(FileManager.default.fileExists(atPath: CheckpointStore.folder(runDirectory: dir, step: 7) + "/manifest.json"))
         var second = config
-        second.max_steps = 14
+        second.maxSteps = 14
         let resumed = try trainLocally(second, ranks: 2, runDirectory: dir, resume: true)
 
         XCTAssertEqual(resumed.params, straight.params, "parameters must be bitwise equal")
@@ -35,10 +35,10 @@ final class ResumeTests: XCTestCase {
         XCTAssertEqual(a.count, 2)
         // Weights are bitwise equal; the split epoch's loss sum is added in another order (checkpointed
         // global sum + the rest), so it may differ in the last bit of a Double.
-        for (x, y) in zip(a, b) { XCTAssertEqual(x.train_loss, y.train_loss, accuracy: 1e-12 * abs(x.train_loss)) }
-        XCTAssertEqual(a.map(\.train_accuracy), b.map(\.train_accuracy))
-        XCTAssertEqual(a.map(\.test_accuracy), b.map(\.test_accuracy))
-        XCTAssertEqual(a.map(\.test_loss), b.map(\.test_loss))
+        for (x, y) in zip(a, b) { XCTAssertEqual(x.trainLoss, y.trainLoss, accuracy: 1e-12 * abs(x.trainLoss)) }
+        XCTAssertEqual(a.map(\.trainAccuracy), b.map(\.trainAccuracy))
+        XCTAssertEqual(a.map(\.testAccuracy), b.map(\.testAccuracy))
+        XCTAssertEqual(a.map(\.testLoss), b.map(\.testLoss))
     }
 
     /// Resume works on another rank count: 2 ranks stop, 1 rank continues, and
@@ -47,11 +47,11 @@ final class ResumeTests: XCTestCase {
         var config = syntheticConfig(steps: 6, batch: 32, model: "lenet5")
         config.epochs = 2
         config.lr = 0.1
-        config.max_steps = 10
+        config.maxSteps = 10
         let straight = try trainLocally(config, ranks: 2)
         let dir = temporaryFolder("rerank")
         var first = config
-        first.max_steps = 4
+        first.maxSteps = 4
         _ = try trainLocally(first, ranks: 2, runDirectory: dir)
         let resumed = try trainLocally(config, ranks: 1, runDirectory: dir, resume: true)
         XCTAssertLessThan(maxRelativeDifference(straight.params, resumed.params, label: "2 -> 1 rank"), 1e-5)
@@ -61,9 +61,9 @@ final class ResumeTests: XCTestCase {
     func testResumeSkipsDamagedCheckpoint() throws {
         var config = syntheticConfig(steps: 6, batch: 32, model: "lenet5")
         config.epochs = 2
-        config.checkpoint_every = 2
-        config.keep_checkpoints = 2
-        config.max_steps = 5
+        config.checkpointEvery = 2
+        config.keepCheckpoints = 2
+        config.maxSteps = 5
         let dir = temporaryFolder("damaged")
         _ = try trainLocally(config, ranks: 1, runDirectory: dir)
         // Kept: the newest two, steps 4 and 5 (the stop).
@@ -115,13 +115,13 @@ final class FineTuningTests: XCTestCase {
 
         // A 12-class head cannot load the 10-class one: a clear error, then --replace-head.
         config.classes = 12
-        config.init_from = dir + "/model.safetensors"
+        config.initFrom = dir + "/model.safetensors"
         XCTAssertThrowsError(try trainLocally(config, ranks: 1)) { error in
             XCTAssertTrue("\(error)".contains("replace_head"), "\(error)")
         }
-        config.replace_head = true
+        config.replaceHead = true
         config.freeze = ["0.", "1."]   // first convolution and its BatchNorm
-        config.max_steps = 3
+        config.maxSteps = 3
         var before: [Float] = [], after: [Float] = []
         var names: [(String, Range<Int>)] = []
         try LocalWorld.run(size: 1) { comm in
@@ -170,7 +170,7 @@ final class NonFiniteTests: XCTestCase {
 
     func testSkipModeSkipsStepsButNeverWritesANonFiniteCheckpoint() throws {
         var config = explodingConfig()
-        config.on_nonfinite = "skip"
+        config.onNonFinite = "skip"
         let dir = temporaryFolder("nonfinite-skip")
         XCTAssertThrowsError(try trainLocally(config, ranks: 1, runDirectory: dir)) { error in
             XCTAssertTrue("\(error)".contains("checkpoint not written"), "\(error)")
@@ -179,7 +179,7 @@ final class NonFiniteTests: XCTestCase {
 
         // A run whose gradients are finite is unaffected by the setting.
         var fine = syntheticConfig(steps: 3, batch: 32, model: "lenet5")
-        fine.on_nonfinite = "skip"
+        fine.onNonFinite = "skip"
         let run = try trainLocally(fine, ranks: 1)
         XCTAssertEqual(run.history.count, 1)
     }

@@ -215,10 +215,10 @@ final class TensorBoardTests: XCTestCase {
         var config = TrainingConfig()
         config.model = "lenet5"
         config.dataset = "synthetic"
-        config.synthetic_count = 128
-        config.batch_size = 32
+        config.syntheticCount = 128
+        config.batchSize = 32
         config.epochs = 2
-        config.test_limit = 64
+        config.testLimit = 64
         let lock = NSLock()
         var history: [EpochMetrics] = []
         try LocalWorld.run(size: 2) { comm in
@@ -233,10 +233,10 @@ final class TensorBoardTests: XCTestCase {
         var found: [String: [(Int64, Float)]] = [:]
         for event in events { for s in event.scalars { found[s.tag, default: []].append((event.step, s.value)) } }
         let expected: [(String, (EpochMetrics) -> Double)] = [
-            ("loss/train", { $0.train_loss }), ("loss/test", { $0.test_loss }),
-            ("accuracy/train", { $0.train_accuracy }), ("accuracy/test", { $0.test_accuracy }),
-            ("lr", { $0.lr }), ("images_per_second", { $0.images_per_second }),
-            ("allreduce_wait_fraction", { $0.allreduce_wait_fraction }), ("data_wait_fraction", { $0.data_wait_fraction }),
+            ("loss/train", { $0.trainLoss }), ("loss/test", { $0.testLoss }),
+            ("accuracy/train", { $0.trainAccuracy }), ("accuracy/test", { $0.testAccuracy }),
+            ("lr", { $0.lr }), ("images_per_second", { $0.imagesPerSecond }),
+            ("allreduce_wait_fraction", { $0.allreduceWaitFraction }), ("data_wait_fraction", { $0.dataWaitFraction }),
         ]
         XCTAssertEqual(Set(found.keys), Set(expected.map(\.0)))
         for (tag, value) in expected {

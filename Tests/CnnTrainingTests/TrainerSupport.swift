@@ -19,15 +19,15 @@ func syntheticConfig(steps: Int, batch: Int, model: String = "fashion-cnn") -> T
     var c = TrainingConfig()
     c.model = model
     c.dataset = "synthetic"
-    c.synthetic_count = steps * batch
+    c.syntheticCount = steps * batch
     c.epochs = 1
-    c.batch_size = batch
+    c.batchSize = batch
     c.lr = 0.01
     c.schedule = "constant"
-    c.label_smoothing = 0
-    c.crop_padding = 1
+    c.labelSmoothing = 0
+    c.cropPadding = 1
     c.flip = true
-    c.test_limit = 200
+    c.testLimit = 200
     return c
 }
 
@@ -45,9 +45,9 @@ func trainLocally(_ config: TrainingConfig, ranks: Int, runDirectory: String? = 
         var point: ResumePoint? = nil
         if resume, let dir = runDirectory {
             point = try Trainer.loadResumePoint(runDirectory: dir, communicator: comm, log: { _ in })
-            let maxSteps = c.max_steps
+            let maxSteps = c.maxSteps
             c = point!.state.config
-            c.max_steps = maxSteps
+            c.maxSteps = maxSteps
         }
         let model: Model? = try makeModel?()
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: runDirectory, model: model, resume: point,

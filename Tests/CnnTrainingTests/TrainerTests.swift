@@ -39,8 +39,8 @@ final class TrainerTests: XCTestCase {
     /// Every test sample is evaluated by exactly one rank: 1009 samples, 1-4 ranks.
     func testEvaluationIsExactlyOnce() throws {
         var config = syntheticConfig(steps: 2, batch: 16)
-        config.synthetic_count = 4036  // test split is synthetic_count / 4 = 1009 samples
-        config.test_limit = 0
+        config.syntheticCount = 4036  // test split is synthetic_count / 4 = 1009 samples
+        config.testLimit = 0
         var results: [Int: Evaluation] = [:]
         let lock = NSLock()
         for ranks in 1...4 {
@@ -64,7 +64,7 @@ final class TrainerTests: XCTestCase {
         config.lr = 0.05
         let run = try train(config, ranks: 1)
         XCTAssertEqual(run.history.count, 3)
-        XCTAssertLessThan(run.history[2].train_loss, run.history[0].train_loss * 0.8)
-        XCTAssertGreaterThan(run.history[2].test_accuracy, 0.5)
+        XCTAssertLessThan(run.history[2].trainLoss, run.history[0].trainLoss * 0.8)
+        XCTAssertGreaterThan(run.history[2].testAccuracy, 0.5)
     }
 }

@@ -1,0 +1,150 @@
+import CnnCore
+
+/// What a dataset needs beyond its kind: the folder (nil: the kind's default),
+/// and for generated data the shape, class count, size and seed.
+public struct DatasetRequest: Sendable {
+    public var directory: String?
+    /// C, H, W the caller wants; generated data takes it, files must match it.
+    public var imageShape: [Int]?
+    public var classes: Int?
+    public var syntheticCount: Int
+    public var seed: UInt64
+
+    public init(directory: String? = nil, imageShape: [Int]? = nil, classes: Int? = nil,
+                syntheticCount: Int = 2048, seed: UInt64 = 1) {
+        self.directory = directory
+        self.imageShape = imageShape
+        self.classes = classes
+        self.syntheticCount = syntheticCount
+        self.seed = seed
+    }
+}
+
+/// The datasets cnn-dist reads. Each case owns its name, default folder, image
+/// shape, files and reader; train, eval, predict, preflight and doctor all go
+/// through it. A new format is its reader, a case here and its test.
+public enum DatasetKind: String, ConfigChoice {
+    case fashionMNIST = "fashion-mnist"
+    case mnist
+    case cifar10
+    /// Learnable generated images (no files), for tests and benchmarks.
+    case synthetic
+
+    /// Where the data is looked for when no folder is given; nil: no files.
+    public var defaultDirectory: String? {
+        switch self {
+        case .fashionMNIST: return "/usr/share/datasets/fashion-mnist"
+        case .mnist: return "/usr/share/datasets/mnist"
+        case .cifar10: return "data/cifar-10-batches-bin"
+        case .synthetic: return nil
+        }
+    }
+
+    /// One sentence on how to get the files.
+    public var howToGet: String {
+        switch self {
+        case .fashionMNIST:
+            return "install Debian's dataset-fashion-mnist package (launch/setup.sh install does), or pass --data DIR"
+        case .mnist:
+            return "download the four MNIST IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+                + "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into that folder, or pass --data DIR"
+        case .cifar10:
+            return "download the CIFAR-10 binary version (cifar-10-binary.tar.gz) and extract it there, or pass --data DIR"
+        case .synthetic:
+            return "nothing to get: the images are generated"
+        }
+    }
+
+    /// The image shape the files hold (nil: generated in the requested shape).
+    public var imageShape: [Int]? {
+        switch self {
+        case .fashionMNIST, .mnist: return [1, 28, 28]
+        case .cifar10: return [3, 32, 32]
+        case .synthetic: return nil
+        }
+    }
+
+    /// The files a folder must hold, each as its accepted spellings.
+    public var requiredFiles: [[String]] {
+        switch self {
+        case .fashionMNIST, .mnist:
+            return [DatasetSplit.train, .test].flatMap { split -> [[String]] in
+                let stems = ImageDataset.idxFileStems(split)
+                return [stems.images, stems.labels].map(ImageDataset.idxSpellings)
+            }
+        case .cifar10:
+            return (ImageDataset.cifar10FileNames(.train) + ImageDataset.cifar10FileNames(.test)).map { [$0] }
+        case .synthetic:
+            return []
+        }
+    }
+
+    /// The folder a request reads: its own, else the default.
+    public func directory(_ request: DatasetRequest) -> String? { request.directory ?? defaultDirectory }
+
+    /// Both splits.
+    public func load(_ request: DatasetRequest) throws -> (train: ImageDataset, test: ImageDataset) {
+        if self == .synthetic {
+            return ImageDataset.syntheticSplits(count: request.syntheticCount, shape: request.imageShape ?? [1, 28, 28],
+                                                classes: request.classes ?? 10, seed: request.seed)
+        }
+        return (try load(.train, request), try load(.test, request))
+    }
+
+    /// One split.
+    public func load(_ split: DatasetSplit, _ request: DatasetRequest) throws -> ImageDataset {
+        guard self != .synthetic, let dir = directory(request) else {
+            let both = try load(request)
+            return split == .train ? both.train : both.test
+        }
+        try checkFiles(directory: dir)
+        let dataset: ImageDataset
+        switch self {
+        case .fashionMNIST, .mnist: dataset = try ImageDataset.loadFashionMNIST(directory: dir, split: split)
+        case .cifar10: dataset = try ImageDataset.loadCIFAR10(directory: dir, split: split)
+        case .synthetic: fatalError("synthetic has no folder")
+        }
+        return dataset
+    }
+
+    /// Throws a config error on `data`, naming the dataset, the folder looked
+    /// in, what is missing and how to get it, unless every required file is
+    /// there and readable.
+    public func checkFiles(directory dir: String) throws {
+        guard self != .synthetic else { return }
+        func missing(_ what: String) -> CnnError {
+            .invalidConfig(field: "data", value: dir,
+                           allowed: "a folder holding the \(rawValue) dataset; \(what). To get it: \(howToGet)")
+        }
+        guard FileBytes.isDirectory(dir) else { throw missing("no such folder on host \(hostNameForReports())") }
+        let base = dir.hasSuffix("/") ? String(dir.dropLast()) : dir
+        for names in requiredFiles {
+            let present = names.filter { FileBytes.exists("\(base)/\($0)") }
+            guard !present.isEmpty else {
+                throw missing("\(names[0])" + (names.count > 1 ? " (or \(names.dropFirst().joined(separator: ", ")))" : "")
+                              + " is not in it")
+            }
+            guard present.contains(where: { FileBytes.isReadable("\(base)/\($0)") }) else {
+                throw CnnError.invalidConfig(field: "data", value: dir,
+                                             allowed: "readable dataset files; \(base)/\(present[0]) cannot be read by this user")
+            }
+        }
+    }
+}
+
+extension ImageDataset {
+    /// The accepted spellings of an IDX file stem: raw, gzipped, and the dotted
+    /// form some unpackers produce (train-images.idx3-ubyte).
+    static func idxSpellings(_ stem: String) -> [String] {
+        let dotted = stem.replacingFirst("-idx", with: ".idx")
+        return [stem, "\(stem).gz", dotted, "\(dotted).gz"]
+    }
+
+    /// The synthetic dataset's splits: one stream of count + count / 4 images of
+    /// `shape` with min(10, classes) classes; the last quarter is the test split.
+    public static func syntheticSplits(count: Int, shape: [Int], classes: Int, seed: UInt64) -> (train: ImageDataset, test: ImageDataset) {
+        let all = ImageDataset.synthetic(count: count + count / 4, channels: shape[0], height: shape[1], width: shape[2],
+                                         classCount: max(2, min(10, classes)), seed: seed)
+        return (all.subset(0..<count), all.subset(count..<all.count, name: "synthetic(seed \(seed)) test"))
+    }
+}
