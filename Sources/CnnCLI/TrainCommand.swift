@@ -67,7 +67,7 @@ struct ConfigOptions: ParsableArguments {
 }
 
 /// Reads a config file over the defaults; unknown keys are errors naming the key.
-func loadTrainingConfig(path: String) throws -> TrainingConfig {
+public func loadTrainingConfig(path: String) throws -> TrainingConfig {
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
         throw CnnError.io(file: path, reason: "cannot read the config file")
     }

@@ -28,118 +28,13 @@ import CnnData
 /// `CnnError.io`. Never traps on bad input.
 public func readStateDict(path: String) throws -> (tensors: [String: SafeTensor], metadata: [String: String]) {
     let bytes = try FileBytes.read(path)
-    let decoded = try decodeStateDict(bytes, file: path)
+    let decoded = try SafeTensors.decode(bytes, file: path)
     var tensors: [String: SafeTensor] = [:]
     for t in decoded.tensors { tensors[t.name] = t }
     return (tensors, decoded.metadata)
 }
 
-/// Parses safetensors bytes (see `readStateDict`); tensors come back in file
-/// (data offset) order, so `SafeTensors.encode` of the result reproduces a
-/// file cnn-dist wrote byte for byte. `file` only names the source in errors.
-public func decodeStateDict(_ bytes: [UInt8], file: String) throws -> (tensors: [SafeTensor], metadata: [String: String]) {
-    func bad(_ reason: String) -> CnnError { CnnError.invalidCheckpoint(file: file, reason: reason) }
-    guard bytes.count >= 8 else {
-        throw bad("truncated: \(bytes.count) bytes, shorter than the 8-byte header length field")
-    }
-    let headerLength = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-    guard headerLength <= 100_000_000 else {
-        throw bad("header length \(headerLength) is implausible (over 100 MB); not a safetensors file?")
-    }
-    guard headerLength <= UInt64(bytes.count - 8) else {
-        throw bad("truncated: the header claims \(headerLength) bytes but only \(bytes.count - 8) follow the length field")
-    }
-    let dataStart = 8 + Int(headerLength)
-    let object: Any
-    do {
-        object = try JSONSerialization.jsonObject(with: Data(bytes[8..<dataStart]))
-    } catch {
-        throw bad("header (\(headerLength) bytes) is not valid JSON: \(error.localizedDescription)")
-    }
-    guard let header = object as? [String: Any] else { throw bad("header is JSON but not an object") }
-
-    var metadata: [String: String] = [:]
-    var entries: [(begin: Int, end: Int, name: String, dtype: String, shape: [Int])] = []
-    for (name, value) in header {
-        if name == "__metadata__" {
-            guard let m = value as? [String: String] else { throw bad("__metadata__ is not a map of strings") }
-            metadata = m
-            continue
-        }
-        guard let entry = value as? [String: Any] else { throw bad("tensor '\(name)': header entry is not an object") }
-        guard let dtype = entry["dtype"] as? String else { throw bad("tensor '\(name)': missing or non-string dtype") }
-        guard let shapeValues = entry["shape"] as? [Any], let shape = integers(shapeValues) else {
-            throw bad("tensor '\(name)': shape is missing or not a list of integers")
-        }
-        guard let offsetValues = entry["data_offsets"] as? [Any], let offsets = integers(offsetValues),
-              offsets.count == 2 else {
-            throw bad("tensor '\(name)': data_offsets is missing or not two integers")
-        }
-        guard shape.allSatisfy({ $0 >= 0 }) else { throw bad("tensor '\(name)': negative dimension in shape \(shape)") }
-        entries.append((offsets[0], offsets[1], name, dtype, shape))
-    }
-
-    let dataLength = bytes.count - dataStart
-    entries.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
-    var tensors: [SafeTensor] = []
-    tensors.reserveCapacity(entries.count)
-    var expectedBegin = 0
-    for e in entries {
-        guard let width = storedWidth(e.dtype) else {
-            throw bad("tensor '\(e.name)' has dtype \(e.dtype); supported are F32, F64, F16, BF16 (read as F32) and I64, I32 (read as I64)")
-        }
-        guard e.begin >= 0, e.begin <= e.end, e.end <= dataLength else {
-            throw bad("tensor '\(e.name)': data_offsets [\(e.begin), \(e.end)] fall outside the \(dataLength) data bytes"
-                      + (e.end > dataLength ? " (file truncated?)" : ""))
-        }
-        var count = 1
-        for d in e.shape {
-            let (product, overflow) = count.multipliedReportingOverflow(by: d)
-            guard !overflow, product <= Int.max / 8 else { throw bad("tensor '\(e.name)': shape \(e.shape) is too large") }
-            count = product
-        }
-        guard e.end - e.begin == count * width else {
-            throw bad("tensor '\(e.name)' of dtype \(e.dtype) and shape [\(e.shape.map(String.init).joined(separator: ", "))] "
-                      + "needs \(count * width) bytes but data_offsets [\(e.begin), \(e.end)] give \(e.end - e.begin)")
-        }
-        guard e.begin == expectedBegin else {
-            throw bad(e.begin < expectedBegin ? "tensor '\(e.name)': data overlaps the previous tensor's (offset \(e.begin) < \(expectedBegin))"
-                                              : "tensor '\(e.name)': \(e.begin - expectedBegin) bytes of unused data before it (offset \(e.begin), expected \(expectedBegin))")
-        }
-        expectedBegin = e.end
-        let raw = bytes[(dataStart + e.begin)..<(dataStart + e.end)]
-        tensors.append(convertStored(name: e.name, dtype: e.dtype, shape: e.shape, raw: raw, count: count))
-    }
-    guard expectedBegin == dataLength else {
-        throw bad("\(dataLength - expectedBegin) unexpected bytes after the last tensor's data (the tensors cover \(expectedBegin) of \(dataLength))")
-    }
-    return (tensors, metadata)
-}
-
-/// JSON numbers that are all exact integers, else nil.
-private func integers(_ values: [Any]) -> [Int]? {
-    var result: [Int] = []
-    for v in values {
-        guard let n = v as? NSNumber else { return nil }
-        let d = n.doubleValue
-        guard d.rounded() == d, abs(d) < 9e15 else { return nil }
-        result.append(n.intValue)
-    }
-    return result
-}
-
-/// Bytes per element of the dtypes a stored tensor may have; nil for others.
-private func storedWidth(_ dtype: String) -> Int? {
-    switch dtype {
-    case "F32", "I32": return 4
-    case "F64", "I64": return 8
-    case "F16", "BF16": return 2
-    default: return nil
-    }
-}
-
-/// One stored tensor as F32 or I64 (little-endian host assumed, as safetensors is).
-private func convertStored(name: String, dtype: String, shape: [Int], raw: ArraySlice<UInt8>, count: Int) -> SafeTensor {
+func convertStored(name: String, dtype: String, shape: [Int], raw: ArraySlice<UInt8>, count: Int) -> SafeTensor {
     func load<T>(_ type: T.Type) -> [T] {
         raw.withUnsafeBytes { src in (0..<count).map { src.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self) } }
     }

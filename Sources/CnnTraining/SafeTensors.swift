@@ -56,48 +56,92 @@ public enum SafeTensors {
         return out
     }
 
-    /// Parses a safetensors file's bytes; throws naming `file` and what is wrong.
+/// Parses safetensors bytes strictly: the one reader of resume, eval,
+    /// predict and init-from. Tensors come back in file (data offset) order,
+    /// so `encode` of the result reproduces a file cnn-dist wrote byte for byte;
+    /// F64, F16 and BF16 are converted to F32, I32 to I64. The tensors must tile
+    /// the data exactly (no overlap, no gap, nothing after the last), as the
+    /// reference implementation checks. `file` only names the source in errors.
     public static func decode(_ bytes: [UInt8], file: String) throws -> (tensors: [SafeTensor], metadata: [String: String]) {
         func bad(_ reason: String) -> CnnError { CnnError.invalidCheckpoint(file: file, reason: reason) }
-        guard bytes.count >= 8 else { throw bad("file is \(bytes.count) bytes, shorter than the 8-byte header length") }
+        guard bytes.count >= 8 else {
+            throw bad("truncated: \(bytes.count) bytes, shorter than the 8-byte header length field")
+        }
         let headerLength = bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-        guard headerLength <= UInt64(bytes.count - 8), headerLength < 100_000_000 else {
-            throw bad("header length \(headerLength) exceeds the file size \(bytes.count)")
+        guard headerLength <= 100_000_000 else {
+            throw bad("header length \(headerLength) is implausible (over 100 MB); not a safetensors file?")
+        }
+        guard headerLength <= UInt64(bytes.count - 8) else {
+            throw bad("truncated: the header claims \(headerLength) bytes but only \(bytes.count - 8) follow the length field")
         }
         let dataStart = 8 + Int(headerLength)
-        guard let object = try? JSONSerialization.jsonObject(with: Data(bytes[8..<dataStart])),
-              let header = object as? [String: Any] else { throw bad("header is not a JSON object") }
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: Data(bytes[8..<dataStart]))
+        } catch {
+            throw bad("header (\(headerLength) bytes) is not valid JSON: \(error.localizedDescription)")
+        }
+        guard let header = object as? [String: Any] else { throw bad("header is JSON but not an object") }
+
         var metadata: [String: String] = [:]
-        var tensors: [(Int, SafeTensor)] = []
-        let dataLength = bytes.count - dataStart
+        var entries: [(begin: Int, end: Int, name: String, dtype: String, shape: [Int])] = []
         for (name, value) in header {
             if name == "__metadata__" {
-                guard let m = value as? [String: String] else { throw bad("__metadata__ is not a string map") }
+                guard let m = value as? [String: String] else { throw bad("__metadata__ is not a map of strings") }
                 metadata = m
                 continue
             }
-            guard let entry = value as? [String: Any], let dtypeName = entry["dtype"] as? String,
-                  let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int],
-                  offsets.count == 2 else { throw bad("tensor '\(name)' has a malformed header entry") }
-            guard let dtype = SafeTensor.DType(rawValue: dtypeName) else {
-                throw bad("tensor '\(name)' has dtype \(dtypeName); only F32 and I64 are supported")
+            guard let entry = value as? [String: Any] else { throw bad("tensor '\(name)': header entry is not an object") }
+            guard let dtype = entry["dtype"] as? String else { throw bad("tensor '\(name)': missing or non-string dtype") }
+            guard let shapeValues = entry["shape"] as? [Any], let shape = integers(shapeValues) else {
+                throw bad("tensor '\(name)': shape is missing or not a list of integers")
             }
-            guard shape.allSatisfy({ $0 >= 0 }) else { throw bad("tensor '\(name)' has a negative dimension") }
-            let count = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).overflow ? Int.max : $0 * $1 }
-            let width = dtype == .f32 ? 4 : 8
-            guard offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataLength else {
-                throw bad("tensor '\(name)' data_offsets \(offsets) fall outside the \(dataLength) data bytes")
+            guard let offsetValues = entry["data_offsets"] as? [Any], let offsets = integers(offsetValues),
+                  offsets.count == 2 else {
+                throw bad("tensor '\(name)': data_offsets is missing or not two integers")
             }
-            guard count < Int.max / 8, offsets[1] - offsets[0] == count * width else {
-                throw bad("tensor '\(name)' of shape \(shape) needs \(count) x \(width) bytes, has \(offsets[1] - offsets[0])")
-            }
-            let slice = Array(bytes[(dataStart + offsets[0])..<(dataStart + offsets[1])])
-            var t = SafeTensor(name: name, int64s: [], shape: shape)
-            t.dtype = dtype
-            t.bytes = slice
-            tensors.append((offsets[0], t))
+            guard shape.allSatisfy({ $0 >= 0 }) else { throw bad("tensor '\(name)': negative dimension in shape \(shape)") }
+            entries.append((offsets[0], offsets[1], name, dtype, shape))
         }
-        return (tensors.sorted { $0.0 < $1.0 }.map(\.1), metadata)
+
+        let dataLength = bytes.count - dataStart
+        entries.sort { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
+        var tensors: [SafeTensor] = []
+        tensors.reserveCapacity(entries.count)
+        var expectedBegin = 0
+        for e in entries {
+            guard let width = storedWidth(e.dtype) else {
+                throw bad("tensor '\(e.name)' has dtype \(e.dtype); supported are F32, F64, F16, BF16 (read as F32) and I64, I32 (read as I64)")
+            }
+            guard e.begin <= e.end else {
+                throw bad("tensor '\(e.name)': data_offsets [\(e.begin), \(e.end)] are reversed (begin after end)")
+            }
+            guard e.begin >= 0, e.end <= dataLength else {
+                throw bad("tensor '\(e.name)': data_offsets [\(e.begin), \(e.end)] fall outside the \(dataLength) data bytes"
+                          + (e.end > dataLength ? " (file truncated?)" : ""))
+            }
+            var count = 1
+            for d in e.shape {
+                let (product, overflow) = count.multipliedReportingOverflow(by: d)
+                guard !overflow, product <= Int.max / 8 else { throw bad("tensor '\(e.name)': shape \(e.shape) is too large") }
+                count = product
+            }
+            guard e.end - e.begin == count * width else {
+                throw bad("tensor '\(e.name)' of dtype \(e.dtype) and shape [\(e.shape.map(String.init).joined(separator: ", "))] "
+                          + "needs \(count * width) bytes but data_offsets [\(e.begin), \(e.end)] give \(e.end - e.begin)")
+            }
+            guard e.begin == expectedBegin else {
+                throw bad(e.begin < expectedBegin ? "tensor '\(e.name)': data overlaps the previous tensor's (offset \(e.begin) < \(expectedBegin))"
+                                                  : "tensor '\(e.name)': \(e.begin - expectedBegin) bytes of unused data before it (offset \(e.begin), expected \(expectedBegin))")
+            }
+            expectedBegin = e.end
+            let raw = bytes[(dataStart + e.begin)..<(dataStart + e.end)]
+            tensors.append(convertStored(name: e.name, dtype: e.dtype, shape: e.shape, raw: raw, count: count))
+        }
+        guard expectedBegin == dataLength else {
+            throw bad("\(dataLength - expectedBegin) unexpected bytes after the last tensor's data (the tensors cover \(expectedBegin) of \(dataLength))")
+        }
+        return (tensors, metadata)
     }
 }
 
@@ -131,3 +175,27 @@ public func writeFileAtomically(_ bytes: [UInt8], to path: String) throws {
     let dfd = open(directory.isEmpty ? "." : directory, O_RDONLY)
     if dfd >= 0 { fsync(dfd); close(dfd) }
 }
+
+/// JSON numbers that are all exact integers, else nil.
+private func integers(_ values: [Any]) -> [Int]? {
+    var result: [Int] = []
+    for v in values {
+        guard let n = v as? NSNumber else { return nil }
+        let d = n.doubleValue
+        guard d.rounded() == d, abs(d) < 9e15 else { return nil }
+        result.append(n.intValue)
+    }
+    return result
+}
+
+/// Bytes per element of the dtypes a stored tensor may have; nil for others.
+private func storedWidth(_ dtype: String) -> Int? {
+    switch dtype {
+    case "F32", "I32": return 4
+    case "F64", "I64": return 8
+    case "F16", "BF16": return 2
+    default: return nil
+    }
+}
+
+/// One stored tensor as F32 or I64 (little-endian host assumed, as safetensors is).

@@ -19,8 +19,8 @@ final class EvalPredictCommandTests: XCTestCase {
 
     func syntheticConfig() -> TrainingConfig {
         var c = TrainingConfig()
-        c.model = "lenet5"; c.dataset = "synthetic"; c.syntheticCount = 256; c.seed = 5
-        c.epochs = 1; c.batchSize = 32; c.schedule = "constant"; c.lr = 0.1; c.testLimit = 50
+        c.model = "lenet5"; c.dataset = .synthetic; c.syntheticCount = 256; c.seed = 5
+        c.epochs = 1; c.batchSize = 32; c.schedule = .constant; c.lr = 0.1; c.testLimit = 50
         return c
     }
 

@@ -213,7 +213,7 @@ final class CIFAR10ReaderTests: XCTestCase {
 }
 
 final class FashionMNISTTests: XCTestCase {
-    static let directory = ImageDataset.defaultFashionMNISTDirectory
+    static let directory = DatasetKind.fashionMNIST.defaultDirectory!
     nonisolated(unsafe) static var cached: (train: ImageDataset, test: ImageDataset, seconds: Double)?
 
     private func load() throws -> (train: ImageDataset, test: ImageDataset, seconds: Double) {

@@ -62,7 +62,7 @@ final class ModelCheckpointTests: XCTestCase {
             let path = dir + "/\(name).safetensors"
             try writeModelCheckpoint(model: model, statistics: stats, step: 42, to: path)
             let bytes = try FileBytes.read(path)
-            let decoded = try decodeStateDict(bytes, file: path)
+            let decoded = try SafeTensors.decode(bytes, file: path)
             XCTAssertEqual(try SafeTensors.encode(decoded.tensors, metadata: decoded.metadata), bytes, name)
             XCTAssertEqual(decoded.tensors.map(\.name),
                            (model.store.parameterEntries + model.store.bufferEntries).map(\.name), name)
@@ -86,8 +86,8 @@ final class ModelCheckpointTests: XCTestCase {
     func testTrainerCheckpointLoads() throws {
         let dir = try temporaryDirectory()
         var c = TrainingConfig()
-        c.model = "lenet5"; c.dataset = "synthetic"; c.syntheticCount = 128; c.epochs = 1; c.batchSize = 32
-        c.schedule = "constant"; c.lr = 0.05; c.testLimit = 40
+        c.model = "lenet5"; c.dataset = .synthetic; c.syntheticCount = 128; c.epochs = 1; c.batchSize = 32
+        c.schedule = .constant; c.lr = 0.05; c.testLimit = 40
         let trainer = try Trainer(config: c, communicator: SingleProcessCommunicator(), runDirectory: dir, log: { _ in })
         try trainer.run()
         let path = dir + "/model.safetensors"
@@ -96,7 +96,7 @@ final class ModelCheckpointTests: XCTestCase {
         XCTAssertEqual(loaded.statistics, trainer.statistics)
         XCTAssertEqual(loaded.model.store.stateDict(), trainer.model.store.stateDict())
         let bytes = try FileBytes.read(path)
-        let decoded = try decodeStateDict(bytes, file: path)
+        let decoded = try SafeTensors.decode(bytes, file: path)
         XCTAssertEqual(try SafeTensors.encode(decoded.tensors, metadata: decoded.metadata), bytes)
         XCTAssertEqual(try SafeTensors.encode(loaded.model.store.stateDict(), metadata: decoded.metadata), bytes)
     }

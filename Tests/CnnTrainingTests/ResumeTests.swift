@@ -12,7 +12,7 @@ final class ResumeTests: XCTestCase {
     func testResumeIsBitwiseIdentical() throws {
         var config = syntheticConfig(steps: 6, batch: 32)   // 6 steps per epoch
         config.epochs = 3
-        config.schedule = "onecycle"
+        config.schedule = .onecycle
         config.lr = 0.05
         config.maxSteps = 14
         let straightDir = temporaryFolder("straight")
@@ -170,7 +170,7 @@ final class NonFiniteTests: XCTestCase {
 
     func testSkipModeSkipsStepsButNeverWritesANonFiniteCheckpoint() throws {
         var config = explodingConfig()
-        config.onNonFinite = "skip"
+        config.onNonFinite = .skip
         let dir = temporaryFolder("nonfinite-skip")
         XCTAssertThrowsError(try trainLocally(config, ranks: 1, runDirectory: dir)) { error in
             XCTAssertTrue("\(error)".contains("checkpoint not written"), "\(error)")
@@ -179,7 +179,7 @@ final class NonFiniteTests: XCTestCase {
 
         // A run whose gradients are finite is unaffected by the setting.
         var fine = syntheticConfig(steps: 3, batch: 32, model: "lenet5")
-        fine.onNonFinite = "skip"
+        fine.onNonFinite = .skip
         let run = try trainLocally(fine, ranks: 1)
         XCTAssertEqual(run.history.count, 1)
     }

@@ -214,7 +214,7 @@ final class TensorBoardTests: XCTestCase {
         let dir = try temporaryDirectory() + "/run"
         var config = TrainingConfig()
         config.model = "lenet5"
-        config.dataset = "synthetic"
+        config.dataset = .synthetic
         config.syntheticCount = 128
         config.batchSize = 32
         config.epochs = 2

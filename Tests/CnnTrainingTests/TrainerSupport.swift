@@ -18,12 +18,12 @@ struct TrainedRun {
 func syntheticConfig(steps: Int, batch: Int, model: String = "fashion-cnn") -> TrainingConfig {
     var c = TrainingConfig()
     c.model = model
-    c.dataset = "synthetic"
+    c.dataset = .synthetic
     c.syntheticCount = steps * batch
     c.epochs = 1
     c.batchSize = batch
     c.lr = 0.01
-    c.schedule = "constant"
+    c.schedule = .constant
     c.labelSmoothing = 0
     c.cropPadding = 1
     c.flip = true

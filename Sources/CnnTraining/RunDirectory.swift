@@ -1,0 +1,75 @@
+import Foundation
+import CnnCore
+import CnnData
+
+/// A run's folder, written by rank 0 only:
+///
+///     config.json               the resolved config
+///     metrics.jsonl             one EpochMetrics object per line
+///     events.out.tfevents.*     TensorBoard scalars of each epoch
+///     checkpoints/step-N/       crash-consistent checkpoints (see CheckpointStore)
+///     model.safetensors         the final model
+///
+/// Every file is replaced atomically, so a crash leaves the old or the new
+/// version, never half of one.
+public final class RunDirectory {
+    public let path: String
+    private var tensorBoard: TensorBoardWriter?
+
+    public init(path: String) { self.path = path }
+
+    public var metricsPath: String { path + "/metrics.jsonl" }
+    public var modelPath: String { path + "/model.safetensors" }
+
+    /// Creates the folder, writes config.json, keeps the metrics of epochs up
+    /// to `epoch` (a resumed run redoes the ones after) and opens the
+    /// TensorBoard event file; returns the kept metrics.
+    public func start(config: TrainingConfig, keepingEpochsThrough epoch: Int) throws -> [EpochMetrics] {
+        try CheckpointStore.createDirectory(path)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writeFileAtomically(Array(try encoder.encode(config)), to: path + "/config.json")
+        let kept = ((try? FileBytes.read(metricsPath)) ?? []).split(separator: 0x0A).filter { line in
+            guard let m = try? JSONDecoder().decode(EpochMetrics.self, from: Data(line)) else { return false }
+            return m.epoch <= epoch
+        }
+        try writeFileAtomically(kept.flatMap { Array($0) + [0x0A] }, to: metricsPath)
+        tensorBoard = try TensorBoardWriter(directory: path)
+        return kept.compactMap { try? JSONDecoder().decode(EpochMetrics.self, from: Data($0)) }
+    }
+
+    /// Appends one epoch's line to metrics.jsonl and its scalars to TensorBoard.
+    public func append(_ m: EpochMetrics) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let line = Array(try encoder.encode(m)) + [0x0A]
+        let existing = (try? FileBytes.read(metricsPath)) ?? []
+        try writeFileAtomically(existing + line, to: metricsPath)
+        if let tensorBoard {
+            for (tag, value) in [("loss/train", m.trainLoss), ("loss/test", m.testLoss),
+                                 ("accuracy/train", m.trainAccuracy), ("accuracy/test", m.testAccuracy),
+                                 ("lr", m.lr), ("images_per_second", m.imagesPerSecond),
+                                 ("allreduce_wait_fraction", m.allreduceWaitFraction),
+                                 ("data_wait_fraction", m.dataWaitFraction)] {
+                try tensorBoard.addScalar(tag: tag, value: value, step: m.epoch)
+            }
+            try tensorBoard.flush()
+        }
+    }
+
+    /// Writes checkpoint `step` (its files, then the manifest) and keeps the newest `keep`; returns its folder.
+    public func writeCheckpoint(step: Int, files: [(name: String, bytes: [UInt8])], keep: Int) throws -> String {
+        try CheckpointStore.write(runDirectory: path, step: step, files: files, keep: keep)
+    }
+
+    /// Writes the final model.
+    public func writeModel(_ bytes: [UInt8]) throws {
+        try writeFileAtomically(bytes, to: modelPath)
+    }
+
+    /// Closes the TensorBoard event file.
+    public func close() throws {
+        try tensorBoard?.close()
+        tensorBoard = nil
+    }
+}

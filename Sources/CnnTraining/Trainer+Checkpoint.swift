@@ -1,0 +1,169 @@
+import Foundation
+import CnnCore
+import CnnLayers
+import CnnModels
+import CnnData
+import CnnDistributed
+
+// Checkpoints, resume and fine-tuning: what the trainer writes at epoch ends
+// and reads back, and the weights it may start from.
+extension Trainer {
+    /// The training state now, with this epoch's sums reduced over all ranks
+    /// (a collective: every rank calls it).
+    func currentState() throws -> TrainingState {
+        let sums = try totals.reduced(over: communicator)
+        return TrainingState(step: step, epoch: epoch, stepInEpoch: stepInEpoch, worldSize: communicator.size,
+                             epochLossSum: sums.lossSum, epochCorrect: sums.correct, epochSeen: sums.seen,
+                             earlyStopping: earlyStopping.state, config: config)
+    }
+
+    /// Never a non-finite checkpoint (or metrics line): all ranks hold the same
+    /// values, so all stop together, naming the first bad tensor.
+    func checkFiniteState() throws {
+        for (what, t, entries) in [("parameter", model.store.parameters, model.store.parameterEntries),
+                                   ("buffer", model.store.buffers, model.store.bufferEntries)] {
+            if let bad = firstNonFinite(t) {
+                let name = entries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
+                throw CnnError.nonFinite(step: step, location: "\(what) \(name); checkpoint not written")
+            }
+        }
+    }
+
+    /// Every rank joins (the state needs a reduction); rank 0 writes.
+    public func saveCheckpoint() throws {
+        try checkFiniteState()
+        let state = try currentState()
+        guard let runFolder else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        var optimizerMetadata = ["optimizer": optimizer.name, "step": String(optimizer.stepCount)]
+        for (name, value) in optimizer.hyperParameters { optimizerMetadata[name] = String(value) }
+        let optimizerTensors = optimizer.stateTensors.map {
+            SafeTensor(name: $0.name, floats: UnsafeBufferPointer(start: $0.tensor.data, count: $0.tensor.count), shape: [$0.tensor.count])
+        }
+        let folder = try runFolder.writeCheckpoint(step: step, files: [
+            ("model.safetensors", try modelBytes()),
+            ("optimizer.safetensors", try SafeTensors.encode(optimizerTensors, metadata: optimizerMetadata)),
+            ("state.json", Array(try encoder.encode(state))),
+        ], keep: config.keepCheckpoints)
+        log("checkpoint: \(folder) (step \(step))")
+    }
+
+    /// Rank 0 finds the newest verified checkpoint of `runDirectory` and sends
+    /// its files to every rank; all ranks return the same resume point.
+    public static func loadResumePoint(runDirectory: String, communicator: Communicator,
+                                       log: (String) -> Void = { print($0) }) throws -> ResumePoint {
+        var payload: [UInt8] = []
+        var failure: String? = nil
+        if communicator.rank == 0 {
+            do {
+                let found = try CheckpointStore.latestVerified(runDirectory: runDirectory)
+                for (folder, reason) in found.skipped { log("resume: skipping \(folder): \(reason)") }
+                log("resume: using \(found.folder) (verified: \(found.manifest.files.count) files, SHA-256)")
+                payload = try packFiles(folder: found.folder, files: found.files)
+            } catch { failure = "\(error)" }
+        }
+        // Length first (-1: rank 0 failed, so every rank throws the same error).
+        var length: [Int64] = [failure == nil ? Int64(payload.count) : -1]
+        try length.withUnsafeMutableBytes { try communicator.broadcast($0, root: 0) }
+        guard length[0] >= 0 else {
+            throw CnnError.invalidCheckpoint(file: runDirectory, reason: failure ?? "rank 0 could not read a checkpoint")
+        }
+        if communicator.rank != 0 { payload = [UInt8](repeating: 0, count: Int(length[0])) }
+        if !payload.isEmpty { try payload.withUnsafeMutableBytes { try communicator.broadcast($0, root: 0) } }
+        return try unpackResumePoint(payload, runDirectory: runDirectory)
+    }
+
+    /// Files as one buffer: JSON {folder, names, sizes} header line, then the bytes.
+    static func packFiles(folder: String, files: [String: [UInt8]]) throws -> [UInt8] {
+        let names = files.keys.sorted()
+        let header: [String: Any] = ["folder": folder, "names": names, "sizes": names.map { files[$0]!.count }]
+        var out = Array(try JSONSerialization.data(withJSONObject: header)) + [0x0A]
+        for n in names { out += files[n]! }
+        return out
+    }
+
+    static func unpackResumePoint(_ payload: [UInt8], runDirectory: String) throws -> ResumePoint {
+        guard let newline = payload.firstIndex(of: 0x0A),
+              let header = try JSONSerialization.jsonObject(with: Data(payload[..<newline])) as? [String: Any],
+              let folder = header["folder"] as? String, let names = header["names"] as? [String], let sizes = header["sizes"] as? [Int]
+        else { throw CnnError.invalidCheckpoint(file: runDirectory, reason: "garbled checkpoint broadcast") }
+        var files: [String: [UInt8]] = [:]
+        var at = newline + 1
+        for (n, s) in zip(names, sizes) { files[n] = Array(payload[at ..< at + s]); at += s }
+        func need(_ name: String) throws -> [UInt8] {
+            guard let b = files[name] else { throw CnnError.invalidCheckpoint(file: folder + "/" + name, reason: "missing") }
+            return b
+        }
+        let state: TrainingState
+        do { state = try JSONDecoder().decode(TrainingState.self, from: Data(try need("state.json"))) } catch let e as CnnError { throw e } catch {
+            throw CnnError.invalidCheckpoint(file: folder + "/state.json", reason: "\(error)")
+        }
+        let model = try SafeTensors.decode(try need("model.safetensors"), file: folder + "/model.safetensors")
+        let opt = try SafeTensors.decode(try need("optimizer.safetensors"), file: folder + "/optimizer.safetensors")
+        return ResumePoint(folder: folder, state: state, model: model.tensors, optimizer: opt.tensors, optimizerMetadata: opt.metadata)
+    }
+
+    /// Loads weights, buffers, optimizer state and position from a resume point.
+    func restore(_ point: ResumePoint) throws {
+        try model.store.load(Dictionary(point.model.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                             strict: true, source: point.folder + "/model.safetensors")
+        guard point.optimizerMetadata["optimizer"] == optimizer.name else {
+            throw CnnError.invalidCheckpoint(file: point.folder + "/optimizer.safetensors",
+                                             reason: "holds \(point.optimizerMetadata["optimizer"] ?? "?") state, the run uses \(optimizer.name)")
+        }
+        let count = model.store.parameterCount
+        var states: [(name: String, tensor: Tensor)] = []
+        for t in point.optimizer {
+            guard t.dtype == .f32, t.bytes.count == count * 4 else {
+                throw CnnError.invalidCheckpoint(file: point.folder + "/optimizer.safetensors",
+                                                 reason: "\(t.name) has \(t.bytes.count / 4) elements, the model has \(count) parameters")
+            }
+            let tensor = Tensor(shape: [count])
+            t.bytes.withUnsafeBytes { tensor.data.update(from: $0.bindMemory(to: Float.self).baseAddress!, count: count) }
+            states.append((t.name, tensor))
+        }
+        try optimizer.loadState(stepCount: Int(point.optimizerMetadata["step"] ?? "0") ?? 0, tensors: states)
+        let s = point.state
+        step = s.step
+        epoch = s.epoch
+        stepInEpoch = s.stepInEpoch
+        earlyStopping.state = s.earlyStopping
+        // Sums so far are global: rank 0 carries them, the others start from zero.
+        totals = communicator.rank == 0 ? EpochTotals(lossSum: s.epochLossSum, correct: s.epochCorrect, seen: s.epochSeen)
+                                        : EpochTotals()
+        guard stepInEpoch <= stepsPerEpoch else {
+            throw CnnError.invalidCheckpoint(file: point.folder + "/state.json",
+                                             reason: "step_in_epoch \(stepInEpoch) is past the epoch's \(stepsPerEpoch) steps (different data or batch size?)")
+        }
+    }
+
+    /// Fine-tuning: weights from a cnn-dist checkpoint or a PyTorch state_dict
+    /// saved with safetensors; with `replace_head` the classifier keeps its
+    /// fresh initialisation.
+    func initialize(fromFile path: String) throws {
+        let (tensors, _) = try readStateDict(path: path)
+        let head = config.replaceHead ? Trainer.headNames(model.store) : []
+        do {
+            try model.store.load(tensors, strict: true, skip: { head.contains($0) }, source: path)
+        } catch let error as CnnError where head.isEmpty && Trainer.headNames(model.store).contains(where: { "\(error)".contains($0) }) {
+            throw CnnError.invalidCheckpoint(file: path, reason: "\(error) (a different class count? use replace_head / --replace-head)")
+        }
+        if communicator.rank == 0 {
+            log("init_from: \(path): loaded \(model.store.parameterEntries.count + model.store.bufferEntries.count - head.count) tensors"
+                + (head.isEmpty ? "" : ", classifier head \(head.sorted().joined(separator: ", ")) left fresh"))
+        }
+    }
+
+    /// Names of the last layer's parameters (the classifier head).
+    static func headNames(_ store: ParameterStore) -> Set<String> {
+        guard let last = store.layerRanges.values.max(by: { $0.lowerBound < $1.lowerBound }) else { return [] }
+        return Set(store.parameterEntries.filter { last.contains($0.offset) }.map(\.name))
+    }
+
+    /// The model file: tensors plus what is needed to use it alone (model,
+    /// input shape, classes, input normalisation).
+    func modelBytes() throws -> [UInt8] {
+        try SafeTensors.encode(model.store.stateDict(), metadata: modelCheckpointMetadata(model: model, statistics: statistics, step: step))
+    }
+}

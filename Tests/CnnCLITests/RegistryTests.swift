@@ -1,0 +1,119 @@
+import ArgumentParser
+import Foundation
+import XCTest
+import CnnCLI
+import CnnCore
+import CnnData
+import CnnModels
+import CnnTraining
+
+/// The typed registries: one list of names per choice, used alike by the
+/// config, the flags and every command.
+final class RegistryTests: XCTestCase {
+    private func temporaryDirectory() throws -> String {
+        let dir = NSTemporaryDirectory() + "cnn-registry-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        return dir
+    }
+
+    private func message(_ body: () throws -> Void) -> String {
+        do { try body(); return "" } catch { return "\(error)" }
+    }
+
+    /// `train --dataset mnist` without --data used to train on Fashion-MNIST (the
+    /// default folder was Fashion-MNIST's); each dataset now has its own folder,
+    /// and a missing one is named with the folder and how to get it.
+    func testEachDatasetHasItsOwnDefaultFolder() throws {
+        let mnist = try XCTUnwrap(DatasetKind.mnist.defaultDirectory)
+        XCTAssertNotEqual(mnist, DatasetKind.fashionMNIST.defaultDirectory)
+        if FileManager.default.fileExists(atPath: mnist) { throw XCTSkip("\(mnist) exists on this machine") }
+        let dir = try temporaryDirectory()
+        let train = message {
+            try TrainCommand.parse(["--dataset", "mnist", "--max-steps", "1", "--run-dir", dir + "/run"]).run()
+        }
+        let eval = message {
+            try EvalCommand.parse(["--checkpoint", dir + "/none.safetensors", "--dataset", "mnist"]).run()
+        }
+        for text in [train] {
+            XCTAssertTrue(text.contains("mnist") && text.contains(mnist) && text.contains("To get it"), text)
+            XCTAssertFalse(text.contains("fashion"), text)
+        }
+        XCTAssertFalse(eval.isEmpty)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run/model.safetensors"), "trained on something")
+    }
+
+    /// Every dataset with files names them and how to get them; its loader
+    /// reads what the registry says (checked on a folder the test writes).
+    func testDatasetRegistryDrivesPreflightAndLoading() throws {
+        for kind in DatasetKind.allCases {
+            XCTAssertEqual(kind.defaultDirectory == nil, kind == .synthetic, kind.rawValue)
+            XCTAssertEqual(kind.requiredFiles.isEmpty, kind == .synthetic, kind.rawValue)
+            XCTAssertFalse(kind.howToGet.isEmpty)
+        }
+        let dir = try temporaryDirectory()
+        let images = ImageDataset.synthetic(count: 6, classCount: 3, seed: 2)
+        for (split, count) in [("train", 4), ("t10k", 2)] {
+            let part = images.subset(split == "train" ? 0..<4 : 4..<6)
+            try part.writeIDX(imagesPath: "\(dir)/\(split)-images-idx3-ubyte", labelsPath: "\(dir)/\(split)-labels-idx1-ubyte")
+            XCTAssertEqual(part.count, count)
+        }
+        XCTAssertNoThrow(try DatasetKind.mnist.checkFiles(directory: dir))
+        let loaded = try DatasetKind.mnist.load(DatasetRequest(directory: dir))
+        XCTAssertEqual([loaded.train.count, loaded.test.count], [4, 2])
+        try FileManager.default.removeItem(atPath: "\(dir)/t10k-labels-idx1-ubyte")
+        let missing = message { try DatasetKind.mnist.checkFiles(directory: dir) }
+        XCTAssertTrue(missing.contains("config field 'data'") && missing.contains("t10k-labels-idx1-ubyte")
+                      && missing.contains("mnist"), missing)
+    }
+
+    /// An unknown name in a config file is refused naming the field and the
+    /// registry's names; the flag's help lists the same names.
+    func testConfigAndFlagsShareTheNames() throws {
+        let dir = try temporaryDirectory()
+        for (field, value, kindNames) in [("dataset", "imagenet", DatasetKind.allowedNames),
+                                          ("optimizer", "lamb", OptimizerKind.allowedNames),
+                                          ("schedule", "linear", ScheduleKind.allowedNames),
+                                          ("on_nonfinite", "ignore", NonFiniteAction.allowedNames),
+                                          ("init_scheme", "orthogonal", InitScheme.allowedNames)] {
+            let path = "\(dir)/\(field).yaml"
+            try "\(field): \(value)\n".write(toFile: path, atomically: true, encoding: .utf8)
+            let text = message { _ = try loadTrainingConfig(path: path) }
+            XCTAssertTrue(text.contains("config field '\(field)'") && text.contains(value) && text.contains(kindNames), text)
+        }
+        let help = TrainCommand.helpMessage()
+        for name in DatasetKind.allCases.map(\.rawValue) + OptimizerKind.allCases.map(\.rawValue)
+            + ScheduleKind.allCases.map(\.rawValue) + ZooModel.names {
+            XCTAssertTrue(help.contains(name), "\(name) not in train --help")
+        }
+        XCTAssertThrowsError(try TrainCommand.parse(["--optimizer", "lamb"]))
+        let typo = "\(dir)/typo.yaml"
+        try "batch_sise: 64\n".write(toFile: typo, atomically: true, encoding: .utf8)
+        let hint = message { _ = try loadTrainingConfig(path: typo) }
+        XCTAssertTrue(hint.contains("did you mean 'batch_size'"), hint)
+    }
+
+    /// A config written by an older run (snake_case keys, names as strings)
+    /// reads back into the same values, and writes back the same keys.
+    func testConfigFileKeysAreUnchanged() throws {
+        var config = TrainingConfig()
+        config.batchSize = 96
+        config.optimizer = .adamw
+        config.onNonFinite = .skip
+        let json = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
+        for key in ["\"batch_size\":96", "\"optimizer\":\"adamw\"", "\"on_nonfinite\":\"skip\"", "\"sync_batchnorm\""] {
+            XCTAssertTrue(json.contains(key), json)
+        }
+        XCTAssertEqual(try JSONDecoder().decode(TrainingConfig.self, from: Data(json.utf8)), config)
+    }
+
+    /// A folder given where a file is expected is refused by name (it used to
+    /// fail allocating the "size" of a directory).
+    func testDirectoryGivenAsFileIsNamed() throws {
+        let dir = try temporaryDirectory()
+        let text = message { _ = try FileBytes.read(dir) }
+        XCTAssertTrue(text.contains(dir) && text.contains("is a directory"), text)
+        let eval = message { try EvalCommand.parse(["--checkpoint", dir, "--dataset", "synthetic"]).run() }
+        XCTAssertTrue(eval.contains(dir) && eval.contains("directory"), eval)
+    }
+}
