@@ -1,4 +1,5 @@
 import CnnCore
+import CnnTraining
 import Foundation
 
 // Learning curves as a self-contained SVG: two panels (loss, accuracy) of
@@ -35,7 +36,7 @@ public func readMetricsLines(path: String) throws -> [CurvePoint] {
     guard let data = FileManager.default.contents(atPath: path) else {
         throw CnnError.io(file: path, reason: "cannot read the file")
     }
-    let decoder = JSONDecoder()
+    let decoder = EpochMetrics.decoder
     var metrics: [CurvePoint] = []
     for (index, line) in data.split(separator: 0x0A, omittingEmptySubsequences: false).enumerated() {
         let text = line.last == 0x0D ? line.dropLast() : line

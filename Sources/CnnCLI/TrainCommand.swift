@@ -66,35 +66,6 @@ struct ConfigOptions: ParsableArguments {
     }
 }
 
-/// Reads a config file over the defaults; unknown keys are errors naming the key.
-public func loadTrainingConfig(path: String) throws -> TrainingConfig {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-        throw CnnError.io(file: path, reason: "cannot read the config file")
-    }
-    let loaded: Any?
-    do { loaded = try Yams.load(yaml: text) } catch {
-        throw CnnError.invalidConfig(field: path, value: "unparseable YAML", allowed: "\(error)")
-    }
-    guard let overlay = loaded as? [String: Any] else {
-        throw CnnError.invalidConfig(field: path, value: "not a mapping", allowed: "a YAML mapping of config fields")
-    }
-    let known = TrainingConfig.CodingKeys.allCases.map(\.rawValue)
-    for key in overlay.keys.sorted() where !known.contains(key) {
-        let hint = nearestName(to: key, in: known).map { "did you mean '\($0)'? Known fields: " } ?? ""
-        throw CnnError.invalidConfig(field: key, value: "(unknown field in \(path))",
-                                     allowed: hint + known.sorted().joined(separator: ", "))
-    }
-    var base = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as! [String: Any]
-    for (k, v) in overlay { base[k] = v }
-    do {
-        return try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: base))
-    } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context) {
-        let field = context.codingPath.map(\.stringValue).joined(separator: ".")
-        throw CnnError.invalidConfig(field: field, value: "\(overlay[field] ?? "?") in \(path)",
-                                     allowed: context.debugDescription)
-    }
-}
-
 /// `cnn-dist train`: data-parallel training (mpirun, batch jobs, or --local-ranks).
 public struct TrainCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import Foundation
 import Crypto
 import CnnCore
+import CnnData
 
 // Crash-consistent training checkpoints.
 //
@@ -82,6 +83,9 @@ public func sha256Hex(_ bytes: [UInt8]) -> String {
 
 /// Writing, verifying and finding checkpoints under `RUN_DIR/checkpoints`.
 public enum CheckpointStore {
+    /// The files every checkpoint holds, besides its manifest.
+    public static let requiredFiles = ["model.safetensors", "optimizer.safetensors", "state.json"]
+
     /// The folder of step `step` under `runDirectory`.
     public static func folder(runDirectory: String, step: Int) -> String {
         runDirectory + "/checkpoints/" + String(format: "step-%08d", step)
@@ -98,28 +102,36 @@ public enum CheckpointStore {
         let partial = root + "/.partial-" + String(format: "step-%08d", step) + "-\(getpid())"
         try? FileManager.default.removeItem(atPath: partial)
         try createDirectory(partial)
-        var manifest = CheckpointManifest(step: step, files: [])
-        for file in files {
-            try writeFileAtomically(file.bytes, to: partial + "/" + file.name)
-            manifest.files.append(.init(name: file.name, bytes: file.bytes.count, sha256: sha256Hex(file.bytes)))
-        }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeFileAtomically(Array(try encoder.encode(manifest)), to: partial + "/manifest.json")
-        // The same step may be written twice (an every-N checkpoint that falls on an epoch end):
-        // the old folder leaves the listing in one rename before the new one takes its name.
-        if FileManager.default.fileExists(atPath: final) { discard(final, root: root) }
-        guard rename(partial, final) == 0 else {
-            throw CnnError.io(file: final, reason: "rename of the finished checkpoint failed: \(String(cString: strerror(errno)))")
+        do {
+            var manifest = CheckpointManifest(step: step, files: [])
+            for file in files {
+                try writeFileAtomically(file.bytes, to: partial + "/" + file.name)
+                manifest.files.append(.init(name: file.name, bytes: file.bytes.count, sha256: sha256Hex(file.bytes)))
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try writeFileAtomically(Array(try encoder.encode(manifest)), to: partial + "/manifest.json")
+            // The same step may be written twice (an every-N checkpoint that falls on an epoch end):
+            // the old folder leaves the listing in one rename before the new one takes its name.
+            if FileManager.default.fileExists(atPath: final) { discard(final, root: root) }
+            guard rename(partial, final) == 0 else {
+                throw CnnError.io(file: final, reason: "rename of the finished checkpoint failed: \(String(cString: strerror(errno)))")
+            }
+        } catch {
+            // A failed write (a full disk) must not leave its files taking space until the next success.
+            try? FileManager.default.removeItem(atPath: partial)
+            throw error
         }
         fsyncDirectory(root)
         try prune(root: root, keep: keep)
         return final
     }
 
-    /// Reads and checks one checkpoint folder: the manifest parses, every file
-    /// it lists exists with its size and SHA-256. Returns the files' bytes by name.
-    public static func verify(_ folder: String) throws -> (manifest: CheckpointManifest, files: [String: [UInt8]]) {
+    /// Reads and checks one checkpoint folder: the manifest parses, lists
+    /// exactly `requiredFiles` (plain names, each once), and every file exists
+    /// with its size and SHA-256. Returns the files' bytes by name.
+    public static func verify(_ folder: String, requiredFiles: [String] = requiredFiles) throws
+        -> (manifest: CheckpointManifest, files: [String: [UInt8]]) {
         let manifestPath = folder + "/manifest.json"
         guard let data = FileManager.default.contents(atPath: manifestPath) else {
             throw CnnError.invalidCheckpoint(file: manifestPath, reason: "missing manifest")
@@ -128,11 +140,19 @@ public enum CheckpointStore {
         do { manifest = try JSONDecoder().decode(CheckpointManifest.self, from: data) } catch {
             throw CnnError.invalidCheckpoint(file: manifestPath, reason: "unreadable manifest (\(error))")
         }
+        let listed = manifest.files.map(\.name)
+        if let bad = listed.first(where: { $0.isEmpty || $0.contains("/") || $0 == "." || $0 == ".." }) {
+            throw CnnError.invalidCheckpoint(file: manifestPath, reason: "lists '\(bad)', which is not a plain file name")
+        }
+        guard listed.sorted() == requiredFiles.sorted() else {
+            throw CnnError.invalidCheckpoint(file: manifestPath, reason: "lists \(listed.sorted()); a checkpoint holds exactly "
+                                             + requiredFiles.sorted().joined(separator: ", "))
+        }
         var files: [String: [UInt8]] = [:]
         for f in manifest.files {
             let path = folder + "/" + f.name
-            guard let bytes = FileManager.default.contents(atPath: path).map(Array.init) else {
-                throw CnnError.invalidCheckpoint(file: path, reason: "listed in the manifest but missing")
+            guard f.bytes >= 0, let bytes = try? FileBytes.read(path) else {
+                throw CnnError.invalidCheckpoint(file: path, reason: "listed in the manifest but missing or unreadable")
             }
             guard bytes.count == f.bytes else {
                 throw CnnError.invalidCheckpoint(file: path, reason: "\(bytes.count) bytes, the manifest says \(f.bytes)")
@@ -157,12 +177,12 @@ public enum CheckpointStore {
     }
 
     /// The newest checkpoint that verifies, with the reasons newer ones were skipped.
-    public static func latestVerified(runDirectory: String) throws
+    public static func latestVerified(runDirectory: String, requiredFiles: [String] = requiredFiles) throws
         -> (folder: String, manifest: CheckpointManifest, files: [String: [UInt8]], skipped: [(folder: String, reason: String)]) {
         var skipped: [(String, String)] = []
         for (_, folder) in list(runDirectory: runDirectory) {
             do {
-                let (manifest, files) = try verify(folder)
+                let (manifest, files) = try verify(folder, requiredFiles: requiredFiles)
                 return (folder, manifest, files, skipped)
             } catch {
                 skipped.append((folder, "\(error)"))

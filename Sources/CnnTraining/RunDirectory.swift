@@ -29,20 +29,19 @@ public final class RunDirectory {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFileAtomically(Array(try encoder.encode(config)), to: path + "/config.json")
+        let decoder = EpochMetrics.decoder
         let kept = ((try? FileBytes.read(metricsPath)) ?? []).split(separator: 0x0A).filter { line in
-            guard let m = try? JSONDecoder().decode(EpochMetrics.self, from: Data(line)) else { return false }
+            guard let m = try? decoder.decode(EpochMetrics.self, from: Data(line)) else { return false }
             return m.epoch <= epoch
         }
         try writeFileAtomically(kept.flatMap { Array($0) + [0x0A] }, to: metricsPath)
         tensorBoard = try TensorBoardWriter(directory: path)
-        return kept.compactMap { try? JSONDecoder().decode(EpochMetrics.self, from: Data($0)) }
+        return kept.compactMap { try? decoder.decode(EpochMetrics.self, from: Data($0)) }
     }
 
     /// Appends one epoch's line to metrics.jsonl and its scalars to TensorBoard.
     public func append(_ m: EpochMetrics) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let line = Array(try encoder.encode(m)) + [0x0A]
+        let line = Array(try EpochMetrics.encoder.encode(m)) + [0x0A]
         let existing = (try? FileBytes.read(metricsPath)) ?? []
         try writeFileAtomically(existing + line, to: metricsPath)
         if let tensorBoard {
@@ -71,5 +70,27 @@ public final class RunDirectory {
     public func close() throws {
         try tensorBoard?.close()
         tensorBoard = nil
+    }
+}
+
+extension EpochMetrics {
+    /// JSON has no inf or NaN: a diverged epoch's values are written as the
+    /// strings "inf", "-inf" and "nan", so its line is kept, not lost.
+    static let nonFinite = JSONEncoder.NonConformingFloatEncodingStrategy.convertToString(
+        positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+
+    /// The metrics.jsonl line encoder (sorted keys, non-finite values as strings).
+    public static var encoder: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.nonConformingFloatEncodingStrategy = nonFinite
+        return encoder
+    }
+
+    /// The metrics.jsonl line decoder (reads what `encoder` writes).
+    public static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return decoder
     }
 }

@@ -27,6 +27,13 @@ extension Trainer {
                 throw CnnError.nonFinite(step: step, location: "\(what) \(name); checkpoint not written")
             }
         }
+        // Optimizer state too: Adam's second moments overflow to inf before the weights do.
+        for state in optimizer.stateTensors {
+            if let bad = firstNonFinite(state.tensor) {
+                let name = model.store.parameterEntries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
+                throw CnnError.nonFinite(step: step, location: "optimizer state \(state.name) of \(name); checkpoint not written")
+            }
+        }
     }
 
     /// Every rank joins (the state needs a reduction); rank 0 writes.
@@ -121,10 +128,16 @@ extension Trainer {
             }
             let tensor = Tensor(shape: [count])
             t.bytes.withUnsafeBytes { tensor.data.update(from: $0.bindMemory(to: Float.self).baseAddress!, count: count) }
+            if let bad = firstNonFinite(tensor) {
+                let name = model.store.parameterEntries.last { $0.offset <= bad }?.name ?? "offset \(bad)"
+                throw CnnError.invalidCheckpoint(file: point.folder + "/optimizer.safetensors",
+                                                 reason: "\(t.name) holds a non-finite value for parameter \(name) (element \(bad))")
+            }
             states.append((t.name, tensor))
         }
         try optimizer.loadState(stepCount: Int(point.optimizerMetadata["step"] ?? "0") ?? 0, tensors: states)
         let s = point.state
+        try checkState(s, file: point.folder + "/state.json")
         step = s.step
         epoch = s.epoch
         stepInEpoch = s.stepInEpoch
@@ -165,5 +178,22 @@ extension Trainer {
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {
         try SafeTensors.encode(model.store.stateDict(), metadata: modelCheckpointMetadata(model: model, statistics: statistics, step: step))
+    }
+
+    /// A checkpoint's position must be one this run can reach: counts in
+    /// range (no overflow later), sums finite.
+    func checkState(_ s: TrainingState, file: String) throws {
+        func bad(_ field: String, _ value: Any, _ allowed: String) -> CnnError {
+            .invalidCheckpoint(file: file, reason: "\(field) = \(value) is not valid; expected \(allowed)")
+        }
+        let (all, overflow) = stepsPerEpoch.multipliedReportingOverflow(by: config.epochs)
+        guard !overflow else { throw bad("epochs", config.epochs, "fewer epochs") }
+        guard (0...config.epochs).contains(s.epoch) else { throw bad("epoch", s.epoch, "0 to the run's \(config.epochs) epochs") }
+        guard (0...all).contains(s.step) else { throw bad("step", s.step, "0 to the run's \(all) steps") }
+        guard s.stepInEpoch >= 0 else { throw bad("step_in_epoch", s.stepInEpoch, ">= 0") }
+        guard s.worldSize >= 1 else { throw bad("world_size", s.worldSize, ">= 1") }
+        for (field, value) in [("epoch_loss_sum", s.epochLossSum), ("epoch_correct", s.epochCorrect), ("epoch_seen", s.epochSeen)] {
+            guard value.isFinite, value >= 0 else { throw bad(field, value, "a finite number >= 0") }
+        }
     }
 }

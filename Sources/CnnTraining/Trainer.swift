@@ -389,6 +389,12 @@ public final class Trainer {
             try runFolder?.append(metrics)
         }
         try saveCheckpoint()
+        // The weights are finite (checked above), so the epoch is kept; a
+        // non-finite test loss still means the model diverged on some input.
+        if !evaluation.loss.isFinite && config.onNonFinite == .stop {
+            throw CnnError.nonFinite(step: step, location: "test loss of epoch \(metrics.epoch) (\(evaluation.loss)); "
+                                     + "the epoch's metrics line and checkpoint were written")
+        }
     }
 
     /// The opening line (coordinator only).
@@ -449,8 +455,10 @@ func formatDuration(_ seconds: Double) -> String {
 /// Parses "1x28x28"; throws naming the field.
 public func parseShapeField(_ text: String, field: String) throws -> [Int] {
     let parts = text.lowercased().split(separator: "x").map { Int($0) }
-    guard parts.count == 3, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
-        throw CnnError.invalidConfig(field: field, value: text, allowed: "C x H x W of positive integers, e.g. 3x32x32")
+    // Bounded so that a batch's tensors cannot overflow a size computation.
+    guard parts.count == 3, parts.allSatisfy({ (1...65_536).contains($0 ?? 0) }), parts[0]! <= 4096 else {
+        throw CnnError.invalidConfig(field: field, value: text,
+                                     allowed: "C x H x W of positive integers (C up to 4096, H and W up to 65536), e.g. 3x32x32")
     }
     return parts.map { $0! }
 }

@@ -91,22 +91,54 @@ public struct TrainingConfig: Codable, Equatable {
         func fail(_ field: String, _ value: Any, _ allowed: String) -> CnnError {
             CnnError.invalidConfig(field: field, value: "\(value)", allowed: allowed)
         }
+        // Integers: every count has an upper bound, so products of counts
+        // (steps = epochs x steps per epoch, ranks x micro-batches) cannot overflow.
+        func integer(_ field: String, _ value: Int, _ range: ClosedRange<Int>, _ meaning: String = "") throws {
+            guard range.contains(value) else {
+                throw fail(field, value, "an integer from \(range.lowerBound) to \(range.upperBound)" + meaning)
+            }
+        }
+        func number(_ field: String, _ value: Float, _ range: ClosedRange<Float>, open upper: Bool = false) throws {
+            guard value.isFinite, range.contains(value), !(upper && value == range.upperBound) else {
+                throw fail(field, value, "a finite number from \(range.lowerBound) to \(range.upperBound)\(upper ? " (exclusive)" : "")")
+            }
+        }
         _ = try ZooModel.named(model)
-        guard epochs >= 1 else { throw fail("epochs", epochs, "an integer >= 1") }
-        guard batchSize >= 1 else { throw fail("batch_size", batchSize, "an integer >= 1") }
-        guard lr > 0, lr.isFinite else { throw fail("lr", lr, "a number > 0") }
-        guard (0..<1).contains(momentum) else { throw fail("momentum", momentum, "0 <= momentum < 1") }
-        guard weightDecay >= 0 else { throw fail("weight_decay", weightDecay, "a number >= 0") }
-        guard (0..<1).contains(labelSmoothing) else { throw fail("label_smoothing", labelSmoothing, "0 <= x < 1") }
-        guard cropPadding >= 0, translate >= 0 else { throw fail("crop_padding/translate", max(cropPadding, translate), ">= 0") }
-        guard warmupEpochs >= 0 else { throw fail("warmup_epochs", warmupEpochs, ">= 0") }
-        if let c = clipNorm, !(c > 0) { throw fail("clip_norm", c, "a number > 0") }
-        guard trainLimit >= 0, testLimit >= 0 else { throw fail("train_limit", trainLimit, ">= 0") }
-        guard accumulationSteps >= 1 else { throw fail("accumulation_steps", accumulationSteps, "an integer >= 1") }
-        guard checkpointEvery >= 0 else { throw fail("checkpoint_every", checkpointEvery, "an integer >= 0 (0 = epoch ends only)") }
-        guard keepCheckpoints >= 1 else { throw fail("keep_checkpoints", keepCheckpoints, "an integer >= 1") }
-        guard maxSteps >= 0 else { throw fail("max_steps", maxSteps, "an integer >= 0 (0 = no limit)") }
-        guard (1...256).contains(threads) else { throw fail("threads", threads, "an integer from 1 to 256") }
+        if let input { _ = try parseShapeField(input, field: "input") }
+        if let classes { try integer("classes", classes, 2...100_000) }
+        try integer("epochs", epochs, 1...100_000)
+        try integer("batch_size", batchSize, 1...1 << 20)
+        try number("lr", lr, Float.leastNormalMagnitude...1e6)
+        try number("momentum", momentum, 0...1, open: true)
+        try number("weight_decay", weightDecay, 0...1e3)
+        try number("beta1", beta1, 0...1, open: true)
+        try number("beta2", beta2, 0...1, open: true)
+        try integer("step_epochs", stepEpochs, 1...100_000)
+        for m in milestones { try integer("milestones", m, 1...100_000) }
+        try number("gamma", gamma, 0...1e3)
+        try number("warmup_epochs", warmupEpochs, 0...Float(epochs))
+        if let c = clipNorm { try number("clip_norm", c, Float.leastNormalMagnitude...Float.greatestFiniteMagnitude) }
+        try number("label_smoothing", labelSmoothing, 0...1, open: true)
+        try integer("crop_padding", cropPadding, 0...1024)
+        try integer("translate", translate, 0...1024)
+        try integer("early_stopping_patience", earlyStoppingPatience, 0...100_000, " (0 = off)")
+        try integer("train_limit", trainLimit, 0...1 << 40, " (0 = all)")
+        try integer("test_limit", testLimit, 0...1 << 40, " (0 = all)")
+        try integer("synthetic_count", syntheticCount, 1...1 << 22)
+        if dataset == .synthetic {
+            // Generated images live in memory: keep them under 4 GiB of floats.
+            let shape = try input.map { try parseShapeField($0, field: "input") } ?? [1, 28, 28]
+            let bytes = Double(syntheticCount) * 1.25 * Double(shape.reduce(1, *)) * 4
+            guard bytes <= 4 * 1_073_741_824 else {
+                throw fail("synthetic_count", syntheticCount, "at most \(Int(4 * 1_073_741_824 / (1.25 * 4 * Double(shape.reduce(1, *))))) "
+                           + "images of \(formatShape(shape)) (4 GiB)")
+            }
+        }
+        try integer("accumulation_steps", accumulationSteps, 1...1 << 16)
+        try integer("checkpoint_every", checkpointEvery, 0...1 << 40, " (0 = epoch ends only)")
+        try integer("keep_checkpoints", keepCheckpoints, 1...1000)
+        try integer("max_steps", maxSteps, 0...1 << 40, " (0 = no limit)")
+        try integer("threads", threads, 1...256)
     }
 
     /// The dataset folder this config reads (its own, else the dataset's default).

@@ -4,6 +4,7 @@ import XCTest
 import CnnCLI
 import CnnCore
 import CnnData
+import CnnLayers
 import CnnModels
 import CnnTraining
 

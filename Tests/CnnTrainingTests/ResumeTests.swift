@@ -95,7 +95,7 @@ final class ResumeTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("checkpoints"), "\(error)")
         }
         try CheckpointStore.write(runDirectory: dir, step: 3, files: [("a.bin", [1, 2, 3])], keep: 3)
-        let found = try CheckpointStore.latestVerified(runDirectory: dir)
+        let found = try CheckpointStore.latestVerified(runDirectory: dir, requiredFiles: ["a.bin"])
         XCTAssertEqual(found.files["a.bin"], [1, 2, 3])
         XCTAssertEqual(found.manifest.files[0].sha256, "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81")
     }
