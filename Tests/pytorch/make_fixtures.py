@@ -13,6 +13,8 @@ backward on a fixed batch, and writes DIR/MODEL.safetensors holding:
   logits, loss             the model's output [N, classes] and the loss [1]
   grad.<parameter name>    dL/dparameter for every parameter (see "factors" below)
   after.<buffer name>      BatchNorm running statistics and counters after the step
+  losses                   the loss at steps 0..LOSS_STEPS-1 of SGD (metadata sgd_lr,
+                           sgd_momentum) on the same batch, dropout keyed by each step
 
 The loss is what cnn-dist's trainer computes: mean softmax cross-entropy over
 the batch with the label smoothing in the metadata (cnn-dist's default, 0.1).
@@ -50,7 +52,9 @@ from compare_logits import DEFAULT_REFERENCE, REPO, load_reference  # noqa: E402
 BATCH = 16
 SEED = 1234           # torch.manual_seed: initial weights, input, labels
 DROPOUT_SEED = 1      # ExecutionContext.seed for the dropout masks
-STEP = 0              # ExecutionContext.step
+STEP = 0              # ExecutionContext.step of the first step
+LOSS_STEPS = 3
+SGD_LR, SGD_MOMENTUM = 0.01, 0.9
 LABEL_SMOOTHING = 0.1
 GENERATED_ABOVE = 100_000
 MASK64 = (1 << 64) - 1
@@ -102,13 +106,13 @@ class CnnDistDropout(nn.Module):
 
     def __init__(self, p, key):
         super().__init__()
-        self.p, self.key = p, key
+        self.p, self.key, self.step = p, key, STEP
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
         per = x[0].numel()
-        mask = dropout_mask(self.p, self.key, DROPOUT_SEED, STEP, 0, x.shape[0], per)
+        mask = dropout_mask(self.p, self.key, DROPOUT_SEED, self.step, 0, x.shape[0], per)
         return x * torch.from_numpy(mask).to(x.dtype).reshape(x.shape)
 
 
@@ -169,7 +173,8 @@ def make_fixture(name, constructor, input_shape, classes=10, dtype=torch.float64
     out["loss"] = loss.detach().float().reshape(1)
     metadata = {"model": name, "batch": str(BATCH), "label_smoothing": repr(LABEL_SMOOTHING),
                 "dropout_seed": str(DROPOUT_SEED), "step": str(STEP), "torch": torch.__version__,
-                "reference_precision": str(dtype).replace("torch.", "")}
+                "reference_precision": str(dtype).replace("torch.", ""),
+                "sgd_lr": repr(SGD_LR), "sgd_momentum": repr(SGD_MOMENTUM)}
     for pname, p in model.named_parameters():
         if pname in generated:
             key, bound, _ = generated[pname]
@@ -185,6 +190,20 @@ def make_fixture(name, constructor, input_shape, classes=10, dtype=torch.float64
             out["grad." + pname] = p.grad.detach().float().contiguous()
     for bname, b in model.named_buffers():
         out["after." + bname] = (b if b.dtype == torch.int64 else b.float()).detach().clone().contiguous()
+
+    # A few SGD steps on the same batch: the loss before each update.
+    optimizer = torch.optim.SGD(model.parameters(), lr=SGD_LR, momentum=SGD_MOMENTUM)
+    losses = [loss.item()]
+    for step in range(STEP + 1, STEP + LOSS_STEPS):
+        optimizer.step()
+        for m in model.modules():
+            if isinstance(m, CnnDistDropout):
+                m.step = step
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x.to(dtype)), labels, label_smoothing=LABEL_SMOOTHING)
+        loss.backward()
+        losses.append(loss.item())
+    out["losses"] = torch.tensor(losses, dtype=torch.float32)
     return out, metadata, dropouts[0]
 
 
@@ -200,7 +219,7 @@ def float32_noise(reference, tensors, metadata):
     gradients = {k: v for k, v in reference.items() if k.startswith("grad.")}
     scale = max(g.abs().max().item() for g in gradients.values())
     errors = {k: relative_error(tensors[k].double(), reference[k].double(), scale if k.startswith("grad.") else 0)
-              for k in list(gradients) + ["logits", "loss"]}
+              for k in list(gradients) + ["logits", "loss", "losses"]}
     worst = max(errors, key=errors.get)
     return worst, errors[worst]
 
