@@ -13,6 +13,7 @@ backward on a fixed batch, and writes DIR/MODEL.safetensors holding:
   logits, loss             the model's output [N, classes] and the loss [1]
   grad.<parameter name>    dL/dparameter for every parameter (see "factors" below)
   after.<buffer name>      BatchNorm running statistics and counters after the step
+                           (metadata bn_momentum: the momentum of every BatchNorm)
   losses                   the loss at steps 0..LOSS_STEPS-1 of SGD (metadata sgd_lr,
                            sgd_momentum) on the same batch, dropout keyed by each step
 
@@ -188,6 +189,10 @@ def make_fixture(name, constructor, input_shape, classes=10, dtype=torch.float64
             out[f"factor.{pname}.grad_output"] = gout.float().contiguous()
         else:
             out["grad." + pname] = p.grad.detach().float().contiguous()
+    momenta = {m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert len(momenta) <= 1, f"{name}: BatchNorm layers with different momenta {momenta}"
+    if momenta:
+        metadata["bn_momentum"] = repr(momenta.pop())
     for bname, b in model.named_buffers():
         out["after." + bname] = (b if b.dtype == torch.int64 else b.float()).detach().clone().contiguous()
 
