@@ -96,7 +96,10 @@ final class PyTorchFixtureTests: XCTestCase {
         let input = Tensor(shape: inputTensor.shape, values: inputTensor.floats())
         let labels = labelTensor.floats().map { Int32($0) }
         let batch = input.n
-        XCTAssertEqual(labels.count, batch)
+        guard inputTensor.shape.count == 4, labels.count == batch else {
+            throw CnnError.invalidCheckpoint(file: path, reason: "input \(inputTensor.shape) and \(labels.count) labels do not make a batch")
+        }
+        try model.checkInput(input.shape)
 
         // One training step as the trainer runs it (Trainer.swift): training mode,
         // the run's seed and step for dropout, no gradient for the images.
