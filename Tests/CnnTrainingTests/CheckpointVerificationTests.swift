@@ -15,7 +15,7 @@ final class CheckpointVerificationTests: XCTestCase {
     }
 
     /// Two checkpoints of a short run, steps 2 and 4.
-    private func run() throws -> String {
+    private func twoCheckpointRun() throws -> String {
         var config = syntheticConfig(steps: 4, batch: 32, model: "lenet5")
         config.checkpointEvery = 2
         config.maxSteps = 4
@@ -38,7 +38,7 @@ final class CheckpointVerificationTests: XCTestCase {
     /// naming the reason and uses step 2.
     private func assertFallsBack(_ reasonFragment: String, _ edit: (inout [[String: Any]]) -> Void,
                                  line: UInt = #line) throws {
-        let dir = try run()
+        let dir = try twoCheckpointRun()
         try rewriteManifest(dir, step: 4, edit)
         let found = try CheckpointStore.latestVerified(runDirectory: dir)
         XCTAssertEqual(found.manifest.step, 2, line: line)
