@@ -36,6 +36,9 @@ public struct BenchTrainCommand: ParsableCommand {
         guard ZooModel(rawValue: model) != nil else {
             throw ValidationError("--model \(model) is not one of \(ZooModel.names.joined(separator: ", "))")
         }
+        guard bucketMB > 0, bucketMB <= 65_536 else {
+            throw ValidationError("--bucket-mb must be a positive size in MiB up to 65536, got \(bucketMB)")
+        }
         guard batch >= 1, steps >= 1, warmup >= 0, threads >= 1 else {
             throw ValidationError("--batch, --steps, --threads must be >= 1 and --warmup >= 0")
         }

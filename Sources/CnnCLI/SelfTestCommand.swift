@@ -83,7 +83,9 @@ public struct SelfTestCommand: ParsableCommand {
     }
 
     public func validate() throws {
-        if largeCount < 0 { throw ValidationError("--large-count must be at least 0, got \(largeCount)") }
+        guard (0...1 << 30).contains(largeCount) else {
+            throw ValidationError("--large-count must be from 0 to 2^30 floats (4 GiB), got \(largeCount)")
+        }
     }
 
     public func run() throws {

@@ -87,7 +87,9 @@ public struct TrainCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        if bucketMB <= 0 { throw ValidationError("--bucket-mb must be positive, got \(bucketMB)") }
+        guard bucketMB > 0, bucketMB <= 65_536 else {
+            throw ValidationError("--bucket-mb must be a positive size in MiB up to 65536, got \(bucketMB)")
+        }
     }
 
     public func run() throws {

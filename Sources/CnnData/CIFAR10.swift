@@ -56,7 +56,8 @@ extension ImageDataset {
     /// Throws `CnnError.invalidData` naming the file if its size is not a
     /// multiple of 3073 bytes or a label is outside 0…9.
     public static func loadCIFAR10Batch(path: String) throws -> ImageDataset {
-        let (bytes, compressed) = try FileBytes.readDecompressing(path)
+        // No header to size it: a batch file holds at most the whole 60,000-image set.
+        let (bytes, compressed) = try FileBytes.readDecompressing(path, maxBytes: 60_000 * cifar10RecordSize)
         let record = cifar10RecordSize
         guard bytes.count % record == 0, !bytes.isEmpty else {
             throw CnnError.invalidData(file: path, reason:

@@ -56,10 +56,17 @@ public enum FileBytes {
 
     /// The bytes of the file at `path`, gunzipped if the file starts with the
     /// gzip magic 1f 8b (detected by content, not by name).
-    public static func readDecompressing(_ path: String) throws -> (bytes: [UInt8], wasCompressed: Bool) {
+    ///
+    /// The decompressed size is bounded by `maxBytes` and, as soon as the
+    /// first bytes are out, by `expectedSize` (the size a format's header
+    /// implies; nil while more bytes are needed): memory follows what the
+    /// data claims to be, never a damaged trailer or a gzip bomb.
+    public static func readDecompressing(_ path: String, maxBytes: Int = 1 << 32,
+                                         expectedSize: (ArraySlice<UInt8>) -> Int? = { _ in nil })
+        throws -> (bytes: [UInt8], wasCompressed: Bool) {
         let stored = try read(path)
         if Gzip.isCompressed(stored) {
-            return (try Gzip.decompress(stored, file: path), true)
+            return (try Gzip.decompress(stored, file: path, maxBytes: maxBytes, expectedSize: expectedSize), true)
         }
         return (stored, false)
     }
@@ -91,7 +98,11 @@ public enum Gzip {
     /// Throws `CnnError.invalidData` naming `file` if the stream is corrupt
     /// (bad header, CRC or length), ends before its end-of-stream marker
     /// (a truncated download), or is followed by bytes that are not another member.
-    public static func decompress(_ bytes: [UInt8], file: String) throws -> [UInt8] {
+    /// The output grows in bounded steps up to `maxBytes`, or up to the size
+    /// `expectedSize` reports once the first bytes are out (plus one byte,
+    /// so that more data than expected is seen and reported as such).
+    public static func decompress(_ bytes: [UInt8], file: String, maxBytes: Int = 1 << 32,
+                                  expectedSize: (ArraySlice<UInt8>) -> Int? = { _ in nil }) throws -> [UInt8] {
         var stream = z_stream()
         // windowBits 15 + 16: gzip wrapper only, with CRC-32 and length checks.
         guard inflateInit2_(&stream, 15 + 16, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
@@ -99,22 +110,31 @@ public enum Gzip {
         }
         defer { inflateEnd(&stream) }
 
-        // The trailer's ISIZE (uncompressed length mod 2^32) sizes the output for single-member files.
-        var capacity = max(bytes.count * 4, 1 << 16)
-        if bytes.count >= 18 {
-            let n = bytes.count
-            let isize = Int(bytes[n - 4]) | Int(bytes[n - 3]) << 8 | Int(bytes[n - 2]) << 16 | Int(bytes[n - 1]) << 24
-            if isize >= bytes.count / 2 && isize <= bytes.count * 1100 { capacity = isize + 1 }
-        }
-        var output = [UInt8](repeating: 0, count: capacity)
+        // The trailer's ISIZE is not trusted: a damaged one would size the buffer.
+        var limit = maxBytes
+        var limitIsExpected = false
+        var output = [UInt8](repeating: 0, count: min(1 << 16, limit + 1))
         var produced = 0
 
         try bytes.withUnsafeBufferPointer { input in
             stream.next_in = UnsafeMutablePointer(mutating: input.baseAddress!)
             stream.avail_in = UInt32(input.count)
             while true {
+                if !limitIsExpected, produced > 0, let expected = expectedSize(output[..<produced]) {
+                    limit = min(limit, max(expected, 0))
+                    limitIsExpected = true
+                    if output.count > limit + 1 { output.removeLast(output.count - max(limit + 1, produced)) }
+                    output.reserveCapacity(limit + 1)
+                }
+                if produced >= limit + 1 {
+                    // More than the header implies: stop here and let the format's parser name the excess.
+                    guard limitIsExpected else {
+                        throw CnnError.invalidData(file: file, reason: "decompresses to more than \(limit) bytes, the most this reader accepts")
+                    }
+                    return
+                }
                 if produced == output.count {
-                    output.append(contentsOf: repeatElement(0, count: max(output.count, 1 << 16)))
+                    output.append(contentsOf: repeatElement(0, count: min(max(output.count, 1 << 16), limit + 1 - output.count)))
                 }
                 let space = output.count - produced
                 let chunk = min(space, Int(UInt32.max))

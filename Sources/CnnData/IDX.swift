@@ -56,9 +56,9 @@ extension ImageDataset {
     /// Every error is a `CnnError.invalidData` naming the offending file.
     public static func loadIDX(imagesPath: String, labelsPath: String, classCount: Int = 10) throws -> ImageDataset {
         precondition(classCount > 0, "classCount must be positive, not \(classCount)")
-        let imageBytes = try FileBytes.readDecompressing(imagesPath)
+        let imageBytes = try FileBytes.readDecompressing(imagesPath, expectedSize: idxFileSize)
         let images = try parseIDXImages(imageBytes.bytes, file: imagesPath, compressed: imageBytes.wasCompressed)
-        let labelBytes = try FileBytes.readDecompressing(labelsPath)
+        let labelBytes = try FileBytes.readDecompressing(labelsPath, expectedSize: idxFileSize)
         let labels = try parseIDXLabels(labelBytes.bytes, file: labelsPath, compressed: labelBytes.wasCompressed,
                                         classCount: classCount)
         guard images.count == labels.count else {
@@ -68,6 +68,25 @@ extension ImageDataset {
         return ImageDataset(name: "idx", source: imagesPath, pixels: images.pixels, labels: labels,
                             channels: images.channels, height: images.height, width: images.width,
                             classCount: classCount)
+    }
+
+    /// The whole file's size as an IDX header implies it (nil until the header
+    /// is complete; just the magic's 4 bytes for a header that is not IDX,
+    /// which the parser then names), so gzip inflation stops where the data should.
+    static func idxFileSize(_ prefix: ArraySlice<UInt8>) -> Int? {
+        guard prefix.count >= 4 else { return nil }
+        let b = Array(prefix.prefix(4 + 4 * 4))
+        let rank = Int(b[3])
+        guard b[0] == 0, b[1] == 0, b[2] == 8, (1...4).contains(rank) else { return 4 }
+        let header = 4 + 4 * rank
+        guard b.count >= header else { return nil }
+        var size = 1
+        for d in 0..<rank {
+            let (product, overflow) = size.multipliedReportingOverflow(by: bigEndianUInt32(b, 4 + 4 * d))
+            guard !overflow, product < 1 << 40 else { return header }
+            size = product
+        }
+        return header + size
     }
 
     /// Reads a big-endian UInt32 at `offset`.

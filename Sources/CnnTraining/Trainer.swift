@@ -146,6 +146,15 @@ public final class Trainer {
         var (train, test) = try config.dataset.load(config.datasetRequest)
         if config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
         if config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }
+        guard test.count > 0 else {
+            throw CnnError.invalidConfig(field: "test_limit", value: String(config.testLimit),
+                                         allowed: "a test split with at least one image (\(config.dataset.rawValue)'s test split is empty)")
+        }
+        guard test.imageShape == train.imageShape, test.classCount == train.classCount else {
+            throw CnnError.invalidData(file: test.source,
+                                       reason: "test images are \(formatShape(test.imageShape)) with \(test.classCount) classes, "
+                                           + "training images \(formatShape(train.imageShape)) with \(train.classCount)")
+        }
         guard train.count >= config.batchSize else {
             throw CnnError.invalidConfig(field: "batch_size", value: String(config.batchSize),
                                          allowed: "at most the \(train.count) training samples")
