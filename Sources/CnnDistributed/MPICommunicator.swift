@@ -104,7 +104,8 @@ public final class MPICommunicator: Communicator {
     var outstanding: [ObjectIdentifier: MPIRequest] = [:]
 
     // Schedule state (under `lock`).
-    var nextSequence: Int64 = 0
+    /// -1 is the start-up exchange of host names; the caller's collectives are #0, #1, ...
+    var nextSequence: Int64 = -1
     /// This rank's descriptors not yet compared with every peer's.
     var history: [Int64: Collective] = [:]
     var historyLow: Int64 = -1
