@@ -8,14 +8,24 @@ import XCTest
 final class StallDeadlineTests: XCTestCase {
     static let deadline = 4.0
 
-    /// `mpirun -n 2 sh -c SCRIPT cnn-dist`: the script sees the binary as $0 and the rank as $OMPI_COMM_WORLD_RANK.
-    private func startJob(script: String, environment: [String: String] = [:]) throws -> Job {
+    /// Runs `mpirun -n 2 sh -c SCRIPT cnn-dist` (the script sees the binary as $0 and the rank as
+    /// $OMPI_COMM_WORLD_RANK) to its end; it must end non-zero within deadline + 10 s with a
+    /// `cnn-dist:` line about rank 0. Returns the output.
+    private func runToFailure(_ name: String, script: String, environment: [String: String] = [:]) throws -> String {
         let job = Job(try FailureTestSupport.mpirun(),
                       ["-n", "2", "--bind-to", "none", "sh", "-c", script, try FailureTestSupport.binary().path],
                       environment: FailureTestSupport.mpiEnvironment.merging(environment) { $1 })
         try job.start()
-        addTeardownBlock { if job.process.isRunning { job.killTree(SIGKILL) } }
-        return job
+        let status = job.finish(timeout: Self.deadline + 10)
+        let seconds = monotonicNow() - job.started
+        job.killTree(SIGKILL) // a stopped shell, if the launcher left it behind
+        let output = job.output
+        print("\(name): status \(status) after \(String(format: "%.2f", seconds)) s\n"
+              + output.split(separator: "\n").filter { $0.contains("cnn-dist:") }.joined(separator: "\n"))
+        XCTAssertNotEqual(status, 0, output)
+        XCTAssertLessThan(seconds, Self.deadline + 10)
+        XCTAssertTrue(output.contains("cnn-dist: rank 0 (host "), output)
+        return output
     }
 
     /// Rank 0 blocks outside MPI opening a FIFO as its Fashion-MNIST images (doctor checks
@@ -26,17 +36,10 @@ final class StallDeadlineTests: XCTestCase {
         for r in 0..<2 { try FileManager.default.createDirectory(atPath: "\(dir)/\(r)", withIntermediateDirectories: true) }
         XCTAssertEqual(mkfifo("\(dir)/0/train-images-idx3-ubyte", 0o600), 0)
         FileManager.default.createFile(atPath: "\(dir)/0/train-labels-idx1-ubyte", contents: Data())
-        let job = try startJob(script: "exec \"$0\" doctor --fashion-mnist \(dir)/$OMPI_COMM_WORLD_RANK "
-                                   + "--mnist \(dir)/none --cifar10 \(dir)/none",
-                               environment: ["CNN_DIST_DEADLINE": "\(Self.deadline)"])
-        let status = job.finish(timeout: Self.deadline + 10)
-        let seconds = monotonicNow() - job.started
-        let output = job.output
-        print("doctor with rank 0 stuck on a FIFO: status \(status) after \(String(format: "%.2f", seconds)) s\n"
-              + output.split(separator: "\n").filter { $0.contains("cnn-dist:") }.joined(separator: "\n"))
-        XCTAssertNotEqual(status, 0, output)
-        XCTAssertLessThan(seconds, Self.deadline + 10)
-        XCTAssertTrue(output.contains("cnn-dist: rank 0 (host "), output)
+        let output = try runToFailure("doctor with rank 0 stuck on a FIFO",
+                                      script: "exec \"$0\" doctor --fashion-mnist \(dir)/$OMPI_COMM_WORLD_RANK "
+                                          + "--mnist \(dir)/none --cifar10 \(dir)/none",
+                                      environment: ["CNN_DIST_DEADLINE": "\(Self.deadline)"])
         XCTAssertTrue(output.contains("has not reached collective #"), output)
         XCTAssertTrue(output.contains("(allgather of 8200 bytes per rank, step 0)"), output)
         XCTAssertTrue(output.contains("noticed by rank 1 (host "), output)
@@ -45,17 +48,9 @@ final class StallDeadlineTests: XCTestCase {
     /// Rank 1 stops itself before it execs cnn-dist, so rank 0 never gets out of
     /// MPI_Init_thread: the start-up watchdog must end it at the deadline, saying so.
     private func stoppedBeforeStart(_ arguments: String, environment: [String: String] = [:]) throws -> String {
-        let job = try startJob(script: "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then kill -STOP $$; fi; exec \"$0\" \(arguments)",
-                               environment: environment)
-        let status = job.finish(timeout: Self.deadline + 10)
-        let seconds = monotonicNow() - job.started
-        job.killTree(SIGKILL) // the stopped shell, if the launcher left it behind
-        let output = job.output
-        print("\(arguments) with rank 1 stopped before start: status \(status) after \(String(format: "%.2f", seconds)) s\n"
-              + output.split(separator: "\n").filter { $0.contains("cnn-dist:") }.joined(separator: "\n"))
-        XCTAssertNotEqual(status, 0, output)
-        XCTAssertLessThan(seconds, Self.deadline + 10)
-        XCTAssertTrue(output.contains("cnn-dist: rank 0 (host "), output)
+        let output = try runToFailure("\(arguments) with rank 1 stopped before start",
+                                      script: "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then kill -STOP $$; fi; exec \"$0\" \(arguments)",
+                                      environment: environment)
         XCTAssertTrue(output.contains("MPI_Init_thread did not complete within \(Int(Self.deadline)) s: a rank of this job "
                                       + "never started or stalled before joining"), output)
         return output
