@@ -130,7 +130,7 @@ final class FailureDetectionTests: XCTestCase {
         let binary = try FailureTestSupport.binary()
         // Rank 1 does one extra allreduce: #0 differs on every rank, and all three ranks reach it.
         let (_, mpiOutput, _) = try selfTestFault("extra")
-        let local = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "extra", "--timeout", "\(Self.deadline)",
+        let local = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "extra", "--deadline", "\(Self.deadline)",
                                  "--large-count", "1000"])
         try local.start()
         XCTAssertNotEqual(local.finish(timeout: 20), 0)
@@ -144,7 +144,7 @@ final class FailureDetectionTests: XCTestCase {
         // The last rank loops forever: the others name it at the same collective. Under MPI the
         // report adds what the liveness channel says about the process.
         let (_, mpiHang, _) = try selfTestFault("hang")
-        let localHang = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "hang", "--timeout", "\(Self.deadline)",
+        let localHang = Job(binary, ["selftest", "--local-ranks", "3", "--fault", "hang", "--deadline", "\(Self.deadline)",
                                      "--large-count", "1000"])
         try localHang.start()
         XCTAssertNotEqual(localHang.finish(timeout: Self.deadline + 10), 0)

@@ -28,17 +28,18 @@ final class StallDeadlineTests: XCTestCase {
         return output
     }
 
-    /// Rank 0 blocks outside MPI opening a FIFO as its Fashion-MNIST images (doctor checks
+    /// Rank 0 blocks outside MPI opening FIFOs as its Fashion-MNIST files (doctor checks
     /// datasets on each host's lowest rank), while rank 1 goes on into the string allgather
     /// of the dataset lines: rank 1 must name rank 0 at the deadline instead of waiting forever.
     func testByteAllgatherNamesAStalledRankAtTheDeadline() throws {
         let dir = FailureTestSupport.temporaryDirectory(self, "fifo")
         for r in 0..<2 { try FileManager.default.createDirectory(atPath: "\(dir)/\(r)", withIntermediateDirectories: true) }
-        XCTAssertEqual(mkfifo("\(dir)/0/train-images-idx3-ubyte", 0o600), 0)
-        FileManager.default.createFile(atPath: "\(dir)/0/train-labels-idx1-ubyte", contents: Data())
+        for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+            XCTAssertEqual(mkfifo("\(dir)/0/\(name)", 0o600), 0)
+        }
         let output = try runToFailure("doctor with rank 0 stuck on a FIFO",
-                                      script: "exec \"$0\" doctor --fashion-mnist \(dir)/$OMPI_COMM_WORLD_RANK "
-                                          + "--mnist \(dir)/none --cifar10 \(dir)/none",
+                                      script: "exec \"$0\" doctor --data fashion-mnist=\(dir)/$OMPI_COMM_WORLD_RANK "
+                                          + "--data mnist=\(dir)/none --data cifar10=\(dir)/none",
                                       environment: ["CNN_DIST_DEADLINE": "\(Self.deadline)"])
         XCTAssertTrue(output.contains("has not reached collective #"), output)
         XCTAssertTrue(output.contains("(allgather of 8200 bytes per rank, step 0)"), output)
@@ -57,7 +58,7 @@ final class StallDeadlineTests: XCTestCase {
     }
 
     func testStartupWatchdogEndsSelfTestWhenARankNeverStarts() throws {
-        _ = try stoppedBeforeStart("selftest --timeout \(Self.deadline) --large-count 1000")
+        _ = try stoppedBeforeStart("selftest --deadline \(Self.deadline) --large-count 1000")
     }
 
     func testStartupWatchdogEndsDoctorWhenARankNeverStarts() throws {
