@@ -5,15 +5,15 @@ import Foundation
 import Glibc
 #endif
 
+// MPICommunicator's collectives: each is numbered, announced to the peers with an arrival token,
+// issued as non-blocking MPI calls and completed by polling under the deadline (see MPICommunicator).
 extension MPICommunicator {
-    // MARK: Collectives
-
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         try startAllreduceSum(buffer).wait()
     }
 
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
-        try run(.allreduceDouble, count: buffer.count, call: "MPI_Iallreduce") { handles in
+        try run(.allreduceDouble, count: buffer.count) { handles in
             try chunked(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 8, into: &handles) { base, n, h in
                 MPI_Iallreduce(cnn_mpi_in_place(), base, n, cnn_mpi_double(), cnn_mpi_sum(), comm, &h)
             }
@@ -22,7 +22,7 @@ extension MPICommunicator {
 
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
         try locked("MPI_Iallreduce") {
-            try start(.allreduceFloat, count: buffer.count, call: "MPI_Iallreduce") { handles in
+            try start(.allreduceFloat, count: buffer.count) { handles in
                 try chunked(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 4, into: &handles) { base, n, h in
                     MPI_Iallreduce(cnn_mpi_in_place(), base, n, cnn_mpi_float(), cnn_mpi_sum(), comm, &h)
                 }
@@ -44,7 +44,7 @@ extension MPICommunicator {
                         type: MPI_Datatype!, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "MPI_Ireduce")
         let isRoot = rank == root
-        try run(kind, count: count, root: root, call: "MPI_Ireduce") { handles in
+        try run(kind, count: count, root: root) { handles in
             try chunked(base, count: count, stride: stride, into: &handles) { chunk, n, h in
                 // Root reduces in place; the others only send, their buffers unchanged.
                 isRoot
@@ -56,7 +56,7 @@ extension MPICommunicator {
 
     public func broadcast(_ bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "MPI_Ibcast")
-        try run(.broadcast, count: bytes.count, root: root, call: "MPI_Ibcast") { handles in
+        try run(.broadcast, count: bytes.count, root: root) { handles in
             try chunked(bytes.baseAddress, count: bytes.count, stride: 1, into: &handles) { base, n, h in
                 MPI_Ibcast(base, n, cnn_mpi_byte(), Int32(root), comm, &h)
             }
@@ -64,7 +64,7 @@ extension MPICommunicator {
     }
 
     public func barrier() throws {
-        try run(.barrier, count: 0, call: "MPI_Ibarrier") { handles in
+        try run(.barrier, count: 0) { handles in
             var h = cnn_mpi_request_null()
             try check(MPI_Ibarrier(comm, &h), call: "MPI_Ibarrier")
             handles.append(h)
@@ -77,7 +77,7 @@ extension MPICommunicator {
         mine.pointee = value
         var all = [Int64](repeating: 0, count: size)
         try all.withUnsafeMutableBufferPointer { out in
-            try run(.allgatherInt64, count: 1, call: "MPI_Iallgather") { handles in
+            try run(.allgatherInt64, count: 1) { handles in
                 var h = cnn_mpi_request_null()
                 try check(MPI_Iallgather(mine, 1, cnn_mpi_int64(), out.baseAddress, 1, cnn_mpi_int64(), comm, &h),
                           call: "MPI_Iallgather")
@@ -94,7 +94,7 @@ extension MPICommunicator {
             throw CnnError.communication(rank: rank, call: "MPI_Iallgather", reason:
                 "\(bytes.count) bytes per rank is more than one call can send (\(Self.maxCount)); it is meant for small control data")
         }
-        try run(.allgatherBytes, count: bytes.count, call: "MPI_Iallgather") { handles in
+        try run(.allgatherBytes, count: bytes.count) { handles in
             guard bytes.count > 0 else { return }
             var h = cnn_mpi_request_null()
             try check(MPI_Iallgather(bytes.baseAddress, Int32(bytes.count), cnn_mpi_byte(),
@@ -116,7 +116,7 @@ extension MPICommunicator {
         let v = UnsafeMutablePointer<Double>.allocate(capacity: 1)
         defer { v.deallocate() }
         v.pointee = value
-        try run(kind, count: 1, call: "MPI_Iallreduce") { handles in
+        try run(kind, count: 1) { handles in
             var h = cnn_mpi_request_null()
             try check(MPI_Iallreduce(cnn_mpi_in_place(), v, 1, cnn_mpi_double(), op, comm, &h), call: "MPI_Iallreduce")
             handles.append(h)
@@ -139,17 +139,17 @@ extension MPICommunicator {
     }
 
     /// A blocking collective: start, then wait under the deadline.
-    func run(_ kind: CollectiveKind, count: Int, root: Int = -1, call: String,
-                     issue: (inout [MPIHandle]) throws -> Void) throws {
-        try locked(call) {
-            let request = try start(kind, count: count, root: root, call: call, issue: issue)
+    func run(_ kind: CollectiveKind, count: Int, root: Int = -1,
+             issue: (inout [MPIHandle]) throws -> Void) throws {
+        try locked(kind.mpiCall) {
+            let request = try start(kind, count: count, root: root, issue: issue)
             try waitLocked(request)
         }
     }
 
     /// Numbers the collective, tells the peers (arrival token), then issues the MPI calls.
-    func start(_ kind: CollectiveKind, count: Int, root: Int = -1, call: String,
-                       issue: (inout [MPIHandle]) throws -> Void) throws -> MPIRequest {
+    func start(_ kind: CollectiveKind, count: Int, root: Int = -1,
+               issue: (inout [MPIHandle]) throws -> Void) throws -> MPIRequest {
         let descriptor = Collective(sequence: nextSequence, kind: kind, count: Int64(count),
                                     root: Int64(root), step: Int64(currentStep))
         nextSequence += 1

@@ -5,9 +5,9 @@ import Foundation
 import Glibc
 #endif
 
+// MPICommunicator's control channel: a duplicate of the world carrying arrival tokens and
+// heartbeats, so each rank knows which collective every peer has reached.
 extension MPICommunicator {
-    // MARK: Control channel
-
     func startControlChannel() throws {
         guard size > 1 else { return }
         var h = cnn_mpi_request_null()
@@ -49,7 +49,7 @@ extension MPICommunicator {
         for (i, c) in processorName.utf8.prefix(127).enumerated() { mine[i] = CChar(bitPattern: c) }
         mine[128] = CChar(bitPattern: UInt8(port & 0xff))
         mine[129] = CChar(bitPattern: UInt8(port >> 8))
-        try run(.hostNames, count: width, call: "MPI_Iallgather") { handles in
+        try run(.hostNames, count: width) { handles in
             var h = cnn_mpi_request_null()
             try check(MPI_Iallgather(mine, Int32(width), cnn_mpi_char(), all, Int32(width), cnn_mpi_char(), comm, &h),
                       call: "MPI_Iallgather")

@@ -5,9 +5,9 @@ import Foundation
 import Glibc
 #endif
 
+// MPICommunicator's reports: who kept a collective from completing, schedule mismatches, and
+// what a rank says when the launcher terminates the job.
 extension MPICommunicator {
-    // MARK: Reports
-
     func host(_ r: Int) -> String { r < hostNames.count ? hostNames[r] : "?" }
 
     /// " and its process is alive" / " and no liveness datagram for 4.3 s (dead, stopped or cut off)" / "".

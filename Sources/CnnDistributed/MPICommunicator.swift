@@ -241,7 +241,7 @@ public final class MPICommunicator: Communicator {
         guard !finalized else { return }
         if let worldFailure { throw worldFailure }
         for request in Array(outstanding.values) { try waitLocked(request) }
-        let last = try start(.finalize, count: 0, call: "MPI_Ibarrier(finalize)") { handles in
+        let last = try start(.finalize, count: 0) { handles in
             var h = cnn_mpi_request_null()
             try check(MPI_Ibarrier(comm, &h), call: "MPI_Ibarrier")
             handles.append(h)
