@@ -22,7 +22,7 @@ import Foundation
 /// waiting in (or later entering) a collective throws
 /// `CnnError.communication` naming the failed rank; a rank whose body
 /// returns while others wait for it in a collective poisons the hub the same
-/// way. A collective whose ranks do not all arrive within `timeout` throws,
+/// way. A collective whose ranks do not all arrive within `timeout` throws
 /// `WorldFailure` naming the ranks that did not arrive, the collective's
 /// number and each rank's step (`currentStep`), in the words and numbers
 /// `MPICommunicator` uses (both word reports through `CollectiveReport`):
