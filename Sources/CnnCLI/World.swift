@@ -24,9 +24,9 @@ struct WorldOptions: ParsableArguments {
 /// Starts the world `options` describe, runs `body` on every rank, and ends
 /// the world; returns rank 0's result (nil on the other ranks of an MPI job).
 ///
-/// A rank that fails under MPI writes its error and exits non-zero without
-/// finalizing, which makes the launcher end the job: the other ranks may be
-/// waiting in a collective this one will never reach. In-process ranks are
+/// A rank that fails under MPI writes its error and aborts the job (MPI_Abort,
+/// exit status 3 for a `WorldFailure`, else 1): the other ranks may be waiting
+/// in a collective this one will never reach. In-process ranks are
 /// stopped by their world and the error is rethrown.
 @discardableResult
 func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
@@ -41,9 +41,13 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
         return result
     }
     let comm = try makeWorldCommunicator(forceMPI: forceMPI, deadline: options.resolvedDeadline)
+    installTerminationSignalHandlers(comm)
     let value: T
     do { value = try body(comm) } catch {
-        if comm.size > 1 { endWorldAfterError(comm, message: "Error: rank \(comm.rank): \(error)"); Foundation.exit(1) }
+        if comm.size > 1 {
+            endWorldAfterError(comm, error: error, context: "rank \(comm.rank): ")
+            Foundation.exit(worldExitCode(for: error))
+        }
         try? finalizeWorldCommunicator(comm)
         throw error
     }

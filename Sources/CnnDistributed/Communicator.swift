@@ -12,9 +12,13 @@
 //     not when waited; they may be waited in any order.
 //   - Buffers are reduced in place. Sums are element-wise.
 //   - Counts (element or byte) must agree across ranks.
-//   - Errors come back as `CnnError.communication(rank:call:reason:)`, where
-//     `rank` is the rank that observed the failure and `reason` names the rank
-//     that caused it when that is known.
+//   - A collective that cannot complete on every rank (a rank missed the
+//     deadline, schedules differ, a rank left) throws `WorldFailure`, worded
+//     by `CollectiveReport` the same way in every implementation and naming
+//     the collective by its number (`Collective`). Other errors come back as
+//     `CnnError.communication(rank:call:reason:)`, where `rank` is the rank
+//     that observed the failure and `reason` names the rank that caused it
+//     when that is known.
 
 import CnnCore
 import Foundation
@@ -242,9 +246,7 @@ public func launchedByMPI(environment: [String: String] = ProcessInfo.processInf
 public func makeWorldCommunicator(forceMPI: Bool = false, deadline: TimeInterval? = nil) throws -> Communicator {
     let env = ProcessInfo.processInfo.environment
     if forceMPI || env["CNN_DIST_FORCE_MPI"] == "1" || launchedByMPI(environment: env) {
-        let mpi = try MPICommunicator.world()
-        if let deadline { mpi.deadline = deadline }
-        return mpi
+        return try MPICommunicator.world(deadline: deadline)
     }
     return SingleProcessCommunicator()
 }
@@ -260,12 +262,34 @@ public func finalizeWorldCommunicator(_ communicator: Communicator) throws {
     if let mpi = communicator as? MPICommunicator { try mpi.finalize() }
 }
 
-/// After an error on this rank, writes `message` to standard error and, under MPI, aborts
-/// the whole job: the other ranks may be blocked in a collective this one will never reach.
-/// Otherwise returns, and the caller rethrows.
-public func endWorldAfterError(_ communicator: Communicator, message: String) {
-    FileHandle.standardError.write(Data((message + "\n").utf8))
-    if let mpi = communicator as? MPICommunicator { mpi.abort(errorCode: 1) }
+// MARK: - What the command line calls: signals and the exit decision
+//
+// The library neither installs signal handlers nor ends the process on an error (the one
+// exception: the start-up watchdog, for a thread stuck inside MPI_Init_thread). A command
+// starts the world, calls `installTerminationSignalHandlers`, runs its work, and on an
+// error calls `endWorldAfterError` and then exits with `worldExitCode(for:)` (or rethrows).
+
+/// Under MPI, on SIGTERM (the launcher ending the job after another rank failed) this rank
+/// writes what it was waiting for and when it last heard from each peer, then exits with
+/// status 143. Does nothing for other communicators. Call once, right after starting the world.
+public func installTerminationSignalHandlers(_ communicator: Communicator) {
+    (communicator as? MPICommunicator)?.installTerminationReport()
+}
+
+/// The exit status of a process whose work ended with `error`: `WorldFailure.exitCode` for a
+/// collective that could not complete on every rank, 1 for anything else.
+public func worldExitCode(for error: Error) -> Int32 {
+    error is WorldFailure ? WorldFailure.exitCode : 1
+}
+
+/// After `error` on this rank, writes its report to standard error (a `WorldFailure` as its
+/// one `cnn-dist:` line, anything else as "Error: " + `context` + the error) and, under MPI,
+/// aborts the whole job with `worldExitCode(for:)`: the other ranks may be blocked in a collective
+/// this one will never reach. Otherwise returns, and the caller rethrows or exits.
+public func endWorldAfterError(_ communicator: Communicator, error: Error, context: String = "") {
+    let line = (error as? WorldFailure)?.reportLine ?? "Error: \(context)\(error)"
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+    if let mpi = communicator as? MPICommunicator { mpi.abort(errorCode: worldExitCode(for: error)) }
 }
 
 /// This machine's host name (gethostname), for single-process and in-process ranks.

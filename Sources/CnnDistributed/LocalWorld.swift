@@ -22,12 +22,14 @@ import Foundation
 /// waiting in (or later entering) a collective throws
 /// `CnnError.communication` naming the failed rank; a rank whose body
 /// returns while others wait for it in a collective poisons the hub the same
-/// way. A collective whose ranks do not all arrive within `timeout` throws,
-/// naming the ranks that did not arrive, the collective's number and each
-/// rank's step (`currentStep`), in the words `MPICommunicator` uses:
-/// "rank 2 (host H) has not reached collective #57 (allreduceSum(Float) of
-/// 4096, step 12) within 5 s". Mismatched collectives (different operation,
-/// count or root at the same position) throw naming both ranks.
+/// way. A collective whose ranks do not all arrive within `timeout` throws
+/// `WorldFailure` naming the ranks that did not arrive, the collective's
+/// number and each rank's step (`currentStep`), in the words and numbers
+/// `MPICommunicator` uses (both word reports through `CollectiveReport`):
+/// "rank 2 (host H) has not reached collective #57 (allreduce of 4096 floats,
+/// step 12) within 5 s". Mismatched collectives (different operation, count
+/// or root at the same position) throw "collective schedule mismatch at
+/// collective #k: ...", naming the ranks on each side.
 ///
 /// Never hang: a rank that never returns (an endless loop, a deadlock of its
 /// own) cannot be stopped from outside its thread, so once the world has
@@ -110,47 +112,48 @@ public final class LocalCommunicator: Communicator {
     }
 
     /// Posts this rank's contribution to its next collective slot.
-    private func join(_ op: LocalOp, count: Int, pointer: UnsafeMutableRawPointer?, scalar: UInt64 = 0) throws -> LocalSlot {
+    private func join(_ kind: CollectiveKind, count: Int, root: Int = -1, pointer: UnsafeMutableRawPointer?,
+                      scalar: UInt64 = 0) throws -> LocalSlot {
         lock.lock()
         defer { lock.unlock() }
-        let sequence = nextSequence
+        let collective = Collective(sequence: Int64(nextSequence), kind: kind, count: Int64(count), root: Int64(root),
+                                    step: Int64(step))
         nextSequence += 1
-        return try hub.join(sequence: sequence, rank: rank,
-                            LocalContribution(op: op, count: count, pointer: pointer, scalar: scalar, step: step))
+        return try hub.join(rank: rank, LocalContribution(collective: collective, pointer: pointer, scalar: scalar))
     }
 
-    private func run<T>(_ op: LocalOp, count: Int = 0, pointer: UnsafeMutableRawPointer? = nil, scalar: UInt64 = 0,
-                        read: (LocalSlot) -> T) throws -> T {
-        let slot = try join(op, count: count, pointer: pointer, scalar: scalar)
+    private func run<T>(_ kind: CollectiveKind, count: Int = 0, root: Int = -1, pointer: UnsafeMutableRawPointer? = nil,
+                        scalar: UInt64 = 0, read: (LocalSlot) -> T) throws -> T {
+        let slot = try join(kind, count: count, root: root, pointer: pointer, scalar: scalar)
         return try hub.wait(slot, rank: rank, read: read)
     }
 
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
-        try run(.sumFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+        try run(.allreduceFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
     }
 
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
-        try run(.sumDouble, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+        try run(.allreduceDouble, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
     }
 
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
-        let slot = try join(.sumFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress))
+        let slot = try join(.allreduceFloat, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress))
         return LocalRequest(hub: hub, slot: slot, rank: rank)
     }
 
     public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "reduceSum")
-        try run(.reduceFloat(root: root), count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+        try run(.reduceFloat, count: buffer.count, root: root, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
     }
 
     public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Double>, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "reduceSum")
-        try run(.reduceDouble(root: root), count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
+        try run(.reduceDouble, count: buffer.count, root: root, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
     }
 
     public func broadcast(_ bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "broadcast")
-        try run(.broadcast(root: root), count: bytes.count, pointer: bytes.baseAddress) { _ in }
+        try run(.broadcast, count: bytes.count, root: root, pointer: bytes.baseAddress) { _ in }
     }
 
     public func barrier() throws {
@@ -158,7 +161,7 @@ public final class LocalCommunicator: Communicator {
     }
 
     public func allgather(_ value: Int64) throws -> [Int64] {
-        try run(.allgather, scalar: UInt64(bitPattern: value)) { slot in
+        try run(.allgatherInt64, count: 1, scalar: UInt64(bitPattern: value)) { slot in
             slot.contributions.map { Int64(bitPattern: $0!.scalar) }
         }
     }
@@ -174,13 +177,13 @@ public final class LocalCommunicator: Communicator {
     }
 
     public func allreduceMax(_ value: Double) throws -> Double {
-        try run(.max, scalar: value.bitPattern) { slot in
+        try run(.allreduceMax, count: 1, scalar: value.bitPattern) { slot in
             slot.contributions.map { Double(bitPattern: $0!.scalar) }.reduce(-Double.infinity) { Swift.max($0, $1) }
         }
     }
 
     public func allreduceMin(_ value: Double) throws -> Double {
-        try run(.min, scalar: value.bitPattern) { slot in
+        try run(.allreduceMin, count: 1, scalar: value.bitPattern) { slot in
             slot.contributions.map { Double(bitPattern: $0!.scalar) }.reduce(Double.infinity) { Swift.min($0, $1) }
         }
     }
@@ -214,57 +217,12 @@ final class LocalRequest: CollectiveRequest {
 
 // MARK: - The hub
 
-/// What a collective does; ranks at the same position must agree on it.
-enum LocalOp: Equatable, CustomStringConvertible {
-    case sumFloat, sumDouble
-    case reduceFloat(root: Int), reduceDouble(root: Int)
-    case broadcast(root: Int)
-    case barrier, allgather, max, min
-    /// A byte allgather; `count` is the bytes per rank, the pointer the rank's output.
-    case allgatherBytes
-
-    var description: String {
-        switch self {
-        case .sumFloat: return "allreduceSum(Float)"
-        case .sumDouble: return "allreduceSum(Double)"
-        case let .reduceFloat(root): return "reduceSum(Float, root: \(root))"
-        case let .reduceDouble(root): return "reduceSum(Double, root: \(root))"
-        case let .broadcast(root): return "broadcast(root: \(root))"
-        case .barrier: return "barrier"
-        case .allgather: return "allgather"
-        case .allgatherBytes: return "allgather(bytes)"
-        case .max: return "allreduceMax"
-        case .min: return "allreduceMin"
-        }
-    }
-
-    /// The call name used in errors.
-    var call: String {
-        switch self {
-        case .sumFloat, .sumDouble: return "allreduceSum"
-        case .reduceFloat, .reduceDouble: return "reduceSum"
-        case .broadcast: return "broadcast"
-        case .barrier: return "barrier"
-        case .allgather, .allgatherBytes: return "allgather"
-        case .max: return "allreduceMax"
-        case .min: return "allreduceMin"
-        }
-    }
-}
-
-/// One rank's part in a collective: its buffer (elements or bytes) or its scalar.
+/// One rank's part in a collective: what it called, and its buffer (elements or bytes) or its scalar.
 struct LocalContribution {
-    let op: LocalOp
-    let count: Int
+    let collective: Collective
     let pointer: UnsafeMutableRawPointer?
     let scalar: UInt64
-    /// The rank's training step when it joined (for reports).
-    var step = 0
-
-    /// "allreduceSum(Float) of 4096", "barrier".
-    var what: String {
-        "\(op)" + ((op == .barrier || op == .allgather || op == .max || op == .min) ? "" : " of \(count)")
-    }
+    var count: Int { Int(collective.count) }
 }
 
 /// Collective number `sequence`: the ranks' contributions and whether it has completed.
@@ -280,8 +238,12 @@ final class LocalSlot {
         contributions = Array(repeating: nil, count: size)
     }
 
+    /// Set once ranks are seen to call different collectives here: it is never computed.
+    var mismatched = false
+
     var missingRanks: [Int] { contributions.indices.filter { contributions[$0] == nil } }
-    var op: LocalOp? { contributions.first { $0 != nil }??.op }
+    /// The collective as the first rank to arrive called it.
+    var collective: Collective? { contributions.first { $0 != nil }??.collective }
 }
 
 /// State shared by the ranks of one `LocalWorld`, guarded by one condition variable.
@@ -291,8 +253,8 @@ final class LocalHub {
     private let condition = NSCondition()
     private var slots: [Int: LocalSlot] = [:]
     private var exited = Set<Int>()
-    /// Each rank's latest collective (number and contribution), for timeout reports.
-    private var lastJoined: [(sequence: Int, contribution: LocalContribution)?]
+    /// Each rank's latest collective, for timeout reports.
+    private var lastJoined: [Collective?]
     private let hostName = localHostName()
     /// Why the world was aborted, for the errors of the other ranks.
     private var failureReason: String?
@@ -338,13 +300,15 @@ final class LocalHub {
         failureReason.map { CnnError.communication(rank: rank, call: call, reason: "world aborted: \($0)") }
     }
 
-    /// Posts a contribution; the last rank to arrive computes the result.
-    func join(sequence: Int, rank: Int, _ contribution: LocalContribution) throws -> LocalSlot {
+    /// Posts a contribution; the last rank to arrive computes the result. The first rank to see
+    /// that ranks called different collectives here collects the others' calls briefly, as an MPI
+    /// rank collects their tokens, then reports the mismatch.
+    func join(rank: Int, _ contribution: LocalContribution) throws -> LocalSlot {
         condition.lock()
-        if let error = abortedError(rank: rank, call: contribution.op.call) {
-            condition.unlock()
-            throw error
-        }
+        defer { condition.unlock() }
+        let mine = contribution.collective
+        if let error = abortedError(rank: rank, call: mine.kind.method) { throw error }
+        let sequence = Int(mine.sequence)
         let slot: LocalSlot
         if let existing = slots[sequence] {
             slot = existing
@@ -352,31 +316,31 @@ final class LocalHub {
             slot = LocalSlot(sequence: sequence, size: size)
             slots[sequence] = slot
         }
-        if let other = slot.contributions.indices.first(where: { slot.contributions[$0] != nil }),
-           let theirs = slot.contributions[other],
-           theirs.op != contribution.op || theirs.count != contribution.count {
-            let what = { (op: LocalOp, count: Int) -> String in
-                "\(op)" + ((op == .barrier || op == .allgather || op == .max || op == .min) ? "" : " of \(count)")
-            }
-            let reason = "collective #\(sequence) does not match across ranks: rank \(rank) called "
-                + "\(what(contribution.op, contribution.count)) but rank \(other) called \(what(theirs.op, theirs.count))"
-            let error = CnnError.communication(rank: rank, call: contribution.op.call, reason: reason)
+        let differs = slot.collective.map { !$0.sameSchedule(as: mine) } ?? false
+        slot.contributions[rank] = contribution
+        lastJoined[rank] = mine
+        slot.arrived += 1
+        condition.broadcast()
+        if differs && !slot.mismatched {
+            slot.mismatched = true
+            let until = Date(timeIntervalSinceNow: min(2, timeout))
+            while slot.arrived < size && failureReason == nil && condition.wait(until: until) {}
+            var byRank: [Int: Collective] = [:]
+            for (r, c) in slot.contributions.enumerated() { if let c { byRank[r] = c.collective } }
+            let reason = CollectiveReport.mismatch(at: mine.sequence, byRank: byRank, notYet: slot.missingRanks,
+                                                   host: { _ in self.hostName },
+                                                   noticed: CollectiveReport.noticed(by: rank, host: hostName))
+            let error = WorldFailure(rank: rank, collective: mine, reason: reason)
             poison(reason: reason, error: error)
-            condition.unlock()
             throw error
         }
-        slot.contributions[rank] = contribution
-        lastJoined[rank] = (sequence, contribution)
-        slot.arrived += 1
-        let last = slot.arrived == size
-        condition.unlock()
-        if last {
+        if slot.arrived == size && !slot.mismatched {
             // Outside the lock: the other ranks' buffers are theirs to give until `done`.
+            condition.unlock()
             LocalHub.compute(slot.contributions.map { $0! })
             condition.lock()
             slot.done = true
             condition.broadcast()
-            condition.unlock()
         }
         return slot
     }
@@ -385,27 +349,18 @@ final class LocalHub {
     func wait<T>(_ slot: LocalSlot, rank: Int, read: (LocalSlot) -> T) throws -> T {
         condition.lock()
         defer { condition.unlock() }
-        let call = slot.op?.call ?? "collective"
+        let mine = slot.contributions[rank]!.collective
         let deadline = Date(timeIntervalSinceNow: timeout)
         while !slot.done {
             // Once all ranks have arrived the sum is being written into our buffer: wait for it.
-            if slot.arrived == size { condition.wait(); continue }
-            try checkAlive(slot, rank: rank, call: call)
+            if slot.arrived == size && !slot.mismatched { condition.wait(); continue }
+            try checkAlive(slot, rank: rank)
             if !condition.wait(until: deadline) && !slot.done && slot.arrived < size {
-                try checkAlive(slot, rank: rank, call: call)
-                let missing = slot.missingRanks
-                let what = slot.contributions[rank].map { "\($0.what), step \($0.step)" } ?? call
-                let last = missing.map { r in
-                    lastJoined[r].map { "rank \(r) was last at collective #\($0.sequence) (\($0.contribution.what), step \($0.contribution.step))" }
-                        ?? "rank \(r) has reached no collective"
-                }.joined(separator: ", ")
-                let reason = "timed out after \(timeout) s in \(slot.op.map { "\($0)" } ?? call) "
-                    + "(collective #\(slot.sequence)): \(missing.count == 1 ? "rank" : "ranks") "
-                    + "\(missing.map(String.init).joined(separator: ", ")) did not arrive; "
-                    + "\(missing.count == 1 ? "rank" : "ranks") \(missing.map { "\($0) (host \(hostName))" }.joined(separator: ", ")) "
-                    + "\(missing.count == 1 ? "has" : "have") not reached collective #\(slot.sequence) (\(what)) "
-                    + "within \(formatSeconds(timeout)) s (\(last))"
-                let error = CnnError.communication(rank: rank, call: call, reason: reason)
+                try checkAlive(slot, rank: rank)
+                let reason = CollectiveReport.notReached(mine, missing: slot.missingRanks.map { ($0, lastJoined[$0], "") },
+                                                         deadline: timeout, host: { _ in self.hostName },
+                                                         noticed: CollectiveReport.noticed(by: rank, host: hostName))
+                let error = WorldFailure(rank: rank, collective: mine, reason: reason)
                 poison(reason: reason, error: error)
                 throw error
             }
@@ -421,17 +376,18 @@ final class LocalHub {
             release(slot) { _ in }
             return true
         }
-        if slot.arrived < size { try checkAlive(slot, rank: rank, call: slot.op?.call ?? "collective") }
+        if slot.arrived < size || slot.mismatched { try checkAlive(slot, rank: rank) }
         return false
     }
 
     /// Throws if the world was aborted, or if a rank this slot waits for has already returned.
-    private func checkAlive(_ slot: LocalSlot, rank: Int, call: String) throws {
-        if let error = abortedError(rank: rank, call: call) { throw error }
+    private func checkAlive(_ slot: LocalSlot, rank: Int) throws {
+        let mine = slot.contributions[rank]!.collective
+        if let error = abortedError(rank: rank, call: mine.kind.method) { throw error }
         if let gone = slot.missingRanks.first(where: exited.contains) {
-            let reason = "rank \(gone) returned without joining \(slot.op.map { "\($0)" } ?? call) "
-                + "(collective #\(slot.sequence))"
-            let error = CnnError.communication(rank: rank, call: call, reason: reason)
+            let reason = "\(CollectiveReport.ranksAndHosts([gone]) { _ in self.hostName }) returned without joining "
+                + "collective \(mine.label); \(CollectiveReport.noticed(by: rank, host: hostName))"
+            let error = WorldFailure(rank: rank, collective: mine, reason: reason)
             poison(reason: reason, error: error)
             throw error
         }
@@ -449,12 +405,13 @@ final class LocalHub {
     private static func compute(_ parts: [LocalContribution]) {
         let count = parts[0].count
         guard count > 0 else { return }
-        switch parts[0].op {
-        case .sumFloat: sum(parts, Float.self, count: count, into: nil)
-        case .sumDouble: sum(parts, Double.self, count: count, into: nil)
-        case let .reduceFloat(root): sum(parts, Float.self, count: count, into: root)
-        case let .reduceDouble(root): sum(parts, Double.self, count: count, into: root)
-        case let .broadcast(root):
+        let root = Int(parts[0].collective.root)
+        switch parts[0].collective.kind {
+        case .allreduceFloat: sum(parts, Float.self, count: count, into: nil)
+        case .allreduceDouble: sum(parts, Double.self, count: count, into: nil)
+        case .reduceFloat: sum(parts, Float.self, count: count, into: root)
+        case .reduceDouble: sum(parts, Double.self, count: count, into: root)
+        case .broadcast:
             for (r, part) in parts.enumerated() where r != root {
                 part.pointer!.copyMemory(from: parts[root].pointer!, byteCount: count)
             }
@@ -465,7 +422,7 @@ final class LocalHub {
                     (destination.pointer! + r * count).copyMemory(from: source.pointer! + r * count, byteCount: count)
                 }
             }
-        case .barrier, .allgather, .max, .min:
+        case .barrier, .allgatherInt64, .allreduceMax, .allreduceMin, .heartbeat, .hostNames, .finalize:
             break
         }
     }

@@ -153,12 +153,13 @@ final class LocalWorldTests: XCTestCase {
                 throw error
             }
         }) { error in
-            XCTAssertTrue("\(error)".contains("rank 1 did not arrive"), "\(error)")
-            XCTAssertTrue("\(error)".contains("timed out after 1.0 s in barrier"), "\(error)")
+            XCTAssertTrue("\(error)".contains("rank 1 (host "), "\(error)")
+            XCTAssertTrue("\(error)".contains("has not reached collective #0 (barrier, step 0) within 1 s "
+                                              + "(rank 1 has reached no collective)"), "\(error)")
         }
         XCTAssertLessThan(Date().timeIntervalSince(start), 5)
         XCTAssertEqual(Set(messages.keys), [0, 2])
-        for message in messages.values { XCTAssertTrue(message.contains("rank 1 did not arrive"), message) }
+        for message in messages.values { XCTAssertTrue(message.contains("has not reached collective #0"), message) }
     }
 
     func testRankThatReturnsEarlyIsNamedWithoutWaitingForTheDeadline() throws {
@@ -168,12 +169,13 @@ final class LocalWorldTests: XCTestCase {
             var x: [Double] = [1]
             try comm.allreduceSum(&x)
         }) { error in
-            XCTAssertTrue("\(error)".contains("rank 3 returned without joining allreduceSum(Double)"), "\(error)")
+            XCTAssertTrue("\(error)".contains("returned without joining collective #0 (allreduce of 1 doubles, step 0)"), "\(error)")
         }
         XCTAssertLessThan(Date().timeIntervalSince(start), 5)
     }
 
     func testMismatchedCollectivesNameBothRanks() throws {
+        let localHost = SingleProcessCommunicator().processorName
         XCTAssertThrowsError(try LocalWorld.run(size: 2, timeout: 5) { comm in
             if comm.rank == 0 {
                 var x: [Float] = [1, 2]
@@ -186,9 +188,9 @@ final class LocalWorldTests: XCTestCase {
         }) { error in
             // Rank 1 normally arrives second and reports; under load the order can flip.
             let message = "\(error)"
-            XCTAssertTrue(message.contains("does not match across ranks"), message)
-            XCTAssertTrue(message.contains("rank 1 called allreduceSum(Float) of 3"), message)
-            XCTAssertTrue(message.contains("rank 0 called allreduceSum(Float) of 2"), message)
+            XCTAssertTrue(message.contains("collective schedule mismatch at collective #0: "), message)
+            XCTAssertTrue(message.contains("rank 1 (host \(localHost)) called allreduce of 3 floats (step 0), "
+                                           + "but rank 0 (host \(localHost)) called allreduce of 2 floats (step 0)"), message)
         }
     }
 

@@ -1,0 +1,216 @@
+import CMPI
+import CnnCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MPICommunicator's collectives: each is numbered, announced to the peers with an arrival token,
+// issued as non-blocking MPI calls and completed by polling under the deadline (see MPICommunicator).
+extension MPICommunicator {
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try startAllreduceSum(buffer).wait()
+    }
+
+    public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
+        try run(.allreduceDouble, count: buffer.count) { handles in
+            try chunked(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 8, into: &handles) { base, n, h in
+                MPI_Iallreduce(cnn_mpi_in_place(), base, n, cnn_mpi_double(), cnn_mpi_sum(), comm, &h)
+            }
+        }
+    }
+
+    public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        try locked("MPI_Iallreduce") {
+            try start(.allreduceFloat, count: buffer.count) { handles in
+                try chunked(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 4, into: &handles) { base, n, h in
+                    MPI_Iallreduce(cnn_mpi_in_place(), base, n, cnn_mpi_float(), cnn_mpi_sum(), comm, &h)
+                }
+            }
+        }
+    }
+
+    public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
+        try reduce(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 4, kind: .reduceFloat,
+                   type: cnn_mpi_float(), root: root)
+    }
+
+    public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Double>, root: Int) throws {
+        try reduce(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 8, kind: .reduceDouble,
+                   type: cnn_mpi_double(), root: root)
+    }
+
+    func reduce(_ base: UnsafeMutableRawPointer?, count: Int, stride: Int, kind: CollectiveKind,
+                        type: MPI_Datatype!, root: Int) throws {
+        try checkRoot(root, size: size, rank: rank, call: "MPI_Ireduce")
+        let isRoot = rank == root
+        try run(kind, count: count, root: root) { handles in
+            try chunked(base, count: count, stride: stride, into: &handles) { chunk, n, h in
+                // Root reduces in place; the others only send, their buffers unchanged.
+                isRoot
+                    ? MPI_Ireduce(cnn_mpi_in_place(), chunk, n, type, cnn_mpi_sum(), Int32(root), comm, &h)
+                    : MPI_Ireduce(chunk, nil, n, type, cnn_mpi_sum(), Int32(root), comm, &h)
+            }
+        }
+    }
+
+    public func broadcast(_ bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
+        try checkRoot(root, size: size, rank: rank, call: "MPI_Ibcast")
+        try run(.broadcast, count: bytes.count, root: root) { handles in
+            try chunked(bytes.baseAddress, count: bytes.count, stride: 1, into: &handles) { base, n, h in
+                MPI_Ibcast(base, n, cnn_mpi_byte(), Int32(root), comm, &h)
+            }
+        }
+    }
+
+    public func barrier() throws {
+        try run(.barrier, count: 0) { handles in
+            var h = cnn_mpi_request_null()
+            try check(MPI_Ibarrier(comm, &h), call: "MPI_Ibarrier")
+            handles.append(h)
+        }
+    }
+
+    public func allgather(_ value: Int64) throws -> [Int64] {
+        let mine = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
+        defer { mine.deallocate() }
+        mine.pointee = value
+        var all = [Int64](repeating: 0, count: size)
+        try all.withUnsafeMutableBufferPointer { out in
+            try run(.allgatherInt64, count: 1) { handles in
+                var h = cnn_mpi_request_null()
+                try check(MPI_Iallgather(mine, 1, cnn_mpi_int64(), out.baseAddress, 1, cnn_mpi_int64(), comm, &h),
+                          call: "MPI_Iallgather")
+                handles.append(h)
+            }
+        }
+        return all
+    }
+
+    /// MPI_Iallgather of MPI_BYTE, under the deadline and the schedule check like every collective.
+    public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
+        try checkAllgatherBuffers(bytes, gathered, size: size, rank: rank, call: "MPI_Iallgather")
+        guard bytes.count <= Self.maxCount else {
+            throw CnnError.communication(rank: rank, call: "MPI_Iallgather", reason:
+                "\(bytes.count) bytes per rank is more than one call can send (\(Self.maxCount)); it is meant for small control data")
+        }
+        try run(.allgatherBytes, count: bytes.count) { handles in
+            guard bytes.count > 0 else { return }
+            var h = cnn_mpi_request_null()
+            try check(MPI_Iallgather(bytes.baseAddress, Int32(bytes.count), cnn_mpi_byte(),
+                                     gathered.baseAddress, Int32(bytes.count), cnn_mpi_byte(), comm, &h),
+                      call: "MPI_Iallgather")
+            handles.append(h)
+        }
+    }
+
+    public func allreduceMax(_ value: Double) throws -> Double {
+        try scalarAllreduce(value, kind: .allreduceMax, op: cnn_mpi_max())
+    }
+
+    public func allreduceMin(_ value: Double) throws -> Double {
+        try scalarAllreduce(value, kind: .allreduceMin, op: cnn_mpi_min())
+    }
+
+    func scalarAllreduce(_ value: Double, kind: CollectiveKind, op: MPI_Op!) throws -> Double {
+        let v = UnsafeMutablePointer<Double>.allocate(capacity: 1)
+        defer { v.deallocate() }
+        v.pointee = value
+        try run(kind, count: 1) { handles in
+            var h = cnn_mpi_request_null()
+            try check(MPI_Iallreduce(cnn_mpi_in_place(), v, 1, cnn_mpi_double(), op, comm, &h), call: "MPI_Iallreduce")
+            handles.append(h)
+        }
+        return v.pointee
+    }
+
+    /// Issues one non-blocking call per C-int-sized chunk of `count` elements.
+    func chunked(_ base: UnsafeMutableRawPointer?, count: Int, stride: Int, into handles: inout [MPIHandle],
+                         _ issue: (UnsafeMutableRawPointer, Int32, inout MPIHandle) -> Int32) throws {
+        guard let base, count > 0 else { return }
+        var start = 0
+        while start < count {
+            let n = min(Self.maxCount, count - start)
+            var h = cnn_mpi_request_null()
+            try check(issue(base + start * stride, Int32(n), &h), call: "non-blocking collective")
+            handles.append(h)
+            start += n
+        }
+    }
+
+    /// A blocking collective: start, then wait under the deadline.
+    func run(_ kind: CollectiveKind, count: Int, root: Int = -1,
+             issue: (inout [MPIHandle]) throws -> Void) throws {
+        try locked(kind.mpiCall) {
+            let request = try start(kind, count: count, root: root, issue: issue)
+            try waitLocked(request)
+        }
+    }
+
+    /// Numbers the collective, tells the peers (arrival token), then issues the MPI calls.
+    func start(_ kind: CollectiveKind, count: Int, root: Int = -1,
+               issue: (inout [MPIHandle]) throws -> Void) throws -> MPIRequest {
+        let descriptor = Collective(sequence: nextSequence, kind: kind, count: Int64(count),
+                                    root: Int64(root), step: Int64(currentStep))
+        nextSequence += 1
+        history[descriptor.sequence] = descriptor
+        try sendToken(descriptor)
+        try harvest()
+        let request = MPIRequest(owner: self, descriptor: descriptor)
+        do {
+            try issue(&request.handles)
+        } catch {
+            try explain(error, in: descriptor)
+        }
+        outstanding[ObjectIdentifier(request)] = request
+        return request
+    }
+
+    /// Completes `request` by polling, under the deadline (called by `MPIRequest.wait`).
+    func wait(_ request: MPIRequest) throws {
+        try locked("MPI_Test") { try waitLocked(request) }
+    }
+
+    func waitLocked(_ request: MPIRequest) throws {
+        guard !request.completed else { return }
+        let begin = monotonic()
+        setWaiting(request.descriptor, since: begin)
+        defer { setWaiting(nil, since: 0) }
+        let limit = deadline
+        let heartbeatEvery = Self.heartbeatInterval(deadline: limit)
+        var now = begin
+        while try !poll(request) {
+            now = monotonic()
+            let waited = now - begin
+            if waited > limit { try missedDeadline(request.descriptor, since: begin) }
+            if now - lastHeartbeat > heartbeatEvery { try sendHeartbeat(waitingAt: request.descriptor.sequence) }
+            // Spin for the first millisecond, then yield, then sleep: ranks may share cores.
+            if waited > 0.02 { usleep(200) } else if waited > 0.001 { sched_yield() }
+        }
+    }
+
+    /// MPI_Test on the request's handles plus the control channel (called by `MPIRequest.test`).
+    func test(_ request: MPIRequest) throws -> Bool {
+        try locked("MPI_Test") { try request.completed || poll(request) }
+    }
+
+    /// One progress step: true once this rank's part is done and every peer's token has arrived and matched.
+    func poll(_ request: MPIRequest) throws -> Bool {
+        while request.next < request.handles.count {
+            var flag: Int32 = 0
+            let code = MPI_Test(&request.handles[request.next], &flag, cnn_mpi_status_ignore())
+            if code != cnn_mpi_success() {
+                do { try check(code, call: "MPI_Test") } catch { try explain(error, in: request.descriptor) }
+            }
+            if flag == 0 { break }
+            request.next += 1
+        }
+        try harvest()
+        let s = request.descriptor.sequence
+        guard request.next == request.handles.count, peers.allSatisfy({ $0.arrived >= s }) else { return false }
+        request.completed = true
+        outstanding[ObjectIdentifier(request)] = nil
+        return true
+    }
+
+}
