@@ -1,3 +1,3 @@
 import CnnCLI
 
-CnnDist.main()
+CnnDist.main(CommandLine.arguments.dropFirst().map { $0 })
