@@ -215,16 +215,22 @@ public func loadModelCheckpoint(path: String) throws -> LoadedModel {
     }
     var input: [Int]? = nil
     if let text = metadata["input"] {
-        let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
-        guard parts.count == 3, parts.allSatisfy({ ($0 ?? 0) > 0 }) else {
-            throw bad("metadata input '\(text)' is not C x H x W, e.g. 1x28x28")
+        do { input = try parseShapeField(text, field: "input") } catch {
+            throw bad("metadata input '\(text)' is not C x H x W, e.g. 1x28x28 (C up to 4096, H and W up to 65536)")
         }
-        input = parts.map { $0! }
     }
     var classes: Int? = nil
     if let text = metadata["classes"] {
-        guard let n = Int(text), n >= 2 else { throw bad("metadata classes '\(text)' is not an integer >= 2") }
+        guard let n = Int(text), (2...100_000).contains(n) else {
+            throw bad("metadata classes '\(text)' is not an integer from 2 to 100000")
+        }
         classes = n
+    }
+    // The metadata must not make us allocate a model larger than the file's own tensors.
+    let fileValues = tensors.values.reduce(0) { $0 + $1.bytes.count / ($1.dtype == .f32 ? 4 : 8) }
+    if let needed = try? modelValueCount(name, input: input, classes: classes), needed > fileValues {
+        throw bad("metadata model \(name), input \(input.map(formatShape) ?? "default"), classes \(classes.map(String.init) ?? "default") "
+                  + "describe \(needed) parameter and buffer values, but the file holds \(fileValues)")
     }
     let model: Model
     do {
@@ -273,4 +279,29 @@ public func writeModelCheckpoint(model: Model, statistics: ChannelStatistics, st
     var metadata = modelCheckpointMetadata(model: model, statistics: statistics, step: step)
     metadata.merge(extraMetadata) { _, new in new }
     try writeFileAtomically(try SafeTensors.encode(model.store.stateDict(), metadata: metadata), to: path)
+}
+
+/// Parameter and buffer values of zoo model `name` for `input` and `classes`,
+/// counted from its layer tree without allocating them (nil on overflow).
+public func modelValueCount(_ name: String, input: [Int]?, classes: Int?) throws -> Int? {
+    let entry = try ZooModel.named(name)
+    let root = try entry.build(input: input ?? entry.defaultInput, classes: classes ?? entry.defaultClasses)
+    var total = 0
+    var overflow = false
+    func visit(_ layer: Layer) {
+        for spec in layer.parameterSpecs + layer.bufferSpecs {
+            var n = 1
+            for d in spec.shape {
+                let (p, o) = n.multipliedReportingOverflow(by: d)
+                overflow = overflow || o
+                n = p
+            }
+            let (t, o) = total.addingReportingOverflow(n)
+            overflow = overflow || o
+            total = t
+        }
+        layer.children.forEach { visit($0.layer) }
+    }
+    visit(root)
+    return overflow ? nil : total
 }

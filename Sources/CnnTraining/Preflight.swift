@@ -50,6 +50,14 @@ public enum Preflight {
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
                                          allowed: "the \(config.dataset.rawValue) image shape \(formatShape(datasetShape))")
         }
+        // Counted before it is built, so an absurd input or class count is refused, not allocated.
+        let limit = 1 << 30
+        let counted: Int?
+        do { counted = try modelValueCount(config.model, input: input, classes: config.classes ?? 10) } catch { counted = 0 }
+        guard let values = counted, values <= limit else {
+            throw CnnError.invalidConfig(field: config.classes.map { _ in "input/classes" } ?? "input", value: formatShape(input),
+                                         allowed: "a shape and class count for which \(config.model) has at most \(limit) parameters")
+        }
         // Model(name:inputShape:classCount:) throws invalidConfig naming "input" or "classes" with the reason.
         _ = try Model(name: config.model, inputShape: input, classCount: config.classes ?? 10)
     }

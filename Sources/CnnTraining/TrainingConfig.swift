@@ -108,7 +108,7 @@ public struct TrainingConfig: Codable, Equatable {
         if let classes { try integer("classes", classes, 2...100_000) }
         try integer("epochs", epochs, 1...100_000)
         try integer("batch_size", batchSize, 1...1 << 20)
-        try number("lr", lr, Float.leastNormalMagnitude...1e6)
+        guard lr > 0, lr.isFinite else { throw fail("lr", lr, "a number > 0") }
         try number("momentum", momentum, 0...1, open: true)
         try number("weight_decay", weightDecay, 0...1e3)
         try number("beta1", beta1, 0...1, open: true)
@@ -117,7 +117,7 @@ public struct TrainingConfig: Codable, Equatable {
         for m in milestones { try integer("milestones", m, 1...100_000) }
         try number("gamma", gamma, 0...1e3)
         try number("warmup_epochs", warmupEpochs, 0...Float(epochs))
-        if let c = clipNorm { try number("clip_norm", c, Float.leastNormalMagnitude...Float.greatestFiniteMagnitude) }
+        if let c = clipNorm, !(c > 0 && c.isFinite) { throw fail("clip_norm", c, "a finite number > 0") }
         try number("label_smoothing", labelSmoothing, 0...1, open: true)
         try integer("crop_padding", cropPadding, 0...1024)
         try integer("translate", translate, 0...1024)
