@@ -103,7 +103,7 @@ extension Trainer {
             return b
         }
         let state: TrainingState
-        do { state = try JSONDecoder().decode(TrainingState.self, from: Data(try need("state.json"))) } catch let e as CnnError { throw e } catch {
+        do { state = try JSONDecoder().decode(TrainingState.self, from: Data(try need("state.json"))) } catch {
             throw CnnError.invalidCheckpoint(file: folder + "/state.json", reason: "\(error)")
         }
         let model = try SafeTensors.decode(try need("model.safetensors"), file: folder + "/model.safetensors")
