@@ -1,5 +1,6 @@
 import ArgumentParser
 import CnnDistributed
+import CnnTraining
 import Foundation
 
 /// The `cnn-dist` command: distributed data-parallel CNN training.
@@ -23,7 +24,7 @@ public struct CnnDist: ParsableCommand {
             var command = try parseAsRoot(arguments)
             try command.run()
         } catch {
-            let code = worldExitCode(for: error)
+            let code = error is TrainingInterrupted ? TrainingInterrupted.exitCode : worldExitCode(for: error)
             guard code != 1 else { exit(withError: error) }
             FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
             Foundation.exit(code)

@@ -26,7 +26,9 @@ struct ConfigOptions: ParsableArguments {
     var accumulationSteps: Int?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (0: epoch ends only).") var checkpointEvery: Int?
     @Option(name: .customLong("max-steps"), help: "Stop after N optimizer steps in all (0: no limit).") var maxSteps: Int?
-    @Option(help: "Compute threads inside each rank.") var threads: Int?
+    @Option(help: "Compute threads inside each rank (default: the node's cores shared among its ranks).") var threads: Int?
+    @Option(help: "Classes of the model's head (default: the dataset's; fewer trains on classes 0..<N).") var classes: Int?
+    @Option(help: ArgumentHelp("Input shape (default: the dataset's images).", valueName: "CxHxW")) var input: String?
     @Option(name: .customLong("init-from"), help: "Fine-tuning: start from this safetensors file's weights.") var initFrom: String?
     @Option(help: "Fine-tuning: freeze parameters whose names start with this prefix (repeatable).") var freeze: [String] = []
     @Flag(name: .customLong("replace-head"), help: "Fine-tuning: keep a fresh classifier head instead of loading it.")
@@ -58,6 +60,8 @@ struct ConfigOptions: ParsableArguments {
         if let v = checkpointEvery { c.checkpointEvery = v }
         if let v = maxSteps { c.maxSteps = v }
         if let v = threads { c.threads = v }
+        if let v = classes { c.classes = v }
+        if let v = input { c.input = v }
         if let v = initFrom { c.initFrom = v }
         if !freeze.isEmpty { c.freeze = freeze }
         if replaceHead { c.replaceHead = true }
@@ -79,6 +83,8 @@ public struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("bucket-mb"), help: "Gradient allreduce bucket size in MiB.") var bucketMB: Double = 4
     @Flag(name: .customLong("no-overlap"), help: "Allreduce all gradients after backward instead of overlapping.")
     var noOverlap = false
+    @Flag(help: "Remove the run in --run-dir first (a fresh run refuses a folder that is not empty).")
+    var overwrite = false
     @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest verified checkpoint, on any number of ranks; "
                                + "flags given override its config.", valueName: "RUN_DIR"))
     var resume: String?
@@ -100,7 +106,9 @@ public struct TrainCommand: ParsableCommand {
         let stamp = ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: "")
         let dir = resume ?? runDir ?? "runs/\(fresh!.model)-\(stamp)"
         let bucketBytes = Int(bucketMB * 1_048_576)
-        let terminal = isatty(STDOUT_FILENO) != 0
+        // Under mpirun a rank's output is a pseudo-terminal, but it ends up in a log: plain lines.
+        let terminal = isatty(STDOUT_FILENO) != 0 && !launchedByMPI()
+        StopSignals.install(underMPI: world.localRanks == nil && launchedByMPI())
         try withWorld(world) { comm in
             let log: (String) -> Void = { line in
                 guard comm.rank == 0 else { return }
@@ -116,7 +124,10 @@ public struct TrainCommand: ParsableCommand {
             } else {
                 config = fresh!
             }
-            if testModel == nil { try Preflight.check(config, runDirectory: dir, communicator: comm) }
+            if testModel == nil {
+                try Preflight.check(config, runDirectory: dir, communicator: comm,
+                                    reuse: resume != nil ? .resume : overwrite ? .overwrite : .refuse)
+            }
             var custom: Model? = nil
             if let name = testModel {
                 guard let m = try TestModels.model(named: name, seed: config.seed) else {
@@ -125,9 +136,14 @@ public struct TrainCommand: ParsableCommand {
                 custom = m
             }
             // Threads of the compute kernels: one process-wide setting, the same for in-process ranks.
-            if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = config.threads }
+            let threads = config.threads ?? automaticThreads(ranksInProcess: world.localRanks ?? 1)
+            if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = threads }
+            if comm.rank == 0 && config.threads == nil {
+                log("threads: \(threads) per rank (this node's \(ProcessInfo.processInfo.activeProcessorCount) cores; --threads sets it)")
+            }
             let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
                                       bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
+            trainer.stopRequested = { StopSignals.requested != 0 }
             if terminal && comm.rank == 0 {
                 trainer.progress = { line in print("\r\u{1B}[K" + line, terminator: ""); fflush(stdout) }
             }
@@ -138,4 +154,13 @@ public struct TrainCommand: ParsableCommand {
             }
         }
     }
+}
+
+/// Compute threads per rank when none are configured: this node's cores
+/// (the ones this process may run on) shared among the ranks on it.
+func automaticThreads(ranksInProcess: Int, environment: [String: String] = ProcessInfo.processInfo.environment) -> Int {
+    let cores = ProcessInfo.processInfo.activeProcessorCount
+    let ranksOnNode = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
+        .lazy.compactMap { environment[$0].flatMap(Int.init) }.first ?? 1
+    return max(1, min(256, cores / max(1, ranksOnNode * ranksInProcess)))
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CnnCore
 import CnnDistributed
+import CnnTraining
 import Foundation
 
 /// How a command's ranks start: MPI under a launcher (or with `--mpi`), or
@@ -41,9 +42,23 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
         return result
     }
     let comm = try makeWorldCommunicator(forceMPI: forceMPI, deadline: options.resolvedDeadline)
+    if comm.size == 1, let (variable, tasks) = launcherTaskCount(), tasks > 1 {
+        try? finalizeWorldCommunicator(comm)
+        throw LaunchMismatch(message:
+            "this process is rank 0 of a 1-rank world, but \(variable)=\(tasks) says the job has \(tasks) tasks: "
+            + "each task would train alone and all would write the same run. The launcher did not connect the ranks "
+            + "(Slurm without PMIx: use `srun --mpi=pmix`, or `mpirun -n \(tasks)` inside the allocation; "
+            + "see launch/slurm.sbatch and launch/pbs.sh)")
+    }
     installTerminationSignalHandlers(comm)
     let value: T
     do { value = try body(comm) } catch {
+        if error is TrainingInterrupted {
+            // Every rank agreed to stop after the same step: end the world normally.
+            try? finalizeWorldCommunicator(comm)
+            if comm.rank != 0 { Foundation.exit(TrainingInterrupted.exitCode) }
+            throw error
+        }
         if comm.size > 1 {
             endWorldAfterError(comm, error: error, context: "rank \(comm.rank): ")
             Foundation.exit(worldExitCode(for: error))
@@ -53,4 +68,18 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
     }
     try finalizeWorldCommunicator(comm)
     return comm.rank == 0 ? value : nil
+}
+
+/// The task count a batch system or MPI launcher announces, if any says more than one.
+func launcherTaskCount(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> (String, Int)? {
+    for variable in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "SLURM_NPROCS", "PBS_NP"] {
+        if let text = environment[variable], let n = Int(text), n > 1 { return (variable, n) }
+    }
+    return nil
+}
+
+/// The launcher started tasks but did not connect them into one world.
+struct LaunchMismatch: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }

@@ -21,11 +21,60 @@ import CnnDistributed
 /// command then ends the job).
 public enum Preflight {
     /// Runs every check for `config` on this rank; throws the first failure.
-    public static func check(_ config: TrainingConfig, runDirectory: String?, communicator: Communicator) throws {
+    /// `reuse`: what a run directory that already holds something means.
+    public static func check(_ config: TrainingConfig, runDirectory: String?, communicator: Communicator,
+                             reuse: RunDirectoryReuse = .refuse) throws {
         try checkConfig(config, ranks: communicator.size)
         try checkModel(config)
         try checkData(config)
-        if communicator.rank == 0, let runDirectory { try checkRunDirectory(runDirectory) }
+        if communicator.rank == 0, let runDirectory {
+            try prepareRunDirectory(runDirectory, reuse: reuse)
+            try checkRunDirectory(runDirectory)
+        }
+    }
+
+    /// What a fresh run does with a run directory that is not empty.
+    public enum RunDirectoryReuse: Sendable {
+        /// Refuse, naming what is there (two runs must never mix).
+        case refuse
+        /// Continue the run that is there (`--resume`).
+        case resume
+        /// Remove the old run first (`--overwrite`); only a folder that holds
+        /// nothing but a cnn-dist run's files.
+        case overwrite
+    }
+
+    /// The names a run directory may hold (see `RunDirectory`).
+    static func isRunFile(_ name: String) -> Bool {
+        ["config.json", "metrics.jsonl", "model.safetensors", "checkpoints", "curves.svg", RunDirectory.lockName].contains(name)
+            || name.hasPrefix("events.out.tfevents.") || name.hasPrefix(".preflight-") || name.contains(".tmp-")
+    }
+
+    static func prepareRunDirectory(_ path: String, reuse: RunDirectoryReuse) throws {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        guard !names.isEmpty, reuse != .resume else { return }
+        switch reuse {
+        case .refuse:
+            throw CnnError.invalidConfig(field: "run-dir", value: path,
+                                         allowed: "an empty or new folder: it holds \(names.prefix(5).joined(separator: ", "))"
+                                            + (names.count > 5 ? ", ..." : "") + " (continue that run with --resume \(path), "
+                                            + "or replace it with --overwrite)")
+        case .overwrite:
+            let foreign = names.filter { !isRunFile($0) }
+            guard foreign.isEmpty else {
+                throw CnnError.invalidConfig(field: "run-dir", value: path,
+                                             allowed: "a cnn-dist run folder to overwrite; it also holds \(foreign.prefix(5).joined(separator: ", ")), "
+                                                + "which --overwrite will not delete")
+            }
+            try RunDirectory.checkNotInUse(path)
+            for name in names {
+                do { try FileManager.default.removeItem(atPath: path + "/" + name) } catch {
+                    throw CnnError.io(file: path + "/" + name, reason: "cannot remove the old run's file: \(error.localizedDescription)")
+                }
+            }
+        case .resume:
+            return
+        }
     }
 
     /// Field ranges and the batch-versus-ranks rule.

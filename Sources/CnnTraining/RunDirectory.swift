@@ -18,6 +18,28 @@ public final class RunDirectory {
 
     public init(path: String) { self.path = path }
 
+    /// The lock file: host and pid of the process writing the run.
+    public static let lockName = ".lock"
+
+    /// Throws if another live process holds the run's lock.
+    public static func checkNotInUse(_ path: String) throws {
+        guard let text = try? String(contentsOfFile: path + "/" + lockName, encoding: .utf8) else { return }
+        let parts = text.split(separator: " ").map(String.init)
+        guard parts.count >= 2, let pid = Int32(parts[1].trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
+        let host = parts[0]
+        // A lock of this process, or of a process that no longer runs on this host, is stale.
+        guard pid != getpid(), host != hostNameForReports() || kill(pid, 0) == 0 || errno == EPERM else { return }
+        throw CnnError.invalidConfig(field: "run-dir", value: path,
+                                     allowed: "a run directory no other process writes: host \(host) pid \(pid) holds its lock "
+                                        + "(\(path)/\(lockName); remove it if that process is gone)")
+    }
+
+    /// Takes the run's lock (rank 0, for the whole run).
+    func lock() throws {
+        try RunDirectory.checkNotInUse(path)
+        try writeFileAtomically(Array("\(hostNameForReports()) \(getpid())\n".utf8), to: path + "/" + RunDirectory.lockName)
+    }
+
     public var metricsPath: String { path + "/metrics.jsonl" }
     public var modelPath: String { path + "/model.safetensors" }
 
@@ -26,6 +48,7 @@ public final class RunDirectory {
     /// TensorBoard event file; returns the kept metrics.
     public func start(config: TrainingConfig, keepingEpochsThrough epoch: Int) throws -> [EpochMetrics] {
         try CheckpointStore.createDirectory(path)
+        try lock()
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeFileAtomically(Array(try encoder.encode(config)), to: path + "/config.json")
@@ -70,6 +93,7 @@ public final class RunDirectory {
     public func close() throws {
         try tensorBoard?.close()
         tensorBoard = nil
+        try? FileManager.default.removeItem(atPath: path + "/" + RunDirectory.lockName)
     }
 }
 

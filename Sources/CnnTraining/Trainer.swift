@@ -122,6 +122,11 @@ public final class Trainer {
     public var consistencyCheckEvery = 100
     /// Plain progress line every N steps (coordinator only) when `progress` is nil.
     public var progressEvery = 50
+    /// Asked after every step on every rank; if any rank answers true (a
+    /// preemption or interrupt signal reached it), all ranks stop after the
+    /// same step, rank 0 writes a checkpoint, and `run()` throws
+    /// `TrainingInterrupted`. Nil: never asked (no extra collective).
+    public var stopRequested: (() -> Bool)?
     /// Called on the coordinator about twice a second with a progress line
     /// (rate, ETA) meant to overwrite itself on a terminal; nil: plain log lines.
     public var progress: ((String) -> Void)?
@@ -146,6 +151,26 @@ public final class Trainer {
         var (train, test) = try config.dataset.load(config.datasetRequest)
         if config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
         if config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }
+        let classes = customModel?.classCount ?? config.classes ?? train.classCount
+        if classes < train.classCount {
+            // Fine-tuning onto fewer classes: keep the samples of classes 0..<classes.
+            let keep = Int32(classes)
+            var trainSubset = train.subset(train.labels.indices.filter { train.labels[$0] < keep }, name: train.name)
+            var testSubset = test.subset(test.labels.indices.filter { test.labels[$0] < keep }, name: test.name)
+            trainSubset.classCount = classes
+            testSubset.classCount = classes
+            guard trainSubset.count >= config.batchSize, testSubset.count > 0 else {
+                throw CnnError.invalidConfig(field: "classes", value: String(classes),
+                                             allowed: "a class count whose classes 0..<classes leave at least a batch of "
+                                                + "training samples (\(trainSubset.count) left) and a test sample")
+            }
+            if communicator.rank == 0 {
+                log("classes: \(classes) of the dataset's \(train.classCount); training on the "
+                    + "\(trainSubset.count) training and \(testSubset.count) test samples of classes 0-\(classes - 1)")
+            }
+            train = trainSubset
+            test = testSubset
+        }
         guard test.count > 0 else {
             throw CnnError.invalidConfig(field: "test_limit", value: String(config.testLimit),
                                          allowed: "a test split with at least one image (\(config.dataset.rawValue)'s test split is empty)")
@@ -176,10 +201,6 @@ public final class Trainer {
         guard model.inputShape == train.imageShape else {
             throw CnnError.invalidConfig(field: "input", value: formatShape(model.inputShape),
                                          allowed: "the dataset's image shape \(formatShape(train.imageShape))")
-        }
-        guard model.classCount >= train.classCount else {
-            throw CnnError.invalidConfig(field: "classes", value: String(model.classCount),
-                                         allowed: ">= the dataset's \(train.classCount) classes")
         }
         if customModel == nil {
             model.store.initialize(scheme: config.initScheme, seed: config.seed)
@@ -278,6 +299,11 @@ public final class Trainer {
                 stepInEpoch += 1
                 if step % consistencyCheckEvery == 0 { try checkConsistency(what: "periodic check") }
                 progress.report()
+                if try stopAgreed() {
+                    try saveCheckpoint()
+                    try runFolder?.close()
+                    throw TrainingInterrupted(step: step, runDirectory: runDirectory)
+                }
                 if config.checkpointEvery > 0 && step % config.checkpointEvery == 0 && stepInEpoch < stepsPerEpoch {
                     try saveCheckpoint()
                 }
@@ -360,6 +386,13 @@ public final class Trainer {
         if communicator.rank == 0 { log("step \(step): non-finite gradient of \(name); step skipped (on_nonfinite: skip)") }
     }
 
+    /// Whether any rank was asked to stop (one small collective, so all ranks
+    /// stop after the same step).
+    func stopAgreed() throws -> Bool {
+        guard let stopRequested else { return false }
+        return try communicator.allreduceMax(stopRequested() ? 1 : 0) > 0
+    }
+
     /// This rank's batches of `epoch` from the current step on, split into
     /// micro-batches and assembled ahead on the loader's thread.
     func makeLoader(epoch: Int) -> BatchLoader {
@@ -434,6 +467,19 @@ public final class Trainer {
     public func evaluate() throws -> Evaluation {
         try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
                                  batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing)
+    }
+}
+
+/// Training stopped on request (a signal) after `step`, with a checkpoint of
+/// that step written: the run continues with `cnn-dist train --resume`.
+public struct TrainingInterrupted: Error, CustomStringConvertible {
+    public var step: Int
+    public var runDirectory: String?
+    /// The exit status of an interrupted, resumable run (BSD's EX_TEMPFAIL).
+    public static let exitCode: Int32 = 75
+    public var description: String {
+        "interrupted after step \(step); checkpoint written"
+            + (runDirectory.map { "; continue with: cnn-dist train --resume \($0)" } ?? "")
     }
 }
 

@@ -56,8 +56,9 @@ public struct TrainingConfig: Codable, Equatable {
     public var keepCheckpoints = 3
     /// Stop after this many optimizer steps in all (0: run all epochs).
     public var maxSteps = 0
-    /// Threads for the compute kernels inside each rank (hybrid MPI + threads).
-    public var threads = 1
+    /// Threads for the compute kernels inside each rank (hybrid MPI + threads);
+    /// nil: this node's cores shared among its ranks.
+    public var threads: Int? = nil
     /// Fine-tuning: start from the weights of this safetensors file (a cnn-dist
     /// checkpoint or a PyTorch state_dict saved with safetensors).
     public var initFrom: String? = nil
@@ -138,7 +139,7 @@ public struct TrainingConfig: Codable, Equatable {
         try integer("checkpoint_every", checkpointEvery, 0...1 << 40, " (0 = epoch ends only)")
         try integer("keep_checkpoints", keepCheckpoints, 1...1000)
         try integer("max_steps", maxSteps, 0...1 << 40, " (0 = no limit)")
-        try integer("threads", threads, 1...256)
+        if let threads { try integer("threads", threads, 1...256) }
     }
 
     /// The dataset folder this config reads (its own, else the dataset's default).

@@ -14,7 +14,7 @@ for model in lenet5 fashion-cnn minivgg resnet20; do
     for ranks in 1 2; do
         dir="$out/$model-$ranks"
         "$bin" train --model "$model" "${data[@]}" --max-steps 30 --batch-size 64 --seed 7 \
-            --test-limit 256 --local-ranks "$ranks" --run-dir "$dir" >/dev/null 2>&1 \
+            --test-limit 256 --threads 1 --local-ranks "$ranks" --run-dir "$dir" >/dev/null 2>&1 \
             || { echo "$model ranks=$ranks: train failed" >&2; exit 1; }
         echo "$model ranks=$ranks $(sha256sum "$dir/model.safetensors" | cut -c1-16)"
     done
