@@ -70,9 +70,13 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
     return comm.rank == 0 ? value : nil
 }
 
-/// The task count a batch system or MPI launcher announces, if any says more than one.
+/// The task count an MPI launcher or Slurm announces, if more than one. An MPI
+/// launcher's own variables are authoritative (`mpirun -n 1` inside a larger
+/// allocation is one rank); Slurm's task count counts only without them.
+/// (PBS's PBS_NP counts processors, not tasks: one threaded process may use them all.)
 func launcherTaskCount(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> (String, Int)? {
-    for variable in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS", "SLURM_NPROCS", "PBS_NP"] {
+    let launcher = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"].filter { environment[$0] != nil }
+    for variable in launcher.isEmpty ? ["SLURM_NTASKS", "SLURM_NPROCS"] : launcher {
         if let text = environment[variable], let n = Int(text), n > 1 { return (variable, n) }
     }
     return nil

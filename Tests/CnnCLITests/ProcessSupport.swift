@@ -34,7 +34,8 @@ func requireMPI() throws {
 }
 
 /// Runs a program with a deadline, reading both pipes concurrently.
-func runProcess(_ executable: URL, _ arguments: [String], deadline: TimeInterval = 300) throws -> ProcessResult {
+func runProcess(_ executable: URL, _ arguments: [String], deadline: TimeInterval = 300,
+                extraEnvironment: [String: String] = [:]) throws -> ProcessResult {
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
@@ -42,6 +43,7 @@ func runProcess(_ executable: URL, _ arguments: [String], deadline: TimeInterval
     for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
     env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
     env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env.merge(extraEnvironment) { $1 }
     process.environment = env
     let out = Pipe(), err = Pipe()
     process.standardOutput = out

@@ -1,0 +1,136 @@
+import Foundation
+import XCTest
+import CnnTraining
+
+/// What a cluster user relies on: a wrong launch is refused, an interrupted
+/// run leaves a checkpoint and resumes exactly, two runs never share a folder.
+final class ClusterCitizenTests: XCTestCase {
+    private func config(_ name: String) throws -> String {
+        let path = temporaryDirectory(name) + "/config.yaml"
+        try """
+            model: fashion-cnn
+            dataset: synthetic
+            synthetic_count: 4096
+            epochs: 3
+            batch_size: 32
+            test_limit: 64
+            threads: 1
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    private func model(_ path: String) throws -> [UInt8] {
+        let (tensors, _) = try SafeTensors.decode(Array(try Data(contentsOf: URL(fileURLWithPath: path))), file: path)
+        return tensors.flatMap(\.bytes)
+    }
+
+    /// Starts `executable ARGS`, sends `signal` once the run directory has its
+    /// config (training started) and a little more, and returns the exit status.
+    private func interrupt(_ executable: URL, _ arguments: [String], runDir: String, signal: Int32) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = executable
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        process.environment = env
+        let err = Pipe()
+        process.standardError = err
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let start = Date()
+        while !FileManager.default.fileExists(atPath: runDir + "/metrics.jsonl") && Date().timeIntervalSince(start) < 60 {
+            usleep(20_000)
+        }
+        usleep(300_000)
+        kill(process.processIdentifier, signal)
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, stderr)
+    }
+
+    /// Generic body: interrupted by `signal`, the run has a verified checkpoint
+    /// of the step it stopped at, exits 75, and `--resume` to step 200 gives
+    /// the weights of an uninterrupted 200-step run, bitwise.
+    private func assertInterruptAndResume(mpiRanks: Int?, signal: Int32) throws {
+        let config = try config("interrupt")
+        let straight = temporaryDirectory("straight"), stopped = temporaryDirectory("stopped") + "/run"
+        let binary = try cnnDistBinary()
+        var launcher = binary
+        var prefix: [String] = []
+        if let ranks = mpiRanks {
+            guard let mpirun = mpirunLauncher() else { throw XCTSkip("mpirun not installed") }
+            launcher = mpirun
+            prefix = ["-n", "\(ranks)", "--oversubscribe", binary.path]
+        }
+        func run(_ args: [String]) throws -> ProcessResult {
+            try runProcess(launcher, prefix + args, deadline: 300)
+        }
+        let whole = try run(["train", "--config", config, "--run-dir", straight, "--max-steps", "200"])
+        XCTAssertEqual(whole.status, 0, whole.stderr)
+        let (status, stderr) = try interrupt(launcher, prefix + ["train", "--config", config, "--run-dir", stopped],
+                                             runDir: stopped, signal: signal)
+        XCTAssertEqual(status, 75, stderr)
+        XCTAssertTrue(stderr.contains("checkpoint written") && stderr.contains("--resume \(stopped)"), stderr)
+        let found = try CheckpointStore.latestVerified(runDirectory: stopped)
+        XCTAssertLessThan(found.manifest.step, 200, "interrupted too late to test the resume")
+        print("interrupted by signal \(signal) at step \(found.manifest.step)")
+        let resumed = try run(["train", "--resume", stopped, "--max-steps", "200"])
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try model(stopped + "/model.safetensors"), try model(straight + "/model.safetensors"), "bitwise equal")
+    }
+
+    func testSIGTERMCheckpointsAndResumesBitwise() throws {
+        try assertInterruptAndResume(mpiRanks: nil, signal: SIGTERM)
+    }
+
+    func testSIGUSR1UnderMPIRunCheckpointsAndResumesBitwise() throws {
+        try assertInterruptAndResume(mpiRanks: 2, signal: SIGUSR1)
+    }
+
+    /// srun without PMI starts N processes that each see a 1-rank world.
+    func testOneRankWorldUnderAnNTaskLaunchIsRefused() throws {
+        let dir = temporaryDirectory("pmi")
+        let result = try runProcess(try cnnDistBinary(), ["train", "--dataset", "synthetic", "--max-steps", "1", "--run-dir", dir + "/run"],
+                                    extraEnvironment: ["SLURM_NTASKS": "4"])
+        XCTAssertEqual(result.status, 1)
+        XCTAssertTrue(result.stderr.contains("SLURM_NTASKS=4") && result.stderr.contains("srun --mpi=pmix"), result.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/run"), "wrote a run")
+    }
+
+    /// A fresh run refuses a folder holding a run; --overwrite replaces it; a
+    /// lock held by a live process keeps a second writer out.
+    func testRunDirectoryIsNeverShared() throws {
+        let dir = temporaryDirectory("reuse") + "/run"
+        let args = ["train", "--dataset", "synthetic", "--max-steps", "2", "--threads", "1", "--run-dir", dir]
+        XCTAssertEqual(try runCnnDist(args).status, 0)
+        let again = try runCnnDist(args)
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("--resume \(dir)") && again.stderr.contains("--overwrite"), again.stderr)
+        let overwritten = try runCnnDist(args + ["--overwrite"])
+        XCTAssertEqual(overwritten.status, 0, overwritten.stderr)
+        XCTAssertEqual(CheckpointStore.list(runDirectory: dir).map(\.step), [2])
+        // pid 1 is alive on this host: its lock is honoured.
+        try "\(ProcessInfo.processInfo.hostName) 1\n".write(toFile: dir + "/.lock", atomically: true, encoding: .utf8)
+        let locked = try runCnnDist(["train", "--resume", dir, "--max-steps", "3"])
+        XCTAssertNotEqual(locked.status, 0)
+        XCTAssertTrue(locked.stderr.contains("pid 1 holds its lock"), locked.stderr)
+        // A lock of a process that is gone is stale.
+        try "\(ProcessInfo.processInfo.hostName) 999999999\n".write(toFile: dir + "/.lock", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try runCnnDist(["train", "--resume", dir, "--max-steps", "3"]).status, 0)
+    }
+
+    /// The README's fine-tuning command, as written, on a checkpoint of ours.
+    func testReadmeFineTuningCommand() throws {
+        let dir = temporaryDirectory("finetune")
+        XCTAssertEqual(try runCnnDist(["train", "--max-steps", "2", "--threads", "1", "--test-limit", "100", "--run-dir", dir + "/pre"]).status, 0)
+        let readme = try String(contentsOfFile: packageRoot() + "/README.md", encoding: .utf8)
+        let line = try XCTUnwrap(readme.split(separator: "\n").first { $0.hasPrefix("cnn-dist train --init-from pretrained.safetensors") })
+        let words = line.split(separator: " ").map(String.init).dropFirst()
+            .map { $0 == "pretrained.safetensors" ? dir + "/pre/model.safetensors" : $0 }
+        let result = try runCnnDist(Array(words) + ["--max-steps", "2", "--test-limit", "100", "--run-dir", dir + "/tuned"])
+        XCTAssertEqual(result.status, 0, result.stderr)
+        XCTAssertTrue(result.stdout.contains("classes: 5 of the dataset's 10"), result.stdout)
+    }
+}
