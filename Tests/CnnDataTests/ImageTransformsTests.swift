@@ -51,6 +51,10 @@ final class ImageTransformsTests: XCTestCase {
         let out = ImageTransforms.randomResizedCrop(image, channels: 3, height: 12, width: 10, outHeight: 6, outWidth: 6, rng: &r1)
         let box = ImageTransforms.randomResizedCropBox(height: 12, width: 10, rng: &r2)
         XCTAssertEqual(out, Resize.resize(chw: image, channels: 3, height: 12, width: 10, toHeight: 6, toWidth: 6, crop: box))
+        let bytes = testImage(width: 10, height: 12, channels: 3)
+        var r3 = SplitMix64(seed: 5)
+        XCTAssertEqual(ImageTransforms.randomResizedCrop(bytes, outHeight: 6, outWidth: 6, rng: &r3),
+                       Resize.resize(bytes, height: 6, width: 6, crop: box))
     }
 
     func testRotationKnownAnswers() {

@@ -106,6 +106,15 @@ public enum ImageTransforms {
                              toHeight: outHeight, toWidth: outWidth, filter: filter, crop: box)
     }
 
+    /// RandomResizedCrop on an 8-bit image, as torchvision does on PIL images (PIL-exact resize).
+    public static func randomResizedCrop(_ image: Image8, outHeight: Int, outWidth: Int,
+                                         scale: (Double, Double) = (0.08, 1.0),
+                                         ratio: (Double, Double) = (3.0 / 4.0, 4.0 / 3.0),
+                                         filter: ResizeFilter = .bilinear, rng: inout SplitMix64) -> Image8 {
+        let box = randomResizedCropBox(height: image.height, width: image.width, scale: scale, ratio: ratio, rng: &rng)
+        return Resize.resize(image, height: outHeight, width: outWidth, filter: filter, crop: box)
+    }
+
     // MARK: Rotation
 
     /// Rotates each H×W plane by `degrees` counter-clockwise about the centre (see the file comment).

@@ -128,15 +128,11 @@ public enum Resize {
             stage = [UInt8](repeating: 0, count: rows * width * c)
             image.pixels.withUnsafeBufferPointer { src in
                 stage.withUnsafeMutableBufferPointer { dst in
-                    for y in 0..<rows {
-                        let srcRow = ((box.top + firstRow + y) * image.width + box.left) * c
-                        for x in 0..<width {
-                            let lo = horizontal.first[x], n = horizontal.count[x], kb = x * horizontal.size
-                            for ch in 0..<c {
-                                var sum: Int32 = 1 << 21
-                                for j in 0..<n { sum &+= Int32(src[srcRow + (lo + j) * c + ch]) &* k[kb + j] }
-                                dst[(y * width + x) * c + ch] = clip8(sum)
-                            }
+                    k.withUnsafeBufferPointer { k in
+                        for y in 0..<rows {
+                            let row = src.baseAddress! + ((box.top + firstRow + y) * image.width + box.left) * c
+                            let out = dst.baseAddress! + y * width * c
+                            horizontalRow(row, out, width: width, channels: c, taps: horizontal, k: k.baseAddress!)
                         }
                     }
                 }
@@ -160,19 +156,55 @@ public enum Resize {
         let k = vertical.fixedPoint()
         var out = [UInt8](repeating: 0, count: height * width * c)
         let rowBytes = stageWidth * c
+        // Row by row with a row of accumulators, so the inner loop runs along memory.
+        var accumulator = [Int32](repeating: 0, count: rowBytes)
         stage.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                for y in 0..<height {
-                    let lo = vertical.first[y] - stageRowOffset, n = vertical.count[y], kb = y * vertical.size
-                    for i in 0..<rowBytes {
-                        var sum: Int32 = 1 << 21
-                        for j in 0..<n { sum &+= Int32(src[(lo + j) * rowBytes + i]) &* k[kb + j] }
-                        dst[y * rowBytes + i] = clip8(sum)
+                accumulator.withUnsafeMutableBufferPointer { acc in
+                    for y in 0..<height {
+                        let lo = vertical.first[y] - stageRowOffset, n = vertical.count[y], kb = y * vertical.size
+                        for i in 0..<rowBytes { acc[i] = 1 << 21 }
+                        for j in 0..<n {
+                            let w = k[kb + j]
+                            let row = src.baseAddress! + (lo + j) * rowBytes
+                            for i in 0..<rowBytes { acc[i] &+= Int32(row[i]) &* w }
+                        }
+                        let o = dst.baseAddress! + y * rowBytes
+                        for i in 0..<rowBytes { o[i] = clip8(acc[i]) }
                     }
                 }
             }
         }
         return Image8(width: width, height: height, channels: c, pixels: out)
+    }
+
+    /// One output row of the horizontal pass: `width` pixels of `channels` bytes.
+    @inline(__always)
+    static func horizontalRow(_ row: UnsafePointer<UInt8>, _ out: UnsafeMutablePointer<UInt8>, width: Int, channels c: Int,
+                              taps: ResampleTaps, k: UnsafePointer<Int32>) {
+        taps.first.withUnsafeBufferPointer { first in
+            taps.count.withUnsafeBufferPointer { count in
+                for x in 0..<width {
+                    let p = row + first[x] * c, n = count[x], w = k + x * taps.size
+                    if c == 3 {
+                        var s0: Int32 = 1 << 21, s1: Int32 = 1 << 21, s2: Int32 = 1 << 21
+                        for j in 0..<n {
+                            let q = p + 3 * j, wj = w[j]
+                            s0 &+= Int32(q[0]) &* wj
+                            s1 &+= Int32(q[1]) &* wj
+                            s2 &+= Int32(q[2]) &* wj
+                        }
+                        out[3 * x] = clip8(s0); out[3 * x + 1] = clip8(s1); out[3 * x + 2] = clip8(s2)
+                    } else {
+                        for ch in 0..<c {
+                            var sum: Int32 = 1 << 21
+                            for j in 0..<n { sum &+= Int32(p[j * c + ch]) &* w[j] }
+                            out[x * c + ch] = clip8(sum)
+                        }
+                    }
+                }
+            }
+        }
     }
 
     @inline(__always)
@@ -214,10 +246,10 @@ public enum Resize {
                         let outPlane = c * outHeight * outWidth
                         for y in 0..<outHeight {
                             let lo = vertical.first[y], n = vertical.count[y], kb = y * vertical.size
-                            for x in 0..<outWidth {
-                                var sum: Float = 0
-                                for j in 0..<n { sum += tmp[(lo + j) * outWidth + x] * vw[kb + j] }
-                                dst[outPlane + y * outWidth + x] = sum
+                            let o = dst.baseAddress! + outPlane + y * outWidth
+                            for j in 0..<n {
+                                let w = vw[kb + j], row = tmp.baseAddress! + (lo + j) * outWidth
+                                for x in 0..<outWidth { o[x] += row[x] * w }
                             }
                         }
                     }
