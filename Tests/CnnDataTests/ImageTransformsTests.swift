@@ -240,3 +240,39 @@ func XCTAssertEqual(_ a: [Float], _ b: [Float], accuracy: Float, file: StaticStr
     XCTAssertEqual(a.count, b.count, file: file, line: line)
     for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: accuracy, file: file, line: line) }
 }
+
+final class DecodeCropTests: XCTestCase {
+    func testDecodeRandomResizedCropExactAndDCTScaled() throws {
+        // Smooth content: on fine texture the 8x8-block means of a DCT-scaled decode alias
+        // differently from a full-size antialiased resize, so only smooth images agree closely.
+        var pixels = [UInt8]()
+        for y in 0..<192 { for x in 0..<256 { pixels += [UInt8(x * 255 / 256), UInt8(y * 255 / 192), UInt8((x + y) / 2)] } }
+        let image = Image8(width: 256, height: 192, channels: 3, pixels: pixels)
+        let jpeg = try ImageEncoder.jpeg(image, quality: 95)
+        let decoder = ImageDecoder()
+        let full = try decoder.decode(jpeg, file: "x.jpg")
+        var total = 0, count = 0, worst = 0
+        for index in 0..<20 {
+            var r1 = sampleGenerator(seed: 4, epoch: 0, sampleIndex: index)
+            var r2 = r1, r3 = r1
+            let exact = try decoder.decodeRandomResizedCrop(jpeg, file: "x.jpg", outHeight: 16, outWidth: 16,
+                                                            dctScaling: false, rng: &r1)
+            XCTAssertEqual(exact, ImageTransforms.randomResizedCrop(full, outHeight: 16, outWidth: 16, rng: &r2))
+            let fast = try decoder.decodeRandomResizedCrop(jpeg, file: "x.jpg", outHeight: 16, outWidth: 16, rng: &r3)
+            XCTAssertEqual([fast.width, fast.height, fast.channels], [16, 16, 3])
+            XCTAssertEqual(r1.state, r3.state)   // the same draws either way
+            let differences = zip(fast.pixels, exact.pixels).map { abs(Int($0) - Int($1)) }
+            total += differences.reduce(0, +)
+            worst = max(worst, differences.max()!)
+            count += fast.pixels.count
+        }
+        // Decoding at 1/2 ... 1/8 then resizing stays close to the full-size path.
+        XCTAssertLessThan(Double(total) / Double(count), 2.5)
+        XCTAssertLessThanOrEqual(worst, 10)
+        // PNG has no DCT scaling: always the exact path.
+        let png = try ImageEncoder.png(image)
+        var a = SplitMix64(seed: 1), b = SplitMix64(seed: 1)
+        XCTAssertEqual(try decoder.decodeRandomResizedCrop(png, file: "x.png", outHeight: 8, outWidth: 8, rng: &a),
+                       ImageTransforms.randomResizedCrop(image, outHeight: 8, outWidth: 8, rng: &b))
+    }
+}

@@ -369,3 +369,38 @@ import Glibc
 #else
 import Darwin
 #endif
+
+extension ImageDecoder {
+    /// RandomResizedCrop straight from an encoded image. The box is drawn on the size in the
+    /// header (so the random choices are those of `ImageTransforms.randomResizedCropBox` on
+    /// the full image, whatever the scaling), then a JPEG is decoded at the smallest DCT
+    /// scale (1/8 … 1) that keeps the box at least outHeight × outWidth, the box is mapped
+    /// to that scale, and cropped and resized. With `dctScaling` false, or when no
+    /// smaller scale keeps the box large enough, the result is torchvision's on PIL exactly;
+    /// scaled, it is close on smooth content (a few grey levels) but aliases differently on
+    /// fine texture (DCT-domain scaling filters more coarsely than PIL's triangle).
+    public func decodeRandomResizedCrop(_ bytes: [UInt8], file: String, channels: Int? = nil,
+                                        outHeight: Int, outWidth: Int, scale: (Double, Double) = (0.08, 1.0),
+                                        ratio: (Double, Double) = (3.0 / 4.0, 4.0 / 3.0),
+                                        filter: ResizeFilter = .bilinear, dctScaling: Bool = true,
+                                        rng: inout SplitMix64) throws -> Image8 {
+        let head = try header(bytes, file: file)
+        let box = ImageTransforms.randomResizedCropBox(height: head.height, width: head.width, scale: scale,
+                                                       ratio: ratio, rng: &rng)
+        var atLeast: (height: Int, width: Int)? = nil
+        if dctScaling && head.format == .jpeg {
+            atLeast = ((head.height * outHeight + box.height - 1) / box.height,
+                       (head.width * outWidth + box.width - 1) / box.width)
+        }
+        let image = try decode(bytes, file: file, channels: channels, atLeast: atLeast)
+        var scaled = box
+        if image.width != head.width || image.height != head.height {
+            let sy = Double(image.height) / Double(head.height), sx = Double(image.width) / Double(head.width)
+            scaled.top = min(Int(Double(box.top) * sy), image.height - 1)
+            scaled.left = min(Int(Double(box.left) * sx), image.width - 1)
+            scaled.height = max(1, min(Int((Double(box.height) * sy).rounded()), image.height - scaled.top))
+            scaled.width = max(1, min(Int((Double(box.width) * sx).rounded()), image.width - scaled.left))
+        }
+        return Resize.resize(image, height: outHeight, width: outWidth, filter: filter, crop: scaled)
+    }
+}
