@@ -86,6 +86,8 @@ final class ImageCodecTests: XCTestCase {
         XCTAssertEqual(pil.channels, 1)
         XCTAssertEqual(input.converted(toChannels: 1), pil)
         XCTAssertEqual(try decoder.decodeFile(imageFixtures + "/input.png", channels: 1), pil)
+        let colours = try decoder.decodeFile(imageFixtures + "/colours.png")
+        XCTAssertEqual(colours.converted(toChannels: 1), try decoder.decodeFile(imageFixtures + "/colours_L.png"))
         XCTAssertEqual(Image8.luma(255, 255, 255), 255)
         XCTAssertEqual(Image8.luma(255, 0, 0), 76)   // 0.299 * 255 = 76.2
     }

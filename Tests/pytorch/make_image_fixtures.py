@@ -36,6 +36,11 @@ for name, size, resample, box in resizes:
     source.resize(size, resample).save(os.path.join(out, name))
 
 img.convert("L").save(os.path.join(out, "input_L.png"))
+# 4096 colours spread so that PIL's fixed-point luma rounding is exercised near its boundaries.
+colours = Image.new("RGB", (64, 64))
+colours.putdata([((x * 4 + 1) % 256, (y * 4 + 2) % 256, (x * 7 + y * 13 + x * y) % 256) for y in range(64) for x in range(64)])
+colours.save(os.path.join(out, "colours.png"))
+colours.convert("L").save(os.path.join(out, "colours_L.png"))
 img.convert("L").resize((7, 6), Image.BILINEAR).save(os.path.join(out, "input_L_bilinear_7x6.png"))
 
 # JPEGs written by Pillow, and Pillow's decode of each (what torchvision would see).
