@@ -74,3 +74,34 @@ final class ImageFolderTests: XCTestCase {
         XCTAssertEqual(index.samples.map(\.path), ["\(root)/train/a/1.png"])
     }
 }
+
+final class ImageFolderWriterTests: XCTestCase {
+    func testDatasetWrittenAsPNGReadsBackExactlyInLabelOrder() throws {
+        let root = try makeTemporaryDirectory(self)
+        for channels in [1, 3] {
+            let data = tinyDataset(count: 25, channels: channels, classCount: 12)
+            let split = "train\(channels)"
+            XCTAssertEqual(try ImageFolderWriter.write(data, root: root, split: split), 25)
+            let index = try ImageFolderIndex(directory: "\(root)/\(split)")
+            // Zero-padded folder names sort in label order, so labels survive.
+            XCTAssertEqual(index.classes, (0..<12).map { String(format: "%02d", $0) })
+            let decoder = ImageDecoder()
+            var seen = 0
+            for sample in index.samples {
+                let i = Int((sample.path as NSString).lastPathComponent.prefix(6))!
+                XCTAssertEqual(sample.label, Int(data.labels[i]))
+                XCTAssertEqual(try decoder.decodeFile(sample.path).chw(), Array(data.image(i)))
+                seen += 1
+            }
+            XCTAssertEqual(seen, 25)
+        }
+        XCTAssertEqual(ImageFolderWriter.classFolders(classCount: 3, names: ["T-shirt/top", "Trouser", "Zebra"]),
+                       ["0_T-shirt-top", "1_Trouser", "2_Zebra"])
+        // JPEG: the same files, lossy pixels.
+        let data = tinyDataset(count: 4, channels: 3, height: 16, width: 16, classCount: 2)
+        try ImageFolderWriter.write(data, root: root, split: "val", format: .jpeg(quality: 95))
+        let index = try ImageFolderIndex(directory: root + "/val")
+        XCTAssertEqual(index.samples.count, 4)
+        XCTAssertTrue(index.samples.allSatisfy { $0.path.hasSuffix(".jpg") })
+    }
+}

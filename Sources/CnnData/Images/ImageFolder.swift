@@ -162,3 +162,64 @@ public struct ImageFolderIndex: Equatable, Sendable {
         }
     }
 }
+
+/// The file format `ImageFolderWriter` writes.
+public enum ImageFileFormat: Equatable, Sendable {
+    case png
+    case jpeg(quality: Int)
+}
+
+/// Writes an in-memory dataset as an image folder split (ROOT/split/<class>/<index>.png|jpg),
+/// for example Fashion-MNIST's IDX files as PNGs or JPEGs.
+public enum ImageFolderWriter {
+    /// The class folder names: the label zero-padded to the width of the largest, so that
+    /// sorting the names (as ImageFolderIndex does) keeps the label order; with `names`,
+    /// "<padded label>_<name>" (a "/" in a name becomes "-").
+    public static func classFolders(classCount: Int, names: [String]? = nil) -> [String] {
+        let width = String(max(classCount - 1, 0)).count
+        return (0..<classCount).map { label in
+            let number = String(label).leftPadded(to: width)
+            guard let names, label < names.count else { return number }
+            return number + "_" + names[label].replacingSlashes()
+        }
+    }
+
+    /// Writes every image of `dataset` to ROOT/split/<class folder>/<index>.<ext>, the index
+    /// zero-padded to 6 digits. Returns the number of files written.
+    @discardableResult
+    public static func write(_ dataset: ImageDataset, root: String, split: String, format: ImageFileFormat = .png,
+                             classNames: [String]? = nil) throws -> Int {
+        let folders = classFolders(classCount: dataset.classCount, names: classNames)
+        let splitPath = "\(root)/\(split)"
+        try makeDirectory(root)
+        try makeDirectory(splitPath)
+        for folder in folders { try makeDirectory("\(splitPath)/\(folder)") }
+        for i in 0..<dataset.count {
+            let image = Image8(chw: Array(dataset.image(i)), channels: dataset.channels,
+                               height: dataset.height, width: dataset.width)
+            let bytes: [UInt8], ext: String
+            switch format {
+            case .png:
+                bytes = try ImageEncoder.png(image)
+                ext = "png"
+            case .jpeg(let quality):
+                bytes = try ImageEncoder.jpeg(image, quality: quality)
+                ext = "jpg"
+            }
+            let name = String(i).leftPadded(to: 6)
+            try FileBytes.write(bytes, to: "\(splitPath)/\(folders[Int(dataset.labels[i])])/\(name).\(ext)")
+        }
+        return dataset.count
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        if FileBytes.isDirectory(path) { return }
+        guard mkdir(path, 0o755) == 0 || errno == EEXIST else {
+            throw CnnError.io(file: path, reason: "cannot create directory: \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+extension String {
+    func replacingSlashes() -> String { String(map { $0 == "/" ? "-" : $0 }) }
+}
