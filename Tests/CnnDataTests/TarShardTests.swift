@@ -130,6 +130,25 @@ final class TarShardTests: XCTestCase {
         }
     }
 
+    func testPackRecodesToJPEG() throws {
+        let root = try makeTemporaryDirectory(self)
+        let out = try makeTemporaryDirectory(self)
+        let data = tinyDataset(count: 6, channels: 1, height: 16, width: 16, classCount: 3)
+        try ImageFolderWriter.write(data, root: root, split: "train")
+        let manifest = try ShardWriter.pack(root: root, to: out, recode: .jpeg(quality: 100))
+        XCTAssertEqual(manifest.splits["train"]!, [ShardInfo(file: "train-000000.tar", samples: 6)])
+        let reader = try ShardSampleReader(path: out + "/train-000000.tar")
+        let decoder = ImageDecoder()
+        var labels = [Int]()
+        while let sample = try reader.next() {
+            XCTAssertEqual(sample.imageExtension, "jpg")
+            let image = try decoder.decode(sample.image, file: sample.source)
+            XCTAssertEqual([image.width, image.height, image.channels], [16, 16, 1])
+            labels.append(sample.label)
+        }
+        XCTAssertEqual(labels.sorted(), data.labels.map(Int.init).sorted())
+    }
+
     func testSampleGroupingErrorsAndPackRefusesBadImages() throws {
         let dir = try makeTemporaryDirectory(self)
         XCTAssertTrue(ShardSampleReader.split("a/b.c/key.seg.jpg") == ("a/b.c/key", "seg.jpg"))

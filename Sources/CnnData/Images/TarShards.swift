@@ -377,9 +377,11 @@ public enum ShardWriter {
     /// order, which groups classes, and is poor for sequential reading). Keys are the
     /// 9-digit positions in the written order; every image's header is checked first,
     /// so an unreadable file is an error naming it before it reaches a shard.
+    /// `recode` nil stores each file's bytes as they are; .png or .jpeg(quality) decodes
+    /// each image and stores it re-encoded (channels kept).
     public static func pack(_ index: ImageFolderIndex, split: String, to directory: String,
                             maxSamples: Int = 10_000, maxBytes: Int = 1 << 30, shuffleSeed: UInt64? = 0,
-                            decoder: ImageDecoder = ImageDecoder()) throws -> [ShardInfo] {
+                            recode: ImageFileFormat? = nil, decoder: ImageDecoder = ImageDecoder()) throws -> [ShardInfo] {
         precondition(maxSamples > 0 && maxBytes > 0, "shard limits must be positive")
         guard !split.isEmpty, !split.contains("/") else {
             throw CnnError.invalidArgument(layer: "ShardWriter", argument: "split", value: split, reason: "must be a plain name")
@@ -396,8 +398,17 @@ public enum ShardWriter {
         var inShard = 0
         for (position, sampleIndex) in order.enumerated() {
             let sample = index.samples[sampleIndex]
-            let bytes = try FileBytes.read(sample.path)
-            let format = try decoder.header(bytes, file: sample.path).format
+            var bytes = try FileBytes.read(sample.path)
+            var format = try decoder.header(bytes, file: sample.path).format
+            switch recode {
+            case nil: break
+            case .png?:
+                bytes = try ImageEncoder.png(try decoder.decode(bytes, file: sample.path))
+                format = .png
+            case .jpeg(let quality)?:
+                bytes = try ImageEncoder.jpeg(try decoder.decode(bytes, file: sample.path), quality: quality)
+                format = .jpeg
+            }
             let key = String(position).leftPadded(to: 9)
             let label = Array(String(sample.label).utf8)
             let size = TarWriter.memberSize(bytes.count) + TarWriter.memberSize(label.count)
@@ -425,14 +436,14 @@ public enum ShardWriter {
 
     /// Packs ROOT/train and ROOT/val (if present) into `directory` and writes the manifest.
     public static func pack(root: String, to directory: String, maxSamples: Int = 10_000, maxBytes: Int = 1 << 30,
-                            shuffleSeed: UInt64? = 0) throws -> ShardManifest {
+                            shuffleSeed: UInt64? = 0, recode: ImageFileFormat? = nil) throws -> ShardManifest {
         let (train, validation) = try ImageFolderIndex.trainAndValidation(root: root)
         let decoder = ImageDecoder()
         var splits = ["train": try pack(train, split: "train", to: directory, maxSamples: maxSamples,
-                                        maxBytes: maxBytes, shuffleSeed: shuffleSeed, decoder: decoder)]
+                                        maxBytes: maxBytes, shuffleSeed: shuffleSeed, recode: recode, decoder: decoder)]
         if let validation {
             splits["val"] = try pack(validation, split: "val", to: directory, maxSamples: maxSamples,
-                                     maxBytes: maxBytes, shuffleSeed: shuffleSeed, decoder: decoder)
+                                     maxBytes: maxBytes, shuffleSeed: shuffleSeed, recode: recode, decoder: decoder)
         }
         let manifest = ShardManifest(classes: train.classes, splits: splits)
         try manifest.write(to: "\(directory)/\(ShardManifest.fileName)")
