@@ -28,6 +28,25 @@ final class TarShardTests: XCTestCase {
         XCTAssertEqual(listing.split(separator: "\n").map(String.init), members.map(\.0))
     }
 
+    func testReadsLongNamesOfGNUAndPaxArchivesFromSystemTar() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let long = String(repeating: "n", count: 130) + ".png"
+        try FileBytes.write([1, 2, 3], to: dir + "/" + long)
+        try FileBytes.write([4], to: dir + "/short.cls")
+        for format in ["gnu", "pax"] {
+            let tar = Process()
+            tar.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            tar.arguments = ["tar", "--format=\(format)", "-C", dir, "-cf", dir + "/\(format).tar", long, "short.cls"]
+            try tar.run()
+            tar.waitUntilExit()
+            XCTAssertEqual(tar.terminationStatus, 0)
+            let reader = try TarReader(path: dir + "/\(format).tar")
+            XCTAssertEqual(try reader.next(), TarEntry(name: long, bytes: [1, 2, 3]), format)
+            XCTAssertEqual(try reader.next(), TarEntry(name: "short.cls", bytes: [4]), format)
+            XCTAssertNil(try reader.next())
+        }
+    }
+
     func testTruncatedAndDamagedArchivesNameTheShard() throws {
         let dir = try makeTemporaryDirectory(self)
         let writer = try TarWriter(path: dir + "/s.tar")

@@ -120,6 +120,8 @@ public final class TarReader {
     private var file: UnsafeMutablePointer<FILE>?
     private var offset = 0
     private var finished = false
+    /// The name a GNU 'L' or pax 'x' member gave for the next member.
+    private var longName: String?
 
     public init(path: String, maxMemberSize: Int = 1 << 30) throws {
         guard let file = fopen(path, "rb") else {
@@ -132,8 +134,8 @@ public final class TarReader {
 
     deinit { if let file { fclose(file) } }
 
-    /// The next regular-file member, or nil at the end-of-archive marker. Directories, links
-    /// and pax/GNU extension members are skipped.
+    /// The next regular-file member, or nil at the end-of-archive marker. Directories and
+    /// links are skipped; GNU long-name ('L') and pax ('x') path records name the next member.
     public func next() throws -> TarEntry? {
         while !finished {
             let at = offset
@@ -172,7 +174,18 @@ public final class TarReader {
             }
             let type = header[156]
             if type == UInt8(ascii: "0") || type == 0 || type == UInt8(ascii: "7") {
-                return TarEntry(name: fullName, bytes: Array(body.prefix(size)))
+                let name = longName ?? fullName
+                longName = nil
+                return TarEntry(name: name, bytes: Array(body.prefix(size)))
+            }
+            if type == UInt8(ascii: "L") {
+                // GNU long name: the body is the next member's name.
+                longName = Self.string(body[0..<size])
+            } else if type == UInt8(ascii: "x") {
+                // pax extended header: "LEN key=value\n" records; "path" names the next member.
+                if let path = Self.paxPath(Array(body.prefix(size))) { longName = path }
+            } else {
+                longName = nil
             }
         }
         return nil
@@ -198,6 +211,22 @@ public final class TarReader {
         if got == 0 { return nil }
         throw CnnError.invalidData(file: path, reason:
             "tar archive is truncated in \(what): \(got) of \(count) bytes at byte \(offset)")
+    }
+
+    /// The "path" record of a pax extended header, if any.
+    static func paxPath(_ body: [UInt8]) -> String? {
+        var i = 0
+        while i < body.count {
+            guard let space = body[i...].firstIndex(of: UInt8(ascii: " ")),
+                  let length = Int(String(decoding: body[i..<space], as: UTF8.self)), length > 0, i + length <= body.count else { return nil }
+            let record = body[(space + 1)..<(i + length - 1)]   // without the newline
+            if let equals = record.firstIndex(of: UInt8(ascii: "=")),
+               String(decoding: record[record.startIndex..<equals], as: UTF8.self) == "path" {
+                return String(decoding: record[(equals + 1)...], as: UTF8.self)
+            }
+            i += length
+        }
+        return nil
     }
 
     static func string(_ field: ArraySlice<UInt8>) -> String {
