@@ -132,6 +132,24 @@ final class ImageTransformsTests: XCTestCase {
         var same = image
         ImageTransforms.colorJitter(&same, channels: 3, rng: &rng)
         XCTAssertEqual(same, image)
+        // Hue: a third of a turn takes red to green to blue; grey and 1-channel images stay.
+        var primaries: [Float] = [1, 0, 0.5, 0, 0, 1, 0.5, 0, 0, 0, 0.5, 1]   // red, green, grey, blue (CHW, 4 pixels)
+        ImageTransforms.adjustHue(&primaries, channels: 3, shift: 1.0 / 3)
+        XCTAssertEqual(primaries, [0, 0, 0.5, 1, 1, 0, 0.5, 0, 0, 1, 0.5, 0], accuracy: 1e-5)
+        var back = image
+        ImageTransforms.adjustHue(&back, channels: 3, shift: 0.3)
+        ImageTransforms.adjustHue(&back, channels: 3, shift: -0.3)
+        XCTAssertEqual(back, image, accuracy: 1e-5)
+        var unchanged = image
+        ImageTransforms.adjustHue(&unchanged, channels: 3, shift: 0)
+        XCTAssertEqual(unchanged, image, accuracy: 1e-6)
+        // Orange (1, 0.5, 0) is hue 1/12; +0.25 gives hue 1/3 (pure green tone, v 1, s 1).
+        var orange: [Float] = [1, 0.5, 0]
+        ImageTransforms.adjustHue(&orange, channels: 3, shift: 0.25)
+        XCTAssertEqual(orange, [0, 1, 0], accuracy: 1e-5)
+        var one: [Float] = [0.2, 0.7]
+        ImageTransforms.adjustHue(&one, channels: 1, shift: 0.4)
+        XCTAssertEqual(one, [0.2, 0.7])
     }
 
     func testFlipsNoiseAndErasing() {

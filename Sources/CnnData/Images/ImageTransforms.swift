@@ -15,8 +15,9 @@
 //     the rotated position with the out-of-image part read as 0, and the fill blended
 //     in as torchvision does: out = sample·m + (1 − m)·fill where m is the same sampling
 //     of an all-ones mask (nearest: fill where m < 0.5).
-//   ColorJitter(brightness b, contrast c, saturation s): factors U(max(0, 1−x), 1+x), the
-//     three adjustments in a random order; brightness: clamp(f·img), contrast:
+//   ColorJitter(brightness b, contrast c, saturation s, hue h): factors U(max(0, 1−x), 1+x)
+//     and a hue shift U(−h, h), the four adjustments in a random order; hue: through
+//     torchvision's RGB -> HSV -> RGB with the hue rotated; brightness: clamp(f·img), contrast:
 //     clamp(f·img + (1−f)·mean(grey(img))), saturation: clamp(f·img + (1−f)·grey(img)),
 //     grey = 0.2989 R + 0.587 G + 0.114 B; a 1-channel image's grey is itself and its
 //     saturation is unchanged.
@@ -200,20 +201,59 @@ public enum ImageTransforms {
         }
     }
 
-    /// ColorJitter(brightness, contrast, saturation): factors U(max(0, 1 − x), 1 + x) for each
-    /// non-zero x, applied in a random order.
+    /// adjust_hue: rotates the hue by `shift` turns (−0.5 … 0.5) through torchvision's
+    /// RGB -> HSV -> RGB; 1-channel images are unchanged.
+    public static func adjustHue(_ chw: inout [Float], channels: Int, shift: Float) {
+        guard channels == 3 else { return }
+        let plane = chw.count / 3
+        for i in 0..<plane {
+            let r = chw[i], g = chw[plane + i], b = chw[2 * plane + i]
+            let maxc = max(r, g, b), minc = min(r, g, b)
+            let cr = maxc - minc
+            let s = cr / (maxc == minc ? 1 : maxc)
+            let divisor = maxc == minc ? 1 : cr
+            let rc = (maxc - r) / divisor, gc = (maxc - g) / divisor, bc = (maxc - b) / divisor
+            var h: Float
+            if maxc == r { h = bc - gc } else if maxc == g { h = 2 + rc - bc } else { h = 4 + gc - rc }
+            h = fmodf(h / 6 + 1, 1)
+            h = h + shift
+            h -= (h / 1).rounded(.down)          // Python's % 1.0
+            let v = maxc
+            let sector = h * 6, fi = sector.rounded(.down), f = sector - fi
+            let p = min(max(v * (1 - s), 0), 1)
+            let q = min(max(v * (1 - s * f), 0), 1)
+            let t = min(max(v * (1 - s * (1 - f)), 0), 1)
+            let rgb: (Float, Float, Float)
+            switch ((Int(fi) % 6) + 6) % 6 {
+            case 0: rgb = (v, t, p)
+            case 1: rgb = (q, v, p)
+            case 2: rgb = (p, v, t)
+            case 3: rgb = (p, q, v)
+            case 4: rgb = (t, p, v)
+            default: rgb = (v, p, q)
+            }
+            chw[i] = rgb.0; chw[plane + i] = rgb.1; chw[2 * plane + i] = rgb.2
+        }
+    }
+
+    /// ColorJitter(brightness, contrast, saturation, hue): factors U(max(0, 1 − x), 1 + x)
+    /// for each non-zero strength and a hue shift U(−hue, hue) (hue ≤ 0.5), applied in a
+    /// random order of the four, as torchvision draws them (the order first, then the factors).
     public static func colorJitter(_ chw: inout [Float], channels: Int, brightness: Double = 0, contrast: Double = 0,
-                                   saturation: Double = 0, rng: inout SplitMix64) {
-        precondition(brightness >= 0 && contrast >= 0 && saturation >= 0, "ColorJitter strengths must not be negative")
-        var order = [0, 1, 2]
-        for i in stride(from: 2, to: 0, by: -1) { order.swapAt(i, rng.integer(0, i)) }
+                                   saturation: Double = 0, hue: Double = 0, rng: inout SplitMix64) {
+        precondition(brightness >= 0 && contrast >= 0 && saturation >= 0 && hue >= 0 && hue <= 0.5,
+                     "ColorJitter strengths must not be negative, and hue at most 0.5")
+        var order = [0, 1, 2, 3]
+        for i in stride(from: 3, to: 0, by: -1) { order.swapAt(i, rng.integer(0, i)) }
         func factor(_ x: Double) -> Float? { x > 0 ? Float(rng.uniform(max(0, 1 - x), 1 + x)) : nil }
         let b = factor(brightness), c = factor(contrast), s = factor(saturation)
+        let h: Float? = hue > 0 ? Float(rng.uniform(-hue, hue)) : nil
         for op in order {
             switch op {
             case 0: if let b { adjustBrightness(&chw, factor: b) }
             case 1: if let c { adjustContrast(&chw, channels: channels, factor: c) }
-            default: if let s { adjustSaturation(&chw, channels: channels, factor: s) }
+            case 2: if let s { adjustSaturation(&chw, channels: channels, factor: s) }
+            default: if let h { adjustHue(&chw, channels: channels, shift: h) }
             }
         }
     }
