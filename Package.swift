@@ -47,6 +47,10 @@ let package = Package(
         // System libraries.
         mpiTarget,
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // Image codecs: libpng (its longjmp errors handled in Sources/CPNG/shim.h) and
+        // libjpeg-turbo's TurboJPEG API.
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
 
         // Compute core: tensors, our packed GEMM, im2col convolution kernels.
         .target(name: "CnnCore", swiftSettings: kernelSettings),
@@ -55,7 +59,7 @@ let package = Package(
         // Model zoo built from layers.
         .target(name: "CnnModels", dependencies: ["CnnCore", "CnnLayers"], swiftSettings: plainSettings),
         // Dataset readers, normalisation, augmentation, batching.
-        .target(name: "CnnData", dependencies: ["CnnCore", "CZlib"], swiftSettings: kernelSettings),
+        .target(name: "CnnData", dependencies: ["CnnCore", "CZlib", "CPNG", "CJPEG"], swiftSettings: kernelSettings),
         // Communicators: MPI and in-process ranks.
         .target(name: "CnnDistributed", dependencies: ["CnnCore", "CMPI"], swiftSettings: plainSettings + mpiDefines),
         // Optimizers, schedules, trainer, checkpoints.

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mpi="${CNN_DIST_MPI:-openmpi}"
-packages=(pkg-config zlib1g-dev libopenblas-dev dataset-fashion-mnist iproute2)
+packages=(pkg-config zlib1g-dev libpng-dev libturbojpeg0-dev libopenblas-dev dataset-fashion-mnist iproute2)
 scratch=.build
 case "$mpi" in
     openmpi) packages+=(libopenmpi-dev openmpi-bin) ;;
