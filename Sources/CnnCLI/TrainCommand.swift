@@ -11,15 +11,15 @@ import CnnTraining
 struct ConfigOptions: ParsableArguments {
     @Option(help: "YAML (or JSON) config file; flags override it.")
     var config: String?
-    @Option(help: "Model: \(ZooModel.names.joined(separator: ", ")).") var model: String?
-    @Option(help: "Dataset.") var dataset: DatasetKind?
+    @Option(help: "Model: \(ZooModel.names.joined(separator: ", ")) (default \(TrainingConfig().model)).") var model: String?
+    @Option(help: "Dataset (default \(TrainingConfig().dataset.rawValue)).") var dataset: DatasetKind?
     @Option(help: "Dataset folder (default: the dataset's own folder).") var data: String?
-    @Option(help: "Epochs.") var epochs: Int?
-    @Option(name: .customLong("batch-size"), help: "Global batch size (split over ranks).") var batchSize: Int?
-    @Option(help: "Base learning rate.") var lr: Float?
-    @Option(help: "Optimizer.") var optimizer: OptimizerKind?
-    @Option(help: "Learning-rate schedule.") var schedule: ScheduleKind?
-    @Option(help: "Random seed.") var seed: UInt64?
+    @Option(help: "Epochs (default \(TrainingConfig().epochs)).") var epochs: Int?
+    @Option(name: .customLong("batch-size"), help: "Global batch size, split over ranks (default \(TrainingConfig().batchSize)).") var batchSize: Int?
+    @Option(help: "Base learning rate (default \(TrainingConfig().lr)).") var lr: Float?
+    @Option(help: "Optimizer (default \(TrainingConfig().optimizer.rawValue)).") var optimizer: OptimizerKind?
+    @Option(help: "Learning-rate schedule (default \(TrainingConfig().schedule.rawValue)).") var schedule: ScheduleKind?
+    @Option(help: "Random seed (default \(TrainingConfig().seed)).") var seed: UInt64?
     @Option(name: .customLong("train-limit"), help: "Use only the first N training images.") var trainLimit: Int?
     @Option(name: .customLong("test-limit"), help: "Use only the first N test images.") var testLimit: Int?
     @Option(name: .customLong("accumulation-steps"), help: "Micro-batches per global batch (gradient accumulation).")

@@ -27,8 +27,14 @@ public final class RunDirectory {
         let parts = text.split(separator: " ").map(String.init)
         guard parts.count >= 2, let pid = Int32(parts[1].trimmingCharacters(in: .whitespacesAndNewlines)) else { return }
         let host = parts[0]
-        // A lock of this process, or of a process that no longer runs on this host, is stale.
-        guard pid != getpid(), host != hostNameForReports() || kill(pid, 0) == 0 || errno == EPERM else { return }
+        // A lock of this process, or of a process that no longer runs on this host
+        // (gone, or a zombie nobody reaped), is stale.
+        guard pid != getpid() else { return }
+        if host == hostNameForReports() {
+            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?
+                .split(separator: ")").last?.split(separator: " ").first
+            guard kill(pid, 0) == 0 || errno == EPERM, state != "Z", state != "X" else { return }
+        }
         throw CnnError.invalidConfig(field: "run-dir", value: path,
                                      allowed: "a run directory no other process writes: host \(host) pid \(pid) holds its lock "
                                         + "(\(path)/\(lockName); remove it if that process is gone)")
@@ -46,7 +52,7 @@ public final class RunDirectory {
     /// Creates the folder, writes config.json, keeps the metrics of epochs up
     /// to `epoch` (a resumed run redoes the ones after) and opens the
     /// TensorBoard event file; returns the kept metrics.
-    public func start(config: TrainingConfig, keepingEpochsThrough epoch: Int) throws -> [EpochMetrics] {
+    public func start(config: TrainingConfig, keepingEpochsThrough epoch: Int, step: Int = 0) throws -> [EpochMetrics] {
         try CheckpointStore.createDirectory(path)
         try lock()
         let encoder = JSONEncoder()
@@ -59,6 +65,7 @@ public final class RunDirectory {
         }
         try writeFileAtomically(kept.flatMap { Array($0) + [0x0A] }, to: metricsPath)
         tensorBoard = try TensorBoardWriter(directory: path)
+        if step > 0 { try tensorBoard?.addSessionStart(step: step) }
         return kept.compactMap { try? decoder.decode(EpochMetrics.self, from: Data($0)) }
     }
 
@@ -72,16 +79,25 @@ public final class RunDirectory {
                                  ("accuracy/train", m.trainAccuracy), ("accuracy/test", m.testAccuracy),
                                  ("lr", m.lr), ("images_per_second", m.imagesPerSecond),
                                  ("allreduce_wait_fraction", m.allreduceWaitFraction),
-                                 ("data_wait_fraction", m.dataWaitFraction)] {
+                                 ("data_wait_fraction", m.dataWaitFraction), ("forward_fraction", m.forwardFraction),
+                                 ("backward_fraction", m.backwardFraction), ("optimizer_fraction", m.optimizerFraction)] {
                 try tensorBoard.addScalar(tag: tag, value: value, step: m.epoch)
             }
             try tensorBoard.flush()
         }
     }
 
+    /// Records one optimizer step's training loss (this rank's samples) and
+    /// learning rate, at the global step; written with the next epoch line or checkpoint.
+    public func addStep(_ step: Int, loss: Double, learningRate: Double) throws {
+        try tensorBoard?.addScalar(tag: "step/loss_train", value: loss, step: step)
+        try tensorBoard?.addScalar(tag: "step/lr", value: learningRate, step: step)
+    }
+
     /// Writes checkpoint `step` (its files, then the manifest) and keeps the newest `keep`; returns its folder.
     public func writeCheckpoint(step: Int, files: [(name: String, bytes: [UInt8])], keep: Int) throws -> String {
-        try CheckpointStore.write(runDirectory: path, step: step, files: files, keep: keep)
+        try tensorBoard?.flush()
+        return try CheckpointStore.write(runDirectory: path, step: step, files: files, keep: keep)
     }
 
     /// Writes the final model.

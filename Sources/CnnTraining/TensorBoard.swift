@@ -21,6 +21,8 @@ import Foundation
 //       2 step          int64   (varint)      Summary.Value
 //       3 file_version  string  (length)        1 tag           string (length)
 //       5 summary       Summary (length)        2 simple_value  float  (fixed32)
+//       6 session_log   SessionLog (length)   SessionLog
+//                                               1 status        enum (varint; START = 1)
 //
 // The first record is an Event with file_version "brain.Event:2", which
 // readers use to recognise the file. TensorBoard reads `simple_value` as a
@@ -90,6 +92,20 @@ public final class TensorBoardWriter {
         event.double(field: 1, Date().timeIntervalSince1970)
         event.int64(field: 2, Int64(step))
         event.message(field: 5, summary.bytes)
+        appendRecord(event.bytes)
+    }
+
+    /// Marks a restart at `step` (SessionLog START): TensorBoard drops the
+    /// events of earlier files at this step and later, so a resumed run's
+    /// curves continue from its checkpoint without duplicate steps.
+    public func addSessionStart(step: Int) throws {
+        guard fd >= 0 else { throw CnnError.io(file: path, reason: "addSessionStart after close()") }
+        var sessionLog = ProtobufEncoder()
+        sessionLog.int64(field: 1, 1)   // status START
+        var event = ProtobufEncoder()
+        event.double(field: 1, Date().timeIntervalSince1970)
+        event.int64(field: 2, Int64(step))
+        event.message(field: 6, sessionLog.bytes)
         appendRecord(event.bytes)
     }
 

@@ -46,11 +46,19 @@ final class ProgressReporter {
         guard due else { return }
         last = now
         let done = t.step - stepAtStart
-        let rate = Double(done * t.config.batchSize) / (now - start)
-        let eta = Double(t.totalSteps - t.step) * (now - start) / Double(done)
-        let line = String(format: "epoch %d/%d step %d/%d loss %.4f lr %.4g %.0f img/s eta %@",
-                          t.epoch + 1, t.config.epochs, t.step, t.totalSteps,
-                          t.totals.lossSum / max(1, t.totals.seen), Double(t.learningRate), rate, formatDuration(eta))
+        let secondsPerStep = (now - start) / Double(max(1, done))
+        let rate = Double(t.config.batchSize) / secondsPerStep
+        let epochSteps = max(1, t.stepsPerEpoch)
+        let fraction = Double(t.stepInEpoch) / Double(epochSteps)
+        let bar = String(repeating: "#", count: Int(fraction * 20)) + String(repeating: ".", count: 20 - Int(fraction * 20))
+        let epochLeft = Double(max(0, min(epochSteps, t.totalSteps - (t.step - t.stepInEpoch)) - t.stepInEpoch)) * secondsPerStep
+        let runLeft = Double(t.totalSteps - t.step) * secondsPerStep
+        // Loss and accuracy so far this epoch, over this rank's samples.
+        let line = String(format: "epoch %d/%d [%@] %3.0f%% | step %d/%d | loss %.4f acc %.3f | lr %.4g | %.0f img/s | eta epoch %@, run %@",
+                          t.epoch + 1, t.config.epochs, bar, 100 * fraction, t.step, t.totalSteps,
+                          t.totals.lossSum / max(1, t.totals.seen),
+                          t.totals.correct / max(1, t.totals.seen), Double(t.learningRate), rate,
+                          formatDuration(epochLeft), formatDuration(runLeft))
         if let progress = t.progress { progress(line) } else { t.log(line) }
     }
 }

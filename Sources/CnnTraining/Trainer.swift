@@ -279,7 +279,7 @@ public final class Trainer {
         let context = ExecutionContext(training: true, seed: config.seed)
         if communicator.size > 1 && config.syncBatchNorm { context.statisticsReducer = reducer }
         context.needsInputGradient = false   // dL/d(images) is discarded: the first conv can skip it
-        if let runFolder { history = try runFolder.start(config: config, keepingEpochsThrough: epoch) }
+        if let runFolder { history = try runFolder.start(config: config, keepingEpochsThrough: epoch, step: step) }
         let progress = ProgressReporter(trainer: self)
         logStart()
 
@@ -292,7 +292,8 @@ public final class Trainer {
                 if step == profileSkipSteps { layerProfiler?.reset() }
                 context.layerProfiler = layerProfiler
                 var phases = StepProfile()
-                guard try trainStep(loader, context: context, phases: &phases) else { break }
+                guard let stepLoss = try trainStep(loader, context: context, phases: &phases) else { break }
+                try runFolder?.addStep(step, loss: stepLoss, learningRate: Double(learningRate))
                 epochProfile.add(phases)
                 if step >= profileSkipSteps { measuredProfile.add(phases) }
                 step += 1
@@ -333,11 +334,13 @@ public final class Trainer {
     /// zero the gradients (before the first), backward; the last backward
     /// allreduces the gradients bucket by bucket as layers finish. Then wait
     /// for what is still in flight and update, the same on every rank.
-    /// Returns false if the loader has no batch left.
-    func trainStep(_ loader: BatchLoader, context: ExecutionContext, phases: inout StepProfile) throws -> Bool {
+    /// Returns the step's mean loss over this rank's samples, or nil if the
+    /// loader has no batch left.
+    func trainStep(_ loader: BatchLoader, context: ExecutionContext, phases: inout StepProfile) throws -> Double? {
         let micro = config.accumulationSteps
+        var lossSum = 0.0, samples = 0
         for m in 0..<micro {
-            guard let batch = loader.next() else { return false }
+            guard let batch = loader.next() else { return nil }
             phases.data += loader.lastWaitSeconds
             var t = monotonicSeconds()
             context.training = true
@@ -349,6 +352,8 @@ public final class Trainer {
                 loss.forward(logits: logits, labels: $0, normalizer: batch.globalBatchSize)
             }
             totals.add(loss: batchLoss, batchSize: batch.globalBatchSize, correct: loss.lastCorrect, seen: batch.count)
+            lossSum += batchLoss * Double(batch.globalBatchSize)
+            samples += batch.count
             phases.forward += lap(&t)
             if m == 0 { model.store.zeroGradients() }
             let last = m == micro - 1
@@ -363,7 +368,7 @@ public final class Trainer {
         try update()
         phases.optimizer += lap(&t)
         phases.steps = 1
-        return true
+        return lossSum / Double(max(1, samples))
     }
 
     /// The optimizer step on the reduced gradients: frozen parameters get no

@@ -237,8 +237,13 @@ final class TensorBoardTests: XCTestCase {
             ("accuracy/train", { $0.trainAccuracy }), ("accuracy/test", { $0.testAccuracy }),
             ("lr", { $0.lr }), ("images_per_second", { $0.imagesPerSecond }),
             ("allreduce_wait_fraction", { $0.allreduceWaitFraction }), ("data_wait_fraction", { $0.dataWaitFraction }),
+            ("forward_fraction", { $0.forwardFraction }), ("backward_fraction", { $0.backwardFraction }),
+            ("optimizer_fraction", { $0.optimizerFraction }),
         ]
-        XCTAssertEqual(Set(found.keys), Set(expected.map(\.0)))
+        XCTAssertEqual(Set(found.keys), Set(expected.map(\.0) + ["step/loss_train", "step/lr"]))
+        // Per step: 2 epochs of 128 / 32 = 4 steps, at global steps 0 to 7.
+        XCTAssertEqual(found["step/lr"]?.map(\.0), Array(0..<8))
+        XCTAssertEqual(found["step/loss_train"]?.count, 8)
         for (tag, value) in expected {
             XCTAssertEqual(found[tag]?.map(\.0), [1, 2], tag)
             XCTAssertEqual(found[tag]?.map(\.1), history.map { Float(value($0)) }, tag)
@@ -254,5 +259,35 @@ final class TensorBoardTests: XCTestCase {
         try a.close()
         try b.close()
         XCTAssertEqual(try Self.eventFiles(in: dir + "/nested").count, 2)
+    }
+
+    /// A resumed run marks its restart step (SessionLog START), so TensorBoard
+    /// drops the interrupted run's later steps instead of showing them twice.
+    func testResumedRunMarksItsRestartStep() throws {
+        let dir = try temporaryDirectory() + "/run"
+        var config = TrainingConfig()
+        config.model = "lenet5"; config.dataset = .synthetic; config.syntheticCount = 128; config.batchSize = 32
+        config.epochs = 2; config.testLimit = 32; config.maxSteps = 3
+        try LocalWorld.run(size: 1) { comm in _ = try Trainer(config: config, communicator: comm, runDirectory: dir, log: { _ in }).run() }
+        try LocalWorld.run(size: 1) { comm in
+            let point = try Trainer.loadResumePoint(runDirectory: dir, communicator: comm, log: { _ in })
+            var resumed = point.state.config
+            resumed.maxSteps = 5
+            _ = try Trainer(config: resumed, communicator: comm, runDirectory: dir, resume: point, log: { _ in }).run()
+        }
+        let files = try Self.eventFiles(in: dir)
+        XCTAssertEqual(files.count, 2)
+        let second = try XCTUnwrap(files.sorted().last)
+        let raw = Self.records(Array(FileManager.default.contents(atPath: second)!))
+        // Record 0 is the file version; record 1 the session start: field 2 (step) = 3, field 6 (session_log) present.
+        XCTAssertGreaterThan(raw.count, 2)
+        let start = raw[1]
+        XCTAssertEqual(Self.event(start)?.step, 3)
+        let sessionLog = Self.decode(start)?.compactMap { number, field -> [UInt8]? in
+            if number == 6, case let .bytes(b) = field { return b } else { return nil }
+        }.first
+        let status = sessionLog.flatMap { Self.decode($0) }?.first
+        XCTAssertEqual(status?.0, 1)
+        if case let .varint(v)? = status?.1 { XCTAssertEqual(v, 1, "START") } else { XCTFail("no session_log status") }
     }
 }
