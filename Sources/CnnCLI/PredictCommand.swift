@@ -17,8 +17,11 @@ public struct PredictCommand: ParsableCommand {
             """)
 
     @Option(help: "Model checkpoint (.safetensors written by cnn-dist train).") var checkpoint: String
-    @Option(help: "Images: IDX (raw or .gz) or CIFAR-10 binary.") var input: String
-    @Option(help: "Output .safetensors file.") var output: String
+    @Option(help: "Images: a JPEG or PNG file, a folder of them, an IDX file (raw or .gz) or a CIFAR-10 binary batch.")
+    var input: String
+    @Option(help: "Output: .safetensors (logits and predictions), or for JPEG/PNG inputs .csv or .json (top-k classes).")
+    var output: String?
+    @Option(name: .customLong("top-k"), help: "Classes printed per image for JPEG/PNG inputs.") var topK = 5
     @Option(help: "Input format: auto, idx, cifar10.") var format = "auto"
     @Option(name: .customLong("batch-size"), help: "Images per forward pass.") var batchSize = 256
 
@@ -26,15 +29,20 @@ public struct PredictCommand: ParsableCommand {
 
     public func validate() throws {
         if batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize)") }
-        if ImageFileFormat(rawValue: format) == nil {
+        if PredictInputFormat(rawValue: format) == nil {
             throw ValidationError("--format must be auto, idx or cifar10, got '\(format)'")
         }
     }
 
     public func run() throws {
         let loaded = try loadModelCheckpoint(path: checkpoint)
+        if let files = try imageInputs(input) {
+            try predictImages(files, loaded: loaded)
+            return
+        }
+        guard let output else { throw ValidationError("--output FILE.safetensors is required for IDX and CIFAR-10 inputs") }
         let model = loaded.model
-        let images = try readImageFile(path: input, format: ImageFileFormat(rawValue: format) ?? .auto)
+        let images = try readImageFile(path: input, format: PredictInputFormat(rawValue: format) ?? .auto)
         guard images.shape == model.inputShape else {
             throw CnnError.invalidData(file: input, reason:
                 "holds \(formatShape(images.shape)) images but the checkpoint's \(model.name) takes \(formatShape(model.inputShape))")
@@ -64,8 +72,81 @@ public struct PredictCommand: ParsableCommand {
     }
 }
 
+extension PredictCommand {
+    /// The JPEG / PNG files `path` names (itself, or the images under a folder,
+    /// sorted); nil for other files (IDX, CIFAR-10).
+    func imageInputs(_ path: String) throws -> [String]? {
+        if FileBytes.isDirectory(path) {
+            let base = path.hasSuffix("/") ? String(path.dropLast()) : path
+            guard let walker = FileManager.default.enumerator(atPath: base) else {
+                throw CnnError.io(file: path, reason: "cannot list the folder")
+            }
+            let files = walker.compactMap { $0 as? String }
+                .filter { ImageFolderIndex.imageExtensions.contains(($0 as NSString).pathExtension.lowercased()) }
+                .sorted().map { "\(base)/\($0)" }
+            guard !files.isEmpty else { throw CnnError.invalidData(file: path, reason: "holds no JPEG or PNG images") }
+            return files
+        }
+        let head = Array(try FileBytes.read(path).prefix(8))
+        let png: [UInt8] = [0x89, 0x50, 0x4E, 0x47], jpeg: [UInt8] = [0xFF, 0xD8, 0xFF]
+        return head.starts(with: png) || head.starts(with: jpeg) ? [path] : nil
+    }
+
+    /// Top-k classes with names and softmax probabilities, per image.
+    func predictImages(_ files: [String], loaded: LoadedModel) throws {
+        let model = loaded.model
+        let (c, h, w) = (model.inputShape[0], model.inputShape[1], model.inputShape[2])
+        let decoder = ImageDecoder()
+        var pixels: [UInt8] = []
+        pixels.reserveCapacity(files.count * c * h * w)
+        for file in files {
+            // The evaluation transform: shorter side resized, centre crop.
+            let image = try decoder.decodeFile(file, channels: c, atLeast: (h, w))
+            pixels += ImageTransforms.resizeShorterSideThenCenterCrop(image, shorter: max(h, w), cropHeight: h, cropWidth: w).chw()
+        }
+        let logits = try predictLogits(model: model, pixels: pixels, count: files.count, statistics: loaded.statistics,
+                                       batchSize: batchSize)
+        let classes = model.classCount
+        let names = loaded.classNames
+        var rows: [[String: Any]] = []
+        for (i, file) in files.enumerated() {
+            let row = Array(logits[i * classes ..< (i + 1) * classes]).map(Double.init)
+            let top = row.max() ?? 0
+            let exps = row.map { Foundation.exp($0 - top) }
+            let total = exps.reduce(0, +)
+            let ranked = exps.indices.sorted { exps[$0] > exps[$1] }.prefix(max(1, min(topK, classes)))
+            let entries = ranked.map { k -> [String: Any] in
+                ["class": k, "name": names?[k] ?? String(k), "probability": exps[k] / total]
+            }
+            rows.append(["file": file, "top": entries])
+            print(file + ": " + entries.map { String(format: "%@ %.3f", $0["name"] as! String, $0["probability"] as! Double) }
+                .joined(separator: ", "))
+        }
+        guard let output else { return }
+        let bytes: [UInt8]
+        if output.hasSuffix(".json") {
+            bytes = Array(try JSONSerialization.data(withJSONObject: rows, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]))
+        } else {
+            var text = "file," + (1...max(1, min(topK, classes))).map { "class\($0),probability\($0)" }.joined(separator: ",") + "\n"
+            for row in rows {
+                let top = row["top"] as! [[String: Any]]
+                text += csvField(row["file"] as! String) + ","
+                    + top.map { csvField($0["name"] as! String) + String(format: ",%.6f", $0["probability"] as! Double) }
+                        .joined(separator: ",") + "\n"
+            }
+            bytes = Array(text.utf8)
+        }
+        try writeFileAtomically(bytes, to: output)
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or newline.
+private func csvField(_ text: String) -> String {
+    text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : text
+}
+
 /// How `readImageFile` interprets a file.
-public enum ImageFileFormat: String, CaseIterable, Sendable {
+public enum PredictInputFormat: String, CaseIterable, Sendable {
     /// IDX if the file starts with an IDX images magic, else CIFAR-10 binary.
     case auto
     /// IDX images (0x00000803: N, H, W; 0x00000804: N, C, H, W).
@@ -85,7 +166,7 @@ public struct ImageFile: Equatable {
 /// Reads the images of an IDX images file or a CIFAR-10 binary batch file
 /// (raw or gzipped, detected by content). Labels in a CIFAR-10 file are
 /// skipped unchecked. Throws `CnnError.invalidData` / `.io` naming the file.
-public func readImageFile(path: String, format: ImageFileFormat = .auto) throws -> ImageFile {
+public func readImageFile(path: String, format: PredictInputFormat = .auto) throws -> ImageFile {
     let (bytes, compressed) = try FileBytes.readDecompressing(path)
     let what = compressed ? "decompressed bytes" : "bytes"
     func bad(_ reason: String) -> CnnError { CnnError.invalidData(file: path, reason: reason) }

@@ -29,6 +29,11 @@ public enum DatasetKind: String, ConfigChoice {
     case cifar10
     /// Learnable generated images (no files), for tests and benchmarks.
     case synthetic
+    /// JPEG / PNG images in DIR/train/<class>/* and DIR/val/<class>/* (torchvision's ImageFolder).
+    case folder
+    /// CSV pixel files DIR/train.csv and DIR/test.csv: a header, then label,pixel1,...,pixelN
+    /// (Sign-Language-MNIST's sign_mnist_train.csv / sign_mnist_test.csv too).
+    case csv
 
     /// Where the data is looked for when no folder is given; nil: no files.
     public var defaultDirectory: String? {
@@ -36,9 +41,12 @@ public enum DatasetKind: String, ConfigChoice {
         case .fashionMNIST: return "/usr/share/datasets/fashion-mnist"
         case .mnist: return "/usr/share/datasets/mnist"
         case .cifar10: return "data/cifar-10-batches-bin"
-        case .synthetic: return nil
+        case .synthetic, .folder, .csv: return nil
         }
     }
+
+    /// Whether the dataset is read from files (all but synthetic).
+    public var hasFiles: Bool { self != .synthetic }
 
     /// One sentence on how to get the files.
     public var howToGet: String {
@@ -52,6 +60,11 @@ public enum DatasetKind: String, ConfigChoice {
             return "download the CIFAR-10 binary version (cifar-10-binary.tar.gz) and extract it there, or pass --data DIR"
         case .synthetic:
             return "nothing to get: the images are generated"
+        case .folder:
+            return "give --data DIR with DIR/train/<class>/*.jpg|png and DIR/val/<class>/*.jpg|png (class folders sorted by name)"
+        case .csv:
+            return "give --data DIR with train.csv and test.csv (label,pixel1,...,pixelN with a header), "
+                + "e.g. Sign-Language-MNIST's files"
         }
     }
 
@@ -60,7 +73,15 @@ public enum DatasetKind: String, ConfigChoice {
         switch self {
         case .fashionMNIST, .mnist: return [1, 28, 28]
         case .cifar10: return [3, 32, 32]
-        case .synthetic: return nil
+        case .synthetic, .folder, .csv: return nil
+        }
+    }
+
+    /// The shape used when neither the files nor the config fix one.
+    public var defaultShape: [Int] {
+        switch self {
+        case .folder: return [3, 224, 224]
+        default: return imageShape ?? [1, 28, 28]
         }
     }
 
@@ -76,6 +97,10 @@ public enum DatasetKind: String, ConfigChoice {
             return (ImageDataset.cifar10FileNames(.train) + ImageDataset.cifar10FileNames(.test)).map { [$0] }
         case .synthetic:
             return []
+        case .folder:
+            return [["train"], ["val"]]
+        case .csv:
+            return [["train.csv", "sign_mnist_train.csv", "train.csv.gz"], ["test.csv", "sign_mnist_test.csv", "test.csv.gz"]]
         }
     }
 
@@ -93,17 +118,33 @@ public enum DatasetKind: String, ConfigChoice {
 
     /// One split.
     public func load(_ split: DatasetSplit, _ request: DatasetRequest) throws -> ImageDataset {
-        guard self != .synthetic, let dir = directory(request) else {
+        guard hasFiles else {
             let both = try load(request)
             return split == .train ? both.train : both.test
         }
+        guard let dir = directory(request) else {
+            throw CnnError.invalidConfig(field: "data", value: "(none)", allowed: "a folder for the \(rawValue) dataset: \(howToGet)")
+        }
         try checkFiles(directory: dir)
-        let dataset: ImageDataset
+        let base = dir.hasSuffix("/") ? String(dir.dropLast()) : dir
+        var dataset: ImageDataset
         switch self {
         case .fashionMNIST, .mnist: dataset = try ImageDataset.loadFashionMNIST(directory: dir, split: split)
         case .cifar10: dataset = try ImageDataset.loadCIFAR10(directory: dir, split: split)
-        case .synthetic: fatalError("synthetic has no folder")
+        case .folder:
+            dataset = try ImageDataset.loadImageFolder(root: base, split: split, shape: request.imageShape ?? defaultShape)
+        case .csv:
+            let names = requiredFiles[split == .train ? 0 : 1]
+            let path = names.map { "\(base)/\($0)" }.first { FileBytes.exists($0) }!
+            dataset = try CSVPixels.load(path: path, name: "csv \(split.rawValue)")
+            if split == .test {
+                // Label the test split with the training split's class count (a class may be absent from it).
+                let train = try load(.train, DatasetRequest(directory: dir))
+                dataset.classCount = max(dataset.classCount, train.classCount)
+            }
+        case .synthetic: fatalError("synthetic has no files")
         }
+        if let shape = request.imageShape, shape != dataset.imageShape { dataset = dataset.converted(to: shape) }
         return dataset
     }
 

@@ -39,6 +39,8 @@ public struct ImageDataset: Sendable {
     public var width: Int
     /// Number of classes; every label is in `0..<classCount`.
     public var classCount: Int
+    /// The classes' names, label i is classNames[i] (folder datasets); nil: unnamed.
+    public var classNames: [String]? = nil
 
     /// A dataset from its parts; the pixel count must be `labels.count × channels × height × width`.
     public init(name: String, source: String = "", pixels: [UInt8], labels: [Int32],
@@ -79,9 +81,11 @@ public struct ImageDataset: Sendable {
             newPixels.append(contentsOf: image(i))
             newLabels.append(labels[i])
         }
-        return ImageDataset(name: name ?? "\(self.name) subset", source: source, pixels: newPixels,
-                            labels: newLabels, channels: channels, height: height, width: width,
-                            classCount: classCount)
+        var part = ImageDataset(name: name ?? "\(self.name) subset", source: source, pixels: newPixels,
+                                labels: newLabels, channels: channels, height: height, width: width,
+                                classCount: classCount)
+        part.classNames = classNames
+        return part
     }
 
     /// How many images carry each label, indexed by class.

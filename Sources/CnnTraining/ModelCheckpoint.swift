@@ -190,6 +190,12 @@ public struct LoadedModel {
     public var statistics: ChannelStatistics
     /// The file's `__metadata__` as stored.
     public var metadata: [String: String]
+    /// The classes' names (metadata `class_names`, a JSON list), if the training data had them.
+    public var classNames: [String]? {
+        guard let text = metadata["class_names"], let data = text.data(using: .utf8),
+              let names = try? JSONSerialization.jsonObject(with: data) as? [String], names.count == model.classCount else { return nil }
+        return names
+    }
 
     /// A loaded model from its parts.
     public init(model: Model, statistics: ChannelStatistics, metadata: [String: String]) {

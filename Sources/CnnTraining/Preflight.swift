@@ -92,12 +92,11 @@ public enum Preflight {
     /// Builds the model once for the configured (or the dataset's) input shape.
     public static func checkModel(_ config: TrainingConfig) throws {
         let configured = try config.input.map { try parseShapeField($0, field: "input") }
-        // Generated images take the configured shape; files have their own.
-        let datasetShape = config.dataset.imageShape ?? configured ?? [1, 28, 28]
-        let input = configured ?? datasetShape
-        guard input == datasetShape else {
+        // Images are converted to the configured shape (channels and size); else the dataset's own.
+        let input = configured ?? config.dataset.imageShape ?? config.dataset.defaultShape
+        if configured != nil, config.dataset.hasFiles, !(input[0] == 1 || input[0] == 3) {
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
-                                         allowed: "the \(config.dataset.rawValue) image shape \(formatShape(datasetShape))")
+                                         allowed: "1 or 3 channels (images are converted to them) and any H x W")
         }
         // Counted before it is built, so an absurd input or class count is refused, not allocated.
         let limit = 1 << 30
@@ -115,7 +114,11 @@ public enum Preflight {
     /// registry's list, with its accepted spellings); a missing dataset names
     /// the dataset, the folder looked in and how to get it.
     public static func checkData(_ config: TrainingConfig) throws {
-        guard let dir = config.dataDirectory else { return }
+        guard config.dataset.hasFiles else { return }
+        guard let dir = config.dataDirectory else {
+            throw CnnError.invalidConfig(field: "data", value: "(none)",
+                                         allowed: "a folder for the \(config.dataset.rawValue) dataset: \(config.dataset.howToGet)")
+        }
         try config.dataset.checkFiles(directory: dir)
     }
 

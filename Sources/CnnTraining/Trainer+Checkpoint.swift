@@ -177,7 +177,11 @@ extension Trainer {
     /// The model file: tensors plus what is needed to use it alone (model,
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {
-        try SafeTensors.encode(model.store.stateDict(), metadata: modelCheckpointMetadata(model: model, statistics: statistics, step: step))
+        var metadata = modelCheckpointMetadata(model: model, statistics: statistics, step: step)
+        if let names = trainSet.classNames, let json = try? JSONSerialization.data(withJSONObject: names) {
+            metadata["class_names"] = String(decoding: json, as: UTF8.self)
+        }
+        return try SafeTensors.encode(model.store.stateDict(), metadata: metadata)
     }
 
     /// A checkpoint's position must be one this run can reach: counts in

@@ -1,0 +1,92 @@
+import Foundation
+import XCTest
+import CnnCLI
+import CnnCore
+import CnnData
+import CnnTraining
+
+/// A user's own images through the real command: a PNG folder and a JPEG
+/// folder (written by our encoders), a CSV pixel file, and an IDX dataset
+/// resized to another model's input; predictions name the classes.
+final class ImageDatasetTests: XCTestCase {
+    private func folderDataset(_ format: ImageFileFormat) throws -> String {
+        let root = temporaryDirectory("images")
+        let all = ImageDataset.synthetic(count: 360, channels: 3, height: 20, width: 24, classCount: 3, seed: 5)
+        let names = ["cat", "dog", "emu"]
+        _ = try ImageFolderWriter.write(all.subset(0..<300), root: root, split: "train", format: format, classNames: names)
+        _ = try ImageFolderWriter.write(all.subset(300..<360), root: root, split: "val", format: format, classNames: names)
+        return root
+    }
+
+    private func trainAndPredict(data: String, dataset: String, input: String) throws -> (ProcessResult, ProcessResult, String) {
+        let run = temporaryDirectory("run") + "/run"
+        let train = try runCnnDist(["train", "--model", "fashion-cnn", "--dataset", dataset, "--data", data, "--input", input,
+                                    "--epochs", "2", "--batch-size", "30", "--lr", "0.02", "--threads", "1", "--run-dir", run])
+        let predict = try runCnnDist(["predict", "--checkpoint", run + "/model.safetensors", "--input", data + "/val",
+                                      "--top-k", "2", "--output", run + "/predictions.json"])
+        return (train, predict, run)
+    }
+
+    func testPNGFolderTrainsAndPredictionsNameTheClasses() throws {
+        let root = try folderDataset(.png)
+        let (train, predict, run) = try trainAndPredict(data: root, dataset: "folder", input: "1x16x16")
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertEqual(metrics.split(separator: "\n").count, 2)
+        XCTAssertEqual(predict.status, 0, predict.stderr)
+        XCTAssertEqual(predict.stdout.split(separator: "\n").count, 60, predict.stdout)
+        XCTAssertTrue(predict.stdout.contains("cat ") && predict.stdout.contains("emu "), predict.stdout)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: run + "/predictions.json"))) as? [[String: Any]]
+        XCTAssertEqual(json?.count, 60)
+        // The learnable synthetic classes are told apart after two epochs.
+        let last = try JSONDecoder().decode(EpochMetrics.self, from: Data(metrics.split(separator: "\n").last!.utf8))
+        XCTAssertGreaterThan(last.testAccuracy, 0.6, "\(last)")
+    }
+
+    func testJPEGFolderTrains() throws {
+        let root = try folderDataset(.jpeg(quality: 90))
+        let (train, _, _) = try trainAndPredict(data: root, dataset: "folder", input: "3x16x16")
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+    }
+
+    func testCSVPixelsTrain() throws {
+        let dir = temporaryDirectory("csv")
+        let all = ImageDataset.synthetic(count: 200, classCount: 4, seed: 6)
+        for (name, range) in [("train.csv", 0..<160), ("test.csv", 160..<200)] {
+            var text = "label," + (1...784).map { "pixel\($0)" }.joined(separator: ",") + "\n"
+            for i in range { text += "\(all.labels[i])," + all.image(i).map(String.init).joined(separator: ",") + "\n" }
+            try text.write(toFile: dir + "/" + name, atomically: true, encoding: .utf8)
+        }
+        let run = temporaryDirectory("run") + "/run"
+        let train = try runCnnDist(["train", "--dataset", "csv", "--data", dir, "--epochs", "1", "--batch-size", "32",
+                                    "--threads", "1", "--run-dir", run])
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+    }
+
+    /// Fashion-MNIST's 1x28x28 images resized and converted for a 3x32x32 model.
+    func testIDXImagesResizedToTheModelInput() throws {
+        let dir = temporaryDirectory("idx")
+        let all = ImageDataset.synthetic(count: 96, classCount: 10, seed: 7)
+        try all.subset(0..<64).writeIDX(imagesPath: dir + "/train-images-idx3-ubyte", labelsPath: dir + "/train-labels-idx1-ubyte")
+        try all.subset(64..<96).writeIDX(imagesPath: dir + "/t10k-images-idx3-ubyte", labelsPath: dir + "/t10k-labels-idx1-ubyte")
+        let loaded = try DatasetKind.mnist.load(.train, DatasetRequest(directory: dir, imageShape: [3, 32, 32]))
+        XCTAssertEqual(loaded.imageShape, [3, 32, 32])
+        XCTAssertEqual(loaded.count, 64)
+        let run = temporaryDirectory("run") + "/run"
+        let train = try runCnnDist(["train", "--model", "resnet20", "--dataset", "mnist", "--data", dir, "--input", "3x32x32",
+                                    "--max-steps", "1", "--batch-size", "32", "--threads", "1", "--run-dir", run])
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+    }
+
+    /// A damaged image is named, not a crash.
+    func testDamagedImageIsNamed() throws {
+        let root = try folderDataset(.png)
+        let victim = root + "/train/1_dog/" + (try FileManager.default.contentsOfDirectory(atPath: root + "/train/1_dog").sorted()[3])
+        var bytes = try FileBytes.read(victim)
+        bytes = Array(bytes.prefix(bytes.count / 2))
+        try FileBytes.write(bytes, to: victim)
+        let (train, _, _) = try trainAndPredict(data: root, dataset: "folder", input: "1x16x16")
+        XCTAssertNotEqual(train.status, 0)
+        XCTAssertTrue(train.stderr.contains(victim), train.stderr)
+    }
+}
