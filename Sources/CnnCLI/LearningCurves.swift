@@ -145,20 +145,20 @@ func svgPanel(_ panel: PlotPanel, originX: Double, originY: Double, width: Doubl
     var out = "<g class=\"panel\">\n"
     out += "<text x=\"\(fmt((left + right) / 2))\" y=\"\(fmt(originY + 18))\" text-anchor=\"middle\" font-size=\"15\">"
         + "\(xmlEscape(panel.title))</text>\n"
-    // Grid and ticks.
-    for t in xAxis.ticks {
-        let x = px(t)
-        out += "<line x1=\"\(fmt(x))\" y1=\"\(fmt(top))\" x2=\"\(fmt(x))\" y2=\"\(fmt(bottom))\" stroke=\"#e5e5e5\"/>\n"
-        out += "<line x1=\"\(fmt(x))\" y1=\"\(fmt(bottom))\" x2=\"\(fmt(x))\" y2=\"\(fmt(bottom + 5))\" stroke=\"black\"/>\n"
-        out += "<text x=\"\(fmt(x))\" y=\"\(fmt(bottom + 19))\" text-anchor=\"middle\" font-size=\"12\">"
-            + "\(tickLabel(t, step: xAxis.step))</text>\n"
+    // Grid and ticks: a grey grid line, a black tick and a label per tick.
+    func line(_ x1: Double, _ y1: Double, _ x2: Double, _ y2: Double, _ stroke: String) -> String {
+        "<line x1=\"\(fmt(x1))\" y1=\"\(fmt(y1))\" x2=\"\(fmt(x2))\" y2=\"\(fmt(y2))\" stroke=\"\(stroke)\"/>\n"
     }
-    for t in yAxis.ticks {
-        let y = py(t)
-        out += "<line x1=\"\(fmt(left))\" y1=\"\(fmt(y))\" x2=\"\(fmt(right))\" y2=\"\(fmt(y))\" stroke=\"#e5e5e5\"/>\n"
-        out += "<line x1=\"\(fmt(left - 5))\" y1=\"\(fmt(y))\" x2=\"\(fmt(left))\" y2=\"\(fmt(y))\" stroke=\"black\"/>\n"
-        out += "<text x=\"\(fmt(left - 8))\" y=\"\(fmt(y + 4))\" text-anchor=\"end\" font-size=\"12\">"
-            + "\(tickLabel(t, step: yAxis.step))</text>\n"
+    func label(_ x: Double, _ y: Double, _ anchor: String, _ text: String) -> String {
+        "<text x=\"\(fmt(x))\" y=\"\(fmt(y))\" text-anchor=\"\(anchor)\" font-size=\"12\">\(text)</text>\n"
+    }
+    for (t, x) in xAxis.ticks.map({ ($0, px($0)) }) {
+        out += line(x, top, x, bottom, "#e5e5e5") + line(x, bottom, x, bottom + 5, "black")
+            + label(x, bottom + 19, "middle", tickLabel(t, step: xAxis.step))
+    }
+    for (t, y) in yAxis.ticks.map({ ($0, py($0)) }) {
+        out += line(left, y, right, y, "#e5e5e5") + line(left - 5, y, left, y, "black")
+            + label(left - 8, y + 4, "end", tickLabel(t, step: yAxis.step))
     }
     out += "<rect x=\"\(fmt(left))\" y=\"\(fmt(top))\" width=\"\(fmt(right - left))\" height=\"\(fmt(bottom - top))\" "
         + "fill=\"none\" stroke=\"black\"/>\n"

@@ -121,17 +121,25 @@ extension ImageDataset {
         guard !overflow else {
             throw CnnError.invalidData(file: file, reason: "image count \(count) × \(imageSize) bytes overflows")
         }
-        let actual = bytes.count - headerSize
         let shape = channels == 1 ? "\(height)x\(width)" : "\(channels)x\(height)x\(width)"
+        try checkDataLength(bytes, headerSize: headerSize, expected: expected, of: "pixels (\(count) images of \(shape))",
+                            after: "\(count) images of \(shape)", what: what, file: file)
+        return (Array(bytes[headerSize...]), count, channels, height, width)
+    }
+
+    /// Throws naming `file` if the data after the header is shorter (truncated)
+    /// or longer (trailing bytes) than the header says.
+    static func checkDataLength(_ bytes: [UInt8], headerSize: Int, expected: Int, of items: String, after: String,
+                                what: String, file: String) throws {
+        let actual = bytes.count - headerSize
         if actual < expected {
             throw CnnError.invalidData(file: file, reason:
-                "truncated: expected \(expected) \(what) of pixels (\(count) images of \(shape)) after the \(headerSize)-byte header, found \(actual)")
+                "truncated: expected \(expected) \(what) of \(items) after the \(headerSize)-byte header, found \(actual)")
         }
         if actual > expected {
             throw CnnError.invalidData(file: file, reason:
-                "\(actual - expected) unexpected trailing \(what) after \(count) images of \(shape) (expected \(headerSize + expected) \(what) in total, found \(bytes.count))")
+                "\(actual - expected) unexpected trailing \(what) after \(after) (expected \(headerSize + expected) \(what) in total, found \(bytes.count))")
         }
-        return (Array(bytes[headerSize...]), count, channels, height, width)
     }
 
     static func parseIDXLabels(_ bytes: [UInt8], file: String, compressed: Bool, classCount: Int) throws -> [Int32] {
@@ -145,15 +153,7 @@ extension ImageDataset {
                 + (magic == 0x0000_0803 ? " (this looks like an images file)" : ""))
         }
         let count = bigEndianUInt32(bytes, 4)
-        let actual = bytes.count - 8
-        if actual < count {
-            throw CnnError.invalidData(file: file, reason:
-                "truncated: expected \(count) \(what) of labels after the 8-byte header, found \(actual)")
-        }
-        if actual > count {
-            throw CnnError.invalidData(file: file, reason:
-                "\(actual - count) unexpected trailing \(what) after \(count) labels (expected \(8 + count) \(what) in total, found \(bytes.count))")
-        }
+        try checkDataLength(bytes, headerSize: 8, expected: count, of: "labels", after: "\(count) labels", what: what, file: file)
         var labels = [Int32](repeating: 0, count: count)
         for i in 0..<count {
             let value = bytes[8 + i]

@@ -49,19 +49,6 @@ public struct TrainingState: Codable, Equatable {
         case epochLossSum = "epoch_loss_sum", epochCorrect = "epoch_correct", epochSeen = "epoch_seen"
         case earlyStopping = "early_stopping", config
     }
-
-    public init(step: Int, epoch: Int, stepInEpoch: Int, worldSize: Int, epochLossSum: Double,
-                epochCorrect: Double, epochSeen: Double, earlyStopping: EarlyStopping.State, config: TrainingConfig) {
-        self.step = step
-        self.epoch = epoch
-        self.stepInEpoch = stepInEpoch
-        self.worldSize = worldSize
-        self.epochLossSum = epochLossSum
-        self.epochCorrect = epochCorrect
-        self.epochSeen = epochSeen
-        self.earlyStopping = earlyStopping
-        self.config = config
-    }
 }
 
 /// The manifest of one checkpoint folder.

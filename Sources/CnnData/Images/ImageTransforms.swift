@@ -74,13 +74,8 @@ public enum ImageTransforms {
                                             ratio: (Double, Double) = (3.0 / 4.0, 4.0 / 3.0),
                                             rng: inout SplitMix64) -> CropBox {
         precondition(scale.0 <= scale.1 && ratio.0 <= ratio.1 && ratio.0 > 0, "RandomResizedCrop: scale and ratio must be (min, max)")
-        let area = Double(height * width)
-        let logRatio = (log(ratio.0), log(ratio.1))
         for _ in 0..<10 {
-            let target = area * rng.uniform(scale.0, scale.1)
-            let aspect = exp(rng.uniform(logRatio.0, logRatio.1))
-            let w = Int((target * aspect).squareRoot().rounded(.toNearestOrEven))
-            let h = Int((target / aspect).squareRoot().rounded(.toNearestOrEven))
+            let (w, h) = sampleSides(area: Double(height * width), scale: scale, ratio: ratio, rng: &rng)
             if w > 0 && w <= width && h > 0 && h <= height {
                 let top = rng.integer(0, height - h), left = rng.integer(0, width - w)
                 return CropBox(top: top, left: left, height: h, width: w)
@@ -298,16 +293,22 @@ public enum ImageTransforms {
 
     // MARK: Random erasing
 
+    /// One try of torchvision's box sampling: an area fraction uniform in
+    /// `scale`, a log-uniform aspect ratio in `ratio`; returns the sides
+    /// sqrt(area·aspect) and sqrt(area/aspect), rounded half to even as Python's round.
+    static func sampleSides(area: Double, scale: (Double, Double), ratio: (Double, Double),
+                            rng: inout SplitMix64) -> (Int, Int) {
+        let target = area * rng.uniform(scale.0, scale.1)
+        let aspect = exp(rng.uniform(log(ratio.0), log(ratio.1)))
+        return (Int((target * aspect).squareRoot().rounded(.toNearestOrEven)),
+                Int((target / aspect).squareRoot().rounded(.toNearestOrEven)))
+    }
+
     /// RandomErasing.get_params: the erased box, or nil when no try fits.
     public static func randomErasingBox(height: Int, width: Int, scale: (Double, Double) = (0.02, 0.33),
                                         ratio: (Double, Double) = (0.3, 3.3), rng: inout SplitMix64) -> CropBox? {
-        let area = Double(height * width)
-        let logRatio = (log(ratio.0), log(ratio.1))
         for _ in 0..<10 {
-            let erase = area * rng.uniform(scale.0, scale.1)
-            let aspect = exp(rng.uniform(logRatio.0, logRatio.1))
-            let h = Int((erase * aspect).squareRoot().rounded(.toNearestOrEven))
-            let w = Int((erase / aspect).squareRoot().rounded(.toNearestOrEven))
+            let (h, w) = sampleSides(area: Double(height * width), scale: scale, ratio: ratio, rng: &rng)
             guard h < height && w < width else { continue }
             let top = rng.integer(0, height - h), left = rng.integer(0, width - w)
             return CropBox(top: top, left: left, height: h, width: w)
