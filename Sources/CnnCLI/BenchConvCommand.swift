@@ -81,6 +81,13 @@ public struct BenchConvCommand: ParsableCommand {
     var layer: String?
     @Flag(name: .long, help: "Keep every pass on the stored im2col panel (no packed im2col), to compare the two side by side.")
     var panelOnly = false
+    @Option(name: .long, help: "Implicit B wherever packed im2col applies: auto (chosen per layer), on or off, to compare them side by side.")
+    var implicitB: ImplicitBChoice = .auto
+
+    enum ImplicitBChoice: String, ExpressibleByArgument, CaseIterable {
+        case auto, on, off
+        var forced: Bool? { self == .auto ? nil : self == .on }
+    }
 
     public init() {}
 
@@ -104,7 +111,7 @@ public struct BenchConvCommand: ParsableCommand {
                   + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
             print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
                   + pad("data", 8) + pad("gemm", 8) + pad("ratio", 7) + pad("wgt", 8) + pad("gemm", 8)
-                  + pad("ratio", 7) + "workspace")
+                  + pad("ratio", 7) + pad("workspace", 10) + "path (fwd/data/wgt)")
         }
         for s in shapes {
             let row = try measure(s)
@@ -117,7 +124,8 @@ public struct BenchConvCommand: ParsableCommand {
                       + pad(f("backward_data_gflops"), 8) + pad(f("backward_data_gemm_gflops"), 8)
                       + pad(f("backward_data_ratio"), 7)
                       + pad(f("backward_weights_gflops"), 8) + pad(f("backward_weights_gemm_gflops"), 8)
-                      + pad(f("backward_weights_ratio"), 7) + "\(row["workspace_bytes"]!)")
+                      + pad(f("backward_weights_ratio"), 7) + pad("\(row["workspace_bytes"]!)", 10)
+                      + "\(row["path"]!)")
             }
         }
         if !json && !rows.isEmpty {
@@ -186,7 +194,7 @@ public struct BenchConvCommand: ParsableCommand {
         let dy = filled(y.count)
         let dx = Tensor(shape: [x.count])
         let dw = Tensor(shape: [w.count]), db = Tensor(shape: [s.k])
-        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly)
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly, implicitB: implicitB.forced)
         let bias: UnsafePointer<Float>? = s.bias ? UnsafePointer(b.data) : nil
         let gradBias: UnsafeMutablePointer<Float>? = s.bias ? db.data : nil
 
@@ -230,7 +238,9 @@ public struct BenchConvCommand: ParsableCommand {
             "backward_data_ratio": data.gemm / data.pass,
             "backward_weights_gflops": gf(wgt.pass), "backward_weights_gemm_gflops": gf(wgt.gemm),
             "backward_weights_ratio": wgt.gemm / wgt.pass,
-            "workspace_bytes": ws.bytes, "block_pixels": ws.blockPixels,
+            "workspace_bytes": ws.bytes, "block_pixels": ws.blockPixels, "path": ws.path.description,
+            "forward_path": ws.path.forward.rawValue, "backward_data_path": ws.path.backwardData.name,
+            "backward_weights_path": ws.path.backwardWeights.rawValue,
         ]
     }
 }

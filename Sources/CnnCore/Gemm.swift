@@ -642,7 +642,7 @@ private func storeTileCorner(_ tile: UnsafePointer<Float>, mr: Int, nr: Int, c: 
 
 /// acc + a·b: one FMA instruction in the AVX2 build. The portable build multiplies and
 /// adds: without hardware FMA, `addingProduct` keeps its single rounding by calling the C
-/// library's fmaf for every lane (the portable sgemm measured 0.7 GFLOP/s that way).
+/// library's fmaf for every lane (an order of magnitude slower).
 @inline(__always)
 private func multiplyAdd(_ acc: GemmVector, _ a: GemmVector, _ b: GemmVector) -> GemmVector {
     #if CNN_PORTABLE
