@@ -48,8 +48,11 @@ let package = Package(
         mpiTarget,
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
+        // The bf16 GEMM micro-kernel (vdpbf16ps intrinsics) and CPUID; compiled for the
+        // baseline, the AVX-512 code sits behind __attribute__((target)) and run-time checks.
+        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3"], .when(configuration: .release))]),
         // Compute core: tensors, our packed GEMM, im2col convolution kernels.
-        .target(name: "CnnCore", swiftSettings: kernelSettings),
+        .target(name: "CnnCore", dependencies: ["CBF16"], swiftSettings: kernelSettings),
         // Layers with explicit forward/backward over the core kernels.
         .target(name: "CnnLayers", dependencies: ["CnnCore"], swiftSettings: kernelSettings),
         // Model zoo built from layers.

@@ -548,7 +548,7 @@ private func packB(_ trans: Transpose, kc: Int, nc: Int, b: UnsafePointer<Float>
 private func roundUp(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
 
 /// C (M×N) = beta · C, with beta == 0 writing zeros without reading C.
-private func scaleC(m: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+func scaleC(m: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     for i in 0..<m {
         let row = c + i * ldc
         if beta == 0 {
@@ -976,6 +976,11 @@ final class GemmWorkspace {
     private(set) var b: UnsafeMutablePointer<Float>
     let tile: UnsafeMutablePointer<Float>
     private var aCapacity = 0, bCapacity = 0
+    /// The bf16 GEMM's packed A and B (bf16 pairs as 32-bit words) and its edge tile.
+    private(set) var aWords = GrowableBuffer<UInt32>()
+    private(set) var bWords = GrowableBuffer<UInt32>()
+    private(set) var bf16TileBuffer = GrowableBuffer<Float>()
+    var bf16Tile: UnsafeMutablePointer<Float> { bf16TileBuffer.pointer }
 
     init() {
         a = GemmWorkspace.allocate(0)
@@ -1001,6 +1006,13 @@ final class GemmWorkspace {
             b = GemmWorkspace.allocate(bCount)
             bCapacity = bCount
         }
+    }
+
+    /// Ensures room for aCount words of bf16 packed A, bCount of packed B, and the bf16 tile.
+    func reserveWords(aCount: Int, bCount: Int) {
+        aWords.reserve(max(aCount, 1))
+        bWords.reserve(max(bCount, 1))
+        bf16TileBuffer.reserve(BF16GemmBlocking.MR * BF16GemmBlocking.NR)
     }
 
     private static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {
