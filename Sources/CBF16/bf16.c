@@ -62,6 +62,48 @@ DEFINE_TILE(4)
 DEFINE_TILE(8)
 DEFINE_TILE(12)
 
+#define FP32_TARGET __attribute__((target("avx512f")))
+
+#define DEFINE_SGEMM_TILE(R)                                                                  \
+FP32_TARGET static void sgemm_tile##R(long kc, const float *a, const float *b, float *c,       \
+                                      long ldc, float alpha, float beta) {                    \
+    const float *b1 = b + 16 * kc;                                                            \
+    __m512 acc0[R], acc1[R];                                                                  \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); } \
+    for (long p = 0; p < kc; p++) {                                                           \
+        __m512 x0 = _mm512_loadu_ps(b + 16 * p), x1 = _mm512_loadu_ps(b1 + 16 * p);            \
+        _Pragma("clang loop unroll(full)")                                                    \
+        for (int i = 0; i < R; i++) {                                                         \
+            __m512 av = _mm512_set1_ps(a[i]);                                                 \
+            acc0[i] = _mm512_fmadd_ps(av, x0, acc0[i]);                                       \
+            acc1[i] = _mm512_fmadd_ps(av, x1, acc1[i]);                                       \
+        }                                                                                     \
+        a += R;                                                                               \
+    }                                                                                         \
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                             \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) {                                                             \
+        float *row = c + i * ldc;                                                             \
+        __m512 r0 = _mm512_mul_ps(acc0[i], va), r1 = _mm512_mul_ps(acc1[i], va);              \
+        if (beta != 0) {                                                                      \
+            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), r0);                               \
+            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), r1);                          \
+        }                                                                                     \
+        _mm512_storeu_ps(row, r0);                                                            \
+        _mm512_storeu_ps(row + 16, r1);                                                       \
+    }                                                                                         \
+}
+
+DEFINE_SGEMM_TILE(4)
+DEFINE_SGEMM_TILE(6)
+
+void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, float *c, long ldc,
+                           float alpha, float beta) {
+    if (rows == 6) sgemm_tile6(kc, a, b, c, ldc, alpha, beta);
+    else sgemm_tile4(kc, a, b, c, ldc, alpha, beta);
+}
+
 #define PACK_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
 PACK_TARGET void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
@@ -144,6 +186,43 @@ PACK_TARGET void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb
     }
 }
 
+PACK_TARGET void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __mmask16 out = (__mmask16)((1u << rows) - 1);
+    // 16 pairs at a time: each row's 32 floats converted are its 16 words in pair order;
+    // a 16×16 transpose turns rows into pair-major order.
+    for (long p0 = 0; p0 < kc; p0 += 32) {
+        const long left = kc - p0;
+        const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) {
+            if (i < mr) {
+                const float *row = a + i * lda + p0;
+                r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+            } else {
+                r[i] = _mm512_setzero_si512();
+            }
+        }
+        transpose16x16(r);
+        for (long q = 0; q < count; q++) _mm512_mask_storeu_epi32(dst + (q0 + q) * rows, out, r[q]);
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __mmask16 out = (__mmask16)((1u << rows) - 1), valid = (__mmask16)((1u << mr) - 1);
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long q = 0; q < pairs; q++) {
+        __m512 lo = _mm512_maskz_loadu_ps(valid, a + 2 * q * lda);
+        __m512 hi = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(valid, a + (2 * q + 1) * lda) : _mm512_setzero_ps();
+        __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_mask_storeu_epi32(dst + q * rows, out, _mm512_permutexvar_epi16(interleave, both));
+    }
+}
+
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -164,6 +243,22 @@ uint64_t cnn_xgetbv0(void) { return 0; }
 
 void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
     (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    (void)rows; (void)mr; (void)kc; (void)a; (void)lda; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    (void)rows; (void)mr; (void)kc; (void)a; (void)lda; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, float *c, long ldc,
+                           float alpha, float beta) {
+    (void)rows; (void)kc; (void)a; (void)b; (void)c; (void)ldc; (void)alpha; (void)beta;
     __builtin_trap();
 }
 

@@ -35,6 +35,9 @@ public struct BenchGemmCommand: ParsableCommand {
     @Option(name: .long, help: "fp32: our sgemm against OpenBLAS. bf16: our bf16 GEMM (bf16 operands, fp32 accumulation; needs avx512_bf16) against our fp32 sgemm, side by side.")
     var precision: BenchGemmPrecision = .fp32
 
+    @Option(name: .long, help: "The fp32 micro-kernel: simd (AVX2 6x16) or avx512 (6x32 over two panels, same bits); default: the library's choice.")
+    var fp32Kernel: GemmKernel?
+
     public init() {}
 
     public func validate() throws {
@@ -49,6 +52,10 @@ public struct BenchGemmCommand: ParsableCommand {
 
     public func run() throws {
         let list = try shapes.map(GemmBenchShape.parseList) ?? GemmBenchShape.defaults
+        let previousKernel = GemmKernel.current
+        defer { GemmKernel.current = previousKernel }
+        if let fp32Kernel { GemmKernel.current = fp32Kernel }
+        if !json { print("fp32 micro-kernel: \(GemmKernel.current.rawValue)") }
         if precision == .bf16 {
             try runBF16(list)
             return
@@ -237,6 +244,8 @@ public struct BenchGemmCommand: ParsableCommand {
         return (gflops(ours), blas == nil ? nil : gflops(theirs), threads > 1 ? gflops(single) : nil)
     }
 }
+
+extension GemmKernel: ExpressibleByArgument {}
 
 /// The arithmetic `bench gemm` measures.
 enum BenchGemmPrecision: String, ExpressibleByArgument, CaseIterable {

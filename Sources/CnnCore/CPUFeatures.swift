@@ -31,6 +31,9 @@ public struct CPUFeatures: Equatable, Sendable {
     /// The running CPU's features, read once.
     public static let current = CPUFeatures.detect()
 
+    /// Whether sgemm's AVX-512 tile (`GemmKernel.avx512`) can run here.
+    public var avx512FP32: Bool { avx512f && osSavesAVX512State }
+
     /// Whether `gemmBF16` can run its native kernel here.
     public var bf16GEMM: Bool { missingBF16Features.isEmpty }
 

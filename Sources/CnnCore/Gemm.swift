@@ -28,6 +28,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CBF16
 
 /// The vector type of the micro-kernel: one row of a C tile is two of these.
 #if CNN_PORTABLE
@@ -569,28 +570,71 @@ private func macroKernel(
     packedA: UnsafePointer<Float>, packedB: UnsafePointer<Float>,
     c: UnsafeMutablePointer<Float>, ldc: Int, tile: UnsafeMutablePointer<Float>
 ) {
+    let wideKernel = GemmKernel.current == .avx512
     var jr = 0
     while jr < nc {
-        let nr = min(NR, nc - jr)
-        let bPanel = packedB + jr * kc
+        // Two whole B micro-panels side by side: full-height tiles run as one 32-column
+        // AVX-512 tile (same per-element arithmetic, so the same bits).
+        let panels = wideKernel && nc - jr >= 2 * NR ? 2 : 1
         var ir = 0
         while ir < mc {
             let rows = panelRows(mc - ir)
             let mr = min(rows, mc - ir)
             let aPanel = packedA + ir * kc
-            let cTile = c + ir * ldc + jr
-            if rows == MR {
-                runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
-                    microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
-                }
-            } else {
-                runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
-                    microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            if panels == 2 && mr == rows {
+                cnn_sgemm_tile_avx512(Int32(rows), kc, aPanel, packedB + jr * kc, c + ir * ldc + jr, ldc, alpha, beta)
+                ir += rows
+                continue
+            }
+            for s in 0..<panels {
+                let j = jr + s * NR
+                let nr = min(NR, nc - j)
+                let bPanel = packedB + j * kc
+                let cTile = c + ir * ldc + j
+                if rows == MR {
+                    runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                        microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                    }
+                } else {
+                    runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                        microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                    }
                 }
             }
             ir += rows
         }
-        jr += NR
+        jr += panels * NR
+    }
+}
+
+/// The micro-kernel `sgemm`'s macro-kernel runs on full tiles.
+public enum GemmKernel: String, Sendable, CaseIterable {
+    /// Swift SIMD (AVX2 + FMA in the default x86-64 build, SSE2 / NEON in the portable one):
+    /// 6×16 tiles.
+    case simd
+    /// AVX-512 (CBF16's cnn_sgemm_tile_avx512): 6×32 tiles over two packed micro-panels,
+    /// the same bits as two 6×16 SIMD tiles. The default where `CPUFeatures.current` has
+    /// AVX-512: on the AMD EPYC with AVX-512 it measured faster than the AVX2 tiles on every
+    /// `bench gemm` shape (`--fp32-kernel simd` / `avx512` side by side).
+    case avx512
+
+    #if CNN_PORTABLE
+    nonisolated(unsafe) private static var chosen: GemmKernel = .simd
+    #else
+    nonisolated(unsafe) private static var chosen: GemmKernel = CPUFeatures.current.avx512FP32 ? .avx512 : .simd
+    #endif
+
+    /// The kernel in use. Set it once at start-up (bench gemm --fp32-kernel), not while
+    /// kernels run; asking for .avx512 on a CPU without it keeps .simd.
+    public static var current: GemmKernel {
+        get { chosen }
+        set {
+            #if CNN_PORTABLE
+            chosen = .simd   // the portable build's SIMD kernel does not fuse; AVX-512 would change its bits
+            #else
+            chosen = newValue == .avx512 && !CPUFeatures.current.avx512FP32 ? .simd : newValue
+            #endif
+        }
     }
 }
 

@@ -148,7 +148,7 @@ public func gemmBF16(
         pc = 0
         while pc < k {
             let kc = min(kcMax, k - pc)
-            packABF16(transA, mc: m, kc: kc, a: a, lda: lda, row: 0, col: pc, dst: packedA + offset)
+            packABF16(transA, mc: m, kc: kc, a: a, lda: lda, row: 0, col: pc, dst: packedA + offset, kernel: kernel)
             offset += mPadded * ((kc + 1) / 2)
             pc += kc
         }
@@ -185,7 +185,7 @@ public func gemmBF16(
             var ic = 0
             while ic < m {
                 let mc = min(MC, m - ic)
-                packABF16(transA, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: packedA)
+                packABF16(transA, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: packedA, kernel: kernel)
                 macroKernelBF16(mc: mc, nc: nc, kc: kc, alpha: alpha, beta: betaStep, packedA: packedA,
                                 packedB: packedB, c: c + ic * ldc + jc, ldc: ldc, tile: tile, kernel: kernel)
                 ic += mc
@@ -313,9 +313,10 @@ private func portableBF16Tile(rows: Int, pairs: Int, a: UnsafePointer<UInt32>, b
     }
 }
 
-/// Packs op(A)[row ..< row + mc, col ..< col + kc] into bf16 micro-panels of 12, 8 or 4 rows.
+/// Packs op(A)[row ..< row + mc, col ..< col + kc] into bf16 micro-panels of 12, 8 or 4 rows
+/// (with the native kernel by cnn_bf16_pack_a / cnn_bf16_pack_at).
 private func packABF16(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Float>, lda: Int,
-                       row: Int, col: Int, dst: UnsafeMutablePointer<UInt32>) {
+                       row: Int, col: Int, dst: UnsafeMutablePointer<UInt32>, kernel: BF16Kernel) {
     let pairs = (kc + 1) / 2
     // Element (i, p) of the block is src[i·rowStride + p·colStride].
     let src = trans == .none ? a + row * lda + col : a + col * lda + row
@@ -325,6 +326,16 @@ private func packABF16(_ trans: Transpose, mc: Int, kc: Int, a: UnsafePointer<Fl
     while ir < mc {
         let rows = panelRowsBF16(mc - ir)
         let mr = min(rows, mc - ir)
+        if kernel == .native {
+            if trans == .none {
+                cnn_bf16_pack_a(Int32(rows), Int32(mr), kc, src + ir * rowStride, lda, out)
+            } else {
+                cnn_bf16_pack_at(Int32(rows), Int32(mr), kc, src + ir * rowStride, lda, out)
+            }
+            out += rows * pairs
+            ir += rows
+            continue
+        }
         for i in 0..<rows {
             guard i < mr else {
                 for q in 0..<pairs { out[q * rows + i] = 0 }

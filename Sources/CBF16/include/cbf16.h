@@ -42,4 +42,21 @@ void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *d
 /// (reads only the kc floats of each row). Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb, uint32_t *dst);
 
+/// The fp32 GEMM's tile on AVX-512: rows ∈ {6, 4} × 32 columns, from two consecutive packed
+/// 16-column B micro-panels of sgemm (b and b + 16 · kc) and one packed A micro-panel
+/// (a[p · rows + i]); per element acc = fma(a, b, acc) over p in order from 0, then
+/// C = alpha · acc, or fma(beta, C, alpha · acc): the bits of two AVX2 6×16 tiles.
+/// Needs AVX512F.
+void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, float *c, long ldc,
+                           float alpha, float beta);
+
+/// Packs one bf16 A micro-panel of `rows` (4, 8 or 12) rows, of which the first mr are
+/// op(A)'s rows and the rest zero, in the layout of cnn_bf16_tile:
+///   dst[q · rows + i] = (bf16(op(A)[i, 2q]), bf16(op(A)[i, 2q + 1]))   for q < ⌈kc / 2⌉
+/// cnn_bf16_pack_a: A as stored, op(A)[i, p] = a[i · lda + p];
+/// cnn_bf16_pack_at: A transposed, op(A)[i, p] = a[p · lda + i].
+/// Reads only op(A)'s mr × kc floats. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
+void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
+
 #endif
