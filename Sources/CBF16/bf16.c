@@ -223,6 +223,29 @@ PACK_TARGET void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, lon
     }
 }
 
+PACK_TARGET void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long t = 0; 2 * t < panels16; t++) {
+        uint32_t *out = dst + t * pairs * CNN_BF16_NR;
+        for (int h = 0; h < 2; h++) {
+            const long u = 2 * t + h;
+            if (u >= panels16) {
+                for (long q = 0; q < pairs; q++) _mm512_store_si512((void *)(out + q * CNN_BF16_NR + 16), _mm512_setzero_si512());
+                continue;
+            }
+            const float *panel = src + u * 16 * kc;
+            for (long q = 0; q < pairs; q++) {
+                __m512 lo = _mm512_loadu_ps(panel + 2 * q * 16);
+                __m512 hi = 2 * q + 1 < kc ? _mm512_loadu_ps(panel + (2 * q + 1) * 16) : _mm512_setzero_ps();
+                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_store_si512((void *)(out + q * CNN_BF16_NR + 16 * h), _mm512_permutexvar_epi16(interleave, both));
+            }
+        }
+    }
+}
+
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -243,6 +266,11 @@ uint64_t cnn_xgetbv0(void) { return 0; }
 
 void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
     (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst) {
+    (void)kc; (void)panels16; (void)src; (void)dst;
     __builtin_trap();
 }
 

@@ -84,6 +84,11 @@ public struct BenchConvCommand: ParsableCommand {
     @Option(name: .long, help: "Implicit B wherever packed im2col applies: auto (chosen per layer), on or off, to compare them side by side.")
     var implicitB: ImplicitBChoice = .auto
 
+    @Option(name: .long, help: "Forward GEMM arithmetic: fp32, or bf16 (bf16 operands, fp32 accumulation; needs avx512_bf16; its gemm column is then our bf16 GEMM). Backward passes stay fp32.")
+    var precision: String = "fp32"
+
+    private var computePrecision: ComputePrecision { ComputePrecision(rawValue: precision) ?? .fp32 }
+
     enum ImplicitBChoice: String, ExpressibleByArgument, CaseIterable {
         case auto, on, off
         var forced: Bool? { self == .auto ? nil : self == .on }
@@ -95,6 +100,10 @@ public struct BenchConvCommand: ParsableCommand {
         guard batch > 0 else { throw ValidationError("--batch must be positive, got \(batch)") }
         guard repeats > 0 else { throw ValidationError("--repeats must be positive, got \(repeats)") }
         guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+        guard let p = ComputePrecision(rawValue: precision) else {
+            throw ValidationError("--precision must be one of \(ComputePrecision.allCases.map(\.rawValue).joined(separator: ", ")), got \(precision)")
+        }
+        if p == .bf16 { try CPUFeatures.current.requireBF16(for: "bench conv --precision bf16") }
         guard !(threadTime && threads > 1) else {
             throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
         }
@@ -107,7 +116,8 @@ public struct BenchConvCommand: ParsableCommand {
         let shapes = referenceConvShapes.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
         var rows: [[String: Any]] = []
         if !json {
-            print("batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
+            print("forward precision \(computePrecision.rawValue) (backward passes fp32), fp32 GEMM kernel \(GemmKernel.current.rawValue); "
+                  + "batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
                   + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
             print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
                   + pad("data", 8) + pad("gemm", 8) + pad("ratio", 7) + pad("wgt", 8) + pad("gemm", 8)
@@ -194,7 +204,8 @@ public struct BenchConvCommand: ParsableCommand {
         let dy = filled(y.count)
         let dx = Tensor(shape: [x.count])
         let dw = Tensor(shape: [w.count]), db = Tensor(shape: [s.k])
-        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly, implicitB: implicitB.forced)
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly, implicitB: implicitB.forced,
+                                      precision: computePrecision)
         let bias: UnsafePointer<Float>? = s.bias ? UnsafePointer(b.data) : nil
         let gradBias: UnsafeMutablePointer<Float>? = s.bias ? db.data : nil
 
@@ -208,8 +219,13 @@ public struct BenchConvCommand: ParsableCommand {
             convolution2DForward(input: x.data, weight: w.data, bias: bias, output: y.data, batch: n,
                                  geometry: g, workspace: ws)
         }, {
-            sgemm(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
-                  beta: 0, c: out.data, ldc: p)
+            if computePrecision == .bf16 {
+                gemmBF16(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
+                         beta: 0, c: out.data, ldc: p)
+            } else {
+                sgemm(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
+                      beta: 0, c: out.data, ldc: p)
+            }
         })
         let data = timePair({
             convolution2DBackwardData(gradOutput: dy.data, weight: w.data, gradInput: dx.data, batch: n,

@@ -36,11 +36,12 @@ public func convolution2DForward(
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
     if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
-        plan.packWeights(w)
+        if ws.precision == .bf16 { plan.packWeightsBF16(w) } else { plan.packWeights(w) }
         plan.reservePlanes(tasks, always: plan.usesImplicitB)
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
-        let pass = plan.usesImplicitB ? implicitForward : packedIm2colForward
+        let precision = ws.precision
+        let pass = plan.usesImplicitB ? implicitForward : { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
         if tasks == 1 {
             pass(0..<batch, x, bias, y, plan, 0)
         } else {
@@ -69,9 +70,9 @@ private func forwardImages(
     if ws.path.forward == .pointwise {
         for n in images {
             for grp in 0..<g.groups {
-                sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
-                      beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
+                gemm(ws.precision, .none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                     b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                     beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
                 if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
             }
         }
@@ -86,9 +87,9 @@ private func forwardImages(
                    panel: panel, workspace: ws)
             let wg = w + grp * Kg * rows
             if inside {
-                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                      b: panel, ldb: count, beta: 0,
-                      c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                     b: panel, ldb: count, beta: 0,
+                     c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
                 // Bias while the block is still in cache.
                 if let bias {
                     addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
@@ -98,14 +99,14 @@ private func forwardImages(
                 // One GEMM per image segment, straight into the NCHW output.
                 forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
                     let c = y + (n * K + grp * Kg) * hw + p
-                    sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
+                    gemm(ws.precision, .none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                         b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
                     if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
                 }
             } else {
                 let out = blockOutput!
-                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                      b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                     b: panel, ldb: count, beta: 0, c: out, ldc: count)
                 if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
                 blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
                               channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)

@@ -79,13 +79,17 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// `blockPixels` for this geometry and batch). `allowsPackedIm2col` false keeps every pass
     /// on the stored panel; `implicitB` forces implicit B on (true) or off (false) wherever
     /// packed im2col applies, nil lets the geometry decide.
-    public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil) {
+    /// With `precision` .bf16 the forward never takes implicit B (it has no bf16 kernel), and
+    /// the backward passes, which stay fp32, choose as in fp32.
+    public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil,
+                precision: ComputePrecision = .fp32) {
         let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
         let packed = allowsPackedIm2col && packedIm2colApplies(g)
         if g.isPointwise {
             forward = .pointwise
         } else if packed {
-            forward = !g.isStridedPointwise && implicitForwardPays(g, override: implicitB) ? .implicitB : .packedIm2col
+            forward = precision == .fp32 && !g.isStridedPointwise && implicitForwardPays(g, override: implicitB)
+                ? .implicitB : .packedIm2col
         } else {
             forward = spanning ? .panelImageSegments : .panel
         }

@@ -79,15 +79,19 @@ public final class ConvolutionWorkspace {
     public let allowsPackedIm2col: Bool
     /// Forces implicit B on or off wherever packed im2col applies; nil: chosen per geometry.
     public let implicitB: Bool?
+    /// The forward pass's GEMM arithmetic (backward-data and backward-weights stay fp32).
+    public let precision: ComputePrecision
     /// The strategy of each pass for the prepared geometry and batch (set by `prepare`).
     public private(set) var path = ConvolutionPath(forward: .panel, backwardData: .col2im, backwardWeights: .panel)
 
     /// A workspace whose panels stay within `panelBudgetBytes`.
+    /// `precision` .bf16 needs `CPUFeatures.current.bf16GEMM` (check `requireBF16()` first).
     public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes, allowsPackedIm2col: Bool = true,
-                implicitB: Bool? = nil) {
+                implicitB: Bool? = nil, precision: ComputePrecision = .fp32) {
         self.panelBudgetBytes = panelBudgetBytes
         self.allowsPackedIm2col = allowsPackedIm2col
         self.implicitB = implicitB
+        self.precision = precision
     }
 
     /// Sizes the buffers, builds the index tables and chooses the `path` for this geometry
@@ -122,7 +126,7 @@ public final class ConvolutionWorkspace {
             if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
         }
         path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
-                               implicitB: implicitB)
+                               implicitB: implicitB, precision: precision)
         if geometryChanged {
             packedPlan = path.forward.usesPackedPlan
                 ? PackedIm2colPlan(g, usesImplicitB: path.forward == .implicitB) : nil

@@ -18,6 +18,28 @@
 
 import CBF16
 
+/// The arithmetic of a layer's GEMMs.
+public enum ComputePrecision: String, CaseIterable, Sendable {
+    /// fp32 operands, fp32 accumulation (`sgemm`).
+    case fp32
+    /// Operands rounded to bf16, fp32 accumulation (`gemmBF16`); needs
+    /// `CPUFeatures.current.bf16GEMM` (check with `requireBF16()`).
+    case bf16
+}
+
+/// `sgemm`, or `gemmBF16` (native kernel) for `.bf16`: same contract.
+@inline(__always)
+func gemm(_ precision: ComputePrecision, _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+          alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+          beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    switch precision {
+    case .fp32:
+        sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    case .bf16:
+        gemmBF16(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
+}
+
 /// Block sizes of `gemmBF16`, BLIS names (the fp32 ones are `GemmBlocking`).
 public enum BF16GemmBlocking {
     /// Rows of the full micro-tile: 12 rows × 2 vectors of 16 fp32 = 24 accumulators of the
@@ -409,6 +431,138 @@ private func packBBF16(_ trans: Transpose, kc: Int, nc: Int, b: UnsafePointer<Fl
                 for q in 0..<pairs {
                     out[q * NR + j] = bf16Pair(r[2 * q], 2 * q + 1 < kc ? r[2 * q + 1] : 0)
                 }
+            }
+        }
+    }
+}
+
+// MARK: - Prepacked A, B packed by the caller (convolutions)
+
+/// op(A) rounded to bf16 and packed once into micro-panels, for `gemmBF16PackedA`: a
+/// convolution packs its weights once per pass. Layout: for each K step (equal even steps of
+/// at most KC) and each block of at most MC rows, one packed block; `offsets[step · rowBlocks
+/// + block]` says where it starts.
+public final class PackedGemmABF16 {
+    public private(set) var m = 0
+    public private(set) var k = 0
+    var kcMax = 0
+    var rowBlocks = 0
+    var storage = GrowableBuffer<UInt32>()
+    var offsets: [Int] = []
+    private(set) var kernel = BF16Kernel.native
+
+    public init() {}
+
+    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed) for
+    /// products run with `kernel`.
+    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
+                     kernel: BF16Kernel = .native) {
+        precondition(m > 0 && k > 0, "PackedGemmABF16: empty operand \(m)×\(k)")
+        self.m = m
+        self.k = k
+        self.kernel = kernel
+        let kSteps = (k + KC - 1) / KC
+        kcMax = roundUpBF16((k + kSteps - 1) / kSteps, 2)
+        rowBlocks = (m + MC - 1) / MC
+        storage.reserve(max(1, (m + rowBlocks * MR) * (kcMax / 2) * kSteps))
+        offsets.removeAll(keepingCapacity: true)
+        var offset = 0, pc = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            var ic = 0
+            while ic < m {
+                let mc = min(MC, m - ic)
+                offsets.append(offset)
+                packABF16(trans, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: storage.pointer + offset,
+                          kernel: kernel)
+                offset += paddedPanelRowsBF16(mc) * ((kc + 1) / 2)
+                ic += mc
+            }
+            pc += kc
+        }
+    }
+}
+
+/// C (M×N) = bf16(A)·bf16(B) + beta·C (fp32 accumulation) with A prepacked and B produced by
+/// `packB` one K step × column panel at a time as fp32 micro-panels of GemmBlocking.NR
+/// columns (the `GemmPanelPacker` contract of `sgemmPackedA`, so the convolution packers
+/// serve both precisions); they are rounded to bf16 pairs here. beta == 0 overwrites C
+/// without reading it. Threads split the columns as `sgemmPackedA` (same bits for any T).
+public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                            packB: GemmPanelPacker) {
+    precondition(a.kernel == .portable || CPUFeatures.current.bf16GEMM,
+                 "gemmBF16PackedA: this CPU lacks \(CPUFeatures.current.missingBF16Features.joined(separator: ", "))")
+    if n == 0 { return }
+    let threads = availableComputeThreads()
+    let units = (n + NR - 1) / NR
+    if threads > 1 && units > 1 && a.m * n * a.k >= parallelGemmMinimumMACs {
+        let tasks = min(threads, units)
+        parallelTasks(tasks) { t in
+            let r = taskRange(t, of: units, tasks: tasks)
+            let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
+            gemmBF16PackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+        }
+        return
+    }
+    gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packB: packB)
+}
+
+/// Columns j0 ..< j0 + n of `gemmBF16PackedA` on this thread (j0 a multiple of NR).
+private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
+                                    ldc: Int, packB: GemmPanelPacker) {
+    let fp32NR = GemmBlocking.NR
+    let panelColumns = a.m <= MC ? NCsmall : NC
+    let ws = GemmWorkspace.forCurrentThread()
+    let widest = roundUpBF16(min(panelColumns, n), NR)
+    ws.reserve(aCount: 0, bCount: a.kcMax * widest)
+    ws.reserveWords(aCount: 0, bCount: a.kcMax / 2 * widest)
+    let fp32Panel = ws.b, packedB = ws.bWords.pointer, tile = ws.bf16Tile
+    var jc = 0
+    while jc < n {
+        let nc = min(panelColumns, n - jc)
+        var pc = 0, step = 0
+        while pc < a.k {
+            let kc = min(a.kcMax, a.k - pc)
+            packB(pc, kc, j0 + jc, nc, fp32Panel)
+            let panels16 = (nc + fp32NR - 1) / fp32NR
+            if a.kernel == .native && fp32NR == 16 {
+                cnn_bf16_from_fp32_panels(kc, panels16, fp32Panel, packedB)
+            } else {
+                bf16FromFP32Panels(kc: kc, panels16: panels16, src: fp32Panel, dst: packedB)
+            }
+            var ic = 0, block = 0
+            while ic < a.m {
+                let mc = min(MC, a.m - ic)
+                macroKernelBF16(mc: mc, nc: nc, kc: kc, alpha: 1, beta: pc == 0 ? beta : 1,
+                                packedA: a.storage.pointer + a.offsets[step * a.rowBlocks + block], packedB: packedB,
+                                c: c + ic * ldc + jc, ldc: ldc, tile: tile, kernel: a.kernel)
+                ic += mc
+                block += 1
+            }
+            pc += kc
+            step += 1
+        }
+        jc += nc
+    }
+}
+
+/// cnn_bf16_from_fp32_panels in Swift, for any fp32 panel width (the portable kernel's path,
+/// and the portable build's 8-column panels).
+private func bf16FromFP32Panels(kc: Int, panels16 panels: Int, src: UnsafePointer<Float>,
+                                dst: UnsafeMutablePointer<UInt32>) {
+    let pairs = (kc + 1) / 2, half = GemmBlocking.NR
+    let columns = panels * half
+    for t in 0..<((columns + NR - 1) / NR) {
+        let out = dst + t * pairs * NR
+        for j in 0..<NR {
+            let global = t * NR + j
+            guard global < columns else {
+                for q in 0..<pairs { out[q * NR + j] = 0 }
+                continue
+            }
+            let panel = src + (global / half) * half * kc, col = global % half
+            for q in 0..<pairs {
+                out[q * NR + j] = bf16Pair(panel[2 * q * half + col], 2 * q + 1 < kc ? panel[(2 * q + 1) * half + col] : 0)
             }
         }
     }

@@ -79,6 +79,8 @@ final class PackedIm2colPlan {
     private var packedGradOutputs: [PackedGemmA] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
+    /// The same rounded to bf16, for a bf16 forward.
+    var packedWeightsBF16: [PackedGemmABF16] = []
     /// Images per forward GEMM: 1, or several for small planes whose output row count is not
     /// a multiple of the 16-column micro-panel (a 7×7 plane alone fills 49 of 64 columns).
     let imagesPerBlock: Int
@@ -156,6 +158,7 @@ final class PackedIm2colPlan {
     var bytes: Int {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
+            + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
     }
@@ -220,6 +223,15 @@ final class PackedIm2colPlan {
         while packedWeights.count < g.groups { packedWeights.append(PackedGemmA()) }
         for grp in 0..<g.groups {
             packedWeights[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
+        }
+    }
+
+    /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
+    func packWeightsBF16(_ w: UnsafePointer<Float>) {
+        let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
+        while packedWeightsBF16.count < g.groups { packedWeightsBF16.append(PackedGemmABF16()) }
+        for grp in 0..<g.groups {
+            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
         }
     }
 
@@ -582,7 +594,7 @@ private func copyShortRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePoint
 /// weights are already packed): y = conv(x, w) + bias.
 func packedIm2colForward(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
+    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, precision: ComputePrecision = .fp32
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     var n = images.lowerBound
@@ -593,8 +605,15 @@ func packedIm2colForward(
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.
             let out = plan.imagesPerBlock == 1 ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
-            sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
-                plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+            switch precision {
+            case .fp32:
+                sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                }
+            case .bf16:
+                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                }
             }
             if plan.imagesPerBlock > 1 {
                 for i in 0..<count {

@@ -214,3 +214,102 @@ final class GemmBF16Tests: XCTestCase {
                                          avx512bf16: true, osSavesAVX512State: true).requireBF16())
     }
 }
+
+/// The prepacked-A bf16 GEMM and the bf16 convolution forward.
+final class BF16PackedAndConvolutionTests: XCTestCase {
+    var kernels: [BF16Kernel] { CPUFeatures.current.bf16GEMM ? [.native, .portable] : [.portable] }
+
+    /// gemmBF16PackedA (B from a GemmPanelPacker in fp32 micro-panels) gives gemmBF16's bits:
+    /// same K steps, row blocks and tiles, so the same sums.
+    func testPackedAGivesGemmBF16Bits() {
+        var rng = SplitMix64(seed: 5)
+        let NR = GemmBlocking.NR
+        for (m, n, k) in [(1, 1, 1), (6, 33, 25), (16, 70, 144), (50, 300, 451), (75, 49, 1100), (150, 64, 40)] {
+            let a = (0..<(m * k)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let b = (0..<(k * n)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            for kernel in kernels {
+                let packed = PackedGemmABF16()
+                a.withUnsafeBufferPointer { packed.pack(.none, m: m, k: k, a: $0.baseAddress!, lda: k, kernel: kernel) }
+                var viaPacker = [Float](repeating: .nan, count: m * n)
+                viaPacker.withUnsafeMutableBufferPointer { c in
+                    gemmBF16PackedA(packed, n: n, beta: 0, c: c.baseAddress!, ldc: n) { row, kc, col, nc, dst in
+                        for j in 0..<((nc + NR - 1) / NR * NR) {
+                            for p in 0..<kc {
+                                dst[(j / NR) * NR * kc + p * NR + j % NR] = j < nc ? b[(row + p) * n + col + j] : 0
+                            }
+                        }
+                    }
+                }
+                var direct = [Float](repeating: .nan, count: m * n)
+                direct.withUnsafeMutableBufferPointer { c in
+                    gemmBF16(.none, .none, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: n, beta: 0,
+                             c: c.baseAddress!, ldc: n, kernel: kernel)
+                }
+                XCTAssertEqual(viaPacker, direct, "\(m)x\(n)x\(k) \(kernel)")
+            }
+        }
+    }
+
+    /// The bf16 forward of every forward path against direct loops over the bf16-rounded input
+    /// and weights (exact products, Double sums): only the fp32 summation differs, so
+    /// |y − ref| ≤ 2(K + 2)·2⁻²⁴·(Σ|x·w| + |bias|) per output, K = Cg·kh·kw.
+    func testBF16ForwardAgainstRoundedReference() throws {
+        try XCTSkipUnless(CPUFeatures.current.bf16GEMM, "no AVX512_BF16 here: \(CPUFeatures.current.summary)")
+        func square(_ c: Int, _ h: Int, _ k: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
+                    mode: PaddingMode = .zeros) throws -> Conv2DGeometry {
+            try Conv2DGeometry(inChannels: c, height: h, width: h, outChannels: k, kernelHeight: kernel,
+                               kernelWidth: kernel, strideHeight: stride, strideWidth: stride,
+                               padding: .explicit(top: padding, bottom: padding, left: padding, right: padding),
+                               paddingMode: mode)
+        }
+        let cases: [(Conv2DGeometry, Int, ConvolutionPath.Forward)] = [
+            (try square(16, 8, 32, kernel: 1), 3, .pointwise),
+            (try square(16, 32, 16, kernel: 3, padding: 1, mode: .reflect), 2, .panel),
+            (try square(3, 8, 8, kernel: 3, padding: 1, mode: .reflect), 3, .panelImageSegments),
+            (try square(1, 28, 6, kernel: 5, padding: 2), 2, .packedIm2col),      // implicit B in fp32
+            (try square(25, 14, 50, kernel: 3, padding: 1), 3, .packedIm2col),
+            (try square(50, 7, 75, kernel: 3, padding: 1), 3, .packedIm2col),     // several images per GEMM
+            (try square(16, 32, 32, kernel: 3, stride: 2, padding: 1), 2, .packedIm2col),
+            (try square(16, 16, 32, kernel: 1, stride: 2), 2, .packedIm2col),
+        ]
+        let previous = ComputeThreads.count
+        defer { ComputeThreads.count = previous }
+        for (g, batch, expected) in cases {
+            var rng = SplitMix64(seed: UInt64(g.inChannels * 100 + g.height))
+            let x = (0..<(batch * g.inChannels * g.height * g.width)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let w = (0..<(g.outChannels * g.panelRows)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let bias = (0..<g.outChannels).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let outCount = batch * g.outChannels * g.outPixels
+            var ref = [Double](repeating: 0, count: outCount), scale = [Double](repeating: 0, count: outCount)
+            ConvolutionBlockedTests.Naive(g: g).forEachTap(batch: batch) { out, xi, wi in
+                let product = Double(bf16Rounded(x[xi])) * Double(bf16Rounded(w[wi]))
+                ref[out] += product
+                scale[out] += abs(product)
+            }
+            for i in 0..<outCount {
+                let b = Double(bias[i / g.outPixels % g.outChannels])
+                ref[i] += b
+                scale[i] += abs(b)
+            }
+            var results: [[Float]] = []
+            for threads in [1, 2] {
+                ComputeThreads.count = threads
+                let ws = ConvolutionWorkspace(precision: .bf16)
+                var y = [Float](repeating: .nan, count: outCount)
+                x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in bias.withUnsafeBufferPointer { bp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        convolution2DForward(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!,
+                                             output: yp.baseAddress!, batch: batch, geometry: g, workspace: ws)
+                    }
+                } } }
+                XCTAssertEqual(ws.path.forward, expected, "\(g)")
+                let bound = 2 * Double(g.panelRows + 2) * 0x1p-24
+                var worst = 0.0
+                for i in 0..<outCount { worst = max(worst, abs(Double(y[i]) - ref[i]) / (bound * scale[i] + 1e-30)) }
+                XCTAssertLessThanOrEqual(worst, 1, "\(expected) C\(g.inChannels) K\(g.outChannels) \(g.height)x\(g.width) threads \(threads)")
+                results.append(y)
+            }
+            XCTAssertEqual(results[0], results[1], "1 thread == 2 threads, \(expected)")
+        }
+    }
+}

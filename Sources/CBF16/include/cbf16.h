@@ -59,4 +59,10 @@ void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, fl
 void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
 void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
 
+/// Converts fp32 B micro-panels of sgemm's layout (16 columns each: element (p, j) of panel u
+/// at src[u · 16 · kc + p · 16 + j], `panels16` of them) into bf16 micro-panels of
+/// cnn_bf16_tile's layout (32 columns: fp32 panels 2t and 2t + 1 make bf16 panel t, a missing
+/// last one zero). Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst);
+
 #endif
