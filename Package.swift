@@ -48,8 +48,9 @@ let package = Package(
         mpiTarget,
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
 
-        // The bf16 GEMM micro-kernel (vdpbf16ps intrinsics) and CPUID; compiled for the
-        // baseline, the AVX-512 code sits behind __attribute__((target)) and run-time checks.
+        // The AVX-512 GEMM tiles (bf16 vdpbf16ps, fp32) and bf16 packing as intrinsics, and CPUID;
+        // compiled for the baseline, the AVX-512 code sits behind __attribute__((target)) and
+        // run-time checks (CnnCore's CPUFeatures).
         .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3"], .when(configuration: .release))]),
         // Compute core: tensors, our packed GEMM, im2col convolution kernels.
         .target(name: "CnnCore", dependencies: ["CBF16"], swiftSettings: kernelSettings),

@@ -1,6 +1,7 @@
-// The x86 pieces Swift cannot express: CPUID / XGETBV for run-time feature detection, and
-// the bf16 GEMM micro-kernel (vdpbf16ps). The blocking, packing plan and threading of the
-// bf16 GEMM are in Swift (CnnCore/GemmBF16.swift); this is only the innermost loop.
+// The x86 pieces Swift cannot express: CPUID / XGETBV for run-time feature detection, the
+// bf16 GEMM micro-kernel (vdpbf16ps) and bf16 packing (vcvtne2ps2bf16), and sgemm's AVX-512
+// tile (Swift's SIMD types compile to AVX2 in this build). The blocking, packing plan and
+// threading stay in Swift (CnnCore/Gemm.swift, GemmBF16.swift); these are the innermost loops.
 #ifndef CNN_CBF16_H
 #define CNN_CBF16_H
 
