@@ -514,7 +514,7 @@ private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta:
     let panelColumns = a.m <= MC ? NCsmall : NC
     let ws = GemmWorkspace.forCurrentThread()
     let widest = roundUpBF16(min(panelColumns, n), NR)
-    ws.reserve(aCount: 0, bCount: a.kcMax * widest)
+    ws.reserve(aCount: 0, bCount: a.kcMax * NR)
     ws.reserveWords(aCount: 0, bCount: a.kcMax / 2 * widest)
     let fp32Panel = ws.b, packedB = ws.bWords.pointer, tile = ws.bf16Tile
     var jc = 0
@@ -523,12 +523,20 @@ private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta:
         var pc = 0, step = 0
         while pc < a.k {
             let kc = min(a.kcMax, a.k - pc)
-            packB(pc, kc, j0 + jc, nc, fp32Panel)
-            let panels16 = (nc + fp32NR - 1) / fp32NR
-            if a.kernel == .native && fp32NR == 16 {
-                cnn_bf16_from_fp32_panels(kc, panels16, fp32Panel, packedB)
-            } else {
-                bf16FromFP32Panels(kc: kc, panels16: panels16, src: fp32Panel, dst: packedB)
+            // One bf16 micro-panel (NR columns) at a time: its fp32 panels stay in L1 between
+            // the caller's packer writing them and their conversion.
+            var jt = 0
+            while jt < nc {
+                let width = min(NR, nc - jt)
+                packB(pc, kc, j0 + jc + jt, width, fp32Panel)
+                let panels16 = (width + fp32NR - 1) / fp32NR
+                let dst = packedB + jt * ((kc + 1) / 2)
+                if a.kernel == .native && fp32NR == 16 {
+                    cnn_bf16_from_fp32_panels(kc, panels16, fp32Panel, dst)
+                } else {
+                    bf16FromFP32Panels(kc: kc, panels16: panels16, src: fp32Panel, dst: dst)
+                }
+                jt += NR
             }
             var ic = 0, block = 0
             while ic < a.m {
