@@ -52,8 +52,12 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
 
+        // The AVX-512 GEMM tiles (bf16 vdpbf16ps, fp32) and bf16 packing as intrinsics, and CPUID;
+        // compiled for the baseline, the AVX-512 code sits behind __attribute__((target)) and
+        // run-time checks (CnnCore's CPUFeatures).
+        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3"], .when(configuration: .release))]),
         // Compute core: tensors, our packed GEMM, im2col convolution kernels.
-        .target(name: "CnnCore", swiftSettings: kernelSettings),
+        .target(name: "CnnCore", dependencies: ["CBF16"], swiftSettings: kernelSettings),
         // Layers with explicit forward/backward over the core kernels.
         .target(name: "CnnLayers", dependencies: ["CnnCore"], swiftSettings: kernelSettings),
         // Model zoo built from layers.

@@ -81,6 +81,18 @@ public struct BenchConvCommand: ParsableCommand {
     var layer: String?
     @Flag(name: .long, help: "Keep every pass on the stored im2col panel (no packed im2col), to compare the two side by side.")
     var panelOnly = false
+    @Option(name: .long, help: "Implicit B wherever packed im2col applies: auto (chosen per layer), on or off, to compare them side by side.")
+    var implicitB: ImplicitBChoice = .auto
+
+    @Option(name: .long, help: "Forward GEMM arithmetic: fp32, or bf16 (bf16 operands, fp32 accumulation; needs avx512_bf16; its gemm column is then our bf16 GEMM). Backward passes stay fp32.")
+    var precision: String = "fp32"
+
+    private var computePrecision: ComputePrecision { ComputePrecision(rawValue: precision) ?? .fp32 }
+
+    enum ImplicitBChoice: String, ExpressibleByArgument, CaseIterable {
+        case auto, on, off
+        var forced: Bool? { self == .auto ? nil : self == .on }
+    }
 
     public init() {}
 
@@ -88,6 +100,10 @@ public struct BenchConvCommand: ParsableCommand {
         guard batch > 0 else { throw ValidationError("--batch must be positive, got \(batch)") }
         guard repeats > 0 else { throw ValidationError("--repeats must be positive, got \(repeats)") }
         guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+        guard let p = ComputePrecision(rawValue: precision) else {
+            throw ValidationError("--precision must be one of \(ComputePrecision.allCases.map(\.rawValue).joined(separator: ", ")), got \(precision)")
+        }
+        if p == .bf16 { try CPUFeatures.current.requireBF16(for: "bench conv --precision bf16") }
         guard !(threadTime && threads > 1) else {
             throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
         }
@@ -100,11 +116,12 @@ public struct BenchConvCommand: ParsableCommand {
         let shapes = referenceConvShapes.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
         var rows: [[String: Any]] = []
         if !json {
-            print("batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
+            print("forward precision \(computePrecision.rawValue) (backward passes fp32), fp32 GEMM kernel \(GemmKernel.current.rawValue); "
+                  + "batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
                   + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
             print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
                   + pad("data", 8) + pad("gemm", 8) + pad("ratio", 7) + pad("wgt", 8) + pad("gemm", 8)
-                  + pad("ratio", 7) + "workspace")
+                  + pad("ratio", 7) + pad("workspace", 10) + "path (fwd/data/wgt)")
         }
         for s in shapes {
             let row = try measure(s)
@@ -117,7 +134,8 @@ public struct BenchConvCommand: ParsableCommand {
                       + pad(f("backward_data_gflops"), 8) + pad(f("backward_data_gemm_gflops"), 8)
                       + pad(f("backward_data_ratio"), 7)
                       + pad(f("backward_weights_gflops"), 8) + pad(f("backward_weights_gemm_gflops"), 8)
-                      + pad(f("backward_weights_ratio"), 7) + "\(row["workspace_bytes"]!)")
+                      + pad(f("backward_weights_ratio"), 7) + pad("\(row["workspace_bytes"]!)", 10)
+                      + "\(row["path"]!)")
             }
         }
         if !json && !rows.isEmpty {
@@ -186,7 +204,8 @@ public struct BenchConvCommand: ParsableCommand {
         let dy = filled(y.count)
         let dx = Tensor(shape: [x.count])
         let dw = Tensor(shape: [w.count]), db = Tensor(shape: [s.k])
-        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly)
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: !panelOnly, implicitB: implicitB.forced,
+                                      precision: computePrecision)
         let bias: UnsafePointer<Float>? = s.bias ? UnsafePointer(b.data) : nil
         let gradBias: UnsafeMutablePointer<Float>? = s.bias ? db.data : nil
 
@@ -200,8 +219,13 @@ public struct BenchConvCommand: ParsableCommand {
             convolution2DForward(input: x.data, weight: w.data, bias: bias, output: y.data, batch: n,
                                  geometry: g, workspace: ws)
         }, {
-            sgemm(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
-                  beta: 0, c: out.data, ldc: p)
+            if computePrecision == .bf16 {
+                gemmBF16(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
+                         beta: 0, c: out.data, ldc: p)
+            } else {
+                sgemm(.none, .none, m: k, n: p, k: r, alpha: 1, a: w.data, lda: r, b: col.data, ldb: p,
+                      beta: 0, c: out.data, ldc: p)
+            }
         })
         let data = timePair({
             convolution2DBackwardData(gradOutput: dy.data, weight: w.data, gradInput: dx.data, batch: n,
@@ -230,7 +254,9 @@ public struct BenchConvCommand: ParsableCommand {
             "backward_data_ratio": data.gemm / data.pass,
             "backward_weights_gflops": gf(wgt.pass), "backward_weights_gemm_gflops": gf(wgt.gemm),
             "backward_weights_ratio": wgt.gemm / wgt.pass,
-            "workspace_bytes": ws.bytes, "block_pixels": ws.blockPixels,
+            "workspace_bytes": ws.bytes, "block_pixels": ws.blockPixels, "path": ws.path.description,
+            "forward_path": ws.path.forward.rawValue, "backward_data_path": ws.path.backwardData.name,
+            "backward_weights_path": ws.path.backwardWeights.rawValue,
         ]
     }
 }

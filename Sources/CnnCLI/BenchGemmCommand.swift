@@ -32,6 +32,12 @@ public struct BenchGemmCommand: ParsableCommand {
     @Option(name: .long, help: "Comma-separated shapes MxNxK[:TT], e.g. 256x256x256,64x512x4096:nt.")
     var shapes: String?
 
+    @Option(name: .long, help: "fp32: our sgemm against OpenBLAS. bf16: our bf16 GEMM (bf16 operands, fp32 accumulation; needs avx512_bf16) against our fp32 sgemm, side by side.")
+    var precision: BenchGemmPrecision = .fp32
+
+    @Option(name: .long, help: "The fp32 micro-kernel: simd (AVX2 6x16) or avx512 (6x32 over two panels, same bits); default: the library's choice.")
+    var fp32Kernel: GemmKernel?
+
     public init() {}
 
     public func validate() throws {
@@ -41,10 +47,19 @@ public struct BenchGemmCommand: ParsableCommand {
             throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
         }
         if let shapes { _ = try GemmBenchShape.parseList(shapes) }
+        if precision == .bf16 { try CPUFeatures.current.requireBF16(for: "bench gemm --precision bf16") }
     }
 
     public func run() throws {
         let list = try shapes.map(GemmBenchShape.parseList) ?? GemmBenchShape.defaults
+        let previousKernel = GemmKernel.current
+        defer { GemmKernel.current = previousKernel }
+        if let fp32Kernel { GemmKernel.current = fp32Kernel }
+        if !json { print("fp32 micro-kernel: \(GemmKernel.current.rawValue)") }
+        if precision == .bf16 {
+            try runBF16(list)
+            return
+        }
         let blas = OpenBLAS.load()
         var rows: [[String: Any]] = []
         var logRatio = 0.0, ratioCount = 0
@@ -92,6 +107,70 @@ public struct BenchGemmCommand: ParsableCommand {
             printJSON(object)
         } else if let geomean {
             print("geometric-mean ratio (ours / OpenBLAS): \(fmt(geomean, 3)) over \(ratioCount) shapes")
+        }
+    }
+
+    /// `--precision bf16`: our bf16 GEMM against our fp32 sgemm on the same operands and
+    /// threads, alternating one timing of each per round.
+    private func runBF16(_ list: [GemmBenchShape]) throws {
+        try CPUFeatures.current.requireBF16(for: "bench gemm --precision bf16")
+        let previousThreads = ComputeThreads.count
+        ComputeThreads.count = threads
+        defer { ComputeThreads.count = previousThreads }
+        if !json {
+            print("\(CPUFeatures.current.summary)")
+            print("ours fp32 sgemm vs ours bf16 GEMM (bf16 operands, fp32 accumulation), \(threads) thread\(threads == 1 ? "" : "s"), "
+                  + "best of \(repeats) alternating rounds, " + (threadTime ? "thread CPU time." : "wall clock."))
+            print(pad("shape", 24) + pad("name", 16) + lpad("fp32 GF/s", 11) + lpad("bf16 GF/s", 11) + lpad("bf16/fp32", 11))
+        }
+        var rows: [[String: Any]] = []
+        var logRatio = 0.0
+        for s in list {
+            let lda = s.transA == .none ? s.k : s.m
+            let ldb = s.transB == .none ? s.n : s.k
+            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+            let next = { () -> Float in
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                return Float(Int32(truncatingIfNeeded: state >> 32)) * 0x1p-31
+            }
+            let a = (0..<(s.m * s.k)).map { _ in next() }
+            let b = (0..<(s.k * s.n)).map { _ in next() }
+            var c = [Float](repeating: 0, count: s.m * s.n)
+            let flops = 2.0 * Double(s.m) * Double(s.n) * Double(s.k)
+            let calls = max(1, Int((2e8 / flops).rounded(.up)))
+            var fp32 = Double.infinity, bf16 = Double.infinity
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+                let (A, B, C) = (pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
+                for _ in 0..<repeats {
+                    fp32 = min(fp32, seconds {
+                        for _ in 0..<calls {
+                            sgemm(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
+                                  b: B, ldb: ldb, beta: 0, c: C, ldc: s.n)
+                        }
+                    })
+                    bf16 = min(bf16, seconds {
+                        for _ in 0..<calls {
+                            gemmBF16(s.transA, s.transB, m: s.m, n: s.n, k: s.k, alpha: 1, a: A, lda: lda,
+                                     b: B, ldb: ldb, beta: 0, c: C, ldc: s.n)
+                        }
+                    })
+                }
+            } } }
+            let gf32 = flops * Double(calls) / fp32 * 1e-9, gf16 = flops * Double(calls) / bf16 * 1e-9
+            logRatio += log(gf16 / gf32)
+            rows.append(["shape": s.description, "name": s.name, "m": s.m, "n": s.n, "k": s.k, "threads": threads,
+                         "fp32_gflops": gf32, "bf16_gflops": gf16, "ratio": gf16 / gf32])
+            if !json {
+                print(pad(s.description, 24) + pad(s.name, 16) + lpad(fmt(gf32, 1), 11) + lpad(fmt(gf16, 1), 11)
+                      + lpad(fmt(gf16 / gf32, 2), 11))
+            }
+        }
+        let geomean = list.isEmpty ? 1 : exp(logRatio / Double(list.count))
+        if json {
+            printJSON(["precision": "bf16", "cpu": CPUFeatures.current.name, "shapes": rows, "repeats": repeats,
+                       "clock": threadTime ? "thread" : "wall", "geomean_ratio": geomean])
+        } else {
+            print("geometric-mean ratio (bf16 / fp32): \(fmt(geomean, 3)) over \(list.count) shapes")
         }
     }
 
@@ -164,6 +243,13 @@ public struct BenchGemmCommand: ParsableCommand {
         let gflops = { (seconds: Double) in flops * Double(calls) / seconds * 1e-9 }
         return (gflops(ours), blas == nil ? nil : gflops(theirs), threads > 1 ? gflops(single) : nil)
     }
+}
+
+extension GemmKernel: ExpressibleByArgument {}
+
+/// The arithmetic `bench gemm` measures.
+enum BenchGemmPrecision: String, ExpressibleByArgument, CaseIterable {
+    case fp32, bf16
 }
 
 /// One benchmark GEMM: sizes, transposes and a label.

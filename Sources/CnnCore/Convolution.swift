@@ -35,12 +35,13 @@ public func convolution2DForward(
     ws.prepare(for: g, batch: batch)
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
-    if let plan = ws.packedPlan {
-        plan.packWeights(w)
+    if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
+        if ws.precision == .bf16 { plan.packWeightsBF16(w) } else { plan.packWeights(w) }
         plan.reservePlanes(tasks, always: plan.usesImplicitB)
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
-        let pass = plan.usesImplicitB ? implicitForward : packedIm2colForward
+        let precision = ws.precision
+        let pass = plan.usesImplicitB ? implicitForward : { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
         if tasks == 1 {
             pass(0..<batch, x, bias, y, plan, 0)
         } else {
@@ -66,18 +67,18 @@ private func forwardImages(
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    if g.isPointwise {
+    if ws.path.forward == .pointwise {
         for n in images {
             for grp in 0..<g.groups {
-                sgemm(.none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
-                      beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
+                gemm(ws.precision, .none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                     b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                     beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
                 if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
             }
         }
         return
     }
-    let direct = spanningBlocksUseDirectGemm(g)
+    let direct = ws.path.forward == .panelImageSegments
     ws.forEachBlock(images: images, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0
@@ -86,9 +87,9 @@ private func forwardImages(
                    panel: panel, workspace: ws)
             let wg = w + grp * Kg * rows
             if inside {
-                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                      b: panel, ldb: count, beta: 0,
-                      c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
+                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                     b: panel, ldb: count, beta: 0,
+                     c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
                 // Bias while the block is still in cache.
                 if let bias {
                     addBias(bias + grp * Kg, to: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw),
@@ -98,14 +99,14 @@ private func forwardImages(
                 // One GEMM per image segment, straight into the NCHW output.
                 forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
                     let c = y + (n * K + grp * Kg) * hw + p
-                    sgemm(.none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
-                          b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
+                    gemm(ws.precision, .none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                         b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
                     if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
                 }
             } else {
                 let out = blockOutput!
-                sgemm(.none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
-                      b: panel, ldb: count, beta: 0, c: out, ldc: count)
+                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                     b: panel, ldb: count, beta: 0, c: out, ldc: count)
                 if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
                 blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
                               channelCount: Kg, outPixels: hw, start: start, count: count, toTensor: true)
@@ -130,14 +131,14 @@ public func convolution2DBackwardData(
     workspace ws: ConvolutionWorkspace
 ) {
     ws.prepare(for: g, batch: batch)
-    if let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
+    if case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
         flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
         convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
                              batch: batch, geometry: bg, workspace: bws)
         return
     }
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
-    if g.isStridedPointwise && sgemmTilesSupports(k: g.groupOutChannels) {
+    if ws.path.backwardData == .stridedPointwiseTiles {
         // W_gᵀ (Cg × Kg) packed once for every image and task.
         while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
         for grp in 0..<g.groups {
@@ -163,7 +164,8 @@ private func backwardDataImages(
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    if g.isPointwise {
+    switch ws.path.backwardData {
+    case .pointwise:
         for n in images {
             for grp in 0..<g.groups {
                 sgemm(.transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
@@ -172,30 +174,28 @@ private func backwardDataImages(
             }
         }
         return
-    }
-    if g.isStridedPointwise && sgemmTilesSupports(k: Kg) {
+    case .stridedPointwiseTiles:
         stridedPointwiseBackwardDataTiles(gradOutput: dy, packedWeights: ws.transposedWeights, gradInput: dx,
                                           images: images, geometry: g)
         return
-    }
-    if g.isStridedPointwise && ws.blockPixels >= g.outWidth {
+    case .stridedPointwise:
         stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                      dcol: dcol, dcolCapacity: ws.panel.capacity)
         return
-    }
-    if g.isStride2Kernel3Pad1 && ws.blockPixels >= g.outWidth {
+    case .stride2Kernel3Gather:
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                    blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput)
         return
-    }
-    if g.isStride1ZeroPadded && hw <= ws.blockPixels {
+    case .stride1RowGather:
         stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                   blockPixels: ws.blockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput)
         return
+    case .col2im, .col2imImageSegments, .flippedForward:
+        break
     }
     let plane = C * g.height * g.width
     (dx + images.lowerBound * plane).update(repeating: 0, count: images.count * plane)
-    let direct = spanningBlocksUseDirectGemm(g)
+    let direct = ws.path.backwardData == .col2imImageSegments
     ws.forEachBlock(images: images, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0
@@ -227,10 +227,10 @@ private func backwardDataImages(
 /// backward-data is the packed im2col forward, with no col2im scatter-add.
 /// Needs zero padding not larger than the dilated kernel minus one, and at
 /// least 8 input channels per group (M of its GEMM: with LeNet-5's 6 the panel path
-/// measured 1.3x faster, with 16 and more this one 1.2-2x; fewer waste the micro-tile),
+/// measured faster, with 16 and more this one; fewer waste the micro-tile),
 /// or exactly 1 where implicit B applies (its M = 1 kernel; first layers, whose input
 /// gradient training skips, but `bench conv` and callers may ask for it).
-func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
+func flippedBackwardDataGeometry(_ g: Conv2DGeometry, implicitB: Bool? = nil) -> Conv2DGeometry? {
     guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8 || g.groupInChannels < 4,
           g.paddingMode == .zeros || g.padTop + g.padBottom + g.padLeft + g.padRight == 0 else { return nil }
     let spanH = (g.kernelHeight - 1) * g.dilationHeight, spanW = (g.kernelWidth - 1) * g.dilationWidth
@@ -245,9 +245,9 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry) -> Conv2DGeometry? {
         bg.outHeight == g.height, bg.outWidth == g.width, packedIm2colApplies(bg) else { return nil }
     // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
     // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
-    // the 9 multiply-adds per element (fashion-cnn/0: 34 → 20 GFLOP/s; LeNet-5's 5×5: 16 → 32).
+    // the 9 multiply-adds per element (fashion-cnn/0 measured slower, LeNet-5's 5×5 faster).
     if g.groupInChannels < 4 && (g.groupInChannels * g.kernelHeight * g.kernelWidth < 16
-        || !implicitForwardPays(bg, phaseWidth: bg.width + bg.padLeft + bg.padRight)) { return nil }
+        || !implicitForwardPays(bg, override: implicitB)) { return nil }
     return bg
 }
 
@@ -342,9 +342,8 @@ func stridedPointwiseBackwardDataTiles(
 /// the stride (x / stride < count), else 0, for x < width, and zeros in the same columns of
 /// the `zeroRows` rows below (input rows no output row reads). The ResNet shortcut case
 /// (stride 2, one zero row, whole 8-value runs) is straight-line code, chosen once for all
-/// channels: through the general loops the 16-channel shortcut's backward-data ran at 0.61
-/// of its GEMM's rate, with plain stores of the same bytes in their place at 0.75, with
-/// this at 0.73-0.75.
+/// channels: through the general loops the 16-channel shortcut's backward-data ran well
+/// below plain stores of the same bytes; this runs at about their speed.
 @inline(__always)
 func writeStridedRuns(_ dst: UnsafeMutablePointer<Float>, planeStride: Int, _ src: UnsafePointer<Float>,
                       sourceStride: Int, channels: Int, count: Int, width: Int, stride: Int, zeroRows: Int,
@@ -422,7 +421,8 @@ public func convolution2DBackwardWeights(
     let hw = g.outPixels, K = g.outChannels
     let dwCount = K * g.panelRows
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)
-    let packed = ws.packedPlan
+    let packed = ws.path.backwardWeights == .packedIm2col || ws.path.backwardWeights == .gatheredPointwise
+        ? ws.packedPlan : nil
     if let plan = packed {
         plan.reservePlanes(tasks, always: plan.gatherStride == 1)
         plan.reservePackedGradOutputs(tasks)
@@ -483,7 +483,7 @@ private func backwardWeightsImages(
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels
     let Cg = g.groupInChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    if g.isPointwise {
+    if ws.path.backwardWeights == .pointwise {
         for n in images {
             for grp in 0..<g.groups {
                 sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
@@ -493,7 +493,7 @@ private func backwardWeightsImages(
         }
         return
     }
-    let direct = spanningBlocksUseDirectGemm(g)
+    let direct = ws.path.backwardWeights == .panelImageSegments
     ws.forEachBlock(images: images, outPixels: hw) { start, count in
         let n0 = start / hw
         let inside = (start + count - 1) / hw == n0

@@ -29,7 +29,7 @@ public enum ConvPadding: Equatable, Sendable {
     case valid
 }
 
-/// TensorFlow's "same" padding along one axis (seed 001):
+/// TensorFlow's "same" padding along one axis:
 /// total = max((ceil(n/s) − 1)·s + k_eff − n, 0) with k_eff = (k − 1)·d + 1,
 /// before = total / 2 (floor), after = total − before.
 /// Example: n = 13, s = 5, k = 6 → total 3, before 1, after 2, output 3.

@@ -12,7 +12,7 @@
 ///
 /// Measured (`cnn-dist bench conv`, batch 64, all reference shapes): budgets of
 /// 256 KiB, 1 MiB and 2 MiB gave the same pass / sgemm ratios within the noise
-/// of the shared machine (±0.05): the GEMM's small-M path packs the weights
+/// of the shared machine: the GEMM's small-M path packs the weights
 /// once per call and streams 128-column B panels, so a few hundred columns per
 /// block already amortise the per-call setup, and the time lost was in
 /// im2col / col2im and the block copies, not in the block width. So the
@@ -77,27 +77,28 @@ public final class ConvolutionWorkspace {
     /// Whether forward (and stride-1 backward-data) may use packed im2col
     /// (PackedIm2col.swift); false keeps every pass on the stored panel.
     public let allowsPackedIm2col: Bool
+    /// Forces implicit B on or off wherever packed im2col applies; nil: chosen per geometry.
+    public let implicitB: Bool?
+    /// The forward pass's GEMM arithmetic (backward-data and backward-weights stay fp32).
+    public let precision: ComputePrecision
+    /// The strategy of each pass for the prepared geometry and batch (set by `prepare`).
+    public private(set) var path = ConvolutionPath(forward: .panel, backwardData: .col2im, backwardWeights: .panel)
 
     /// A workspace whose panels stay within `panelBudgetBytes`.
-    public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes, allowsPackedIm2col: Bool = true) {
+    /// `precision` .bf16 needs `CPUFeatures.current.bf16GEMM` (check `requireBF16()` first).
+    public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes, allowsPackedIm2col: Bool = true,
+                implicitB: Bool? = nil, precision: ComputePrecision = .fp32) {
         self.panelBudgetBytes = panelBudgetBytes
         self.allowsPackedIm2col = allowsPackedIm2col
+        self.implicitB = implicitB
+        self.precision = precision
     }
 
-    /// Sizes the buffers and builds the index tables for this geometry and
-    /// batch; free when called again with the same ones.
+    /// Sizes the buffers, builds the index tables and chooses the `path` for this geometry
+    /// and batch; free when called again with the same ones.
     public func prepare(for g: Conv2DGeometry, batch: Int) {
         if preparedGeometry == g && preparedBatch == batch { return }
-        if preparedGeometry != g {
-            packedPlan = allowsPackedIm2col && packedIm2colApplies(g) ? PackedIm2colPlan(g) : nil
-            backwardDataGeometry = allowsPackedIm2col ? flippedBackwardDataGeometry(g) : nil
-            if backwardDataGeometry != nil {
-                if backwardDataWorkspace == nil {
-                    backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes)
-                }
-                flippedWeights.reserve(g.outChannels * g.panelRows)
-            }
-        }
+        let geometryChanged = preparedGeometry != g
         preparedGeometry = g
         preparedBatch = batch
         let hw = g.outPixels
@@ -123,6 +124,21 @@ public final class ConvolutionWorkspace {
             // Slack on both sides for the stride-1 backward-data row gather's masked reads.
             panel.reserve(g.panelRows * p + 2 * g.rowGatherSlack)
             if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
+        }
+        path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
+                               implicitB: implicitB, precision: precision)
+        if geometryChanged {
+            packedPlan = path.forward.usesPackedPlan
+                ? PackedIm2colPlan(g, usesImplicitB: path.forward == .implicitB) : nil
+            if case .flippedForward = path.backwardData {
+                backwardDataGeometry = flippedBackwardDataGeometry(g, implicitB: implicitB)
+                if backwardDataWorkspace == nil {
+                    backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes, implicitB: implicitB)
+                }
+                flippedWeights.reserve(g.outChannels * g.panelRows)
+            } else {
+                backwardDataGeometry = nil
+            }
         }
         yTable.reserve(g.kernelHeight * g.outHeight)
         xTable.reserve(g.kernelWidth * g.outWidth)

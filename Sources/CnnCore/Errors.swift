@@ -18,6 +18,8 @@ public enum CnnError: Error, CustomStringConvertible, Equatable {
     case nonFinite(step: Int, location: String)
     /// An I/O failure on a file.
     case io(file: String, reason: String)
+    /// The CPU lacks an instruction-set feature a requested mode needs.
+    case missingCPUFeature(feature: String, cpu: String, neededFor: String)
 
     public var description: String {
         switch self {
@@ -37,6 +39,9 @@ public enum CnnError: Error, CustomStringConvertible, Equatable {
             return "non-finite value at step \(step) in \(location)"
         case let .io(file, reason):
             return "\(file): \(reason)"
+        case let .missingCPUFeature(feature, cpu, neededFor):
+            return "\(neededFor) needs the CPU feature \(feature), which this CPU (\(cpu)) does not have; "
+                + "use precision fp32 here"
         }
     }
 }

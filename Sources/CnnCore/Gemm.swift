@@ -28,6 +28,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CBF16
 
 /// The vector type of the micro-kernel: one row of a C tile is two of these.
 #if CNN_PORTABLE
@@ -548,7 +549,7 @@ private func packB(_ trans: Transpose, kc: Int, nc: Int, b: UnsafePointer<Float>
 private func roundUp(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
 
 /// C (M×N) = beta · C, with beta == 0 writing zeros without reading C.
-private func scaleC(m: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+func scaleC(m: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     for i in 0..<m {
         let row = c + i * ldc
         if beta == 0 {
@@ -569,28 +570,71 @@ private func macroKernel(
     packedA: UnsafePointer<Float>, packedB: UnsafePointer<Float>,
     c: UnsafeMutablePointer<Float>, ldc: Int, tile: UnsafeMutablePointer<Float>
 ) {
+    let wideKernel = GemmKernel.current == .avx512
     var jr = 0
     while jr < nc {
-        let nr = min(NR, nc - jr)
-        let bPanel = packedB + jr * kc
+        // Two whole B micro-panels side by side: full-height tiles run as one 32-column
+        // AVX-512 tile (same per-element arithmetic, so the same bits).
+        let panels = wideKernel && nc - jr >= 2 * NR ? 2 : 1
         var ir = 0
         while ir < mc {
             let rows = panelRows(mc - ir)
             let mr = min(rows, mc - ir)
             let aPanel = packedA + ir * kc
-            let cTile = c + ir * ldc + jr
-            if rows == MR {
-                runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
-                    microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
-                }
-            } else {
-                runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
-                    microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+            if panels == 2 && mr == rows {
+                cnn_sgemm_tile_avx512(Int32(rows), kc, aPanel, packedB + jr * kc, c + ir * ldc + jr, ldc, alpha, beta)
+                ir += rows
+                continue
+            }
+            for s in 0..<panels {
+                let j = jr + s * NR
+                let nr = min(NR, nc - j)
+                let bPanel = packedB + j * kc
+                let cTile = c + ir * ldc + j
+                if rows == MR {
+                    runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                        microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                    }
+                } else {
+                    runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: beta, tile: tile) { c, ldc, beta in
+                        microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: c, ldc: ldc, alpha: alpha, beta: beta)
+                    }
                 }
             }
             ir += rows
         }
-        jr += NR
+        jr += panels * NR
+    }
+}
+
+/// The micro-kernel `sgemm`'s macro-kernel runs on full tiles.
+public enum GemmKernel: String, Sendable, CaseIterable {
+    /// Swift SIMD (AVX2 + FMA in the default x86-64 build, SSE2 / NEON in the portable one):
+    /// 6×16 tiles.
+    case simd
+    /// AVX-512 (CBF16's cnn_sgemm_tile_avx512): 6×32 tiles over two packed micro-panels,
+    /// the same bits as two 6×16 SIMD tiles. The default where `CPUFeatures.current` has
+    /// AVX-512: on the AMD EPYC with AVX-512 it measured faster than the AVX2 tiles on every
+    /// `bench gemm` shape (`--fp32-kernel simd` / `avx512` side by side).
+    case avx512
+
+    #if CNN_PORTABLE
+    nonisolated(unsafe) private static var chosen: GemmKernel = .simd
+    #else
+    nonisolated(unsafe) private static var chosen: GemmKernel = CPUFeatures.current.avx512FP32 ? .avx512 : .simd
+    #endif
+
+    /// The kernel in use. Set it once at start-up (bench gemm --fp32-kernel), not while
+    /// kernels run; asking for .avx512 on a CPU without it keeps .simd.
+    public static var current: GemmKernel {
+        get { chosen }
+        set {
+            #if CNN_PORTABLE
+            chosen = .simd   // the portable build's SIMD kernel does not fuse; AVX-512 would change its bits
+            #else
+            chosen = newValue == .avx512 && !CPUFeatures.current.avx512FP32 ? .simd : newValue
+            #endif
+        }
     }
 }
 
@@ -642,7 +686,7 @@ private func storeTileCorner(_ tile: UnsafePointer<Float>, mr: Int, nr: Int, c: 
 
 /// acc + a·b: one FMA instruction in the AVX2 build. The portable build multiplies and
 /// adds: without hardware FMA, `addingProduct` keeps its single rounding by calling the C
-/// library's fmaf for every lane (the portable sgemm measured 0.7 GFLOP/s that way).
+/// library's fmaf for every lane (an order of magnitude slower).
 @inline(__always)
 private func multiplyAdd(_ acc: GemmVector, _ a: GemmVector, _ b: GemmVector) -> GemmVector {
     #if CNN_PORTABLE
@@ -976,6 +1020,11 @@ final class GemmWorkspace {
     private(set) var b: UnsafeMutablePointer<Float>
     let tile: UnsafeMutablePointer<Float>
     private var aCapacity = 0, bCapacity = 0
+    /// The bf16 GEMM's packed A and B (bf16 pairs as 32-bit words) and its edge tile.
+    private(set) var aWords = GrowableBuffer<UInt32>()
+    private(set) var bWords = GrowableBuffer<UInt32>()
+    private(set) var bf16TileBuffer = GrowableBuffer<Float>()
+    var bf16Tile: UnsafeMutablePointer<Float> { bf16TileBuffer.pointer }
 
     init() {
         a = GemmWorkspace.allocate(0)
@@ -1001,6 +1050,13 @@ final class GemmWorkspace {
             b = GemmWorkspace.allocate(bCount)
             bCapacity = bCount
         }
+    }
+
+    /// Ensures room for aCount words of bf16 packed A, bCount of packed B, and the bf16 tile.
+    func reserveWords(aCount: Int, bCount: Int) {
+        aWords.reserve(max(aCount, 1))
+        bWords.reserve(max(bCount, 1))
+        bf16TileBuffer.reserve(BF16GemmBlocking.MR * BF16GemmBlocking.NR)
     }
 
     private static func allocate(_ count: Int) -> UnsafeMutablePointer<Float> {

@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 // Packed im2col: the GEMM's B panels are built straight from the input, so no
 // im2col matrix is ever stored and the GEMM does not re-pack one.
 //
@@ -83,6 +79,8 @@ final class PackedIm2colPlan {
     private var packedGradOutputs: [PackedGemmA] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
+    /// The same rounded to bf16, for a bf16 forward.
+    var packedWeightsBF16: [PackedGemmABF16] = []
     /// Images per forward GEMM: 1, or several for small planes whose output row count is not
     /// a multiple of the 16-column micro-panel (a 7×7 plane alone fills 49 of 64 columns).
     let imagesPerBlock: Int
@@ -91,12 +89,14 @@ final class PackedIm2colPlan {
     /// Per task: the block's output (Kg × imagesPerBlock·outH·outW) when imagesPerBlock > 1.
     private var blockOutputs: [GrowableBuffer<Float>] = []
     /// Whether forward runs with implicit B (`sgemmImplicitB` over virtual pixels, no
-    /// packing) instead of packed panels; see `implicitForwardPays`.
+    /// packing) instead of packed panels, as the workspace's `ConvolutionPath` says.
     let usesImplicitB: Bool
     /// Per task, with implicit B: the output over virtual pixels, Kg × virtualOutputStride.
     private var virtualOutputs: [GrowableBuffer<Float>] = []
 
-    init(_ g: Conv2DGeometry) {
+    /// The tables of `g`, whose forward runs with implicit B when `usesImplicitB`
+    /// (`ConvolutionPath.Forward.implicitB`; never for 1×1 strided convolutions).
+    init(_ g: Conv2DGeometry, usesImplicitB: Bool) {
         geometry = g
         let sh = g.strideHeight, sw = g.strideWidth
         let Hp = g.height + g.padTop + g.padBottom, Wp = g.width + g.padLeft + g.padRight
@@ -122,8 +122,8 @@ final class PackedIm2colPlan {
         }
         usedPhase = used
         let NR = GemmBlocking.NR, hw = g.outPixels, outW = g.outWidth
-        usesImplicitB = gatherStride == 1 && implicitForwardPays(g, phaseWidth: Ws)
-        imagesPerBlock = usesImplicitB || hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
+        self.usesImplicitB = usesImplicitB && gatherStride == 1
+        imagesPerBlock = self.usesImplicitB || hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
         imageStride = copiesInput ? sh * sw * Cg * plane : g.inChannels * g.height * g.width
         let columns = imagesPerBlock * hw
         let panels = (columns + NR - 1) / NR
@@ -158,6 +158,7 @@ final class PackedIm2colPlan {
     var bytes: Int {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
+            + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
     }
@@ -222,6 +223,15 @@ final class PackedIm2colPlan {
         while packedWeights.count < g.groups { packedWeights.append(PackedGemmA()) }
         for grp in 0..<g.groups {
             packedWeights[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
+        }
+    }
+
+    /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
+    func packWeightsBF16(_ w: UnsafePointer<Float>) {
+        let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
+        while packedWeightsBF16.count < g.groups { packedWeightsBF16.append(PackedGemmABF16()) }
+        for grp in 0..<g.groups {
+            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
         }
     }
 
@@ -463,8 +473,8 @@ private func transpose8x8(_ src: UnsafePointer<Float>, _ offsets: UnsafePointer<
 }
 
 /// dst[q·dstStride + i] = r_i[q] for i, q < 8. The same network as Gemm.swift's
-/// `transpose8x8Rows`, kept here on purpose: calling that one from this file measured
-/// LeNet-5's 6-channel forward (which does not transpose) 53.5 → 50.4 GFLOP/s, side by side,
+/// `transpose8x8Rows`, kept here on purpose: calling that one from this file made
+/// LeNet-5's 6-channel forward (which does not transpose) measurably slower side by side,
 /// a code-layout effect of the whole-module build, not of the transpose.
 @inline(__always)
 private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<Float>, _ r3: SIMD8<Float>,
@@ -584,7 +594,7 @@ private func copyShortRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePoint
 /// weights are already packed): y = conv(x, w) + bias.
 func packedIm2colForward(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
+    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, precision: ComputePrecision = .fp32
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     var n = images.lowerBound
@@ -595,8 +605,15 @@ func packedIm2colForward(
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.
             let out = plan.imagesPerBlock == 1 ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
-            sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
-                plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+            switch precision {
+            case .fp32:
+                sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                }
+            case .bf16:
+                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                }
             }
             if plan.imagesPerBlock > 1 {
                 for i in 0..<count {
@@ -613,27 +630,23 @@ func packedIm2colForward(
     }
 }
 
-/// Whether a forward pass of `g` is faster with implicit B than with packed panels.
-/// Implicit B skips packing but computes Ws − outW extra columns per row, copies the
-/// output once more, and loads each B row as two unaligned cache lines once per row
-/// panel of A. Measured side by side (`CNN_DIST_IMPLICIT_B=1` / `0` force it on / off,
-/// `bench conv`): it wins only where packing splits every micro-panel into several
-/// runs (output rows not a multiple of 16 wide) and little is wasted: lenet5/0 forward
-/// 37 → 47 GFLOP/s, fashion-cnn/4 backward-data (as a flipped forward) 53 → 60; it
-/// loses with ≥ 64 output channels (resnet20 9.c1 74 → 57), a reduction of 9
-/// (fashion-cnn/0 40 → 31) and on 7×7 / 8×8 planes (22-25 % extra columns).
-func implicitForwardPays(_ g: Conv2DGeometry, phaseWidth Ws: Int) -> Bool {
-    if let forced = implicitForwardOverride { return forced }
+/// Whether a forward pass of `g` is faster with implicit B than with packed panels
+/// (`override`, when given, decides instead: `bench conv --implicit-b`).
+/// Implicit B skips packing but computes Ws − outW extra columns per row (Ws the phase-plane
+/// width), copies the output once more, and loads each B row as two unaligned cache lines
+/// once per row panel of A. Measured side by side with `bench conv`, it wins only where
+/// packing splits every micro-panel into several runs (output rows not a multiple of 16
+/// wide) and little is wasted (lenet5/0 forward, fashion-cnn/4 backward-data as a flipped
+/// forward); it loses with ≥ 64 output channels, a reduction of 9, and on 7×7 / 8×8 planes
+/// (22-25 % extra columns).
+func implicitForwardPays(_ g: Conv2DGeometry, override: Bool? = nil) -> Bool {
+    if let override { return override }
+    let Ws = (g.width + g.padLeft + g.padRight + g.strideWidth - 1) / g.strideWidth
     guard g.panelRows >= 16 && g.groupOutChannels <= 32 && (Ws - g.outWidth) * 8 <= Ws else { return false }
     // Fewer than 4 output channels (backward-data of 1- and 3-channel first layers): a
     // packed panel would feed a single, mostly empty micro-tile.
     return g.outWidth % GemmBlocking.NR != 0 || g.groupOutChannels < 4
 }
-
-private let implicitForwardOverride: Bool? = {
-    guard let value = getenv("CNN_DIST_IMPLICIT_B") else { return nil }
-    return String(cString: value) == "1"
-}()
 
 /// Forward over images `images` for task t with implicit B: one GEMM per image and
 /// group over its virtual pixels (outH rows of Ws), then the outW real columns of

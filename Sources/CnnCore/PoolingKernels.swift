@@ -146,7 +146,7 @@ enum Windows4: MaxPoolWindows {
 
 /// An output row of fewer than 4 windows (2×2, stride 2): the windows gathered into the lanes
 /// of Windows4 (spare lanes repeat the last window). The scalar loop compiles to branches,
-/// which real activations mispredict (measured 5x slower on ReLU outputs).
+/// which real activations mispredict (several times slower on ReLU outputs).
 @inline(__always)
 func maxPool2x2Stride2ShortRow(_ xp: UnsafePointer<Float>, rowStart r0: Int, w: Int, ow: Int,
                                y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>) {

@@ -48,7 +48,7 @@ final class ConvolutionBlockedTests: XCTestCase {
     }
 
     func check(_ g: Conv2DGeometry, batch: Int, budget: Int, packed: Bool, manyBlocks: Bool,
-               file: StaticString = #filePath, line: UInt = #line) {
+               path expected: ConvolutionPath? = nil, file: StaticString = #filePath, line: UInt = #line) {
         var rng = SplitMix64(seed: UInt64(g.height * 131 + g.width * 7 + batch))
         let x = random(batch * g.inChannels * g.height * g.width, &rng)
         let w = random(g.outChannels * g.panelRows, &rng)
@@ -94,6 +94,7 @@ final class ConvolutionBlockedTests: XCTestCase {
         let label = "\(g.height)x\(g.width) C\(g.inChannels) K\(g.outChannels) k\(g.kernelHeight)x\(g.kernelWidth) "
             + "s\(g.strideHeight)x\(g.strideWidth) d\(g.dilationHeight) g\(g.groups) \(g.paddingMode) N\(batch) "
             + "P\(ws.blockPixels)" + (packed ? " packed" : " panel")
+        if let expected { XCTAssertEqual(ws.path, expected, "path " + label, file: file, line: line) }
         if manyBlocks {
             XCTAssertLessThan(ws.blockPixels * 2, batch * g.outPixels, "too few blocks: " + label, file: file, line: line)
         }

@@ -180,3 +180,38 @@ private func checkAgainstReference(
                    + "lda: \(lda), ldb: \(ldb), ldc: \(ldc)): worst relative error \(worst), tolerance \(tolerance)",
                    file: file, line: line)
 }
+
+/// The AVX-512 fp32 tile against the SIMD tiles: same per-element arithmetic, so the same
+/// bits, on shapes with every kind of edge (ragged rows and columns, one or several column
+/// panels, K steps, M blocks, all transposes, alpha and beta). The other GemmTests run with
+/// whichever kernel is the default here.
+final class GemmKernelTests: XCTestCase {
+    func testAVX512TileGivesTheSIMDBits() throws {
+        try XCTSkipUnless(CPUFeatures.current.avx512FP32, "no AVX-512 here: \(CPUFeatures.current.summary)")
+        let previous = GemmKernel.current
+        defer { GemmKernel.current = previous }
+        var rng = SplitMix64(seed: 11)
+        let transposes: [(Transpose, Transpose)] = [(.none, .none), (.none, .transposed), (.transposed, .none),
+                                                    (.transposed, .transposed)]
+        for (m, n, k) in [(6, 32, 8), (4, 32, 3), (7, 33, 17), (13, 64, 31), (16, 48, 27), (65, 257, 127),
+                          (150, 100, 400), (12, 4100, 20), (33, 2100, 800)] {
+            for (ta, tb) in transposes {
+                let a = (0..<(m * k)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+                let b = (0..<(k * n)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+                let c0 = (0..<(m * n)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+                func run(_ kernel: GemmKernel, beta: Float) -> [Float] {
+                    GemmKernel.current = kernel
+                    var c = c0
+                    sgemm(ta, tb, m: m, n: n, k: k, alpha: 0.75, a: a, lda: ta == .none ? k : m, b: b,
+                          ldb: tb == .none ? n : k, beta: beta, c: &c, ldc: n)
+                    return c
+                }
+                for beta: Float in [0, 0.5] {
+                    let simd = run(.simd, beta: beta), wide = run(.avx512, beta: beta)
+                    XCTAssertEqual(GemmKernel.current, .avx512)
+                    XCTAssertEqual(simd, wide, "\(m)x\(n)x\(k) \(ta) \(tb) beta \(beta)")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+#include "cbf16.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+
+void cnn_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t regs[4]) {
+    unsigned int a = 0, b = 0, c = 0, d = 0;
+    unsigned int max = __get_cpuid_max(leaf & 0x80000000u, 0);
+    if (max == 0 || leaf > max) { regs[0] = regs[1] = regs[2] = regs[3] = 0; return; }
+    __cpuid_count(leaf, subleaf, a, b, c, d);
+    regs[0] = a; regs[1] = b; regs[2] = c; regs[3] = d;
+}
+
+uint64_t cnn_xgetbv0(void) {
+    uint32_t r[4];
+    cnn_cpuid(1, 0, r);
+    if (!(r[2] & (1u << 27))) return 0;   // OSXSAVE: XGETBV enabled by the OS
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bf16")))
+
+// The tile for a constant row count R: 2·R accumulators (24 of the 32 ZMM registers for
+// R = 12), two B vectors per K pair, and A broadcast from memory (vpbroadcastd, or folded
+// into vdpbf16ps as an embedded broadcast).
+#define DEFINE_TILE(R)                                                                        \
+BF16_TARGET static void tile##R(long pairs, const uint32_t *a, const uint32_t *b, float *c,    \
+                                long ldc, float alpha, float beta) {                          \
+    __m512 acc0[R], acc1[R];                                                                  \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); } \
+    for (long q = 0; q < pairs; q++) {                                                        \
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);                            \
+        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));                     \
+        _Pragma("clang loop unroll(full)")                                                    \
+        for (int i = 0; i < R; i++) {                                                         \
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]);                              \
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], ai, b0);                                      \
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], ai, b1);                                      \
+        }                                                                                     \
+        a += R;                                                                               \
+        b += CNN_BF16_NR;                                                                     \
+    }                                                                                         \
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                             \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) {                                                             \
+        float *row = c + i * ldc;                                                             \
+        __m512 r0 = _mm512_mul_ps(acc0[i], va), r1 = _mm512_mul_ps(acc1[i], va);              \
+        if (beta != 0) {                                                                      \
+            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), r0);                               \
+            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), r1);                          \
+        }                                                                                     \
+        _mm512_storeu_ps(row, r0);                                                            \
+        _mm512_storeu_ps(row + 16, r1);                                                       \
+    }                                                                                         \
+}
+
+DEFINE_TILE(4)
+DEFINE_TILE(8)
+DEFINE_TILE(12)
+
+#define FP32_TARGET __attribute__((target("avx512f")))
+
+#define DEFINE_SGEMM_TILE(R)                                                                  \
+FP32_TARGET static void sgemm_tile##R(long kc, const float *a, const float *b, float *c,       \
+                                      long ldc, float alpha, float beta) {                    \
+    const float *b1 = b + 16 * kc;                                                            \
+    __m512 acc0[R], acc1[R];                                                                  \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); } \
+    for (long p = 0; p < kc; p++) {                                                           \
+        __m512 x0 = _mm512_loadu_ps(b + 16 * p), x1 = _mm512_loadu_ps(b1 + 16 * p);            \
+        _Pragma("clang loop unroll(full)")                                                    \
+        for (int i = 0; i < R; i++) {                                                         \
+            __m512 av = _mm512_set1_ps(a[i]);                                                 \
+            acc0[i] = _mm512_fmadd_ps(av, x0, acc0[i]);                                       \
+            acc1[i] = _mm512_fmadd_ps(av, x1, acc1[i]);                                       \
+        }                                                                                     \
+        a += R;                                                                               \
+    }                                                                                         \
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                             \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) {                                                             \
+        float *row = c + i * ldc;                                                             \
+        __m512 r0 = _mm512_mul_ps(acc0[i], va), r1 = _mm512_mul_ps(acc1[i], va);              \
+        if (beta != 0) {                                                                      \
+            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), r0);                               \
+            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), r1);                          \
+        }                                                                                     \
+        _mm512_storeu_ps(row, r0);                                                            \
+        _mm512_storeu_ps(row + 16, r1);                                                       \
+    }                                                                                         \
+}
+
+DEFINE_SGEMM_TILE(4)
+DEFINE_SGEMM_TILE(6)
+
+void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, float *c, long ldc,
+                           float alpha, float beta) {
+    if (rows == 6) sgemm_tile6(kc, a, b, c, ldc, alpha, beta);
+    else sgemm_tile4(kc, a, b, c, ldc, alpha, beta);
+}
+
+#define PACK_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+PACK_TARGET void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    // vcvtne2ps2bf16 gives [bf16(lo) 0..15 | bf16(hi) 0..15]; vpermw interleaves them into
+    // 16 words (lo_j, hi_j).
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    // A few panels at a time: each source row is read as one run, and few output streams are open.
+    const long chunk = 4;
+    for (long s0 = 0; s0 < panels; s0 += chunk) {
+        const long s1 = s0 + chunk < panels ? s0 + chunk : panels;
+        for (long q = 0; q < pairs; q++) {
+            const float *even = b + 2 * q * ldb;
+            const float *odd = 2 * q + 1 < kc ? even + ldb : 0;
+            for (long s = s0; s < s1; s++) {
+                uint32_t *o = dst + (s * pairs + q) * CNN_BF16_NR;
+                for (int h = 0; h < CNN_BF16_NR / 16; h++) {
+                    const long col = s * CNN_BF16_NR + 16 * h;
+                    __m512 lo = _mm512_loadu_ps(even + col);
+                    __m512 hi = odd ? _mm512_loadu_ps(odd + col) : _mm512_setzero_ps();
+                    __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                    _mm512_store_si512((void *)(o + 16 * h), _mm512_permutexvar_epi16(interleave, both));
+                }
+            }
+        }
+    }
+}
+
+// r[i] (16 dwords each) becomes its transpose: r[q] lane i = old r[i] lane q.
+PACK_TARGET static inline void transpose16x16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // u[4g + c] holds, per 128-bit lane L, rows 4g..4g+3 of column 4L + c.
+    for (int g = 0; g < 4; g += 2) {
+        for (int c = 0; c < 4; c++) {
+            t[4 * g + c] = _mm512_shuffle_i32x4(u[4 * g + c], u[4 * g + 4 + c], 0x88);
+            t[4 * g + 4 + c] = _mm512_shuffle_i32x4(u[4 * g + c], u[4 * g + 4 + c], 0xDD);
+        }
+    }
+    for (int c = 0; c < 8; c++) {
+        r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xDD);
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    for (long s = 0; s < panels; s++) {
+        uint32_t *out = dst + s * pairs * CNN_BF16_NR;
+        // 16 pairs (32 floats of K) of 32 columns at a time: each column's floats converted in
+        // one vcvtne2ps2bf16 are its 16 words in pair order, then two 16×16 transposes.
+        for (long p0 = 0; p0 < kc; p0 += 32) {
+            const long left = kc - p0;
+            const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+            const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+            for (int h = 0; h < CNN_BF16_NR / 16; h++) {
+                __m512i r[16];
+                for (int j = 0; j < 16; j++) {
+                    const float *row = b + (s * CNN_BF16_NR + 16 * h + j) * ldb + p0;
+                    __m512 lo = _mm512_maskz_loadu_ps(m0, row), hi = _mm512_maskz_loadu_ps(m1, row + 16);
+                    r[j] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                }
+                transpose16x16(r);
+                for (long q = 0; q < count; q++) {
+                    _mm512_store_si512((void *)(out + (q0 + q) * CNN_BF16_NR + 16 * h), r[q]);
+                }
+            }
+        }
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __mmask16 out = (__mmask16)((1u << rows) - 1);
+    // 16 pairs at a time: each row's 32 floats converted are its 16 words in pair order;
+    // a 16×16 transpose turns rows into pair-major order.
+    for (long p0 = 0; p0 < kc; p0 += 32) {
+        const long left = kc - p0;
+        const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+        const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) {
+            if (i < mr) {
+                const float *row = a + i * lda + p0;
+                r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+            } else {
+                r[i] = _mm512_setzero_si512();
+            }
+        }
+        transpose16x16(r);
+        for (long q = 0; q < count; q++) _mm512_mask_storeu_epi32(dst + (q0 + q) * rows, out, r[q]);
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __mmask16 out = (__mmask16)((1u << rows) - 1), valid = (__mmask16)((1u << mr) - 1);
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long q = 0; q < pairs; q++) {
+        __m512 lo = _mm512_maskz_loadu_ps(valid, a + 2 * q * lda);
+        __m512 hi = 2 * q + 1 < kc ? _mm512_maskz_loadu_ps(valid, a + (2 * q + 1) * lda) : _mm512_setzero_ps();
+        __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_mask_storeu_epi32(dst + q * rows, out, _mm512_permutexvar_epi16(interleave, both));
+    }
+}
+
+PACK_TARGET void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long t = 0; 2 * t < panels16; t++) {
+        uint32_t *out = dst + t * pairs * CNN_BF16_NR;
+        for (int h = 0; h < 2; h++) {
+            const long u = 2 * t + h;
+            if (u >= panels16) {
+                for (long q = 0; q < pairs; q++) _mm512_store_si512((void *)(out + q * CNN_BF16_NR + 16), _mm512_setzero_si512());
+                continue;
+            }
+            const float *panel = src + u * 16 * kc;
+            for (long q = 0; q < pairs; q++) {
+                __m512 lo = _mm512_loadu_ps(panel + 2 * q * 16);
+                __m512 hi = 2 * q + 1 < kc ? _mm512_loadu_ps(panel + (2 * q + 1) * 16) : _mm512_setzero_ps();
+                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_store_si512((void *)(out + q * CNN_BF16_NR + 16 * h), _mm512_permutexvar_epi16(interleave, both));
+            }
+        }
+    }
+}
+
+void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                   float alpha, float beta) {
+    switch (rows) {
+    case 12: tile12(pairs, a, b, c, ldc, alpha, beta); break;
+    case 8: tile8(pairs, a, b, c, ldc, alpha, beta); break;
+    default: tile4(pairs, a, b, c, ldc, alpha, beta); break;
+    }
+}
+
+#else
+
+void cnn_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t regs[4]) {
+    (void)leaf; (void)subleaf;
+    regs[0] = regs[1] = regs[2] = regs[3] = 0;
+}
+
+uint64_t cnn_xgetbv0(void) { return 0; }
+
+void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
+    (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst) {
+    (void)kc; (void)panels16; (void)src; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    (void)rows; (void)mr; (void)kc; (void)a; (void)lda; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
+    (void)rows; (void)mr; (void)kc; (void)a; (void)lda; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, float *c, long ldc,
+                           float alpha, float beta) {
+    (void)rows; (void)kc; (void)a; (void)b; (void)c; (void)ldc; (void)alpha; (void)beta;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
+    (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
+    __builtin_trap();   // never called: the Swift side checks CPUFeatures first
+}
+
+void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                   float alpha, float beta) {
+    (void)rows; (void)pairs; (void)a; (void)b; (void)c; (void)ldc; (void)alpha; (void)beta;
+    __builtin_trap();   // never called: the Swift side checks CPUFeatures first
+}
+
+#endif

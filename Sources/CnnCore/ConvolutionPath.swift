@@ -1,0 +1,142 @@
+// Which strategy each convolution pass runs, as a value.
+//
+// The workspace chooses the path once per geometry and batch (`ConvolutionWorkspace.prepare`),
+// from the geometry and the panel block width; the passes only switch on it. So every rule
+// that picks a strategy lives in `ConvolutionPath.init`, `bench conv` can print it, and a
+// table test pins each reference layer to its path.
+
+/// The strategies of the three passes of one convolution geometry.
+public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
+    /// Forward (and the forward that computes a flipped backward-data).
+    public enum Forward: String, Equatable, Sendable, CaseIterable {
+        /// 1×1, stride 1, unpadded: one GEMM per image and group on the NCHW input itself.
+        case pointwise
+        /// Packed im2col: the GEMM's B panels are built straight from the (phase-plane) input.
+        case packedIm2col
+        /// Implicit B: the GEMM reads B rows from the phase-plane input in place, over virtual
+        /// pixels (no B packing); see `implicitForwardPays`.
+        case implicitB
+        /// Stored im2col panel per block of output pixels; a block that spans images goes
+        /// through the block-output buffer.
+        case panel
+        /// Stored im2col panel; a block that spans images runs one GEMM per image segment
+        /// straight into the NCHW tensor (see `spanningBlocksUseDirectGemm`).
+        case panelImageSegments
+    }
+
+    /// Backward-data (dx from dY).
+    public enum BackwardData: Equatable, Sendable {
+        /// A forward convolution of dY with the flipped weights (`flippedBackwardDataGeometry`),
+        /// run with the given forward path.
+        case flippedForward(Forward)
+        /// 1×1, stride 1, unpadded: dx = W_gᵀ · dY per image, no col2im.
+        case pointwise
+        /// 1×1 strided, Kg ≤ KC: each GEMM tile scattered into dx as it finishes (`sgemmTiles`).
+        case stridedPointwiseTiles
+        /// 1×1 strided: dcol per block of output rows, written into dx interleaved with zeros.
+        case stridedPointwise
+        /// 3×3, stride 2, zero pad 1: each dx row gathered from dcol (ConvolutionStride2Backward.swift).
+        case stride2Kernel3Gather
+        /// Stride 1, zero-padded, whole images per block: each dx row gathered from dcol
+        /// (ConvolutionStride1Backward.swift).
+        case stride1RowGather
+        /// dx zeroed, then col2im scatter-adds of dcol per block.
+        case col2im
+        /// col2im, with blocks that span images computing dcol one image segment at a time.
+        case col2imImageSegments
+    }
+
+    /// Backward-weights (dW from x and dY).
+    public enum BackwardWeights: String, Equatable, Sendable, CaseIterable {
+        /// 1×1, stride 1, unpadded: dW_g += dY · xᵀ per image.
+        case pointwise
+        /// dY packed as A, the Bᵀ panels transposed straight from the phase-plane input.
+        case packedIm2col
+        /// 1×1 strided: the Bᵀ panels gathered from the input in place.
+        case gatheredPointwise
+        /// Stored im2col panel per block; spanning blocks through the block-output buffer.
+        case panel
+        /// Stored im2col panel; spanning blocks as one GEMM per image segment.
+        case panelImageSegments
+    }
+
+    public var forward: Forward
+    public var backwardData: BackwardData
+    public var backwardWeights: BackwardWeights
+
+    public init(forward: Forward, backwardData: BackwardData, backwardWeights: BackwardWeights) {
+        self.forward = forward
+        self.backwardData = backwardData
+        self.backwardWeights = backwardWeights
+    }
+
+    /// "forward / backward-data / backward-weights", e.g. "packedIm2col/flip:implicitB/packedIm2col".
+    public var description: String {
+        "\(forward.rawValue)/\(backwardData.name)/\(backwardWeights.rawValue)"
+    }
+
+    /// The paths of `g` when a panel block holds `blockPixels` output pixels (the workspace's
+    /// `blockPixels` for this geometry and batch). `allowsPackedIm2col` false keeps every pass
+    /// on the stored panel; `implicitB` forces implicit B on (true) or off (false) wherever
+    /// packed im2col applies, nil lets the geometry decide.
+    /// With `precision` .bf16 the forward never takes implicit B (it has no bf16 kernel), and
+    /// the backward passes, which stay fp32, choose as in fp32.
+    public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil,
+                precision: ComputePrecision = .fp32) {
+        let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
+        let packed = allowsPackedIm2col && packedIm2colApplies(g)
+        if g.isPointwise {
+            forward = .pointwise
+        } else if packed {
+            forward = precision == .fp32 && !g.isStridedPointwise && implicitForwardPays(g, override: implicitB)
+                ? .implicitB : .packedIm2col
+        } else {
+            forward = spanning ? .panelImageSegments : .panel
+        }
+
+        if g.isPointwise {
+            backwardWeights = .pointwise
+        } else if packed {
+            backwardWeights = g.isStridedPointwise ? .gatheredPointwise : .packedIm2col
+        } else {
+            backwardWeights = spanning ? .panelImageSegments : .panel
+        }
+
+        if allowsPackedIm2col, let bg = flippedBackwardDataGeometry(g, implicitB: implicitB) {
+            backwardData = .flippedForward(implicitForwardPays(bg, override: implicitB) ? .implicitB : .packedIm2col)
+        } else if g.isPointwise {
+            backwardData = .pointwise
+        } else if g.isStridedPointwise && sgemmTilesSupports(k: g.groupOutChannels) {
+            backwardData = .stridedPointwiseTiles
+        } else if g.isStridedPointwise && p >= g.outWidth {
+            backwardData = .stridedPointwise
+        } else if g.isStride2Kernel3Pad1 && p >= g.outWidth {
+            backwardData = .stride2Kernel3Gather
+        } else if g.isStride1ZeroPadded && g.outPixels <= p {
+            backwardData = .stride1RowGather
+        } else {
+            backwardData = spanning ? .col2imImageSegments : .col2im
+        }
+    }
+}
+
+extension ConvolutionPath.BackwardData {
+    /// A short name: the case, "flip:<forward>" for a flipped forward.
+    public var name: String {
+        switch self {
+        case .flippedForward(let f): return "flip:\(f.rawValue)"
+        case .pointwise: return "pointwise"
+        case .stridedPointwiseTiles: return "stridedPointwiseTiles"
+        case .stridedPointwise: return "stridedPointwise"
+        case .stride2Kernel3Gather: return "stride2Kernel3Gather"
+        case .stride1RowGather: return "stride1RowGather"
+        case .col2im: return "col2im"
+        case .col2imImageSegments: return "col2imImageSegments"
+        }
+    }
+}
+
+extension ConvolutionPath.Forward {
+    /// Whether this path runs on a `PackedIm2colPlan`.
+    var usesPackedPlan: Bool { self == .packedIm2col || self == .implicitB }
+}

@@ -1,0 +1,114 @@
+import XCTest
+import CnnCore
+
+/// Which path each convolution pass takes: the reference layers pinned to their paths, and
+/// every path case reached by some geometry and checked there against direct loops.
+final class ConvolutionPathTests: XCTestCase {
+    /// A square-kernel, symmetric-padding geometry as `bench conv` builds its shapes.
+    func geometry(_ c: Int, _ h: Int, _ k: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
+                  mode: PaddingMode = .zeros) throws -> Conv2DGeometry {
+        try Conv2DGeometry(inChannels: c, height: h, width: h, outChannels: k, kernelHeight: kernel,
+                           kernelWidth: kernel, strideHeight: stride, strideWidth: stride,
+                           padding: .explicit(top: padding, bottom: padding, left: padding, right: padding),
+                           paddingMode: mode)
+    }
+
+    /// The path a workspace chooses for `g` at `batch`.
+    func path(_ g: Conv2DGeometry, batch: Int = 64, packed: Bool = true, implicitB: Bool? = nil) -> String {
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: packed, implicitB: implicitB)
+        ws.prepare(for: g, batch: batch)
+        XCTAssertEqual(ws.path, ConvolutionPath(g, blockPixels: ws.blockPixels, allowsPackedIm2col: packed,
+                                                implicitB: implicitB))
+        return ws.path.description
+    }
+
+    /// Every distinct conv shape of the four reference models (`bench conv`'s list), batch 64:
+    /// forward / backward-data / backward-weights.
+    func testReferenceLayersTakeTheirPaths() throws {
+        let table: [(String, Conv2DGeometry, String)] = [
+            ("lenet5/0", try geometry(1, 28, 6, kernel: 5, padding: 2), "implicitB/flip:implicitB/packedIm2col"),
+            ("lenet5/3", try geometry(6, 14, 16, kernel: 5), "packedIm2col/stride1RowGather/packedIm2col"),
+            ("fashion-cnn/0", try geometry(1, 28, 25, kernel: 3, padding: 1), "packedIm2col/stride1RowGather/packedIm2col"),
+            ("fashion-cnn/4", try geometry(25, 14, 50, kernel: 3, padding: 1), "packedIm2col/flip:implicitB/packedIm2col"),
+            ("fashion-cnn/9", try geometry(50, 7, 75, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("minivgg/0", try geometry(3, 32, 32, kernel: 3, padding: 1), "packedIm2col/flip:implicitB/packedIm2col"),
+            ("minivgg/3", try geometry(32, 32, 32, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("minivgg/8", try geometry(32, 16, 64, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("minivgg/11", try geometry(64, 16, 64, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("resnet20/0", try geometry(3, 32, 16, kernel: 3, padding: 1), "packedIm2col/flip:implicitB/packedIm2col"),
+            ("resnet20/3.c1", try geometry(16, 32, 16, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("resnet20/6.c1", try geometry(16, 32, 32, kernel: 3, stride: 2, padding: 1),
+             "packedIm2col/stride2Kernel3Gather/packedIm2col"),
+            ("resnet20/6.sc.0", try geometry(16, 32, 32, kernel: 1, stride: 2),
+             "packedIm2col/stridedPointwiseTiles/gatheredPointwise"),
+            ("resnet20/6.c2", try geometry(32, 16, 32, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+            ("resnet20/9.c1", try geometry(32, 16, 64, kernel: 3, stride: 2, padding: 1),
+             "packedIm2col/stride2Kernel3Gather/packedIm2col"),
+            ("resnet20/9.sc.0", try geometry(32, 16, 64, kernel: 1, stride: 2),
+             "packedIm2col/stridedPointwiseTiles/gatheredPointwise"),
+            ("resnet20/9.c2", try geometry(64, 8, 64, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
+        ]
+        for (name, g, expected) in table {
+            XCTAssertEqual(path(g), expected, name)
+        }
+    }
+
+    /// `bench conv --panel-only` and `--implicit-b on/off` choose through the same rules.
+    func testOptionsChangeThePath() throws {
+        let lenet0 = try geometry(1, 28, 6, kernel: 5, padding: 2)
+        XCTAssertEqual(path(lenet0, packed: false), "panelImageSegments/stride1RowGather/panelImageSegments")
+        XCTAssertEqual(path(lenet0, implicitB: false), "packedIm2col/stride1RowGather/packedIm2col")
+        let vgg3 = try geometry(32, 32, 32, kernel: 3, padding: 1)
+        XCTAssertEqual(path(vgg3, implicitB: true), "implicitB/flip:implicitB/packedIm2col")
+        let shortcut = try geometry(16, 32, 32, kernel: 1, stride: 2)
+        XCTAssertEqual(path(shortcut, implicitB: true), "packedIm2col/stridedPointwiseTiles/gatheredPointwise")
+        XCTAssertEqual(path(shortcut, packed: false), "panelImageSegments/stridedPointwiseTiles/panelImageSegments")
+    }
+}
+
+extension ConvolutionBlockedTests {
+    /// Every case of every pass is chosen for some geometry, and computes the right answer
+    /// there against the direct loops (`check`).
+    func testEveryPathIsReachedAndCorrect() throws {
+        func square(_ c: Int, _ h: Int, _ k: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
+                    mode: PaddingMode = .zeros) throws -> Conv2DGeometry {
+            try geometry(c, h, h, k, kernel: (kernel, kernel), stride: (stride, stride),
+                         padding: .explicit(top: padding, bottom: padding, left: padding, right: padding), mode: mode)
+        }
+        let cases: [(Conv2DGeometry, Int, Bool, ConvolutionPath)] = [
+            (try square(16, 8, 32, kernel: 1), 3, true,
+             ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise)),
+            (try square(16, 32, 16, kernel: 3, padding: 1, mode: .reflect), 2, true,
+             ConvolutionPath(forward: .panel, backwardData: .col2im, backwardWeights: .panel)),
+            (try square(3, 8, 8, kernel: 3, padding: 1, mode: .reflect), 3, true,
+             ConvolutionPath(forward: .panelImageSegments, backwardData: .col2imImageSegments,
+                             backwardWeights: .panelImageSegments)),
+            (try square(8, 8, 400, kernel: 1, stride: 2), 2, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise, backwardWeights: .gatheredPointwise)),
+            (try square(16, 12, 8, kernel: 1, stride: 2), 2, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles,
+                             backwardWeights: .gatheredPointwise)),
+            (try square(6, 12, 8, kernel: 3, stride: 2, padding: 1), 2, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stride2Kernel3Gather, backwardWeights: .packedIm2col)),
+            (try square(6, 14, 16, kernel: 5), 2, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stride1RowGather, backwardWeights: .packedIm2col)),
+            (try square(1, 28, 6, kernel: 5, padding: 2), 2, true,
+             ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.implicitB), backwardWeights: .packedIm2col)),
+            (try square(16, 8, 16, kernel: 3, padding: 1), 2, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                             backwardWeights: .packedIm2col)),
+        ]
+        var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
+        for (g, batch, packed, expected) in cases {
+            check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: packed, manyBlocks: false,
+                          path: expected)
+            forward.insert(expected.forward.rawValue)
+            data.insert(expected.backwardData.name.hasPrefix("flip:") ? "flip" : expected.backwardData.name)
+            weights.insert(expected.backwardWeights.rawValue)
+        }
+        XCTAssertEqual(forward, Set(ConvolutionPath.Forward.allCases.map(\.rawValue)))
+        XCTAssertEqual(weights, Set(ConvolutionPath.BackwardWeights.allCases.map(\.rawValue)))
+        XCTAssertEqual(data, ["flip", "pointwise", "stridedPointwiseTiles", "stridedPointwise", "stride2Kernel3Gather",
+                              "stride1RowGather", "col2im", "col2imImageSegments"])
+    }
+}
