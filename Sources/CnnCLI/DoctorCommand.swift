@@ -116,7 +116,7 @@ struct DoctorReport {
         mine.line = "doctor: rank \(comm.rank)/\(comm.size) on \(comm.processorName) pid \(getpid()): "
             + "threads \(computeThreadsDescription()); CPUs \(cpu.cpusDescription); "
             + "SIMD \(simdPathDescription); CPU flags \(cpu.flagsDescription)"
-            + (cpu.modelName.map { " (\($0))" } ?? "")
+            + (cpu.modelName.map { " (\($0))" } ?? "") + "; kernels: \(CPUFeatures.current.summary)"
         if let problem = simdProblem(cpu) { mine.problems.append("rank \(comm.rank) on \(comm.processorName): \(problem)") }
         let rankLines = try comm.allgather(mine.line, maxBytes: 1024)
 
