@@ -26,7 +26,8 @@ import CnnData
 /// size that does not match the shape throws `CnnError.invalidCheckpoint`
 /// naming the file and the tensor; a file that cannot be read throws
 /// `CnnError.io`. Never traps on bad input.
-public func readStateDict(path: String) throws -> (tensors: [String: SafeTensor], metadata: [String: String]) {
+public func readStateDict(path given: String) throws -> (tensors: [String: SafeTensor], metadata: [String: String]) {
+    let path = try modelFile(given)
     let bytes = try FileBytes.read(path)
     let decoded = try SafeTensors.decode(bytes, file: path)
     var tensors: [String: SafeTensor] = [:]
@@ -209,7 +210,8 @@ public struct LoadedModel {
 /// `input`, `classes`) and loads its tensors strictly; the statistics come
 /// from `normalization_mean` / `normalization_std`. Throws
 /// `CnnError.invalidCheckpoint` naming the file and the missing or bad entry.
-public func loadModelCheckpoint(path: String) throws -> LoadedModel {
+public func loadModelCheckpoint(path given: String) throws -> LoadedModel {
+    let path = try modelFile(given)
     let (tensors, metadata) = try readStateDict(path: path)
     func bad(_ reason: String) -> CnnError { CnnError.invalidCheckpoint(file: path, reason: reason) }
     guard let name = metadata["model"] else {
@@ -311,4 +313,19 @@ public func modelValueCount(_ name: String, input: [Int]?, classes: Int?) throws
     }
     visit(root)
     return overflow ? nil : total
+}
+
+/// The model file a path means: the file itself, or for a run directory its
+/// final model.safetensors, else the model of its newest verified checkpoint.
+public func modelFile(_ path: String) throws -> String {
+    guard FileBytes.isDirectory(path) else { return path }
+    let base = path.hasSuffix("/") ? String(path.dropLast()) : path
+    if FileBytes.exists(base + "/model.safetensors") && !FileBytes.isDirectory(base + "/model.safetensors") {
+        return base + "/model.safetensors"
+    }
+    guard FileBytes.isDirectory(base + "/checkpoints") else {
+        throw CnnError.io(file: path, reason: "is a directory, but neither a model file nor a cnn-dist run directory "
+                          + "(no model.safetensors or checkpoints/ in it)")
+    }
+    return try CheckpointStore.latestVerified(runDirectory: base).folder + "/model.safetensors"
 }

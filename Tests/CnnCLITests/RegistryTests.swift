@@ -7,6 +7,7 @@ import CnnData
 import CnnLayers
 import CnnModels
 import CnnTraining
+import CnnDistributed
 
 /// The typed registries: one list of names per choice, used alike by the
 /// config, the flags and every command.
@@ -48,8 +49,10 @@ final class RegistryTests: XCTestCase {
     /// reads what the registry says (checked on a folder the test writes).
     func testDatasetRegistryDrivesPreflightAndLoading() throws {
         for kind in DatasetKind.allCases {
-            XCTAssertEqual(kind.defaultDirectory == nil, kind == .synthetic, kind.rawValue)
-            XCTAssertEqual(kind.requiredFiles.isEmpty, kind == .synthetic, kind.rawValue)
+            XCTAssertEqual(kind.hasFiles, kind != .synthetic, kind.rawValue)
+            XCTAssertEqual(kind.requiredFiles.isEmpty, !kind.hasFiles, kind.rawValue)
+            // Built-in datasets have a folder of their own; a user's folder or CSV files are always named.
+            XCTAssertEqual(kind.defaultDirectory != nil, [.fashionMNIST, .mnist, .cifar10].contains(kind), kind.rawValue)
             XCTAssertFalse(kind.howToGet.isEmpty)
         }
         let dir = try temporaryDirectory()
@@ -116,5 +119,26 @@ final class RegistryTests: XCTestCase {
         XCTAssertTrue(text.contains(dir) && text.contains("is a directory"), text)
         let eval = message { try EvalCommand.parse(["--checkpoint", dir, "--dataset", "synthetic"]).run() }
         XCTAssertTrue(eval.contains(dir) && eval.contains("directory"), eval)
+    }
+}
+
+/// A run directory where a model file is expected means its model.
+final class RunDirectoryAsModelTests: XCTestCase {
+    func testRunDirectoryMeansItsNewestModel() throws {
+        let dir = NSTemporaryDirectory() + "cnn-rundir-model-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        var config = TrainingConfig()
+        config.model = "lenet5"; config.dataset = .synthetic; config.syntheticCount = 64; config.batchSize = 32
+        config.epochs = 2; config.testLimit = 16; config.threads = 1; config.maxSteps = 3
+        try CnnDistributed.LocalWorld.run(size: 1) { comm in
+            _ = try Trainer(config: config, communicator: comm, runDirectory: dir, log: { _ in }).run()
+        }
+        XCTAssertEqual(try modelFile(dir), dir + "/model.safetensors")
+        // Interrupted runs have no final model: the newest verified checkpoint's.
+        try FileManager.default.removeItem(atPath: dir + "/model.safetensors")
+        XCTAssertEqual(try modelFile(dir), CheckpointStore.folder(runDirectory: dir, step: 3) + "/model.safetensors")
+        let line = try EvalCommand.parse(["--checkpoint", dir, "--dataset", "synthetic", "--synthetic-count", "64"])
+            .evaluateAndFormat(communicator: CnnDistributed.SingleProcessCommunicator())
+        XCTAssertTrue(line.contains("accuracy"), line)
     }
 }
