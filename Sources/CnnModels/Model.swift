@@ -55,7 +55,7 @@ public final class Model {
                 throw CnnError.shapeMismatch(layer: name, expected: "output 1x\(classes)", got: formatShape(out))
             }
         } catch let error as CnnError {
-            if case .invalidData = error { throw error }   // a model-file error already names file, line and field
+            if case .invalidData = error { throw error }   // a model-file error: it names file, line and field
             // Name the model and the input so the user knows which combination fails.
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
                                          allowed: "a shape \(name) can take (\(error))")

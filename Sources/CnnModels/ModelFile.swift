@@ -319,6 +319,15 @@ struct ModelBuilder {
         modelFileError(file: file, node: node, field: field, message: message)
     }
 
+    /// Whether `e` already names a place in this file (thrown by a nested layer).
+    func isLocated(_ e: CnnError) -> Bool {
+        switch e {
+        case .invalidData(let f, _): return f.hasPrefix(file)
+        case .shapeMismatch(let layer, _, _): return layer.hasPrefix(file)
+        default: return false
+        }
+    }
+
     // MARK: Lists, repetition, templates
 
     /// The named children a list of layer specs produces (repeats and list templates expand in
@@ -467,10 +476,18 @@ struct ModelBuilder {
         do {
             layer = try makeLayer(spec, shape: shape, depth: depth)
             try spec.checkAllUsed()
+        } catch let e as CnnError {
+            if isLocated(e) { throw e }
+            throw error(spec.node, spec.path, "\(spec.type) on input \(formatShape(Array(shape.dropFirst()))): \(e)")
+        }
+        do {
             shape = try layer.outputShape(for: shape)
         } catch let e as CnnError {
-            if case .invalidData(let f, _) = e, f.hasPrefix(file) { throw e }
-            throw error(spec.node, spec.path, "\(spec.type) on input \(formatShape(Array(shape.dropFirst()))): \(e)")
+            // The input does not fit this layer: a shape error (Model reports it against the
+            // input it was asked for), still naming the file, the line and the layer.
+            let line = spec.node.mark.map { ":\($0.line)" } ?? ""
+            throw CnnError.shapeMismatch(layer: "\(file)\(line): \(spec.path) (\(spec.type))",
+                                         expected: "a shape it accepts (\(e))", got: formatShape(Array(shape.dropFirst())))
         }
         return layer
     }
