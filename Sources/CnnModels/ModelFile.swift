@@ -3,7 +3,7 @@ import CnnLayers
 import Foundation
 import Yams
 
-/// A network defined in a YAML model file (docs: configs/models/README.md).
+/// A network defined in a YAML model file (the format: configs/models/README.md).
 ///
 ///     name: resnet20
 ///     input: [3, 32, 32]          # default C, H, W
@@ -74,7 +74,12 @@ public enum ModelFile {
             throw CnnError.io(file: path, reason: "model file not found")
         }
         guard !isDirectory.boolValue else { throw CnnError.io(file: path, reason: "is a directory, not a model file") }
-        if let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int, size > maxBytes {
+        let attributes = (try? FileManager.default.attributesOfItem(atPath: path)) ?? [:]
+        // A FIFO or device would block or never end: only regular files are read.
+        guard attributes[.type] as? FileAttributeType == .typeRegular else {
+            throw CnnError.io(file: path, reason: "not a regular file")
+        }
+        if let size = attributes[.size] as? Int, size > maxBytes {
             throw CnnError.invalidData(file: path, reason: "model file of \(size) bytes exceeds the limit of \(maxBytes)")
         }
         guard let data = FileManager.default.contents(atPath: path) else {

@@ -176,6 +176,14 @@ final class ModelFileTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("/nonexistent/model.yaml"), "\(error)")
         }
         XCTAssertThrowsError(try Model(name: FileManager.default.temporaryDirectory.path + "/")) // not a zoo name either
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("model-dir-\(getpid()).yaml")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        XCTAssertThrowsError(try Model(name: dir.path)) { XCTAssertTrue("\($0)".contains("directory"), "\($0)") }
+        let fifo = FileManager.default.temporaryDirectory.appendingPathComponent("model-fifo-\(getpid()).yaml").path
+        XCTAssertEqual(mkfifo(fifo, 0o600), 0)
+        defer { unlink(fifo) }
+        XCTAssertThrowsError(try Model(name: fifo)) { XCTAssertTrue("\($0)".contains("not a regular file"), "\($0)") }
     }
 
     // MARK: Errors name file, line and field
