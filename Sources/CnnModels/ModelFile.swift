@@ -61,6 +61,13 @@ public enum ModelFile {
     public static let maxLayers = 100_000
     /// Largest `count` of a repeat block.
     public static let maxRepeat = 10_000
+    /// Largest size, stride, padding or dilation (kernel, pool, pad options).
+    public static let maxSize = 1 << 16
+    /// Largest channel or feature count.
+    public static let maxChannels = 1 << 24
+    /// Most elements per sample a layer may output, and most parameters and buffer
+    /// elements a model may hold: beyond them sizes would overflow or exhaust memory.
+    public static let maxElements = 1 << 31
 
     /// True when `name` names a model file rather than a zoo model.
     public static func isPath(_ name: String) -> Bool {
@@ -305,6 +312,7 @@ struct ModelBuilder {
     let templates: [String: ModelTemplate]
     private var dropoutKeys: UInt64 = 0
     private var layerCount = 0
+    private var elementCount = 0
     private var nodeBudget = ModelFile.maxNodes
 
     init(file: String, classes: Int, templates: [String: ModelTemplate]) {
@@ -322,6 +330,32 @@ struct ModelBuilder {
 
     func error(_ node: Node?, _ field: String, _ message: String) -> CnnError {
         modelFileError(file: file, node: node, field: field, message: message)
+    }
+
+    /// Refuses outputs and parameter totals beyond `ModelFile.maxElements`, counting with
+    /// overflow checks (a hostile file could otherwise make the sizes wrap or exhaust memory).
+    mutating func checkSizes(_ layer: Layer, spec: LayerSpec, output: [Int]) throws {
+        func product(_ dims: [Int]) -> Int? {
+            var p = 1
+            for d in dims {
+                let (q, o) = p.multipliedReportingOverflow(by: d)
+                if o || q > ModelFile.maxElements { return nil }
+                p = q
+            }
+            return p
+        }
+        guard product(Array(output.dropFirst())) != nil else {
+            throw error(spec.node, spec.path, "output \(formatShape(Array(output.dropFirst()))) exceeds \(ModelFile.maxElements) elements per sample")
+        }
+        // Leaves only: a composite's children were counted when they were built.
+        guard layer.children.isEmpty else { return }
+        for t in layer.parameterSpecs + layer.bufferSpecs {
+            guard let n = product(t.shape), case let (sum, o) = elementCount.addingReportingOverflow(n), !o,
+                  sum <= ModelFile.maxElements else {
+                throw error(spec.node, spec.path, "the model exceeds \(ModelFile.maxElements) parameter and buffer elements")
+            }
+            elementCount = sum
+        }
     }
 
     /// Whether `e` already names a place in this file (thrown by a nested layer).
@@ -494,6 +528,7 @@ struct ModelBuilder {
             throw CnnError.shapeMismatch(layer: "\(file)\(line): \(spec.path) (\(spec.type))",
                                          expected: "a shape it accepts (\(e))", got: formatShape(Array(shape.dropFirst())))
         }
+        try checkSizes(layer, spec: spec, output: shape)
         return layer
     }
 
@@ -708,7 +743,7 @@ final class LayerSpec {
         return fields[field]
     }
 
-    func int(_ field: String, default d: Int? = nil, min: Int = Int.min, max: Int = Int.max) throws -> Int {
+    func int(_ field: String, default d: Int? = nil, min: Int = Int.min, max: Int = ModelFile.maxChannels) throws -> Int {
         guard let n = value(field) else {
             guard let d else { throw bad(field, "missing; a \(type) layer needs '\(field)'") }
             return d
@@ -722,7 +757,7 @@ final class LayerSpec {
     func channels(_ field: String, input: Int, classes: Int) throws -> Int {
         guard let n = value(field) else { throw bad(field, "missing; a \(type) layer needs '\(field)'") }
         if let v = n.int {
-            guard v > 0 else { throw bad(field, "must be positive") }
+            guard v > 0, v <= ModelFile.maxChannels else { throw bad(field, "must lie in 1...\(ModelFile.maxChannels)") }
             return v
         }
         guard let text = n.scalar?.string else { throw bad(field, "must be an integer, 'classes' or 'in'") }
@@ -733,15 +768,15 @@ final class LayerSpec {
             let pieces = parts.split(separator: Character(op), maxSplits: 1)
             if pieces.count == 2, let a = base(pieces[0]), let b = Int(pieces[1]) {
                 switch op {
-                case "*": result = a * b
+                case "*": let (p, o) = a.multipliedReportingOverflow(by: b); result = o ? nil : p
                 case "/": result = b != 0 && a % b == 0 ? a / b : nil
-                case "+": result = a + b
-                default: result = a - b
+                case "+": let (p, o) = a.addingReportingOverflow(b); result = o ? nil : p
+                default: let (p, o) = a.subtractingReportingOverflow(b); result = o ? nil : p
                 }
             }
         }
-        guard let v = result, v > 0 else {
-            throw bad(field, "'\(text)' is not a positive integer, 'classes', 'in', or 'in/N'-style (exact) arithmetic")
+        guard let v = result, v > 0, v <= ModelFile.maxChannels else {
+            throw bad(field, "'\(text)' is not an integer in 1...\(ModelFile.maxChannels), 'classes', 'in', or 'in/N'-style (exact) arithmetic")
         }
         return v
     }
@@ -776,12 +811,13 @@ final class LayerSpec {
             guard let d else { throw bad(field, "missing; a \(type) layer needs '\(field)'") }
             return d
         }
+        let limit = ModelFile.maxSize
         if let v = n.int {
-            guard v >= min else { throw bad(field, "must be at least \(min)") }
+            guard v >= min, v <= limit else { throw bad(field, "must lie in \(min)...\(limit)") }
             return (v, v)
         }
         if let s = n.sequence, s.count == 2, let h = s[0].int, let w = s[1].int {
-            guard h >= min, w >= min else { throw bad(field, "must be at least \(min)") }
+            guard h >= min, w >= min, h <= limit, w <= limit else { throw bad(field, "must lie in \(min)...\(limit)") }
             return (h, w)
         }
         throw bad(field, "must be an integer or [height, width]")
@@ -796,8 +832,8 @@ final class LayerSpec {
             let v = s.map { $0.int! }
             values = v.count == 2 ? [v[0], v[0], v[1], v[1]] : v.count == 4 ? v : nil
         } else { values = nil }
-        guard let v = values, v.allSatisfy({ $0 >= 0 }) else {
-            throw bad(field, "must be a non-negative integer, [vertical, horizontal] or [top, bottom, left, right]")
+        guard let v = values, v.allSatisfy({ $0 >= 0 && $0 <= ModelFile.maxSize }) else {
+            throw bad(field, "must be an integer in 0...\(ModelFile.maxSize), [vertical, horizontal] or [top, bottom, left, right]")
         }
         return (v[0], v[1], v[2], v[3])
     }

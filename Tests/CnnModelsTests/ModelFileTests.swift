@@ -272,6 +272,13 @@ final class ModelFileTests: XCTestCase {
         XCTAssertTrue(nested.contains("more than"), nested)
         let selfUse = errorText("define:\n  loop: {layer: {type: loop}}\nlayers:\n  - {type: loop}\n")
         XCTAssertTrue(selfUse.contains("deeper than"), selfUse)
+        // Sizes that would overflow or exhaust memory.
+        XCTAssertTrue(errorText("layers:\n  - {type: conv, out: 4, kernel: 3, padding: 4611686018427387904}\n").contains("layers[0].padding"))
+        XCTAssertTrue(errorText("layers:\n  - {type: conv, out: in*4611686018427387904, kernel: 1}\n").contains("layers[0].out"))
+        XCTAssertTrue(errorText("layers:\n  - flatten\n  - {type: linear, out: 16000000}\n  - {type: linear, out: 16000000}\n")
+            .contains("parameter and buffer elements"))
+        XCTAssertTrue(errorText("layers:\n  - {type: pad, padding: 60000}\n  - {type: conv, out: 16000000, kernel: 1}\n")
+            .contains("elements per sample"))
         // Not a mapping, empty, binary junk.
         XCTAssertTrue(errorText("- relu\n").contains("mapping"))
         XCTAssertTrue(errorText("").contains("empty"))
