@@ -653,10 +653,10 @@ struct ModelBuilder {
             return (nil, Sequential(children.map(\.layer), names: children.map(\.name)))
         }
         let items = try buildItem(node, path: path, shape: &s, depth: depth + 1)
-        guard items.count == 1 else {
-            throw error(node, path, "must be one layer (use a sequential block or a list for several)")
-        }
-        return (items[0].0, items[0].1)
+        guard let first = items.first else { throw error(node, path, "gives no layer") }
+        if items.count == 1 { return (first.0, first.1) }
+        // A layer with `activation:` (or a block of several): a Sequential under the first one's name.
+        return (first.0, Sequential(items.map(\.1)))
     }
 
     /// 1x1 convolution (no bias) + BatchNorm mapping `input` to `output`'s channels and size.

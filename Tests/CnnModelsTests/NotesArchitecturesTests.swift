@@ -34,6 +34,8 @@ final class NotesArchitecturesTests: XCTestCase {
             ("resnet152", 60_192_808, "torchvision"),
             ("densenet121", 7_978_856, "torchvision"), ("googlenet", 6_624_904, "torchvision, no aux heads"),
             ("alexnet", 62_378_344, "seed 004's table"),
+            // Caffe's bvlc_googlenet without the auxiliary classifiers (the paper's table: ~6.8 M).
+            ("googlenet-paper", 6_998_552, "Szegedy et al. / Caffe"),
         ]
         for (name, total, source) in expected {
             XCTAssertEqual(try count(name), total, "\(name) (\(source))")
@@ -55,6 +57,19 @@ final class NotesArchitecturesTests: XCTestCase {
         // torchvision v1.5: the stride sits on the 3x3 convolution; layer2.0.conv2 halves 56 to 28.
         let seq = try XCTUnwrap(root as? Sequential)
         XCTAssertEqual(try Sequential(Array(seq.layers[0...5])).outputShape(for: [1, 3, 224, 224]), [1, 512, 28, 28])
+    }
+
+    /// The paper's "1.5 billion multiply-adds at inference time", LRN in the stem, 5x5 branches.
+    func testGoogLeNetPaperStructure() throws {
+        let model = try Model(definition: try definition("googlenet-paper"))
+        let rows = try summaryRows(of: model)
+        let macs = rows.reduce(0) { $0 + $1.multiplyAccumulates }
+        XCTAssertGreaterThan(macs, 1_500_000_000)
+        XCTAssertLessThan(macs, 1_600_000_000)
+        XCTAssertEqual(rows.filter { $0.type == "LocalResponseNorm" }.map(\.name), ["norm1", "norm2"])
+        XCTAssertEqual(model.store.parameterEntries.first { $0.name == "inception3a.2.2.weight" }?.shape, [32, 16, 5, 5])
+        XCTAssertEqual(model.store.parameterEntries.first { $0.name == "inception3a.branch1.0.weight" }?.shape, [64, 192, 1, 1])
+        XCTAssertEqual(rows.first { $0.name == "inception5b" }?.outputShape, [1024, 7, 7])
     }
 
     func testSmallArchitecturesTrainOneStep() throws {
