@@ -61,7 +61,8 @@ let package = Package(
         // Layers with explicit forward/backward over the core kernels.
         .target(name: "CnnLayers", dependencies: ["CnnCore"], swiftSettings: kernelSettings),
         // Model zoo built from layers.
-        .target(name: "CnnModels", dependencies: ["CnnCore", "CnnLayers"], swiftSettings: plainSettings),
+        .target(name: "CnnModels", dependencies: ["CnnCore", "CnnLayers", .product(name: "Yams", package: "Yams")],
+                swiftSettings: plainSettings),
         // Dataset readers, normalisation, augmentation, batching.
         .target(name: "CnnData", dependencies: ["CnnCore", "CZlib", "CPNG", "CJPEG"], swiftSettings: kernelSettings),
         // Communicators: MPI and in-process ranks.
@@ -81,6 +82,8 @@ let package = Package(
 
         .testTarget(name: "CnnCoreTests", dependencies: ["CnnCore"], swiftSettings: plainSettings),
         .testTarget(name: "CnnLayersTests", dependencies: ["CnnCore", "CnnLayers"], swiftSettings: plainSettings),
+        .testTarget(name: "CnnModelsTests", dependencies: ["CnnCore", "CnnLayers", "CnnModels"],
+                    swiftSettings: plainSettings),
         .testTarget(name: "CnnDataTests", dependencies: ["CnnCore", "CnnData"], swiftSettings: plainSettings),
         .testTarget(name: "CnnDistributedTests", dependencies: ["CnnCore", "CnnDistributed"], swiftSettings: plainSettings),
         .testTarget(name: "CnnTrainingTests",

@@ -26,6 +26,10 @@ public final class Conv2D: Layer, InputGradientOptional {
     public let hasBias: Bool
     /// What the padded border holds (zeros, reflect, replicate, circular).
     public let paddingMode: PaddingMode
+    /// True convolution: the kernel is flipped in H and W before it slides (the
+    /// textbook definition; PyTorch's Conv2d is cross-correlation). The stored
+    /// weight stays in PyTorch's layout; only the arithmetic sees it flipped.
+    public let flipKernel: Bool
     /// Name used in error messages.
     public let name: String
     public var typeName: String { "Conv2d" }
@@ -41,6 +45,9 @@ public final class Conv2D: Layer, InputGradientOptional {
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
     private var cachedGeometry: Conv2DGeometry?
+    /// With `flipKernel`: the flipped weight the kernels read, and the gradient they write.
+    private var flippedWeight: UnsafeMutablePointer<Float>?
+    private var flippedGradient: UnsafeMutablePointer<Float>?
 
     /// A convolution with PyTorch's arguments. Throws `CnnError.invalidArgument`
     /// naming the layer for non-positive sizes, negative padding, or channels
@@ -48,7 +55,7 @@ public final class Conv2D: Layer, InputGradientOptional {
     public init(inChannels: Int, outChannels: Int, kernelSize: (Int, Int), stride: (Int, Int) = (1, 1),
                 padding: ConvPadding = .explicit(top: 0, bottom: 0, left: 0, right: 0),
                 dilation: (Int, Int) = (1, 1), groups: Int = 1, bias: Bool = true,
-                paddingMode: PaddingMode = .zeros, name: String = "Conv2d",
+                paddingMode: PaddingMode = .zeros, flipKernel: Bool = false, name: String = "Conv2d",
                 panelBudgetBytes: Int = convolutionPanelBudgetBytes) throws {
         try Conv2DGeometry.checkHyperparameters(
             layer: name, inChannels: inChannels, outChannels: outChannels,
@@ -63,6 +70,7 @@ public final class Conv2D: Layer, InputGradientOptional {
         self.groups = groups
         self.hasBias = bias
         self.paddingMode = paddingMode
+        self.flipKernel = flipKernel
         self.name = name
         self.workspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes)
     }
@@ -91,6 +99,24 @@ public final class Conv2D: Layer, InputGradientOptional {
         weight = parameters[0]
         gradWeight = gradients[0]
         if hasBias { bias = parameters[1]; gradBias = gradients[1] }
+        if flipKernel && flippedWeight == nil {
+            let count = parameterSpecs[0].count
+            flippedWeight = .allocate(capacity: count); flippedWeight!.initialize(repeating: 0, count: count)
+            flippedGradient = .allocate(capacity: count); flippedGradient!.initialize(repeating: 0, count: count)
+        }
+    }
+
+    deinit {
+        flippedWeight?.deallocate()
+        flippedGradient?.deallocate()
+    }
+
+    /// The weight the kernels read: the stored one, or its spatially flipped copy.
+    private func kernelWeight(_ weight: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+        guard flipKernel, let flipped = flippedWeight else { return weight }
+        flipKernelPlanes(weight, into: flipped, planes: outChannels * (inChannels / groups),
+                         height: kernelSize.height, width: kernelSize.width)
+        return flipped
     }
 
     /// The geometry for one input plane, validated (throws naming the layer).
@@ -143,7 +169,7 @@ public final class Conv2D: Layer, InputGradientOptional {
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
         output.resize(to: outputShape)
-        convolution2DForward(input: x, weight: weight, bias: bias, output: output.data, batch: batch,
+        convolution2DForward(input: x, weight: kernelWeight(weight), bias: bias, output: output.data, batch: batch,
                              geometry: g, workspace: workspace)
         return output
     }
@@ -153,12 +179,34 @@ public final class Conv2D: Layer, InputGradientOptional {
         guard let weight, let gradWeight else { preconditionFailure("\(name): backward before bind") }
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
-        convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
-                                     batch: batch, geometry: g, workspace: workspace)
+        if flipKernel, let flippedGradient {
+            // dL/dW[i, j] = dL/dW_flipped[kh−1−i, kw−1−j]: compute the flipped one, add it back un-flipped.
+            let planes = outChannels * (inChannels / groups), kh = kernelSize.height, kw = kernelSize.width
+            flippedGradient.update(repeating: 0, count: planes * kh * kw)
+            convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: flippedGradient, gradBias: gradBias,
+                                         batch: batch, geometry: g, workspace: workspace)
+            for p in 0..<planes {
+                let src = flippedGradient + p * kh * kw, dst = gradWeight + p * kh * kw
+                for i in 0..<(kh * kw) { dst[kh * kw - 1 - i] += src[i] }
+            }
+        } else {
+            convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
+                                         batch: batch, geometry: g, workspace: workspace)
+        }
         guard inputGradient else { return noGradient }
         gradInput.resize(to: gradInputShape)
-        convolution2DBackwardData(gradOutput: dy, weight: weight, gradInput: gradInput.data, batch: batch,
+        convolution2DBackwardData(gradOutput: dy, weight: kernelWeight(weight), gradInput: gradInput.data, batch: batch,
                                   geometry: g, workspace: workspace)
         return gradInput
+    }
+}
+
+/// w: (planes, kh, kw) → flipped: the same planes rotated by 180° (index i of a plane ↦ kh·kw − 1 − i).
+func flipKernelPlanes(_ w: UnsafePointer<Float>, into flipped: UnsafeMutablePointer<Float>, planes: Int,
+                      height kh: Int, width kw: Int) {
+    let size = kh * kw
+    for p in 0..<planes {
+        let src = w + p * size, dst = flipped + p * size
+        for i in 0..<size { dst[size - 1 - i] = src[i] }
     }
 }

@@ -3,7 +3,7 @@ import CnnLayers
 
 /// A network with its flat parameter store, input shape and class count.
 public final class Model {
-    /// Zoo name ("fashion-cnn").
+    /// Zoo name ("fashion-cnn") or the model file's `name`.
     public let name: String
     /// The layer tree; its state_dict names are PyTorch's.
     public let root: Layer
@@ -13,12 +13,34 @@ public final class Model {
     public let inputShape: [Int]
     public let classCount: Int
 
-    /// Builds `name` from the zoo for inputs of `inputShape` (C, H, W) and
-    /// `classCount` classes, checking every layer accepts the shapes it gets.
-    public init(name: String, inputShape: [Int]? = nil, classCount: Int? = nil) throws {
-        let entry = try ZooModel.named(name)
-        let input = inputShape ?? entry.defaultInput
-        let classes = classCount ?? entry.defaultClasses
+    /// Builds `name` for inputs of `inputShape` (C, H, W) and `classCount` classes,
+    /// checking every layer accepts the shapes it gets. `name` is a zoo model
+    /// ("resnet20") or the path of a model file ending in .yaml or .yml.
+    public convenience init(name: String, inputShape: [Int]? = nil, classCount: Int? = nil) throws {
+        if ModelFile.isPath(name) {
+            try self.init(definition: try ModelFile.load(path: name), inputShape: inputShape, classCount: classCount)
+        } else {
+            let entry = try ZooModel.named(name)
+            try self.init(name: name, defaultInput: entry.defaultInput, defaultClasses: entry.defaultClasses,
+                          inputShape: inputShape, classCount: classCount) { try entry.build(input: $0, classes: $1) }
+        }
+    }
+
+    /// Builds the model a model file defines, for `inputShape` (C, H, W; default the
+    /// file's `input`) and `classCount` classes (default the file's `classes`).
+    public convenience init(definition: ModelDefinition, inputShape: [Int]? = nil, classCount: Int? = nil) throws {
+        guard let input = inputShape ?? definition.defaultInput else {
+            throw CnnError.invalidConfig(field: "input", value: "(none)",
+                                         allowed: "C x H x W; \(definition.file) has no 'input', so give one")
+        }
+        try self.init(name: definition.name, defaultInput: input, defaultClasses: definition.defaultClasses ?? 10,
+                      inputShape: inputShape, classCount: classCount) { try definition.build(input: $0, classes: $1) }
+    }
+
+    private init(name: String, defaultInput: [Int], defaultClasses: Int, inputShape: [Int]?, classCount: Int?,
+                 build: ([Int], Int) throws -> Layer) throws {
+        let input = inputShape ?? defaultInput
+        let classes = classCount ?? defaultClasses
         guard input.count == 3, input.allSatisfy({ $0 > 0 }) else {
             throw CnnError.invalidConfig(field: "input", value: formatShape(input), allowed: "C x H x W, all positive")
         }
@@ -27,12 +49,13 @@ public final class Model {
         }
         let root: Layer
         do {
-            root = try entry.build(input: input, classes: classes)
+            root = try build(input, classes)
             let out = try root.outputShape(for: [1] + input)
             guard out == [1, classes] else {
                 throw CnnError.shapeMismatch(layer: name, expected: "output 1x\(classes)", got: formatShape(out))
             }
         } catch let error as CnnError {
+            if case .invalidData = error { throw error }   // a model-file error: it names file, line and field
             // Name the model and the input so the user knows which combination fails.
             throw CnnError.invalidConfig(field: "input", value: formatShape(input),
                                          allowed: "a shape \(name) can take (\(error))")

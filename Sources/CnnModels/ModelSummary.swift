@@ -10,6 +10,10 @@ public struct SummaryRow: Equatable {
     public var outputShape: [Int]
     /// Trainable parameters in this layer and its sub-layers.
     public var parameters: Int
+    /// Of those, the ones not named "bias" (kernels, BatchNorm scales), as seed 004's AlexNet table.
+    public var weights: Int
+    /// Of those, the ones named "bias".
+    public var biases: Int
     /// Multiply-accumulates for one sample.
     public var multiplyAccumulates: Int
 }
@@ -17,6 +21,12 @@ public struct SummaryRow: Equatable {
 /// Trainable parameters of a layer tree.
 public func parameterCount(of layer: Layer) -> Int {
     layer.parameterSpecs.reduce(0) { $0 + $1.count } + layer.children.reduce(0) { $0 + parameterCount(of: $1.layer) }
+}
+
+/// Trainable parameters of a layer tree named "bias" (PyTorch's `bias` tensors).
+public func biasCount(of layer: Layer) -> Int {
+    layer.parameterSpecs.filter { $0.name == "bias" }.reduce(0) { $0 + $1.count }
+        + layer.children.reduce(0) { $0 + biasCount(of: $1.layer) }
 }
 
 /// Rows for `model`: Sequential containers are opened; residual and
@@ -32,8 +42,9 @@ public func summaryRows(of model: Model) throws -> [SummaryRow] {
             return shape
         }
         let out = try layer.outputShape(for: input)
+        let parameters = parameterCount(of: layer), biases = biasCount(of: layer)
         rows.append(SummaryRow(name: name, type: layer.typeName, outputShape: Array(out.dropFirst()),
-                               parameters: parameterCount(of: layer),
+                               parameters: parameters, weights: parameters - biases, biases: biases,
                                multiplyAccumulates: layer.multiplyAccumulates(for: input)))
         return out
     }
