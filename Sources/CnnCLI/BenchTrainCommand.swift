@@ -33,8 +33,8 @@ public struct BenchTrainCommand: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        guard ZooModel(rawValue: model) != nil else {
-            throw ValidationError("--model \(model) is not one of \(ZooModel.names.joined(separator: ", "))")
+        guard ZooModel(rawValue: model) != nil || ModelFile.isPath(model) else {
+            throw ValidationError("--model \(model) is not one of \(ZooModel.names.joined(separator: ", ")) nor a model file (.yaml)")
         }
         guard bucketMB > 0, bucketMB <= 65_536 else {
             throw ValidationError("--bucket-mb must be a positive size in MiB up to 65536, got \(bucketMB)")
@@ -45,7 +45,10 @@ public struct BenchTrainCommand: ParsableCommand {
     }
 
     public func run() throws {
-        let input = ZooModel(rawValue: model)!.defaultInput
+        let definition = try modelDefinition(model)
+        guard let input = definition.defaultInput else {
+            throw ValidationError("\(model) has no 'input': bench train needs the model's input shape in its file")
+        }
         try withWorld(world) { comm in try measure(comm, input: input) }
     }
 

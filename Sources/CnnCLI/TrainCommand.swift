@@ -11,7 +11,8 @@ import CnnTraining
 struct ConfigOptions: ParsableArguments {
     @Option(help: "YAML (or JSON) config file; flags override it.")
     var config: String?
-    @Option(help: "Model: \(ZooModel.names.joined(separator: ", ")) (default \(TrainingConfig().model)).") var model: String?
+    @Option(help: "Model: \(ZooModel.names.joined(separator: ", ")), or a model file (.yaml) (default \(TrainingConfig().model)).")
+    var model: String?
     @Option(help: "Dataset (default \(TrainingConfig().dataset.rawValue)).") var dataset: DatasetKind?
     @Option(help: "Dataset folder (default: the dataset's own folder).") var data: String?
     @Option(help: "Epochs (default \(TrainingConfig().epochs)).") var epochs: Int?
@@ -88,7 +89,6 @@ public struct TrainCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest verified checkpoint, on any number of ranks; "
                                + "flags given override its config.", valueName: "RUN_DIR"))
     var resume: String?
-    @Option(name: .customLong("test-model"), help: .hidden) var testModel: String?
 
     public init() {}
 
@@ -124,24 +124,15 @@ public struct TrainCommand: ParsableCommand {
             } else {
                 config = fresh!
             }
-            if testModel == nil {
-                try Preflight.check(config, runDirectory: dir, communicator: comm,
-                                    reuse: resume != nil ? .resume : overwrite ? .overwrite : .refuse)
-            }
-            var custom: Model? = nil
-            if let name = testModel {
-                guard let m = try TestModels.model(named: name, seed: config.seed) else {
-                    throw ValidationError("--test-model: unknown \(name); known: \(TestModels.names.joined(separator: ", "))")
-                }
-                custom = m
-            }
+            try Preflight.check(config, runDirectory: dir, communicator: comm,
+                                reuse: resume != nil ? .resume : overwrite ? .overwrite : .refuse)
             // Threads of the compute kernels: one process-wide setting, the same for in-process ranks.
             let threads = config.threads ?? automaticThreads(ranksInProcess: world.localRanks ?? 1)
             if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = threads }
             if comm.rank == 0 && config.threads == nil {
                 log("threads: \(threads) per rank (this node's \(ProcessInfo.processInfo.activeProcessorCount) cores; --threads sets it)")
             }
-            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, model: custom, resume: point,
+            let trainer = try Trainer(config: config, communicator: comm, runDirectory: dir, resume: point,
                                       bucketBytes: bucketBytes, overlap: !noOverlap, log: log)
             trainer.stopRequested = { StopSignals.requested != 0 }
             if terminal && comm.rank == 0 {

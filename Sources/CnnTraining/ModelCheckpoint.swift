@@ -218,8 +218,17 @@ public func loadModelCheckpoint(path given: String) throws -> LoadedModel {
         throw bad("metadata has no 'model' entry, so the architecture is unknown (a bare PyTorch state_dict? "
                   + "save it with metadata model, input, classes, normalization_mean, normalization_std)")
     }
-    guard ZooModel(rawValue: name) != nil else {
-        throw bad("metadata names model '\(name)', which is not one of \(ZooModel.names.joined(separator: ", "))")
+    // A model file's text travels in the checkpoint, so the checkpoint alone rebuilds the model.
+    let definition: ModelDefinition
+    if let text = metadata["model_file"] {
+        do { definition = try ModelFile.parse(yaml: text, file: path + " (metadata model_file)", defaultName: name) } catch {
+            throw bad("metadata model_file does not define a model: \(error)")
+        }
+    } else if let zoo = ZooModel(rawValue: name) {
+        definition = zoo.definition
+    } else {
+        throw bad("metadata names model '\(name)', which is not one of \(ZooModel.names.joined(separator: ", ")) "
+                  + "and comes with no model_file")
     }
     var input: [Int]? = nil
     if let text = metadata["input"] {
@@ -237,13 +246,14 @@ public func loadModelCheckpoint(path given: String) throws -> LoadedModel {
     // The metadata must not make us allocate a model much larger than the file's own
     // tensors (a model of about the file's size is built, and the strict load names what differs).
     let fileValues = tensors.values.reduce(0) { $0 + $1.bytes.count / ($1.dtype == .f32 ? 4 : 8) }
-    if let needed = try? modelValueCount(name, input: input, classes: classes), needed > 2 * fileValues + (1 << 20) {
+    if let needed = try? modelValueCount(definition, input: input, classes: classes), needed > 2 * fileValues + (1 << 20) {
         throw bad("metadata model \(name), input \(input.map(formatShape) ?? "default"), classes \(classes.map(String.init) ?? "default") "
                   + "describe \(needed) parameter and buffer values, but the file holds \(fileValues)")
     }
     let model: Model
     do {
-        model = try Model(name: name, inputShape: input, classCount: classes)
+        model = metadata["model_file"] == nil ? try Model(name: name, inputShape: input, classCount: classes)
+                                               : try Model(definition: definition, inputShape: input, classCount: classes)
     } catch {
         throw bad("cannot build \(name) for input \(input.map(formatShape) ?? "default") and \(classes.map(String.init) ?? "default") classes: \(error)")
     }
@@ -290,11 +300,15 @@ public func writeModelCheckpoint(model: Model, statistics: ChannelStatistics, st
     try writeFileAtomically(try SafeTensors.encode(model.store.stateDict(), metadata: metadata), to: path)
 }
 
-/// Parameter and buffer values of zoo model `name` for `input` and `classes`,
+/// The definition a config's `model` names: a zoo model or a model file.
+public func modelDefinition(_ model: String) throws -> ModelDefinition {
+    ModelFile.isPath(model) ? try ModelFile.load(path: model) : try ZooModel.named(model).definition
+}
+
+/// Parameter and buffer values of a model for `input` and `classes`,
 /// counted from its layer tree without allocating them (nil on overflow).
-public func modelValueCount(_ name: String, input: [Int]?, classes: Int?) throws -> Int? {
-    let entry = try ZooModel.named(name)
-    let root = try entry.build(input: input ?? entry.defaultInput, classes: classes ?? entry.defaultClasses)
+public func modelValueCount(_ definition: ModelDefinition, input: [Int]?, classes: Int?) throws -> Int? {
+    let root = try definition.build(input: input ?? definition.defaultInput ?? [1, 28, 28], classes: classes ?? definition.defaultClasses ?? 10)
     var total = 0
     var overflow = false
     func visit(_ layer: Layer) {

@@ -101,7 +101,7 @@ public enum Preflight {
         // Counted before it is built, so an absurd input or class count is refused, not allocated.
         let limit = 1 << 30
         let counted: Int?
-        do { counted = try modelValueCount(config.model, input: input, classes: config.classes ?? 10) } catch { counted = 0 }
+        do { counted = try modelValueCount(modelDefinition(config.model), input: input, classes: config.classes ?? 10) } catch { counted = 0 }
         guard let values = counted, values <= limit else {
             throw CnnError.invalidConfig(field: config.classes.map { _ in "input/classes" } ?? "input", value: formatShape(input),
                                          allowed: "a shape and class count for which \(config.model) has at most \(limit) parameters")

@@ -178,6 +178,10 @@ extension Trainer {
     /// input shape, classes, input normalisation).
     func modelBytes() throws -> [UInt8] {
         var metadata = modelCheckpointMetadata(model: model, statistics: statistics, step: step)
+        if ModelFile.isPath(config.model) {
+            // The model file's text, so the checkpoint alone rebuilds the model (eval, predict, another machine).
+            metadata["model_file"] = String(decoding: try FileBytes.read(config.model), as: UTF8.self)
+        }
         if let names = trainSet.classNames, let json = try? JSONSerialization.data(withJSONObject: names) {
             metadata["class_names"] = String(decoding: json, as: UTF8.self)
         }

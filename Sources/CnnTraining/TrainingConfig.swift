@@ -104,7 +104,7 @@ public struct TrainingConfig: Codable, Equatable {
                 throw fail(field, value, "a finite number from \(range.lowerBound) to \(range.upperBound)\(upper ? " (exclusive)" : "")")
             }
         }
-        _ = try ZooModel.named(model)
+        if ModelFile.isPath(model) { _ = try ModelFile.load(path: model) } else { _ = try ZooModel.named(model) }
         if let input { _ = try parseShapeField(input, field: "input") }
         if let classes { try integer("classes", classes, 2...100_000) }
         try integer("epochs", epochs, 1...100_000)

@@ -57,9 +57,9 @@ final class MPITrainingTests: XCTestCase {
     func testMPIRankCountsMatchOneRankOverTwentySteps() throws {
         try requireMPI()
         let config = try writeConfig([:], name: "eq")
-        let one = try train(("single", 1), config: config, extra: ["--test-model", "smooth-bn"])
+        let one = try train(("single", 1), config: config, extra: ["--model", packageRoot() + "/Tests/models/smooth-bn.yaml"])
         for ranks in [2, 4] {
-            let many = try train(("mpirun", ranks), config: config, extra: ["--test-model", "smooth-bn"])
+            let many = try train(("mpirun", ranks), config: config, extra: ["--model", packageRoot() + "/Tests/models/smooth-bn.yaml"])
             XCTAssertLessThan(maxRelativeDifference(one, many, "1 x 64 vs mpirun \(ranks) x \(64 / ranks)"), 1e-4)
         }
     }
@@ -75,8 +75,8 @@ final class MPITrainingTests: XCTestCase {
         XCTAssertEqual(maxRelativeDifference(mpi, local, "mpirun -n 2 vs --local-ranks 2"), 0, "bitwise equal")
 
         let uneven = try writeConfig(["batch_size": "15", "synthetic_count": "300"], name: "uneven")
-        let one = try train(("single", 1), config: uneven, extra: ["--test-model", "smooth-bn"])
-        let two = try train(("mpirun", 2), config: uneven, extra: ["--test-model", "smooth-bn"])
+        let one = try train(("single", 1), config: uneven, extra: ["--model", packageRoot() + "/Tests/models/smooth-bn.yaml"])
+        let two = try train(("mpirun", 2), config: uneven, extra: ["--model", packageRoot() + "/Tests/models/smooth-bn.yaml"])
         XCTAssertLessThan(maxRelativeDifference(one, two, "1 x 15 vs mpirun 8 + 7"), 1e-4)
     }
 

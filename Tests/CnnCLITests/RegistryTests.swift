@@ -142,3 +142,33 @@ final class RunDirectoryAsModelTests: XCTestCase {
         XCTAssertTrue(line.contains("accuracy"), line)
     }
 }
+
+/// `--model PATH.yaml` wherever `--model NAME` works; the checkpoint carries the file.
+final class ModelFileCommandTests: XCTestCase {
+    func testModelFileTrainsAndItsCheckpointStandsAlone() throws {
+        let dir = NSTemporaryDirectory() + "cnn-modelfile-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/tiny.yaml"
+        try """
+            name: tiny
+            input: [1, 28, 28]
+            classes: 10
+            layers:
+              - {type: conv, out: 4, kernel: 3, padding: same, activation: relu}
+              - {type: maxpool, kernel: 2}
+              - flatten
+              - {type: linear, out: classes}
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let run = dir + "/run"
+        let train = try runCnnDist(["train", "--model", file, "--dataset", "synthetic", "--max-steps", "3", "--threads", "1",
+                                    "--run-dir", run])
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+        try FileManager.default.removeItem(atPath: file)
+        let (_, metadata) = try readStateDict(path: run + "/model.safetensors")
+        XCTAssertTrue(metadata["model_file"]?.contains("{type: linear, out: classes}") ?? false)
+        let eval = try runCnnDist(["eval", "--checkpoint", run, "--dataset", "synthetic"])
+        XCTAssertEqual(eval.status, 0, eval.stderr)
+        XCTAssertTrue(eval.stdout.contains("accuracy"), eval.stdout)
+    }
+}
