@@ -14,7 +14,7 @@ import CnnCore
 /// hold different local batch sizes. Parameter gradients stay local sums (the
 /// gradient allreduce adds them). The backward formula is in BatchNormKernels.swift:
 ///   dx = γ·invStd · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M),  M = global N·S.
-final class BatchNormEngine {
+public final class BatchNormEngine {
     let layer: String
     let channels: Int
     let eps: Float
@@ -186,25 +186,13 @@ final class BatchNormEngine {
 
 /// Batch normalisation over [N, C, H, W], per channel (PyTorch's nn.BatchNorm2d),
 /// synchronized across ranks when the context has a `statisticsReducer`.
-public final class BatchNorm2d: Layer {
-    private let engine: BatchNormEngine
-    public var channels: Int { engine.channels }
-    public var eps: Float { engine.eps }
-    public var momentum: Float { engine.momentum }
-    public var affine: Bool { engine.affine }
+public final class BatchNorm2d: BatchNormLayer {
+    public let engine: BatchNormEngine
     public var typeName: String { "BatchNorm2d" }
 
     /// BatchNorm over `channels` channels; `affine` adds the learnable scale ("weight") and shift ("bias").
     public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1, affine: Bool = true) throws {
         engine = try BatchNormEngine(layer: "BatchNorm2d", channels: channels, eps: eps, momentum: momentum, affine: affine)
-    }
-
-    public var parameterSpecs: [TensorSpec] { engine.parameterSpecs }
-    public var bufferSpecs: [TensorSpec] { engine.bufferSpecs }
-
-    public func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
-                     buffers: [UnsafeMutablePointer<Float>]) {
-        engine.bind(parameters: parameters, gradients: gradients, buffers: buffers)
     }
 
     public func outputShape(for input: [Int]) throws -> [Int] {
@@ -214,18 +202,12 @@ public final class BatchNorm2d: Layer {
         return input
     }
 
-    public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor { engine.forward(input, context: context) }
-    public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor { engine.backward(gradOutput, context: context) }
 }
 
 /// Batch normalisation over [N, C] (or [N, C, L]), per channel (PyTorch's nn.BatchNorm1d),
 /// synchronized across ranks when the context has a `statisticsReducer`.
-public final class BatchNorm1d: Layer {
-    private let engine: BatchNormEngine
-    public var channels: Int { engine.channels }
-    public var eps: Float { engine.eps }
-    public var momentum: Float { engine.momentum }
-    public var affine: Bool { engine.affine }
+public final class BatchNorm1d: BatchNormLayer {
+    public let engine: BatchNormEngine
     public var typeName: String { "BatchNorm1d" }
 
     /// BatchNorm over `channels` features; `affine` adds the learnable scale ("weight") and shift ("bias").
@@ -233,19 +215,32 @@ public final class BatchNorm1d: Layer {
         engine = try BatchNormEngine(layer: "BatchNorm1d", channels: channels, eps: eps, momentum: momentum, affine: affine)
     }
 
+    public func outputShape(for input: [Int]) throws -> [Int] {
+        guard input.count == 2 || input.count == 3, input.allSatisfy({ $0 > 0 }), input[1] == channels else {
+            throw CnnError.shapeMismatch(layer: typeName, expected: "[N, \(channels)] or [N, \(channels), L]", got: formatShape(input))
+        }
+        return input
+    }
+
+}
+
+/// BatchNorm1d and BatchNorm2d: one engine, two input layouts. Everything but
+/// the shape check forwards to the engine.
+public protocol BatchNormLayer: Layer {
+    var engine: BatchNormEngine { get }
+}
+
+extension BatchNormLayer {
+    public var channels: Int { engine.channels }
+    public var eps: Float { engine.eps }
+    public var momentum: Float { engine.momentum }
+    public var affine: Bool { engine.affine }
     public var parameterSpecs: [TensorSpec] { engine.parameterSpecs }
     public var bufferSpecs: [TensorSpec] { engine.bufferSpecs }
 
     public func bind(parameters: [UnsafeMutablePointer<Float>], gradients: [UnsafeMutablePointer<Float>],
                      buffers: [UnsafeMutablePointer<Float>]) {
         engine.bind(parameters: parameters, gradients: gradients, buffers: buffers)
-    }
-
-    public func outputShape(for input: [Int]) throws -> [Int] {
-        guard input.count == 2 || input.count == 3, input.allSatisfy({ $0 > 0 }), input[1] == channels else {
-            throw CnnError.shapeMismatch(layer: typeName, expected: "[N, \(channels)] or [N, \(channels), L]", got: formatShape(input))
-        }
-        return input
     }
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor { engine.forward(input, context: context) }
