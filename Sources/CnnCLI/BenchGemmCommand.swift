@@ -126,18 +126,8 @@ public struct BenchGemmCommand: ParsableCommand {
         var rows: [[String: Any]] = []
         var logRatio = 0.0
         for s in list {
-            let lda = s.transA == .none ? s.k : s.m
-            let ldb = s.transB == .none ? s.n : s.k
-            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-            let next = { () -> Float in
-                state = state &* 6364136223846793005 &+ 1442695040888963407
-                return Float(Int32(truncatingIfNeeded: state >> 32)) * 0x1p-31
-            }
-            let a = (0..<(s.m * s.k)).map { _ in next() }
-            let b = (0..<(s.k * s.n)).map { _ in next() }
+            let (lda, ldb, a, b, flops, calls) = operands(s)
             var c = [Float](repeating: 0, count: s.m * s.n)
-            let flops = 2.0 * Double(s.m) * Double(s.n) * Double(s.k)
-            let calls = max(1, Int((2e8 / flops).rounded(.up)))
             var fp32 = Double.infinity, bf16 = Double.infinity
             a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
                 let (A, B, C) = (pa.baseAddress!, pb.baseAddress!, pc.baseAddress!)
@@ -186,13 +176,10 @@ public struct BenchGemmCommand: ParsableCommand {
         return Double(end.tv_sec - start.tv_sec) + Double(end.tv_nsec - start.tv_nsec) * 1e-9
     }
 
-    /// Best GFLOP/s of ours (at --threads), of OpenBLAS, and of ours at 1 thread when
-    /// --threads > 1, alternating one timed run of each per round.
-    private func measure(_ s: GemmBenchShape, blas: OpenBLAS?) -> (ours: Double, openblas: Double?, single: Double?) {
-        // Stored shapes: A is M×K (or K×M when transposed), B is K×N (or N×K).
-        let lda = s.transA == .none ? s.k : s.m
-        let ldb = s.transB == .none ? s.n : s.k
-        // A cheap LCG: the values only need to be ordinary floats, not good randomness.
+    /// A shape's stored operands (A is M×K or K×M when transposed, B is K×N or N×K,
+    /// filled by a cheap LCG: the values only need to be ordinary floats), its
+    /// flops, and enough calls per timing that even small shapes run for tens of milliseconds.
+    private func operands(_ s: GemmBenchShape) -> (lda: Int, ldb: Int, a: [Float], b: [Float], flops: Double, calls: Int) {
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         let next = { () -> Float in
             state = state &* 6364136223846793005 &+ 1442695040888963407
@@ -200,10 +187,16 @@ public struct BenchGemmCommand: ParsableCommand {
         }
         let a = (0..<(s.m * s.k)).map { _ in next() }
         let b = (0..<(s.k * s.n)).map { _ in next() }
-        var c = [Float](repeating: 0, count: s.m * s.n)
         let flops = 2.0 * Double(s.m) * Double(s.n) * Double(s.k)
-        // Enough calls per timing that even small shapes run for tens of milliseconds.
-        let calls = max(1, Int((2e8 / flops).rounded(.up)))
+        return (s.transA == .none ? s.k : s.m, s.transB == .none ? s.n : s.k, a, b, flops,
+                max(1, Int((2e8 / flops).rounded(.up))))
+    }
+
+    /// Best GFLOP/s of ours (at --threads), of OpenBLAS, and of ours at 1 thread when
+    /// --threads > 1, alternating one timed run of each per round.
+    private func measure(_ s: GemmBenchShape, blas: OpenBLAS?) -> (ours: Double, openblas: Double?, single: Double?) {
+        let (lda, ldb, a, b, flops, calls) = operands(s)
+        var c = [Float](repeating: 0, count: s.m * s.n)
 
         var ours = Double.infinity, theirs = Double.infinity, single = Double.infinity
         let previousThreads = ComputeThreads.count

@@ -19,12 +19,7 @@ public final class GlobalMaxPool2d: Layer {
     }
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
-        precondition(input.shape.count == 4, "AdaptiveMaxPool2d: expected [N, C, H, W], got \(formatShape(input.shape))")
-        if inputShape != input.shape {
-            inputShape = input.shape
-            output.resize(to: [input.shape[0], input.shape[1], 1, 1])
-            argmax.reserve(output.count)
-        }
+        if prepareGlobalPool(input, output: output, inputShape: &inputShape, layer: typeName) { argmax.reserve(output.count) }
         globalMaxPoolForward(x: input.data, y: output.data, argmax: argmax.data, planes: output.count,
                              s: input.shape[2] * input.shape[3])
         return output

@@ -154,11 +154,7 @@ public final class GlobalAvgPool2d: Layer {
     }
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
-        precondition(input.shape.count == 4, "AdaptiveAvgPool2d: expected [N, C, H, W], got \(formatShape(input.shape))")
-        if inputShape != input.shape {
-            inputShape = input.shape
-            output.resize(to: [input.shape[0], input.shape[1], 1, 1])
-        }
+        prepareGlobalPool(input, output: output, inputShape: &inputShape, layer: typeName)
         globalAvgPoolForward(x: input.data, y: output.data, planes: output.count, s: input.shape[2] * input.shape[3])
         return output
     }
@@ -169,4 +165,16 @@ public final class GlobalAvgPool2d: Layer {
         globalAvgPoolBackward(dy: gradOutput.data, dx: gradInput.data, planes: output.count, s: inputShape[2] * inputShape[3])
         return gradInput
     }
+}
+
+/// A global pool's forward set-up: `output` becomes [N, C, 1, 1] for `input`
+/// [N, C, H, W] when the input's shape changed (then true: buffers sized by
+/// the output need resizing too).
+@discardableResult
+func prepareGlobalPool(_ input: Tensor, output: Tensor, inputShape: inout [Int], layer: String) -> Bool {
+    precondition(input.shape.count == 4, "\(layer): expected [N, C, H, W], got \(formatShape(input.shape))")
+    guard inputShape != input.shape else { return false }
+    inputShape = input.shape
+    output.resize(to: [input.shape[0], input.shape[1], 1, 1])
+    return true
 }
