@@ -28,6 +28,9 @@ public struct Augmentation: Equatable, Sendable, Codable {
     public var horizontalFlip: Bool
     /// Largest random translation in pixels on each axis; 0 disables it.
     public var maxTranslation: Int
+    /// torchvision's transforms applied after the crop and flip, in [0, 1]
+    /// pixel values before normalisation.
+    public var photometric = TorchvisionAugmentation()
 
     /// Options as given; the defaults leave images unchanged.
     public init(cropPadding: Int = 0, horizontalFlip: Bool = false, maxTranslation: Int = 0) {
@@ -41,7 +44,7 @@ public struct Augmentation: Equatable, Sendable, Codable {
     public static let none = Augmentation()
 
     /// Whether every image passes through unchanged.
-    public var isIdentity: Bool { cropPadding == 0 && !horizontalFlip && maxTranslation == 0 }
+    public var isIdentity: Bool { cropPadding == 0 && !horizontalFlip && maxTranslation == 0 && photometric.isIdentity }
 
     /// The random choices for one sample: a pure function of (seed, epoch, sampleIndex).
     /// Draws happen in a fixed order whatever is enabled.
@@ -95,5 +98,57 @@ public struct AugmentationParameters: Equatable, Sendable {
             }
         }
         return out
+    }
+}
+
+/// The augmentations of torchvision's standard recipes, each with its
+/// torchvision meaning, applied in this order (all off by default):
+/// RandomResizedCrop(size: the image's, scale, ratio 3/4-4/3), RandomVerticalFlip,
+/// RandomRotation(degrees, bilinear, fill 0), ColorJitter(brightness, contrast,
+/// saturation), Gaussian noise (sigma, clipped to [0, 1]), RandomErasing(p).
+/// Their randomness comes from (seed, epoch, sample index) alone, as the crop's.
+public struct TorchvisionAugmentation: Equatable, Sendable, Codable {
+    /// RandomResizedCrop's area range; nil: off.
+    public var resizedCropScale: [Double]? = nil
+    public var verticalFlip = false
+    /// RandomRotation's degrees (uniform in ±degrees); 0: off.
+    public var rotationDegrees = 0.0
+    public var brightness = 0.0
+    public var contrast = 0.0
+    public var saturation = 0.0
+    /// Standard deviation of added Gaussian noise, in [0, 1] pixel units; 0: off.
+    public var noiseSigma = 0.0
+    /// RandomErasing's probability (its default scale and ratio, erased to 0); 0: off.
+    public var erasingProbability = 0.0
+
+    public init() {}
+
+    public var isIdentity: Bool {
+        resizedCropScale == nil && !verticalFlip && rotationDegrees == 0 && brightness == 0 && contrast == 0
+            && saturation == 0 && noiseSigma == 0 && erasingProbability == 0
+    }
+
+    /// Applies the enabled transforms to one CHW image of [0, 1] values.
+    public func apply(_ chw: inout [Float], channels: Int, height: Int, width: Int,
+                      seed: UInt64, epoch: Int, sampleIndex: Int) {
+        var rng = sampleGenerator(seed: seed, epoch: epoch, sampleIndex: sampleIndex, stream: 0x70C4)
+        if let scale = resizedCropScale {
+            chw = ImageTransforms.randomResizedCrop(chw, channels: channels, height: height, width: width, outHeight: height,
+                                                    outWidth: width, scale: (scale[0], scale[1]), rng: &rng)
+        }
+        if verticalFlip { _ = ImageTransforms.randomVerticalFlip(&chw, channels: channels, height: height, width: width, rng: &rng) }
+        if rotationDegrees > 0 {
+            chw = ImageTransforms.randomRotation(chw, channels: channels, height: height, width: width,
+                                                 maxDegrees: rotationDegrees, rng: &rng)
+        }
+        if brightness > 0 || contrast > 0 || saturation > 0 {
+            ImageTransforms.colorJitter(&chw, channels: channels, brightness: brightness, contrast: contrast,
+                                        saturation: saturation, rng: &rng)
+        }
+        if noiseSigma > 0 { ImageTransforms.gaussianNoise(&chw, sigma: Float(noiseSigma), rng: &rng) }
+        if erasingProbability > 0 {
+            _ = ImageTransforms.randomErasing(&chw, channels: channels, height: height, width: width,
+                                              probability: erasingProbability, rng: &rng)
+        }
     }
 }

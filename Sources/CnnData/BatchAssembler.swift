@@ -56,6 +56,20 @@ public struct BatchAssembler: Sendable {
                         continue
                     }
                     let p = augmentation.parameters(seed: seed, epoch: epoch, sampleIndex: index)
+                    if !augmentation.photometric.isIdentity {
+                        // Crop and flip in bytes, the torchvision transforms in [0, 1], then normalise.
+                        let shifted = p.apply(to: dataset.image(index), channels: c, height: h, width: w)
+                        var unit = shifted.map { Float($0) * (1 / 255) }
+                        augmentation.photometric.apply(&unit, channels: c, height: h, width: w,
+                                                       seed: seed, epoch: epoch, sampleIndex: index)
+                        for ch in 0..<c {
+                            let t = lut.baseAddress! + ch * 256
+                            let std = 1 / (t[255] - t[0]), mean = -t[0] * std
+                            let d = dst + ch * plane
+                            for k in 0..<plane { d[k] = (unit[ch * plane + k] - mean) / std }
+                        }
+                        continue
+                    }
                     for ch in 0..<c {
                         let t = lut.baseAddress! + ch * 256
                         let black = t[0]

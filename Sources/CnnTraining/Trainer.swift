@@ -187,10 +187,17 @@ public final class Trainer {
         trainSet = train
         testSet = test
         statistics = ChannelStatistics.compute(train)
-        assembler = BatchAssembler(dataset: train, statistics: statistics,
-                                   augmentation: Augmentation(cropPadding: config.cropPadding, horizontalFlip: config.flip,
-                                                              maxTranslation: config.translate),
-                                   seed: config.seed)
+        var augmentation = Augmentation(cropPadding: config.cropPadding, horizontalFlip: config.flip,
+                                        maxTranslation: config.translate)
+        augmentation.photometric.resizedCropScale = config.randomResizedCrop
+        augmentation.photometric.verticalFlip = config.verticalFlip
+        augmentation.photometric.rotationDegrees = config.rotation
+        augmentation.photometric.brightness = config.brightness
+        augmentation.photometric.contrast = config.contrast
+        augmentation.photometric.saturation = config.saturation
+        augmentation.photometric.noiseSigma = config.gaussianNoise
+        augmentation.photometric.erasingProbability = config.randomErasing
+        assembler = BatchAssembler(dataset: train, statistics: statistics, augmentation: augmentation, seed: config.seed)
 
         if let customModel {
             model = customModel

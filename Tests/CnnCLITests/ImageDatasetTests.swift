@@ -89,4 +89,53 @@ final class ImageDatasetTests: XCTestCase {
         XCTAssertNotEqual(train.status, 0)
         XCTAssertTrue(train.stderr.contains(victim), train.stderr)
     }
+
+    /// torchvision's augmentations as config keys: deterministic per (seed,
+    /// epoch, sample), so a batch split over ranks sees the images one rank
+    /// would; values refused by name; a run with all of them trains.
+    func testTorchvisionAugmentationsAreRankIndependentAndTrain() throws {
+        let data = ImageDataset.synthetic(count: 16, channels: 3, height: 12, width: 12, seed: 3)
+        var augmentation = Augmentation(cropPadding: 1, horizontalFlip: true)
+        augmentation.photometric.resizedCropScale = [0.5, 1]
+        augmentation.photometric.verticalFlip = true
+        augmentation.photometric.rotationDegrees = 15
+        augmentation.photometric.brightness = 0.4
+        augmentation.photometric.contrast = 0.4
+        augmentation.photometric.saturation = 0.4
+        augmentation.photometric.noiseSigma = 0.05
+        augmentation.photometric.erasingProbability = 0.5
+        let stats = ChannelStatistics.compute(data)
+        let assembler = BatchAssembler(dataset: data, statistics: stats, augmentation: augmentation, seed: 9)
+        let whole = assembler.batch(indices: Array(0..<8), epoch: 2).images.toArray()
+        let halves = assembler.batch(indices: Array(0..<4), epoch: 2).images.toArray()
+            + assembler.batch(indices: Array(4..<8), epoch: 2).images.toArray()
+        XCTAssertEqual(whole, halves, "rank split changed the augmented images")
+        let plain = BatchAssembler(dataset: data, statistics: stats, seed: 9).batch(indices: Array(0..<8), epoch: 2).images.toArray()
+        XCTAssertNotEqual(whole, plain)
+        XCTAssertNotEqual(whole, assembler.batch(indices: Array(0..<8), epoch: 3).images.toArray(), "epochs differ")
+        XCTAssertTrue(whole.allSatisfy(\.isFinite))
+
+        let dir = temporaryDirectory("augment")
+        try """
+            dataset: synthetic
+            input: 3x16x16
+            synthetic_count: 256
+            epochs: 1
+            batch_size: 32
+            random_resized_crop: [0.08, 1.0]
+            vertical_flip: true
+            rotation: 10
+            brightness: 0.2
+            contrast: 0.2
+            saturation: 0.2
+            gaussian_noise: 0.02
+            random_erasing: 0.25
+            threads: 1
+            """.write(toFile: dir + "/a.yaml", atomically: true, encoding: .utf8)
+        let run = try runCnnDist(["train", "--config", dir + "/a.yaml", "--model", "resnet20", "--max-steps", "3", "--run-dir", dir + "/run"])
+        XCTAssertEqual(run.status, 0, run.stderr + run.stdout)
+        try "random_resized_crop: [0.9, 0.1]\n".write(toFile: dir + "/b.yaml", atomically: true, encoding: .utf8)
+        let bad = try runCnnDist(["train", "--config", dir + "/b.yaml"])
+        XCTAssertTrue(bad.stderr.contains("config field 'random_resized_crop'"), bad.stderr)
+    }
 }
