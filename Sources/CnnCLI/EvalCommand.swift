@@ -28,6 +28,8 @@ public struct EvalCommand: ParsableCommand {
     var syntheticCount = TrainingConfig().syntheticCount
     @Option(help: "Seed of the synthetic dataset, as in the training config.") var seed = TrainingConfig().seed
     @Flag(help: "Print one JSON object instead of a line of text.") var json = false
+    @Option(help: ArgumentHelp("Write the confusion matrix (true x predicted class, with class names) as JSON.",
+                               valueName: "OUT.json")) var confusion: String?
     @OptionGroup var world: WorldOptions
 
     public init() {}
@@ -59,15 +61,26 @@ public struct EvalCommand: ParsableCommand {
         if testLimit > 0 && testLimit < test.count { test = test.subset(0..<testLimit, name: test.name) }
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
                                   batchSize: batchSize, labelSmoothing: Float(labelSmoothing))
+        let names = loaded.classNames ?? (0..<model.classCount).map(String.init)
+        if let confusion, communicator.rank == 0 {
+            guard !result.confusion.isEmpty else {
+                throw ValidationError("--confusion: the matrix is kept for models of up to 1,000 classes")
+            }
+            let object: [String: Any] = ["classes": names, "matrix": result.confusion, "checkpoint": checkpoint,
+                                         "dataset": kind.rawValue, "rows": "true class", "columns": "predicted class"]
+            try writeFileAtomically(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: confusion)
+        }
         if json {
+            let perClass = result.perClassAccuracy.map { $0.map { $0 as Any } ?? NSNull() }
             let object: [String: Any] = [
                 "loss": result.loss, "accuracy": result.accuracy, "correct": result.correct, "count": result.count,
                 "checkpoint": checkpoint, "dataset": kind.rawValue, "model": model.name, "label_smoothing": labelSmoothing,
+                "top5_accuracy": result.top5Accuracy, "per_class_accuracy": perClass, "classes": names,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             return String(decoding: data, as: UTF8.self)
         }
-        return String(format: "%@ on %@ (%d images): loss %.4f accuracy %.4f (%d correct)",
-                      checkpoint, test.name, result.count, result.loss, result.accuracy, result.correct)
+        return String(format: "%@ on %@ (%d images): loss %.4f accuracy %.4f (%d correct), top-5 %.4f",
+                      checkpoint, test.name, result.count, result.loss, result.accuracy, result.correct, result.top5Accuracy)
     }
 }

@@ -36,7 +36,10 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
     let assembler = BatchAssembler(dataset: dataset, statistics: statistics, augmentation: Augmentation())
     let batches = evaluationBatches(count: dataset.count, rank: communicator.rank, size: communicator.size,
                                     batchSize: batchSize)
-    var sums = [0.0, 0.0, 0.0]   // loss sum, correct, count
+    let classes = model.classCount
+    let confusionSize = classes <= 1000 ? classes * classes : 0
+    // loss sum, correct, count, top-5 correct, then the confusion matrix (true x predicted).
+    var sums = [Double](repeating: 0, count: 4 + confusionSize)
     for b in batches where !b.indices.isEmpty {
         let (images, labels) = assembler.batch(indices: b.indices, epoch: 0)
         let logits = model.forward(images, context: context)
@@ -44,10 +47,26 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
         sums[0] += l
         sums[1] += Double(loss.lastCorrect)
         sums[2] += Double(labels.count)
+        for (i, label) in labels.enumerated() {
+            let row = logits.data + i * classes
+            let target = row[Int(label)]
+            var above = 0, best = 0
+            for k in 0..<classes {
+                if row[k] > target { above += 1 }
+                if row[k] > row[best] { best = k }
+            }
+            if above < 5 { sums[3] += 1 }
+            if confusionSize > 0 { sums[4 + Int(label) * classes + best] += 1 }
+        }
     }
     try communicator.allreduceSum(&sums)
-    return Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
-                      count: Int(sums[2]), correct: Int(sums[1]))
+    var result = Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
+                            count: Int(sums[2]), correct: Int(sums[1]))
+    result.top5Correct = Int(sums[3])
+    if confusionSize > 0 {
+        result.confusion = (0..<classes).map { t in (0..<classes).map { p in Int(sums[4 + t * classes + p]) } }
+    }
+    return result
 }
 
 /// Logits [N, classes] of `model` for images given as N×C×H×W bytes

@@ -38,6 +38,19 @@ public struct Evaluation: Equatable {
     public var accuracy: Double
     public var count: Int
     public var correct: Int
+    /// Samples whose label is among the 5 highest logits (ties count against).
+    public var top5Correct = 0
+    /// confusion[true class][predicted class], for up to 1,000 classes (else empty).
+    public var confusion: [[Int]] = []
+
+    /// Accuracy within each true class (nil for a class with no sample).
+    public var perClassAccuracy: [Double?] {
+        confusion.enumerated().map { k, row in
+            let total = row.reduce(0, +)
+            return total == 0 ? nil : Double(row[k]) / Double(total)
+        }
+    }
+    public var top5Accuracy: Double { Double(top5Correct) / Double(max(1, count)) }
 }
 
 /// Seconds spent in each phase of training steps (one rank's view).

@@ -172,3 +172,49 @@ final class ModelFileCommandTests: XCTestCase {
         XCTAssertTrue(eval.stdout.contains("accuracy"), eval.stdout)
     }
 }
+
+/// eval's top-5, per-class accuracy and confusion matrix agree with its
+/// accuracy, and with each other across rank counts.
+final class EvalReportTests: XCTestCase {
+    func testConfusionMatrixAndTopFive() throws {
+        let dir = NSTemporaryDirectory() + "cnn-confusion-\(UUID().uuidString)"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        var config = TrainingConfig()
+        config.model = "lenet5"; config.dataset = .synthetic; config.syntheticCount = 256; config.batchSize = 32
+        config.epochs = 1; config.threads = 1
+        try CnnDistributed.LocalWorld.run(size: 1) { comm in
+            _ = try Trainer(config: config, communicator: comm, runDirectory: dir, log: { _ in }).run()
+        }
+        var reports: [[String: Any]] = []
+        for ranks in ["1", "3"] {
+            let out = dir + "/confusion-\(ranks).json"
+            let line = try XCTUnwrap(try withWorldForTest(ranks: Int(ranks)!) {
+                try EvalCommand.parse(["--checkpoint", dir, "--dataset", "synthetic", "--synthetic-count", "256", "--json",
+                                       "--confusion", out]).evaluateAndFormat(communicator: $0)
+            })
+            var report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let confusion = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out))) as? [String: Any])
+            let matrix = try XCTUnwrap(confusion["matrix"] as? [[Int]])
+            let count = try XCTUnwrap(report["count"] as? Int), correct = try XCTUnwrap(report["correct"] as? Int)
+            XCTAssertEqual(matrix.count, 10)
+            XCTAssertEqual(matrix.joined().reduce(0, +), count)
+            XCTAssertEqual(matrix.indices.map { matrix[$0][$0] }.reduce(0, +), correct, "trace = correct")
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(report["top5_accuracy"] as? Double), try XCTUnwrap(report["accuracy"] as? Double))
+            report["matrix"] = matrix
+            reports.append(report)
+        }
+        XCTAssertEqual(reports[0]["matrix"] as? [[Int]], reports[1]["matrix"] as? [[Int]], "1 rank vs 3 ranks")
+        XCTAssertEqual(reports[0]["top5_accuracy"] as? Double, reports[1]["top5_accuracy"] as? Double)
+    }
+
+    /// Runs `body` on every rank of an in-process world; rank 0's result.
+    private func withWorldForTest(ranks: Int, _ body: @escaping (Communicator) throws -> String) throws -> String? {
+        let lock = NSLock()
+        var result: String?
+        try CnnDistributed.LocalWorld.run(size: ranks) { comm in
+            let value = try body(comm)
+            if comm.rank == 0 { lock.lock(); result = value; lock.unlock() }
+        }
+        return result
+    }
+}
