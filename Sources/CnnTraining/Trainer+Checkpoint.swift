@@ -107,6 +107,15 @@ extension Trainer {
             throw CnnError.invalidCheckpoint(file: folder + "/state.json", reason: "\(error)")
         }
         let model = try SafeTensors.decode(try need("model.safetensors"), file: folder + "/model.safetensors")
+        // The model file's metadata must describe the run state.json continues.
+        let config = state.config
+        let expectedModel = ModelFile.isPath(config.model) ? (try? modelDefinition(config.model).name) ?? config.model : config.model
+        for (key, expected) in [("model", expectedModel), ("input", config.input), ("classes", config.classes.map(String.init))] {
+            if let expected, let stored = model.metadata[key], stored.lowercased() != expected.lowercased() {
+                throw CnnError.invalidCheckpoint(file: folder + "/model.safetensors",
+                                                 reason: "metadata \(key) '\(stored)' contradicts state.json's config (\(expected))")
+            }
+        }
         let opt = try SafeTensors.decode(try need("optimizer.safetensors"), file: folder + "/optimizer.safetensors")
         return ResumePoint(folder: folder, state: state, model: model.tensors, optimizer: opt.tensors, optimizerMetadata: opt.metadata)
     }

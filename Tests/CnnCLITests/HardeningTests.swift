@@ -153,4 +153,27 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(kept.first?.testLoss, .infinity)
         XCTAssertTrue(kept.first?.optimizerFraction.isNaN ?? false)
     }
+
+    /// A checkpoint whose model metadata contradicts its state.json's config
+    /// (re-signed, so only the content check stands) is refused on resume.
+    func testResumeRefusesContradictingModelMetadata() throws {
+        let dir = folder("contradict")
+        var c = small()
+        c.maxSteps = 1
+        try LocalWorld.run(size: 1) { comm in _ = try Trainer(config: c, communicator: comm, runDirectory: dir, log: { _ in }).run() }
+        let source = CheckpointStore.folder(runDirectory: dir, step: 1)
+        let decoded = try SafeTensors.decode(try FileBytes.read(source + "/model.safetensors"), file: "m")
+        var metadata = decoded.metadata
+        metadata["model"] = "fashion-cnn"
+        let other = folder("contradict-run")
+        try CheckpointStore.write(runDirectory: other, step: 1, files: [
+            ("model.safetensors", try SafeTensors.encode(decoded.tensors, metadata: metadata)),
+            ("optimizer.safetensors", try FileBytes.read(source + "/optimizer.safetensors")),
+            ("state.json", try FileBytes.read(source + "/state.json")),
+        ], keep: 1)
+        try LocalWorld.run(size: 1) { comm in
+            let text = self.message { _ = try Trainer.loadResumePoint(runDirectory: other, communicator: comm, log: { _ in }) }
+            XCTAssertTrue(text.contains("model.safetensors") && text.contains("contradicts state.json"), text)
+        }
+    }
 }
