@@ -113,6 +113,18 @@ private func plainValue(_ node: Node, field: String, at place: String) throws ->
             guard case .scalar = item else { throw refuse("a nested collection") }
             return try plainValue(item, field: field, at: place)
         }
+    case .mapping(let mapping) where field == "augment":
+        // The one field that is a mapping (of plain values): torchvision's augmentations.
+        var object: [String: Any] = [:]
+        for (key, value) in mapping {
+            guard let name = key.string else { throw refuse("a non-string key") }
+            guard case .mapping = value else {
+                object[name] = try plainValue(value, field: "augment.\(name)", at: place)
+                continue
+            }
+            throw refuse("a nested mapping")
+        }
+        return object
     case .mapping:
         throw refuse("a mapping (or a set)")
     default:

@@ -227,18 +227,8 @@ public func gemmBF16Reference(
     b: UnsafePointer<Float>, ldb: Int,
     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
 ) {
-    for i in 0..<m {
-        for j in 0..<n {
-            var sum: Float = 0
-            for p in 0..<k {
-                let av = transA == .none ? a[i * lda + p] : a[p * lda + i]
-                let bv = transB == .none ? b[p * ldb + j] : b[j * ldb + p]
-                sum += bf16Rounded(av) * bf16Rounded(bv)
-            }
-            let old = beta == 0 ? 0 : beta * c[i * ldc + j]
-            c[i * ldc + j] = alpha * sum + old
-        }
-    }
+    referenceGEMM(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                  accumulator: Float.self, operand: bf16Rounded)
 }
 
 @inline(__always)

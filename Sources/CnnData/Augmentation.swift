@@ -123,6 +123,45 @@ public struct TorchvisionAugmentation: Equatable, Sendable, Codable {
 
     public init() {}
 
+    /// The config keys (`augment:` in a config file), torchvision's names in snake_case.
+    public enum CodingKeys: String, CodingKey, CaseIterable {
+        case resizedCropScale = "random_resized_crop", verticalFlip = "vertical_flip", rotationDegrees = "rotation"
+        case brightness, contrast, saturation, noiseSigma = "gaussian_noise", erasingProbability = "random_erasing"
+    }
+
+    /// Decodes strictly: an unknown key is an error naming it and the known ones.
+    public init(from decoder: Decoder) throws {
+        let names = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue)
+        if let unknown = names.first(where: { CodingKeys(rawValue: $0) == nil }) {
+            throw CnnError.invalidConfig(field: "augment.\(unknown)", value: "(unknown key)",
+                                         allowed: CodingKeys.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        resizedCropScale = try c.decodeIfPresent([Double].self, forKey: .resizedCropScale)
+        verticalFlip = try c.decodeIfPresent(Bool.self, forKey: .verticalFlip) ?? false
+        rotationDegrees = try c.decodeIfPresent(Double.self, forKey: .rotationDegrees) ?? 0
+        brightness = try c.decodeIfPresent(Double.self, forKey: .brightness) ?? 0
+        contrast = try c.decodeIfPresent(Double.self, forKey: .contrast) ?? 0
+        saturation = try c.decodeIfPresent(Double.self, forKey: .saturation) ?? 0
+        noiseSigma = try c.decodeIfPresent(Double.self, forKey: .noiseSigma) ?? 0
+        erasingProbability = try c.decodeIfPresent(Double.self, forKey: .erasingProbability) ?? 0
+    }
+
+    /// Throws naming the first value out of range (`augment.<key>`) and what is allowed.
+    public func validate() throws {
+        if let scale = resizedCropScale {
+            guard scale.count == 2, scale.allSatisfy({ $0.isFinite }), 0 < scale[0], scale[0] <= scale[1], scale[1] <= 1 else {
+                throw CnnError.invalidConfig(field: "augment.random_resized_crop", value: "\(scale)",
+                                             allowed: "[min, max] area fractions with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
+            }
+        }
+        for (key, value, upper) in [(CodingKeys.rotationDegrees, rotationDegrees, 180.0), (.brightness, brightness, 1),
+                                    (.contrast, contrast, 1), (.saturation, saturation, 1), (.noiseSigma, noiseSigma, 1),
+                                    (.erasingProbability, erasingProbability, 1)] where !(value.isFinite && (0...upper).contains(value)) {
+            throw CnnError.invalidConfig(field: "augment.\(key.rawValue)", value: "\(value)", allowed: "a number from 0 to \(upper)")
+        }
+    }
+
     public var isIdentity: Bool {
         resizedCropScale == nil && !verticalFlip && rotationDegrees == 0 && brightness == 0 && contrast == 0
             && saturation == 0 && noiseSigma == 0 && erasingProbability == 0
@@ -151,4 +190,12 @@ public struct TorchvisionAugmentation: Equatable, Sendable, Codable {
                                               probability: erasingProbability, rng: &rng)
         }
     }
+}
+
+/// Any key, to list what a mapping holds.
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }

@@ -202,14 +202,7 @@ public final class Trainer {
         statistics = ChannelStatistics.compute(train)
         var augmentation = Augmentation(cropPadding: config.cropPadding, horizontalFlip: config.flip,
                                         maxTranslation: config.translate)
-        augmentation.photometric.resizedCropScale = config.randomResizedCrop
-        augmentation.photometric.verticalFlip = config.verticalFlip
-        augmentation.photometric.rotationDegrees = config.rotation
-        augmentation.photometric.brightness = config.brightness
-        augmentation.photometric.contrast = config.contrast
-        augmentation.photometric.saturation = config.saturation
-        augmentation.photometric.noiseSigma = config.gaussianNoise
-        augmentation.photometric.erasingProbability = config.randomErasing
+        augmentation.photometric = config.augment
         assembler = BatchAssembler(dataset: train, statistics: statistics, augmentation: augmentation, seed: config.seed)
 
         if let customModel {

@@ -36,20 +36,8 @@ public struct TrainingConfig: Codable, Equatable {
     public var flip = true
     /// Random translation in pixels (0 = off).
     public var translate = 0
-    /// torchvision's RandomResizedCrop area range, e.g. [0.08, 1.0] (nil = off).
-    public var randomResizedCrop: [Double]? = nil
-    /// RandomVerticalFlip (p 0.5).
-    public var verticalFlip = false
-    /// RandomRotation degrees (uniform in ±degrees, 0 = off).
-    public var rotation = 0.0
-    /// ColorJitter strengths (0 = off).
-    public var brightness = 0.0
-    public var contrast = 0.0
-    public var saturation = 0.0
-    /// Gaussian noise sigma in [0, 1] pixel units (0 = off).
-    public var gaussianNoise = 0.0
-    /// RandomErasing probability (0 = off).
-    public var randomErasing = 0.0
+    /// torchvision's augmentations, a mapping under `augment:` (all off by default).
+    public var augment = TorchvisionAugmentation()
     public var initScheme = InitScheme.pytorchDefault
     public var seed: UInt64 = 1
     /// Stop when test accuracy has not improved for this many epochs (0 = off).
@@ -91,9 +79,7 @@ public struct TrainingConfig: Codable, Equatable {
         case model, input, classes, dataset, data, epochs, batchSize = "batch_size", optimizer, lr, momentum
         case nesterov, weightDecay = "weight_decay", beta1, beta2, schedule, stepEpochs = "step_epochs", milestones
         case gamma, warmupEpochs = "warmup_epochs", clipNorm = "clip_norm", labelSmoothing = "label_smoothing"
-        case cropPadding = "crop_padding", flip, translate, randomResizedCrop = "random_resized_crop"
-        case verticalFlip = "vertical_flip", rotation, brightness, contrast, saturation, gaussianNoise = "gaussian_noise"
-        case randomErasing = "random_erasing", initScheme = "init_scheme", seed
+        case cropPadding = "crop_padding", flip, translate, augment, initScheme = "init_scheme", seed
         case earlyStoppingPatience = "early_stopping_patience", trainLimit = "train_limit", testLimit = "test_limit"
         case syntheticCount = "synthetic_count", accumulationSteps = "accumulation_steps"
         case syncBatchNorm = "sync_batchnorm", checkpointEvery = "checkpoint_every"
@@ -138,20 +124,7 @@ public struct TrainingConfig: Codable, Equatable {
         try number("label_smoothing", labelSmoothing, 0...1, open: true)
         try integer("crop_padding", cropPadding, 0...1024)
         try integer("translate", translate, 0...1024)
-        if let scale = randomResizedCrop {
-            guard scale.count == 2, scale.allSatisfy({ $0.isFinite }), 0 < scale[0], scale[0] <= scale[1], scale[1] <= 1 else {
-                throw fail("random_resized_crop", scale, "[min, max] area fractions with 0 < min <= max <= 1, e.g. [0.08, 1.0]")
-            }
-        }
-        func unit(_ field: String, _ value: Double, _ range: ClosedRange<Double>) throws {
-            guard value.isFinite, range.contains(value) else { throw fail(field, value, "a number from \(range.lowerBound) to \(range.upperBound)") }
-        }
-        try unit("rotation", rotation, 0...180)
-        try unit("brightness", brightness, 0...1)
-        try unit("contrast", contrast, 0...1)
-        try unit("saturation", saturation, 0...1)
-        try unit("gaussian_noise", gaussianNoise, 0...1)
-        try unit("random_erasing", randomErasing, 0...1)
+        try augment.validate()
         try integer("early_stopping_patience", earlyStoppingPatience, 0...100_000, " (0 = off)")
         try integer("train_limit", trainLimit, 0...1 << 40, " (0 = all)")
         try integer("test_limit", testLimit, 0...1 << 40, " (0 = all)")

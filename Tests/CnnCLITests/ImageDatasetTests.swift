@@ -122,20 +122,24 @@ final class ImageDatasetTests: XCTestCase {
             synthetic_count: 256
             epochs: 1
             batch_size: 32
-            random_resized_crop: [0.08, 1.0]
-            vertical_flip: true
-            rotation: 10
-            brightness: 0.2
-            contrast: 0.2
-            saturation: 0.2
-            gaussian_noise: 0.02
-            random_erasing: 0.25
+            augment:
+              random_resized_crop: [0.08, 1.0]
+              vertical_flip: true
+              rotation: 10
+              brightness: 0.2
+              contrast: 0.2
+              saturation: 0.2
+              gaussian_noise: 0.02
+              random_erasing: 0.25
             threads: 1
             """.write(toFile: dir + "/a.yaml", atomically: true, encoding: .utf8)
         let run = try runCnnDist(["train", "--config", dir + "/a.yaml", "--model", "resnet20", "--max-steps", "3", "--run-dir", dir + "/run"])
         XCTAssertEqual(run.status, 0, run.stderr + run.stdout)
-        try "random_resized_crop: [0.9, 0.1]\n".write(toFile: dir + "/b.yaml", atomically: true, encoding: .utf8)
-        let bad = try runCnnDist(["train", "--config", dir + "/b.yaml"])
-        XCTAssertTrue(bad.stderr.contains("config field 'random_resized_crop'"), bad.stderr)
+        for (text, field) in [("augment: {random_resized_crop: [0.9, 0.1]}", "augment.random_resized_crop"),
+                              ("augment: {rotaton: 10}", "augment.rotaton"), ("augment: {rotation: .nan}", "augment.rotation")] {
+            try (text + "\n").write(toFile: dir + "/b.yaml", atomically: true, encoding: .utf8)
+            let bad = try runCnnDist(["train", "--config", dir + "/b.yaml"])
+            XCTAssertTrue(bad.status != 0 && bad.stderr.contains("config field '\(field)'"), bad.stderr)
+        }
     }
 }
