@@ -95,15 +95,8 @@ extension PredictCommand {
     /// Top-k classes with names and softmax probabilities, per image.
     func predictImages(_ files: [String], loaded: LoadedModel) throws {
         let model = loaded.model
-        let (c, h, w) = (model.inputShape[0], model.inputShape[1], model.inputShape[2])
         let decoder = ImageDecoder()
-        var pixels: [UInt8] = []
-        pixels.reserveCapacity(files.count * c * h * w)
-        for file in files {
-            // The evaluation transform: shorter side resized, centre crop.
-            let image = try decoder.decodeFile(file, channels: c, atLeast: (h, w))
-            pixels += ImageTransforms.resizeShorterSideThenCenterCrop(image, shorter: max(h, w), cropHeight: h, cropWidth: w).chw()
-        }
+        let pixels = try files.flatMap { try decoder.decodeInput($0, shape: model.inputShape) }
         let logits = try predictLogits(model: model, pixels: pixels, count: files.count, statistics: loaded.statistics,
                                        batchSize: batchSize)
         let classes = model.classCount

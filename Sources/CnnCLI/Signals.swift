@@ -22,6 +22,7 @@ enum StopSignals {
     }
 
     static func install(underMPI: Bool) {
+        guard sources.isEmpty else { return }
         let signals = [SIGINT, SIGUSR1] + (underMPI ? [] : [SIGTERM])
         for number in signals {
             signal(number, SIG_IGN)

@@ -63,10 +63,9 @@ public struct BatchAssembler: Sendable {
                         augmentation.photometric.apply(&unit, channels: c, height: h, width: w,
                                                        seed: seed, epoch: epoch, sampleIndex: index)
                         for ch in 0..<c {
-                            let t = lut.baseAddress! + ch * 256
-                            let std = 1 / (t[255] - t[0]), mean = -t[0] * std
+                            let mean = statistics.mean[ch], std = statistics.std[ch]
                             let d = dst + ch * plane
-                            for k in 0..<plane { d[k] = (unit[ch * plane + k] - mean) / std }
+                            for k in 0..<plane { d[k] = Float((Double(unit[ch * plane + k]) - mean) / std) }
                         }
                         continue
                     }

@@ -113,7 +113,11 @@ public enum DatasetKind: String, ConfigChoice {
             return ImageDataset.syntheticSplits(count: request.syntheticCount, shape: request.imageShape ?? [1, 28, 28],
                                                 classes: request.classes ?? 10, seed: request.seed)
         }
-        return (try load(.train, request), try load(.test, request))
+        var (train, test) = (try load(.train, request), try load(.test, request))
+        // CSV files count classes by their largest label, and a class may be absent from one split.
+        let classes = max(train.classCount, test.classCount)
+        (train.classCount, test.classCount) = (classes, classes)
+        return (train, test)
     }
 
     /// One split.
@@ -137,11 +141,6 @@ public enum DatasetKind: String, ConfigChoice {
             let names = requiredFiles[split == .train ? 0 : 1]
             let path = names.map { "\(base)/\($0)" }.first { FileBytes.exists($0) }!
             dataset = try CSVPixels.load(path: path, name: "csv \(split.rawValue)")
-            if split == .test {
-                // Label the test split with the training split's class count (a class may be absent from it).
-                let train = try load(.train, DatasetRequest(directory: dir))
-                dataset.classCount = max(dataset.classCount, train.classCount)
-            }
         case .synthetic: fatalError("synthetic has no files")
         }
         if let shape = request.imageShape, shape != dataset.imageShape { dataset = dataset.converted(to: shape) }

@@ -32,11 +32,7 @@ extension ImageDataset {
                 var i = worker
                 while i < count {
                     do {
-                        let sample = index.samples[i]
-                        let image = try decoder.decodeFile(sample.path, channels: channels, atLeast: (height, width))
-                        let fitted = ImageTransforms.resizeShorterSideThenCenterCrop(
-                            image, shorter: max(height, width), cropHeight: height, cropWidth: width)
-                        let chw = fitted.chw()
+                        let chw = try decoder.decodeInput(index.samples[i].path, shape: shape)
                         chw.withUnsafeBufferPointer { (base + i * imageSize).update(from: $0.baseAddress!, count: imageSize) }
                     } catch {
                         lock.lock(); if failure == nil { failure = error }; lock.unlock()
@@ -74,5 +70,17 @@ extension ImageDataset {
                                    classCount: classCount)
         dataset.classNames = classNames
         return dataset
+    }
+}
+
+extension ImageDecoder {
+    /// An image file as a model input of `shape` (C, H, W), CHW bytes: decoded
+    /// to C channels, the shorter side resized (antialiased bilinear) and a
+    /// centre crop, as torchvision's evaluation transform.
+    public func decodeInput(_ path: String, shape: [Int]) throws -> [UInt8] {
+        let (channels, height, width) = (shape[0], shape[1], shape[2])
+        let image = try decodeFile(path, channels: channels, atLeast: (height, width))
+        return ImageTransforms.resizeShorterSideThenCenterCrop(image, shorter: max(height, width),
+                                                               cropHeight: height, cropWidth: width).chw()
     }
 }

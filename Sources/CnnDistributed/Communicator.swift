@@ -292,11 +292,3 @@ public func endWorldAfterError(_ communicator: Communicator, error: Error, conte
     if let mpi = communicator as? MPICommunicator { mpi.abort(errorCode: worldExitCode(for: error)) }
 }
 
-/// This machine's host name (gethostname), for single-process and in-process ranks.
-func localHostName() -> String {
-    var buf = [CChar](repeating: 0, count: 256)
-    if gethostname(&buf, buf.count - 1) == 0 {
-        return String(cString: buf)
-    }
-    return ProcessInfo.processInfo.hostName
-}

@@ -108,7 +108,7 @@ public final class LocalCommunicator: Communicator {
     init(rank: Int, hub: LocalHub) {
         self.rank = rank
         self.hub = hub
-        processorName = localHostName()
+        processorName = hostNameForReports()
     }
 
     /// Posts this rank's contribution to its next collective slot.
@@ -255,7 +255,7 @@ final class LocalHub {
     private var exited = Set<Int>()
     /// Each rank's latest collective, for timeout reports.
     private var lastJoined: [Collective?]
-    private let hostName = localHostName()
+    private let hostName = hostNameForReports()
     /// Why the world was aborted, for the errors of the other ranks.
     private var failureReason: String?
     /// The error `LocalWorld.run` rethrows.

@@ -328,7 +328,7 @@ final class StartupWatchdog {
         let done = self.done
         let thread = Thread {
             guard done.wait(timeout: .now() + deadline) == .timedOut else { return }
-            let who = rank >= 0 ? "rank \(rank) (host \(localHostName()))" : "host \(localHostName())"
+            let who = rank >= 0 ? "rank \(rank) (host \(hostNameForReports()))" : "host \(hostNameForReports())"
             FileHandle.standardError.write(Data(("cnn-dist: \(who): \(phase) did not complete within "
                 + "\(formatSeconds(deadline)) s: a rank of this job never started or stalled before joining; exiting\n").utf8))
             _exit(WorldFailure.exitCode)

@@ -13,7 +13,7 @@ public final class SingleProcessCommunicator: Communicator {
     public let processorName: String
 
     /// A one-rank world on this host.
-    public init() { processorName = localHostName() }
+    public init() { processorName = hostNameForReports() }
 
     /// The sum over one rank is the buffer itself.
     public func allreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {}

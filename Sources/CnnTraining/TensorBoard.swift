@@ -216,7 +216,6 @@ private func littleEndianBytes<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
 
 /// The host name for the file name, with '/' (never in a host name, but a path separator) replaced.
 private func tensorBoardHostName() -> String {
-    var buf = [CChar](repeating: 0, count: 256)
-    let name = gethostname(&buf, buf.count - 1) == 0 ? String(cString: buf) : "localhost"
-    return name.isEmpty ? "localhost" : name.replacingOccurrences(of: "/", with: "_")
+    let name = hostNameForReports()
+    return name.isEmpty || name == "?" ? "localhost" : name.replacingOccurrences(of: "/", with: "_")
 }

@@ -30,11 +30,7 @@ final class ClusterCitizenTests: XCTestCase {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
-        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-        process.environment = env
+        process.environment = childEnvironment()
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice

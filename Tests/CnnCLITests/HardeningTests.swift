@@ -61,35 +61,38 @@ final class HardeningTests: XCTestCase {
         XCTAssertThrowsError(try SelfTestCommand.parse(["--large-count", "4611686018427387904"]))
     }
 
-    /// A state.json whose epoch or step could never be reached is refused naming the field.
-    func testAbsurdResumePositionIsRefused() throws {
-        let dir = folder("state")
+    /// Trains one step into a run folder, damages its resume point with `edit`,
+    /// and returns what resuming from it throws ("" if it is accepted).
+    private func resumeMessage(_ edit: @escaping (inout ResumePoint) -> Void) throws -> String {
+        let dir = folder("resume")
         var c = small()
         c.maxSteps = 1
+        var text = ""
         try LocalWorld.run(size: 1) { comm in _ = try Trainer(config: c, communicator: comm, runDirectory: dir, log: { _ in }).run() }
         try LocalWorld.run(size: 1) { comm in
             var point = try Trainer.loadResumePoint(runDirectory: dir, communicator: comm, log: { _ in })
-            point.state.epoch = 1 << 62
-            let text = self.message { _ = try Trainer(config: c, communicator: comm, runDirectory: nil, resume: point, log: { _ in }) }
-            XCTAssertTrue(text.contains("state.json") && text.contains("epoch"), text)
+            edit(&point)
+            text = self.message { _ = try Trainer(config: c, communicator: comm, runDirectory: nil, resume: point, log: { _ in }) }
         }
+        return text
+    }
+
+    /// A state.json whose epoch or step could never be reached is refused naming the field.
+    func testAbsurdResumePositionIsRefused() throws {
+        let text = try resumeMessage { $0.state.epoch = 1 << 62 }
+        XCTAssertTrue(text.contains("state.json") && text.contains("epoch"), text)
     }
 
     /// A NaN optimizer buffer on resume is named with its file and tensor when
     /// loaded, not a step later as a gradient.
     func testNonFiniteOptimizerStateOnResumeIsNamed() throws {
-        let dir = folder("nanstate")
-        var c = small()
-        c.maxSteps = 1
-        try LocalWorld.run(size: 1) { comm in _ = try Trainer(config: c, communicator: comm, runDirectory: dir, log: { _ in }).run() }
-        try LocalWorld.run(size: 1) { comm in
-            var point = try Trainer.loadResumePoint(runDirectory: dir, communicator: comm, log: { _ in })
+        var name = ""
+        let text = try resumeMessage { point in
             XCTAssertFalse(point.optimizer.isEmpty)
+            name = point.optimizer[0].name
             point.optimizer[0].bytes.withUnsafeMutableBytes { $0.storeBytes(of: Float.nan, toByteOffset: 8, as: Float.self) }
-            let text = self.message { _ = try Trainer(config: c, communicator: comm, runDirectory: nil, resume: point, log: { _ in }) }
-            XCTAssertTrue(text.contains("optimizer.safetensors") && text.contains(point.optimizer[0].name)
-                          && text.contains("non-finite"), text)
         }
+        XCTAssertTrue(text.contains("optimizer.safetensors") && text.contains(name) && text.contains("non-finite"), text)
     }
 
     /// Optimizer state that overflowed is never written into a checkpoint.

@@ -33,18 +33,24 @@ func requireMPI() throws {
     guard mpirunLauncher() != nil else { throw XCTSkip("mpirun not installed (apt-get install openmpi-bin)") }
 }
 
+/// This process's environment for a child: no launcher variables of ours (the
+/// child is not a rank of this process's world), mpirun allowed as root, plus `extra`.
+func childEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
+    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    env.merge(extra) { $1 }
+    return env
+}
+
 /// Runs a program with a deadline, reading both pipes concurrently.
 func runProcess(_ executable: URL, _ arguments: [String], deadline: TimeInterval = 300,
                 extraEnvironment: [String: String] = [:]) throws -> ProcessResult {
     let process = Process()
     process.executableURL = executable
     process.arguments = arguments
-    var env = ProcessInfo.processInfo.environment
-    for key in ["OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"] { env[key] = nil }
-    env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-    env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
-    env.merge(extraEnvironment) { $1 }
-    process.environment = env
+    process.environment = childEnvironment(extraEnvironment)
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
