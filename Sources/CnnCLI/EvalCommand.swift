@@ -59,8 +59,12 @@ public struct EvalCommand: ParsableCommand {
                                      syntheticCount: syntheticCount, seed: seed)
         var test = try kind.load(.test, request)
         if testLimit > 0 && testLimit < test.count { test = test.subset(0..<testLimit, name: test.name) }
+        // A progress bar on a terminal only (never carriage returns in a log).
+        let terminal = communicator.rank == 0 && isatty(STDERR_FILENO) != 0 && !launchedByMPI()
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
-                                  batchSize: batchSize, labelSmoothing: Float(labelSmoothing))
+                                  batchSize: batchSize, labelSmoothing: Float(labelSmoothing),
+                                  progress: terminal ? { line in fputs("\r\u{1B}[K" + line, stderr) } : nil)
+        if terminal { fputs("\r\u{1B}[K", stderr) }
         let names = loaded.classNames ?? (0..<model.classCount).map(String.init)
         if let confusion, communicator.rank == 0 {
             guard !result.confusion.isEmpty else {

@@ -14,8 +14,10 @@ import CnnDistributed
 /// The loss is the mean softmax cross-entropy with `labelSmoothing` (0 is
 /// plain cross-entropy; a run's metrics.jsonl test_loss uses the training
 /// config's label_smoothing). Throws if shapes or classes do not fit.
+/// `progress` (rank 0) gets a progress line about twice a second.
 public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelStatistics,
-                     communicator: Communicator, batchSize: Int = 256, labelSmoothing: Float = 0) throws -> Evaluation {
+                     communicator: Communicator, batchSize: Int = 256, labelSmoothing: Float = 0,
+                     progress: ((String) -> Void)? = nil) throws -> Evaluation {
     guard dataset.imageShape == model.inputShape else {
         throw CnnError.invalidData(file: dataset.source.isEmpty ? dataset.name : dataset.source, reason:
             "images are \(formatShape(dataset.imageShape)) but \(model.name) takes \(formatShape(model.inputShape))")
@@ -40,6 +42,7 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
     let confusionSize = classes <= 1000 ? classes * classes : 0
     // loss sum, correct, count, top-5 correct, then the confusion matrix (true x predicted).
     var sums = [Double](repeating: 0, count: 4 + confusionSize)
+    let meter = progress.map { EvaluationProgress(total: dataset.count, ranks: communicator.size, report: $0) }
     for b in batches where !b.indices.isEmpty {
         let (images, labels) = assembler.batch(indices: b.indices, epoch: 0)
         let logits = model.forward(images, context: context)
@@ -58,6 +61,7 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
             if above < 5 { sums[3] += 1 }
             if confusionSize > 0 { sums[4 + Int(label) * classes + best] += 1 }
         }
+        meter?.advance(by: labels.count)
     }
     try communicator.allreduceSum(&sums)
     var result = Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
@@ -67,6 +71,37 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
         result.confusion = (0..<classes).map { t in (0..<classes).map { p in Int(sums[4 + t * classes + p]) } }
     }
     return result
+}
+
+/// Evaluation's progress line: "eval [####....] 45% | 4,480/10,000 images
+/// | 9,100 img/s | eta 1s", from rank 0's share (the ranks' shares are even).
+final class EvaluationProgress {
+    private let total: Int, ranks: Int
+    private let report: (String) -> Void
+    private let start = monotonicSeconds()
+    private var last: Double
+    private var done = 0
+
+    init(total: Int, ranks: Int, report: @escaping (String) -> Void) {
+        self.total = total
+        self.ranks = max(1, ranks)
+        self.report = report
+        last = start
+    }
+
+    func advance(by images: Int) {
+        done += images
+        let now = monotonicSeconds()
+        guard now - last >= 0.5 else { return }
+        last = now
+        let all = min(total, done * ranks)
+        let fraction = Double(all) / Double(max(1, total))
+        let rate = Double(all) / max(1e-9, now - start)
+        let filled = Int(fraction * 20)
+        report(String(format: "eval [%@] %3.0f%% | %d/%d images | %.0f img/s | eta %@",
+                      String(repeating: "#", count: filled) + String(repeating: ".", count: 20 - filled),
+                      100 * fraction, all, total, rate, formatDuration(Double(total - all) / max(rate, 1e-9))))
+    }
 }
 
 /// Logits [N, classes] of `model` for images given as N×C×H×W bytes

@@ -66,6 +66,7 @@ public final class RunDirectory {
         try writeFileAtomically(kept.flatMap { Array($0) + [0x0A] }, to: metricsPath)
         tensorBoard = try TensorBoardWriter(directory: path)
         if step > 0 { try tensorBoard?.addSessionStart(step: step) }
+        try tensorBoard?.addHyperParameters(config.hyperParameters, step: step)
         return kept.compactMap { try? decoder.decode(EpochMetrics.self, from: Data($0)) }
     }
 
@@ -103,6 +104,11 @@ public final class RunDirectory {
     /// Writes the final model.
     public func writeModel(_ bytes: [UInt8]) throws {
         try writeFileAtomically(bytes, to: modelPath)
+    }
+
+    /// Records that the run completed (the HParams dashboard's status).
+    public func markCompleted(step: Int) throws {
+        try tensorBoard?.addHyperParametersEnd(step: step)
     }
 
     /// Closes the TensorBoard event file.

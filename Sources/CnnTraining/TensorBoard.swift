@@ -38,7 +38,7 @@ import Foundation
 public final class TensorBoardWriter {
     /// The event file's path.
     public let path: String
-    private var fd: Int32
+    private(set) var fd: Int32
     private var pending: [UInt8] = []
 
     /// The `file_version` of the first record.
@@ -132,7 +132,7 @@ public final class TensorBoardWriter {
     }
 
     /// Frames `data` as one TFRecord into the pending bytes.
-    private func appendRecord(_ data: [UInt8]) {
+    func appendRecord(_ data: [UInt8]) {
         let length = littleEndianBytes(UInt64(data.count))
         pending += length
         pending += littleEndianBytes(CRC32C.masked(length))

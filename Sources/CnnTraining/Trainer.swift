@@ -337,6 +337,7 @@ public final class Trainer {
             }
         }
         try runFolder?.writeModel(try modelBytes())
+        try runFolder?.markCompleted(step: step)
         try runFolder?.close()
         try communicator.barrier()
         return history
@@ -484,7 +485,8 @@ public final class Trainer {
     /// (with the training loss's label smoothing, as metrics.jsonl reports it).
     public func evaluate() throws -> Evaluation {
         try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
-                                 batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing)
+                                 batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing,
+                                 progress: communicator.rank == 0 ? progress : nil)
     }
 }
 
