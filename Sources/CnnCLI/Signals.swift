@@ -7,9 +7,12 @@ import CnnDistributed
 /// step, rank 0 writes a checkpoint, and the job exits with status 75.
 ///
 /// SIGINT (Ctrl-C) and SIGUSR1 (Slurm's `--signal`, forwarded by mpirun)
-/// always; SIGTERM too when this process is not an MPI rank (under mpirun a
-/// SIGTERM means the launcher is ending the job after a failure, and the
-/// rank reports where it was instead). A second signal ends the process at once.
+/// always; SIGTERM too unless mpirun (or MPICH's mpiexec) started this rank:
+/// there a SIGTERM means the launcher is ending the job after a failure, and
+/// the rank reports where it was instead. A task srun started directly gets
+/// SIGTERM from `scancel`, `scontrol requeue` or preemption, with KillWait
+/// seconds before SIGKILL: time to finish the step and checkpoint. A second
+/// signal ends the process at once.
 enum StopSignals {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var received: Int32 = 0
@@ -21,9 +24,13 @@ enum StopSignals {
         return received
     }
 
-    static func install(underMPI: Bool) {
+    /// Whether SIGTERM was installed as a stop request (then the MPI termination report is not).
+    nonisolated(unsafe) private(set) static var stopsOnSIGTERM = false
+
+    static func install(sigtermStops: Bool) {
         guard sources.isEmpty else { return }
-        let signals = [SIGINT, SIGUSR1] + (underMPI ? [] : [SIGTERM])
+        stopsOnSIGTERM = sigtermStops
+        let signals = [SIGINT, SIGUSR1] + (sigtermStops ? [SIGTERM] : [])
         for number in signals {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
@@ -45,4 +52,14 @@ enum StopSignals {
             sources.append(source)
         }
     }
+}
+
+/// Whether SIGTERM asks this process to checkpoint and stop: yes outside MPI
+/// and for a task srun started directly; no for a rank of mpirun or mpiexec
+/// (which set OMPI_COMM_WORLD_SIZE or MPI_LOCALNRANKS, also inside a Slurm job).
+public func sigtermMeansStop(environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
+    guard launchedByMPI(environment: environment) else { return true }
+    let startedBySrun = environment["SLURM_STEP_ID"] != nil
+    let startedByMPIRun = environment["OMPI_COMM_WORLD_SIZE"] != nil || environment["MPI_LOCALNRANKS"] != nil
+    return startedBySrun && !startedByMPIRun
 }

@@ -108,7 +108,7 @@ public struct TrainCommand: ParsableCommand {
         let bucketBytes = Int(bucketMB * 1_048_576)
         // Under mpirun a rank's output is a pseudo-terminal, but it ends up in a log: plain lines.
         let terminal = isatty(STDOUT_FILENO) != 0 && !launchedByMPI()
-        StopSignals.install(underMPI: world.localRanks == nil && launchedByMPI())
+        StopSignals.install(sigtermStops: world.localRanks == nil ? sigtermMeansStop() : true)
         try withWorld(world) { comm in
             let log: (String) -> Void = { line in
                 guard comm.rank == 0 else { return }
@@ -147,11 +147,37 @@ public struct TrainCommand: ParsableCommand {
     }
 }
 
-/// Compute threads per rank when none are configured: this node's cores
-/// (the ones this process may run on) shared among the ranks on it.
-func automaticThreads(ranksInProcess: Int, environment: [String: String] = ProcessInfo.processInfo.environment) -> Int {
-    let cores = ProcessInfo.processInfo.activeProcessorCount
-    let ranksOnNode = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
-        .lazy.compactMap { environment[$0].flatMap(Int.init) }.first ?? 1
+/// Compute threads per rank when none are configured: the CPUs Slurm gave
+/// each task (`--cpus-per-task`), else this node's cores (the ones this
+/// process may run on) shared among the ranks on it.
+public func automaticThreads(ranksInProcess: Int, environment: [String: String] = ProcessInfo.processInfo.environment,
+                      cores: Int = ProcessInfo.processInfo.activeProcessorCount) -> Int {
+    if let perTask = environment["SLURM_CPUS_PER_TASK"].flatMap(Int.init), perTask >= 1 {
+        return min(256, max(1, perTask / max(1, ranksInProcess)))
+    }
+    let ranksOnNode = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMI_LOCAL_SIZE"]
+        .lazy.compactMap { environment[$0].flatMap(Int.init) }.first
+        ?? slurmTasksOnThisNode(environment) ?? 1
     return max(1, min(256, cores / max(1, ranksOnNode * ranksInProcess)))
+}
+
+/// The tasks of this Slurm job step on this node: srun sets
+/// SLURM_STEP_TASKS_PER_NODE to a compressed list per node ("2(x3),1" is
+/// 2, 2, 2, 1) and SLURM_NODEID to this node's index in it.
+public func slurmTasksOnThisNode(_ environment: [String: String]) -> Int? {
+    guard let list = environment["SLURM_STEP_TASKS_PER_NODE"] ?? environment["SLURM_TASKS_PER_NODE"] else { return nil }
+    var perNode: [Int] = []
+    for item in list.split(separator: ",") {
+        let parts = item.split(separator: "(")
+        guard let count = Int(parts[0]) else { return nil }
+        var repeats = 1
+        if parts.count == 2 {
+            guard parts[1].hasPrefix("x"), parts[1].hasSuffix(")"),
+                  let r = Int(parts[1].dropFirst().dropLast()), (1...1_000_000).contains(r) else { return nil }
+            repeats = r
+        }
+        perNode += Array(repeating: count, count: min(repeats, 1_000_000 - perNode.count))
+    }
+    let node = environment["SLURM_NODEID"].flatMap(Int.init) ?? 0
+    return perNode.indices.contains(node) ? perNode[node] : perNode.first
 }

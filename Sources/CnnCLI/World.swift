@@ -50,7 +50,8 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
             + "(Slurm without PMIx: use `srun --mpi=pmix`, or `mpirun -n \(tasks)` inside the allocation; "
             + "see launch/slurm.sbatch and launch/pbs.sh)")
     }
-    installTerminationSignalHandlers(comm)
+    // A task srun started directly takes SIGTERM as "checkpoint and stop" (see StopSignals).
+    if !StopSignals.stopsOnSIGTERM { installTerminationSignalHandlers(comm) }
     let value: T
     do { value = try body(comm) } catch {
         if error is TrainingInterrupted {

@@ -1,4 +1,5 @@
 import Foundation
+import CnnCLI
 import XCTest
 import CnnTraining
 
@@ -128,5 +129,37 @@ final class ClusterCitizenTests: XCTestCase {
         let result = try runCnnDist(Array(words) + ["--max-steps", "2", "--test-limit", "100", "--run-dir", dir + "/tuned"])
         XCTAssertEqual(result.status, 0, result.stderr)
         XCTAssertTrue(result.stdout.contains("classes: 5 of the dataset's 10"), result.stdout)
+    }
+}
+
+/// Threads per rank without --threads: Slurm's CPUs per task, else the node's
+/// cores over the ranks on it, however the launcher says how many those are.
+final class AutomaticThreadsTests: XCTestCase {
+    func testThreadsFollowTheLauncher() {
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: [:], cores: 8), 8)
+        XCTAssertEqual(automaticThreads(ranksInProcess: 2, environment: [:], cores: 8), 4)
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["OMPI_COMM_WORLD_LOCAL_SIZE": "4"], cores: 8), 2)
+        // srun -n 2 on one node: no Open MPI variables, only Slurm's step layout.
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["SLURM_STEP_TASKS_PER_NODE": "2"], cores: 2), 1)
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["SLURM_STEP_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"],
+                                        cores: 16), 8)
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["SLURM_STEP_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "1"],
+                                        cores: 16), 4)
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["SLURM_CPUS_PER_TASK": "3", "SLURM_STEP_TASKS_PER_NODE": "2"],
+                                        cores: 16), 3)
+        // Malformed lists fall back to one rank per node rather than failing.
+        XCTAssertEqual(automaticThreads(ranksInProcess: 1, environment: ["SLURM_STEP_TASKS_PER_NODE": "2(y3)"], cores: 4), 4)
+        XCTAssertEqual(slurmTasksOnThisNode(["SLURM_TASKS_PER_NODE": "3(x99999999999)"]), nil)
+    }
+
+    /// SIGTERM is a stop request outside MPI and for srun's own tasks (scancel,
+    /// scontrol requeue, preemption), not for ranks mpirun or mpiexec started.
+    func testWhoseSIGTERMMeansCheckpointAndStop() {
+        XCTAssertTrue(sigtermMeansStop(environment: [:]))
+        XCTAssertTrue(sigtermMeansStop(environment: ["PMIX_RANK": "0", "SLURM_STEP_ID": "0"]))
+        XCTAssertTrue(sigtermMeansStop(environment: ["PMI_RANK": "1", "PMI_SIZE": "2", "SLURM_STEP_ID": "3"]))
+        XCTAssertFalse(sigtermMeansStop(environment: ["OMPI_COMM_WORLD_SIZE": "2", "PMIX_RANK": "0"]))
+        XCTAssertFalse(sigtermMeansStop(environment: ["OMPI_COMM_WORLD_SIZE": "2", "PMIX_RANK": "0", "SLURM_STEP_ID": "0"]))
+        XCTAssertFalse(sigtermMeansStop(environment: ["PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALNRANKS": "2"]))
     }
 }
