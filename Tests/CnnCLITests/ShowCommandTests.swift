@@ -345,4 +345,57 @@ final class ShowCommandTests: XCTestCase {
         XCTAssertGreaterThan(result.saliency.max()!, 0)
         XCTAssertTrue(text["scale"]!.contains("1 saliency: min 0.0 max \(result.saliency.max()!)"), text["scale"]!)
     }
+
+    /// eval --confusion OUT.png: each cell's fill (its last pixel, never written on) is the count
+    /// scaled to [0, max]; the matrix equals the JSON one. --misclassified: the tiles are the
+    /// misclassified test images' bytes, in test order, as model.forward decides them.
+    func testEvalConfusionPictureAndMisclassifiedGrid() throws {
+        let dir = try temporaryDirectory()
+        let model = try Model(name: "lenet5")
+        model.store.initialize(seed: 12)
+        let stats = ChannelStatistics(mean: [0.3], std: [0.35])
+        let checkpoint = dir + "/m.safetensors"
+        try writeModelCheckpoint(model: model, statistics: stats, to: checkpoint)
+        let common = ["--checkpoint", checkpoint, "--dataset", "synthetic", "--synthetic-count", "256", "--seed", "5",
+                      "--test-limit", "40"]
+        try run(["eval"] + common + ["--confusion", dir + "/c.json"])
+        try run(["eval"] + common + ["--confusion", dir + "/c.png", "--misclassified", dir + "/m.png", "--misclassified-limit", "10"])
+        let json = try JSONSerialization.jsonObject(with: try XCTUnwrap(FileManager.default.contents(atPath: dir + "/c.json"))) as! [String: Any]
+        let matrix = try XCTUnwrap(json["matrix"] as? [[Int]])
+        let (picture, text) = try decodePNG(dir + "/c.png")
+        XCTAssertEqual(text["matrix"], matrix.map { $0.map(String.init).joined(separator: " ") }.joined(separator: "\n"))
+        let layoutWords = try XCTUnwrap(text["layout"]).split(separator: " ")
+        let (cell, left, top) = (Int(layoutWords[1])!, Int(layoutWords[3])!, Int(layoutWords[5].dropLast())!)
+        let maxCount = Double(matrix.joined().max()!)
+        XCTAssertEqual(text["scale"], "min 0.0 max \(Float(maxCount))")
+        for t in 0..<10 {
+            for p in 0..<10 {
+                let x = left + (p + 1) * cell - 1, y = top + (t + 1) * cell - 1
+                XCTAssertEqual(picture.pixels[y * picture.width + x], expectedByte(Double(matrix[t][p]), min: 0, max: maxCount), "cell \(t) \(p)")
+            }
+        }
+
+        var test = try DatasetKind.synthetic.load(.test, DatasetRequest(directory: nil, imageShape: model.inputShape, classes: 10,
+                                                                        syntheticCount: 256, seed: 5))
+        test = test.subset(0..<40, name: test.name)
+        let (batch, _) = BatchAssembler(dataset: test, statistics: stats).batch(indices: 0..<40, epoch: 0)
+        let logits = model.forward(batch, context: ExecutionContext(training: false)).toArray()
+        let wrong = (0..<40).filter { i in
+            let row = Array(logits[(i * 10)..<(i * 10 + 10)])
+            return row.firstIndex(of: row.max()!)! != Int(test.labels[i])
+        }
+        XCTAssertEqual(wrong.count, 40 - matrix.indices.map { matrix[$0][$0] }.reduce(0, +), "\(matrix) \(wrong) \(test.labels)")
+        let (grid, gridText) = try decodePNG(dir + "/m.png")
+        let lines = try XCTUnwrap(gridText["misclassified"]).split(separator: "\n")
+        XCTAssertEqual(lines.map { Int($0.split(separator: " ")[0])! }, Array(wrong.prefix(10)))
+        let (h, w) = (model.inputShape[1], model.inputShape[2])
+        let zoom = 64 / max(h, w)
+        let tile = Image8(width: w, height: h, channels: 1, pixels: [UInt8](repeating: 0, count: h * w))
+        let layout = ImageGrid.layout(tiles: [Image8](repeating: tile, count: lines.count), labelled: true, zoom: zoom)
+        XCTAssertEqual([grid.width, grid.height], [layout.width, layout.height])
+        for (n, i) in wrong.prefix(10).enumerated() {
+            let bytes = test.pixels[(i * h * w)..<((i + 1) * h * w)].map(Double.init)
+            assertTile(grid, layout: layout, index: n, values: bytes, width: w, height: h, zoom: zoom, min: 0, max: 255)
+        }
+    }
 }
