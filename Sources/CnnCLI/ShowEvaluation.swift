@@ -13,10 +13,13 @@ struct ConfusionLayout: Equatable {
     init(classes: Int, names: [String], maxCount: Int) {
         self.classes = classes
         cell = max(12, ImageGrid.textWidth(String(maxCount)) + 4, ImageGrid.textWidth(String(classes - 1)) + 2)
-        left = (names.indices.map { ImageGrid.textWidth("\($0) \(names[$0])") }.max() ?? 0) + 4
+        left = (names.indices.map { ImageGrid.textWidth(confusionRowLabel($0, names)) }.max() ?? 0) + 4
         top = 2 * ImageGrid.labelHeight
     }
 }
+
+/// "3 cat", or "3" when the class has no name but its index.
+func confusionRowLabel(_ t: Int, _ names: [String]) -> String { names[t] == String(t) ? String(t) : "\(t) \(names[t])" }
 
 /// The confusion matrix (rows: true class, columns: predicted) as a grey picture: each cell
 /// filled with its count scaled to [0, max count] (the documented MapScale bytes), the count
@@ -28,13 +31,13 @@ func confusionPicture(matrix: [[Int]], names: [String], title: String) -> Pictur
     let g = ConfusionLayout(classes: classes, names: names, maxCount: maxCount)
     let scale = MapScale(min: 0, max: Float(maxCount))
     var pixels = [UInt8](repeating: 0, count: g.width * g.height)
-    ImageGrid.drawText("true \\ predicted", into: &pixels, imageWidth: g.width, channels: 1, x: 1, y: 1, maxWidth: g.width)
+    ImageGrid.drawText("rows true, columns predicted", into: &pixels, imageWidth: g.width, channels: 1, x: 1, y: 1, maxWidth: g.width)
     for p in 0..<classes {
         ImageGrid.drawText(String(p), into: &pixels, imageWidth: g.width, channels: 1,
                            x: g.left + p * g.cell + 1, y: g.top - ImageGrid.labelHeight + 1, maxWidth: g.cell)
     }
     for t in 0..<classes {
-        ImageGrid.drawText("\(t) \(names[t])", into: &pixels, imageWidth: g.width, channels: 1,
+        ImageGrid.drawText(confusionRowLabel(t, names), into: &pixels, imageWidth: g.width, channels: 1,
                            x: 1, y: g.top + t * g.cell + 2, maxWidth: g.left - 2)
         for p in 0..<classes {
             let fill = scale.byte(Float(matrix[t][p]))

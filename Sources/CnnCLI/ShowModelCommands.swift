@@ -107,7 +107,7 @@ public struct ShowSaliencyCommand: ParsableCommand {
         discussion: """
             Tiles: the input as the model sees it; saliency = max over channels of |d logit / d pixel|,
             scaled with min 0 and max its maximum; Grad-CAM at --layer (default the last layer with a
-            C x H x W output): ReLU(sum_k mean(dlogit/dA_k) A_k), resampled (nearest) to the input size,
+            C x H x W output larger than 1 x 1): ReLU(sum_k mean(dlogit/dA_k) A_k), resampled (nearest) to the input size,
             scaled with min 0 and max its maximum. The logit is the predicted class's unless --class.
             """)
 

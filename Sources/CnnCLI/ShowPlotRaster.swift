@@ -110,7 +110,7 @@ func learningCurvesPicture(title: String, panels: [PlotPanel], panelWidth: Int =
         r.line(left, top, right, top, black); r.line(left, bottom, right, bottom, black)
         r.line(left, top, left, bottom, black); r.line(right, top, right, bottom, black)
         r.text(panel.xLabel, x: (left + right) / 2, y: bottom + 30, size: 2, anchor: "middle")
-        r.text(panel.yLabel, x: originX + 4, y: top - 12, size: 2)
+        r.text(panel.yLabel, x: originX + 4, y: originY + 8, size: 2)
         for s in panel.series {
             let rgb = rgbColor(s.color)
             seriesLines.append("\(i) \(s.color) \(s.name)")

@@ -150,14 +150,15 @@ public final class ModelProbe {
 
     /// Saliency and Grad-CAM for `classIndex` (nil: the predicted class) on one input [1, C, H, W].
     /// - saliency: max over channels of |d logit / d input|, H x W (Simonyan et al.).
-    /// - Grad-CAM at step `camStep` (nil: the last step with a C x H x W output): with A its
+    /// - Grad-CAM at step `camStep` (nil: the last step with a C x H x W output larger than
+    ///   1 x 1, so not a global pooling): with A its
     ///   output and G = d logit / dA, cam = ReLU(sum_k mean_ij(G_k) * A_k), h x w (Selvaraju et al.).
     public func attribution(_ input: Tensor, classIndex: Int? = nil, camStep: Int? = nil) throws
         -> (predicted: Int, logits: [Float], saliency: [Float], cam: [Float], camShape: [Int], camStep: Int) {
         let shapes = try steps.reduce(into: [input.shape]) { $0.append(try $1.layer.outputShape(for: $0.last!)) }
         let camIndex: Int
         if let camStep { camIndex = camStep } else {
-            guard let last = shapes.indices.dropFirst().last(where: { shapes[$0].count == 4 }) else {
+            guard let last = shapes.indices.dropFirst().last(where: { shapes[$0].count == 4 && shapes[$0][2] * shapes[$0][3] > 1 }) else {
                 throw CnnError.invalidArgument(layer: model.name, argument: "--layer", value: "(default)",
                                                reason: "no layer has a C x H x W output for Grad-CAM")
             }

@@ -67,6 +67,18 @@ final class ModelProbeTests: XCTestCase {
         XCTAssertThrowsError(try probe.attribution(x, camStep: 3))
     }
 
+    /// A global pooling's 1 x 1 output is not a Grad-CAM map: the default is the layer before it.
+    func testGradCAMDefaultSkipsGlobalPooling() throws {
+        let root = Sequential([try Conv2D(1, 2, kernelSize: 3, padding: 1), ReLU(), try AvgPool2d(kernelSize: (5, 4), stride: nil),
+                               Flatten(), try Linear(2, 3)])
+        let model = try Model(name: "pooled", root: root, inputShape: [1, 5, 4], classCount: 3)
+        model.store.initialize(seed: 2)
+        let x = Tensor(shape: [1, 1, 5, 4], values: (0..<20).map { Float($0 % 7) / 7 - 0.4 })
+        let r = try ModelProbe(model: model).attribution(x)
+        XCTAssertEqual(r.camStep, 1)
+        XCTAssertEqual(r.camShape, [5, 4])
+    }
+
     func testResampleNearest() {
         XCTAssertEqual(resampleNearest([1, 2, 3, 4], height: 2, width: 2, toHeight: 4, width: 3),
                        [1, 1, 2, 1, 1, 2, 3, 3, 4, 3, 3, 4])
