@@ -24,7 +24,14 @@ public struct Picture {
         self.text = text
     }
 
-    public func png() throws -> [UInt8] { try ImageEncoder.png(image, text: text) }
+    /// The PNG with the text as tEXt chunks; tEXt holds Latin-1 only, so other characters
+    /// (a class name in another script) become '?'.
+    public func png() throws -> [UInt8] {
+        func latin1(_ s: String) -> String {
+            String(String.UnicodeScalarView(s.unicodeScalars.map { $0.value <= 255 && $0.value != 0 ? $0 : "?" }))
+        }
+        return try ImageEncoder.png(image, text: text.map { (latin1($0.key), latin1($0.value)) })
+    }
 }
 
 /// The metadata of a picture whose tiles share one scale.

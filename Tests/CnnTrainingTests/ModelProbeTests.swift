@@ -1,4 +1,5 @@
 import CnnCore
+import CnnData
 import CnnLayers
 import CnnModels
 import CnnTraining
@@ -77,6 +78,13 @@ final class ModelProbeTests: XCTestCase {
         let r = try ModelProbe(model: model).attribution(x)
         XCTAssertEqual(r.camStep, 1)
         XCTAssertEqual(r.camShape, [5, 4])
+    }
+
+    /// Text outside Latin-1 (tEXt's character set) is written with '?' instead of failing.
+    func testPictureTextOutsideLatin1() throws {
+        let picture = Picture(image: Image8(width: 1, height: 1, channels: 1, pixels: [9]), text: [("classes", "猫\ncafé")])
+        let text = try ImageDecoder.pngText(try picture.png(), file: "p.png")
+        XCTAssertEqual(text.first?.value, "?\ncafé")
     }
 
     func testResampleNearest() {
