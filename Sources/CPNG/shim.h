@@ -157,11 +157,14 @@ static inline void cnn_png_sink_free(cnn_png_sink *sink) {
 
 /// Encodes rows already in PNG's layout (packed samples below 8 bits, 16-bit samples
 /// big-endian): `rows` holds height rows of `row_bytes`. palette: npalette RGB triples;
-/// trns: ntrns alpha values for palette entries. Returns 0, or -1 with `message` set.
+/// trns: ntrns alpha values for palette entries. text: ntext pairs of NUL-terminated
+/// Latin-1 strings, key then value, one after the other, written as uncompressed tEXt
+/// chunks before the image data. Returns 0, or -1 with `message` set.
 static inline int cnn_png_encode(const unsigned char *rows_data, size_t row_bytes, uint32_t width, uint32_t height,
                                  int color_type, int bit_depth, int interlaced,
                                  const unsigned char *palette, int npalette,
                                  const unsigned char *trns, int ntrns, int compression_level,
+                                 const char *text, int ntext,
                                  cnn_png_sink *sink, cnn_png_message *message) {
     message->text[0] = 0;
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, message, cnn_png_on_error, cnn_png_on_warning);
@@ -173,8 +176,10 @@ static inline int cnn_png_encode(const unsigned char *rows_data, size_t row_byte
         return -1;
     }
     png_bytep *volatile rows = NULL;
+    png_text *volatile entries_text = NULL;
     if (setjmp(png_jmpbuf(png))) {
         free((void *)rows);
+        free((void *)entries_text);
         png_destroy_write_struct(&png, &info);
         return -1;
     }
@@ -194,6 +199,20 @@ static inline int cnn_png_encode(const unsigned char *rows_data, size_t row_byte
         png_set_PLTE(png, info, entries, npalette);
         if (ntrns > 0) png_set_tRNS(png, info, trns, ntrns, NULL);
     }
+    if (ntext > 0) {
+        entries_text = (png_text *)calloc((size_t)ntext, sizeof(png_text));
+        if (!entries_text) png_error(png, "out of memory");
+        const char *cursor = text;
+        for (int i = 0; i < ntext; i++) {
+            entries_text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+            entries_text[i].key = (png_charp)cursor;
+            cursor += strlen(cursor) + 1;
+            entries_text[i].text = (png_charp)cursor;
+            entries_text[i].text_length = strlen(cursor);
+            cursor += strlen(cursor) + 1;
+        }
+        png_set_text(png, info, entries_text, ntext);
+    }
     png_write_info(png, info);
     if (interlaced) png_set_interlace_handling(png);
     rows = (png_bytep *)malloc(sizeof(png_bytep) * (height ? height : 1));
@@ -203,6 +222,8 @@ static inline int cnn_png_encode(const unsigned char *rows_data, size_t row_byte
     png_write_end(png, NULL);
     free((void *)rows);
     rows = NULL;
+    free((void *)entries_text);
+    entries_text = NULL;
     png_destroy_write_struct(&png, &info);
     return 0;
 }

@@ -28,8 +28,12 @@ public struct EvalCommand: ParsableCommand {
     var syntheticCount = TrainingConfig().syntheticCount
     @Option(help: "Seed of the synthetic dataset, as in the training config.") var seed = TrainingConfig().seed
     @Flag(help: "Print one JSON object instead of a line of text.") var json = false
-    @Option(help: ArgumentHelp("Write the confusion matrix (true x predicted class, with class names) as JSON.",
-                               valueName: "OUT.json")) var confusion: String?
+    @Option(help: ArgumentHelp("Write the confusion matrix (true x predicted class, with class names): a .png picture, else JSON.",
+                               valueName: "OUT.json|OUT.png")) var confusion: String?
+    @Option(help: ArgumentHelp("Write a grid (PNG) of misclassified test images labelled true>predicted.",
+                               valueName: "OUT.png")) var misclassified: String?
+    @Option(name: .customLong("misclassified-limit"), help: "Most images in the --misclassified grid.")
+    var misclassifiedLimit = 64
     @OptionGroup var world: WorldOptions
 
     public init() {}
@@ -39,6 +43,7 @@ public struct EvalCommand: ParsableCommand {
         if testLimit < 0 { throw ValidationError("--test-limit must be >= 0, got \(testLimit)") }
         if !(0..<1).contains(labelSmoothing) { throw ValidationError("--label-smoothing must lie in [0, 1), got \(labelSmoothing)") }
         if syntheticCount < 1 { throw ValidationError("--synthetic-count must be at least 1, got \(syntheticCount)") }
+        if misclassifiedLimit < 1 { throw ValidationError("--misclassified-limit must be at least 1, got \(misclassifiedLimit)") }
     }
 
     public func run() throws {
@@ -70,9 +75,24 @@ public struct EvalCommand: ParsableCommand {
             guard !result.confusion.isEmpty else {
                 throw ValidationError("--confusion: the matrix is kept for models of up to 1,000 classes")
             }
-            let object: [String: Any] = ["classes": names, "matrix": result.confusion, "checkpoint": checkpoint,
-                                         "dataset": kind.rawValue, "rows": "true class", "columns": "predicted class"]
-            try writeFileAtomically(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: confusion)
+            if confusion.lowercased().hasSuffix(".png") {
+                let picture = confusionPicture(matrix: result.confusion, names: names,
+                                               title: "confusion matrix of \(checkpoint) on \(kind.rawValue): true x predicted")
+                try writeFileAtomically(try picture.png(), to: confusion)
+            } else {
+                let object: [String: Any] = ["classes": names, "matrix": result.confusion, "checkpoint": checkpoint,
+                                             "dataset": kind.rawValue, "rows": "true class", "columns": "predicted class"]
+                try writeFileAtomically(Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])), to: confusion)
+            }
+        }
+        if let misclassified, communicator.rank == 0 {
+            // Rank 0 alone runs the whole test split again, keeping every image's prediction.
+            let logits = try predictLogits(model: model, pixels: test.pixels, count: test.count, statistics: loaded.statistics,
+                                           batchSize: batchSize)
+            let (picture, wrong) = misclassifiedPicture(dataset: test, logits: logits, classes: model.classCount, names: names,
+                                                        limit: misclassifiedLimit, zoom: nil)
+            if let picture { try writeFileAtomically(try picture.png(), to: misclassified) }
+            FileHandle.standardError.write(Data("eval: \(wrong) misclassified test images\(picture == nil ? "; no picture written" : ", the first \(min(wrong, misclassifiedLimit)) drawn in \(misclassified)")\n".utf8))
         }
         if json {
             let perClass = result.perClassAccuracy.map { $0.map { $0 as Any } ?? NSNull() }

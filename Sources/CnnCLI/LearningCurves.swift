@@ -16,11 +16,13 @@ public struct CurvePoint: Decodable, Equatable {
     public var trainAccuracy: Double
     public var testLoss: Double
     public var testAccuracy: Double
+    /// The learning rate of the epoch, when the line has it.
+    public var lr: Double?
 
     /// The file format's keys (snake_case, as PyTorch users and older runs write them).
     enum CodingKeys: String, CodingKey, CaseIterable {
         case epoch, trainLoss = "train_loss", trainAccuracy = "train_accuracy", testLoss = "test_loss"
-        case testAccuracy = "test_accuracy"
+        case testAccuracy = "test_accuracy", lr
     }
 }
 
@@ -93,22 +95,40 @@ public struct PlotPanel {
     }
 }
 
-/// The loss and accuracy panels of a run's metrics, titled `title`, as an SVG document.
+/// The loss and accuracy panels of a run's metrics, and a learning-rate panel when the
+/// lines have "lr", titled `title`, as an SVG document.
 public func learningCurvesSVG(_ metrics: [CurvePoint], title: String) -> String {
-    let epochs = metrics.map { Double($0.epoch) }
-    func points(_ value: (CurvePoint) -> Double) -> [(x: Double, y: Double)] {
-        zip(epochs, metrics.map(value)).map { (x: $0, y: $1) }
+    svgDocument(title: title, panels: learningCurvePanels([(name: "", metrics: metrics)]))
+}
+
+/// Colours of overlaid runs, in order (matplotlib's tab10).
+let runColors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+/// Loss, accuracy and (when any line has "lr") learning-rate panels. One run (`name` unused):
+/// train blue, test red dashed, lr green. Several runs: a colour per run, series "NAME train"
+/// (solid) and "NAME test" (dashed), and "NAME" in the learning-rate panel.
+public func learningCurvePanels(_ runs: [(name: String, metrics: [CurvePoint])]) -> [PlotPanel] {
+    func points(_ metrics: [CurvePoint], _ value: (CurvePoint) -> Double) -> [(x: Double, y: Double)] {
+        metrics.map { (x: Double($0.epoch), y: value($0)) }
     }
-    let train = "#1f77b4", test = "#d62728"
-    let loss = PlotPanel(title: "Loss", xLabel: "epoch", yLabel: "loss", series: [
-        PlotSeries(name: "train", color: train, points: points { $0.trainLoss }),
-        PlotSeries(name: "test", color: test, points: points { $0.testLoss }, dashed: true),
-    ])
-    let accuracy = PlotPanel(title: "Accuracy", xLabel: "epoch", yLabel: "accuracy", series: [
-        PlotSeries(name: "train", color: train, points: points { $0.trainAccuracy }),
-        PlotSeries(name: "test", color: test, points: points { $0.testAccuracy }, dashed: true),
-    ])
-    return svgDocument(title: title, panels: [loss, accuracy])
+    var loss: [PlotSeries] = [], accuracy: [PlotSeries] = [], rates: [PlotSeries] = []
+    let single = runs.count == 1
+    for (i, run) in runs.enumerated() {
+        let train = single ? "#1f77b4" : runColors[i % runColors.count], test = single ? "#d62728" : train
+        let prefix = single ? "" : run.name + " "
+        loss += [PlotSeries(name: prefix + "train", color: train, points: points(run.metrics) { $0.trainLoss }),
+                 PlotSeries(name: prefix + "test", color: test, points: points(run.metrics) { $0.testLoss }, dashed: true)]
+        accuracy += [PlotSeries(name: prefix + "train", color: train, points: points(run.metrics) { $0.trainAccuracy }),
+                     PlotSeries(name: prefix + "test", color: test, points: points(run.metrics) { $0.testAccuracy }, dashed: true)]
+        if run.metrics.contains(where: { $0.lr != nil }) {
+            rates.append(PlotSeries(name: single ? "lr" : run.name, color: single ? "#2ca02c" : train,
+                                    points: points(run.metrics) { $0.lr ?? .nan }))
+        }
+    }
+    var panels = [PlotPanel(title: "Loss", xLabel: "epoch", yLabel: "loss", series: loss),
+                  PlotPanel(title: "Accuracy", xLabel: "epoch", yLabel: "accuracy", series: accuracy)]
+    if !rates.isEmpty { panels.append(PlotPanel(title: "Learning rate", xLabel: "epoch", yLabel: "lr", series: rates)) }
+    return panels
 }
 
 /// Panels side by side under a title, each with axes, ticks, grid, labels and a legend.
@@ -187,7 +207,7 @@ func svgPanel(_ panel: PlotPanel, originX: Double, originY: Double, width: Doubl
         }
     }
     // Legend in the corner of the plot area the curves cross least, on a white box.
-    let rowHeight = 18.0, legendWidth = 80.0, legendHeight = rowHeight * Double(panel.series.count) + 8
+    let rowHeight = 18.0, legendWidth = legendBoxWidth(panel), legendHeight = rowHeight * Double(panel.series.count) + 8
     let pixelSeries = panel.series.map { $0.points.filter { $0.x.isFinite && $0.y.isFinite }.map { (x: px($0.x), y: py($0.y)) } }
     let corners = [(right - legendWidth - 8, top + 8), (right - legendWidth - 8, bottom - legendHeight - 8),
                    (left + 8, top + 8), (left + 8, bottom - legendHeight - 8)]
@@ -206,6 +226,11 @@ func svgPanel(_ panel: PlotPanel, originX: Double, originY: Double, width: Doubl
     }
     out += "</g>\n"
     return out
+}
+
+/// The legend's width: room for the longest series name (about 7 pixels a character), at least 80.
+func legendBoxWidth(_ panel: PlotPanel) -> Double {
+    max(80, 44 + 7 * Double(panel.series.map(\.name.count).max() ?? 0))
 }
 
 /// How much of the curves (sampled along each segment, in pixels) falls inside a legend box.

@@ -3,31 +3,48 @@ import CnnCore
 import CnnTraining
 import Foundation
 
-/// `cnn-dist plot RUN_DIR [--output FILE.svg]`: learning curves (train and
-/// test loss and accuracy against epoch) from RUN_DIR/metrics.jsonl as an SVG,
-/// titled with the model and dataset from RUN_DIR/config.json when present.
-/// Works on a run in progress: it only reads the run directory.
+/// `cnn-dist plot RUN_DIR [RUN_DIR ...] [--output FILE.svg|FILE.png]`: learning curves
+/// (train and test loss and accuracy, and the learning rate when metrics.jsonl has it, against
+/// epoch) from RUN_DIR/metrics.jsonl, as an SVG or a PNG (by the output's extension), titled
+/// with the model and dataset from RUN_DIR/config.json when present. Several runs are
+/// overlaid, a colour per run. Works on a run in progress: it only reads the run directories.
 public struct PlotCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "plot",
-        abstract: "Plot a run's loss and accuracy curves from metrics.jsonl as an SVG.")
+        abstract: "Plot runs' loss, accuracy and learning-rate curves from metrics.jsonl as SVG or PNG.")
 
-    @Argument(help: "Run directory (holds metrics.jsonl, and config.json for the title).")
-    var runDirectory: String
+    @Argument(help: "Run directories (each holds metrics.jsonl, and config.json for the title); several are overlaid.")
+    var runDirectories: [String]
 
-    @Option(name: .shortAndLong, help: "SVG file to write (default RUN_DIR/curves.svg).")
+    @Option(name: .shortAndLong, help: "File to write, .svg or .png (default RUN_DIR/curves.svg; required for several runs).")
     var output: String?
 
     public init() {}
 
+    public func validate() throws {
+        if runDirectories.isEmpty { throw ValidationError("give at least one run directory") }
+        if runDirectories.count > 1 && output == nil { throw ValidationError("--output is required when plotting several runs") }
+    }
+
     public func run() throws {
-        let dir = runDirectory.hasSuffix("/") && runDirectory.count > 1 ? String(runDirectory.dropLast()) : runDirectory
-        let metrics = try readMetricsLines(path: dir + "/metrics.jsonl")
-        let svg = learningCurvesSVG(metrics, title: Self.title(runDirectory: dir, epochs: metrics.count))
-        let path = output ?? dir + "/curves.svg"
-        try writeFileAtomically(Array(svg.utf8), to: path)
-        let last = metrics[metrics.count - 1]
-        print(String(format: "plot: %d epochs, last test accuracy %.4f; wrote %@", metrics.count, last.testAccuracy, path))
+        let dirs = runDirectories.map { $0.hasSuffix("/") && $0.count > 1 ? String($0.dropLast()) : $0 }
+        let runs = try dirs.map { dir in
+            (name: URL(fileURLWithPath: dir).standardizedFileURL.lastPathComponent, metrics: try readMetricsLines(path: dir + "/metrics.jsonl"))
+        }
+        let title = runs.count == 1 ? Self.title(runDirectory: dirs[0], epochs: runs[0].metrics.count)
+            : runs.map(\.name).joined(separator: " vs ")
+        let path = output ?? dirs[0] + "/curves.svg"
+        let panels = learningCurvePanels(runs)
+        if path.lowercased().hasSuffix(".png") {
+            try writeFileAtomically(try learningCurvesPicture(title: title, panels: panels).png(), to: path)
+        } else {
+            try writeFileAtomically(Array(svgDocument(title: title, panels: panels).utf8), to: path)
+        }
+        for run in runs {
+            let last = run.metrics[run.metrics.count - 1]
+            print(String(format: "plot: %@: %d epochs, last test accuracy %.4f", run.name, run.metrics.count, last.testAccuracy))
+        }
+        print("plot: wrote \(path)")
     }
 
     /// "fashion-cnn on fashion-mnist: fc40 (12 epochs)", or the directory's name alone without a readable config.json.

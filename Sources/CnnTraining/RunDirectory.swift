@@ -1,12 +1,13 @@
 import Foundation
 import CnnCore
 import CnnData
+import CnnModels
 
 /// A run's folder, written by rank 0 only:
 ///
 ///     config.json               the resolved config
 ///     metrics.jsonl             one EpochMetrics object per line
-///     events.out.tfevents.*     TensorBoard scalars of each epoch
+///     events.out.tfevents.*     TensorBoard scalars, first-layer filters and feature maps, histograms of each epoch
 ///     checkpoints/step-N/       crash-consistent checkpoints (see CheckpointStore)
 ///     model.safetensors         the final model
 ///
@@ -86,6 +87,37 @@ public final class RunDirectory {
             }
             try tensorBoard.flush()
         }
+    }
+
+    /// TensorBoard pictures and histograms of epoch `epoch`: the first convolution's filters
+    /// ("filters/<layer>") and its feature maps of `testImage` ("feature_maps/<layer>"), as
+    /// `cnn-dist show` draws them, and histograms of every trainable tensor ("weights/<name>")
+    /// and of its gradient of the epoch's last step ("gradients/<name>").
+    public func addEpochPictures(model: Model, testImage: [UInt8], statistics: ChannelStatistics, epoch: Int) throws {
+        guard let tensorBoard else { return }
+        if let name = convolutionLayerNames(model).first, let weight = layerWeight(model, name: name) {
+            let filters = try filterPicture(weight: weight.values, shape: weight.shape, layer: name)
+            try tensorBoard.addImage(tag: "filters/" + name, png: try filters.png(), width: filters.image.width,
+                                     height: filters.image.height, channels: filters.image.channels, step: epoch)
+            let probe = ModelProbe(model: model)
+            if let index = probe.steps.firstIndex(where: { $0.name == name }) {
+                let x = ModelProbe.input(pixels: testImage, shape: model.inputShape, statistics: statistics)
+                let (_, outputs) = probe.forward(x, capture: [index])
+                let out = outputs[index]!
+                let maps = try featureMapPicture(values: out.values, shape: out.shape, layer: name)
+                try tensorBoard.addImage(tag: "feature_maps/" + name, png: try maps.png(), width: maps.image.width,
+                                         height: maps.image.height, channels: maps.image.channels, step: epoch)
+            }
+        }
+        for entry in model.store.parameterEntries {
+            try tensorBoard.addHistogram(tag: "weights/" + entry.name,
+                                         values: UnsafeBufferPointer(start: model.store.parameters.data + entry.offset, count: entry.count),
+                                         step: epoch)
+            try tensorBoard.addHistogram(tag: "gradients/" + entry.name,
+                                         values: UnsafeBufferPointer(start: model.store.gradients.data + entry.offset, count: entry.count),
+                                         step: epoch)
+        }
+        try tensorBoard.flush()
     }
 
     /// Records one optimizer step's training loss (this rank's samples) and

@@ -24,6 +24,20 @@ import Foundation
 //       6 session_log   SessionLog (length)   SessionLog
 //                                               1 status        enum (varint; START = 1)
 //
+// Images and histograms (tensorboard/compat/proto/summary.proto, histogram.proto):
+//
+//     Summary.Value                           Summary.Image
+//       4 image  Image (length)                 1 height int32 (varint)   3 colorspace int32 (1 grey, 3 RGB)
+//       5 histo  HistogramProto (length)        2 width  int32 (varint)   4 encoded_image_string bytes (PNG)
+//     HistogramProto
+//       1 min double  2 max double  3 num double  4 sum double  5 sum_squares double (all fixed64)
+//       6 bucket_limit repeated double (packed)  7 bucket repeated double (packed)
+//
+// TensorBoard reads bucket i as the counts in (bucket_limit[i-1], bucket_limit[i]], the first
+// from `min`. The buckets written here are numpy.histogram(values, bins=30)'s (equal widths
+// from min to max, the last bin closed), given by their right edges, as PyTorch's
+// add_histogram(bins=30) writes them; non-finite values are left out of every field.
+//
 // The first record is an Event with file_version "brain.Event:2", which
 // readers use to recognise the file. TensorBoard reads `simple_value` as a
 // scalar (its data_compat layer migrates it to the scalars plugin).
@@ -95,6 +109,48 @@ public final class TensorBoardWriter {
         appendRecord(event.bytes)
     }
 
+    /// Records an image summary (Summary.Image) of a PNG of `width` x `height` pixels with `channels` 1 or 3.
+    public func addImage(tag: String, png: [UInt8], width: Int, height: Int, channels: Int, step: Int) throws {
+        guard fd >= 0 else { throw CnnError.io(file: path, reason: "addImage after close()") }
+        var image = ProtobufEncoder()
+        image.int64(field: 1, Int64(height))
+        image.int64(field: 2, Int64(width))
+        image.int64(field: 3, Int64(channels))
+        image.message(field: 4, png)
+        var summaryValue = ProtobufEncoder()
+        summaryValue.string(field: 1, tag)
+        summaryValue.message(field: 4, image.bytes)
+        appendSummary(summaryValue.bytes, step: step)
+    }
+
+    /// Records a histogram summary of the finite values in `values` (see the file comment).
+    public func addHistogram(tag: String, values: UnsafeBufferPointer<Float>, step: Int, bins: Int = 30) throws {
+        guard fd >= 0 else { throw CnnError.io(file: path, reason: "addHistogram after close()") }
+        let h = Histogram(values, bins: bins)
+        var histo = ProtobufEncoder()
+        histo.double(field: 1, h.min)
+        histo.double(field: 2, h.max)
+        histo.double(field: 3, h.count)
+        histo.double(field: 4, h.sum)
+        histo.double(field: 5, h.sumSquares)
+        histo.packedDoubles(field: 6, h.limits)
+        histo.packedDoubles(field: 7, h.counts)
+        var summaryValue = ProtobufEncoder()
+        summaryValue.string(field: 1, tag)
+        summaryValue.message(field: 5, histo.bytes)
+        appendSummary(summaryValue.bytes, step: step)
+    }
+
+    private func appendSummary(_ value: [UInt8], step: Int) {
+        var summary = ProtobufEncoder()
+        summary.message(field: 1, value)
+        var event = ProtobufEncoder()
+        event.double(field: 1, Date().timeIntervalSince1970)
+        event.int64(field: 2, Int64(step))
+        event.message(field: 5, summary.bytes)
+        appendRecord(event.bytes)
+    }
+
     /// Marks a restart at `step` (SessionLog START): TensorBoard drops the
     /// events of earlier files at this step and later, so a resumed run's
     /// curves continue from its checkpoint without duplicate steps.
@@ -138,6 +194,36 @@ public final class TensorBoardWriter {
         pending += littleEndianBytes(CRC32C.masked(length))
         pending += data
         pending += littleEndianBytes(CRC32C.masked(data))
+    }
+}
+
+/// numpy.histogram(values, bins) of the finite values, with their count, sum and sum of
+/// squares: `limits` the right bin edges, `counts` the values per bin. No finite values: one
+/// empty bin at 0.
+public struct Histogram: Equatable {
+    public var min = 0.0, max = 0.0, count = 0.0, sum = 0.0, sumSquares = 0.0
+    public var limits: [Double] = [], counts: [Double] = []
+
+    public init(_ values: UnsafeBufferPointer<Float>, bins: Int) {
+        var lo = Double.infinity, hi = -Double.infinity
+        for v in values where v.isFinite {
+            let d = Double(v)
+            lo = Swift.min(lo, d); hi = Swift.max(hi, d)
+            count += 1; sum += d; sumSquares += d * d
+        }
+        guard count > 0 else { limits = [0]; counts = [0]; return }
+        min = lo; max = hi
+        // numpy widens an empty range to [v - 0.5, v + 0.5].
+        let (first, last) = hi > lo ? (lo, hi) : (lo - 0.5, hi + 0.5)
+        let n = Swift.max(1, bins)
+        let width = (last - first) / Double(n)
+        limits = (1...n).map { $0 == n ? last : first + Double($0) * width }
+        counts = [Double](repeating: 0, count: n)
+        for v in values where v.isFinite {
+            // numpy: bin = floor((v - first) / width), the maximum in the last bin.
+            let k = Swift.min(n - 1, Int(((Double(v) - first) / (last - first) * Double(n)).rounded(.down)))
+            counts[Swift.max(0, k)] += 1
+        }
     }
 }
 
@@ -195,6 +281,11 @@ struct ProtobufEncoder {
     mutating func float(field: Int, _ value: Float) {
         key(field, Self.fixed32)
         bytes += littleEndianBytes(value.bitPattern)
+    }
+
+    /// A packed repeated double field: one length-delimited run of little-endian doubles.
+    mutating func packedDoubles(field: Int, _ values: [Double]) {
+        message(field: field, values.flatMap { littleEndianBytes($0.bitPattern) })
     }
 
     mutating func string(field: Int, _ value: String) { message(field: field, Array(value.utf8)) }

@@ -448,6 +448,12 @@ public final class Trainer {
                        metrics.epoch, metrics.trainLoss, metrics.trainAccuracy, metrics.testLoss,
                        metrics.testAccuracy, metrics.imagesPerSecond, metrics.seconds, p.summary))
             try runFolder?.append(metrics)
+            if testSet.count > 0 {
+                // The first test image, the same every epoch.
+                let size = testSet.imageShape.reduce(1, *)
+                try runFolder?.addEpochPictures(model: model, testImage: Array(testSet.pixels[0..<size]),
+                                                statistics: statistics, epoch: metrics.epoch)
+            }
         }
         try saveCheckpoint()
         // The weights are finite (checked above), so the epoch is kept; a

@@ -1,4 +1,5 @@
 import CnnCLI
+import CnnData
 import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
@@ -58,7 +59,8 @@ final class PlotCommandTests: XCTestCase {
         XCTAssertTrue(parser.parse(), "well-formed XML: \(parser.parserError.map { "\($0)" } ?? "")")
         XCTAssertEqual(collector.elements.first?.name, "svg")
         let polylines = collector.elements.filter { $0.name == "polyline" }
-        XCTAssertEqual(polylines.map { $0.attributes["data-series"] ?? "" }, ["train", "test", "train", "test"])
+        // Loss, accuracy, and the learning-rate panel (the lines have "lr").
+        XCTAssertEqual(polylines.map { $0.attributes["data-series"] ?? "" }, ["train", "test", "train", "test", "lr"])
         for p in polylines {
             let points = (p.attributes["points"] ?? "").split(separator: " ")
             XCTAssertEqual(points.count, 5)
@@ -72,7 +74,7 @@ final class PlotCommandTests: XCTestCase {
         let lossY = (polylines[0].attributes["points"] ?? "").split(separator: " ").map { Double($0.split(separator: ",")[1])! }
         XCTAssertEqual(lossY, lossY.sorted())
         XCTAssertTrue(collector.text.contains("lenet5 on fashion-mnist"), collector.text)
-        for label in ["Loss", "Accuracy", "epoch", "loss", "accuracy", "train", "test"] {
+        for label in ["Loss", "Accuracy", "Learning rate", "epoch", "loss", "accuracy", "train", "test", "lr"] {
             XCTAssertTrue(collector.text.contains(label), "missing \(label)")
         }
 
@@ -80,8 +82,8 @@ final class PlotCommandTests: XCTestCase {
         try (lines[0] + "\n").write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
         try runPlot([dir, "--output", dir + "/one.svg"])
         let one = try String(contentsOfFile: dir + "/one.svg", encoding: .utf8)
-        XCTAssertEqual(one.components(separatedBy: "<polyline").count - 1, 4)
-        XCTAssertEqual(one.components(separatedBy: "<circle").count - 1, 4)
+        XCTAssertEqual(one.components(separatedBy: "<polyline").count - 1, 5)
+        XCTAssertEqual(one.components(separatedBy: "<circle").count - 1, 5)
         XCTAssertFalse(one.contains("nan") || one.contains("inf"), "no non-finite coordinates")
     }
 
@@ -109,5 +111,85 @@ final class PlotCommandTests: XCTestCase {
         let incomplete = message { try runPlot([dir]) }
         XCTAssertTrue(incomplete.contains("line 3") && incomplete.contains("missing field"), incomplete)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/curves.svg"))
+    }
+
+    /// Lines without "lr" (older runs) draw the two panels only, as before.
+    func testNoLearningRatePanelWithoutLR() throws {
+        let dir = try temporaryDirectory()
+        let line = metricsLine(epoch: 1, trainLoss: 1, testLoss: 1, trainAccuracy: 0.5, testAccuracy: 0.5)
+            .replacingOccurrences(of: "\"lr\":0.05,", with: "")
+        try (line + "\n").write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
+        try runPlot([dir])
+        let svg = try String(contentsOfFile: dir + "/curves.svg", encoding: .utf8)
+        XCTAssertEqual(svg.components(separatedBy: "<g class=\"panel\">").count - 1, 2)
+        XCTAssertFalse(svg.contains("Learning rate"))
+    }
+
+    /// Two runs overlaid, as SVG and as PNG. In the PNG every data point's pixel (from the
+    /// "axes" text and the documented formula) has the colour of the last series drawn there.
+    func testOverlayOfTwoRunsAsSVGAndPNG() throws {
+        let base = try temporaryDirectory()
+        var runs: [[(Double, Double, Double, Double, Double)]] = []
+        for (r, name) in ["runA", "runB"].enumerated() {
+            let dir = base + "/" + name
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            var rows: [(Double, Double, Double, Double, Double)] = []
+            for e in 1...(4 + r) {
+                let de = Double(e), dr = Double(r)
+                let trainLoss: Double = 1.0 / (de + dr), testLoss: Double = 1.2 / de
+                let trainAccuracy: Double = 0.5 + 0.05 * de, testAccuracy: Double = 0.45 + 0.06 * (de + dr)
+                let lr: Double = 0.1 * pow(0.5, de)
+                rows.append((trainLoss, testLoss, trainAccuracy, testAccuracy, lr))
+            }
+            runs.append(rows)
+            let text = rows.enumerated().map { e, v in
+                metricsLine(epoch: e + 1, trainLoss: v.0, testLoss: v.1, trainAccuracy: v.2, testAccuracy: v.3)
+                    .replacingOccurrences(of: "\"lr\":0.05", with: "\"lr\":\(v.4)")
+            }.joined(separator: "\n")
+            try (text + "\n").write(toFile: dir + "/metrics.jsonl", atomically: true, encoding: .utf8)
+        }
+        XCTAssertThrowsError(try runPlot([base + "/runA", base + "/runB"])) { XCTAssertTrue("\($0)".contains("--output"), "\($0)") }
+        try runPlot([base + "/runA", base + "/runB", "--output", base + "/both.svg"])
+        let svg = try String(contentsOfFile: base + "/both.svg", encoding: .utf8)
+        for name in ["runA train", "runA test", "runB train", "runB test", "data-series=\"runA\"", "data-series=\"runB\""] {
+            XCTAssertTrue(svg.contains(name), name)
+        }
+        XCTAssertEqual(svg.components(separatedBy: "<polyline").count - 1, 10)
+
+        try runPlot([base + "/runA", base + "/runB", "--output", base + "/both.png"])
+        let bytes = try FileBytes.read(base + "/both.png")
+        let image = try ImageDecoder().decode(bytes, file: "both.png")
+        let text = Dictionary(try ImageDecoder.pngText(bytes, file: "both.png").map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+        XCTAssertEqual([image.width, image.height, image.channels], [3 * 480, 420, 3])
+        let axes = try XCTUnwrap(text["axes"]).split(separator: "\n").map { line -> [Double] in
+            line.split(separator: " ").compactMap { Double($0.trimmingCharacters(in: CharacterSet(charactersIn: ";"))) }
+        }
+        XCTAssertEqual(axes.count, 3)
+        let colors: [[UInt8]] = [[0x1f, 0x77, 0xb4], [0xd6, 0x27, 0x28]]
+        for panel in 0..<3 {
+            // numbers: index, x left right xlo xhi, y bottom top ylo yhi
+            let a = axes[panel]
+            let (left, right, xlo, xhi, bottom, top, ylo, yhi) = (a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8])
+            var painted: [Int: [UInt8]] = [:]
+            for (r, rows) in runs.enumerated() {
+                let values: [[Double]]
+                switch panel {
+                case 0: values = [rows.map { $0.0 }, rows.map { $0.1 }]
+                case 1: values = [rows.map { $0.2 }, rows.map { $0.3 }]
+                default: values = [rows.map { $0.4 }]
+                }
+                for series in values {
+                    for (e, y) in series.enumerated() {
+                        let cx = Int((left + (Double(e + 1) - xlo) / (xhi - xlo) * (right - left) + 0.5).rounded(.down))
+                        let cy = Int((bottom - (y - ylo) / (yhi - ylo) * (bottom - top) + 0.5).rounded(.down))
+                        for dy in -2...2 { for dx in -2...2 { painted[(cy + dy) * image.width + cx + dx] = colors[r] } }
+                    }
+                }
+            }
+            for (index, rgb) in painted {
+                XCTAssertEqual(Array(image.pixels[(index * 3)..<(index * 3 + 3)]), rgb, "panel \(panel) pixel \(index % image.width),\(index / image.width)")
+            }
+        }
+        XCTAssertEqual(Array(image.pixels[0..<3]), [255, 255, 255])
     }
 }

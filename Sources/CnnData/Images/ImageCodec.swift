@@ -252,6 +252,42 @@ public final class ImageDecoder {
     }
 }
 
+extension ImageDecoder {
+    /// The tEXt chunks of a PNG in memory, (key, value) in file order, read by walking the
+    /// chunks (every chunk's CRC is checked); `file` names it in errors.
+    public static func pngText(_ bytes: [UInt8], file: String) throws -> [(key: String, value: String)] {
+        let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        guard bytes.count >= 8, Array(bytes[0..<8]) == signature else {
+            throw CnnError.invalidData(file: file, reason: "not a PNG file (no PNG signature)")
+        }
+        func be32(_ i: Int) -> Int { (0..<4).reduce(0) { $0 << 8 | Int(bytes[i + $1]) } }
+        var entries: [(key: String, value: String)] = []
+        var at = 8
+        while at + 12 <= bytes.count {
+            let length = be32(at)
+            guard length <= bytes.count - at - 12 else {
+                throw CnnError.invalidData(file: file, reason: "PNG chunk at byte \(at) claims \(length) bytes, past the end of the file")
+            }
+            let type = String(decoding: bytes[(at + 4)..<(at + 8)], as: UTF8.self)
+            let crc = bytes.withUnsafeBufferPointer { UInt32(crc32(0, $0.baseAddress! + at + 4, UInt32(length + 4))) }
+            guard crc == UInt32(be32(at + 8 + length)) else {
+                throw CnnError.invalidData(file: file, reason: "corrupt PNG: CRC error in the \(type) chunk at byte \(at)")
+            }
+            if type == "tEXt" {
+                let data = bytes[(at + 8)..<(at + 8 + length)]
+                guard let zero = data.firstIndex(of: 0) else {
+                    throw CnnError.invalidData(file: file, reason: "corrupt PNG: a tEXt chunk without the NUL after its key")
+                }
+                func latin1(_ s: ArraySlice<UInt8>) -> String { String(String.UnicodeScalarView(s.map { Unicode.Scalar($0) })) }
+                entries.append((latin1(data[data.startIndex..<zero]), latin1(data[(zero + 1)...])))
+            }
+            if type == "IEND" { break }
+            at += 12 + length
+        }
+        return entries
+    }
+}
+
 func pngMessage(_ message: inout cnn_png_message) -> String {
     withUnsafeBytes(of: &message.text) { raw in
         let bytes = raw.bindMemory(to: UInt8.self)
@@ -290,10 +326,10 @@ public enum JPEGSubsampling: Sendable {
 
 /// PNG and JPEG writers (test data, dataset packing, visualisation).
 public enum ImageEncoder {
-    /// An 8-bit grey or RGB PNG of `image`.
-    public static func png(_ image: Image8, interlaced: Bool = false) throws -> [UInt8] {
+    /// An 8-bit grey or RGB PNG of `image`; `text` becomes tEXt chunks (key, value), in order.
+    public static func png(_ image: Image8, interlaced: Bool = false, text: [(key: String, value: String)] = []) throws -> [UInt8] {
         try pngRaw(rows: image.pixels, width: image.width, height: image.height,
-                   colorType: image.channels == 1 ? .grey : .rgb, bitDepth: 8, interlaced: interlaced)
+                   colorType: image.channels == 1 ? .grey : .rgb, bitDepth: 8, interlaced: interlaced, text: text)
     }
 
     /// A PNG from rows already in PNG's sample layout: `rows` holds height rows of
@@ -302,7 +338,21 @@ public enum ImageEncoder {
     /// the alpha of the first palette entries (palette images only).
     public static func pngRaw(rows: [UInt8], width: Int, height: Int, colorType: PNGColorType, bitDepth: Int,
                               interlaced: Bool = false, palette: [UInt8] = [], transparency: [UInt8] = [],
-                              compressionLevel: Int = 6) throws -> [UInt8] {
+                              compressionLevel: Int = 6, text: [(key: String, value: String)] = []) throws -> [UInt8] {
+        // tEXt: a key of 1-79 Latin-1 characters without NUL, a value without NUL (PNG spec 11.3.4.3).
+        var packedText: [CChar] = []
+        for (key, value) in text {
+            let latin1Key = key.unicodeScalars.allSatisfy { $0.value >= 32 && $0.value <= 255 }
+            guard (1...79).contains(key.unicodeScalars.count), latin1Key, !key.hasPrefix(" "), !key.hasSuffix(" "),
+                  value.unicodeScalars.allSatisfy({ $0.value > 0 && $0.value <= 255 }) else {
+                throw CnnError.invalidArgument(layer: "ImageEncoder.png", argument: "text", value: key,
+                                               reason: "a tEXt key is 1-79 Latin-1 characters without leading or trailing spaces, and its value Latin-1 without NUL")
+            }
+            for string in [key, value] {
+                packedText += string.unicodeScalars.map { CChar(bitPattern: UInt8($0.value)) }
+                packedText.append(0)
+            }
+        }
         let rowBytes = (width * colorType.samples * bitDepth + 7) / 8
         guard width > 0, height > 0, rows.count == rowBytes * height else {
             throw CnnError.invalidArgument(layer: "ImageEncoder.png", argument: "rows", value: "\(rows.count) bytes",
@@ -314,9 +364,12 @@ public enum ImageEncoder {
         let status = rows.withUnsafeBufferPointer { r in
             palette.withUnsafeBufferPointer { p in
                 transparency.withUnsafeBufferPointer { t in
-                    cnn_png_encode(r.baseAddress, rowBytes, UInt32(width), UInt32(height), colorType.rawValue,
-                                   Int32(bitDepth), interlaced ? 1 : 0, p.baseAddress, Int32(palette.count / 3),
-                                   t.baseAddress, Int32(transparency.count), Int32(compressionLevel), &sink, &message)
+                    packedText.withUnsafeBufferPointer { x in
+                        cnn_png_encode(r.baseAddress, rowBytes, UInt32(width), UInt32(height), colorType.rawValue,
+                                       Int32(bitDepth), interlaced ? 1 : 0, p.baseAddress, Int32(palette.count / 3),
+                                       t.baseAddress, Int32(transparency.count), Int32(compressionLevel),
+                                       x.baseAddress, Int32(text.count), &sink, &message)
+                    }
                 }
             }
         }
