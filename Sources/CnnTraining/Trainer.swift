@@ -220,6 +220,7 @@ public final class Trainer {
         }
 
         optimizer = try config.optimizer.make(config)
+        optimizer.setParameterLayout(model.store.parameterEntries)
         frozen = try Trainer.frozenRanges(config.freeze, store: model.store)
         if !frozen.isEmpty {
             // Frozen elements get zero gradients and no weight decay, so every optimizer leaves them unchanged.
