@@ -41,6 +41,9 @@ final class NotesArchitecturesTests: XCTestCase {
             // Zeiler & Fergus Fig. 3: 14208 + 614656 + 885120 + 1327488 + 884992 + 37752832
             // (6·6·256 → 4096) + 16781312 + 4097000.
             ("zfnet", 62_357_608, "Zeiler & Fergus"),
+            // Seed 000's create_vgg (PyTorch counts 2,205,802 after the lazy layers materialise):
+            // 896 + 64 + 9248 + 64 + 18496 + 128 + 2·(36928 + 128) + 4096·512 + 512 + 5130.
+            ("minivgg-code", 2_205_802, "seed 000's code"),
         ]
         for (name, total, source) in expected {
             XCTAssertEqual(try count(name), total, "\(name) (\(source))")
@@ -85,6 +88,16 @@ final class NotesArchitecturesTests: XCTestCase {
         for training in [false, true] {
             let ctx = ExecutionContext(training: training, seed: 1)
             XCTAssertEqual(bits(a.forward(x, context: ctx)), bits(b.forward(x, context: ctx)), "training \(training)")
+        }
+    }
+
+    /// Seed 000's create_vgg: nn.Sequential indices as state_dict keys (39, as PyTorch's).
+    func testMiniVGGCodeNames() throws {
+        let table = tensorTable(try definition("minivgg-code").build(input: [3, 32, 32], classes: 10))
+        XCTAssertEqual(table.count, 39)
+        for key in ["P 0.weight [32, 3, 3, 3]", "B 1.running_mean [32]", "P 14.weight [64, 64, 3, 3]", "B 15.running_var [64]",
+                    "P 20.weight [512, 4096]", "P 22.bias [10]"] {
+            XCTAssertTrue(table.contains { $0.hasPrefix(key) }, key)
         }
     }
 
