@@ -21,7 +21,7 @@ import Foundation
 /// buffers are allocated at the first `step` (or by `loadState`) with the
 /// parameter count.
 public protocol Optimizer: AnyObject {
-    /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop".
+    /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop", "lars", "lamb".
     var name: String { get }
     /// The hyper-parameters by their PyTorch names, for checkpoint headers and logs.
     var hyperParameters: [(name: String, value: Double)] { get }
