@@ -5,7 +5,8 @@ import CnnLayers
 import CnnModels
 import CnnTraining
 
-/// torchvision's resnet50, vgg19, densenet121 and googlenet with random weights, exported by
+/// torchvision's resnet50, vgg19, densenet121 and googlenet (also with aux_logits=True, whose
+/// heads load into googlenet-aux and are ignored in evaluation) with random weights, exported by
 /// Tests/pytorch/torchvision_logits.py (run by hand; the files live outside the repository),
 /// loaded strictly into our model files: logits on torchvision's fixed batch within 1e-4 of
 /// torchvision's, as max |ours − theirs| / max |theirs|. Skipped unless
@@ -14,7 +15,8 @@ final class TorchvisionLogitsTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent().path
     static let models = [("resnet50", "configs/models/resnet50.yaml"), ("vgg19", "configs/models/vgg19.yaml"),
-                         ("densenet121", "configs/models/densenet121-torchvision.yaml"), ("googlenet", "googlenet")]
+                         ("densenet121", "configs/models/densenet121-torchvision.yaml"), ("googlenet", "googlenet"),
+                         ("googlenet_aux", "configs/models/googlenet-aux.yaml")]
 
     func testTorchvisionLogits() throws {
         guard let dir = ProcessInfo.processInfo.environment["CNN_DIST_TORCHVISION_DIR"] else {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """torchvision's own definitions against our model files, run by hand.
 
-For resnet50, vgg19, densenet121 and googlenet (aux_logits=False, transform_input=False)
+For resnet50, vgg19, densenet121 and googlenet (aux_logits=False, transform_input=False;
+and googlenet_aux, the same with aux_logits=True, whose eval logits ignore the heads)
 this builds torchvision's model with random weights (fixed seed; BatchNorm affine
 parameters and running statistics randomised too, so they matter), puts it in eval mode,
 and writes to --out (default /tmp/torchvision-logits, never into the repository):
@@ -34,12 +35,15 @@ MODELS = {
     "vgg19": "configs/models/vgg19.yaml",
     "densenet121": "configs/models/densenet121-torchvision.yaml",
     "googlenet": "googlenet",
+    # aux_logits=True: the heads' weights load strictly into googlenet-aux.yaml; eval ignores them.
+    "googlenet_aux": "configs/models/googlenet-aux.yaml",
 }
 
 
 def build(name):
-    if name == "googlenet":
-        return torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=False, init_weights=True)
+    if name in ("googlenet", "googlenet_aux"):
+        return torchvision.models.googlenet(weights=None, aux_logits=name == "googlenet_aux", transform_input=False,
+                                            init_weights=True)
     return getattr(torchvision.models, name)(weights=None)
 
 
