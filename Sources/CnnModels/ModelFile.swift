@@ -324,7 +324,7 @@ struct ModelBuilder {
     static let activationTypes = ["relu", "leaky_relu", "elu", "sigmoid", "tanh", "softmax"]
     static let builtinTypes: Set<String> = Set(activationTypes + [
         "conv", "conv2d", "linear", "batchnorm", "batchnorm1d", "batchnorm2d", "maxpool", "avgpool",
-        "global_avgpool", "global_maxpool", "flatten", "dropout", "identity", "lrn", "pad",
+        "global_avgpool", "global_maxpool", "adaptive_avgpool", "flatten", "dropout", "identity", "lrn", "pad",
         "sequential", "residual", "concat", "repeat", "aux",
     ])
 
@@ -566,6 +566,9 @@ struct ModelBuilder {
         case "flatten": return Flatten()
         case "global_avgpool": return GlobalAvgPool2d()
         case "global_maxpool": return GlobalMaxPool2d()
+        case "adaptive_avgpool":
+            let (h, w) = try spec.pair("size")
+            return try AdaptiveAvgPool2d(outputHeight: h, outputWidth: w)
         case "maxpool", "avgpool":
             let kernel = try spec.pair("kernel")
             let stride = spec.has("stride") ? try spec.pair("stride") : kernel

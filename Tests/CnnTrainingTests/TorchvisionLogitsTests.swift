@@ -49,7 +49,34 @@ final class TorchvisionLogitsTests: XCTestCase {
                          name, ours, model.store.parameterEntries.count + model.store.bufferEntries.count,
                          worst, scale, relative, Date().timeIntervalSince(t0)))
             XCTAssertLessThanOrEqual(relative, 1e-4, name)
+            if let aux1 = batch["aux1_logits"], let aux2 = batch["aux2_logits"] {
+                try checkHeads(model, input: x, expected: [aux1.floats(), aux2.floats()])
+            }
         }
         XCTAssertGreaterThan(found, 0, "no exports in \(dir)")
+    }
+
+    /// The auxiliary heads in eval mode (dropout off, BatchNorm running statistics) on the
+    /// trunk's activations where they sit, against torchvision's aux1/aux2 on the same.
+    func checkHeads(_ model: Model, input: Tensor, expected: [[Float]]) throws {
+        let root = try XCTUnwrap(model.root as? Sequential)
+        let eval = ExecutionContext(training: false)
+        var x = input, heads = 0
+        for layer in root.layers {
+            if let head = layer as? AuxiliaryHead {
+                let logits = head.head.forward(x, context: eval)
+                let reference = expected[heads]
+                var worst = 0.0, scale = 0.0
+                for i in 0..<reference.count {
+                    worst = max(worst, abs(Double(logits[i]) - Double(reference[i])))
+                    scale = max(scale, abs(Double(reference[i])))
+                }
+                print(String(format: "  aux%d head: max |diff| %.3e, max |logit| %.4g, relative %.2e", heads + 1, worst, scale, worst / scale))
+                XCTAssertLessThanOrEqual(worst / scale, 1e-4, "aux\(heads + 1)")
+                heads += 1
+            }
+            x = layer.forward(x, context: eval)
+        }
+        XCTAssertEqual(heads, expected.count)
     }
 }

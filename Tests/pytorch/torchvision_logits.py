@@ -8,7 +8,8 @@ parameters and running statistics randomised too, so they matter), puts it in ev
 and writes to --out (default /tmp/torchvision-logits, never into the repository):
 
     NAME.safetensors     the state_dict (float32; num_batches_tracked int64)
-    NAME-io.safetensors  "input" (a fixed N x 3 x 224 x 224 batch) and "logits" (torchvision's)
+    NAME-io.safetensors  "input" (a fixed N x 3 x 224 x 224 batch) and "logits" (torchvision's);
+                         for googlenet_aux also each head's logits in eval mode ("aux1_logits", "aux2_logits")
 
 Our side loads each state_dict strictly into the matching model file and compares logits:
 
@@ -81,10 +82,21 @@ def main():
             logits = model(x)
             logits64 = model.double()(x.double())
         model.float()
+        extra = {}
+        if name == "googlenet_aux":
+            # The heads in eval mode (dropout off) on the trunk's activations at 4a and 4d.
+            seen = {}
+            hooks = [getattr(model, f"inception4{b}").register_forward_hook(
+                lambda m, i, o, b=b: seen.__setitem__(b, o)) for b in "ad"]
+            with torch.no_grad():
+                model(x)
+                extra = {"aux1_logits": model.aux1(seen["a"]).contiguous(), "aux2_logits": model.aux2(seen["d"]).contiguous()}
+            for h in hooks:
+                h.remove()
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         safetensors.torch.save_file(state, os.path.join(args.out, f"{name}.safetensors"),
                                     metadata={"torchvision_model": name, "ours": MODELS[name]})
-        safetensors.torch.save_file({"input": x.contiguous(), "logits": logits.contiguous()},
+        safetensors.torch.save_file({"input": x.contiguous(), "logits": logits.contiguous(), **extra},
                                     os.path.join(args.out, f"{name}-io.safetensors"))
         # PyTorch's own float32 error by the same measure, for scale.
         own = ((logits.double() - logits64).abs().max() / logits64.abs().max()).item()
