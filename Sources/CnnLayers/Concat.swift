@@ -17,16 +17,24 @@ public final class Concat: Layer {
     /// The branches' outputs of the last forward (kept in place: no per-step array).
     private var outs: [Tensor]
 
-    /// A concatenation of the named branches, in channel order.
-    public init(branches: [(String, Layer)]) {
+    /// Branches whose own children are named as children of this block (no prefix of their
+    /// own): torchvision's _DenseLayer is an nn.Sequential whose forward concatenates.
+    public let inlined: Set<String>
+
+    /// A concatenation of the named branches, in channel order; the branches named in
+    /// `inlined` give their children unprefixed state_dict names.
+    public init(branches: [(String, Layer)], inlined: Set<String> = []) {
         precondition(!branches.isEmpty, "Concat: needs at least one branch")
         self.branches = branches.map { (name: $0.0, layer: $0.1) }
+        self.inlined = inlined
         branchGrads = branches.map { _ in Tensor(shape: [0]) }
         branchChannels = Array(repeating: 0, count: branches.count)
         outs = branches.map { _ in Tensor(shape: [0]) }
     }
 
-    public var children: [(name: String, layer: Layer)] { branches }
+    public var children: [(name: String, layer: Layer)] {
+        inlined.isEmpty ? branches : branches.flatMap { inlined.contains($0.name) ? $0.layer.children : [$0] }
+    }
 
     public func outputShape(for input: [Int]) throws -> [Int] {
         var result: [Int]? = nil

@@ -9,6 +9,15 @@ public struct ParameterEntry: Equatable, Sendable {
     public var offset: Int
     public var isTrainable: Bool
     public var count: Int { shape.reduce(1, *) }
+
+    /// An entry of the table (the store builds its own; tests and tools describe layouts).
+    public init(name: String, shape: [Int], role: TensorRole, offset: Int, isTrainable: Bool) {
+        self.name = name
+        self.shape = shape
+        self.role = role
+        self.offset = offset
+        self.isTrainable = isTrainable
+    }
 }
 
 /// One flat parameter buffer, one flat gradient buffer mirroring it, and one

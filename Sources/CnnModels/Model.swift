@@ -81,6 +81,17 @@ public final class Model {
         self.store = ParameterStore(root: root)
     }
 
+    /// The auxiliary classifiers in the layer tree (GoogLeNet's aux1, aux2), in model order.
+    public var auxiliaryHeads: [AuxiliaryHead] {
+        var found: [AuxiliaryHead] = []
+        func visit(_ layer: Layer) {
+            if let head = layer as? AuxiliaryHead { found.append(head) }
+            for child in layer.children { visit(child.layer) }
+        }
+        visit(root)
+        return found
+    }
+
     /// Trainable parameter count (as PyTorch's sum of p.numel()).
     public var parameterCount: Int { store.parameterCount }
 

@@ -324,8 +324,8 @@ struct ModelBuilder {
     static let activationTypes = ["relu", "leaky_relu", "elu", "sigmoid", "tanh", "softmax"]
     static let builtinTypes: Set<String> = Set(activationTypes + [
         "conv", "conv2d", "linear", "batchnorm", "batchnorm1d", "batchnorm2d", "maxpool", "avgpool",
-        "global_avgpool", "global_maxpool", "flatten", "dropout", "identity", "lrn", "pad",
-        "sequential", "residual", "concat", "repeat",
+        "global_avgpool", "global_maxpool", "adaptive_avgpool", "flatten", "dropout", "identity", "lrn", "pad",
+        "sequential", "residual", "concat", "repeat", "aux",
     ])
 
     func error(_ node: Node?, _ field: String, _ message: String) -> CnnError {
@@ -566,6 +566,9 @@ struct ModelBuilder {
         case "flatten": return Flatten()
         case "global_avgpool": return GlobalAvgPool2d()
         case "global_maxpool": return GlobalMaxPool2d()
+        case "adaptive_avgpool":
+            let (h, w) = try spec.pair("size")
+            return try AdaptiveAvgPool2d(outputHeight: h, outputWidth: w)
         case "maxpool", "avgpool":
             let kernel = try spec.pair("kernel")
             let stride = spec.has("stride") ? try spec.pair("stride") : kernel
@@ -589,6 +592,29 @@ struct ModelBuilder {
             let children = try buildList(try spec.list("layers"), path: "\(spec.path).layers", shape: &s, depth: depth + 1)
             guard !children.isEmpty else { throw spec.bad("layers", "a sequential block needs at least one layer") }
             return Sequential(children.map(\.layer), names: children.map(\.name))
+        case "aux":
+            var s = shape
+            let children = try buildList(try spec.list("layers"), path: "\(spec.path).layers", shape: &s, depth: depth + 1)
+            guard !children.isEmpty else { throw spec.bad("layers", "an auxiliary head needs at least one layer") }
+            guard s == [shape[0], classes] else {
+                throw spec.bad("layers", "an auxiliary head must end with 'classes' outputs (\(classes)), got \(formatShape(Array(s.dropFirst())))")
+            }
+            let weight = try spec.float("weight", default: 0.3)
+            guard weight >= 0 else { throw spec.bad("weight", "must be >= 0") }
+            return try AuxiliaryHead(head: Sequential(children.map(\.layer), names: children.map(\.name)), weight: weight)
+        case "concat" where spec.has("layers"):
+            // y = cat(x, layers(x)) with the layers named as this block's own children.
+            guard !spec.has("branches") else { throw spec.bad("layers", "give either 'branches' or 'layers', not both") }
+            var s = shape
+            let children = try buildList(try spec.list("layers"), path: "\(spec.path).layers", shape: &s, depth: depth + 1)
+            guard !children.isEmpty else { throw spec.bad("layers", "needs at least one layer") }
+            let names = Set(children.map(\.name))
+            let input = "input"
+            guard !names.contains(input) else { throw spec.bad("layers", "'\(input)' names the kept input; rename that layer") }
+            let block = Concat(branches: [(input, Identity()), ("layers", Sequential(children.map(\.layer), names: children.map(\.name)))],
+                               inlined: ["layers"])
+            _ = try block.outputShape(for: shape)
+            return block
         case "concat":
             let branchNodes = try spec.list("branches")
             guard !branchNodes.isEmpty else { throw spec.bad("branches", "needs at least one branch") }

@@ -21,7 +21,7 @@ import Foundation
 /// buffers are allocated at the first `step` (or by `loadState`) with the
 /// parameter count.
 public protocol Optimizer: AnyObject {
-    /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop".
+    /// Short name for checkpoint headers and logs: "sgd", "adam", "adamw", "rmsprop", "lars", "lamb".
     var name: String { get }
     /// The hyper-parameters by their PyTorch names, for checkpoint headers and logs.
     var hyperParameters: [(name: String, value: Double)] { get }
@@ -45,9 +45,15 @@ public protocol Optimizer: AnyObject {
     /// next step is bitwise the step the saved optimizer would have taken.
     /// Throws `CnnError.invalidCheckpoint` if names or sizes do not match.
     func loadState(stepCount: Int, tensors: [(name: String, tensor: Tensor)]) throws
+
+    /// Tells a layer-wise optimizer (LARS, LAMB) where each parameter tensor lies in the
+    /// flat buffer and which are conv/linear weights; the others ignore it.
+    func setParameterLayout(_ entries: [ParameterEntry])
 }
 
 extension Optimizer {
+    public func setParameterLayout(_ entries: [ParameterEntry]) {}
+
     /// Updates the store's parameters from its gradients.
     public func step(_ store: ParameterStore, learningRate: Float) {
         step(parameters: store.parameters.data, gradients: UnsafePointer(store.gradients.data),
@@ -101,6 +107,11 @@ public struct WeightDecayMask: Equatable, Sendable {
         self.init(excluded: exempt.map { $0.offset ..< $0.offset + $0.count })
     }
 
+    /// Whether decay applies to all of `range` (no exempt element in it).
+    public func decays(_ range: Range<Int>) -> Bool {
+        !excluded.contains { $0.overlaps(range) }
+    }
+
     /// Splits `0..<count` into contiguous segments with and without decay.
     public func segments(count: Int) -> [(range: Range<Int>, decay: Bool)] {
         var result: [(range: Range<Int>, decay: Bool)] = []
@@ -117,6 +128,35 @@ public struct WeightDecayMask: Equatable, Sendable {
 }
 
 // MARK: - Shared helpers
+
+/// The parameter tensors of the flat buffer for layer-wise optimizers: each entry's range,
+/// and whether it is adapted (a convolution or linear weight) or excluded (bias, BatchNorm).
+struct LayerwiseLayout {
+    private var entries: [(range: Range<Int>, adapted: Bool)] = []
+
+    init() {}
+
+    init(entries list: [ParameterEntry]) {
+        entries = list.filter(\.isTrainable).map { entry in
+            if case .weight = entry.role { return (entry.offset ..< entry.offset + entry.count, true) }
+            return (entry.offset ..< entry.offset + entry.count, false)
+        }
+    }
+
+    /// The tensors covering `0..<count`, in order; with no layout (or one for another
+    /// buffer size), one adapted tensor.
+    func tensors(count: Int) -> [(range: Range<Int>, adapted: Bool)] {
+        guard !entries.isEmpty, entries.last!.range.upperBound == count else { return [(0 ..< count, true)] }
+        return entries
+    }
+}
+
+/// √(Σ x²) over `range`, summed in Double in element order.
+func l2Norm(_ x: UnsafePointer<Float>, _ range: Range<Int>) -> Double {
+    var s = 0.0
+    for i in range { let d = Double(x[i]); s += d * d }
+    return s.squareRoot()
+}
 
 /// Named state buffers of one optimizer, allocated lazily with the parameter count.
 final class OptimizerStateBuffers {
@@ -187,6 +227,11 @@ enum HyperParameterCheck {
     static func eps(_ v: Float) throws {
         guard v.isFinite, v > 0 else { throw CnnError.invalidConfig(field: "eps", value: "\(v)", allowed: "eps > 0") }
     }
+    static func trustCoefficient(_ v: Float) throws {
+        guard v.isFinite, v > 0, v <= 1e3 else {
+            throw CnnError.invalidConfig(field: "trust_coefficient", value: "\(v)", allowed: "0 < trust_coefficient <= 1000")
+        }
+    }
     static func beta(_ v: Float, field: String) throws {
         try checkHyperParameter(field, v, in: 0 ..< 1, allowed: "0 <= \(field) < 1")
     }
@@ -247,7 +292,7 @@ func decimal(_ v: Float) -> Double { Double("\(v)") ?? Double(v) }
 /// The optimizers a config can name; each case builds its optimizer from the
 /// config's hyper-parameters. A new optimizer is its file, a case here and its test.
 public enum OptimizerKind: String, ConfigChoice {
-    case sgd, adam, adamw, rmsprop
+    case sgd, adam, adamw, rmsprop, lars, lamb
 
     /// The optimizer with `config`'s hyper-parameters (checked by its initializer).
     public func make(_ config: TrainingConfig) throws -> Optimizer {
@@ -257,6 +302,8 @@ public enum OptimizerKind: String, ConfigChoice {
         case .adam: return try Adam(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weightDecay)
         case .adamw: return try AdamW(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weightDecay)
         case .rmsprop: return try RMSProp(momentum: c.momentum, weightDecay: c.weightDecay)
+        case .lars: return try LARS(momentum: c.momentum, weightDecay: c.weightDecay, trustCoefficient: c.trustCoefficient)
+        case .lamb: return try LAMB(beta1: c.beta1, beta2: c.beta2, weightDecay: c.weightDecay)
         }
     }
 }

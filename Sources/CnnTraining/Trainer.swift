@@ -119,7 +119,7 @@ public final class Trainer {
     /// Per-layer forward/backward times of the measured steps, when set.
     public var layerProfiler: LayerProfiler?
     let log: (String) -> Void
-    let loss: SoftmaxCrossEntropy
+    let loss: ModelLoss
     let reducer: StatisticsAllreducer
     let bucketer: GradientBucketer
     let clipping: GradientClipping?
@@ -220,6 +220,7 @@ public final class Trainer {
         }
 
         optimizer = try config.optimizer.make(config)
+        optimizer.setParameterLayout(model.store.parameterEntries)
         frozen = try Trainer.frozenRanges(config.freeze, store: model.store)
         if !frozen.isEmpty {
             // Frozen elements get zero gradients and no weight decay, so every optimizer leaves them unchanged.
@@ -227,7 +228,7 @@ public final class Trainer {
         }
         schedule = try config.schedule.make(config, stepsPerEpoch: train.count / config.batchSize)
         clipping = try config.clipNorm.map { try GradientClipping(maxNorm: $0) }
-        loss = try SoftmaxCrossEntropy(labelSmoothing: config.labelSmoothing)
+        loss = try ModelLoss(model: model, labelSmoothing: config.labelSmoothing)
         reducer = StatisticsAllreducer(communicator: communicator)
         bucketer = GradientBucketer(store: model.store, communicator: communicator,
                                     bucketElements: max(1, bucketBytes / 4), overlap: overlap)

@@ -24,6 +24,8 @@ public struct TrainingConfig: Codable, Equatable {
     public var weightDecay: Float = 5e-4
     public var beta1: Float = 0.9
     public var beta2: Float = 0.999
+    /// LARS's trust coefficient η: a layer's step is at most about η·lr times its weight norm.
+    public var trustCoefficient: Float = 0.001
     public var schedule = ScheduleKind.onecycle
     public var stepEpochs = 10
     public var milestones: [Int] = []
@@ -77,7 +79,8 @@ public struct TrainingConfig: Codable, Equatable {
     /// The file format's keys (snake_case, as PyTorch users and older runs write them).
     public enum CodingKeys: String, CodingKey, CaseIterable {
         case model, input, classes, dataset, data, epochs, batchSize = "batch_size", optimizer, lr, momentum
-        case nesterov, weightDecay = "weight_decay", beta1, beta2, schedule, stepEpochs = "step_epochs", milestones
+        case nesterov, weightDecay = "weight_decay", beta1, beta2, trustCoefficient = "trust_coefficient"
+        case schedule, stepEpochs = "step_epochs", milestones
         case gamma, warmupEpochs = "warmup_epochs", clipNorm = "clip_norm", labelSmoothing = "label_smoothing"
         case cropPadding = "crop_padding", flip, translate, augment, initScheme = "init_scheme", seed
         case earlyStoppingPatience = "early_stopping_patience", trainLimit = "train_limit", testLimit = "test_limit"
@@ -116,6 +119,9 @@ public struct TrainingConfig: Codable, Equatable {
         try number("weight_decay", weightDecay, 0...1e3)
         try number("beta1", beta1, 0...1, open: true)
         try number("beta2", beta2, 0...1, open: true)
+        guard trustCoefficient > 0, trustCoefficient <= 1e3 else {
+            throw fail("trust_coefficient", trustCoefficient, "a finite number > 0 and <= 1000")
+        }
         try integer("step_epochs", stepEpochs, 1...100_000)
         for m in milestones { try integer("milestones", m, 1...100_000) }
         try number("gamma", gamma, 0...1e3)

@@ -90,6 +90,27 @@ final class NotesLayersTests: XCTestCase {
         assertGradients(pool, input: distinctTensor([3, 2, 3, 4], seed: 42), maxChecks: 200)
     }
 
+    // MARK: Adaptive average pooling
+
+    func testAdaptiveAvgPool() throws {
+        // H = 5 to 2 rows: windows 0..<3 and 2..<5 (they overlap on row 2).
+        let pool = try AdaptiveAvgPool2d(outputHeight: 2, outputWidth: 1)
+        let y = pool.forward(Tensor(shape: [1, 1, 5, 1], values: [1, 2, 3, 4, 5]), context: ExecutionContext())
+        XCTAssertEqual(y.toArray(), [2, 4])
+        XCTAssertEqual(pool.backward(Tensor(shape: [1, 1, 2, 1], values: [3, 6]), context: ExecutionContext()).toArray(),
+                       [1, 1, 3, 2, 2])
+        // 14 to 4 (torchvision's GoogLeNet heads): windows of 4 starting at 0, 3, 7, 10.
+        let columns = Tensor(shape: [1, 1, 1, 14], values: (0..<14).map(Float.init))
+        XCTAssertEqual(try AdaptiveAvgPool2d(outputHeight: 1, outputWidth: 4).forward(columns, context: ExecutionContext()).toArray(),
+                       [1.5, 4.5, 8.5, 11.5])
+        for (oh, ow) in [(4, 4), (2, 3), (5, 7)] {
+            assertGradients(try AdaptiveAvgPool2d(outputHeight: oh, outputWidth: ow), input: randomTensor([2, 3, 7, 5], seed: 44),
+                            maxChecks: 150)
+        }
+        XCTAssertThrowsError(try AdaptiveAvgPool2d(outputHeight: 0, outputWidth: 2))
+        XCTAssertThrowsError(try AdaptiveAvgPool2d(outputHeight: 2, outputWidth: 2).outputShape(for: [1, 4]))
+    }
+
     // MARK: Softmax
 
     func testSoftmax() throws {

@@ -34,8 +34,16 @@ final class NotesArchitecturesTests: XCTestCase {
             ("resnet152", 60_192_808, "torchvision"),
             ("densenet121", 7_978_856, "torchvision"), ("googlenet", 6_624_904, "torchvision, no aux heads"),
             ("alexnet", 62_378_344, "seed 004's table"),
-            // Caffe's bvlc_googlenet without the auxiliary classifiers (the paper's table: ~6.8 M).
-            ("googlenet-paper", 6_998_552, "Szegedy et al. / Caffe"),
+            // Caffe's bvlc_googlenet: 6,998,552 without the auxiliary classifiers (the paper's
+            // table: ~6.8 M) plus two heads of 512·128+128 (528·128+128) + 2048·1024+1024 + 1024·1000+1000.
+            ("googlenet-paper", 6_998_552 + 3_188_840 + 3_190_888, "Szegedy et al. / Caffe"),
+            ("googlenet-aux", 13_004_888, "torchvision aux_logits=True"),
+            // Zeiler & Fergus Fig. 3: 14208 + 614656 + 885120 + 1327488 + 884992 + 37752832
+            // (6·6·256 → 4096) + 16781312 + 4097000.
+            ("zfnet", 62_357_608, "Zeiler & Fergus"),
+            // Seed 000's create_vgg (PyTorch counts 2,205,802 after the lazy layers materialise):
+            // 896 + 64 + 9248 + 64 + 18496 + 128 + 2·(36928 + 128) + 4096·512 + 512 + 5130.
+            ("minivgg-code", 2_205_802, "seed 000's code"),
         ]
         for (name, total, source) in expected {
             XCTAssertEqual(try count(name), total, "\(name) (\(source))")
@@ -57,6 +65,40 @@ final class NotesArchitecturesTests: XCTestCase {
         // torchvision v1.5: the stride sits on the 3x3 convolution; layer2.0.conv2 halves 56 to 28.
         let seq = try XCTUnwrap(root as? Sequential)
         XCTAssertEqual(try Sequential(Array(seq.layers[0...5])).outputShape(for: [1, 3, 224, 224]), [1, 512, 28, 28])
+    }
+
+    /// densenet121-torchvision is the zoo's densenet121 under torchvision's names (727
+    /// tensors, as len(torchvision.models.densenet121().state_dict())): same tensors in the
+    /// same order, ".new." gone, and bitwise the same logits from the same initialisation.
+    func testDenseNetTorchvisionNames() throws {
+        let tv = try definition("densenet121-torchvision").build(input: [3, 224, 224], classes: 1000)
+        let zoo = try ZooModel.densenet121.build(input: [3, 224, 224], classes: 1000)
+        let table = tensorTable(tv)
+        XCTAssertEqual(table.count, 727)
+        XCTAssertEqual(table, tensorTable(zoo).map { $0.replacingOccurrences(of: ".new.", with: ".") })
+        XCTAssertTrue(table.contains { $0.hasPrefix("P features.denseblock1.denselayer1.norm1.weight ") })
+        XCTAssertEqual(try count("densenet121-torchvision"), 7_978_856)
+        let a = try Model(definition: try definition("densenet121-torchvision"), inputShape: [3, 32, 32], classCount: 10)
+        let b = try Model(name: "densenet121", inputShape: [3, 32, 32], classCount: 10)
+        a.store.initialize(seed: 5)
+        b.store.initialize(seed: 5)
+        let x = Tensor(shape: [2, 3, 32, 32])
+        var rng = SplitMix64(seed: 6)
+        for i in 0..<x.count { x[i] = rng.nextUnitFloat() }
+        for training in [false, true] {
+            let ctx = ExecutionContext(training: training, seed: 1)
+            XCTAssertEqual(bits(a.forward(x, context: ctx)), bits(b.forward(x, context: ctx)), "training \(training)")
+        }
+    }
+
+    /// Seed 000's create_vgg: nn.Sequential indices as state_dict keys (39, as PyTorch's).
+    func testMiniVGGCodeNames() throws {
+        let table = tensorTable(try definition("minivgg-code").build(input: [3, 32, 32], classes: 10))
+        XCTAssertEqual(table.count, 39)
+        for key in ["P 0.weight [32, 3, 3, 3]", "B 1.running_mean [32]", "P 14.weight [64, 64, 3, 3]", "B 15.running_var [64]",
+                    "P 20.weight [512, 4096]", "P 22.bias [10]"] {
+            XCTAssertTrue(table.contains { $0.hasPrefix(key) }, key)
+        }
     }
 
     /// The paper's "1.5 billion multiply-adds at inference time", LRN in the stem, 5x5 branches.

@@ -234,7 +234,7 @@ final class OptimizerTests: XCTestCase {
         config.weightDecay = 0.01
         XCTAssertEqual((try OptimizerKind.adamw.make(config) as? AdamW)?.weightDecay, 0.01)
         for kind in OptimizerKind.allCases { XCTAssertEqual(try kind.make(config).name, kind.rawValue) }
-        assertInvalidConfig(field: "optimizer") { _ = try OptimizerKind.named("lamb", field: "optimizer") }
+        assertInvalidConfig(field: "optimizer") { _ = try OptimizerKind.named("lion", field: "optimizer") }
         config.momentum = 1.2
         assertInvalidConfig(field: "momentum") { _ = try OptimizerKind.sgd.make(config) }
     }
