@@ -30,6 +30,8 @@ public struct EvalCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a line of text.") var json = false
     @Option(help: ArgumentHelp("Write the confusion matrix (true x predicted class, with class names) as JSON.",
                                valueName: "OUT.json")) var confusion: String?
+    @Option(help: "GEMM arithmetic of convolution and linear layers (bf16 needs AVX512_BF16).")
+    var precision: ComputePrecision = .fp32
     @OptionGroup var world: WorldOptions
 
     public init() {}
@@ -51,6 +53,7 @@ public struct EvalCommand: ParsableCommand {
     /// Loads the checkpoint and the test split, evaluates on `communicator`'s
     /// ranks and returns what rank 0 prints (JSON or text).
     public func evaluateAndFormat(communicator: Communicator) throws -> String {
+        try Preflight.checkPrecision(precision, what: "eval --precision bf16")
         let loaded = try loadModelCheckpoint(path: checkpoint)
         let model = loaded.model
         let kind = dataset ?? (model.inputShape[0] == 3 ? .cifar10 : .fashionMNIST)
@@ -60,7 +63,8 @@ public struct EvalCommand: ParsableCommand {
         var test = try kind.load(.test, request)
         if testLimit > 0 && testLimit < test.count { test = test.subset(0..<testLimit, name: test.name) }
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
-                                  batchSize: batchSize, labelSmoothing: Float(labelSmoothing))
+                                  batchSize: batchSize, labelSmoothing: Float(labelSmoothing),
+                                  arithmetic: GemmArithmetic(precision))
         let names = loaded.classNames ?? (0..<model.classCount).map(String.init)
         if let confusion, communicator.rank == 0 {
             guard !result.confusion.isEmpty else {
@@ -75,6 +79,7 @@ public struct EvalCommand: ParsableCommand {
             let object: [String: Any] = [
                 "loss": result.loss, "accuracy": result.accuracy, "correct": result.correct, "count": result.count,
                 "checkpoint": checkpoint, "dataset": kind.rawValue, "model": model.name, "label_smoothing": labelSmoothing,
+                "precision": precision.rawValue,
                 "top5_accuracy": result.top5Accuracy, "per_class_accuracy": perClass, "classes": names,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])

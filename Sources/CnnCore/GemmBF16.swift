@@ -17,26 +17,52 @@
 // packing and blocking are tested on every CPU, and `gemmBF16Reference` is the triple loop.
 
 import CBF16
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-/// The arithmetic of a layer's GEMMs.
-public enum ComputePrecision: String, CaseIterable, Sendable {
+/// The arithmetic of a layer's GEMMs (config key `precision`, flag `--precision`).
+public enum ComputePrecision: String, ConfigChoice {
     /// fp32 operands, fp32 accumulation (`sgemm`).
     case fp32
-    /// Operands rounded to bf16, fp32 accumulation (`gemmBF16`); needs
+    /// Operands rounded to bf16, fp32 accumulation (`gemmBF16`); the native kernel needs
     /// `CPUFeatures.current.bf16GEMM` (check with `requireBF16()`).
     case bf16
 }
 
-/// `sgemm`, or `gemmBF16` (native kernel) for `.bf16`: same contract.
+/// What a pass's GEMMs run: the precision and, for bf16, which tile kernel. Carried by the
+/// `ExecutionContext` into each layer and by the convolution workspace into its passes.
+public struct GemmArithmetic: Equatable, Sendable, CustomStringConvertible {
+    public var precision: ComputePrecision
+    /// The bf16 tile kernel (unused in fp32).
+    public var bf16Kernel: BF16Kernel
+
+    public init(_ precision: ComputePrecision = .fp32, bf16Kernel: BF16Kernel = .automatic) {
+        self.precision = precision
+        self.bf16Kernel = bf16Kernel
+    }
+
+    /// fp32 `sgemm`: today's bits.
+    public static let fp32 = GemmArithmetic(.fp32)
+
+    public var description: String {
+        precision == .fp32 ? "fp32" : "bf16 (\(bf16Kernel == .native ? "vdpbf16ps" : "portable kernel"))"
+    }
+}
+
+/// `sgemm`, or `gemmBF16` with the arithmetic's kernel for `.bf16`: same contract.
 @inline(__always)
-func gemm(_ precision: ComputePrecision, _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+func gemm(_ arithmetic: GemmArithmetic, _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
           alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    switch precision {
+    switch arithmetic.precision {
     case .fp32:
         sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     case .bf16:
-        gemmBF16(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        gemmBF16(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                 kernel: arithmetic.bf16Kernel)
     }
 }
 
@@ -64,6 +90,16 @@ public enum BF16Kernel: Sendable {
     case native
     /// The same arithmetic in portable Swift (slow): for tests on any CPU.
     case portable
+
+    /// `.native` where the CPU has it, else `.portable`; the environment variable
+    /// CNN_BF16_KERNEL=portable forces `.portable` (so bf16 runs, slowly, on any CPU: tests).
+    public static let automatic: BF16Kernel = portableForced || !CPUFeatures.current.bf16GEMM ? .portable : .native
+
+    /// Whether CNN_BF16_KERNEL=portable is set (then bf16 is not refused on a CPU without it).
+    public static let portableForced: Bool = {
+        guard let value = getenv("CNN_BF16_KERNEL") else { return false }
+        return String(cString: value) == "portable"
+    }()
 }
 
 private let MR = BF16GemmBlocking.MR

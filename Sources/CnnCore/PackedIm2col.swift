@@ -77,6 +77,8 @@ final class PackedIm2colPlan {
     private var planes: [GrowableBuffer<Float>] = []
     /// Backward-weights, per task: dY packed as the GEMM's A operand.
     private var packedGradOutputs: [PackedGemmA] = []
+    /// The same rounded to bf16, for a bf16 backward-weights.
+    private var packedGradOutputsBF16: [PackedGemmABF16] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
     /// The same rounded to bf16, for a bf16 forward.
@@ -227,17 +229,20 @@ final class PackedIm2colPlan {
     }
 
     /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
-    func packWeightsBF16(_ w: UnsafePointer<Float>) {
+    func packWeightsBF16(_ w: UnsafePointer<Float>, kernel: BF16Kernel) {
         let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
         while packedWeightsBF16.count < g.groups { packedWeightsBF16.append(PackedGemmABF16()) }
         for grp in 0..<g.groups {
-            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
+            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows, kernel: kernel)
         }
     }
 
     /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights.
-    func reservePackedGradOutputs(_ tasks: Int) {
-        while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
+    func reservePackedGradOutputs(_ tasks: Int, precision: ComputePrecision = .fp32) {
+        switch precision {
+        case .fp32: while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
+        case .bf16: while packedGradOutputsBF16.count < tasks { packedGradOutputsBF16.append(PackedGemmABF16()) }
+        }
     }
 
     /// xs of images n ..< n + count (≤ imagesPerBlock), group grp, for task t: the
@@ -362,6 +367,15 @@ extension PackedIm2colPlan {
         let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
         let packed = packedGradOutputs[t]
         packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw)
+        return packed
+    }
+
+    /// `packGradOutput` rounded to bf16 pairs along the pixels, for a bf16 backward-weights.
+    func packGradOutputBF16(_ dy: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int,
+                            kernel: BF16Kernel) -> PackedGemmABF16 {
+        let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
+        let packed = packedGradOutputsBF16[t]
+        packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw, kernel: kernel)
         return packed
     }
 
@@ -514,23 +528,29 @@ private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<F
 /// Backward-weights over images `images` for task t, accumulating into `dw` (K × Cg·kh·kw).
 func packedIm2colBackwardWeights(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
-    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
+    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, arithmetic: GemmArithmetic = .fp32
 ) {
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     for n in images {
         for grp in 0..<g.groups {
-            let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
-            if plan.gatherStride > 1 {
-                // 1×1 strided: B gathered from the input in place.
-                let xs = plan.source(x, image: n, group: grp, task: t)
-                sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
+            // 1×1 strided: B gathered from the input in place; else transposed from phase planes.
+            let gathered = plan.gatherStride > 1
+            let xs = gathered ? plan.source(x, image: n, group: grp, task: t)
+                              : plan.source(x, image: n, group: grp, task: t, copy: true)
+            let packB: GemmPanelPacker = { q0, kc, r0, nc, dst in
+                if gathered {
                     plan.packGatheredTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
+                } else {
+                    plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
                 }
-                continue
             }
-            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
-            sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
-                plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
+            switch arithmetic.precision {
+            case .fp32:
+                let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
+                sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
+            case .bf16:
+                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
             }
         }
     }
