@@ -271,10 +271,14 @@ public func gemmBF16Reference(
 private func roundUpBF16(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
 
 /// Rows of the micro-panel that starts with `remaining` rows left: 12, or 8 / 4 for a tail
-/// (M = 16 is 12 + 4, M = 6 one 8-row panel, M = 32 is 12 + 12 + 8).
+/// (M = 6 is one 8-row panel, M = 32 is 12 + 12 + 8). A tail of 13-16 rows is 8 + 8 rather
+/// than 12 + 4 (M = 16, and 64 = 4·12 + 8 + 8): the 4-row tile has only 8 accumulators, too
+/// few chains to cover vdpbf16ps's latency on both FMA pipes, the 8-row tile 16, and both
+/// splits issue the same loads and multiply-adds.
 @inline(__always)
 private func panelRowsBF16(_ remaining: Int) -> Int {
-    remaining > 8 ? MR : (remaining > 4 ? 8 : 4)
+    if remaining > 16 || (remaining > 8 && remaining <= 12) { return MR }
+    return remaining > 4 ? 8 : 4
 }
 
 /// Rows a packed block of mc rows occupies (only its last panel is padded).
