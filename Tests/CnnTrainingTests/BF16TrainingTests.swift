@@ -1,3 +1,4 @@
+import Foundation
 import XCTest
 import CnnCore
 import CnnLayers
@@ -62,5 +63,46 @@ final class BF16TrainingTests: XCTestCase {
         var hidden = with
         hidden.hide(["avx512_bf16"])
         XCTAssertEqual(hidden, without)
+    }
+
+    /// A run directory written before `precision` existed resumes (as fp32): its state.json
+    /// lacks the key, which the resume fills with the default.
+    func testResumeOfARunWithoutThePrecisionKey() throws {
+        let dir = temporaryFolder("bf16-old-run")
+        var config = syntheticConfig(steps: 4, batch: 32, model: "lenet5")
+        config.checkpointEvery = 2
+        config.maxSteps = 2
+        _ = try trainLocally(config, ranks: 1, runDirectory: dir)
+        let checkpoints = dir + "/checkpoints"
+        for name in try FileManager.default.contentsOfDirectory(atPath: checkpoints) {
+            let path = checkpoints + "/" + name + "/state.json"
+            guard let data = FileManager.default.contents(atPath: path),
+                  var state = try JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  var stored = state["config"] as? [String: Any] else { continue }
+            XCTAssertEqual(stored.removeValue(forKey: "precision") as? String, "fp32")
+            state["config"] = stored
+            try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: path))
+        }
+        config.maxSteps = 4
+        // The edited state.json no longer matches its manifest's SHA-256 unless it is refreshed.
+        try refreshManifests(checkpoints)
+        let resumed = try trainLocally(config, ranks: 1, runDirectory: dir, resume: true)
+        XCTAssertFalse(resumed.params.isEmpty)
+    }
+}
+
+/// Rewrites each checkpoint's manifest.json with the current sizes and SHA-256 of its files
+/// (after a test edited one of them on purpose).
+func refreshManifests(_ checkpoints: String) throws {
+    for name in try FileManager.default.contentsOfDirectory(atPath: checkpoints) where name.hasPrefix("step-") {
+        let folder = checkpoints + "/" + name
+        let data = FileManager.default.contents(atPath: folder + "/manifest.json")!
+        var manifest = try JSONDecoder().decode(CheckpointManifest.self, from: data)
+        for i in manifest.files.indices {
+            let bytes = [UInt8](FileManager.default.contents(atPath: folder + "/" + manifest.files[i].name)!)
+            manifest.files[i].bytes = bytes.count
+            manifest.files[i].sha256 = sha256Hex(bytes)
+        }
+        try JSONEncoder().encode(manifest).write(to: URL(fileURLWithPath: folder + "/manifest.json"))
     }
 }
