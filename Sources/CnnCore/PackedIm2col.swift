@@ -30,6 +30,10 @@
 // gather them from the input in place (packGatheredTransposedPanel). Reducing over "virtual
 // pixels" instead (rows of Ws, dY copied with zero columns, one contiguous run) did
 // Ws / outW − 1 more work: 40 % on LeNet-5's 10-wide rows, 29 % on 7×7.
+//
+// In bf16 (`GemmArithmetic`) both passes pack the same way: the weights / dY are rounded to
+// bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
+// write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA).
 
 /// Largest phase-plane input copy (about Cg·Hp·Wp floats) the packed path uses;
 /// larger planes (VGG at 224×224 past the first layer) keep the panel path.
@@ -162,6 +166,7 @@ final class PackedIm2colPlan {
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
+            + packedGradOutputsBF16.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
     }
 
