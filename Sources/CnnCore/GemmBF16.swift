@@ -518,8 +518,13 @@ public final class PackedGemmABF16 {
 /// columns (the `GemmPanelPacker` contract of `sgemmPackedA`, so the convolution packers
 /// serve both precisions); they are rounded to bf16 pairs here. beta == 0 overwrites C
 /// without reading it. Threads split the columns as `sgemmPackedA` (same bits for any T).
+///
+/// `packBF16`, when given, may write a whole bf16 micro-panel (NR columns of `cnn_bf16_tile`'s
+/// layout, op(B) rows row ..< row + kc from column col) itself and return true, skipping the
+/// fp32 panels (with the native kernel only; it must give the same bits); false falls back to
+/// `packB`.
 public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                            packB: GemmPanelPacker) {
+                            packBF16: GemmBF16PanelPacker? = nil, packB: GemmPanelPacker) {
     precondition(a.kernel == .portable || CPUFeatures.current.bf16GEMM,
                  "gemmBF16PackedA: this CPU lacks \(CPUFeatures.current.missingBF16Features.joined(separator: ", "))")
     if n == 0 { return }
@@ -530,16 +535,19 @@ public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: Unsafe
         parallelTasks(tasks) { t in
             let r = taskRange(t, of: units, tasks: tasks)
             let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
-            gemmBF16PackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+            gemmBF16PackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packBF16: packBF16, packB: packB)
         }
         return
     }
-    gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packB: packB)
+    gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packBF16: packBF16, packB: packB)
 }
+
+/// Writes one whole bf16 B micro-panel (row, kc, col, dst) of `gemmBF16PackedA`, or returns false.
+public typealias GemmBF16PanelPacker = (_ row: Int, _ kc: Int, _ col: Int, _ dst: UnsafeMutablePointer<UInt32>) -> Bool
 
 /// Columns j0 ..< j0 + n of `gemmBF16PackedA` on this thread (j0 a multiple of NR).
 private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
-                                    ldc: Int, packB: GemmPanelPacker) {
+                                    ldc: Int, packBF16: GemmBF16PanelPacker?, packB: GemmPanelPacker) {
     let fp32NR = GemmBlocking.NR
     let panelColumns = a.m <= MC ? NCsmall : NC
     let ws = GemmWorkspace.forCurrentThread()
@@ -558,9 +566,13 @@ private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta:
             var jt = 0
             while jt < nc {
                 let width = min(NR, nc - jt)
+                let dst = packedB + jt * ((kc + 1) / 2)
+                if width == NR && a.kernel == .native, let direct = packBF16, direct(pc, kc, j0 + jc + jt, dst) {
+                    jt += NR
+                    continue
+                }
                 packB(pc, kc, j0 + jc + jt, width, fp32Panel)
                 let panels16 = (width + fp32NR - 1) / fp32NR
-                let dst = packedB + jt * ((kc + 1) / 2)
                 if a.kernel == .native && fp32NR == 16 {
                     cnn_bf16_from_fp32_panels(kc, panels16, fp32Panel, dst)
                 } else {

@@ -35,6 +35,8 @@
 // bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
 // write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA).
 
+import CBF16
+
 /// Largest phase-plane input copy (about Cg·Hp·Wp floats) the packed path uses;
 /// larger planes (VGG at 224×224 past the first layer) keep the panel path.
 let packedIm2colPlaneLimitBytes = 4 << 20
@@ -308,6 +310,20 @@ final class PackedIm2colPlan {
                 }
             }
         }
+    }
+
+    /// `packPanel`'s common case straight into one bf16 micro-panel (32 columns from j0, a
+    /// multiple of 32): when each of its two 16-column halves is one run of a single output
+    /// row (stride 1), cnn_bf16_pack_runs rounds the rows to bf16 pairs as it reads them,
+    /// with no fp32 panel in between. Returns false (nothing written) otherwise.
+    @inline(__always)
+    func packPanelBF16(_ xs: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        guard gatherStride == 1 && GemmBlocking.NR == 16 && CNN_BF16_NR == 32 else { return false }
+        let starts = runStart.pointer, g0 = j0 / 16
+        let first = Int(starts[g0]), middle = Int(starts[g0 + 1]), last = Int(starts[g0 + 2])
+        guard middle - first == 1 && last - middle == 1 else { return false }
+        cnn_bf16_pack_runs(kc, xs + Int(runSource[first]), xs + Int(runSource[middle]), rowOffset.pointer + r0, dst)
+        return true
     }
 
     /// Writes rows r0 ..< r0 + kc, columns j0 ..< j0 + nc of the image's panel
@@ -636,7 +652,9 @@ func packedIm2colForward(
                     plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
                 }
             case .bf16:
-                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
+                                packBF16: { r0, kc, j0, dst in plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, dst: dst) }) {
+                    r0, kc, j0, nc, dst in
                     plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
                 }
             }

@@ -50,6 +50,8 @@ final class ConvolutionBF16Tests: XCTestCase {
             (try square(1, 28, 6, kernel: 5, padding: 2), 2, true, "packedIm2col/stride1RowGather/packedIm2col"),
             (try square(25, 14, 50, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
             (try square(16, 8, 16, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
+            // 32-wide rows: whole bf16 micro-panels packed straight from the rows (cnn_bf16_pack_runs).
+            (try square(8, 32, 16, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
         ]
         var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
         let previous = ComputeThreads.count
@@ -78,6 +80,7 @@ final class ConvolutionBF16Tests: XCTestCase {
                 dbRef[k] += Double(dy[i])
             }
             let taps = g.kernelHeight * g.kernelWidth
+            var oneThread: [[Float]] = []
             for kernel in kernels {
                 for threads in kernel == .native ? [1, 2] : [1] {
                     ComputeThreads.count = threads
@@ -111,12 +114,16 @@ final class ConvolutionBF16Tests: XCTestCase {
                                              "backward-data \(label)")
                     XCTAssertLessThanOrEqual(worst(dw, dwRef, dwScale, terms: batch * g.outPixels), 1,
                                              "backward-weights \(label)")
+                    if threads == 1 { oneThread.append(y + dx + dw) }
                     // The bias gradient is a plain fp32 sum of dY (not rounded to bf16).
                     for k in 0..<g.outChannels {
                         XCTAssertEqual(Double(db[k]), dbRef[k], accuracy: 1e-5 * Double(batch * g.outPixels), "db \(label)")
                     }
                 }
             }
+            // vdpbf16ps and the portable tile add in the same order, and the native packers round
+            // as the portable ones: the same bits.
+            if oneThread.count == 2 { XCTAssertEqual(oneThread[0], oneThread[1], "native == portable, \(expected)") }
             forward.insert(part(expected, 0)); data.insert(part(expected, 1)); weights.insert(part(expected, 2))
         }
         // Every forward and backward-weights path, and every backward-data path bf16 can take.
