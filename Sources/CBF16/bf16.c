@@ -246,6 +246,25 @@ PACK_TARGET void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *
     }
 }
 
+PACK_TARGET void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets,
+                                    uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long q = 0; q < pairs; q++) {
+        const long even = offsets[2 * q];
+        const int odd = 2 * q + 1 < kc;
+        const long next = odd ? offsets[2 * q + 1] : 0;
+        __m512 l0 = _mm512_loadu_ps(lo + even), h0 = _mm512_loadu_ps(hi + even);
+        __m512 l1 = odd ? _mm512_loadu_ps(lo + next) : _mm512_setzero_ps();
+        __m512 h1 = odd ? _mm512_loadu_ps(hi + next) : _mm512_setzero_ps();
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR),
+                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(l1, l0)));
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR + 16),
+                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h1, h0)));
+    }
+}
+
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -293,6 +312,11 @@ void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, fl
 void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
     (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
     __builtin_trap();   // never called: the Swift side checks CPUFeatures first
+}
+
+void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets, uint32_t *dst) {
+    (void)kc; (void)lo; (void)hi; (void)offsets; (void)dst;
+    __builtin_trap();
 }
 
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,

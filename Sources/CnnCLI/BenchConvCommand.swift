@@ -84,10 +84,10 @@ public struct BenchConvCommand: ParsableCommand {
     @Option(name: .long, help: "Implicit B wherever packed im2col applies: auto (chosen per layer), on or off, to compare them side by side.")
     var implicitB: ImplicitBChoice = .auto
 
-    @Option(name: .long, help: "Forward GEMM arithmetic: fp32, or bf16 (bf16 operands, fp32 accumulation; needs avx512_bf16; its gemm column is then our bf16 GEMM). Backward passes stay fp32.")
-    var precision: String = "fp32"
+    @Option(name: .long, help: "GEMM arithmetic of all three passes: fp32, or bf16 (bf16 operands, fp32 accumulation; needs avx512_bf16; its gemm column is then our bf16 GEMM).")
+    var precision: ComputePrecision = .fp32
 
-    private var computePrecision: ComputePrecision { ComputePrecision(rawValue: precision) ?? .fp32 }
+    private var computePrecision: ComputePrecision { precision }
 
     enum ImplicitBChoice: String, ExpressibleByArgument, CaseIterable {
         case auto, on, off
@@ -100,10 +100,7 @@ public struct BenchConvCommand: ParsableCommand {
         guard batch > 0 else { throw ValidationError("--batch must be positive, got \(batch)") }
         guard repeats > 0 else { throw ValidationError("--repeats must be positive, got \(repeats)") }
         guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
-        guard let p = ComputePrecision(rawValue: precision) else {
-            throw ValidationError("--precision must be one of \(ComputePrecision.allCases.map(\.rawValue).joined(separator: ", ")), got \(precision)")
-        }
-        if p == .bf16 { try CPUFeatures.current.requireBF16(for: "bench conv --precision bf16") }
+        if precision == .bf16 { try CPUFeatures.current.requireBF16(for: "bench conv --precision bf16") }
         guard !(threadTime && threads > 1) else {
             throw ValidationError("--thread-time counts one thread's CPU time; use the wall clock with --threads > 1")
         }
@@ -116,7 +113,7 @@ public struct BenchConvCommand: ParsableCommand {
         let shapes = referenceConvShapes.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
         var rows: [[String: Any]] = []
         if !json {
-            print("forward precision \(computePrecision.rawValue) (backward passes fp32), fp32 GEMM kernel \(GemmKernel.current.rawValue); "
+            print("precision \(computePrecision.rawValue) (all three passes), fp32 GEMM kernel \(GemmKernel.current.rawValue); "
                   + "batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
                   + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
             print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)

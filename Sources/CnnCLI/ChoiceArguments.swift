@@ -1,4 +1,5 @@
 import ArgumentParser
+import CnnCore
 import CnnData
 import CnnLayers
 import CnnTraining
@@ -10,6 +11,7 @@ extension OptimizerKind: ExpressibleByArgument {}
 extension ScheduleKind: ExpressibleByArgument {}
 extension InitScheme: ExpressibleByArgument {}
 extension NonFiniteAction: ExpressibleByArgument {}
+extension ComputePrecision: ExpressibleByArgument {}
 
 /// The name in `names` closest to `text` (edit distance at most a third of
 /// its length, at least 2), for "did you mean" hints; nil if none is close.

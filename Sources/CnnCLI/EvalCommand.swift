@@ -34,6 +34,8 @@ public struct EvalCommand: ParsableCommand {
                                valueName: "OUT.png")) var misclassified: String?
     @Option(name: .customLong("misclassified-limit"), help: "Most images in the --misclassified grid.")
     var misclassifiedLimit = 64
+    @Option(help: "GEMM arithmetic of convolution and linear layers (bf16 needs AVX512_BF16).")
+    var precision: ComputePrecision = .fp32
     @OptionGroup var world: WorldOptions
 
     public init() {}
@@ -56,6 +58,7 @@ public struct EvalCommand: ParsableCommand {
     /// Loads the checkpoint and the test split, evaluates on `communicator`'s
     /// ranks and returns what rank 0 prints (JSON or text).
     public func evaluateAndFormat(communicator: Communicator) throws -> String {
+        try Preflight.checkPrecision(precision, what: "eval --precision bf16")
         let loaded = try loadModelCheckpoint(path: checkpoint)
         let model = loaded.model
         let kind = dataset ?? (model.inputShape[0] == 3 ? .cifar10 : .fashionMNIST)
@@ -68,6 +71,7 @@ public struct EvalCommand: ParsableCommand {
         let terminal = communicator.rank == 0 && isatty(STDERR_FILENO) != 0 && !launchedByMPI()
         let result = try evaluate(model: model, dataset: test, statistics: loaded.statistics, communicator: communicator,
                                   batchSize: batchSize, labelSmoothing: Float(labelSmoothing),
+                                  arithmetic: GemmArithmetic(precision),
                                   progress: terminal ? { line in fputs("\r\u{1B}[K" + line, stderr) } : nil)
         if terminal { fputs("\r\u{1B}[K", stderr) }
         let names = loaded.classNames ?? (0..<model.classCount).map(String.init)
@@ -99,6 +103,7 @@ public struct EvalCommand: ParsableCommand {
             let object: [String: Any] = [
                 "loss": result.loss, "accuracy": result.accuracy, "correct": result.correct, "count": result.count,
                 "checkpoint": checkpoint, "dataset": kind.rawValue, "model": model.name, "label_smoothing": labelSmoothing,
+                "precision": precision.rawValue,
                 "top5_accuracy": result.top5Accuracy, "per_class_accuracy": perClass, "classes": names,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])

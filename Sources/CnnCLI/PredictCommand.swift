@@ -24,6 +24,8 @@ public struct PredictCommand: ParsableCommand {
     @Option(name: .customLong("top-k"), help: "Classes printed per image for JPEG/PNG inputs.") var topK = 5
     @Option(help: "Input format: auto, idx, cifar10.") var format = "auto"
     @Option(name: .customLong("batch-size"), help: "Images per forward pass.") var batchSize = 256
+    @Option(help: "GEMM arithmetic of convolution and linear layers (bf16 needs AVX512_BF16).")
+    var precision: ComputePrecision = .fp32
 
     public init() {}
 
@@ -35,6 +37,7 @@ public struct PredictCommand: ParsableCommand {
     }
 
     public func run() throws {
+        try Preflight.checkPrecision(precision, what: "predict --precision bf16")
         let loaded = try loadModelCheckpoint(path: checkpoint)
         if let files = try imageInputs(input) {
             try predictImages(files, loaded: loaded)
@@ -48,7 +51,8 @@ public struct PredictCommand: ParsableCommand {
                 "holds \(formatShape(images.shape)) images but the checkpoint's \(model.name) takes \(formatShape(model.inputShape))")
         }
         let logits = try predictLogits(model: model, pixels: images.pixels, count: images.count,
-                                       statistics: loaded.statistics, batchSize: batchSize)
+                                       statistics: loaded.statistics, batchSize: batchSize,
+                                       arithmetic: GemmArithmetic(precision))
         let classes = model.classCount
         var predictions = [Int64](repeating: 0, count: images.count)
         for i in 0..<images.count {
@@ -98,7 +102,7 @@ extension PredictCommand {
         let decoder = ImageDecoder()
         let pixels = try files.flatMap { try decoder.decodeInput($0, shape: model.inputShape) }
         let logits = try predictLogits(model: model, pixels: pixels, count: files.count, statistics: loaded.statistics,
-                                       batchSize: batchSize)
+                                       batchSize: batchSize, arithmetic: GemmArithmetic(precision))
         let classes = model.classCount
         let names = loaded.classNames
         var rows: [[String: Any]] = []

@@ -35,6 +35,8 @@ struct ConfigOptions: ParsableArguments {
     @Flag(name: .customLong("replace-head"), help: "Fine-tuning: keep a fresh classifier head instead of loading it.")
     var replaceHead = false
     @Flag(name: .customLong("local-bn"), help: "BatchNorm statistics per rank instead of synchronized.") var localBN = false
+    @Option(help: "GEMM arithmetic of convolution and linear layers: bf16 needs AVX512_BF16 (default \(TrainingConfig().precision.rawValue)).")
+    var precision: ComputePrecision?
 
     /// Defaults, then the file, then the flags.
     func resolve() throws -> TrainingConfig {
@@ -67,6 +69,7 @@ struct ConfigOptions: ParsableArguments {
         if !freeze.isEmpty { c.freeze = freeze }
         if replaceHead { c.replaceHead = true }
         if localBN { c.syncBatchNorm = false }
+        if let v = precision { c.precision = v }
         try c.validate()
     }
 }

@@ -2,6 +2,11 @@
 // need more than the build's baseline (AVX2 + FMA on x86-64) are chosen at run time.
 
 import CBF16
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// What the running CPU (and its OS) can execute, from CPUID and XGETBV.
 public struct CPUFeatures: Equatable, Sendable {
@@ -28,8 +33,30 @@ public struct CPUFeatures: Equatable, Sendable {
         self.osSavesAVX512State = osSavesAVX512State
     }
 
-    /// The running CPU's features, read once.
-    public static let current = CPUFeatures.detect()
+    /// The running CPU's features, read once, less those the test hook
+    /// CNN_DISABLE_CPU_FEATURES (comma-separated /proc/cpuinfo names, e.g. "avx512_bf16")
+    /// hides, so tests can see how a CPU without them is treated.
+    public static let current: CPUFeatures = {
+        var features = CPUFeatures.detect()
+        if let hidden = getenv("CNN_DISABLE_CPU_FEATURES") {
+            features.hide(String(cString: hidden).split(separator: ",").map { String($0) })
+        }
+        return features
+    }()
+
+    /// Clears the named features (/proc/cpuinfo names: avx2, fma, avx512f, avx512bw, avx512_bf16).
+    public mutating func hide(_ names: [String]) {
+        for name in names {
+            switch String(name.filter { $0 != " " }) {
+            case "avx2": avx2 = false
+            case "fma": fma = false
+            case "avx512f": avx512f = false
+            case "avx512bw": avx512bw = false
+            case "avx512_bf16": avx512bf16 = false
+            default: break
+            }
+        }
+    }
 
     /// Whether sgemm's AVX-512 tile (`GemmKernel.avx512`) can run here.
     public var avx512FP32: Bool { avx512f && osSavesAVX512State }

@@ -36,7 +36,7 @@ public func convolution2DForward(
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
     if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
-        if ws.precision == .bf16 { plan.packWeightsBF16(w) } else { plan.packWeights(w) }
+        if ws.precision == .bf16 { plan.packWeightsBF16(w, kernel: ws.arithmetic.bf16Kernel) } else { plan.packWeights(w) }
         plan.reservePlanes(tasks, always: plan.usesImplicitB)
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
@@ -70,7 +70,7 @@ private func forwardImages(
     if ws.path.forward == .pointwise {
         for n in images {
             for grp in 0..<g.groups {
-                gemm(ws.precision, .none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                gemm(ws.arithmetic, .none, .none, m: Kg, n: hw, k: Cg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
                      beta: 0, c: y + (n * K + grp * Kg) * hw, ldc: hw)
                 if let bias { addBias(bias + grp * Kg, to: y + (n * K + grp * Kg) * hw, rows: Kg, count: hw, ld: hw) }
@@ -87,7 +87,7 @@ private func forwardImages(
                    panel: panel, workspace: ws)
             let wg = w + grp * Kg * rows
             if inside {
-                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                gemm(ws.arithmetic, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
                      b: panel, ldb: count, beta: 0,
                      c: y + (n0 * K + grp * Kg) * hw + (start - n0 * hw), ldc: hw)
                 // Bias while the block is still in cache.
@@ -99,13 +99,13 @@ private func forwardImages(
                 // One GEMM per image segment, straight into the NCHW output.
                 forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
                     let c = y + (n * K + grp * Kg) * hw + p
-                    gemm(ws.precision, .none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
+                    gemm(ws.arithmetic, .none, .none, m: Kg, n: run, k: rows, alpha: 1, a: wg, lda: rows,
                          b: panel + j, ldb: count, beta: 0, c: c, ldc: hw)
                     if let bias { addBias(bias + grp * Kg, to: c, rows: Kg, count: run, ld: hw) }
                 }
             } else {
                 let out = blockOutput!
-                gemm(ws.precision, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
+                gemm(ws.arithmetic, .none, .none, m: Kg, n: count, k: rows, alpha: 1, a: wg, lda: rows,
                      b: panel, ldb: count, beta: 0, c: out, ldc: count)
                 if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: count, ld: count) }
                 blockTransfer(block: out, tensor: y, channels: K, channelOffset: grp * Kg,
@@ -168,9 +168,9 @@ private func backwardDataImages(
     case .pointwise:
         for n in images {
             for grp in 0..<g.groups {
-                sgemm(.transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                      b: dy + (n * K + grp * Kg) * hw, ldb: hw,
-                      beta: 0, c: dx + (n * C + grp * Cg) * hw, ldc: hw)
+                gemm(ws.arithmetic, .transposed, .none, m: Cg, n: hw, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                     b: dy + (n * K + grp * Kg) * hw, ldb: hw,
+                     beta: 0, c: dx + (n * C + grp * Cg) * hw, ldc: hw)
             }
         }
         return
@@ -180,15 +180,17 @@ private func backwardDataImages(
         return
     case .stridedPointwise:
         stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                     dcol: dcol, dcolCapacity: ws.panel.capacity)
+                                     dcol: dcol, dcolCapacity: ws.panel.capacity, arithmetic: ws.arithmetic)
         return
     case .stride2Kernel3Gather:
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                   blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput)
+                                   blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput,
+                                   arithmetic: ws.arithmetic)
         return
     case .stride1RowGather:
         stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                  blockPixels: ws.blockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput)
+                                  blockPixels: ws.blockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput,
+                                  arithmetic: ws.arithmetic)
         return
     case .col2im, .col2imImageSegments, .flippedForward:
         break
@@ -203,8 +205,8 @@ private func backwardDataImages(
             if !inside && direct {
                 // One GEMM per image segment, reading dY in place.
                 forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
-                    sgemm(.transposed, .none, m: rows, n: run, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                          b: dy + (n * K + grp * Kg) * hw + p, ldb: hw, beta: 0, c: dcol + j, ldc: count)
+                    gemm(ws.arithmetic, .transposed, .none, m: rows, n: run, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                         lda: rows, b: dy + (n * K + grp * Kg) * hw + p, ldb: hw, beta: 0, c: dcol + j, ldc: count)
                 }
                 col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                        gradInput: dx, workspace: ws)
@@ -213,8 +215,8 @@ private func backwardDataImages(
             let (dyBlock, ld) = gradOutputBlock(dy, inside: inside, firstImage: n0, channels: K, group: grp,
                                                 groupChannels: Kg, outPixels: hw, start: start, count: count,
                                                 blockOutput: blockOutput)
-            sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                  b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            gemm(ws.arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                 lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
             col2im(panel: dcol, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                    gradInput: dx, workspace: ws)
         }
@@ -274,7 +276,8 @@ func flipWeightsForBackwardData(_ w: UnsafePointer<Float>, into flipped: UnsafeM
 /// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats.
 func stridedPointwiseBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
-    images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int
+    images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int,
+    arithmetic: GemmArithmetic = .fp32
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
     let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
@@ -286,8 +289,8 @@ func stridedPointwiseBackwardData(
             while oy0 < outH {
                 let rows = min(blockRows, outH - oy0), count = rows * outW
                 // dcol (Cg × count) = W_gᵀ (Cg × Kg) · dY rows oy0 ..< oy0 + rows (Kg × count).
-                sgemm(.transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
-                      b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                gemm(arithmetic, .transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
+                     b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
                 for oy in oy0 ..< oy0 + rows {
                     let y = oy * sh
                     writeStridedRuns(dx + (n * C + grp * Cg) * H * W + y * W, planeStride: H * W,
@@ -425,10 +428,10 @@ public func convolution2DBackwardWeights(
         ? ws.packedPlan : nil
     if let plan = packed {
         plan.reservePlanes(tasks, always: plan.gatherStride == 1)
-        plan.reservePackedGradOutputs(tasks)
+        plan.reservePackedGradOutputs(tasks, precision: ws.precision)
     }
     if let plan = packed, tasks == 1 {
-        packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0)
+        packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0, arithmetic: ws.arithmetic)
     } else if tasks == 1 {
         backwardWeightsImages(0..<batch, x, dy, dw, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
     } else {
@@ -437,7 +440,8 @@ public func convolution2DBackwardWeights(
             let target = t == 0 ? dw : ws.taskGradWeight(t)
             if t > 0 { target.update(repeating: 0, count: dwCount) }
             if let plan = packed {
-                packedIm2colBackwardWeights(taskRange(t, of: batch, tasks: tasks), x, dy, target, plan, task: t)
+                packedIm2colBackwardWeights(taskRange(t, of: batch, tasks: tasks), x, dy, target, plan, task: t,
+                                            arithmetic: ws.arithmetic)
                 return
             }
             backwardWeightsImages(taskRange(t, of: batch, tasks: tasks), x, dy, target, g, ws,
@@ -486,9 +490,9 @@ private func backwardWeightsImages(
     if ws.path.backwardWeights == .pointwise {
         for n in images {
             for grp in 0..<g.groups {
-                sgemm(.none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw, lda: hw,
-                      b: x + (n * C + grp * Cg) * hw, ldb: hw,
-                      beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+                gemm(ws.arithmetic, .none, .transposed, m: Kg, n: Cg, k: hw, alpha: 1, a: dy + (n * K + grp * Kg) * hw,
+                     lda: hw, b: x + (n * C + grp * Cg) * hw, ldb: hw,
+                     beta: 1, c: dw + grp * Kg * rows, ldc: rows)
             }
         }
         return
@@ -503,9 +507,9 @@ private func backwardWeightsImages(
                        panel: panel, workspace: ws)
                 // One GEMM per image segment, reading dY in place.
                 forEachImageSegment(start: start, count: count, outPixels: hw) { n, p, j, run in
-                    sgemm(.none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
-                          a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
-                          b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+                    gemm(ws.arithmetic, .none, .transposed, m: Kg, n: rows, k: run, alpha: 1,
+                         a: dy + (n * K + grp * Kg) * hw + p, lda: hw,
+                         b: panel + j, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
                 }
                 continue
             }
@@ -514,8 +518,8 @@ private func backwardWeightsImages(
                                                 blockOutput: blockOutput)
             im2col(input: x, geometry: g, group: grp, pixelStart: start, pixelCount: count,
                    panel: panel, workspace: ws)
-            sgemm(.none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
-                  b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
+            gemm(ws.arithmetic, .none, .transposed, m: Kg, n: rows, k: count, alpha: 1, a: dyBlock, lda: ld,
+                 b: panel, ldb: count, beta: 1, c: dw + grp * Kg * rows, ldc: rows)
         }
     }
 }
@@ -579,7 +583,7 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
 func forEachWholeImageDcol(
     images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
     geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?,
-    gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
+    arithmetic: GemmArithmetic = .fp32, gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
 ) {
     let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
     var n0 = images.lowerBound
@@ -590,8 +594,8 @@ func forEachWholeImageDcol(
                                                 groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
                                                 blockOutput: blockOutput)
             // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-            sgemm(.transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                  b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
+                 b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
             for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
         }
         n0 += m

@@ -79,8 +79,10 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// `blockPixels` for this geometry and batch). `allowsPackedIm2col` false keeps every pass
     /// on the stored panel; `implicitB` forces implicit B on (true) or off (false) wherever
     /// packed im2col applies, nil lets the geometry decide.
-    /// With `precision` .bf16 the forward never takes implicit B (it has no bf16 kernel), and
-    /// the backward passes, which stay fp32, choose as in fp32.
+    /// With `precision` .bf16 no pass takes implicit B or the tile scatter of `sgemmTiles`
+    /// (they have no bf16 kernel): a flipped backward-data runs packed im2col (and only with
+    /// 4 or more input channels per group, where its GEMM's M fills a tile), strided 1×1
+    /// backward-data the dcol path.
     public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil,
                 precision: ComputePrecision = .fp32) {
         let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
@@ -102,11 +104,13 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
             backwardWeights = spanning ? .panelImageSegments : .panel
         }
 
-        if allowsPackedIm2col, let bg = flippedBackwardDataGeometry(g, implicitB: implicitB) {
-            backwardData = .flippedForward(implicitForwardPays(bg, override: implicitB) ? .implicitB : .packedIm2col)
+        let fp32 = precision == .fp32
+        if allowsPackedIm2col, let bg = flippedBackwardDataGeometry(g, implicitB: implicitB),
+           fp32 || g.groupInChannels >= 4 {
+            backwardData = .flippedForward(fp32 && implicitForwardPays(bg, override: implicitB) ? .implicitB : .packedIm2col)
         } else if g.isPointwise {
             backwardData = .pointwise
-        } else if g.isStridedPointwise && sgemmTilesSupports(k: g.groupOutChannels) {
+        } else if fp32 && g.isStridedPointwise && sgemmTilesSupports(k: g.groupOutChannels) {
             backwardData = .stridedPointwiseTiles
         } else if g.isStridedPointwise && p >= g.outWidth {
             backwardData = .stridedPointwise

@@ -40,7 +40,7 @@ let rowGatherL1Floats = 8192
 func stride1GatherBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, blockPixels p: Int,
-    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32
 ) {
     let hw = g.outPixels, rows = g.panelRows
     let vectorsPerRow = (g.width + 7) / 8
@@ -63,7 +63,7 @@ func stride1GatherBackwardData(
         let imageFloats = rows * hw
         let perBlock = imageFloats <= rowGatherL1Floats ? max(1, min(p / hw, rowGatherL1Floats / imageFloats)) : p / hw
         forEachWholeImageDcol(images: images, perBlock: perBlock, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
-                              blockOutput: blockOutput) { imageDcol, ld, n, grp in
+                              blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
             gatherImageRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, geometry: g, masks: maskBase,
                             vectorsPerRow: vectorsPerRow)
         }

@@ -79,19 +79,33 @@ public final class ConvolutionWorkspace {
     public let allowsPackedIm2col: Bool
     /// Forces implicit B on or off wherever packed im2col applies; nil: chosen per geometry.
     public let implicitB: Bool?
-    /// The forward pass's GEMM arithmetic (backward-data and backward-weights stay fp32).
-    public let precision: ComputePrecision
+    /// The GEMM arithmetic of all three passes (set per pass from the layer's
+    /// `ExecutionContext` with `use(_:)`); only the GEMMs change, everything else stays fp32.
+    public private(set) var arithmetic: GemmArithmetic
+    /// `arithmetic.precision`.
+    public var precision: ComputePrecision { arithmetic.precision }
     /// The strategy of each pass for the prepared geometry and batch (set by `prepare`).
     public private(set) var path = ConvolutionPath(forward: .panel, backwardData: .col2im, backwardWeights: .panel)
 
     /// A workspace whose panels stay within `panelBudgetBytes`.
-    /// `precision` .bf16 needs `CPUFeatures.current.bf16GEMM` (check `requireBF16()` first).
+    /// `precision` .bf16 with the native kernel needs `CPUFeatures.current.bf16GEMM` (check
+    /// `requireBF16()` first).
     public init(panelBudgetBytes: Int = convolutionPanelBudgetBytes, allowsPackedIm2col: Bool = true,
-                implicitB: Bool? = nil, precision: ComputePrecision = .fp32) {
+                implicitB: Bool? = nil, precision: ComputePrecision = .fp32, bf16Kernel: BF16Kernel = .automatic) {
         self.panelBudgetBytes = panelBudgetBytes
         self.allowsPackedIm2col = allowsPackedIm2col
         self.implicitB = implicitB
-        self.precision = precision
+        self.arithmetic = GemmArithmetic(precision, bf16Kernel: bf16Kernel)
+    }
+
+    /// Switches the passes to `arithmetic`; a change re-chooses the paths at the next `prepare`
+    /// (bf16 has no implicit-B or tile-scatter kernels). Free when it is already in use.
+    public func use(_ arithmetic: GemmArithmetic) {
+        guard arithmetic != self.arithmetic else { return }
+        self.arithmetic = arithmetic
+        preparedGeometry = nil
+        preparedBatch = 0
+        backwardDataWorkspace?.use(arithmetic)
     }
 
     /// Sizes the buffers, builds the index tables and chooses the `path` for this geometry
@@ -133,7 +147,8 @@ public final class ConvolutionWorkspace {
             if case .flippedForward = path.backwardData {
                 backwardDataGeometry = flippedBackwardDataGeometry(g, implicitB: implicitB)
                 if backwardDataWorkspace == nil {
-                    backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes, implicitB: implicitB)
+                    backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes, implicitB: implicitB,
+                                                                 precision: precision, bf16Kernel: arithmetic.bf16Kernel)
                 }
                 flippedWeights.reserve(g.outChannels * g.panelRows)
             } else {

@@ -17,26 +17,52 @@
 // packing and blocking are tested on every CPU, and `gemmBF16Reference` is the triple loop.
 
 import CBF16
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-/// The arithmetic of a layer's GEMMs.
-public enum ComputePrecision: String, CaseIterable, Sendable {
+/// The arithmetic of a layer's GEMMs (config key `precision`, flag `--precision`).
+public enum ComputePrecision: String, ConfigChoice {
     /// fp32 operands, fp32 accumulation (`sgemm`).
     case fp32
-    /// Operands rounded to bf16, fp32 accumulation (`gemmBF16`); needs
+    /// Operands rounded to bf16, fp32 accumulation (`gemmBF16`); the native kernel needs
     /// `CPUFeatures.current.bf16GEMM` (check with `requireBF16()`).
     case bf16
 }
 
-/// `sgemm`, or `gemmBF16` (native kernel) for `.bf16`: same contract.
+/// What a pass's GEMMs run: the precision and, for bf16, which tile kernel. Carried by the
+/// `ExecutionContext` into each layer and by the convolution workspace into its passes.
+public struct GemmArithmetic: Equatable, Sendable, CustomStringConvertible {
+    public var precision: ComputePrecision
+    /// The bf16 tile kernel (unused in fp32).
+    public var bf16Kernel: BF16Kernel
+
+    public init(_ precision: ComputePrecision = .fp32, bf16Kernel: BF16Kernel = .automatic) {
+        self.precision = precision
+        self.bf16Kernel = bf16Kernel
+    }
+
+    /// fp32 `sgemm`: today's bits.
+    public static let fp32 = GemmArithmetic(.fp32)
+
+    public var description: String {
+        precision == .fp32 ? "fp32" : "bf16 (\(bf16Kernel == .native ? "vdpbf16ps" : "portable kernel"))"
+    }
+}
+
+/// `sgemm`, or `gemmBF16` with the arithmetic's kernel for `.bf16`: same contract.
 @inline(__always)
-func gemm(_ precision: ComputePrecision, _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+func gemm(_ arithmetic: GemmArithmetic, _ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
           alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
           beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-    switch precision {
+    switch arithmetic.precision {
     case .fp32:
         sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
     case .bf16:
-        gemmBF16(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        gemmBF16(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                 kernel: arithmetic.bf16Kernel)
     }
 }
 
@@ -64,6 +90,16 @@ public enum BF16Kernel: Sendable {
     case native
     /// The same arithmetic in portable Swift (slow): for tests on any CPU.
     case portable
+
+    /// `.native` where the CPU has it, else `.portable`; the environment variable
+    /// CNN_BF16_KERNEL=portable forces `.portable` (so bf16 runs, slowly, on any CPU: tests).
+    public static let automatic: BF16Kernel = portableForced || !CPUFeatures.current.bf16GEMM ? .portable : .native
+
+    /// Whether CNN_BF16_KERNEL=portable is set (then bf16 is not refused on a CPU without it).
+    public static let portableForced: Bool = {
+        guard let value = getenv("CNN_BF16_KERNEL") else { return false }
+        return String(cString: value) == "portable"
+    }()
 }
 
 private let MR = BF16GemmBlocking.MR
@@ -235,10 +271,14 @@ public func gemmBF16Reference(
 private func roundUpBF16(_ x: Int, _ multiple: Int) -> Int { (x + multiple - 1) / multiple * multiple }
 
 /// Rows of the micro-panel that starts with `remaining` rows left: 12, or 8 / 4 for a tail
-/// (M = 16 is 12 + 4, M = 6 one 8-row panel, M = 32 is 12 + 12 + 8).
+/// (M = 6 is one 8-row panel, M = 32 is 12 + 12 + 8). A tail of 13-16 rows is 8 + 8 rather
+/// than 12 + 4 (M = 16, and 64 = 4·12 + 8 + 8): the 4-row tile has only 8 accumulators, too
+/// few chains to cover vdpbf16ps's latency on both FMA pipes, the 8-row tile 16, and both
+/// splits issue the same loads and multiply-adds.
 @inline(__always)
 private func panelRowsBF16(_ remaining: Int) -> Int {
-    remaining > 8 ? MR : (remaining > 4 ? 8 : 4)
+    if remaining > 16 || (remaining > 8 && remaining <= 12) { return MR }
+    return remaining > 4 ? 8 : 4
 }
 
 /// Rows a packed block of mc rows occupies (only its last panel is padded).
@@ -478,8 +518,13 @@ public final class PackedGemmABF16 {
 /// columns (the `GemmPanelPacker` contract of `sgemmPackedA`, so the convolution packers
 /// serve both precisions); they are rounded to bf16 pairs here. beta == 0 overwrites C
 /// without reading it. Threads split the columns as `sgemmPackedA` (same bits for any T).
+///
+/// `packBF16`, when given, may write a whole bf16 micro-panel (NR columns of `cnn_bf16_tile`'s
+/// layout, op(B) rows row ..< row + kc from column col) itself and return true, skipping the
+/// fp32 panels (with the native kernel only; it must give the same bits); false falls back to
+/// `packB`.
 public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                            packB: GemmPanelPacker) {
+                            packBF16: GemmBF16PanelPacker? = nil, packB: GemmPanelPacker) {
     precondition(a.kernel == .portable || CPUFeatures.current.bf16GEMM,
                  "gemmBF16PackedA: this CPU lacks \(CPUFeatures.current.missingBF16Features.joined(separator: ", "))")
     if n == 0 { return }
@@ -490,16 +535,19 @@ public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: Unsafe
         parallelTasks(tasks) { t in
             let r = taskRange(t, of: units, tasks: tasks)
             let j0 = r.lowerBound * NR, j1 = min(r.upperBound * NR, n)
-            gemmBF16PackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packB: packB)
+            gemmBF16PackedAColumns(a, j0: j0, n: j1 - j0, beta: beta, c: c + j0, ldc: ldc, packBF16: packBF16, packB: packB)
         }
         return
     }
-    gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packB: packB)
+    gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packBF16: packBF16, packB: packB)
 }
+
+/// Writes one whole bf16 B micro-panel (row, kc, col, dst) of `gemmBF16PackedA`, or returns false.
+public typealias GemmBF16PanelPacker = (_ row: Int, _ kc: Int, _ col: Int, _ dst: UnsafeMutablePointer<UInt32>) -> Bool
 
 /// Columns j0 ..< j0 + n of `gemmBF16PackedA` on this thread (j0 a multiple of NR).
 private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
-                                    ldc: Int, packB: GemmPanelPacker) {
+                                    ldc: Int, packBF16: GemmBF16PanelPacker?, packB: GemmPanelPacker) {
     let fp32NR = GemmBlocking.NR
     let panelColumns = a.m <= MC ? NCsmall : NC
     let ws = GemmWorkspace.forCurrentThread()
@@ -518,9 +566,13 @@ private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta:
             var jt = 0
             while jt < nc {
                 let width = min(NR, nc - jt)
+                let dst = packedB + jt * ((kc + 1) / 2)
+                if width == NR && a.kernel == .native, let direct = packBF16, direct(pc, kc, j0 + jc + jt, dst) {
+                    jt += NR
+                    continue
+                }
                 packB(pc, kc, j0 + jc + jt, width, fp32Panel)
                 let panels16 = (width + fp32NR - 1) / fp32NR
-                let dst = packedB + jt * ((kc + 1) / 2)
                 if a.kernel == .native && fp32NR == 16 {
                     cnn_bf16_from_fp32_panels(kc, panels16, fp32Panel, dst)
                 } else {

@@ -1,11 +1,14 @@
 // Shapes: x is (N, IN), weight is (OUT, IN) as in PyTorch, bias is (OUT), y is (N, OUT).
 
+// With `arithmetic` bf16 the three GEMMs take bf16 operands with fp32 sums (`gemmBF16`);
+// the bias and its gradient stay fp32.
+
 /// y = x · weightᵀ + bias, through `sgemm` (row-major).
 public func linearForward(
     x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-    y: UnsafeMutablePointer<Float>, n: Int, inFeatures: Int, outFeatures: Int
+    y: UnsafeMutablePointer<Float>, n: Int, inFeatures: Int, outFeatures: Int, arithmetic: GemmArithmetic = .fp32
 ) {
-    sgemm(.none, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
+    gemm(arithmetic, .none, .transposed, m: n, n: outFeatures, k: inFeatures, alpha: 1,
           a: x, lda: inFeatures, b: weight, ldb: inFeatures, beta: 0, c: y, ldc: outFeatures)
     if let bias {
         for row in 0..<n {
@@ -20,10 +23,10 @@ public func linearForward(
 public func linearBackward(
     x: UnsafePointer<Float>, weight: UnsafePointer<Float>, dy: UnsafePointer<Float>,
     dx: UnsafeMutablePointer<Float>, dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>?,
-    n: Int, inFeatures: Int, outFeatures: Int
+    n: Int, inFeatures: Int, outFeatures: Int, arithmetic: GemmArithmetic = .fp32
 ) {
     // dW (OUT×IN) += dyᵀ (OUT×N) · x (N×IN)
-    sgemm(.transposed, .none, m: outFeatures, n: inFeatures, k: n, alpha: 1,
+    gemm(arithmetic, .transposed, .none, m: outFeatures, n: inFeatures, k: n, alpha: 1,
           a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
     if let dBias {
         for row in 0..<n {
@@ -32,6 +35,6 @@ public func linearBackward(
         }
     }
     // dx (N×IN) = dy (N×OUT) · W (OUT×IN)
-    sgemm(.none, .none, m: n, n: inFeatures, k: outFeatures, alpha: 1,
+    gemm(arithmetic, .none, .none, m: n, n: inFeatures, k: outFeatures, alpha: 1,
           a: dy, lda: outFeatures, b: weight, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
 }

@@ -30,6 +30,12 @@
 // gather them from the input in place (packGatheredTransposedPanel). Reducing over "virtual
 // pixels" instead (rows of Ws, dY copied with zero columns, one contiguous run) did
 // Ws / outW − 1 more work: 40 % on LeNet-5's 10-wide rows, 29 % on 7×7.
+//
+// In bf16 (`GemmArithmetic`) both passes pack the same way: the weights / dY are rounded to
+// bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
+// write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA).
+
+import CBF16
 
 /// Largest phase-plane input copy (about Cg·Hp·Wp floats) the packed path uses;
 /// larger planes (VGG at 224×224 past the first layer) keep the panel path.
@@ -77,6 +83,8 @@ final class PackedIm2colPlan {
     private var planes: [GrowableBuffer<Float>] = []
     /// Backward-weights, per task: dY packed as the GEMM's A operand.
     private var packedGradOutputs: [PackedGemmA] = []
+    /// The same rounded to bf16, for a bf16 backward-weights.
+    private var packedGradOutputsBF16: [PackedGemmABF16] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
     /// The same rounded to bf16, for a bf16 forward.
@@ -160,6 +168,7 @@ final class PackedIm2colPlan {
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
+            + packedGradOutputsBF16.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
     }
 
@@ -227,17 +236,20 @@ final class PackedIm2colPlan {
     }
 
     /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
-    func packWeightsBF16(_ w: UnsafePointer<Float>) {
+    func packWeightsBF16(_ w: UnsafePointer<Float>, kernel: BF16Kernel) {
         let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
         while packedWeightsBF16.count < g.groups { packedWeightsBF16.append(PackedGemmABF16()) }
         for grp in 0..<g.groups {
-            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows)
+            packedWeightsBF16[grp].pack(.none, m: Kg, k: rows, a: w + grp * Kg * rows, lda: rows, kernel: kernel)
         }
     }
 
     /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights.
-    func reservePackedGradOutputs(_ tasks: Int) {
-        while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
+    func reservePackedGradOutputs(_ tasks: Int, precision: ComputePrecision = .fp32) {
+        switch precision {
+        case .fp32: while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
+        case .bf16: while packedGradOutputsBF16.count < tasks { packedGradOutputsBF16.append(PackedGemmABF16()) }
+        }
     }
 
     /// xs of images n ..< n + count (≤ imagesPerBlock), group grp, for task t: the
@@ -298,6 +310,20 @@ final class PackedIm2colPlan {
                 }
             }
         }
+    }
+
+    /// `packPanel`'s common case straight into one bf16 micro-panel (32 columns from j0, a
+    /// multiple of 32): when each of its two 16-column halves is one run of a single output
+    /// row (stride 1), cnn_bf16_pack_runs rounds the rows to bf16 pairs as it reads them,
+    /// with no fp32 panel in between. Returns false (nothing written) otherwise.
+    @inline(__always)
+    func packPanelBF16(_ xs: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        guard gatherStride == 1 && GemmBlocking.NR == 16 && CNN_BF16_NR == 32 else { return false }
+        let starts = runStart.pointer, g0 = j0 / 16
+        let first = Int(starts[g0]), middle = Int(starts[g0 + 1]), last = Int(starts[g0 + 2])
+        guard middle - first == 1 && last - middle == 1 else { return false }
+        cnn_bf16_pack_runs(kc, xs + Int(runSource[first]), xs + Int(runSource[middle]), rowOffset.pointer + r0, dst)
+        return true
     }
 
     /// Writes rows r0 ..< r0 + kc, columns j0 ..< j0 + nc of the image's panel
@@ -362,6 +388,15 @@ extension PackedIm2colPlan {
         let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
         let packed = packedGradOutputs[t]
         packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw)
+        return packed
+    }
+
+    /// `packGradOutput` rounded to bf16 pairs along the pixels, for a bf16 backward-weights.
+    func packGradOutputBF16(_ dy: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int,
+                            kernel: BF16Kernel) -> PackedGemmABF16 {
+        let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
+        let packed = packedGradOutputsBF16[t]
+        packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw, kernel: kernel)
         return packed
     }
 
@@ -514,23 +549,29 @@ private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<F
 /// Backward-weights over images `images` for task t, accumulating into `dw` (K × Cg·kh·kw).
 func packedIm2colBackwardWeights(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
-    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int
+    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, arithmetic: GemmArithmetic = .fp32
 ) {
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     for n in images {
         for grp in 0..<g.groups {
-            let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
-            if plan.gatherStride > 1 {
-                // 1×1 strided: B gathered from the input in place.
-                let xs = plan.source(x, image: n, group: grp, task: t)
-                sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
+            // 1×1 strided: B gathered from the input in place; else transposed from phase planes.
+            let gathered = plan.gatherStride > 1
+            let xs = gathered ? plan.source(x, image: n, group: grp, task: t)
+                              : plan.source(x, image: n, group: grp, task: t, copy: true)
+            let packB: GemmPanelPacker = { q0, kc, r0, nc, dst in
+                if gathered {
                     plan.packGatheredTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
+                } else {
+                    plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
                 }
-                continue
             }
-            let xs = plan.source(x, image: n, group: grp, task: t, copy: true)
-            sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows) { q0, kc, r0, nc, dst in
-                plan.packTransposedPanel(xs, q0: q0, kc: kc, r0: r0, nc: nc, dst: dst)
+            switch arithmetic.precision {
+            case .fp32:
+                let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
+                sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
+            case .bf16:
+                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
             }
         }
     }
@@ -611,7 +652,9 @@ func packedIm2colForward(
                     plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
                 }
             case .bf16:
-                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
+                                packBF16: { r0, kc, j0, dst in plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, dst: dst) }) {
+                    r0, kc, j0, nc, dst in
                     plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
                 }
             }

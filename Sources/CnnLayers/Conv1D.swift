@@ -71,12 +71,14 @@ public final class Conv1D: Layer, InputGradientOptional {
         let shape: [Int]
         do { shape = try outputShape(for: input.shape) } catch { preconditionFailure("\(error)") }
         savedInput = input
+        inner.workspace.use(context.arithmetic)
         return inner.runForward(input.data, batch: input.shape[0], height: 1, width: input.shape[2],
                                 outputShape: shape)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
+        inner.workspace.use(context.arithmetic)
         return inner.runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: 1,
                                  width: x.shape[2], gradInputShape: x.shape, inputGradient: context.needsInputGradient)
     }

@@ -151,12 +151,14 @@ public final class Conv2D: Layer, InputGradientOptional {
         let shape: [Int]
         do { shape = try outputShape(for: input.shape) } catch { preconditionFailure("\(error)") }
         savedInput = input
+        workspace.use(context.arithmetic)
         return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
                           outputShape: shape)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
+        workspace.use(context.arithmetic)
         return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
                            width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient)
     }

@@ -53,6 +53,10 @@ public final class ExecutionContext {
     /// only to an `InputGradientOptional` first layer and set it true for every other layer,
     /// so only such a layer ever sees false. Default true.
     public var needsInputGradient = true
+    /// The arithmetic of the convolution and linear layers' GEMMs (forward, backward-data,
+    /// backward-weights); everything else (normalisation, losses, the optimizer, the
+    /// parameters themselves) is fp32 whatever this says. Default fp32.
+    public var arithmetic = GemmArithmetic.fp32
 
     public init(training: Bool = true, seed: UInt64 = 0, step: Int = 0, sampleOffset: Int = 0) {
         self.training = training

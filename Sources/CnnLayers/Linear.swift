@@ -4,7 +4,7 @@ import CnnCore
 ///
 /// Takes [N, inFeatures] or any [N, ...] whose trailing sizes multiply to
 /// inFeatures (flattened implicitly); gives [N, outFeatures]. Forward and
-/// backward are three `sgemm` calls.
+/// backward are three GEMMs (`sgemm`, or bf16 ones as `context.arithmetic` says).
 public final class Linear: Layer {
     public let inFeatures: Int
     public let outFeatures: Int
@@ -60,7 +60,7 @@ public final class Linear: Layer {
         self.input = input
         if output.shape[0] != n || output.shape[1] != outFeatures { output.resize(to: [n, outFeatures]) }
         linearForward(x: input.data, weight: weight, bias: bias.map { UnsafePointer($0) }, y: output.data,
-                      n: n, inFeatures: inFeatures, outFeatures: outFeatures)
+                      n: n, inFeatures: inFeatures, outFeatures: outFeatures, arithmetic: context.arithmetic)
         return output
     }
 
@@ -68,7 +68,8 @@ public final class Linear: Layer {
         guard let input, let weight, let weightGrad else { preconditionFailure("Linear: backward before forward") }
         ensureShape(gradInput, input.shape)
         linearBackward(x: input.data, weight: weight, dy: gradOutput.data, dx: gradInput.data,
-                       dWeight: weightGrad, dBias: biasGrad, n: input.n, inFeatures: inFeatures, outFeatures: outFeatures)
+                       dWeight: weightGrad, dBias: biasGrad, n: input.n, inFeatures: inFeatures, outFeatures: outFeatures,
+                       arithmetic: context.arithmetic)
         return gradInput
     }
 }

@@ -17,6 +17,7 @@ import CnnDistributed
 /// `progress` (rank 0) gets a progress line about twice a second.
 public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelStatistics,
                      communicator: Communicator, batchSize: Int = 256, labelSmoothing: Float = 0,
+                     arithmetic: GemmArithmetic = .fp32,
                      progress: ((String) -> Void)? = nil) throws -> Evaluation {
     guard dataset.imageShape == model.inputShape else {
         throw CnnError.invalidData(file: dataset.source.isEmpty ? dataset.name : dataset.source, reason:
@@ -35,6 +36,7 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
     }
     let loss = try SoftmaxCrossEntropy(labelSmoothing: labelSmoothing)
     let context = ExecutionContext(training: false)
+    context.arithmetic = arithmetic
     let assembler = BatchAssembler(dataset: dataset, statistics: statistics, augmentation: Augmentation())
     let batches = evaluationBatches(count: dataset.count, rank: communicator.rank, size: communicator.size,
                                     batchSize: batchSize)
@@ -108,7 +110,7 @@ final class EvaluationProgress {
 /// (`pixels`, CHW per image, shape `model.inputShape`), normalised with
 /// `statistics`, in eval mode, `batchSize` images at a time.
 public func predictLogits(model: Model, pixels: [UInt8], count: Int, statistics: ChannelStatistics,
-                          batchSize: Int = 256) throws -> [Float] {
+                          batchSize: Int = 256, arithmetic: GemmArithmetic = .fp32) throws -> [Float] {
     let shape = model.inputShape
     let imageSize = shape.reduce(1, *)
     guard pixels.count == count * imageSize else {
@@ -125,6 +127,7 @@ public func predictLogits(model: Model, pixels: [UInt8], count: Int, statistics:
                                channels: shape[0], height: shape[1], width: shape[2], classCount: 1)
     let assembler = BatchAssembler(dataset: dataset, statistics: statistics, augmentation: Augmentation())
     let context = ExecutionContext(training: false)
+    context.arithmetic = arithmetic
     let classes = model.classCount
     var logits = [Float](repeating: 0, count: count * classes)
     let images = Tensor(shape: [0] + shape)

@@ -9,7 +9,8 @@ import CnnDistributed
 /// minutes later (or on one rank only, leaving the others waiting):
 ///
 /// - the configuration: every field in range (`TrainingConfig.validate`),
-///   the global batch at least the number of ranks;
+///   the global batch at least the number of ranks, and `precision: bf16` only on a CPU
+///   with AVX512_BF16;
 /// - the model: built once for the configured input shape and class count,
 ///   so a shape the model cannot take is reported now;
 /// - the data: the dataset's files exist and are readable on this rank's host
@@ -25,12 +26,23 @@ public enum Preflight {
     public static func check(_ config: TrainingConfig, runDirectory: String?, communicator: Communicator,
                              reuse: RunDirectoryReuse = .refuse) throws {
         try checkConfig(config, ranks: communicator.size)
+        try checkPrecision(config.precision)
         try checkModel(config)
         try checkData(config)
         if communicator.rank == 0, let runDirectory {
             try prepareRunDirectory(runDirectory, reuse: reuse)
             try checkRunDirectory(runDirectory)
         }
+    }
+
+    /// `precision: bf16` needs AVX512_BF16 (and AVX-512F/BW) on `cpu`: refused otherwise with
+    /// `CnnError.missingCPUFeature` naming the missing feature and the CPU. `portableForced`
+    /// (CNN_BF16_KERNEL=portable) lets it run on the slow portable kernel instead, for tests.
+    public static func checkPrecision(_ precision: ComputePrecision, what: String = "precision bf16",
+                                      cpu: CPUFeatures = .current,
+                                      portableForced: Bool = BF16Kernel.portableForced) throws {
+        guard precision == .bf16, !portableForced else { return }
+        try cpu.requireBF16(for: what)
     }
 
     /// What a fresh run does with a run directory that is not empty.

@@ -103,7 +103,7 @@ extension Trainer {
             return b
         }
         let state: TrainingState
-        do { state = try JSONDecoder().decode(TrainingState.self, from: Data(try need("state.json"))) } catch {
+        do { state = try JSONDecoder().decode(TrainingState.self, from: try withConfigDefaults(try need("state.json"))) } catch {
             throw CnnError.invalidCheckpoint(file: folder + "/state.json", reason: "\(error)")
         }
         let model = try SafeTensors.decode(try need("model.safetensors"), file: folder + "/model.safetensors")
@@ -213,4 +213,16 @@ extension Trainer {
             guard value.isFinite, value >= 0 else { throw bad(field, value, "a finite number >= 0") }
         }
     }
+}
+
+/// state.json with the config keys a run written before they existed lacks (e.g. `precision`)
+/// filled in with their defaults, which is what that run used; the JSON as it is when it does
+/// not parse as an object (the decoder then names the fault).
+func withConfigDefaults(_ bytes: [UInt8]) throws -> Data {
+    guard var object = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any],
+          let config = object["config"] as? [String: Any],
+          let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as? [String: Any]
+    else { return Data(bytes) }
+    object["config"] = config.merging(defaults) { stored, _ in stored }
+    return try JSONSerialization.data(withJSONObject: object)
 }

@@ -133,6 +133,10 @@ public final class Trainer {
     private(set) var learningRate: Float = 0
     /// Check every N steps that all ranks hold identical parameters.
     public var consistencyCheckEvery = 100
+    /// The bf16 tile kernel when `config.precision` is bf16 (tests force `.portable`).
+    public var bf16Kernel = BF16Kernel.automatic
+    /// The GEMM arithmetic of training and evaluation, from `config.precision`.
+    var arithmetic: GemmArithmetic { GemmArithmetic(config.precision, bf16Kernel: bf16Kernel) }
     /// Plain progress line every N steps (coordinator only) when `progress` is nil.
     public var progressEvery = 50
     /// Asked after every step on every rank; if any rank answers true (a
@@ -293,6 +297,7 @@ public final class Trainer {
         let context = ExecutionContext(training: true, seed: config.seed)
         if communicator.size > 1 && config.syncBatchNorm { context.statisticsReducer = reducer }
         context.needsInputGradient = false   // dL/d(images) is discarded: the first conv can skip it
+        context.arithmetic = arithmetic
         if let runFolder { history = try runFolder.start(config: config, keepingEpochsThrough: epoch, step: step) }
         let progress = ProgressReporter(trainer: self)
         logStart()
@@ -493,6 +498,7 @@ public final class Trainer {
     public func evaluate() throws -> Evaluation {
         try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
                                  batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing,
+                                 arithmetic: arithmetic,
                                  progress: communicator.rank == 0 ? progress : nil)
     }
 }

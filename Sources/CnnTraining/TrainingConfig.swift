@@ -75,6 +75,10 @@ public struct TrainingConfig: Codable, Equatable {
     /// Non-finite gradients after the allreduce: stop (error naming the step
     /// and the first parameter, in layer order, where they appear) or skip the step.
     public var onNonFinite = NonFiniteAction.stop
+    /// The arithmetic of the convolution and linear GEMMs: fp32, or bf16 operands with fp32
+    /// sums (AVX512_BF16; refused before training on a CPU without it). Everything else,
+    /// including the parameters and checkpoints, stays fp32.
+    public var precision = ComputePrecision.fp32
 
     /// The file format's keys (snake_case, as PyTorch users and older runs write them).
     public enum CodingKeys: String, CodingKey, CaseIterable {
@@ -88,6 +92,7 @@ public struct TrainingConfig: Codable, Equatable {
         case syncBatchNorm = "sync_batchnorm", checkpointEvery = "checkpoint_every"
         case keepCheckpoints = "keep_checkpoints", maxSteps = "max_steps", threads, initFrom = "init_from"
         case replaceHead = "replace_head", freeze, onNonFinite = "on_nonfinite"
+        case precision
     }
 
     public init() {}

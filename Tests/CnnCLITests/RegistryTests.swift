@@ -79,7 +79,8 @@ final class RegistryTests: XCTestCase {
                                           ("optimizer", "adagrad", OptimizerKind.allowedNames),
                                           ("schedule", "linear", ScheduleKind.allowedNames),
                                           ("on_nonfinite", "ignore", NonFiniteAction.allowedNames),
-                                          ("init_scheme", "orthogonal", InitScheme.allowedNames)] {
+                                          ("init_scheme", "orthogonal", InitScheme.allowedNames),
+                                          ("precision", "fp16", ComputePrecision.allowedNames)] {
             let path = "\(dir)/\(field).yaml"
             try "\(field): \(value)\n".write(toFile: path, atomically: true, encoding: .utf8)
             let text = message { _ = try loadTrainingConfig(path: path) }
@@ -91,6 +92,14 @@ final class RegistryTests: XCTestCase {
             XCTAssertTrue(help.contains(name), "\(name) not in train --help")
         }
         XCTAssertThrowsError(try TrainCommand.parse(["--optimizer", "adagrad"]))
+        XCTAssertThrowsError(try TrainCommand.parse(["--precision", "fp16"]))
+        XCTAssertTrue(help.contains("--precision"), help)
+        for command in [EvalCommand.helpMessage(), PredictCommand.helpMessage(), BenchTrainCommand.helpMessage()] {
+            XCTAssertTrue(command.contains("--precision"), command)
+        }
+        let bf16 = "\(dir)/bf16.yaml"
+        try "precision: bf16\n".write(toFile: bf16, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try loadTrainingConfig(path: bf16).precision, .bf16)
         let typo = "\(dir)/typo.yaml"
         try "batch_sise: 64\n".write(toFile: typo, atomically: true, encoding: .utf8)
         let hint = message { _ = try loadTrainingConfig(path: typo) }

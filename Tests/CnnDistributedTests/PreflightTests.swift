@@ -1,14 +1,16 @@
 import Foundation
 import XCTest
+import CnnCore
 
 /// `cnn-dist train` refuses, within its first second, configurations that
 /// would fail later: each message names the field and what is allowed.
 final class PreflightTests: XCTestCase {
     /// Runs `cnn-dist train ARGS` (one process, no MPI) and returns (status, stderr).
-    private func train(_ arguments: [String]) throws -> (Int32, String) {
+    private func train(_ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
         let dir = FailureTestSupport.temporaryDirectory(self, "preflight")
         let job = Job(try FailureTestSupport.binary(),
-                      ["train", "--dataset", "synthetic", "--epochs", "1", "--run-dir", dir + "/run"] + arguments)
+                      ["train", "--dataset", "synthetic", "--epochs", "1", "--run-dir", dir + "/run"] + arguments,
+                      environment: environment)
         try job.start()
         let status = job.finish(timeout: 60)
         return (status, job.stderr)
@@ -64,5 +66,25 @@ final class PreflightTests: XCTestCase {
     func testAValidConfigurationPassesAndTrains() throws {
         let (status, stderr) = try train(["--model", "lenet5", "--batch-size", "64", "--train-limit", "256", "--test-limit", "64"])
         XCTAssertEqual(status, 0, stderr)
+    }
+
+    /// `--precision bf16` on a CPU without AVX512_BF16 (hidden through the test hook
+    /// CNN_DISABLE_CPU_FEATURES) is refused before training, naming the missing feature, the
+    /// CPU and the fix; `eval`-side commands share `Preflight.checkPrecision`.
+    func testBF16RefusedOnACPUWithoutAVX512BF16() throws {
+        let started = monotonicNow()
+        let (status, stderr) = try train(["--model", "lenet5", "--precision", "bf16", "--batch-size", "64"],
+                                         environment: ["CNN_DISABLE_CPU_FEATURES": "avx512_bf16"])
+        XCTAssertNotEqual(status, 0, stderr)
+        XCTAssertTrue(stderr.contains("needs the CPU feature avx512_bf16"), stderr)
+        XCTAssertTrue(stderr.contains("precision bf16"), stderr)
+        XCTAssertTrue(stderr.contains("use precision fp32"), stderr)
+        XCTAssertLessThan(monotonicNow() - started, 20)
+        // With the feature present (not hidden), the same flags start training.
+        if CPUFeatures.current.bf16GEMM {
+            let (ok, log) = try train(["--model", "lenet5", "--precision", "bf16", "--batch-size", "64",
+                                       "--train-limit", "256", "--test-limit", "64"])
+            XCTAssertEqual(ok, 0, log)
+        }
     }
 }

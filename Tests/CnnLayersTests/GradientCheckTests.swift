@@ -160,3 +160,85 @@ final class GradientCheckTests: XCTestCase {
         }
     }
 }
+
+/// Gradient checks of the layers whose GEMMs run in bf16 (`ExecutionContext.arithmetic`).
+///
+/// A finite difference of a bf16 forward measures the bf16 rounding steps (2⁻⁸ relative)
+/// rather than the derivative, so the numeric gradient is taken of the fp32 forward, and the
+/// analytic one is the bf16 backward. Rounding an operand to bf16 (8-bit significand, nearest
+/// even) changes it by at most 2⁻⁹ relative, roughly uniformly, so a product of two rounded
+/// operands errs by e·p with e of standard deviation about 2⁻⁹·√(2/3) ≈ 1.6e-3. The errors of
+/// the n products summed into one gradient element are independent with mean zero: their sum
+/// has standard deviation 1.6e-3·√(Σp²). The largest here is dW of the 8→8 3×3 convolution,
+/// n = 2·6·6 = 72 products x·r of two U(−1, 1) values (E p² = 1/9), σ ≈ 1.6e-3·√8 ≈ 4.5e-3
+/// against max(1, |g|); the worst of ~600 elements lies near 3.3σ ≈ 1.5e-2 (measured 2.0e-2,
+/// with the fp32 finite difference's own ~1e-3). Tolerance 3e-2 (about 6σ). A kernel that
+/// dropped a bit more (7-bit rounding) doubles σ; one that paired or placed operands wrongly
+/// errs by O(1).
+final class BF16GradientCheckTests: XCTestCase {
+    func assertBF16Gradients(_ layer: Layer, input: Tensor, tolerance: Double = 3e-2, h: Float = 1e-2,
+                             file: StaticString = #filePath, line: UInt = #line) {
+        let store = ParameterStore(root: layer)
+        store.initialize(seed: 11)
+        let fp32 = ExecutionContext(training: true, seed: 5, step: 3, sampleOffset: 0)
+        let bf16 = ExecutionContext(training: true, seed: 5, step: 3, sampleOffset: 0)
+        bf16.arithmetic = GemmArithmetic(.bf16)
+        var rng = SplitMix64(seed: 7)
+        let y0 = layer.forward(input, context: fp32)
+        let r = Tensor(shape: y0.shape)
+        for i in 0..<r.count { r[i] = rng.nextUnitFloat() * 2 - 1 }
+        func analytic(_ context: ExecutionContext) -> (dx: [Float], dp: [Float]) {
+            store.zeroGradients()
+            _ = layer.forward(input, context: context)
+            let dx = layer.backward(r, context: context).toArray()
+            return (dx, store.gradients.toArray())
+        }
+        let (dx, dp) = analytic(bf16)
+        let (dx32, dp32) = analytic(fp32)
+        XCTAssertNotEqual(dx + dp, dx32 + dp32, "the bf16 backward differs from fp32 (bf16 arithmetic ran)", file: file, line: line)
+        func loss() -> Double {
+            let y = layer.forward(input, context: fp32)
+            var s = 0.0
+            for i in 0..<y.count { s += Double(y[i]) * Double(r[i]) }
+            return s
+        }
+        var worst = 0.0, at = ""
+        func compare(_ a: Float, _ numeric: Double, _ where_: String) {
+            let e = abs(Double(a) - numeric) / max(1, abs(Double(a)), abs(numeric))
+            if e > worst { worst = e; at = where_ }
+        }
+        for i in 0..<input.count {
+            let saved = input[i]
+            input[i] = saved + h; let lp = loss()
+            input[i] = saved - h; let lm = loss()
+            input[i] = saved
+            compare(dx[i], (lp - lm) / Double(2 * h), "input[\(i)]")
+        }
+        for i in 0..<store.parameters.count {
+            let saved = store.parameters[i]
+            store.parameters[i] = saved + h; let lp = loss()
+            store.parameters[i] = saved - h; let lm = loss()
+            store.parameters[i] = saved
+            compare(dp[i], (lp - lm) / Double(2 * h), "parameter[\(i)]")
+        }
+        print("bf16 gradient check \(layer.typeName): worst relative error \(worst) at \(at)")
+        XCTAssertLessThan(worst, tolerance, "\(layer.typeName) at \(at)", file: file, line: line)
+    }
+
+    func testConv2DInBF16() throws {
+        // Paths: flipped backward-data with packed im2col; stride-2 row gather; 1×1 strided dcol;
+        // pointwise; reflect padding through the stored panel and col2im.
+        assertBF16Gradients(try Conv2D(8, 8, kernelSize: 3, padding: 1), input: randomTensor([2, 8, 6, 6], seed: 31))
+        assertBF16Gradients(try Conv2D(4, 6, kernelSize: 3, stride: 2, padding: 1), input: randomTensor([2, 4, 7, 7], seed: 32))
+        assertBF16Gradients(try Conv2D(6, 8, kernelSize: 1, stride: 2), input: randomTensor([2, 6, 6, 6], seed: 33))
+        assertBF16Gradients(try Conv2D(6, 5, kernelSize: 1), input: randomTensor([2, 6, 4, 4], seed: 34))
+        assertBF16Gradients(try Conv2D(inChannels: 3, outChannels: 4, kernelSize: (3, 3),
+                                       padding: .explicit(top: 1, bottom: 1, left: 1, right: 1), paddingMode: .reflect),
+                            input: randomTensor([2, 3, 5, 5], seed: 35))
+    }
+
+    func testLinearInBF16() throws {
+        assertBF16Gradients(try Linear(40, 7), input: randomTensor([5, 40], seed: 36))
+        assertBF16Gradients(try Linear(12, 4, bias: false), input: randomTensor([3, 12], seed: 37))
+    }
+}

@@ -66,4 +66,14 @@ void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint3
 /// last one zero). Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_t *dst);
 
+/// One bf16 micro-panel of cnn_bf16_tile's layout straight from two fp32 row sources, the
+/// packed-im2col case where each 16-column half of the panel is one contiguous run of every
+/// panel row: for q < ⌈kc / 2⌉ and j < 16,
+///   dst[q · 32 + j]      = (bf16(lo[offsets[2q] + j]), bf16(lo[offsets[2q + 1] + j]))
+///   dst[q · 32 + 16 + j] = (bf16(hi[offsets[2q] + j]), bf16(hi[offsets[2q + 1] + j]))
+/// with a zero partner for an odd kc (offsets[kc] is not read). The same bits as packing fp32
+/// panels and cnn_bf16_from_fp32_panels, without the fp32 round trip. dst 64-byte aligned.
+/// Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets, uint32_t *dst);
+
 #endif
