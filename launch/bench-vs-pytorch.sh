@@ -4,7 +4,7 @@
 #   launch/bench-vs-pytorch.sh [MODELS...]      default: fashion-cnn minivgg resnet20
 #   PRECISION=bf16 launch/bench-vs-pytorch.sh   both in bf16 mixed precision: ours with
 #       --precision bf16 (needs avx512_bf16), PyTorch under torch.autocast("cpu", bfloat16)
-#       (launch/torch_autocast_bench.py runs the reference script inside the autocast region)
+#       (Tests/pytorch/torch_autocast_bench.py runs the reference script inside the autocast region)
 # Needs: pip install torch; ../shared/bench/torch_ref_bench.py next to the checkout.
 # For each model, batch 64 per rank: cnn-dist with 1 rank (1 and 2 threads) and
 # with 2 and 4 MPI ranks; PyTorch with one process of 2 threads and DDP with 2
@@ -17,7 +17,7 @@ steps="${STEPS:-20}"
 precision="${PRECISION:-fp32}"
 case "$precision" in
     fp32) torch=("$torch_bench") ;;
-    bf16) torch=(launch/torch_autocast_bench.py "$torch_bench") ;;
+    bf16) torch=(Tests/pytorch/torch_autocast_bench.py "$torch_bench") ;;
     *) echo "PRECISION must be fp32 or bf16, got $precision" >&2; exit 2 ;;
 esac
 ours=(bench train --precision "$precision")

@@ -14,7 +14,7 @@ public struct TrainingConfig: Codable, Equatable {
     public var dataset = DatasetKind.fashionMNIST
     /// Folder holding the dataset files; nil: the dataset's default folder.
     public var data: String? = nil
-    public var epochs = 40
+    public var epochs = 20
     /// Global batch size, split over the ranks.
     public var batchSize = 128
     public var optimizer = OptimizerKind.sgd
@@ -34,7 +34,7 @@ public struct TrainingConfig: Codable, Equatable {
     public var clipNorm: Float? = nil
     public var labelSmoothing: Float = 0.1
     /// Augmentation: zero-padding for random crops (0 = off).
-    public var cropPadding = 2
+    public var cropPadding = 0
     public var flip = true
     /// Random translation in pixels (0 = off).
     public var translate = 0

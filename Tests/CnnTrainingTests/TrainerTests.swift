@@ -16,7 +16,7 @@ final class TrainerTests: XCTestCase {
     /// under another summation order; measured on this data: 2e-7 after 2 steps,
     /// 5e-4 after 5, 1e-6 after 10, 2.5e-3 after 20. SyncBatchNorm's exactness
     /// for split batches (7 + 9 against 16) is asserted at the layer level in
-    /// SyncBatchNormTests; the model-level BN case is issue 4's open item.
+    /// SyncBatchNormTests (the model-level BN case: DataParallelEquivalenceTests).
     func testRanksMatchOneRankWithLargerBatch() throws {
         var config = syntheticConfig(steps: 20, batch: 64, model: "lenet5")
         config.lr = 0.1

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Runs a PyTorch benchmark script under torch.autocast("cpu", dtype=torch.bfloat16).
 
-  python launch/torch_autocast_bench.py ../shared/bench/torch_ref_bench.py --model resnet20 --threads 2
-  torchrun --nproc_per_node 2 launch/torch_autocast_bench.py ../shared/bench/torch_ref_bench.py --ddp ...
+  python Tests/pytorch/torch_autocast_bench.py ../shared/bench/torch_ref_bench.py --model resnet20 --threads 2
+  torchrun --nproc_per_node 2 Tests/pytorch/torch_autocast_bench.py ../shared/bench/torch_ref_bench.py --ddp ...
 
 The whole script runs inside the autocast region, so each training step's forward does (its
 convolutions and linear layers in bf16, with fp32 weights); the backward mirrors the forward's
 casts, and the optimizer's ops are not autocast ops, so they stay fp32 (PyTorch's documented
-CPU bf16 mixed precision, as in issue 16's PyTorch figures).
+CPU bf16 mixed precision).
 """
 import runpy
 import sys
