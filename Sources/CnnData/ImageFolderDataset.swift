@@ -78,9 +78,6 @@ extension ImageDecoder {
     /// to C channels, the shorter side resized (antialiased bilinear) and a
     /// centre crop, as torchvision's evaluation transform.
     public func decodeInput(_ path: String, shape: [Int]) throws -> [UInt8] {
-        let (channels, height, width) = (shape[0], shape[1], shape[2])
-        let image = try decodeFile(path, channels: channels, atLeast: (height, width))
-        return ImageTransforms.resizeShorterSideThenCenterCrop(image, shorter: max(height, width),
-                                                               cropHeight: height, cropWidth: width).chw()
+        try decodeInput(try FileBytes.read(path), file: path, shape: shape)
     }
 }

@@ -73,6 +73,17 @@ public struct TrainingConfig: Codable, Equatable {
     /// Non-finite gradients after the allreduce: stop (error naming the step
     /// and the first parameter, in layer order, where they appear) or skip the step.
     public var onNonFinite = NonFiniteAction.stop
+    /// Threads inside each rank that decode and augment the next batches (prefetched
+    /// two ahead) while the compute threads train: 2 by default, enough for small
+    /// images; raise it when data_wait_fraction in metrics.jsonl is above a few percent
+    /// (JPEGs at 224). Results do not depend on it.
+    public var dataThreads = 2
+    /// An image that cannot be decoded (shards: read at training time): stop with an
+    /// error naming it, or skip it, count it and report at the end of the epoch.
+    public var onBadImage = BadImageAction.error
+    /// Shards: samples in each rank's shuffle buffer (see ShardDataset.swift); it holds
+    /// encoded images, so memory is about this times the mean file size.
+    public var shuffleBuffer = 1000
 
     /// The file format's keys (snake_case, as PyTorch users and older runs write them).
     public enum CodingKeys: String, CodingKey, CaseIterable {
@@ -85,6 +96,7 @@ public struct TrainingConfig: Codable, Equatable {
         case syncBatchNorm = "sync_batchnorm", checkpointEvery = "checkpoint_every"
         case keepCheckpoints = "keep_checkpoints", maxSteps = "max_steps", threads, initFrom = "init_from"
         case replaceHead = "replace_head", freeze, onNonFinite = "on_nonfinite"
+        case dataThreads = "data_threads", onBadImage = "on_bad_image", shuffleBuffer = "shuffle_buffer"
     }
 
     public init() {}
@@ -143,6 +155,12 @@ public struct TrainingConfig: Codable, Equatable {
         try integer("keep_checkpoints", keepCheckpoints, 1...1000)
         try integer("max_steps", maxSteps, 0...1 << 40, " (0 = no limit)")
         if let threads { try integer("threads", threads, 1...256) }
+        try integer("data_threads", dataThreads, 1...256)
+        try integer("shuffle_buffer", shuffleBuffer, 1...1 << 20)
+        if dataset.isStreamed {
+            if trainLimit > 0 { throw fail("train_limit", trainLimit, "0 with dataset shards (repack a part instead)") }
+            if testLimit > 0 { throw fail("test_limit", testLimit, "0 with dataset shards (repack a part instead)") }
+        }
     }
 
     /// The dataset folder this config reads (its own, else the dataset's default).
