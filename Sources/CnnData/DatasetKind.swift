@@ -9,6 +9,8 @@ public struct DatasetRequest: Sendable {
     public var classes: Int?
     public var syntheticCount: Int
     public var seed: UInt64
+    /// Image folders: an undecodable file stops the load (error) or is left out and listed (skip).
+    public var onBadImage = BadImageAction.error
 
     public init(directory: String? = nil, imageShape: [Int]? = nil, classes: Int? = nil,
                 syntheticCount: Int = 2048, seed: UInt64 = 1) {
@@ -147,7 +149,8 @@ public enum DatasetKind: String, ConfigChoice {
         case .fashionMNIST, .mnist: dataset = try ImageDataset.loadFashionMNIST(directory: dir, split: split)
         case .cifar10: dataset = try ImageDataset.loadCIFAR10(directory: dir, split: split)
         case .folder:
-            dataset = try ImageDataset.loadImageFolder(root: base, split: split, shape: request.imageShape ?? defaultShape)
+            dataset = try ImageDataset.loadImageFolder(root: base, split: split, shape: request.imageShape ?? defaultShape,
+                                                       onBadImage: request.onBadImage)
         case .csv:
             let names = requiredFiles[split == .train ? 0 : 1]
             let path = names.map { "\(base)/\($0)" }.first { FileBytes.exists($0) }!

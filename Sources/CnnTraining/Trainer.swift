@@ -202,6 +202,10 @@ public final class Trainer {
         } else {
             (train, test) = try config.dataset.load(config.datasetRequest)
             shards = nil
+            for split in [train, test] where !split.skippedFiles.isEmpty && communicator.rank == 0 {
+                log("\(split.name): skipped \(split.skippedFiles.count) unreadable image(s) (on_bad_image: skip), "
+                    + "the same on every rank; first: \(split.skippedFiles[0])")
+            }
         }
         if shards == nil && config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
         if shards == nil && config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }

@@ -169,8 +169,10 @@ public struct TrainingConfig: Codable, Equatable {
     /// What the dataset registry needs to load this config's data.
     public var datasetRequest: DatasetRequest {
         get throws {
-            DatasetRequest(directory: data, imageShape: try input.map { try parseShapeField($0, field: "input") },
-                           classes: classes, syntheticCount: syntheticCount, seed: seed)
+            var request = DatasetRequest(directory: data, imageShape: try input.map { try parseShapeField($0, field: "input") },
+                                         classes: classes, syntheticCount: syntheticCount, seed: seed)
+            request.onBadImage = onBadImage
+            return request
         }
     }
 }
