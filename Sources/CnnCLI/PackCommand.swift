@@ -78,6 +78,7 @@ public struct ExportCommand: ParsableCommand {
     }
 
     public func run() throws {
+        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         let (train, test) = try dataset.load(DatasetRequest(directory: data))
         let file: ImageFileFormat = format == "png" ? .png : .jpeg(quality: quality)
         let names = train.classNames
