@@ -320,6 +320,7 @@ final class SampleDecoders {
 /// reads b samples sequentially, decodes and augments them on `threads` threads.
 public final class ShardBatchFilling: BatchFilling {
     public let imageShape: [Int]
+    private let directory: String
     private let stream: ShardTrainingStream
     private let decoders: SampleDecoders
     private let writer: SampleWriter
@@ -335,6 +336,7 @@ public final class ShardBatchFilling: BatchFilling {
                 seed: UInt64, epoch: Int, shuffleBuffer: Int, threads: Int, onBadImage: BadImageAction,
                 skipSamples: Int = 0) throws {
         imageShape = set.imageShape
+        directory = set.directory
         stream = ShardTrainingStream(set: set, rank: rank, worldSize: worldSize, seed: seed, epoch: epoch,
                                      shuffleBuffer: shuffleBuffer)
         for _ in 0..<skipSamples { _ = try stream.next() }
@@ -359,7 +361,8 @@ public final class ShardBatchFilling: BatchFilling {
         samples.reserveCapacity(n)
         for _ in 0..<n {
             guard let sample = try stream.next() else {
-                throw CnnError.invalidData(file: "shards", reason: "the rank's shards ran out at step \(request.step)")
+                throw CnnError.invalidData(file: directory, reason: "this rank's shards ran out at step \(request.step) "
+                                           + "(fewer samples than the manifest records)")
             }
             samples.append(sample)
         }

@@ -45,8 +45,8 @@ final class ShardDatasetTests: XCTestCase {
         let set = try ShardSet(directory: try makeShards(), shape: [3, 12, 10])
         XCTAssertEqual(set.shards(.train).map(\.samples), [7, 7, 7, 7, 7, 7, 1])
         let starts = set.starts(.train)
-        for worldSize in [1, 2, 3] {
-            let globalBatch = 6
+        // Batches of R and of 6: rank sample counts 22/21 (R = 2) and 15/14/14 (R = 3) make min and max differ.
+        for (worldSize, globalBatch) in [(1, 6), (2, 2), (2, 6), (3, 3), (3, 6)] {
             let expected = (0..<worldSize).map {
                 set.rankCount(.train, rank: $0, worldSize: worldSize) / evenShare(count: globalBatch, rank: $0, size: worldSize).count
             }.min()!
@@ -54,7 +54,7 @@ final class ShardDatasetTests: XCTestCase {
             for rank in 0..<worldSize {
                 let own = Set(set.rankShards(.train, rank: rank, worldSize: worldSize))
                 let (steps, _) = try epoch(set, rank: rank, worldSize: worldSize, globalBatch: globalBatch)
-                XCTAssertEqual(steps.count, expected, "rank \(rank) of \(worldSize)")
+                XCTAssertEqual(steps.count, expected, "rank \(rank) of \(worldSize), batch \(globalBatch)")
                 for step in steps {
                     XCTAssertEqual(step.indices.count, evenShare(count: globalBatch, rank: rank, size: worldSize).count)
                     for g in step.indices {
@@ -149,6 +149,9 @@ final class ShardDatasetTests: XCTestCase {
         let flat = clean.steps.flatMap(\.indices)
         XCTAssertFalse(flat.contains(15))
         XCTAssertEqual(Set(flat).count, flat.count - 1, "one duplicate replaces the skipped sample")
+        // The replacement is the nearest readable sample before it in the batch (after it, if it was first).
+        let duplicate = try XCTUnwrap(flat.indices.first { j in flat.indices.contains { $0 != j && flat[$0] == flat[j] } && (j == 0 || flat[j - 1] == flat[j]) })
+        XCTAssertTrue(duplicate == 0 ? flat[1] == flat[0] : flat[duplicate - 1] == flat[duplicate], "\(flat)")
         // Evaluation leaves it out and counts it.
         try damage(shard: dir + "/val-000000.tar", member: "000000003.png")
         let reader = ShardEvaluationReader(set: set, rank: 0, worldSize: 1, threads: 2, onBadImage: .skip)
