@@ -17,16 +17,21 @@ struct BenchLoaderCommand: ParsableCommand {
     @Argument(help: "Folder of class folders holding JPEG or PNG files.") var folder: String
     @Option(help: "Output side (RandomResizedCrop's size).") var size = 224
     @Option(help: "Timed passes over the files (after one warm-up pass); the best is reported.") var passes = 2
-    @Option(help: "First write this many synthetic 500x375 JPEGs (quality 90) into FOLDER/synthetic.") var generate = 0
+    @Option(help: "First write this many synthetic JPEGs (quality 90) into FOLDER/synthetic.") var generate = 0
+    @Option(name: .customLong("generate-size"), help: "Their size, WxH (ImageNet's mean is about 500x375).")
+    var generateSize = "500x375"
 
     func validate() throws {
         if !(8...4096).contains(size) { throw ValidationError("--size must lie in 8...4096, got \(size)") }
         if passes < 1 { throw ValidationError("--passes must be at least 1, got \(passes)") }
         if generate < 0 { throw ValidationError("--generate must be >= 0, got \(generate)") }
+        if generatedSize == nil { throw ValidationError("--generate-size must be WxH with sides in 16...8000, got \(generateSize)") }
     }
 
     func run() throws {
-        if generate > 0 { try Self.writeSyntheticJPEGs(count: generate, to: folder + "/synthetic") }
+        if generate > 0, let (w, h) = generatedSize {
+            try Self.writeSyntheticJPEGs(count: generate, width: w, height: h, to: folder + "/synthetic")
+        }
         let index = try ImageFolderIndex(directory: folder)
         let paths = index.samples.map(\.path)
         guard !paths.isEmpty else { throw CnnError.invalidData(file: folder, reason: "no JPEG or PNG files in its class folders") }
@@ -59,11 +64,16 @@ struct BenchLoaderCommand: ParsableCommand {
         }
     }
 
+    var generatedSize: (Int, Int)? {
+        let parts = generateSize.lowercased().split(separator: "x").compactMap { Int($0) }
+        guard parts.count == 2, parts.allSatisfy({ (16...8000).contains($0) }) else { return nil }
+        return (parts[0], parts[1])
+    }
+
     /// Photograph-like test images: smooth colour fields, edges, texture and sensor noise.
-    static func writeSyntheticJPEGs(count: Int, to directory: String) throws {
+    static func writeSyntheticJPEGs(count: Int, width w: Int, height h: Int, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var rng = SplitMix64(seed: 77)
-        let (w, h) = (500, 375)
         for n in 0..<count {
             let f = (0..<9).map { _ in Float(rng.nextUnitDouble()) }
             var pixels = [UInt8](repeating: 0, count: w * h * 3)
