@@ -98,6 +98,25 @@ final class ShardDatasetTests: XCTestCase {
         XCTAssertGreaterThan(compared, 5)
     }
 
+    func testResumingInsideAnEpochContinuesTheSameStream() throws {
+        let set = try ShardSet(directory: try makeShards(), shape: [3, 8, 8])
+        let augmentation = Augmentation(cropPadding: 1, horizontalFlip: true)
+        let whole = try epoch(set, rank: 1, worldSize: 2, globalBatch: 6, augmentation: augmentation).steps
+        // What the trainer does on resume at step 3: pass over 3 rank batches of 3 samples, then go on.
+        let filling = try ShardBatchFilling(set: set, rank: 1, worldSize: 2, statistics: set.statistics, augmentation: augmentation,
+                                            seed: 9, epoch: 0, shuffleBuffer: 5, threads: 2, onBadImage: .error, skipSamples: 9)
+        let loader = BatchLoader(filling: filling, epoch: 0, batches: (3..<whole.count).map {
+            RankBatch(step: $0, indices: [0, 1, 2], sampleOffset: $0 * 6 + 3, globalBatchSize: 6)
+        })
+        var rest: [[Int]] = [], images: [[Float]] = []
+        while let batch = loader.next() {
+            rest.append(batch.indices)
+            images.append(Array(UnsafeBufferPointer(start: batch.images.data, count: batch.images.count)))
+        }
+        XCTAssertEqual(rest, whole.dropFirst(3).map(\.indices))
+        XCTAssertEqual(images, whole.dropFirst(3).map(\.images))
+    }
+
     func testEvaluationReadsEveryValSampleOnceAcrossRanks() throws {
         let set = try ShardSet(directory: try makeShards(val: 17, shardSize: 4), shape: [3, 12, 10])
         let whole = try set.loadInMemory(.test)
