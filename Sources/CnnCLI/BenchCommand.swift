@@ -5,7 +5,7 @@ public struct BenchCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks: GEMM, convolution passes, training steps.",
-        subcommands: [BenchGemmCommand.self, BenchConvCommand.self, BenchTrainCommand.self]
+        subcommands: [BenchGemmCommand.self, BenchConvCommand.self, BenchTrainCommand.self, BenchLoaderCommand.self]
     )
     public init() {}
 }

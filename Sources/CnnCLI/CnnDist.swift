@@ -13,7 +13,8 @@ public struct CnnDist: ParsableCommand {
         abstract: "Distributed data-parallel CNN training on CPU clusters.",
         version: version,
         subcommands: [TrainCommand.self, EvalCommand.self, PredictCommand.self, SummaryCommand.self,
-                      PlotCommand.self, ShowCommand.self, DoctorCommand.self, BenchCommand.self, SelfTestCommand.self]
+                      PlotCommand.self, ShowCommand.self, DoctorCommand.self, BenchCommand.self, SelfTestCommand.self,
+                      PackCommand.self, ExportCommand.self]
     )
     public init() {}
 

@@ -7,8 +7,14 @@
 // following next() or close(), then goes back to the producer. After the
 // first lap no tensor or array is allocated.
 //
-// Determinism. One producer, steps in order, and assembly is a pure function
-// of (indices, epoch): the batches are the same whatever the timing.
+// Determinism. One producer, steps in order, and filling a slot is a pure
+// function of the request and the epoch (of the shard stream's position, for
+// shards): the batches are the same whatever the timing and the number of
+// data threads the filler spreads a batch over.
+//
+// Errors. A filler that throws (an unreadable shard, a bad image with
+// on_bad_image: error) stops the producer; next() then returns nil and
+// `failure` holds the error, naming the file.
 //
 // Shutdown. close() (also run by deinit) sets a cancel flag, wakes the
 // producer and joins its thread; it is safe when the consumer stops early,
@@ -40,6 +46,32 @@ public final class LoadedBatch {
     init(imageShape: [Int]) { images = Tensor(shape: [0] + imageShape) }
 }
 
+/// What a loader's producer thread calls to fill one slot, in step order.
+public protocol BatchFilling: AnyObject {
+    /// The [C, H, W] of the images it writes.
+    var imageShape: [Int] { get }
+    /// Fills the images, labels and indices of `batch` for `request` of `epoch`
+    /// (the loader sets the step, offset and global batch size).
+    func fill(_ batch: LoadedBatch, request: RankBatch, epoch: Int) throws
+}
+
+/// Fills slots from an in-memory dataset through a `BatchAssembler`, spreading
+/// each batch over `threads` threads.
+public final class AssemblerFilling: BatchFilling {
+    public let assembler: BatchAssembler
+    public let threads: Int
+    public init(assembler: BatchAssembler, threads: Int = 1) {
+        self.assembler = assembler
+        self.threads = max(1, threads)
+    }
+    public var imageShape: [Int] { assembler.dataset.imageShape }
+    public func fill(_ batch: LoadedBatch, request: RankBatch, epoch: Int) throws {
+        assembler.assemble(indices: request.indices, epoch: epoch, images: batch.images, labels: &batch.labels, threads: threads)
+        batch.indices.removeAll(keepingCapacity: true)
+        batch.indices.append(contentsOf: request.indices)
+    }
+}
+
 /// Assembles a fixed sequence of batches on a background thread, `prefetchDepth` ahead.
 public final class BatchLoader {
     /// Number of batches the loader will produce.
@@ -55,11 +87,18 @@ public final class BatchLoader {
     private var delivered = 0
 
     /// A loader for the given rank batches of `epoch` (e.g. from `EpochSampler.rankBatches`).
-    public init(assembler: BatchAssembler, epoch: Int, batches: [RankBatch], prefetchDepth: Int = 2) {
+    public convenience init(assembler: BatchAssembler, epoch: Int, batches: [RankBatch], prefetchDepth: Int = 2,
+                            threads: Int = 1) {
+        self.init(filling: AssemblerFilling(assembler: assembler, threads: threads), epoch: epoch, batches: batches,
+                  prefetchDepth: prefetchDepth)
+    }
+
+    /// A loader whose producer fills each of `batches` through `filling`.
+    public init(filling: BatchFilling, epoch: Int, batches: [RankBatch], prefetchDepth: Int = 2) {
         precondition(prefetchDepth >= 1, "prefetch depth must be at least 1")
         stepCount = batches.count
-        let slots = (0...prefetchDepth).map { _ in LoadedBatch(imageShape: assembler.dataset.imageShape) }
-        shared = LoaderShared(assembler: assembler, epoch: epoch, batches: batches, slots: slots)
+        let slots = (0...prefetchDepth).map { _ in LoadedBatch(imageShape: filling.imageShape) }
+        shared = LoaderShared(filling: filling, epoch: epoch, batches: batches, slots: slots)
         guard !batches.isEmpty else { return }
         let context = Unmanaged.passRetained(shared).toOpaque()
         #if canImport(Glibc)
@@ -77,14 +116,15 @@ public final class BatchLoader {
     }
 
     /// A loader for plain index lists, one per step (step numbers 0, 1, …; sampleOffset counts samples).
-    public convenience init(assembler: BatchAssembler, epoch: Int, indexLists: [[Int]], prefetchDepth: Int = 2) {
+    public convenience init(assembler: BatchAssembler, epoch: Int, indexLists: [[Int]], prefetchDepth: Int = 2,
+                            threads: Int = 1) {
         var offset = 0
         var batches: [RankBatch] = []
         for (step, list) in indexLists.enumerated() {
             batches.append(RankBatch(step: step, indices: list, sampleOffset: offset, globalBatchSize: list.count))
             offset += list.count
         }
-        self.init(assembler: assembler, epoch: epoch, batches: batches, prefetchDepth: prefetchDepth)
+        self.init(assembler: assembler, epoch: epoch, batches: batches, prefetchDepth: prefetchDepth, threads: threads)
     }
 
     /// A loader for this rank's slices of every step of `sampler`'s epoch.
@@ -100,7 +140,15 @@ public final class BatchLoader {
 
     deinit { close() }
 
-    /// The next batch in step order, or nil after the last one (or after `close()`).
+    /// The error that stopped the producer (the next batch could not be filled), if any.
+    public var failure: Error? {
+        shared.lock.lock()
+        defer { shared.lock.unlock() }
+        return shared.failure
+    }
+
+    /// The next batch in step order, or nil after the last one (or after `close()`,
+    /// or when the producer failed: see `failure`).
     /// Returns the previous batch's slot to the producer first, so do not keep
     /// a batch (or a copy of its tensor's pointer) across calls. Call from one
     /// thread only (the compute thread); the time spent blocked here is added
@@ -118,7 +166,7 @@ public final class BatchLoader {
             return nil
         }
         let start = monotonicSeconds()
-        while s.ready.isEmpty && !s.cancelled { s.lock.wait() }
+        while s.ready.isEmpty && !s.cancelled && s.failure == nil { s.lock.wait() }
         lastWaitSeconds = monotonicSeconds() - start
         waitSeconds += lastWaitSeconds
         guard !s.ready.isEmpty else {
@@ -154,7 +202,7 @@ public final class BatchLoader {
 
 /// State shared by the consumer and the producer thread, guarded by `lock`.
 final class LoaderShared {
-    let assembler: BatchAssembler
+    let filling: BatchFilling
     let epoch: Int
     let batches: [RankBatch]
     let slots: [LoadedBatch]
@@ -163,9 +211,10 @@ final class LoaderShared {
     var ready: [Int] = []
     var cancelled = false
     var assemblySeconds: Double = 0
+    var failure: Error?
 
-    init(assembler: BatchAssembler, epoch: Int, batches: [RankBatch], slots: [LoadedBatch]) {
-        self.assembler = assembler
+    init(filling: BatchFilling, epoch: Int, batches: [RankBatch], slots: [LoadedBatch]) {
+        self.filling = filling
         self.epoch = epoch
         self.batches = batches
         self.slots = slots
@@ -188,9 +237,15 @@ final class LoaderShared {
 
             let start = monotonicSeconds()
             let batch = slots[slot]
-            assembler.assemble(indices: request.indices, epoch: epoch, images: batch.images, labels: &batch.labels)
-            batch.indices.removeAll(keepingCapacity: true)
-            batch.indices.append(contentsOf: request.indices)
+            do {
+                try filling.fill(batch, request: request, epoch: epoch)
+            } catch {
+                lock.lock()
+                failure = error
+                lock.broadcast()
+                lock.unlock()
+                return
+            }
             batch.step = request.step
             batch.sampleOffset = request.sampleOffset
             batch.globalBatchSize = request.globalBatchSize

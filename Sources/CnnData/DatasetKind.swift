@@ -9,6 +9,8 @@ public struct DatasetRequest: Sendable {
     public var classes: Int?
     public var syntheticCount: Int
     public var seed: UInt64
+    /// Image folders: an undecodable file stops the load (error) or is left out and listed (skip).
+    public var onBadImage = BadImageAction.error
 
     public init(directory: String? = nil, imageShape: [Int]? = nil, classes: Int? = nil,
                 syntheticCount: Int = 2048, seed: UInt64 = 1) {
@@ -34,6 +36,9 @@ public enum DatasetKind: String, ConfigChoice {
     /// CSV pixel files DIR/train.csv and DIR/test.csv: a header, then label,pixel1,...,pixelN
     /// (Sign-Language-MNIST's sign_mnist_train.csv / sign_mnist_test.csv too).
     case csv
+    /// WebDataset-style tar shards DIR/train-NNNNNN.tar and DIR/val-NNNNNN.tar with DIR/manifest.tsv
+    /// (`cnn-dist pack` writes them), streamed by training (see ShardDataset.swift).
+    case shards
 
     /// Where the data is looked for when no folder is given; nil: no files.
     public var defaultDirectory: String? {
@@ -41,9 +46,12 @@ public enum DatasetKind: String, ConfigChoice {
         case .fashionMNIST: return "/usr/share/datasets/fashion-mnist"
         case .mnist: return "/usr/share/datasets/mnist"
         case .cifar10: return "data/cifar-10-batches-bin"
-        case .synthetic, .folder, .csv: return nil
+        case .synthetic, .folder, .csv, .shards: return nil
         }
     }
+
+    /// Whether training streams this dataset from disk instead of holding it in memory.
+    public var isStreamed: Bool { self == .shards }
 
     /// Whether the dataset is read from files (all but synthetic).
     public var hasFiles: Bool { self != .synthetic }
@@ -65,6 +73,9 @@ public enum DatasetKind: String, ConfigChoice {
         case .csv:
             return "give --data DIR with train.csv and test.csv (label,pixel1,...,pixelN with a header), "
                 + "e.g. Sign-Language-MNIST's files"
+        case .shards:
+            return "give --data DIR with manifest.tsv, train-NNNNNN.tar and val-NNNNNN.tar; "
+                + "write them from an image folder with: cnn-dist pack FOLDER DIR --shard-size 10000"
         }
     }
 
@@ -73,14 +84,14 @@ public enum DatasetKind: String, ConfigChoice {
         switch self {
         case .fashionMNIST, .mnist: return [1, 28, 28]
         case .cifar10: return [3, 32, 32]
-        case .synthetic, .folder, .csv: return nil
+        case .synthetic, .folder, .csv, .shards: return nil
         }
     }
 
     /// The shape used when neither the files nor the config fix one.
     public var defaultShape: [Int] {
         switch self {
-        case .folder: return [3, 224, 224]
+        case .folder, .shards: return [3, 224, 224]
         default: return imageShape ?? [1, 28, 28]
         }
     }
@@ -101,6 +112,8 @@ public enum DatasetKind: String, ConfigChoice {
             return [["train"], ["val"]]
         case .csv:
             return [["train.csv", "sign_mnist_train.csv", "train.csv.gz"], ["test.csv", "sign_mnist_test.csv", "test.csv.gz"]]
+        case .shards:
+            return [[ShardManifest.fileName]]
         }
     }
 
@@ -136,11 +149,15 @@ public enum DatasetKind: String, ConfigChoice {
         case .fashionMNIST, .mnist: dataset = try ImageDataset.loadFashionMNIST(directory: dir, split: split)
         case .cifar10: dataset = try ImageDataset.loadCIFAR10(directory: dir, split: split)
         case .folder:
-            dataset = try ImageDataset.loadImageFolder(root: base, split: split, shape: request.imageShape ?? defaultShape)
+            dataset = try ImageDataset.loadImageFolder(root: base, split: split, shape: request.imageShape ?? defaultShape,
+                                                       onBadImage: request.onBadImage)
         case .csv:
             let names = requiredFiles[split == .train ? 0 : 1]
             let path = names.map { "\(base)/\($0)" }.first { FileBytes.exists($0) }!
             dataset = try CSVPixels.load(path: path, name: "csv \(split.rawValue)")
+        case .shards:
+            // Decoded whole: for eval, doctor and predict; training streams (ShardBatchFilling).
+            dataset = try ShardSet(directory: base, shape: request.imageShape ?? defaultShape).loadInMemory(split)
         case .synthetic: fatalError("synthetic has no files")
         }
         if let shape = request.imageShape, shape != dataset.imageShape { dataset = dataset.converted(to: shape) }

@@ -41,6 +41,8 @@ public struct ImageDataset: Sendable {
     public var classCount: Int
     /// The classes' names, label i is classNames[i] (folder datasets); nil: unnamed.
     public var classNames: [String]? = nil
+    /// Files left out because they could not be decoded (on_bad_image: skip), each its error.
+    public var skippedFiles: [String] = []
 
     /// A dataset from its parts; the pixel count must be `labels.count × channels × height × width`.
     public init(name: String, source: String = "", pixels: [UInt8], labels: [Int32],

@@ -10,8 +10,11 @@ extension ImageDataset {
     /// centre crop. Held in memory as 8-bit pixels: C x H x W bytes an image.
     ///
     /// Decoding runs on `ComputeThreads.count` threads, each with its own decoder;
-    /// a damaged or unreadable image is an error naming the file.
-    public static func loadImageFolder(root: String, split: DatasetSplit, shape: [Int]) throws -> ImageDataset {
+    /// a damaged or unreadable image is an error naming the file, or with `.skip` is
+    /// left out and listed in `skippedFiles` (every rank reads the whole folder, so
+    /// every rank leaves out the same files and the batches stay the same).
+    public static func loadImageFolder(root: String, split: DatasetSplit, shape: [Int],
+                                       onBadImage: BadImageAction = .error) throws -> ImageDataset {
         precondition(shape.count == 3, "shape is C x H x W")
         let train = try ImageFolderIndex(directory: root + "/train")
         let index = split == .train ? train : try ImageFolderIndex(directory: root + "/val", classes: train.classes)
@@ -24,6 +27,7 @@ extension ImageDataset {
         var pixels = [UInt8](repeating: 0, count: count * imageSize)
         let lock = NSLock()
         var failure: Error?
+        var bad = [Int: String]()
         let workers = max(1, min(ComputeThreads.count, count))
         pixels.withUnsafeMutableBufferPointer { out in
             let base = out.baseAddress!
@@ -35,8 +39,10 @@ extension ImageDataset {
                         let chw = try decoder.decodeInput(index.samples[i].path, shape: shape)
                         chw.withUnsafeBufferPointer { (base + i * imageSize).update(from: $0.baseAddress!, count: imageSize) }
                     } catch {
-                        lock.lock(); if failure == nil { failure = error }; lock.unlock()
-                        return
+                        lock.lock()
+                        if onBadImage == .skip { bad[i] = "\(error)" } else if failure == nil { failure = error }
+                        lock.unlock()
+                        if onBadImage == .error { return }
                     }
                     i += workers
                 }
@@ -47,7 +53,14 @@ extension ImageDataset {
                                    labels: index.samples.map { Int32($0.label) }, channels: channels, height: height,
                                    width: width, classCount: max(2, train.classes.count))
         dataset.classNames = train.classes
-        return dataset
+        guard !bad.isEmpty else { return dataset }
+        let keep = (0..<count).filter { bad[$0] == nil }
+        guard !keep.isEmpty else {
+            throw CnnError.invalidData(file: index.directory, reason: "no readable image (on_bad_image: skip); first: \(bad[bad.keys.min()!]!)")
+        }
+        var kept = dataset.subset(keep, name: dataset.name)
+        kept.skippedFiles = bad.keys.sorted().map { bad[$0]! }
+        return kept
     }
 
     /// The same images as `shape` (C, H, W): channels converted as PIL's
@@ -78,9 +91,6 @@ extension ImageDecoder {
     /// to C channels, the shorter side resized (antialiased bilinear) and a
     /// centre crop, as torchvision's evaluation transform.
     public func decodeInput(_ path: String, shape: [Int]) throws -> [UInt8] {
-        let (channels, height, width) = (shape[0], shape[1], shape[2])
-        let image = try decodeFile(path, channels: channels, atLeast: (height, width))
-        return ImageTransforms.resizeShorterSideThenCenterCrop(image, shorter: max(height, width),
-                                                               cropHeight: height, cropWidth: width).chw()
+        try decodeInput(try FileBytes.read(path), file: path, shape: shape)
     }
 }

@@ -34,24 +34,82 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
     guard batchSize >= 1 else {
         throw CnnError.invalidConfig(field: "batch_size", value: String(batchSize), allowed: "an integer >= 1")
     }
-    let loss = try SoftmaxCrossEntropy(labelSmoothing: labelSmoothing)
-    let context = ExecutionContext(training: false)
-    context.arithmetic = arithmetic
     let assembler = BatchAssembler(dataset: dataset, statistics: statistics, augmentation: Augmentation())
     let batches = evaluationBatches(count: dataset.count, rank: communicator.rank, size: communicator.size,
                                     batchSize: batchSize)
-    let classes = model.classCount
-    let confusionSize = classes <= 1000 ? classes * classes : 0
-    // loss sum, correct, count, top-5 correct, then the confusion matrix (true x predicted).
-    var sums = [Double](repeating: 0, count: 4 + confusionSize)
-    let meter = progress.map { EvaluationProgress(total: dataset.count, ranks: communicator.size, report: $0) }
+    var sums = try EvaluationSums(model: model, labelSmoothing: labelSmoothing, arithmetic: arithmetic,
+                                  meter: progress.map { EvaluationProgress(total: dataset.count, ranks: communicator.size, report: $0) })
     for b in batches where !b.indices.isEmpty {
         let (images, labels) = assembler.batch(indices: b.indices, epoch: 0)
+        sums.add(images: images, labels: labels)
+    }
+    return try sums.reduced(over: communicator)
+}
+
+/// Loss and accuracy of `model` on the val shards of `shards`, each sample
+/// evaluated exactly once: rank r reads its own val shards (r, r+R, ...),
+/// decoding on `threads` threads, then one allreduce. With on_bad_image: skip an
+/// unreadable sample is left out and counted in `skippedImages`.
+public func evaluate(model: Model, shards: ShardSet, statistics: ChannelStatistics, communicator: Communicator,
+                     batchSize: Int = 256, labelSmoothing: Float = 0, threads: Int = 1,
+                     onBadImage: BadImageAction = .error, arithmetic: GemmArithmetic = .fp32,
+                     progress: ((String) -> Void)? = nil) throws -> Evaluation {
+    guard shards.imageShape == model.inputShape, shards.classCount <= model.classCount else {
+        throw CnnError.invalidData(file: shards.directory, reason:
+            "images are \(formatShape(shards.imageShape)) in \(shards.classCount) classes but \(model.name) takes "
+            + "\(formatShape(model.inputShape)) in \(model.classCount)")
+    }
+    let reader = ShardEvaluationReader(set: shards, rank: communicator.rank, worldSize: communicator.size,
+                                       threads: threads, onBadImage: onBadImage)
+    let writer = SampleWriter(shape: shards.imageShape, statistics: statistics)
+    let valSamples = shards.manifest.splits["val", default: []].reduce(0) { $0 + $1.samples }
+    var sums = try EvaluationSums(model: model, labelSmoothing: labelSmoothing, arithmetic: arithmetic,
+                                  meter: progress.map { EvaluationProgress(total: valSamples, ranks: communicator.size, report: $0) })
+    let images = Tensor(shape: [0] + shards.imageShape)
+    while let (pixels, labels) = try reader.next(max(1, batchSize)) {
+        guard !labels.isEmpty else { continue }
+        images.resize(to: [labels.count] + shards.imageShape)
+        let size = writer.imageSize
+        pixels.withUnsafeBufferPointer { px in
+            for j in 0..<labels.count { writer.write(px.baseAddress! + j * size, sampleIndex: 0, epoch: 0, to: images.data + j * size) }
+        }
+        sums.add(images: images, labels: labels)
+    }
+    sums.skipped = reader.skipped
+    var result = try sums.reduced(over: communicator)
+    result.firstSkipped = reader.firstSkip
+    return result
+}
+
+/// One rank's evaluation sums (loss, correct, count, top-5, skipped, confusion),
+/// reduced once over the ranks.
+struct EvaluationSums {
+    let model: Model
+    let loss: SoftmaxCrossEntropy
+    let context = ExecutionContext(training: false)
+    let confusionSize: Int
+    let meter: EvaluationProgress?
+    var values: [Double]
+    var skipped = 0
+
+    init(model: Model, labelSmoothing: Float, arithmetic: GemmArithmetic, meter: EvaluationProgress?) throws {
+        self.model = model
+        self.meter = meter
+        context.arithmetic = arithmetic
+        loss = try SoftmaxCrossEntropy(labelSmoothing: labelSmoothing)
+        let classes = model.classCount
+        confusionSize = classes <= 1000 ? classes * classes : 0
+        // loss sum, correct, count, top-5 correct, skipped, then the confusion matrix (true x predicted).
+        values = [Double](repeating: 0, count: 5 + confusionSize)
+    }
+
+    mutating func add(images: Tensor, labels: [Int32]) {
+        let classes = model.classCount
         let logits = model.forward(images, context: context)
         let l = labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0, normalizer: 1) }
-        sums[0] += l
-        sums[1] += Double(loss.lastCorrect)
-        sums[2] += Double(labels.count)
+        values[0] += l
+        values[1] += Double(loss.lastCorrect)
+        values[2] += Double(labels.count)
         for (i, label) in labels.enumerated() {
             let row = logits.data + i * classes
             let target = row[Int(label)]
@@ -60,19 +118,26 @@ public func evaluate(model: Model, dataset: ImageDataset, statistics: ChannelSta
                 if row[k] > target { above += 1 }
                 if row[k] > row[best] { best = k }
             }
-            if above < 5 { sums[3] += 1 }
-            if confusionSize > 0 { sums[4 + Int(label) * classes + best] += 1 }
+            if above < 5 { values[3] += 1 }
+            if confusionSize > 0 { values[5 + Int(label) * classes + best] += 1 }
         }
         meter?.advance(by: labels.count)
     }
-    try communicator.allreduceSum(&sums)
-    var result = Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
-                            count: Int(sums[2]), correct: Int(sums[1]))
-    result.top5Correct = Int(sums[3])
-    if confusionSize > 0 {
-        result.confusion = (0..<classes).map { t in (0..<classes).map { p in Int(sums[4 + t * classes + p]) } }
+
+    func reduced(over communicator: Communicator) throws -> Evaluation {
+        var sums = values
+        sums[4] = Double(skipped)
+        try communicator.allreduceSum(&sums)
+        let classes = model.classCount
+        var result = Evaluation(loss: sums[0] / max(1, sums[2]), accuracy: sums[1] / max(1, sums[2]),
+                                count: Int(sums[2]), correct: Int(sums[1]))
+        result.top5Correct = Int(sums[3])
+        result.skippedImages = Int(sums[4])
+        if confusionSize > 0 {
+            result.confusion = (0..<classes).map { t in (0..<classes).map { p in Int(sums[5 + t * classes + p]) } }
+        }
+        return result
     }
-    return result
 }
 
 /// Evaluation's progress line: "eval [####....] 45% | 4,480/10,000 images

@@ -42,6 +42,10 @@ public struct Evaluation: Equatable {
     public var top5Correct = 0
     /// confusion[true class][predicted class], for up to 1,000 classes (else empty).
     public var confusion: [[Int]] = []
+    /// Unreadable images left out (shards with on_bad_image: skip), all ranks together.
+    public var skippedImages = 0
+    /// The first one's error on this rank, if any.
+    public var firstSkipped: String?
 
     /// Accuracy within each true class (nil for a class with no sample).
     public var perClassAccuracy: [Double?] {
@@ -94,8 +98,17 @@ public final class Trainer {
     public let model: Model
     public let optimizer: Optimizer
     public let schedule: LearningRateSchedule
+    /// The images in memory; for a streamed dataset (shards) these hold no image, only
+    /// the shape, classes and names, and `shards` reads the files.
     public let trainSet: ImageDataset
     public let testSet: ImageDataset
+    /// The shard folder a streamed dataset reads (nil: the images are in memory).
+    public let shards: ShardSet?
+    /// Samples in the training and test splits.
+    public private(set) var trainCount = 0
+    public private(set) var testCount = 0
+    /// Global batches per epoch (for shards: the same on every rank, see ShardDataset.swift).
+    public private(set) var stepsPerEpoch = 0
     public let statistics: ChannelStatistics
     /// Normalises and augments the training images of each batch.
     let assembler: BatchAssembler
@@ -109,6 +122,8 @@ public final class Trainer {
     public internal(set) var epoch = 0
     public internal(set) var stepInEpoch = 0
     public private(set) var history: [EpochMetrics] = []
+    /// The shard filler of the epoch in progress (its count of skipped bad images).
+    var shardFilling: ShardBatchFilling?
     /// Steps skipped for non-finite gradients (on_nonfinite: skip).
     public private(set) var skippedSteps = 0
     /// Phase times of all steps of this run (this rank).
@@ -164,10 +179,40 @@ public final class Trainer {
                                          allowed: "at least ranks x accumulation_steps (\(communicator.size) x \(config.accumulationSteps))")
         }
 
-        // Data: every rank reads the files; the sampler gives each its slice.
-        var (train, test) = try config.dataset.load(config.datasetRequest)
-        if config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
-        if config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }
+        // Data: every rank reads the files and the sampler gives each its slice; or, for
+        // shards, each rank streams its own shards (see ShardDataset.swift).
+        var (train, test): (ImageDataset, ImageDataset)
+        if config.dataset.isStreamed {
+            guard let dir = config.data else {
+                throw CnnError.invalidConfig(field: "data", value: "(none)", allowed: "a shard folder: \(config.dataset.howToGet)")
+            }
+            let set = try ShardSet(directory: dir, shape: try config.datasetRequest.imageShape ?? config.dataset.defaultShape)
+            if let classes = config.classes, classes != set.classCount {
+                throw CnnError.invalidConfig(field: "classes", value: String(classes),
+                                             allowed: "the shards' \(set.classCount) classes (shards take no class subset)")
+            }
+            func placeholder(_ split: DatasetSplit) -> ImageDataset {
+                var d = ImageDataset(name: "shards \(split == .train ? "train" : "val")", source: set.directory, pixels: [],
+                                     labels: [], channels: set.imageShape[0], height: set.imageShape[1],
+                                     width: set.imageShape[2], classCount: set.classCount)
+                d.classNames = set.classNames
+                return d
+            }
+            (train, test) = (placeholder(.train), placeholder(.test))
+            shards = set
+            trainCount = set.count(.train)
+            testCount = set.count(.test)
+            stepsPerEpoch = try set.stepsPerEpoch(globalBatchSize: config.batchSize, worldSize: communicator.size)
+        } else {
+            (train, test) = try config.dataset.load(config.datasetRequest)
+            shards = nil
+            for split in [train, test] where !split.skippedFiles.isEmpty && communicator.rank == 0 {
+                log("\(split.name): skipped \(split.skippedFiles.count) unreadable image(s) (on_bad_image: skip), "
+                    + "the same on every rank; first: \(split.skippedFiles[0])")
+            }
+        }
+        if shards == nil && config.trainLimit > 0 && config.trainLimit < train.count { train = train.subset(0..<config.trainLimit) }
+        if shards == nil && config.testLimit > 0 && config.testLimit < test.count { test = test.subset(0..<config.testLimit) }
         let classes = customModel?.classCount ?? config.classes ?? train.classCount
         if classes < train.classCount {
             // Fine-tuning onto fewer classes: keep the samples of classes 0..<classes.
@@ -188,7 +233,7 @@ public final class Trainer {
             train = trainSubset
             test = testSubset
         }
-        guard test.count > 0 else {
+        guard test.count > 0 || shards != nil else {
             throw CnnError.invalidConfig(field: "test_limit", value: String(config.testLimit),
                                          allowed: "a test split with at least one image (\(config.dataset.rawValue)'s test split is empty)")
         }
@@ -197,13 +242,14 @@ public final class Trainer {
                                        reason: "test images are \(formatShape(test.imageShape)) with \(test.classCount) classes, "
                                            + "training images \(formatShape(train.imageShape)) with \(train.classCount)")
         }
-        guard train.count >= config.batchSize else {
+        guard train.count >= config.batchSize || shards != nil else {
             throw CnnError.invalidConfig(field: "batch_size", value: String(config.batchSize),
                                          allowed: "at most the \(train.count) training samples")
         }
         trainSet = train
         testSet = test
-        statistics = ChannelStatistics.compute(train)
+        if shards == nil { (trainCount, testCount, stepsPerEpoch) = (train.count, test.count, train.count / config.batchSize) }
+        statistics = shards?.statistics ?? ChannelStatistics.compute(train)
         var augmentation = Augmentation(cropPadding: config.cropPadding, horizontalFlip: config.flip,
                                         maxTranslation: config.translate)
         augmentation.photometric = config.augment
@@ -230,7 +276,7 @@ public final class Trainer {
             // Frozen elements get zero gradients and no weight decay, so every optimizer leaves them unchanged.
             optimizer.weightDecayMask = WeightDecayMask(excluded: optimizer.weightDecayMask.excluded + frozen)
         }
-        schedule = try config.schedule.make(config, stepsPerEpoch: train.count / config.batchSize)
+        schedule = try config.schedule.make(config, stepsPerEpoch: stepsPerEpoch)
         clipping = try config.clipNorm.map { try GradientClipping(maxNorm: $0) }
         loss = try ModelLoss(model: model, labelSmoothing: config.labelSmoothing)
         reducer = StatisticsAllreducer(communicator: communicator)
@@ -284,7 +330,6 @@ public final class Trainer {
         }
     }
 
-    var stepsPerEpoch: Int { trainSet.count / config.batchSize }
     var totalSteps: Int {
         let all = stepsPerEpoch * config.epochs
         return config.maxSteps > 0 ? min(all, config.maxSteps) : all
@@ -303,7 +348,7 @@ public final class Trainer {
         logStart()
 
         while epoch < config.epochs && step < totalSteps {
-            let loader = makeLoader(epoch: epoch)
+            let loader = try makeLoader(epoch: epoch)
             defer { loader.close() }
             var epochProfile = StepProfile()
             let epochStart = monotonicSeconds()
@@ -360,7 +405,10 @@ public final class Trainer {
         let micro = config.accumulationSteps
         var lossSum = 0.0, samples = 0
         for m in 0..<micro {
-            guard let batch = loader.next() else { return nil }
+            guard let batch = loader.next() else {
+                if let failure = loader.failure { throw failure }
+                return nil
+            }
             phases.data += loader.lastWaitSeconds
             var t = monotonicSeconds()
             context.training = true
@@ -420,12 +468,31 @@ public final class Trainer {
 
     /// This rank's batches of `epoch` from the current step on, split into
     /// micro-batches and assembled ahead on the loader's thread.
-    func makeLoader(epoch: Int) -> BatchLoader {
+    func makeLoader(epoch: Int) throws -> BatchLoader {
+        if let shards { return try makeShardLoader(shards, epoch: epoch) }
         let sampler = EpochSampler(datasetCount: trainSet.count, seed: config.seed, epoch: epoch)
         let batches = sampler.rankBatches(globalBatchSize: config.batchSize, rank: communicator.rank,
                                           worldSize: communicator.size, dropLast: true)
         let microBatches = batches[stepInEpoch...].flatMap { splitIntoMicroBatches($0, count: config.accumulationSteps) }
-        return BatchLoader(assembler: assembler, epoch: epoch, batches: microBatches)
+        return BatchLoader(assembler: assembler, epoch: epoch, batches: microBatches, threads: config.dataThreads)
+    }
+
+    /// The loader of a streamed epoch: this rank's share b_r of every global batch
+    /// from the current step on, read from its shard stream (see ShardDataset.swift).
+    func makeShardLoader(_ set: ShardSet, epoch: Int) throws -> BatchLoader {
+        let (rank, size) = (communicator.rank, communicator.size)
+        let share = evenShare(count: config.batchSize, rank: rank, size: size)
+        let batches = (stepInEpoch..<stepsPerEpoch).map { step in
+            RankBatch(step: step, indices: Array(0..<share.count), sampleOffset: step * config.batchSize + share.lowerBound,
+                      globalBatchSize: config.batchSize)
+        }
+        let filling = try ShardBatchFilling(set: set, rank: rank, worldSize: size, statistics: statistics,
+                                            augmentation: assembler.augmentation, seed: config.seed, epoch: epoch,
+                                            shuffleBuffer: config.shuffleBuffer, threads: config.dataThreads,
+                                            onBadImage: config.onBadImage, skipSamples: stepInEpoch * share.count)
+        shardFilling = filling
+        return BatchLoader(filling: filling, epoch: epoch,
+                           batches: batches.flatMap { splitIntoMicroBatches($0, count: config.accumulationSteps) })
     }
 
     /// Epoch totals, evaluation, metrics line, epoch-end checkpoint.
@@ -436,6 +503,17 @@ public final class Trainer {
         let epochTotals = try totals.reduced(over: communicator)
         let trainImages = Double(stepsPerEpoch * config.batchSize)
         let evaluation = try evaluate()
+        if shards != nil {
+            // Bad images skipped by every rank this epoch (on_bad_image: skip), training and evaluation.
+            let train: (count: Int, first: String?) = shardFilling?.skipped ?? (0, nil)
+            var counts = [Double(train.count)]
+            try communicator.allreduceSum(&counts)
+            if communicator.rank == 0 && Int(counts[0]) + evaluation.skippedImages > 0 {
+                log("epoch \(epoch + 1): skipped \(Int(counts[0])) unreadable training and \(evaluation.skippedImages) validation "
+                    + "image(s) (on_bad_image: skip); the first on rank 0: \(train.first ?? evaluation.firstSkipped ?? "(none)")")
+            }
+            shardFilling = nil
+        }
         let t = max(seconds, 1e-9)
         let metrics = EpochMetrics(
             epoch: epoch + 1, lr: Double(learningRate),
@@ -474,10 +552,12 @@ public final class Trainer {
     func logStart() {
         guard communicator.rank == 0 else { return }
         let micro = config.accumulationSteps
-        log("train: \(config.model) on \(trainSet.name) (\(trainSet.count) train, \(testSet.count) test), "
+        log("train: \(config.model) on \(trainSet.name) (\(trainCount) train, \(testCount) test), "
             + "\(model.parameterCount) parameters, \(communicator.size) rank(s), global batch \(config.batchSize)"
             + (micro > 1 ? " in \(micro) micro-batches" : "")
             + ", \(config.epochs) epochs x \(stepsPerEpoch) steps"
+            + (shards != nil && trainCount - stepsPerEpoch * config.batchSize >= config.batchSize
+                ? "; each epoch drops \(trainCount - stepsPerEpoch * config.batchSize) samples (equal steps on every rank)" : "")
             + (step > 0 ? "; resuming at step \(step) (epoch \(epoch + 1), batch \(stepInEpoch))" : ""))
     }
 
@@ -496,10 +576,15 @@ public final class Trainer {
     /// Exactly-once evaluation: each test sample on one rank, sums reduced
     /// (with the training loss's label smoothing, as metrics.jsonl reports it).
     public func evaluate() throws -> Evaluation {
-        try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
-                                 batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing,
-                                 arithmetic: arithmetic,
-                                 progress: communicator.rank == 0 ? progress : nil)
+        if let shards {
+            return try CnnTraining.evaluate(model: model, shards: shards, statistics: statistics, communicator: communicator,
+                                            batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing,
+                                            threads: config.dataThreads, onBadImage: config.onBadImage,
+                                            arithmetic: arithmetic, progress: communicator.rank == 0 ? progress : nil)
+        }
+        return try CnnTraining.evaluate(model: model, dataset: testSet, statistics: statistics, communicator: communicator,
+                                        batchSize: max(1, config.batchSize), labelSmoothing: config.labelSmoothing,
+                                        arithmetic: arithmetic, progress: communicator.rank == 0 ? progress : nil)
     }
 }
 

@@ -79,6 +79,17 @@ public struct TrainingConfig: Codable, Equatable {
     /// sums (AVX512_BF16; refused before training on a CPU without it). Everything else,
     /// including the parameters and checkpoints, stays fp32.
     public var precision = ComputePrecision.fp32
+    /// Threads inside each rank that decode and augment the next batches (prefetched
+    /// two ahead) while the compute threads train: 2 by default, enough for small
+    /// images; raise it when data_wait_fraction in metrics.jsonl is above a few percent
+    /// (JPEGs at 224). Results do not depend on it.
+    public var dataThreads = 2
+    /// An image that cannot be decoded (shards: read at training time): stop with an
+    /// error naming it, or skip it, count it and report at the end of the epoch.
+    public var onBadImage = BadImageAction.error
+    /// Shards: samples in each rank's shuffle buffer (see ShardDataset.swift); it holds
+    /// encoded images, so memory is about this times the mean file size.
+    public var shuffleBuffer = 1000
 
     /// The file format's keys (snake_case, as PyTorch users and older runs write them).
     public enum CodingKeys: String, CodingKey, CaseIterable {
@@ -93,6 +104,7 @@ public struct TrainingConfig: Codable, Equatable {
         case keepCheckpoints = "keep_checkpoints", maxSteps = "max_steps", threads, initFrom = "init_from"
         case replaceHead = "replace_head", freeze, onNonFinite = "on_nonfinite"
         case precision
+        case dataThreads = "data_threads", onBadImage = "on_bad_image", shuffleBuffer = "shuffle_buffer"
     }
 
     public init() {}
@@ -154,6 +166,12 @@ public struct TrainingConfig: Codable, Equatable {
         try integer("keep_checkpoints", keepCheckpoints, 1...1000)
         try integer("max_steps", maxSteps, 0...1 << 40, " (0 = no limit)")
         if let threads { try integer("threads", threads, 1...256) }
+        try integer("data_threads", dataThreads, 1...256)
+        try integer("shuffle_buffer", shuffleBuffer, 1...1 << 20)
+        if dataset.isStreamed {
+            if trainLimit > 0 { throw fail("train_limit", trainLimit, "0 with dataset shards (repack a part instead)") }
+            if testLimit > 0 { throw fail("test_limit", testLimit, "0 with dataset shards (repack a part instead)") }
+        }
     }
 
     /// The dataset folder this config reads (its own, else the dataset's default).
@@ -162,8 +180,10 @@ public struct TrainingConfig: Codable, Equatable {
     /// What the dataset registry needs to load this config's data.
     public var datasetRequest: DatasetRequest {
         get throws {
-            DatasetRequest(directory: data, imageShape: try input.map { try parseShapeField($0, field: "input") },
-                           classes: classes, syntheticCount: syntheticCount, seed: seed)
+            var request = DatasetRequest(directory: data, imageShape: try input.map { try parseShapeField($0, field: "input") },
+                                         classes: classes, syntheticCount: syntheticCount, seed: seed)
+            request.onBadImage = onBadImage
+            return request
         }
     }
 }

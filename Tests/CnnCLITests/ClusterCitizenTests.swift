@@ -163,3 +163,16 @@ final class AutomaticThreadsTests: XCTestCase {
         XCTAssertFalse(sigtermMeansStop(environment: ["PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALNRANKS": "2"]))
     }
 }
+
+/// A run started without a launcher, --local-ranks or --threads uses the node's
+/// cores as in-process ranks while each keeps a batch share of 64 or more.
+final class AutomaticLocalRanksTests: XCTestCase {
+    func testRanksKeepABatchShareOf64() {
+        XCTAssertEqual(automaticLocalRanks(cores: 2, batchSize: 128), 2)
+        XCTAssertEqual(automaticLocalRanks(cores: 1, batchSize: 128), 1)
+        XCTAssertEqual(automaticLocalRanks(cores: 2, batchSize: 100), 1)
+        XCTAssertEqual(automaticLocalRanks(cores: 64, batchSize: 128), 2)
+        XCTAssertEqual(automaticLocalRanks(cores: 12, batchSize: 512), 6)
+        XCTAssertEqual(automaticLocalRanks(cores: 7, batchSize: 1024), 7)
+    }
+}

@@ -43,6 +43,37 @@ final class ImageDatasetTests: XCTestCase {
         XCTAssertGreaterThan(last.testAccuracy, 0.6, "\(last)")
     }
 
+    func testPackedShardsTrainOnTwoRanksWithEqualStepsAndExactEvaluation() throws {
+        let root = try folderDataset(.jpeg(quality: 90))
+        let shards = temporaryDirectory("shards")
+        let pack = try runCnnDist(["pack", root, shards, "--shard-size", "70"])
+        XCTAssertEqual(pack.status, 0, pack.stderr + pack.stdout)
+        XCTAssertTrue(pack.stdout.contains("train: 300 samples in 5 shard(s)"), pack.stdout)
+        let run = temporaryDirectory("run") + "/run"
+        // Shards of 70, 70, 70, 70, 20: rank 0 reads 160 samples, rank 1 140; each takes 15 of a
+        // batch of 30, so both run min(160 / 15, 140 / 15) = 9 steps.
+        let train = try runCnnDist(["train", "--model", "fashion-cnn", "--dataset", "shards", "--data", shards, "--input", "3x16x16",
+                                    "--epochs", "2", "--batch-size", "30", "--lr", "0.02", "--threads", "1", "--local-ranks", "2",
+                                    "--run-dir", run])
+        XCTAssertEqual(train.status, 0, train.stderr + train.stdout)
+        XCTAssertTrue(train.stdout.contains("2 epochs x 9 steps"), train.stdout)
+        let metrics = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(metrics.count, 2)
+        let eval = try runCnnDist(["eval", "--checkpoint", run + "/model.safetensors", "--dataset", "shards", "--data", shards,
+                                   "--label-smoothing", "0.1", "--json"])
+        XCTAssertEqual(eval.status, 0, eval.stderr)
+        // eval decodes the val shards in memory on one rank; training evaluated them streamed on two: the same 60 images.
+        let last = try JSONDecoder().decode(EpochMetrics.self, from: Data(metrics.last!.utf8))
+        let json = try JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any]
+        XCTAssertEqual(json?["count"] as? Int, 60, eval.stdout)
+        XCTAssertEqual(json?["accuracy"] as? Double ?? -1, last.testAccuracy, accuracy: 1e-9, eval.stdout)
+        // Too few shards for the ranks is refused by name.
+        let many = try runCnnDist(["train", "--dataset", "shards", "--data", shards, "--input", "3x16x16", "--epochs", "1",
+                                   "--batch-size", "30", "--threads", "1", "--local-ranks", "6", "--run-dir", run + "-6"])
+        XCTAssertNotEqual(many.status, 0)
+        XCTAssertTrue(many.stderr.contains("at least one train shard per rank"), many.stderr)
+    }
+
     func testJPEGFolderTrains() throws {
         let root = try folderDataset(.jpeg(quality: 90))
         let (train, _, _) = try trainAndPredict(data: root, dataset: "folder", input: "3x16x16")
@@ -88,6 +119,15 @@ final class ImageDatasetTests: XCTestCase {
         let (train, _, _) = try trainAndPredict(data: root, dataset: "folder", input: "1x16x16")
         XCTAssertNotEqual(train.status, 0)
         XCTAssertTrue(train.stderr.contains(victim), train.stderr)
+        // on_bad_image: skip leaves it out on every rank and says so.
+        let config = temporaryDirectory("config") + "/skip.yaml"
+        try "on_bad_image: skip\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let skip = try runCnnDist(["train", "--config", config, "--dataset", "folder", "--data", root, "--input", "1x16x16",
+                                   "--epochs", "1", "--batch-size", "30", "--threads", "1", "--local-ranks", "2",
+                                   "--run-dir", temporaryDirectory("run") + "/run"])
+        XCTAssertEqual(skip.status, 0, skip.stderr + skip.stdout)
+        XCTAssertTrue(skip.stdout.contains("299 train") && skip.stdout.contains("skipped 1 unreadable image(s)")
+                      && skip.stdout.contains(victim), skip.stdout)
     }
 
     /// torchvision's augmentations as config keys: deterministic per (seed,

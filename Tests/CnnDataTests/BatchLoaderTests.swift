@@ -16,8 +16,11 @@ final class BatchLoaderTests: XCTestCase {
         for worldSize in [1, 3] {
             for rank in 0..<worldSize {
                 let expected = sampler.rankBatches(globalBatchSize: 16, rank: rank, worldSize: worldSize, dropLast: false)
-                let loader = BatchLoader(assembler: assembler, sampler: sampler, globalBatchSize: 16,
-                                         rank: rank, worldSize: worldSize, dropLast: false)
+                // data_threads 1 and 3: the same batches as one-thread direct assembly.
+                let loader = BatchLoader(assembler: assembler, epoch: 2,
+                                         batches: sampler.rankBatches(globalBatchSize: 16, rank: rank, worldSize: worldSize,
+                                                                      dropLast: false),
+                                         threads: worldSize)
                 XCTAssertEqual(loader.stepCount, 13)
                 var steps = 0
                 var storage = Set<UnsafeMutablePointer<Float>>()

@@ -103,21 +103,102 @@ final class DamagedImageCorpusTests: XCTestCase {
         paths.append(try write(Array("GIF89a".utf8) + [UInt8](repeating: 0, count: 40), "\(dir)/anim.gif.png"))
         paths.append(try write(Array("BM".utf8) + [UInt8](repeating: 0, count: 60), "\(dir)/old.bmp.jpg"))
         paths.append(try write([0xFF, 0xD8, 0xFF] + [UInt8](repeating: 0xFF, count: 5000), "\(dir)/markers.jpg"))
-        XCTAssertGreaterThanOrEqual(paths.count, 1000)
-        var decoded = 0, refused = 0
-        for path in paths {
-            do {
-                let image = try decoder.decodeFile(path, channels: 3)
-                XCTAssertEqual(image.pixels.count, image.width * image.height * 3)
-                decoded += 1
-            } catch let error as CnnError {
-                XCTAssertTrue(error.description.hasPrefix(path + ": "), error.description)
-                refused += 1
-            }
+        paths.append(try write(Array("# notes\nnot an image at all\n".utf8), "\(dir)/README.jpg"))
+        paths.append(try write([0x1F, 0x8B, 8, 0] + [UInt8](repeating: 0, count: 30), "\(dir)/archive.gz.png"))
+        // Decompression bombs: headers claiming 100000 x 100000 (PNG, with and without the IHDR's
+        // CRC, then nothing or a valid IDAT) and a JPEG whose frame header claims 65000 x 65000.
+        var ihdr: [UInt8] = Array("IHDR".utf8)
+        for v in [UInt32(100_000), UInt32(100_000)] { ihdr += withUnsafeBytes(of: v.bigEndian, Array.init) }
+        ihdr += [8, 2, 0, 0, 0]
+        let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13]
+        let png = try ImageEncoder.png(testImage(width: 8, height: 8, channels: 3, seed: 1))
+        for (k, crc) in [crc32(ihdr), 0].enumerated() {
+            let head = signature + ihdr + withUnsafeBytes(of: crc.bigEndian, Array.init)
+            paths.append(try write(head, "\(dir)/bomb-\(k).png"))
+            paths.append(try write(head + png[33...], "\(dir)/bomb-idat-\(k).png"))
         }
-        print("damaged corpus: \(paths.count) files, \(decoded) decoded, \(refused) refused with an error naming the file")
-        XCTAssertEqual(decoded + refused, paths.count)
-        XCTAssertGreaterThan(refused, paths.count / 2)
+        var jpeg = try ImageEncoder.jpeg(testImage(width: 16, height: 16, channels: 3, seed: 2), quality: 80)
+        let sof = try XCTUnwrap((0..<jpeg.count - 1).first { jpeg[$0] == 0xFF && jpeg[$0 + 1] == 0xC0 })
+        jpeg[sof + 5] = 0xFD; jpeg[sof + 6] = 0xE8; jpeg[sof + 7] = 0xFD; jpeg[sof + 8] = 0xE8
+        paths.append(try write(jpeg, "\(dir)/bomb.jpg"))
+        // With a valid IHDR CRC the size is what refuses them; with a bad one the CRC is.
+        let bombs = paths.filter { $0.contains("/bomb") && !$0.hasSuffix("-1.png") }
+        try FileManager.default.createDirectory(atPath: "\(dir)/folder.jpg", withIntermediateDirectories: true)
+        paths.append("\(dir)/folder.jpg")
+        paths.append("\(dir)/missing.png")
+        XCTAssertGreaterThanOrEqual(paths.count, 1000)
+
+        // Decoded on another thread with a watchdog, so a hang fails the test (naming the file) instead of stalling CI.
+        final class Progress: @unchecked Sendable {
+            let lock = NSLock()
+            var current = "", decoded = 0, refusals: [(path: String, message: String)] = [], other: [String] = []
+        }
+        let progress = Progress()
+        let done = DispatchSemaphore(value: 0)
+        let start = Date()
+        let list = paths
+        Thread.detachNewThread {
+            let decoder = ImageDecoder()
+            for path in list {
+                progress.lock.lock(); progress.current = path; progress.lock.unlock()
+                do {
+                    let image = try decoder.decodeFile(path, channels: 3)
+                    precondition(image.pixels.count == image.width * image.height * 3)
+                    progress.lock.lock(); progress.decoded += 1; progress.lock.unlock()
+                } catch let error as CnnError {
+                    progress.lock.lock(); progress.refusals.append((path, error.description)); progress.lock.unlock()
+                } catch {
+                    progress.lock.lock(); progress.other.append("\(path): \(error)"); progress.lock.unlock()
+                }
+            }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + 120) == .success else {
+            progress.lock.lock(); defer { progress.lock.unlock() }
+            return XCTFail("decoding hung (over 120 s) at \(progress.current)")
+        }
+        for (path, message) in progress.refusals { XCTAssertTrue(message.hasPrefix(path + ": "), message) }
+        XCTAssertEqual(progress.other, [], "errors that are not CnnError")
+        XCTAssertEqual(bombs.count, 3)
+        for bomb in paths.filter({ $0.contains("/bomb") }) {
+            XCTAssertTrue(progress.refusals.contains { $0.path == bomb }, "\(bomb) decoded")
+        }
+        for bomb in bombs {
+            let message = progress.refusals.first { $0.path == bomb }?.message ?? "(decoded)"
+            XCTAssertTrue(message.contains("decompression bomb"), message)
+        }
+        print(String(format: "damaged corpus: %d files, %d decoded, %d refused with an error naming the file, in %.2f s",
+                     paths.count, progress.decoded, progress.refusals.count, Date().timeIntervalSince(start)))
+        XCTAssertEqual(progress.decoded + progress.refusals.count, paths.count)
+        XCTAssertGreaterThan(progress.refusals.count, paths.count / 2)
+
+        // The same files as shard members: every refusal names the shard and the member.
+        let shard = "\(dir)/train-000000.tar"
+        let writer = try TarWriter(path: shard)
+        var members = 0
+        for (i, path) in paths.enumerated() where i % 4 == 0 && FileBytes.exists(path) && !FileBytes.isDirectory(path) {
+            try writer.add(name: String(format: "%09d.jpg", i), bytes: try FileBytes.read(path))
+            try writer.add(name: String(format: "%09d.cls", i), bytes: Array("0".utf8))
+            members += 1
+        }
+        try writer.finish()
+        let manifest = ShardManifest(classes: ["a", "b"], splits: ["train": [ShardInfo(file: "train-000000.tar", samples: members)],
+                                                                  "val": [ShardInfo(file: "train-000000.tar", samples: members)]],
+                                     statistics: [3: .unit(channels: 3)])
+        try manifest.write(to: "\(dir)/\(ShardManifest.fileName)")
+        let set = try ShardSet(directory: dir, shape: [3, 8, 8])
+        let reader = ShardEvaluationReader(set: set, rank: 0, worldSize: 1, threads: 2, onBadImage: .skip)
+        var read = 0
+        while let (_, labels) = try reader.next(64) { read += labels.count }
+        XCTAssertEqual(read + reader.skipped, members)
+        XCTAssertGreaterThan(reader.skipped, members / 2)
+        XCTAssertTrue(reader.firstSkip?.hasPrefix(shard + ":") == true, reader.firstSkip ?? "")
+        let strict = ShardEvaluationReader(set: set, rank: 0, worldSize: 1, threads: 2, onBadImage: .error)
+        assertDataError(try { () throws -> Int in
+            var count = 0
+            while let (_, labels) = try strict.next(64) { count += labels.count }
+            return count
+        }(), names: shard + ":", [".jpg: "])
     }
 
     private func write(_ bytes: [UInt8], _ path: String) throws -> String {

@@ -151,6 +151,8 @@ final class ImageCodecTests: XCTestCase {
         XCTAssertEqual([eighth.width, eighth.height], [8, 6])
         // Only downscaling: asking for more than the image keeps it full size.
         XCTAssertEqual(try decoder.decode(bytes, file: "s.jpg", atLeast: (height: 100, width: 100)).width, 64)
+        // libjpeg-turbo's 9/16 ... 15/16 scalings are slower than full size: 7/8 (56x42) is not used.
+        XCTAssertEqual(try decoder.decode(bytes, file: "s.jpg", atLeast: (height: 40, width: 40)).width, 64)
         // Each 1/8-scale pixel is the mean of its 8x8 block (the DC coefficient), to JPEG accuracy.
         for by in 0..<6 {
             for bx in 0..<8 {

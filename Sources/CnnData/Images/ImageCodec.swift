@@ -101,7 +101,7 @@ public final class ImageDecoder {
     /// Decodes an image in memory; `file` names it in errors.
     /// - channels: 1 or 3 converts as PIL's convert("L") / convert("RGB"); nil keeps the
     ///   image's own (1 for grey files, 3 otherwise).
-    /// - atLeast: for JPEG, decode at the smallest DCT scaling (1/8 … 1) whose size is at
+    /// - atLeast: for JPEG, decode at the smallest DCT scaling (1/8, 1/4, 1/2 or 1) whose size is at
     ///   least this in both dimensions, which is much faster when the image will be
     ///   resized far down anyway. PNG ignores it.
     public func decode(_ bytes: [UInt8], file: String, channels: Int? = nil,
@@ -207,7 +207,9 @@ public final class ImageDecoder {
             if let factors = tjGetScalingFactors(&count) {
                 for i in 0..<Int(count) {
                     let f = factors[i]
-                    guard f.num <= f.denom else { continue }
+                    // 1/2, 1/4, 1/8 only: libjpeg-turbo's other factors (9/16 ... 15/16) take a
+                    // scalar IDCT that is slower than decoding at full size.
+                    guard f.num == 1 && (f.denom == 2 || f.denom == 4 || f.denom == 8) else { continue }
                     let w = ImageDecoder.scaled(head.width, f), h = ImageDecoder.scaled(head.height, f)
                     if w >= atLeast.width && h >= atLeast.height && w * h < width * height { width = w; height = h }
                 }

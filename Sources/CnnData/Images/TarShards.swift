@@ -342,20 +342,25 @@ public struct ShardInfo: Equatable, Sendable {
     }
 }
 
-/// The manifest written beside the shards (manifest.tsv): the classes and, per split,
-/// every shard with its sample count. Tab-separated lines:
+/// The manifest written beside the shards (manifest.tsv): the classes, per split
+/// every shard with its sample count, and the training images' channel statistics
+/// as RGB (3) and as grey (1). Tab-separated lines:
 ///   cnn-dist-shards  1
 ///   classes  <name>  <name> ...
 ///   shard  <split>  <file>  <samples>
+///   statistics  <channels>  <mean>,<mean>,...  <std>,<std>,...
 public struct ShardManifest: Equatable, Sendable {
     public static let fileName = "manifest.tsv"
     public var classes: [String]
     /// Shards by split name ("train", "val").
     public var splits: [String: [ShardInfo]]
+    /// Normalisation of the training images by channel count (1: luma, 3: RGB).
+    public var statistics: [Int: ChannelStatistics]
 
-    public init(classes: [String], splits: [String: [ShardInfo]]) {
+    public init(classes: [String], splits: [String: [ShardInfo]], statistics: [Int: ChannelStatistics] = [:]) {
         self.classes = classes
         self.splits = splits
+        self.statistics = statistics
     }
 
     public func write(to path: String) throws {
@@ -370,6 +375,11 @@ public struct ShardManifest: Equatable, Sendable {
         for split in splits.keys.sorted() {
             for shard in splits[split]! { text += "shard\t\(split)\t\(shard.file)\t\(shard.samples)\n" }
         }
+        for channels in statistics.keys.sorted() {
+            let s = statistics[channels]!
+            text += "statistics\t\(channels)\t" + s.mean.map { String($0) }.joined(separator: ",") + "\t"
+                + s.std.map { String($0) }.joined(separator: ",") + "\n"
+        }
         try FileBytes.write(Array(text.utf8), to: path)
     }
 
@@ -380,6 +390,7 @@ public struct ShardManifest: Equatable, Sendable {
         }
         var classes: [String]?
         var splits = [String: [ShardInfo]]()
+        var statistics = [Int: ChannelStatistics]()
         for (number, line) in lines.enumerated().dropFirst() where !line.isEmpty {
             let fields = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
             switch fields[0] {
@@ -389,12 +400,21 @@ public struct ShardManifest: Equatable, Sendable {
                     throw CnnError.invalidData(file: path, reason: "line \(number + 1): expected 'shard<TAB>split<TAB>file<TAB>samples'")
                 }
                 splits[fields[1], default: []].append(ShardInfo(file: fields[2], samples: count))
+            case "statistics":
+                let numbers = fields.count == 4 ? fields[2...3].map { $0.split(separator: ",").compactMap { Double($0) } } : []
+                guard let channels = fields.count == 4 ? Int(fields[1]) : nil, channels == 1 || channels == 3,
+                      numbers.allSatisfy({ $0.count == channels && $0.allSatisfy(\.isFinite) }),
+                      numbers[1].allSatisfy({ $0 > 0 }) else {
+                    throw CnnError.invalidData(file: path, reason:
+                        "line \(number + 1): expected 'statistics<TAB>1|3<TAB>mean,...<TAB>std,...' (std > 0)")
+                }
+                statistics[channels] = ChannelStatistics(mean: numbers[0], std: numbers[1])
             default:
                 throw CnnError.invalidData(file: path, reason: "line \(number + 1): unknown record '\(fields[0].prefix(40))'")
             }
         }
         guard let classes, !classes.isEmpty else { throw CnnError.invalidData(file: path, reason: "no classes line") }
-        return ShardManifest(classes: classes, splits: splits)
+        return ShardManifest(classes: classes, splits: splits, statistics: statistics)
     }
 }
 
@@ -410,7 +430,8 @@ public enum ShardWriter {
     /// each image and stores it re-encoded (channels kept).
     public static func pack(_ index: ImageFolderIndex, split: String, to directory: String,
                             maxSamples: Int = 10_000, maxBytes: Int = 1 << 30, shuffleSeed: UInt64? = 0,
-                            recode: ImageFileFormat? = nil, decoder: ImageDecoder = ImageDecoder()) throws -> [ShardInfo] {
+                            recode: ImageFileFormat? = nil, decoder: ImageDecoder = ImageDecoder(),
+                            statistics: ShardStatisticsAccumulator? = nil) throws -> [ShardInfo] {
         precondition(maxSamples > 0 && maxBytes > 0, "shard limits must be positive")
         guard !split.isEmpty, !split.contains("/") else {
             throw CnnError.invalidArgument(layer: "ShardWriter", argument: "split", value: split, reason: "must be a plain name")
@@ -437,6 +458,10 @@ public enum ShardWriter {
             case .jpeg(let quality)?:
                 bytes = try ImageEncoder.jpeg(try decoder.decode(bytes, file: sample.path), quality: quality)
                 format = .jpeg
+            }
+            if let statistics {
+                // DCT-scaled for large JPEGs: the channel means and spreads barely change.
+                statistics.add(try decoder.decode(bytes, file: sample.path, channels: 3, atLeast: (64, 64)))
             }
             let key = String(position).leftPadded(to: 9)
             let label = Array(String(sample.label).utf8)
@@ -468,15 +493,56 @@ public enum ShardWriter {
                             shuffleSeed: UInt64? = 0, recode: ImageFileFormat? = nil) throws -> ShardManifest {
         let (train, validation) = try ImageFolderIndex.trainAndValidation(root: root)
         let decoder = ImageDecoder()
+        let statistics = ShardStatisticsAccumulator()
         var splits = ["train": try pack(train, split: "train", to: directory, maxSamples: maxSamples,
-                                        maxBytes: maxBytes, shuffleSeed: shuffleSeed, recode: recode, decoder: decoder)]
+                                        maxBytes: maxBytes, shuffleSeed: shuffleSeed, recode: recode, decoder: decoder,
+                                        statistics: statistics)]
         if let validation {
             splits["val"] = try pack(validation, split: "val", to: directory, maxSamples: maxSamples,
                                      maxBytes: maxBytes, shuffleSeed: shuffleSeed, recode: recode, decoder: decoder)
         }
-        let manifest = ShardManifest(classes: train.classes, splits: splits)
+        let manifest = ShardManifest(classes: train.classes, splits: splits,
+                                     statistics: [1: statistics.result(channels: 1), 3: statistics.result(channels: 3)])
         try manifest.write(to: "\(directory)/\(ShardManifest.fileName)")
         return manifest
+    }
+}
+
+/// Sums of the training images' pixels as RGB and as luma (PIL's convert("L")), for the
+/// manifest's normalisation statistics.
+public final class ShardStatisticsAccumulator {
+    private var sums = [UInt64](repeating: 0, count: 4), squares = [UInt64](repeating: 0, count: 4)
+    private var pixels: UInt64 = 0
+    public init() {}
+
+    /// Adds an RGB image.
+    public func add(_ image: Image8) {
+        precondition(image.channels == 3, "statistics take RGB images")
+        image.pixels.withUnsafeBufferPointer { px in
+            for i in 0..<image.width * image.height {
+                let r = px[3 * i], g = px[3 * i + 1], b = px[3 * i + 2]
+                for (k, v) in [r, g, b, Image8.luma(r, g, b)].enumerated() {
+                    sums[k] &+= UInt64(v)
+                    squares[k] &+= UInt64(v) * UInt64(v)
+                }
+            }
+        }
+        pixels += UInt64(image.width * image.height)
+    }
+
+    /// Mean and population std of pixel / 255 per channel (3: R, G, B; 1: luma); std 1 for a constant channel.
+    public func result(channels: Int) -> ChannelStatistics {
+        let ks = channels == 3 ? [0, 1, 2] : [3]
+        guard pixels > 0 else { return .unit(channels: channels) }
+        let n = Double(pixels)
+        var mean = [Double](), std = [Double]()
+        for k in ks {
+            let m = Double(sums[k]) / n
+            let s = max(0, Double(squares[k]) / n - m * m).squareRoot() / 255
+            mean.append(m / 255)
+            std.append(s > 1e-12 ? s : 1)
+        }
+        return ChannelStatistics(mean: mean, std: std)
     }
 }
 
