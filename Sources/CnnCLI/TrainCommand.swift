@@ -112,12 +112,13 @@ public struct TrainCommand: ParsableCommand {
         // Under mpirun a rank's output is a pseudo-terminal, but it ends up in a log: plain lines.
         let terminal = isatty(STDOUT_FILENO) != 0 && !launchedByMPI()
         // Without a launcher, --local-ranks or --threads: the node's cores as in-process ranks
-        // where each keeps a batch share a GEMM runs well on (see automaticLocalRanks).
+        // where each keeps a batch share a GEMM runs well on (see automaticLocalRanks). Not when
+        // a launcher announces tasks it did not connect: withWorld refuses that.
         var chosen = self.world
         var planned = fresh ?? resume.flatMap { try? JSONDecoder().decode(TrainingConfig.self, from: Data(FileBytes.read($0 + "/config.json"))) }
         if planned != nil && fresh == nil { try? options.apply(to: &planned!) }
         let cores = ProcessInfo.processInfo.activeProcessorCount
-        if chosen.localRanks == nil && !launchedByMPI(), let planned, planned.threads == nil {
+        if chosen.localRanks == nil && !launchedByMPI() && launcherTaskCount() == nil, let planned, planned.threads == nil {
             let ranks = automaticLocalRanks(cores: cores, batchSize: planned.batchSize)
             if ranks > 1 {
                 chosen.localRanks = ranks
