@@ -61,13 +61,7 @@ public final class LAMB: Optimizer {
     public var stateTensors: [(name: String, tensor: Tensor)] { state.named }
 
     public func loadState(stepCount: Int, tensors: [(name: String, tensor: Tensor)]) throws {
-        guard stepCount >= 0 else {
-            throw CnnError.invalidCheckpoint(file: "optimizer state", reason: "negative step count \(stepCount)")
-        }
-        if stepCount > 0 && tensors.isEmpty {
-            throw CnnError.invalidCheckpoint(file: "optimizer state", reason: "lamb at step \(stepCount) has no exp_avg/exp_avg_sq")
-        }
-        try state.load(tensors, optimizer: name)
+        try state.restore(stepCount: stepCount, tensors, optimizer: name)
         self.stepCount = stepCount
     }
 

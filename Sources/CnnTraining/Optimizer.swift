@@ -179,6 +179,19 @@ final class OptimizerStateBuffers {
         tensors.isEmpty ? [] : zip(names, tensors).map { ($0, $1) }
     }
 
+    /// A checkpoint's state of an optimizer that has buffers from its first
+    /// step on: a step count >= 0 and, past step 0, the buffers; then `load`.
+    func restore(stepCount: Int, _ saved: [(name: String, tensor: Tensor)], optimizer: String) throws {
+        guard stepCount >= 0 else {
+            throw CnnError.invalidCheckpoint(file: "optimizer state", reason: "negative step count \(stepCount)")
+        }
+        if stepCount > 0 && saved.isEmpty {
+            throw CnnError.invalidCheckpoint(file: "optimizer state",
+                                             reason: "\(optimizer) at step \(stepCount) has no \(names.joined(separator: "/"))")
+        }
+        try load(saved, optimizer: optimizer)
+    }
+
     /// Copies saved buffers in; an empty list restores "no state yet".
     func load(_ saved: [(name: String, tensor: Tensor)], optimizer: String) throws {
         if saved.isEmpty { tensors = []; return }

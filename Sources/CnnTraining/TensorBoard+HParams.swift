@@ -79,13 +79,7 @@ extension TensorBoardWriter {
         value.string(field: 1, tag)
         value.message(field: 8, tensor.bytes)
         value.message(field: 9, metadata.bytes)
-        var summary = ProtobufEncoder()
-        summary.message(field: 1, value.bytes)
-        var event = ProtobufEncoder()
-        event.double(field: 1, Date().timeIntervalSince1970)
-        event.int64(field: 2, Int64(step))
-        event.message(field: 5, summary.bytes)
-        appendRecord(event.bytes)
+        appendSummary(value.bytes, step: step)
     }
 }
 

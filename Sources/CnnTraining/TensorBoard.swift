@@ -100,13 +100,7 @@ public final class TensorBoardWriter {
         var summaryValue = ProtobufEncoder()
         summaryValue.string(field: 1, tag)
         summaryValue.float(field: 2, Float(value))
-        var summary = ProtobufEncoder()
-        summary.message(field: 1, summaryValue.bytes)
-        var event = ProtobufEncoder()
-        event.double(field: 1, Date().timeIntervalSince1970)
-        event.int64(field: 2, Int64(step))
-        event.message(field: 5, summary.bytes)
-        appendRecord(event.bytes)
+        appendSummary(summaryValue.bytes, step: step)
     }
 
     /// Records an image summary (Summary.Image) of a PNG of `width` x `height` pixels with `channels` 1 or 3.
@@ -141,7 +135,8 @@ public final class TensorBoardWriter {
         appendSummary(summaryValue.bytes, step: step)
     }
 
-    private func appendSummary(_ value: [UInt8], step: Int) {
+    /// Appends an Event at `step` whose Summary holds the one Summary.Value `value`.
+    func appendSummary(_ value: [UInt8], step: Int) {
         var summary = ProtobufEncoder()
         summary.message(field: 1, value)
         var event = ProtobufEncoder()
@@ -188,7 +183,7 @@ public final class TensorBoardWriter {
     }
 
     /// Frames `data` as one TFRecord into the pending bytes.
-    func appendRecord(_ data: [UInt8]) {
+    private func appendRecord(_ data: [UInt8]) {
         let length = littleEndianBytes(UInt64(data.count))
         pending += length
         pending += littleEndianBytes(CRC32C.masked(length))
