@@ -92,7 +92,7 @@ public struct EvalCommand: ParsableCommand {
         if let misclassified, communicator.rank == 0 {
             // Rank 0 alone runs the whole test split again, keeping every image's prediction.
             let logits = try predictLogits(model: model, pixels: test.pixels, count: test.count, statistics: loaded.statistics,
-                                           batchSize: batchSize)
+                                           batchSize: batchSize, arithmetic: GemmArithmetic(precision))
             let (picture, wrong) = misclassifiedPicture(dataset: test, logits: logits, classes: model.classCount, names: names,
                                                         limit: misclassifiedLimit, zoom: nil)
             if let picture { try writeFileAtomically(try picture.png(), to: misclassified) }
