@@ -25,4 +25,15 @@ else
     extra+=(--bind-to core --map-by core)
 fi
 export OPENBLAS_NUM_THREADS=1
-exec mpirun -n "$ranks" "${extra[@]}" -x OPENBLAS_NUM_THREADS "$binary" "$@"
+mpirun -n "$ranks" "${extra[@]}" -x OPENBLAS_NUM_THREADS "$binary" "$@" &
+job=$!
+# A SIGTERM to this script (kill, a batch system) becomes a SIGUSR1 to mpirun, which passes it
+# to the ranks at once: they finish the step, checkpoint and exit 75 (resumable). mpirun's own
+# SIGTERM handling would wait odls_base_sigkill_timeout (1 s) before signalling the ranks and
+# SIGKILL them as long after, then exit 1.
+trap 'kill -USR1 "$job" 2>/dev/null' TERM
+# wait returns early when a trapped signal arrives: wait again until mpirun has ended.
+status=0
+wait "$job" || status=$?
+while kill -0 "$job" 2>/dev/null; do status=0; wait "$job" || status=$?; done
+exit "$status"

@@ -6,13 +6,18 @@ import CnnDistributed
 /// step boundary (see `Trainer.stopRequested`): every rank finishes the
 /// step, rank 0 writes a checkpoint, and the job exits with status 75.
 ///
-/// SIGINT (Ctrl-C) and SIGUSR1 (Slurm's `--signal`, forwarded by mpirun)
-/// always; SIGTERM too unless mpirun (or MPICH's mpiexec) started this rank:
-/// there a SIGTERM means the launcher is ending the job after a failure, and
-/// the rank reports where it was instead. A task srun started directly gets
-/// SIGTERM from `scancel`, `scontrol requeue` or preemption, with KillWait
-/// seconds before SIGKILL: time to finish the step and checkpoint. A second
-/// signal ends the process at once.
+/// SIGINT (Ctrl-C), SIGUSR1 (Slurm's `--signal`, forwarded by mpirun) and
+/// SIGTERM (`scancel`, `scontrol requeue`, preemption, PBS's `qdel`, or mpirun
+/// passing on its own SIGTERM). The launcher's SIGKILL follows a SIGTERM after
+/// its grace period (Slurm's KillWait; Open MPI's `odls_base_sigkill_timeout`,
+/// 1 s unless raised): time to finish the step and checkpoint. mpirun also
+/// sends SIGTERM when it ends a job whose rank died; the survivors' step cannot
+/// finish then, and `onSIGTERM` (set by the world) says where each one was.
+///
+/// A second Ctrl-C ends the process at once. A repeated SIGTERM or SIGUSR1 does
+/// not: a batch system signals every process of the job and mpirun passes its
+/// own copy on a moment later, so one request often arrives twice; "at once"
+/// is the launcher's SIGKILL.
 enum StopSignals {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var received: Int32 = 0
@@ -24,14 +29,15 @@ enum StopSignals {
         return received
     }
 
-    /// Whether SIGTERM was installed as a stop request (then the MPI termination report is not).
-    nonisolated(unsafe) private(set) static var stopsOnSIGTERM = false
+    /// Whether signals stop the process this way (then the MPI termination report is not installed).
+    static var installed: Bool { !sources.isEmpty }
 
-    static func install(sigtermStops: Bool) {
+    /// Called on the first SIGTERM, after the stop request is recorded.
+    nonisolated(unsafe) static var onSIGTERM: (() -> Void)?
+
+    static func install() {
         guard sources.isEmpty else { return }
-        stopsOnSIGTERM = sigtermStops
-        let signals = [SIGINT, SIGUSR1] + (sigtermStops ? [SIGTERM] : [])
-        for number in signals {
+        for number in [SIGINT, SIGUSR1, SIGTERM] {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
@@ -39,12 +45,14 @@ enum StopSignals {
                 let first = received == 0
                 if first { received = number }
                 lock.unlock()
-                let name = number == SIGINT ? "SIGINT" : number == SIGUSR1 ? "SIGUSR1" : "SIGTERM"
+                let name = signalName(number)
                 if first {
-                    let text = "cnn-dist: \(name): stopping after this step with a checkpoint (send it again to stop at once)\n"
+                    let hint = number == SIGINT ? " (Ctrl-C again to stop at once)" : ""
+                    let text = "cnn-dist: \(name): stopping after this step with a checkpoint\(hint)\n"
                     FileHandle.standardError.write(Data(text.utf8))
-                } else {
-                    FileHandle.standardError.write(Data("cnn-dist: \(name) again: stopping now, without a checkpoint\n".utf8))
+                    if number == SIGTERM { onSIGTERM?() }
+                } else if number == SIGINT {
+                    FileHandle.standardError.write(Data("cnn-dist: SIGINT again: stopping now, without a checkpoint\n".utf8))
                     _exit(128 + number)
                 }
             }
@@ -52,14 +60,8 @@ enum StopSignals {
             sources.append(source)
         }
     }
-}
 
-/// Whether SIGTERM asks this process to checkpoint and stop: yes outside MPI
-/// and for a task srun started directly; no for a rank of mpirun or mpiexec
-/// (which set OMPI_COMM_WORLD_SIZE or MPI_LOCALNRANKS, also inside a Slurm job).
-public func sigtermMeansStop(environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
-    guard launchedByMPI(environment: environment) else { return true }
-    let startedBySrun = environment["SLURM_STEP_ID"] != nil
-    let startedByMPIRun = environment["OMPI_COMM_WORLD_SIZE"] != nil || environment["MPI_LOCALNRANKS"] != nil
-    return startedBySrun && !startedByMPIRun
+    static func signalName(_ number: Int32) -> String {
+        number == SIGINT ? "SIGINT" : number == SIGUSR1 ? "SIGUSR1" : "SIGTERM"
+    }
 }

@@ -127,7 +127,7 @@ public struct TrainCommand: ParsableCommand {
             }
         }
         let world = chosen
-        StopSignals.install(sigtermStops: world.localRanks == nil ? sigtermMeansStop() : true)
+        StopSignals.install()
         try withWorld(world) { comm in
             let log: (String) -> Void = { line in
                 guard comm.rank == 0 else { return }

@@ -50,8 +50,13 @@ func withWorld<T>(_ options: WorldOptions, forceMPI: Bool = false,
             + "(Slurm without PMIx: use `srun --mpi=pmix`, or `mpirun -n \(tasks)` inside the allocation; "
             + "see launch/slurm.sbatch and launch/pbs.sh)")
     }
-    // A task srun started directly takes SIGTERM as "checkpoint and stop" (see StopSignals).
-    if !StopSignals.stopsOnSIGTERM { installTerminationSignalHandlers(comm) }
+    if StopSignals.installed {
+        // Training takes SIGTERM as "checkpoint and stop"; a rank still waiting in a collective
+        // shortly after it cannot finish its step (a peer died): it says where it was.
+        StopSignals.onSIGTERM = { reportIfWaiting(comm, after: 0.3, signal: "SIGTERM") }
+    } else {
+        installTerminationSignalHandlers(comm)
+    }
     let value: T
     do { value = try body(comm) } catch {
         if error is TrainingInterrupted {

@@ -276,6 +276,13 @@ public func installTerminationSignalHandlers(_ communicator: Communicator) {
     (communicator as? MPICommunicator)?.installTerminationReport()
 }
 
+/// For a command that takes a signal as "finish this step, then stop" (training): under MPI,
+/// if this rank is waiting in a collective `seconds` after the signal, it writes the same
+/// report as above (the step cannot finish if a peer died) and goes on waiting. Returns at once.
+public func reportIfWaiting(_ communicator: Communicator, after seconds: Double, signal: String) {
+    (communicator as? MPICommunicator)?.reportIfWaiting(after: seconds, signal: signal)
+}
+
 /// The exit status of a process whose work ended with `error`: `WorldFailure.exitCode` for a
 /// collective that could not complete on every rank, 1 for anything else.
 public func worldExitCode(for error: Error) -> Int32 {

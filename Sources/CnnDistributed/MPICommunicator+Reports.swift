@@ -116,27 +116,47 @@ extension MPICommunicator {
         signal(SIGTERM, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .global())
         source.setEventHandler { [unowned self] in
-            // OpenMPI sends SIGKILL a second after SIGTERM: spend 0.3 s listening, so that the live
-            // peers' heartbeats come in and a dead one stands out by its silence.
-            usleep(300_000)
-            if lock.try() {
-                // The training thread is computing, not polling: take in the tokens ourselves.
-                if !finalized { try? receiveTokens() }
-                lock.unlock()
-            }
-            FileHandle.standardError.write(Data("cnn-dist: \(terminationReport())\n".utf8))
+            listenForPeers(seconds: 0.3)
+            FileHandle.standardError.write(Data("cnn-dist: \(terminationReport(event: "terminated by the launcher"))\n".utf8))
             _exit(143)
         }
         source.resume()
         signalSource = source
     }
 
+    /// For a rank that takes `signal` as "finish this step, then stop": if it is waiting in a
+    /// collective `seconds` after the signal, say where, as `installTerminationReport` would. When
+    /// a peer has died the step cannot finish and the launcher ends the job soon after its
+    /// SIGTERM; this line is then what tells where each rank was. Returns at once.
+    public func reportIfWaiting(after seconds: Double, signal name: String) {
+        DispatchQueue.global().async { [weak self] in
+            guard let self else { return }
+            listenForPeers(seconds: seconds)
+            stateLock.lock()
+            let waiting = waitingFor != nil
+            stateLock.unlock()
+            guard waiting else { return }
+            FileHandle.standardError.write(Data("cnn-dist: \(terminationReport(event: "got \(name)"))\n".utf8))
+        }
+    }
+
+    /// Spends `seconds` taking in the peers' tokens. OpenMPI sends SIGKILL a second after SIGTERM:
+    /// a fraction of that lets the live peers' heartbeats come in, so a dead one stands out by its silence.
+    private func listenForPeers(seconds: Double) {
+        usleep(UInt32(seconds * 1e6))
+        if lock.try() {
+            // The training thread is computing, not polling: take in the tokens ourselves.
+            if !finalized { try? receiveTokens() }
+            lock.unlock()
+        }
+    }
+
     /// One line: where this rank is and when it last heard from each peer.
-    func terminationReport() -> String {
+    func terminationReport(event: String) -> String {
         stateLock.lock()
         defer { stateLock.unlock() }
         let now = monotonic()
-        var text = "rank \(rank) (host \(processorName)) terminated by the launcher at step \(_currentStep)"
+        var text = "rank \(rank) (host \(processorName)) \(event) at step \(_currentStep)"
         if let w = waitingFor {
             text += " while waiting \(formatSeconds(now - waitingSince)) s in collective \(w.label)"
             let missing = peers.filter { $0.arrived < w.sequence }.map(\.rank)

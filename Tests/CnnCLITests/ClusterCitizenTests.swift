@@ -27,11 +27,12 @@ final class ClusterCitizenTests: XCTestCase {
 
     /// Starts `executable ARGS`, sends `signal` once the run directory has its
     /// config (training started) and a little more, and returns the exit status.
-    private func interrupt(_ executable: URL, _ arguments: [String], runDir: String, signal: Int32) throws -> (Int32, String) {
+    private func interrupt(_ executable: URL, _ arguments: [String], environment: [String: String],
+                           runDir: String, signal: Int32) throws -> (Int32, String) {
         let process = Process()
         process.executableURL = executable
         process.arguments = arguments
-        process.environment = childEnvironment()
+        process.environment = childEnvironment(environment)
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice
@@ -47,28 +48,29 @@ final class ClusterCitizenTests: XCTestCase {
         return (process.terminationStatus, stderr)
     }
 
+    /// How the interrupted run is started: its launcher, the arguments before cnn-dist's own,
+    /// extra environment, and the exit status the launcher reports for the stopped run.
+    private struct Launch {
+        var launcher: URL
+        var prefix: [String] = []
+        var environment: [String: String] = [:]
+        var status: Int32 = 75
+    }
+
     /// Generic body: interrupted by `signal`, the run has a verified checkpoint
-    /// of the step it stopped at, exits 75, and `--resume` to step 200 gives
-    /// the weights of an uninterrupted 200-step run, bitwise.
-    private func assertInterruptAndResume(mpiRanks: Int?, signal: Int32) throws {
+    /// of the step it stopped at, exits with `launch.status`, and `--resume` to step 200
+    /// gives the weights of an uninterrupted 200-step run, bitwise.
+    private func assertInterruptAndResume(_ launch: Launch, signal: Int32) throws {
         let config = try config("interrupt")
         let straight = temporaryDirectory("straight"), stopped = temporaryDirectory("stopped") + "/run"
-        let binary = try cnnDistBinary()
-        var launcher = binary
-        var prefix: [String] = []
-        if let ranks = mpiRanks {
-            guard let mpirun = mpirunLauncher() else { throw XCTSkip("mpirun not installed") }
-            launcher = mpirun
-            prefix = ["-n", "\(ranks)", "--oversubscribe", binary.path]
-        }
         func run(_ args: [String]) throws -> ProcessResult {
-            try runProcess(launcher, prefix + args, deadline: 300)
+            try runProcess(launch.launcher, launch.prefix + args, deadline: 300, extraEnvironment: launch.environment)
         }
         let whole = try run(["train", "--config", config, "--run-dir", straight, "--max-steps", "200"])
         XCTAssertEqual(whole.status, 0, whole.stderr)
-        let (status, stderr) = try interrupt(launcher, prefix + ["train", "--config", config, "--run-dir", stopped],
-                                             runDir: stopped, signal: signal)
-        XCTAssertEqual(status, 75, stderr)
+        let (status, stderr) = try interrupt(launch.launcher, launch.prefix + ["train", "--config", config, "--run-dir", stopped],
+                                             environment: launch.environment, runDir: stopped, signal: signal)
+        XCTAssertEqual(status, launch.status, stderr)
         XCTAssertTrue(stderr.contains("checkpoint written") && stderr.contains("--resume \(stopped)"), stderr)
         let found = try CheckpointStore.latestVerified(runDirectory: stopped)
         XCTAssertLessThan(found.manifest.step, 200, "interrupted too late to test the resume")
@@ -78,12 +80,36 @@ final class ClusterCitizenTests: XCTestCase {
         XCTAssertEqual(try model(stopped + "/model.safetensors"), try model(straight + "/model.safetensors"), "bitwise equal")
     }
 
+    private func mpirun(ranks: Int) throws -> Launch {
+        guard let mpirun = mpirunLauncher() else { throw XCTSkip("mpirun not installed") }
+        return Launch(launcher: mpirun, prefix: ["-n", "\(ranks)", "--oversubscribe", try cnnDistBinary().path])
+    }
+
     func testSIGTERMCheckpointsAndResumesBitwise() throws {
-        try assertInterruptAndResume(mpiRanks: nil, signal: SIGTERM)
+        try assertInterruptAndResume(Launch(launcher: try cnnDistBinary()), signal: SIGTERM)
     }
 
     func testSIGUSR1UnderMPIRunCheckpointsAndResumesBitwise() throws {
-        try assertInterruptAndResume(mpiRanks: 2, signal: SIGUSR1)
+        try assertInterruptAndResume(try mpirun(ranks: 2), signal: SIGUSR1)
+    }
+
+    /// SIGTERM to mpirun (`kill`, a batch system ending the job): Open MPI's mpirun sends the
+    /// ranks SIGTERM `odls_base_sigkill_timeout` seconds later (1 unless raised) and SIGKILL as
+    /// long again after that; the ranks finish the step and checkpoint in between. mpirun itself
+    /// reports the job it ended on a signal with status 1, whatever the ranks' 75 said.
+    func testSIGTERMUnderMPIRunCheckpointsAndResumesBitwise() throws {
+        var launch = try mpirun(ranks: 2)
+        launch.environment["OMPI_MCA_odls_base_sigkill_timeout"] = "3" // a loaded CI machine's fsync may take over 1 s
+        launch.status = 1
+        try assertInterruptAndResume(launch, signal: SIGTERM)
+    }
+
+    /// launch/mpirun.sh turns its SIGTERM into a SIGUSR1 to mpirun, which passes it on at once:
+    /// the job stops after the current step with the resumable status 75.
+    func testSIGTERMToTheMPIRunScriptCheckpointsAndResumesBitwise() throws {
+        _ = try mpirun(ranks: 2)
+        try assertInterruptAndResume(Launch(launcher: URL(fileURLWithPath: packageRoot() + "/launch/mpirun.sh"), prefix: ["2"],
+                                            environment: ["CNN_DIST_BINARY": try cnnDistBinary().path]), signal: SIGTERM)
     }
 
     /// srun without PMI starts N processes that each see a 1-rank world.
@@ -152,16 +178,6 @@ final class AutomaticThreadsTests: XCTestCase {
         XCTAssertEqual(slurmTasksOnThisNode(["SLURM_TASKS_PER_NODE": "3(x99999999999)"]), nil)
     }
 
-    /// SIGTERM is a stop request outside MPI and for srun's own tasks (scancel,
-    /// scontrol requeue, preemption), not for ranks mpirun or mpiexec started.
-    func testWhoseSIGTERMMeansCheckpointAndStop() {
-        XCTAssertTrue(sigtermMeansStop(environment: [:]))
-        XCTAssertTrue(sigtermMeansStop(environment: ["PMIX_RANK": "0", "SLURM_STEP_ID": "0"]))
-        XCTAssertTrue(sigtermMeansStop(environment: ["PMI_RANK": "1", "PMI_SIZE": "2", "SLURM_STEP_ID": "3"]))
-        XCTAssertFalse(sigtermMeansStop(environment: ["OMPI_COMM_WORLD_SIZE": "2", "PMIX_RANK": "0"]))
-        XCTAssertFalse(sigtermMeansStop(environment: ["OMPI_COMM_WORLD_SIZE": "2", "PMIX_RANK": "0", "SLURM_STEP_ID": "0"]))
-        XCTAssertFalse(sigtermMeansStop(environment: ["PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALNRANKS": "2"]))
-    }
 }
 
 /// A run started without a launcher, --local-ranks or --threads uses the node's
