@@ -328,76 +328,6 @@ PACK_TARGET void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t 
     }
 }
 
-#define DIRECT_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16")))
-
-// 8 floats of tap `tap` (base, dy, dx) at output pixels (oy, ox ..< ox + 8): the input pixels
-// (oy + dy, ox + dx + i), zero where they fall in the padding. Masked-off lanes are not read
-// (AVX-512 masked loads do not fault on them).
-DIRECT_TARGET static inline __m256 tap_load(const float *x, const int32_t *tap, int32_t oy, int32_t ox,
-                                            int32_t height, int32_t width) {
-    const int32_t y = oy + tap[1], s = ox + tap[2];
-    if ((uint32_t)y >= (uint32_t)height) return _mm256_setzero_ps();
-    uint32_t m = 0xFF;
-    if (s < 0) m = -s >= 8 ? 0 : m & (0xFFu << -s);
-    if (s + 8 > width) m = s + 8 - width >= 8 ? 0 : m & (0xFFu >> (s + 8 - width));
-    return _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, x + ((long)tap[0] + (long)oy * width + ox)));
-}
-
-DIRECT_TARGET static inline __m512 join8(__m256 lo, __m256 hi) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
-}
-
-DIRECT_TARGET void cnn_bf16_pack_direct(long kc, const float *x, const int32_t *taps, const int32_t *chunks,
-                                        int32_t height, int32_t width, uint32_t *dst) {
-    const long pairs = (kc + 1) / 2;
-    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const int32_t y0 = chunks[0], x0 = chunks[1], y1 = chunks[2], x1 = chunks[3];
-    const int32_t y2 = chunks[4], x2 = chunks[5], y3 = chunks[6], x3 = chunks[7];
-    for (long q = 0; q < pairs; q++) {
-        const int32_t *e = taps + 6 * q, *o = e + 3;
-        const int odd = 2 * q + 1 < kc;
-        __m512 l0 = join8(tap_load(x, e, y0, x0, height, width), tap_load(x, e, y1, x1, height, width));
-        __m512 h0 = join8(tap_load(x, e, y2, x2, height, width), tap_load(x, e, y3, x3, height, width));
-        __m512 l1 = odd ? join8(tap_load(x, o, y0, x0, height, width), tap_load(x, o, y1, x1, height, width))
-                        : _mm512_setzero_ps();
-        __m512 h1 = odd ? join8(tap_load(x, o, y2, x2, height, width), tap_load(x, o, y3, x3, height, width))
-                        : _mm512_setzero_ps();
-        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR),
-                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(l1, l0)));
-        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR + 16),
-                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h1, h0)));
-    }
-}
-
-DIRECT_TARGET void cnn_bf16_pack_direct_t(long kc, const float *x, const int32_t *taps, int columns,
-                                          const int32_t *chunks, int32_t height, int32_t width, uint32_t *dst) {
-    const long pairs = kc / 2;
-    const __m256 z = _mm256_setzero_ps();
-    for (long p0 = 0; p0 < kc; p0 += 32) {
-        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
-        const long have = (kc - p0) / 8 < 4 ? (kc - p0) / 8 : 4;   // whole 8-pixel chunks in this step
-        const int32_t *ch = chunks + 2 * (p0 / 8);
-        for (int h = 0; h < CNN_BF16_NR / 16; h++) {
-            __m512i r[16];
-            for (int j = 0; j < 16; j++) {
-                const int col = 16 * h + j;
-                if (col >= columns) { r[j] = _mm512_setzero_si512(); continue; }
-                const int32_t *tap = taps + 3 * col;
-                __m256 v0 = tap_load(x, tap, ch[0], ch[1], height, width);
-                __m256 v1 = have > 1 ? tap_load(x, tap, ch[2], ch[3], height, width) : z;
-                __m256 v2 = have > 2 ? tap_load(x, tap, ch[4], ch[5], height, width) : z;
-                __m256 v3 = have > 3 ? tap_load(x, tap, ch[6], ch[7], height, width) : z;
-                r[j] = (__m512i)_mm512_cvtne2ps_pbh(join8(v2, v3), join8(v0, v1));
-            }
-            transpose16x16(r);
-            for (long q = 0; q < count; q++) {
-                _mm512_store_si512((void *)(dst + (q0 + q) * CNN_BF16_NR + 16 * h), r[q]);
-            }
-        }
-    }
-}
-
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -459,18 +389,6 @@ void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const
 
 void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst) {
     (void)kc; (void)xs; (void)chunks; (void)offsets; (void)dst;
-    __builtin_trap();
-}
-
-void cnn_bf16_pack_direct(long kc, const float *x, const int32_t *taps, const int32_t *chunks,
-                          int32_t height, int32_t width, uint32_t *dst) {
-    (void)kc; (void)x; (void)taps; (void)chunks; (void)height; (void)width; (void)dst;
-    __builtin_trap();
-}
-
-void cnn_bf16_pack_direct_t(long kc, const float *x, const int32_t *taps, int columns, const int32_t *chunks,
-                            int32_t height, int32_t width, uint32_t *dst) {
-    (void)kc; (void)x; (void)taps; (void)columns; (void)chunks; (void)height; (void)width; (void)dst;
     __builtin_trap();
 }
 

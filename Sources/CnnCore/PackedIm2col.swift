@@ -35,9 +35,10 @@
 // bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
 // write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA). With the native
 // kernel most panels skip the fp32 panel: they are rounded to bf16 pairs straight from xs
-// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide), and a
-// stride-1 convolution whose bf16 panels all come out whole (`bf16ReadsInput`) reads the
-// NCHW input itself with masked loads for the padding, so it skips the phase-plane copy too.
+// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Reading the
+// NCHW input itself with masked loads for the padding instead of the phase-plane copy was
+// measured slower (`bench conv --precision bf16`: 30-60 % on 32- and 16-wide rows, 5-10 % on
+// 8-wide ones): the per-load mask and bounds work costs more than the copy it saves.
 
 import CBF16
 
@@ -109,16 +110,6 @@ final class PackedIm2colPlan {
     /// chunkSource[c] is the xs offset of column 8c of a block (every 8 columns one run);
     /// empty (capacity 0) otherwise.
     var chunkSource = GrowableBuffer<Int32>()
-    /// Whether the bf16 packers (native kernel) read the NCHW input itself, with masked loads
-    /// for the padding, instead of a phase-plane copy: stride 1, output rows a multiple of 8
-    /// wide, whole 32-column bf16 panels (outH·outW a multiple of 32, one image per block), and
-    /// backward-weights K steps of whole 8-pixel chunks. Every bf16 panel of the geometry is
-    /// then packed by cnn_bf16_pack_direct(_t), so no fp32 panel (which needs the copy) is built.
-    let bf16ReadsInput: Bool
-    /// With `bf16ReadsInput`: per panel row r, (plane offset + dy·W + dx, dy, dx) of its tap.
-    var directTaps = GrowableBuffer<Int32>()
-    /// With `bf16ReadsInput`: per 8-pixel chunk c of an image, (oy, ox) of its first pixel.
-    var directChunks = GrowableBuffer<Int32>()
 
     /// The tables of `g`, whose forward runs with implicit B when `usesImplicitB`
     /// (`ConvolutionPath.Forward.implicitB`; never for 1×1 strided convolutions).
@@ -186,36 +177,11 @@ final class PackedIm2colPlan {
                 chunkSource[c] = Int32(image * imageStride + oy * Ws + ox)
             }
         }
-        // backward-weights' K steps (gemmBF16PackedA over the image's pixels) must be whole chunks.
-        let kSteps = (hw + BF16GemmBlocking.KC - 1) / BF16GemmBlocking.KC
-        let kcMax = ((hw + kSteps - 1) / kSteps + 1) / 2 * 2
-        bf16ReadsInput = sh == 1 && sw == 1 && gatherStride == 1 && outW % 8 == 0 && hw % 32 == 0
-            && imagesPerBlock == 1 && kcMax % 8 == 0
-        if bf16ReadsInput {
-            directTaps.reserve(3 * g.panelRows)
-            for c in 0..<Cg {
-                for a in 0..<kh {
-                    for b in 0..<kw {
-                        let r = (c * kh + a) * kw + b
-                        let dy = a * g.dilationHeight - g.padTop, dx = b * g.dilationWidth - g.padLeft
-                        directTaps[3 * r] = Int32(c * g.height * g.width + dy * g.width + dx)
-                        directTaps[3 * r + 1] = Int32(dy)
-                        directTaps[3 * r + 2] = Int32(dx)
-                    }
-                }
-            }
-            directChunks.reserve(2 * hw / 8)
-            for c in 0..<(hw / 8) {
-                directChunks[2 * c] = Int32(8 * c / outW)
-                directChunks[2 * c + 1] = Int32(8 * c % outW)
-            }
-        }
     }
 
     /// Bytes of the tables, input copies and packed weights.
     var bytes: Int {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes + chunkSource.bytes
-            + directTaps.bytes + directChunks.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
@@ -382,30 +348,6 @@ final class PackedIm2colPlan {
         guard chunkSource.capacity > 0 else { return false }
         cnn_bf16_pack_chunks(kc, xs, chunkSource.pointer + j0 / 8, rowOffset.pointer + r0, dst)
         return true
-    }
-
-    /// The image's group itself (x of `source` without the copy), for `bf16ReadsInput`.
-    func inputGroup(_ x: UnsafePointer<Float>, image n: Int, group grp: Int) -> UnsafePointer<Float> {
-        let g = geometry
-        return x + (n * g.inChannels + grp * g.groupInChannels) * g.height * g.width
-    }
-
-    /// One whole bf16 forward micro-panel (32 columns from j0) read from the input group xg
-    /// (`inputGroup`) by cnn_bf16_pack_direct; only with `bf16ReadsInput`.
-    @inline(__always)
-    func packPanelBF16Direct(_ xg: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, dst: UnsafeMutablePointer<UInt32>) {
-        cnn_bf16_pack_direct(kc, xg, directTaps.pointer + 3 * r0, directChunks.pointer + 2 * (j0 / 8),
-                             Int32(geometry.height), Int32(geometry.width), dst)
-    }
-
-    /// One bf16 backward-weights micro-panel (panel rows r0 ..< r0 + width as columns, pixels
-    /// q0 ..< q0 + kc as K) read from the input group xg by cnn_bf16_pack_direct_t; only with
-    /// `bf16ReadsInput`.
-    @inline(__always)
-    func packTransposedPanelBF16Direct(_ xg: UnsafePointer<Float>, q0: Int, kc: Int, r0: Int, width: Int,
-                                       dst: UnsafeMutablePointer<UInt32>) {
-        cnn_bf16_pack_direct_t(kc, xg, directTaps.pointer + 3 * r0, Int32(width), directChunks.pointer + 2 * (q0 / 8),
-                               Int32(geometry.height), Int32(geometry.width), dst)
     }
 
     /// `packTransposedPanel` straight into one bf16 micro-panel (panel rows r0 ..< r0 + width
@@ -659,20 +601,8 @@ func packedIm2colBackwardWeights(
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     for n in images {
         for grp in 0..<g.groups {
-            // 1×1 strided: B gathered from the input in place; else transposed from phase planes
-            // (bf16 straight from the input where it can).
+            // 1×1 strided: B gathered from the input in place; else transposed from phase planes.
             let gathered = plan.gatherStride > 1
-            let direct = arithmetic.precision == .bf16 && arithmetic.bf16Kernel == .native && plan.bf16ReadsInput
-            if direct {
-                let xg = plan.inputGroup(x, image: n, group: grp)
-                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
-                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows,
-                                packBF16: { q0, kc, r0, width, dst in
-                                    plan.packTransposedPanelBF16Direct(xg, q0: q0, kc: kc, r0: r0, width: width, dst: dst)
-                                    return true
-                                }, packB: { _, _, _, _, _ in preconditionFailure("bf16ReadsInput builds no fp32 panel") })
-                continue
-            }
             let xs = gathered ? plan.source(x, image: n, group: grp, task: t)
                               : plan.source(x, image: n, group: grp, task: t, copy: true)
             let packB: GemmPanelPacker = { q0, kc, r0, nc, dst in
@@ -762,17 +692,6 @@ func packedIm2colForward(
     while n < images.upperBound {
         let count = min(plan.imagesPerBlock, images.upperBound - n)
         for grp in 0..<g.groups {
-            if precision == .bf16 && plan.bf16ReadsInput && plan.packedWeightsBF16[grp].kernel == .native {
-                let xg = plan.inputGroup(x, image: n, group: grp)
-                let out = y + (n * K + grp * Kg) * hw
-                gemmBF16PackedA(plan.packedWeightsBF16[grp], n: hw, beta: 0, c: out, ldc: hw,
-                                packBF16: { r0, kc, j0, _, dst in
-                                    plan.packPanelBF16Direct(xg, r0: r0, kc: kc, j0: j0, dst: dst)
-                                    return true
-                                }) { _, _, _, _, _ in preconditionFailure("bf16ReadsInput builds no fp32 panel") }
-                if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: hw, ld: hw) }
-                continue
-            }
             let xs = plan.source(x, image: n, count: count, group: grp, task: t)
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.

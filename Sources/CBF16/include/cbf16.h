@@ -92,21 +92,4 @@ void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const
 /// dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst);
 
-/// cnn_bf16_pack_chunks for a stride-1, zero-padded convolution read straight from the NCHW
-/// input of one image and group (x, height × width planes), without a padded copy. Tap r
-/// (a panel row) is taps[3r ..< 3r + 3] = (its channel's plane offset + dy·width + dx, dy,
-/// dx); chunk c (8 output pixels of one output row) is chunks[2c], chunks[2c + 1] = (oy, ox):
-///   dst[q · 32 + j] = (v(2q, j), v(2q + 1, j)),  v(r, j) = bf16(x[taps[3r] + oy·width + ox + i])
-/// for (oy, ox) = chunk j / 8, i = j mod 8, and 0 where (oy + dy, ox + dx + i) is outside the
-/// input; a zero partner for an odd kc. Needs AVX512F, AVX512BW and AVX512_BF16.
-void cnn_bf16_pack_direct(long kc, const float *x, const int32_t *taps, const int32_t *chunks,
-                          int32_t height, int32_t width, uint32_t *dst);
-
-/// The transposed case of cnn_bf16_pack_direct (backward-weights: K runs over kc output pixels
-/// in chunks of 8, kc a multiple of 8; the panel's columns are taps 0 ..< columns, the rest 0):
-///   dst[q · 32 + j] = (v(j, 2q), v(j, 2q + 1)) for q < kc / 2, v(j, p) the value of tap j at
-/// pixel p (chunk p / 8, lane p mod 8). Needs AVX512F, AVX512BW and AVX512_BF16.
-void cnn_bf16_pack_direct_t(long kc, const float *x, const int32_t *taps, int columns, const int32_t *chunks,
-                            int32_t height, int32_t width, uint32_t *dst);
-
 #endif
