@@ -265,6 +265,69 @@ PACK_TARGET void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, c
     }
 }
 
+// 16 floats from two 8-float chunks (each one run of an output row).
+PACK_TARGET static inline __m512 join_halves(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+
+PACK_TARGET static inline __m512 load_chunks(const float *c0, const float *c1) {
+    return join_halves(_mm256_loadu_ps(c0), _mm256_loadu_ps(c1));
+}
+
+PACK_TARGET void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets,
+                                      uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const float *c0 = xs + chunks[0], *c1 = xs + chunks[1], *c2 = xs + chunks[2], *c3 = xs + chunks[3];
+    for (long q = 0; q < pairs; q++) {
+        const long even = offsets[2 * q];
+        const int odd = 2 * q + 1 < kc;
+        const long next = odd ? offsets[2 * q + 1] : 0;
+        __m512 l0 = load_chunks(c0 + even, c1 + even), h0 = load_chunks(c2 + even, c3 + even);
+        __m512 l1 = odd ? load_chunks(c0 + next, c1 + next) : _mm512_setzero_ps();
+        __m512 h1 = odd ? load_chunks(c2 + next, c3 + next) : _mm512_setzero_ps();
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR),
+                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(l1, l0)));
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR + 16),
+                           _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(h1, h0)));
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets,
+                                        uint32_t *dst) {
+    const long pairs = kc / 2;
+    // 32 pixels (16 pairs) of 16 columns at a time: column j's 32 pixel floats converted in one
+    // vcvtne2ps2bf16 are its 16 words in pair order (pixels 2q, 2q + 1 are neighbours in one
+    // output row), then a 16×16 transpose makes them pair-major.
+    for (long p0 = 0; p0 < kc; p0 += 32) {
+        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+        const long c = p0 / 8, have = (kc - p0) / 8;   // whole chunks left in this step (1..4)
+        const long k0 = chunks[c], k1 = have > 1 ? chunks[c + 1] : 0;
+        const long k2 = have > 2 ? chunks[c + 2] : 0, k3 = have > 3 ? chunks[c + 3] : 0;
+        for (int h = 0; h < CNN_BF16_NR / 16; h++) {
+            __m512i r[16];
+            for (int j = 0; j < 16; j++) {
+                const float *row = xs + offsets[16 * h + j];
+                __m512 lo, hi;
+                if (have >= 4) {
+                    lo = load_chunks(row + k0, row + k1);
+                    hi = load_chunks(row + k2, row + k3);
+                } else {
+                    __m256 z = _mm256_setzero_ps();
+                    lo = join_halves(_mm256_loadu_ps(row + k0), have > 1 ? _mm256_loadu_ps(row + k1) : z);
+                    hi = join_halves(have > 2 ? _mm256_loadu_ps(row + k2) : z, z);
+                }
+                r[j] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+            transpose16x16(r);
+            for (long q = 0; q < count; q++) {
+                _mm512_store_si512((void *)(dst + (q0 + q) * CNN_BF16_NR + 16 * h), r[q]);
+            }
+        }
+    }
+}
+
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -316,6 +379,16 @@ void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *d
 
 void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets, uint32_t *dst) {
     (void)kc; (void)lo; (void)hi; (void)offsets; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst) {
+    (void)kc; (void)xs; (void)chunks; (void)offsets; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst) {
+    (void)kc; (void)xs; (void)chunks; (void)offsets; (void)dst;
     __builtin_trap();
 }
 

@@ -519,10 +519,10 @@ public final class PackedGemmABF16 {
 /// serve both precisions); they are rounded to bf16 pairs here. beta == 0 overwrites C
 /// without reading it. Threads split the columns as `sgemmPackedA` (same bits for any T).
 ///
-/// `packBF16`, when given, may write a whole bf16 micro-panel (NR columns of `cnn_bf16_tile`'s
-/// layout, op(B) rows row ..< row + kc from column col) itself and return true, skipping the
-/// fp32 panels (with the native kernel only; it must give the same bits); false falls back to
-/// `packB`.
+/// `packBF16`, when given, may write a bf16 micro-panel (NR columns of `cnn_bf16_tile`'s
+/// layout, op(B) rows row ..< row + kc, columns col ..< col + width, width ≤ NR, the columns
+/// past width zero) itself and return true, skipping the fp32 panels (with the native kernel
+/// only; it must give the same bits); false falls back to `packB`.
 public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
                             packBF16: GemmBF16PanelPacker? = nil, packB: GemmPanelPacker) {
     precondition(a.kernel == .portable || CPUFeatures.current.bf16GEMM,
@@ -542,8 +542,9 @@ public func gemmBF16PackedA(_ a: PackedGemmABF16, n: Int, beta: Float, c: Unsafe
     gemmBF16PackedAColumns(a, j0: 0, n: n, beta: beta, c: c, ldc: ldc, packBF16: packBF16, packB: packB)
 }
 
-/// Writes one whole bf16 B micro-panel (row, kc, col, dst) of `gemmBF16PackedA`, or returns false.
-public typealias GemmBF16PanelPacker = (_ row: Int, _ kc: Int, _ col: Int, _ dst: UnsafeMutablePointer<UInt32>) -> Bool
+/// Writes one bf16 B micro-panel (row, kc, col, width, dst) of `gemmBF16PackedA`, or returns false.
+public typealias GemmBF16PanelPacker = (_ row: Int, _ kc: Int, _ col: Int, _ width: Int,
+                                        _ dst: UnsafeMutablePointer<UInt32>) -> Bool
 
 /// Columns j0 ..< j0 + n of `gemmBF16PackedA` on this thread (j0 a multiple of NR).
 private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta: Float, c: UnsafeMutablePointer<Float>,
@@ -567,7 +568,7 @@ private func gemmBF16PackedAColumns(_ a: PackedGemmABF16, j0: Int, n: Int, beta:
             while jt < nc {
                 let width = min(NR, nc - jt)
                 let dst = packedB + jt * ((kc + 1) / 2)
-                if width == NR && a.kernel == .native, let direct = packBF16, direct(pc, kc, j0 + jc + jt, dst) {
+                if a.kernel == .native, let direct = packBF16, direct(pc, kc, j0 + jc + jt, width, dst) {
                     jt += NR
                     continue
                 }

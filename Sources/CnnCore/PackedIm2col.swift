@@ -33,7 +33,12 @@
 //
 // In bf16 (`GemmArithmetic`) both passes pack the same way: the weights / dY are rounded to
 // bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
-// write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA).
+// write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA). With the native
+// kernel most panels skip the fp32 panel: they are rounded to bf16 pairs straight from xs
+// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Reading the
+// NCHW input itself with masked loads for the padding instead of the phase-plane copy was
+// measured slower (`bench conv --precision bf16`: 30-60 % on 32- and 16-wide rows, 5-10 % on
+// 8-wide ones): the per-load mask and bounds work costs more than the copy it saves.
 
 import CBF16
 
@@ -101,6 +106,10 @@ final class PackedIm2colPlan {
     let usesImplicitB: Bool
     /// Per task, with implicit B: the output over virtual pixels, Kg × virtualOutputStride.
     private var virtualOutputs: [GrowableBuffer<Float>] = []
+    /// For the bf16 packers, when output rows are a multiple of 8 wide (stride-1 runs):
+    /// chunkSource[c] is the xs offset of column 8c of a block (every 8 columns one run);
+    /// empty (capacity 0) otherwise.
+    var chunkSource = GrowableBuffer<Int32>()
 
     /// The tables of `g`, whose forward runs with implicit B when `usesImplicitB`
     /// (`ConvolutionPath.Forward.implicitB`; never for 1×1 strided convolutions).
@@ -160,11 +169,19 @@ final class PackedIm2colPlan {
             }
         }
         runStart[panels] = Int32(runs)
+        if gatherStride == 1 && outW % 8 == 0 {
+            chunkSource.reserve(columns / 8)
+            for c in 0..<(columns / 8) {
+                let image = 8 * c / hw, pixel = 8 * c - image * hw
+                let oy = pixel / outW, ox = pixel - oy * outW
+                chunkSource[c] = Int32(image * imageStride + oy * Ws + ox)
+            }
+        }
     }
 
     /// Bytes of the tables, input copies and packed weights.
     var bytes: Int {
-        rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes
+        rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes + chunkSource.bytes
             + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
@@ -315,15 +332,45 @@ final class PackedIm2colPlan {
     /// `packPanel`'s common case straight into one bf16 micro-panel (32 columns from j0, a
     /// multiple of 32): when each of its two 16-column halves is one run of a single output
     /// row (stride 1), cnn_bf16_pack_runs rounds the rows to bf16 pairs as it reads them,
-    /// with no fp32 panel in between. Returns false (nothing written) otherwise.
+    /// with no fp32 panel in between; when output rows are a multiple of 8 wide,
+    /// cnn_bf16_pack_chunks does the same from four 8-column runs. Returns false (nothing
+    /// written) otherwise.
     @inline(__always)
-    func packPanelBF16(_ xs: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, dst: UnsafeMutablePointer<UInt32>) -> Bool {
-        guard gatherStride == 1 && GemmBlocking.NR == 16 && CNN_BF16_NR == 32 else { return false }
+    func packPanelBF16(_ xs: UnsafePointer<Float>, r0: Int, kc: Int, j0: Int, width: Int,
+                       dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        guard gatherStride == 1 && width == 32 && GemmBlocking.NR == 16 && CNN_BF16_NR == 32 else { return false }
         let starts = runStart.pointer, g0 = j0 / 16
         let first = Int(starts[g0]), middle = Int(starts[g0 + 1]), last = Int(starts[g0 + 2])
-        guard middle - first == 1 && last - middle == 1 else { return false }
-        cnn_bf16_pack_runs(kc, xs + Int(runSource[first]), xs + Int(runSource[middle]), rowOffset.pointer + r0, dst)
+        if middle - first == 1 && last - middle == 1 {
+            cnn_bf16_pack_runs(kc, xs + Int(runSource[first]), xs + Int(runSource[middle]), rowOffset.pointer + r0, dst)
+            return true
+        }
+        guard chunkSource.capacity > 0 else { return false }
+        cnn_bf16_pack_chunks(kc, xs, chunkSource.pointer + j0 / 8, rowOffset.pointer + r0, dst)
         return true
+    }
+
+    /// `packTransposedPanel` straight into one bf16 micro-panel (panel rows r0 ..< r0 + width
+    /// as its columns, width ≤ 32, the rest zero; output pixels q0 ..< q0 + kc as K) when
+    /// output rows are a multiple of 8 wide and q0, kc multiples of 8: each pair of pixels is
+    /// two neighbours of one output row, rounded by cnn_bf16_pack_chunks_t as it reads them.
+    /// Returns false (nothing written) otherwise.
+    @inline(__always)
+    func packTransposedPanelBF16(_ xs: UnsafePointer<Float>, q0: Int, kc: Int, r0: Int, width: Int,
+                                 dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        guard gatherStride == 1 && chunkSource.capacity > 0 && q0 % 8 == 0 && kc % 8 == 0 && CNN_BF16_NR == 32 else {
+            return false
+        }
+        if width == 32 {
+            cnn_bf16_pack_chunks_t(kc, xs, chunkSource.pointer + q0 / 8, rowOffset.pointer + r0, dst)
+            return true
+        }
+        // Missing columns read the zero row.
+        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: 32) { offsets in
+            for j in 0..<32 { offsets[j] = j < width ? rowOffset[r0 + j] : Int32(zeroRowOffset) }
+            cnn_bf16_pack_chunks_t(kc, xs, chunkSource.pointer + q0 / 8, offsets.baseAddress!, dst)
+            return true
+        }
     }
 
     /// Writes rows r0 ..< r0 + kc, columns j0 ..< j0 + nc of the image's panel
@@ -571,7 +618,10 @@ func packedIm2colBackwardWeights(
                 sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
             case .bf16:
                 let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
-                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
+                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows,
+                                packBF16: gathered ? nil : { q0, kc, r0, width, dst in
+                                    plan.packTransposedPanelBF16(xs, q0: q0, kc: kc, r0: r0, width: width, dst: dst)
+                                }, packB: packB)
             }
         }
     }
@@ -653,7 +703,9 @@ func packedIm2colForward(
                 }
             case .bf16:
                 gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
-                                packBF16: { r0, kc, j0, dst in plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, dst: dst) }) {
+                                packBF16: { r0, kc, j0, width, dst in
+                                    plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, width: width, dst: dst)
+                                }) {
                     r0, kc, j0, nc, dst in
                     plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
                 }

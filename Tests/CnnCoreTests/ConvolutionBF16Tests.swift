@@ -52,6 +52,15 @@ final class ConvolutionBF16Tests: XCTestCase {
             (try square(16, 8, 16, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
             // 32-wide rows: whole bf16 micro-panels packed straight from the rows (cnn_bf16_pack_runs).
             (try square(8, 32, 16, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
+            // Stride 2 with 8-wide output rows: bf16 panels from 8-pixel chunks of the phase planes
+            // (cnn_bf16_pack_chunks, and cnn_bf16_pack_chunks_t for backward-weights, 36 = 32 + 4 columns).
+            (try square(4, 16, 16, kernel: 3, stride: 2, padding: 1), 2, true,
+             "packedIm2col/stride2Kernel3Gather/packedIm2col"),
+            // Stride 1, 8-wide rows, two K steps of 288 (576 panel rows) in forward, chunk packers.
+            (try square(64, 8, 16, kernel: 3, padding: 1), 2, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
+            // 16-wide rows and 27 panel rows (an odd K in forward, a 27-column backward-weights
+            // panel with 5 zero columns read from the zero row).
+            (try square(3, 16, 8, kernel: 3, padding: 1), 2, true, "packedIm2col/stride1RowGather/packedIm2col"),
         ]
         var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
         let previous = ComputeThreads.count

@@ -76,4 +76,20 @@ void cnn_bf16_from_fp32_panels(long kc, long panels16, const float *src, uint32_
 /// Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets, uint32_t *dst);
 
+/// One bf16 micro-panel of cnn_bf16_tile's layout from four 8-column chunks, each one
+/// contiguous run of every panel row (packed im2col with output rows a multiple of 8 wide):
+/// chunk c covers columns 8c ..< 8c + 8 and starts at xs + chunks[c]; for q < ⌈kc / 2⌉, j < 32,
+///   dst[q · 32 + j] = (bf16(xs[chunks[j / 8] + offsets[2q] + j mod 8]),
+///                      bf16(xs[chunks[j / 8] + offsets[2q + 1] + j mod 8]))
+/// with a zero partner for an odd kc. dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst);
+
+/// The transposed case (backward-weights: K runs over output pixels, the 32 columns over
+/// panel rows): for kc a multiple of 8 and pixel chunks of 8 (chunk c, pixels 8c ..< 8c + 8 of
+/// the K step, contiguous from xs + chunks[c]),
+///   dst[q · 32 + j] = (bf16(xs[offsets[j] + chunks[2q / 8] + 2q mod 8]),
+///                      bf16(xs[offsets[j] + chunks[2q / 8] + 2q mod 8 + 1]))   for q < kc / 2.
+/// dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst);
+
 #endif
