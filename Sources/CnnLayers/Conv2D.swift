@@ -41,7 +41,7 @@ public final class Conv2D: Layer, InputGradientOptional {
     private var gradWeight: UnsafeMutablePointer<Float>?
     private var gradBias: UnsafeMutablePointer<Float>?
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
     private var cachedGeometry: Conv2DGeometry?
@@ -210,5 +210,11 @@ func flipKernelPlanes(_ w: UnsafePointer<Float>, into flipped: UnsafeMutablePoin
     for p in 0..<planes {
         let src = w + p * size, dst = flipped + p * size
         for i in 0..<size { dst[size - 1 - i] = src[i] }
+    }
+}
+
+extension Conv2D: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
     }
 }
