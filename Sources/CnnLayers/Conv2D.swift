@@ -33,8 +33,9 @@ public final class Conv2D: Layer, InputGradientOptional {
     /// Name used in error messages.
     public let name: String
     public var typeName: String { "Conv2d" }
-    /// Scratch memory of the kernels; `workspace.bytes` is its current size.
-    public let workspace: ConvolutionWorkspace
+    /// Scratch memory of the kernels; `workspace.bytes` is its current size. Pure scratch
+    /// between calls, so a `MemoryPlan` lets convolutions of one geometry share it.
+    public internal(set) var workspace: ConvolutionWorkspace
 
     private var weight: UnsafeMutablePointer<Float>?
     private var bias: UnsafeMutablePointer<Float>?
@@ -215,6 +216,9 @@ func flipKernelPlanes(_ w: UnsafePointer<Float>, into flipped: UnsafeMutablePoin
 
 extension Conv2D: MemoryPlanned {
     func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
-        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
+        if input.count == 4, let g = try? geometry(height: input[2], width: input[3]) {
+            workspace = plan.sharedWorkspace(workspace, geometry: g)
+        }
+        return plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
     }
 }

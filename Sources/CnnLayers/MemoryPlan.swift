@@ -35,6 +35,9 @@ public final class MemoryPlan {
     public private(set) var inPlaceReLUs = 0
     public private(set) var inPlaceElements = 0
 
+    /// The input shape (batch included) the plan was made for.
+    public private(set) var inputShape: [Int] = []
+
     /// Bytes of the slots at the planned shape.
     public var plannedBytes: Int { slotElements.reduce(0, +) * MemoryLayout<Float>.stride }
     /// Bytes the placed dL/dx tensors take without a plan.
@@ -47,10 +50,30 @@ public final class MemoryPlan {
     @discardableResult
     public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
+        plan.inputShape = inputShape
         if inPlace { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
         return plan
+    }
+
+    /// Convolution workspaces by geometry and settings.
+    private var workspaces: [String: ConvolutionWorkspace] = [:]
+    /// Convolutions that took another one's workspace.
+    public private(set) var sharedWorkspaces = 0
+
+    /// The workspace a convolution of geometry `g` uses: the first one planned with the same
+    /// geometry and settings. A workspace holds scratch only (everything in it is rewritten by
+    /// each call, and its tables and paths depend on the geometry and batch alone), and layers
+    /// run one at a time, so such layers can share one and it is prepared once.
+    func sharedWorkspace(_ own: ConvolutionWorkspace, geometry g: Conv2DGeometry) -> ConvolutionWorkspace {
+        let key = "\(g) \(own.panelBudgetBytes) \(own.allowsPackedIm2col) \(String(describing: own.implicitB)) \(own.arithmetic)"
+        if let shared = workspaces[key] {
+            if shared !== own { sharedWorkspaces += 1 }
+            return shared
+        }
+        workspaces[key] = own
+        return own
     }
 
     /// Plans `layer`'s backward: its input shape, the slots its dL/dy may be in, the slots live
@@ -186,13 +209,17 @@ public struct MemoryAccount: Sendable {
     /// Convolution scratch (im2col panels, packed planes and weights), as last sized.
     public var convolutionWorkspaces = 0
 
-    /// The account of `root` for inputs of `inputShape` (batch included) under `plan`.
-    public init(root: Layer, inputShape: [Int], plan: MemoryPlan?) {
+    /// The account of `root` for inputs of `inputShape` (batch included) under `plan`, which
+    /// may have been made for another batch size: every tensor it places scales with the batch.
+    public init(root: Layer, inputShape: [Int], plan: MemoryPlan) {
         let float = MemoryLayout<Float>.stride
         activations = float * MemoryAccount.outputElements(root, input: inputShape)
-        inputGradients = plan?.plannedBytes ?? 0
+        inputGradients = plan.plannedBytes / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        var seen = Set<ObjectIdentifier>()
         MemoryAccount.visit(root) { layer in
-            if let conv = layer as? Conv2D { convolutionWorkspaces += conv.workspace.bytes }
+            if let conv = layer as? Conv2D, seen.insert(ObjectIdentifier(conv.workspace)).inserted {
+                convolutionWorkspaces += conv.workspace.bytes
+            }
         }
     }
 
