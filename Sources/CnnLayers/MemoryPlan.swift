@@ -20,6 +20,8 @@ import CnnCore
 /// layer's output instead of holding its own. Nobody else reads that tensor: inside a chain a
 /// layer's output goes only to the next layer.
 ///
+/// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
+///
 /// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
 /// bit-identical with and without a plan.
 public final class MemoryPlan {
@@ -51,6 +53,7 @@ public final class MemoryPlan {
     public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
+        plan.resetInPlace(root)
         if inPlace { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
@@ -143,6 +146,14 @@ public final class MemoryPlan {
         } else if let concat = layer as? Concat {
             for (_, branch) in concat.branches { markInPlace(branch, input: input) }
         }
+    }
+
+    /// Every ReLU back to its own output (a previous plan's choices undone).
+    private func resetInPlace(_ layer: Layer) {
+        if let relu = layer as? ReLU { relu.inPlace = false }
+        // A Residual's activation is not among its children.
+        if let residual = layer as? Residual, let activation = residual.activation { resetInPlace(activation) }
+        for child in layer.children { resetInPlace(child.layer) }
     }
 
     private func markChain(_ layers: [Layer], input: [Int]) {

@@ -117,6 +117,25 @@ final class MemoryPlanTests: XCTestCase {
         }
     }
 
+    /// Planning again with `inPlace: false` undoes the previous plan's in-place ReLUs, and the
+    /// memory account counts the outputs they hold again.
+    func testReplanningWithoutInPlaceRestoresReLUOutputs() throws {
+        let root = try ZooModel.resnet20.build(input: [3, 32, 32], classes: 10)
+        func inPlaceCount(_ layer: Layer) -> Int {
+            var n = (layer as? ReLU)?.inPlace == true ? 1 : 0
+            if let residual = layer as? Residual, let activation = residual.activation { n += inPlaceCount(activation) }
+            return layer.children.reduce(n) { $0 + inPlaceCount($1.layer) }
+        }
+        let first = MemoryPlan.apply(to: root, inputShape: [2, 3, 32, 32])
+        XCTAssertEqual(inPlaceCount(root), first.inPlaceReLUs)
+        let inPlaceActivations = MemoryAccount(root: root, inputShape: [2, 3, 32, 32], plan: first).activations
+        let second = MemoryPlan.apply(to: root, inputShape: [2, 3, 32, 32], inPlace: false)
+        XCTAssertEqual(second.inPlaceReLUs, 0)
+        XCTAssertEqual(inPlaceCount(root), 0)
+        let ownActivations = MemoryAccount(root: root, inputShape: [2, 3, 32, 32], plan: second).activations
+        XCTAssertEqual(ownActivations - inPlaceActivations, first.inPlaceElements * MemoryLayout<Float>.stride)
+    }
+
     /// `Model` plans itself, and a model planned for one batch size runs another bitwise alike.
     func testModelPlansItselfAndOtherBatchSizesWork() throws {
         let model = try Model(name: "resnet20")
