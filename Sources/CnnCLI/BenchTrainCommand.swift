@@ -95,6 +95,17 @@ public struct BenchTrainCommand: ParsableCommand {
         try comm.allreduceSum(&sgemmRates)
         let sgemmRate = sgemmRates[0]
         let rss = try comm.allgather(Int64(peakResidentBytes()))
+        // Where the bytes go (rank 0's model): parameters, gradients and the momentum buffer
+        // are one parameter count each; the rest from the layer shapes at this batch.
+        let trained = trainer.model
+        let account = MemoryAccount(root: trained.root, inputShape: [batch] + trained.inputShape,
+                                    plan: trained.memoryPlan)
+        let mib = { (bytes: Int) in (Double(bytes) / 1_048_576 * 10).rounded() / 10 }
+        let memory: [(String, Double)] = [
+            ("parameters_gradients_momentum", mib(3 * trained.parameterCount * MemoryLayout<Float>.stride)),
+            ("activations", mib(account.activations)), ("input_gradients", mib(account.inputGradients)),
+            ("convolution_workspaces", mib(account.convolutionWorkspaces)),
+        ]
 
         guard comm.rank == 0 else { return }
         let fractions: [(String, Double)] = [("forward", p.forward), ("backward", p.backward),
@@ -108,6 +119,7 @@ public struct BenchTrainCommand: ParsableCommand {
                 "peak_rss_mib_per_rank": rss.map { Double($0) / 1_048_576 },
                 "multiply_accumulates_per_image": macs, "overlap": !noOverlap,
             ]
+            object["memory_account_mib"] = Dictionary(uniqueKeysWithValues: memory)
             var profile: [String: Double] = [:]
             for (name, value) in fractions { profile[name] = value / max(p.total, 1e-12) }
             object["profile_fraction"] = profile
@@ -126,6 +138,7 @@ public struct BenchTrainCommand: ParsableCommand {
                          gflops, groupedDigits(macs), 100 * gflops / sgemmRate, sgemmRate))
             print("  peak resident memory per rank: " + rss.map { String(format: "%.0f MiB", Double($0) / 1_048_576) }.joined(separator: ", ")
                   + (world.localRanks != nil ? " (one process: in-process ranks share it)" : ""))
+            print("  memory account (MiB): " + memory.map { "\($0.0) \($0.1)" }.joined(separator: ", "))
             if let layerProfiler {
                 let total = layerProfiler.entries.reduce(0) { $0 + $1.forward + $1.backward }
                 print("  per layer (rank 0, ms per step)       forward  backward   share")

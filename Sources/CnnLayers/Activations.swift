@@ -4,7 +4,7 @@ import CnnCore
 /// the input of the last forward (for the activations whose derivative needs it).
 final class ElementwiseState {
     let output = Tensor(shape: [0])
-    let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     var input: Tensor?
 
     func prepareForward(_ x: Tensor) {
@@ -21,20 +21,36 @@ final class ElementwiseState {
 /// max(x, 0), elementwise (PyTorch's nn.ReLU).
 public final class ReLU: Layer {
     public var typeName: String { "ReLU" }
-    private let state = ElementwiseState()
+    let state = ElementwiseState()
 
     /// A ReLU activation.
     public init() {}
 
     public func outputShape(for input: [Int]) throws -> [Int] { try requireNonEmpty(input, layer: typeName); return input }
 
+    /// Overwrite the input with the output instead of holding an output of its own (set by
+    /// `MemoryPlan` when no other reader of the input remains: backward needs only y > 0).
+    public internal(set) var inPlace = false
+
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
+        if inPlace {
+            state.input = input
+            reluForward(x: input.data, y: input.data, count: input.count)
+            return input
+        }
         state.prepareForward(input)
         reluForward(x: input.data, y: state.output.data, count: input.count)
         return state.output
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        if inPlace {
+            guard let y = state.input else { preconditionFailure("ReLU: backward before forward") }
+            precondition(gradOutput.count == y.count, "ReLU: gradient \(formatShape(gradOutput.shape)) does not match output \(formatShape(y.shape))")
+            ensureShape(state.gradInput, y.shape)
+            reluBackward(y: y.data, dy: gradOutput.data, dx: state.gradInput.data, count: gradOutput.count)
+            return state.gradInput
+        }
         state.prepareBackward(gradOutput, layer: typeName)
         reluBackward(y: state.output.data, dy: gradOutput.data, dx: state.gradInput.data, count: gradOutput.count)
         return state.gradInput
@@ -45,7 +61,7 @@ public final class ReLU: Layer {
 public final class LeakyReLU: Layer {
     public let negativeSlope: Float
     public var typeName: String { "LeakyReLU" }
-    private let state = ElementwiseState()
+    let state = ElementwiseState()
 
     /// A leaky ReLU with the given slope for negative inputs.
     public init(negativeSlope: Float = 0.01) {
@@ -73,7 +89,7 @@ public final class LeakyReLU: Layer {
 public final class ELU: Layer {
     public let alpha: Float
     public var typeName: String { "ELU" }
-    private let state = ElementwiseState()
+    let state = ElementwiseState()
 
     /// An ELU with the given saturation value −alpha.
     public init(alpha: Float = 1) {
@@ -100,7 +116,7 @@ public final class ELU: Layer {
 /// 1 / (1 + e⁻ˣ), elementwise (PyTorch's nn.Sigmoid).
 public final class Sigmoid: Layer {
     public var typeName: String { "Sigmoid" }
-    private let state = ElementwiseState()
+    let state = ElementwiseState()
 
     /// A sigmoid activation.
     public init() {}
@@ -123,7 +139,7 @@ public final class Sigmoid: Layer {
 /// tanh(x), elementwise (PyTorch's nn.Tanh).
 public final class Tanh: Layer {
     public var typeName: String { "Tanh" }
-    private let state = ElementwiseState()
+    let state = ElementwiseState()
 
     /// A tanh activation.
     public init() {}
@@ -142,3 +158,20 @@ public final class Tanh: Layer {
         return state.gradInput
     }
 }
+
+/// The elementwise activations: dL/dx has the input's shape and may take any free slot.
+protocol ElementwiseLayer: MemoryPlanned {
+    var state: ElementwiseState { get }
+}
+
+extension ElementwiseLayer {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { state.gradInput = $0 }
+    }
+}
+
+extension ReLU: ElementwiseLayer {}
+extension LeakyReLU: ElementwiseLayer {}
+extension ELU: ElementwiseLayer {}
+extension Sigmoid: ElementwiseLayer {}
+extension Tanh: ElementwiseLayer {}

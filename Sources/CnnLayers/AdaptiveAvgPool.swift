@@ -10,7 +10,7 @@ public final class AdaptiveAvgPool2d: Layer {
     public let outputWidth: Int
     public var typeName: String { "AdaptiveAvgPool2d" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private var inputShape: [Int] = []
 
     /// A pool to `outputHeight` × `outputWidth` (both > 0).
@@ -82,5 +82,11 @@ func adaptiveAvgPoolBackward(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<
                 for r in rows { for c in cols { dxp[r * w + c] += g } }
             }
         }
+    }
+}
+
+extension AdaptiveAvgPool2d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
     }
 }

@@ -42,7 +42,7 @@ public final class BatchNormEngine {
     private var usedBatchStatistics = false
     private var globalCount = 0.0
     let output = Tensor(shape: [0])
-    let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
 
     init(layer: String, channels: Int, eps: Float, momentum: Float, affine: Bool) throws {
         try requirePositive(channels, layer: layer, argument: "channels")
@@ -245,4 +245,16 @@ extension BatchNormLayer {
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor { engine.forward(input, context: context) }
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor { engine.backward(gradOutput, context: context) }
+}
+
+extension BatchNorm2d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { engine.gradInput = $0 }
+    }
+}
+
+extension BatchNorm1d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { engine.gradInput = $0 }
+    }
 }

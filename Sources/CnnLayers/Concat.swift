@@ -10,8 +10,8 @@ public final class Concat: Layer {
     public let branches: [(name: String, layer: Layer)]
     public var typeName: String { "Concat" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
-    private let branchGrads: [Tensor]
+    var gradInput = Tensor(shape: [0])
+    var branchGrads: [Tensor]
     private var branchChannels: [Int]
     private var input: Tensor?
     /// The branches' outputs of the last forward (kept in place: no per-step array).
@@ -124,5 +124,21 @@ func ensureShape(_ tensor: Tensor, like shape: [Int], channels: Int) {
         var s = shape
         s[1] = channels
         tensor.resize(to: s)
+    }
+}
+
+extension Concat: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        // dL/dy is read by every branch's copy and dL/dx accumulates over all branches.
+        let own = plan.slot(for: input, avoiding: busy.union(incoming))
+        gradInput = plan.slots[own]
+        let live = busy.union(incoming).union([own])
+        for b in branches.indices {
+            guard let out = try? branches[b].layer.outputShape(for: input) else { continue }
+            let part = plan.slot(for: out, avoiding: live)
+            branchGrads[b] = plan.slots[part]
+            _ = plan.place(branches[b].layer, input: input, incoming: [part], busy: live)
+        }
+        return [own]
     }
 }

@@ -33,15 +33,16 @@ public final class Conv2D: Layer, InputGradientOptional {
     /// Name used in error messages.
     public let name: String
     public var typeName: String { "Conv2d" }
-    /// Scratch memory of the kernels; `workspace.bytes` is its current size.
-    public let workspace: ConvolutionWorkspace
+    /// Scratch memory of the kernels; `workspace.bytes` is its current size. Pure scratch
+    /// between calls, so a `MemoryPlan` lets convolutions of one geometry share it.
+    public internal(set) var workspace: ConvolutionWorkspace
 
     private var weight: UnsafeMutablePointer<Float>?
     private var bias: UnsafeMutablePointer<Float>?
     private var gradWeight: UnsafeMutablePointer<Float>?
     private var gradBias: UnsafeMutablePointer<Float>?
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
     private var cachedGeometry: Conv2DGeometry?
@@ -210,5 +211,14 @@ func flipKernelPlanes(_ w: UnsafePointer<Float>, into flipped: UnsafeMutablePoin
     for p in 0..<planes {
         let src = w + p * size, dst = flipped + p * size
         for i in 0..<size { dst[size - 1 - i] = src[i] }
+    }
+}
+
+extension Conv2D: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        if input.count == 4, let g = try? geometry(height: input[2], width: input[3]) {
+            workspace = plan.sharedWorkspace(workspace, geometry: g)
+        }
+        return plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
     }
 }

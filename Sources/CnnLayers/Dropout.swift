@@ -13,7 +13,7 @@ public final class Dropout: Layer {
     public let key: UInt64
     public var typeName: String { "Dropout" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private let mask = Tensor(shape: [0])
     private var maskActive = false
     /// counterMix(j) for the element indices j of one sample: the same every step and sample.
@@ -62,5 +62,12 @@ public final class Dropout: Layer {
         let dx = gradInput.data, dy = gradOutput.data, m = mask.data
         for j in 0..<mask.count { dx[j] = dy[j] * m[j] }
         return gradInput
+    }
+}
+
+extension Dropout: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        // Inactive (eval, p = 0) it hands back dL/dy itself.
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }.union(incoming)
     }
 }

@@ -7,7 +7,7 @@ import CnnCore
 public final class Flatten: Layer {
     public var typeName: String { "Flatten" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private var inputShape: [Int] = []
 
     /// A flatten layer.
@@ -36,4 +36,10 @@ public final class Flatten: Layer {
         return gradInput
     }
 
+}
+
+extension Flatten: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
+    }
 }

@@ -17,7 +17,7 @@ public final class Linear: Layer {
     private var biasGrad: UnsafeMutablePointer<Float>?
     private var input: Tensor?
     private let output = Tensor(shape: [0, 0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
 
     /// A linear layer from `inFeatures` to `outFeatures`, with a bias unless `bias` is false.
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) throws {
@@ -71,5 +71,11 @@ public final class Linear: Layer {
                        dWeight: weightGrad, dBias: biasGrad, n: input.n, inFeatures: inFeatures, outFeatures: outFeatures,
                        arithmetic: context.arithmetic)
         return gradInput
+    }
+}
+
+extension Linear: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
     }
 }

@@ -47,7 +47,7 @@ public final class MaxPool2d: Layer {
     let geometry: PoolGeometry
     public var typeName: String { "MaxPool2d" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private let argmax = IndexBuffer()
     private var inputShape: [Int] = []
 
@@ -94,7 +94,7 @@ public final class AvgPool2d: Layer {
     let geometry: PoolGeometry
     public var typeName: String { "AvgPool2d" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private var inputShape: [Int] = []
 
     /// An average pool with a `kernelSize`×`kernelSize` window, stride defaulting
@@ -140,7 +140,7 @@ public final class AvgPool2d: Layer {
 public final class GlobalAvgPool2d: Layer {
     public var typeName: String { "AdaptiveAvgPool2d" }
     private let output = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private var inputShape: [Int] = []
 
     /// A global average pool.
@@ -177,4 +177,22 @@ func prepareGlobalPool(_ input: Tensor, output: Tensor, inputShape: inout [Int],
     inputShape = input.shape
     output.resize(to: [input.shape[0], input.shape[1], 1, 1])
     return true
+}
+
+extension MaxPool2d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
+    }
+}
+
+extension AvgPool2d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
+    }
+}
+
+extension GlobalAvgPool2d: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.leaf(input: input, incoming: incoming, busy: busy) { gradInput = $0 }
+    }
 }

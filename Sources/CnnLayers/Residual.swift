@@ -16,7 +16,7 @@ public final class Residual: Layer {
     public let activation: Layer?
     public var typeName: String { "Block" }
     private let sum = Tensor(shape: [0])
-    private let gradInput = Tensor(shape: [0])
+    var gradInput = Tensor(shape: [0])
     private var input: Tensor?
 
     /// A block from its branch layers, optional shortcut, and optional parameter-free activation.
@@ -87,5 +87,20 @@ public final class Residual: Layer {
         precondition(db.count == gradInput.count, "Block: branch gradient does not match input")
         for i in 0..<gradInput.count { gradInput.data[i] += db.data[i] }
         return gradInput
+    }
+}
+
+extension Residual: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        let layers = branch.map(\.layer)
+        guard let shapes = chainShapes(layers, input: input) else { return incoming }
+        // dL/d(sum), read by the shortcut and then by the branch.
+        let d = activation.map { plan.place($0, input: shapes[shapes.count - 1], incoming: incoming, busy: busy) } ?? incoming
+        let ds = shortcut.map { plan.place($0.layer, input: input, incoming: d, busy: busy.union(d)) } ?? d
+        // The block's dL/dx accumulates the shortcut's part while the branch runs.
+        let own = plan.slot(for: input, avoiding: busy.union(d).union(ds))
+        gradInput = plan.slots[own]
+        _ = plan.placeChain(layers, input: input, incoming: d, busy: busy.union([own]))
+        return [own]
     }
 }

@@ -12,6 +12,17 @@ public final class Model {
     /// Shape of one sample, C×H×W.
     public let inputShape: [Int]
     public let classCount: Int
+    /// Where backward's dL/dx tensors live and which ReLUs run in place (see `MemoryPlan`);
+    /// made when the model is built, again by `planMemory(batch:)`.
+    public private(set) var memoryPlan: MemoryPlan
+
+    /// Plans backward memory for batches of `batch` images and sizes the shared buffers for them.
+    /// Results are bit-identical whatever the plan; only peak memory changes.
+    @discardableResult
+    public func planMemory(batch: Int) -> MemoryPlan {
+        memoryPlan = MemoryPlan.apply(to: root, inputShape: [max(batch, 1)] + inputShape)
+        return memoryPlan
+    }
 
     /// Builds `name` for inputs of `inputShape` (C, H, W) and `classCount` classes,
     /// checking every layer accepts the shapes it gets. `name` is a zoo model
@@ -65,6 +76,7 @@ public final class Model {
         self.inputShape = input
         self.classCount = classes
         self.store = ParameterStore(root: root)
+        self.memoryPlan = MemoryPlan.apply(to: root, inputShape: [1] + self.inputShape)
     }
 
     /// A model from a layer tree built by hand (tests, experiments), checked
@@ -79,6 +91,7 @@ public final class Model {
         self.inputShape = inputShape
         self.classCount = classCount
         self.store = ParameterStore(root: root)
+        self.memoryPlan = MemoryPlan.apply(to: root, inputShape: [1] + self.inputShape)
     }
 
     /// The auxiliary classifiers in the layer tree (GoogLeNet's aux1, aux2), in model order.

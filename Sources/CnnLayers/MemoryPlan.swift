@@ -1,0 +1,272 @@
+import CnnCore
+
+/// Which dL/dx tensors of a model's backward share storage, and which ReLUs run in place.
+///
+/// Unplanned, every layer owns its dL/dx for the life of the model, so backward alone holds
+/// as many bytes as all activations together. But a dL/dx is dead as soon as the layer before
+/// it has read it: in a chain two buffers (ping-pong) serve every layer. The plan walks the
+/// layer tree once, in backward order, and gives each layer's dL/dx a *slot*: a tensor shared
+/// with the layers whose dL/dx is never live at the same time. A slot is never one that
+/// - holds the dL/dy the layer is reading (`incoming`), or
+/// - an enclosing block still needs (`busy`): a Residual's accumulated dL/dx while its branch
+///   runs, a Concat's dL/dy while its branches run, and so on.
+/// Slots grow to their largest user on the first step and are reused after that, so a
+/// steady-state step still allocates nothing. Layers the plan does not know keep their own
+/// tensors; it assumes they may hand back the dL/dy they were given (as Identity does).
+///
+/// In-place ReLU: a ReLU's backward needs only its output (y > 0), so when the layer before it
+/// in a Sequential or a Residual branch is one whose backward does not read its own output
+/// (convolution, BatchNorm, linear, pooling, Concat, Residual), the ReLU overwrites that
+/// layer's output instead of holding its own. Nobody else reads that tensor: inside a chain a
+/// layer's output goes only to the next layer.
+///
+/// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
+///
+/// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
+/// bit-identical with and without a plan.
+public final class MemoryPlan {
+    /// The shared dL/dx tensors, one per slot.
+    public private(set) var slots: [Tensor] = []
+    /// Elements of each slot's largest user at the planned shape.
+    public private(set) var slotElements: [Int] = []
+    /// Elements of every dL/dx the plan placed, summed: what they hold without a plan.
+    public private(set) var unplannedElements = 0
+    /// dL/dx tensors placed in slots.
+    public private(set) var plannedTensors = 0
+    /// ReLUs switched to run in place, and the elements of the outputs they no longer hold.
+    public private(set) var inPlaceReLUs = 0
+    public private(set) var inPlaceElements = 0
+
+    /// The input shape (batch included) the plan was made for.
+    public private(set) var inputShape: [Int] = []
+
+    /// Bytes of the slots at the planned shape.
+    public var plannedBytes: Int { slotElements.reduce(0, +) * MemoryLayout<Float>.stride }
+    /// Bytes the placed dL/dx tensors take without a plan.
+    public var unplannedBytes: Int { unplannedElements * MemoryLayout<Float>.stride }
+
+    /// Plans `root`'s backward for inputs of `inputShape` (batch dimension included) and
+    /// hands each planned layer its slot tensor. Call once, before training; planning
+    /// again (another batch size) replaces the slots. `inPlace: false` keeps every ReLU's
+    /// own output.
+    @discardableResult
+    public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true) -> MemoryPlan {
+        let plan = MemoryPlan()
+        plan.inputShape = inputShape
+        plan.resetInPlace(root)
+        if inPlace { plan.markInPlace(root, input: inputShape) }
+        _ = plan.place(root, input: inputShape, incoming: [], busy: [])
+        for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
+        return plan
+    }
+
+    /// Convolution workspaces by geometry and settings.
+    private var workspaces: [String: ConvolutionWorkspace] = [:]
+    /// Convolutions that took another one's workspace.
+    public private(set) var sharedWorkspaces = 0
+
+    /// The workspace a convolution of geometry `g` uses: the first one planned with the same
+    /// geometry and settings. A workspace holds scratch only (everything in it is rewritten by
+    /// each call, and its tables and paths depend on the geometry and batch alone), and layers
+    /// run one at a time, so such layers can share one and it is prepared once.
+    func sharedWorkspace(_ own: ConvolutionWorkspace, geometry g: Conv2DGeometry) -> ConvolutionWorkspace {
+        let key = "\(g) \(own.panelBudgetBytes) \(own.allowsPackedIm2col) \(String(describing: own.implicitB)) \(own.arithmetic)"
+        if let shared = workspaces[key] {
+            if shared !== own { sharedWorkspaces += 1 }
+            return shared
+        }
+        workspaces[key] = own
+        return own
+    }
+
+    /// Plans `layer`'s backward: its input shape, the slots its dL/dy may be in, the slots live
+    /// around it. Returns the slots its dL/dx may be in.
+    func place(_ layer: Layer, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        if let planned = layer as? MemoryPlanned {
+            return planned.planBackward(self, input: input, incoming: incoming, busy: busy)
+        }
+        // Unknown layer: its dL/dx is its own tensor or, possibly, the dL/dy it got.
+        return incoming
+    }
+
+    /// A slot for a dL/dx of `shape` that is none of `avoiding`: the smallest free slot that
+    /// is large enough, else the largest free one (grown), else a new one.
+    func slot(for shape: [Int], avoiding: Set<Int>) -> Int {
+        let elements = shape.reduce(1, *)
+        unplannedElements += elements
+        plannedTensors += 1
+        var fit: Int?, largest: Int?
+        for s in slots.indices where !avoiding.contains(s) {
+            if slotElements[s] >= elements {
+                if fit == nil || slotElements[s] < slotElements[fit!] { fit = s }
+            } else if largest == nil || slotElements[s] > slotElements[largest!] {
+                largest = s
+            }
+        }
+        if let s = fit ?? largest {
+            slotElements[s] = max(slotElements[s], elements)
+            return s
+        }
+        slots.append(Tensor(shape: [0]))
+        slotElements.append(elements)
+        return slots.count - 1
+    }
+
+    /// The common leaf: one dL/dx of the input's shape in a slot that is neither read nor busy.
+    func leaf(input: [Int], incoming: Set<Int>, busy: Set<Int>, use: (Tensor) -> Void) -> Set<Int> {
+        let s = slot(for: input, avoiding: busy.union(incoming))
+        use(slots[s])
+        return [s]
+    }
+
+    /// A chain of layers run in order on `input` (Sequential, a Residual branch), planned from the last.
+    func placeChain(_ layers: [Layer], input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        // Layers whose shapes cannot be followed are not planned: they keep their own tensors.
+        guard let shapes = chainShapes(layers, input: input) else { return incoming }
+        var current = incoming
+        for i in layers.indices.reversed() {
+            current = place(layers[i], input: shapes[i], incoming: current, busy: busy)
+        }
+        return current
+    }
+
+    // MARK: in-place ReLU
+
+    /// Switches ReLUs to in place wherever the layer before them allows it (see the type's comment).
+    func markInPlace(_ layer: Layer, input: [Int]) {
+        if let sequential = layer as? Sequential {
+            markChain(sequential.layers, input: input)
+        } else if let residual = layer as? Residual {
+            markChain(residual.branch.map(\.layer), input: input)
+            if let shortcut = residual.shortcut { markInPlace(shortcut.layer, input: input) }
+            // The activation reads the block's own sum, which backward does not need.
+            if let relu = residual.activation as? ReLU, let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) {
+                switchToInPlace(relu, elements: out.reduce(1, *))
+            }
+        } else if let concat = layer as? Concat {
+            for (_, branch) in concat.branches { markInPlace(branch, input: input) }
+        }
+    }
+
+    /// Every ReLU back to its own output (a previous plan's choices undone).
+    private func resetInPlace(_ layer: Layer) {
+        if let relu = layer as? ReLU { relu.inPlace = false }
+        // A Residual's activation is not among its children.
+        if let residual = layer as? Residual, let activation = residual.activation { resetInPlace(activation) }
+        for child in layer.children { resetInPlace(child.layer) }
+    }
+
+    private func markChain(_ layers: [Layer], input: [Int]) {
+        guard let shapes = chainShapes(layers, input: input) else { return }
+        for i in layers.indices {
+            markInPlace(layers[i], input: shapes[i])
+            if i > 0, let relu = layers[i] as? ReLU, backwardIgnoresOwnOutput(layers[i - 1]) {
+                switchToInPlace(relu, elements: shapes[i].reduce(1, *))
+            }
+        }
+    }
+
+    private func switchToInPlace(_ relu: ReLU, elements: Int) {
+        relu.inPlace = true
+        inPlaceReLUs += 1
+        inPlaceElements += elements
+    }
+
+    /// Whether `layer`'s output is its own tensor, read by no part of its backward but its shape.
+    private func backwardIgnoresOwnOutput(_ layer: Layer) -> Bool {
+        layer is Conv2D || layer is BatchNorm2d || layer is BatchNorm1d || layer is Linear || layer is MaxPool2d
+            || layer is AvgPool2d || layer is Concat
+            || ((layer as? Residual).map { $0.activation == nil || $0.activation is ReLU } ?? false)
+    }
+}
+
+/// The input shape of each layer of a chain (one more entry: the chain's output), or nil
+/// when a layer rejects its input.
+func chainShapes(_ layers: [Layer], input: [Int]) -> [[Int]]? {
+    var shapes = [input]
+    for layer in layers {
+        guard let next = try? layer.outputShape(for: shapes[shapes.count - 1]) else { return nil }
+        shapes.append(next)
+    }
+    return shapes
+}
+
+/// A layer that tells a `MemoryPlan` where its dL/dx (and any other backward tensor) may live.
+protocol MemoryPlanned: Layer {
+    /// Takes slots for this layer's backward tensors (`plan.leaf`, `plan.slot`) given its input
+    /// shape, the slots dL/dy may be in, and the slots live around it; returns the slots its
+    /// dL/dx may be in.
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int>
+}
+
+extension Sequential: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        plan.placeChain(layers, input: input, incoming: incoming, busy: busy)
+    }
+}
+
+extension Identity: MemoryPlanned {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> { incoming }
+}
+
+/// Where a model's step memory goes, by category, in bytes (an account from the layer
+/// shapes, not a heap census: allocator slack and the data pipeline are outside it).
+public struct MemoryAccount: Sendable {
+    /// Forward outputs the layers hold for backward (in-place ReLUs hold none; max-pool
+    /// argmax and dropout masks included).
+    public var activations = 0
+    /// dL/dx storage: the plan's slots, or every layer's own tensor without a plan.
+    public var inputGradients = 0
+    /// Convolution scratch (im2col panels, packed planes and weights), as last sized.
+    public var convolutionWorkspaces = 0
+
+    /// The account of `root` for inputs of `inputShape` (batch included) under `plan`, which
+    /// may have been made for another batch size: every tensor it places scales with the batch.
+    public init(root: Layer, inputShape: [Int], plan: MemoryPlan) {
+        let float = MemoryLayout<Float>.stride
+        activations = float * MemoryAccount.outputElements(root, input: inputShape)
+        inputGradients = plan.plannedBytes / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        var seen = Set<ObjectIdentifier>()
+        MemoryAccount.visit(root) { layer in
+            if let conv = layer as? Conv2D, seen.insert(ObjectIdentifier(conv.workspace)).inserted {
+                convolutionWorkspaces += conv.workspace.bytes
+            }
+        }
+    }
+
+    private static func visit(_ layer: Layer, _ body: (Layer) -> Void) {
+        body(layer)
+        for child in layer.children { visit(child.layer, body) }
+    }
+
+    /// Elements of the forward tensors `layer` and its children keep, given its input shape.
+    static func outputElements(_ layer: Layer, input: [Int]) -> Int {
+        guard let output = try? layer.outputShape(for: input) else { return 0 }
+        let own = output.reduce(1, *)
+        switch layer {
+        case let sequential as Sequential:
+            guard let shapes = chainShapes(sequential.layers, input: input) else { return 0 }
+            return zip(sequential.layers, shapes).reduce(0) { $0 + outputElements($1.0, input: $1.1) }
+        case let residual as Residual:
+            let layers = residual.branch.map(\.layer)
+            guard let shapes = chainShapes(layers, input: input) else { return 0 }
+            var total = zip(layers, shapes).reduce(0) { $0 + outputElements($1.0, input: $1.1) } + own   // the sum
+            if let shortcut = residual.shortcut { total += outputElements(shortcut.layer, input: input) }
+            if let activation = residual.activation { total += outputElements(activation, input: shapes[shapes.count - 1]) }
+            return total
+        case let concat as Concat:
+            return concat.branches.reduce(own) { $0 + outputElements($1.layer, input: input) }
+        case is Identity:
+            return 0
+        case let relu as ReLU:
+            return relu.inPlace ? 0 : own
+        case let dropout as Dropout:
+            return dropout.p > 0 ? 2 * own : 0   // output and mask
+        case is MaxPool2d:
+            return 2 * own   // output and Int32 argmax
+        default:
+            return layer.children.isEmpty ? own
+                : layer.children.reduce(own) { $0 + outputElements($1.layer, input: input) }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import XCTest
+import CnnCore
+import CnnLayers
+import CnnModels
+
+/// One training step's results, bitwise: logits, dL/dx of the input, parameter gradients,
+/// and the BatchNorm running statistics.
+private struct StepBits: Equatable {
+    var logits: [UInt32]
+    var inputGradient: [UInt32]
+    var gradients: [UInt32]
+    var buffers: [UInt32]
+}
+
+/// Runs `steps` training steps (forward, backward from a fixed dL/dy, no update) of `root`
+/// on a fixed input and returns the last step's results. Several steps, so that shared
+/// buffers hold the previous step's leftovers when a layer writes into them.
+private func trainingSteps(_ root: Layer, input: [Int], classes: Int, steps: Int = 2) -> StepBits {
+    let store = ParameterStore(root: root)
+    store.initialize(seed: 17)
+    var rng = SplitMix64(seed: 3)
+    for i in 0..<store.parameters.count { store.parameters[i] += 0.05 * (rng.nextUnitFloat() - 0.5) }
+    let x = Tensor(shape: input)
+    for i in 0..<x.count { x[i] = rng.nextUnitFloat() * 2 - 1 }
+    let dy = Tensor(shape: [input[0], classes])
+    for i in 0..<dy.count { dy[i] = rng.nextUnitFloat() - 0.5 }
+    var result = StepBits(logits: [], inputGradient: [], gradients: [], buffers: [])
+    for step in 0..<steps {
+        let context = ExecutionContext(training: true, seed: 9, step: step)
+        store.zeroGradients()
+        let logits = root.forward(x, context: context)
+        result.logits = logits.toArray().map(\.bitPattern)
+        let dx = root.backward(dy, context: context)
+        result.inputGradient = dx.toArray().map(\.bitPattern)
+        result.gradients = store.gradients.toArray().map(\.bitPattern)
+        result.buffers = store.buffers.toArray().map(\.bitPattern)
+    }
+    return result
+}
+
+/// A backward memory plan (shared dL/dx slots, in-place ReLU) changes no bit of any result,
+/// and holds fewer bytes than the tensors it replaces.
+final class MemoryPlanTests: XCTestCase {
+    /// Builds `model` twice at `input`, plans one, and compares a training step bitwise.
+    private func assertPlanChangesNothing(_ build: () throws -> Layer, input: [Int], classes: Int,
+                                          file: StaticString = #filePath, line: UInt = #line) throws -> MemoryPlan {
+        let plain = try build(), planned = try build()
+        let plan = MemoryPlan.apply(to: planned, inputShape: input)
+        XCTAssertGreaterThan(plan.plannedTensors, 0, file: file, line: line)
+        let a = trainingSteps(plain, input: input, classes: classes)
+        let b = trainingSteps(planned, input: input, classes: classes)
+        XCTAssertTrue(a.inputGradient.contains { Float(bitPattern: $0) != 0 }, "dL/dx is all zero: the check would be vacuous",
+                      file: file, line: line)
+        XCTAssertEqual(a.logits, b.logits, "logits", file: file, line: line)
+        XCTAssertEqual(a.inputGradient, b.inputGradient, "dL/dx", file: file, line: line)
+        XCTAssertEqual(a.gradients, b.gradients, "parameter gradients", file: file, line: line)
+        XCTAssertEqual(a.buffers, b.buffers, "running statistics", file: file, line: line)
+        XCTAssertLessThan(plan.plannedBytes, plan.unplannedBytes, file: file, line: line)
+        return plan
+    }
+
+    func testResidualModelBitwise() throws {
+        // resnet20: identity and 1x1 stride-2 convolution shortcuts, block ReLUs on the sum.
+        let plan = try assertPlanChangesNothing({ try ZooModel.resnet20.build(input: [3, 32, 32], classes: 10) },
+                                                input: [2, 3, 32, 32], classes: 10)
+        XCTAssertGreaterThan(plan.inPlaceReLUs, 0)
+        // Its convolutions of one geometry (e.g. the 16-channel 3x3 ones) share a workspace.
+        XCTAssertGreaterThan(plan.sharedWorkspaces, 0)
+    }
+
+    func testDenseNetBitwise() throws {
+        // Concat with an Identity branch beside a BN-ReLU-conv chain, nested in Sequentials.
+        let plan = try assertPlanChangesNothing({ try ZooModel.densenet121.build(input: [3, 32, 32], classes: 10) },
+                                                input: [2, 3, 32, 32], classes: 10)
+        XCTAssertGreaterThan(plan.inPlaceReLUs, 100)
+    }
+
+    func testGoogLeNetBitwise() throws {
+        // Inception: Concat of four chains, max-pool branch, dropout before the classifier.
+        _ = try assertPlanChangesNothing({ try ZooModel.googlenet.build(input: [3, 64, 64], classes: 10) },
+                                         input: [2, 3, 64, 64], classes: 10)
+    }
+
+    /// ReLUs that must keep their own output: the first layer of a branch (its input is the
+    /// block input, which the shortcut reads too), after an Identity (which hands on a tensor
+    /// it does not own), and after a Sigmoid (whose backward reads its own output).
+    func testReLUsWithOtherReadersStayOutOfPlace() throws {
+        func build() throws -> Layer {
+            let preActivation = Residual(branch: [("r", ReLU()), ("c", try Conv2D(4, 4, kernelSize: 3, padding: 1))],
+                                         shortcut: nil, activation: nil)
+            let identityThenReLU = Sequential([Identity(), ReLU()])
+            let sigmoidThenReLU = Sequential([try Conv2D(4, 4, kernelSize: 1), Sigmoid(), ReLU()])
+            let concat = Concat(branches: [("a", identityThenReLU), ("b", sigmoidThenReLU)])
+            return Sequential([try Conv2D(3, 4, kernelSize: 3, padding: 1), preActivation, concat,
+                               try Conv2D(8, 4, kernelSize: 1), try BatchNorm2d(4), ReLU(), GlobalAvgPool2d(), Flatten(),
+                               try Linear(4, 5)])
+        }
+        let probe = try build()
+        let plan = MemoryPlan.apply(to: probe, inputShape: [2, 3, 6, 6])
+        // Only the ReLU after the last BatchNorm qualifies (the BatchNorm keeps half the
+        // values positive, so every branch reaches the logits).
+        XCTAssertEqual(plan.inPlaceReLUs, 1)
+        _ = try assertPlanChangesNothing(build, input: [2, 3, 6, 6], classes: 5)
+    }
+
+    /// At the ImageNet shapes the slots hold a small fraction of the per-layer dL/dx bytes
+    /// (planned only: no step is run).
+    func testPlannedBytesAt224() throws {
+        for (model, most) in [(ZooModel.resnet18, 0.25), (.densenet121, 0.1)] {
+            let root = try model.build(input: [3, 224, 224], classes: 1000)
+            let plan = MemoryPlan.apply(to: root, inputShape: [1, 3, 224, 224])
+            let ratio = Double(plan.plannedBytes) / Double(plan.unplannedBytes)
+            print("memory plan \(model.rawValue): \(plan.slots.count) slots, \(plan.plannedBytes >> 10) KiB for "
+                  + "\(plan.plannedTensors) dL/dx tensors of \(plan.unplannedBytes >> 10) KiB; "
+                  + "\(plan.inPlaceReLUs) in-place ReLUs save \((plan.inPlaceElements * 4) >> 10) KiB")
+            XCTAssertLessThan(ratio, most, model.rawValue)
+        }
+    }
+
+    /// Planning again with `inPlace: false` undoes the previous plan's in-place ReLUs, and the
+    /// memory account counts the outputs they hold again.
+    func testReplanningWithoutInPlaceRestoresReLUOutputs() throws {
+        let root = try ZooModel.resnet20.build(input: [3, 32, 32], classes: 10)
+        func inPlaceCount(_ layer: Layer) -> Int {
+            var n = (layer as? ReLU)?.inPlace == true ? 1 : 0
+            if let residual = layer as? Residual, let activation = residual.activation { n += inPlaceCount(activation) }
+            return layer.children.reduce(n) { $0 + inPlaceCount($1.layer) }
+        }
+        let first = MemoryPlan.apply(to: root, inputShape: [2, 3, 32, 32])
+        XCTAssertEqual(inPlaceCount(root), first.inPlaceReLUs)
+        let inPlaceActivations = MemoryAccount(root: root, inputShape: [2, 3, 32, 32], plan: first).activations
+        let second = MemoryPlan.apply(to: root, inputShape: [2, 3, 32, 32], inPlace: false)
+        XCTAssertEqual(second.inPlaceReLUs, 0)
+        XCTAssertEqual(inPlaceCount(root), 0)
+        let ownActivations = MemoryAccount(root: root, inputShape: [2, 3, 32, 32], plan: second).activations
+        XCTAssertEqual(ownActivations - inPlaceActivations, first.inPlaceElements * MemoryLayout<Float>.stride)
+    }
+
+    /// `Model` plans itself, and a model planned for one batch size runs another bitwise alike.
+    func testModelPlansItselfAndOtherBatchSizesWork() throws {
+        let model = try Model(name: "resnet20")
+        XCTAssertGreaterThan(model.memoryPlan.plannedTensors, 0)
+        model.planMemory(batch: 1)
+        let plain = try ZooModel.resnet20.build(input: [3, 32, 32], classes: 10)
+        let a = trainingSteps(plain, input: [3, 3, 32, 32], classes: 10)
+        let b = trainingSteps(model.root, input: [3, 3, 32, 32], classes: 10)
+        XCTAssertEqual(a, b)
+    }
+}
