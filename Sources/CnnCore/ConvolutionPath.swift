@@ -9,7 +9,8 @@
 public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// Forward (and the forward that computes a flipped backward-data).
     public enum Forward: String, Equatable, Sendable, CaseIterable {
-        /// 1×1, stride 1, unpadded: one GEMM per image and group on the NCHW input itself.
+        /// 1×1, stride 1, unpadded: one GEMM per image and group on the NCHW input itself
+        /// (planes of 256 pixels and more; smaller ones take packed im2col, `pointwiseUsesPackedPlan`).
         case pointwise
         /// Packed im2col: the GEMM's B panels are built straight from the (phase-plane) input.
         case packedIm2col
@@ -87,7 +88,7 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
                 precision: ComputePrecision = .fp32) {
         let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
         let packed = allowsPackedIm2col && packedIm2colApplies(g)
-        if g.isPointwise {
+        if g.isPointwise && !packed {
             forward = .pointwise
         } else if packed {
             forward = precision == .fp32 && !g.isStridedPointwise && implicitForwardPays(g, override: implicitB)

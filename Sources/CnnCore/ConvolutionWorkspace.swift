@@ -41,6 +41,10 @@ public final class ConvolutionWorkspace {
     }
     /// Output pixels per block (P), the panel's column count; set by `prepare`.
     public private(set) var blockPixels: Int = 0
+    /// Output pixels per dcol block of the backward-data paths that store dcol and gather from
+    /// it (3×3 stride 2, strided 1×1): `blockPixels`, or wider for long reductions
+    /// (`wideBackwardDataBlock`); set by `prepare`.
+    public private(set) var backwardDataBlockPixels: Int = 0
 
     var panel = GrowableBuffer<Float>()
     var blockOutput = GrowableBuffer<Float>()
@@ -141,6 +145,14 @@ public final class ConvolutionWorkspace {
         }
         path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
                                implicitB: implicitB, precision: precision)
+        backwardDataBlockPixels = blockPixels
+        if path.backwardData == .stride2Kernel3Gather || path.backwardData == .stridedPointwise,
+           let wide = wideBackwardDataBlock(g, columns: path.backwardData == .stridedPointwise ? min(blockPixels, hw) : blockPixels,
+                                            total: total) {
+            backwardDataBlockPixels = wide
+            panel.reserve(g.panelRows * wide + 2 * g.rowGatherSlack)
+            if hw < wide { blockOutput.reserve(max(g.groupOutChannels, 1) * wide) }
+        }
         if geometryChanged {
             packedPlan = path.forward.usesPackedPlan
                 ? PackedIm2colPlan(g, usesImplicitB: path.forward == .implicitB) : nil
@@ -233,6 +245,33 @@ public final class ConvolutionWorkspace {
             }
         }
     }
+}
+
+/// Columns a dcol block of a gathering backward-data path (`stride2Kernel3Gather`,
+/// `stridedPointwise`) needs at least when its reduction is long: its GEMM
+/// (dcol = W_gᵀ · dY, M = Cg·kh·kw rows, N = the block) re-packs all of W_gᵀ on every call,
+/// so narrow blocks pay that packing per few columns (the 256 KiB panel budget leaves 14
+/// columns for 512 channels × 3×3: ResNet's last stride-2 layers ran at a tenth of their
+/// GEMM's rate). 256 columns bring the packing under a tenth of the arithmetic.
+let wideBackwardDataColumns = 256
+
+/// The wider dcol block of `g` (whole images when they fit, else whole output rows), or nil
+/// to keep `blockPixels`: only for reductions of at least 256 rows from at least 64 input
+/// channels (the ImageNet networks' stride-2 layers; the small reference models keep their
+/// blocks), and only when the GEMMs of the default blocks have fewer than
+/// `wideBackwardDataColumns` columns (`columns`: `blockPixels`, or for strided 1×1, whose
+/// default blocks stay inside one image, at most outH·outW).
+func wideBackwardDataBlock(_ g: Conv2DGeometry, columns: Int, total: Int) -> Int? {
+    guard g.panelRows >= 256 && g.groupInChannels >= 64 && columns < wideBackwardDataColumns else { return nil }
+    let hw = g.outPixels, outW = g.outWidth
+    if hw <= wideBackwardDataColumns {
+        // Whole images: enough of them for the wide block, at most the batch.
+        let images = (wideBackwardDataColumns + hw - 1) / hw
+        return min(images * hw, max(total, hw))
+    }
+    // Whole output rows of one image.
+    let rows = (wideBackwardDataColumns + outW - 1) / outW
+    return min(rows * outW, hw)
 }
 
 /// A 64-byte aligned buffer that grows (never shrinks) on `reserve`.
