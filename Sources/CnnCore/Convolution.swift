@@ -248,7 +248,8 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry, implicitB: Bool? = nil) ->
         padding: .explicit(top: spanH - g.padTop, bottom: spanH - g.padBottom,
                            left: spanW - g.padLeft, right: spanW - g.padRight),
         groups: g.groups, paddingMode: .zeros),
-        bg.outHeight == g.height, bg.outWidth == g.width, packedIm2colApplies(bg) else { return nil }
+        bg.outHeight == g.height, bg.outWidth == g.width,
+        packedIm2colApplies(bg, planeLimitBytes: flippedBackwardDataPlaneLimitBytes) else { return nil }
     // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
     // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
     // the 9 multiply-adds per element (fashion-cnn/0 measured slower, LeNet-5's 5×5 faster).

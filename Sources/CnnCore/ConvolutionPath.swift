@@ -84,10 +84,13 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// (they have no bf16 kernel): a flipped backward-data runs packed im2col (and only with
     /// 4 or more input channels per group, where its GEMM's M fills a tile), strided 1×1
     /// backward-data the dcol path.
+    /// `planeLimitBytes` (nil: `packedIm2colPlaneLimitBytes`) is the largest phase-plane copy
+    /// packed im2col may use (larger for the forward of a flipped backward-data).
     public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil,
-                precision: ComputePrecision = .fp32) {
+                precision: ComputePrecision = .fp32, planeLimitBytes: Int? = nil) {
         let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
-        let packed = allowsPackedIm2col && packedIm2colApplies(g)
+        let packed = allowsPackedIm2col
+            && packedIm2colApplies(g, planeLimitBytes: planeLimitBytes ?? packedIm2colPlaneLimitBytes)
         if g.isPointwise && !packed {
             forward = .pointwise
         } else if packed {

@@ -69,6 +69,9 @@ public final class ConvolutionWorkspace {
     var flippedWeights = GrowableBuffer<Float>()
     /// W_gᵀ of each group packed for strided 1×1 backward-data (`sgemmTiles`).
     var transposedWeights: [PackedGemmA] = []
+    /// Largest phase-plane copy of packed im2col (`packedIm2colApplies`): the default, or
+    /// `flippedBackwardDataPlaneLimitBytes` for the workspace of a flipped backward-data.
+    var planeLimitBytes = packedIm2colPlaneLimitBytes
     private var preparedGeometry: Conv2DGeometry?
     private var preparedBatch = 0
 
@@ -144,7 +147,7 @@ public final class ConvolutionWorkspace {
             if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
         }
         path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
-                               implicitB: implicitB, precision: precision)
+                               implicitB: implicitB, precision: precision, planeLimitBytes: planeLimitBytes)
         backwardDataBlockPixels = blockPixels
         if path.backwardData == .stride2Kernel3Gather || path.backwardData == .stridedPointwise,
            let wide = wideBackwardDataBlock(g, columns: path.backwardData == .stridedPointwise ? min(blockPixels, hw) : blockPixels,
@@ -161,6 +164,7 @@ public final class ConvolutionWorkspace {
                 if backwardDataWorkspace == nil {
                     backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes, implicitB: implicitB,
                                                                  precision: precision, bf16Kernel: arithmetic.bf16Kernel)
+                    backwardDataWorkspace!.planeLimitBytes = flippedBackwardDataPlaneLimitBytes
                 }
                 flippedWeights.reserve(g.outChannels * g.panelRows)
             } else {

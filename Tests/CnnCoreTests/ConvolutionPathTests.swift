@@ -121,7 +121,7 @@ extension ConvolutionBlockedTests {
     /// through packed im2col with several images per block, backward-data as the forward of the
     /// transposed weights, both against the direct loops; on 256 pixels and more, the per-image GEMMs.
     func testPointwiseOnSmallPlanesTakesPackedIm2col() throws {
-        for (c, h, w, k, batch) in [(32, 7, 7, 40, 5), (24, 14, 14, 8, 3), (8, 3, 5, 20, 9), (16, 1, 1, 16, 4)] {
+        for (c, h, w, k, batch) in [(32, 7, 7, 40, 5), (24, 11, 11, 8, 3), (8, 3, 5, 20, 9), (16, 1, 1, 16, 4)] {
             let g = try geometry(c, h, w, k, kernel: (1, 1))
             check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false,
                   path: ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
@@ -134,10 +134,26 @@ extension ConvolutionBlockedTests {
               packed: true, manyBlocks: false)
         check(try geometry(3, 6, 6, 16, kernel: (1, 1)), batch: 3, budget: convolutionPanelBudgetBytes, packed: true,
               manyBlocks: false, path: ConvolutionPath(forward: .packedIm2col, backwardData: .pointwise, backwardWeights: .pointwise))
-        let large = try geometry(16, 16, 16, 8, kernel: (1, 1))
+        for large in [try geometry(16, 16, 16, 8, kernel: (1, 1)), try geometry(24, 14, 14, 8, kernel: (1, 1))] {
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: large, batch: 2)
+            XCTAssertEqual(ws.path, ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise))
+        }
+    }
+
+    /// VGG's 112×112 and 224×224 layers: the forward's phase planes are over its limit (stored
+    /// panel), the flipped backward-data's (a padded copy of dY) within its larger one.
+    func testLargePlanesFlipTheirBackwardData() throws {
+        for (c, h, k) in [(64, 224, 64), (64, 112, 128), (128, 112, 128)] {
+            let g = try geometry(c, h, h, k, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1))
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: g, batch: 16)
+            XCTAssertEqual(ws.path.backwardData, .flippedForward(.packedIm2col), "\(c)x\(h)->\(k)")
+        }
         let ws = ConvolutionWorkspace()
-        ws.prepare(for: large, batch: 2)
-        XCTAssertEqual(ws.path, ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise))
+        ws.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                   batch: 16)
+        XCTAssertEqual(ws.path.forward, .panel)
     }
 
     /// 3×3 stride-2 and strided 1×1 backward-data with long reductions (≥ 256 rows from ≥ 64
