@@ -249,7 +249,10 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry, implicitB: Bool? = nil) ->
                            left: spanW - g.padLeft, right: spanW - g.padRight),
         groups: g.groups, paddingMode: .zeros),
         bg.outHeight == g.height, bg.outWidth == g.width,
-        packedIm2colApplies(bg, planeLimitBytes: flippedBackwardDataPlaneLimitBytes) else { return nil }
+        // The larger plane limit only where the flip's GEMM has 8 or more rows per group (a
+        // 3-channel first layer's flip over a 224×224 dY measured far slower than col2im).
+        packedIm2colApplies(bg, planeLimitBytes: g.groupInChannels >= 8 ? flippedBackwardDataPlaneLimitBytes
+                                                                          : packedIm2colPlaneLimitBytes) else { return nil }
     // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
     // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
     // the 9 multiply-adds per element (fashion-cnn/0 measured slower, LeNet-5's 5×5 faster).

@@ -154,6 +154,11 @@ extension ConvolutionBlockedTests {
         ws.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
                    batch: 16)
         XCTAssertEqual(ws.path.forward, .panel)
+        // A 3-channel first layer keeps col2im (its flip would be an M = 3 GEMM over a 13 MB plane).
+        let first = ConvolutionWorkspace()
+        first.prepare(for: try geometry(3, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                      batch: 16)
+        XCTAssertEqual(first.path.backwardData, .col2im)
     }
 
     /// 3×3 stride-2 and strided 1×1 backward-data with long reductions (≥ 256 rows from ≥ 64
