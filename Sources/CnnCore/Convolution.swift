@@ -282,8 +282,8 @@ func flipWeightsForBackwardData(_ w: UnsafePointer<Float>, into flipped: UnsafeM
 /// so instead of zeroing dx and adding col2im into it, every dx row is written
 /// once: rows y = oy·sh get dcol interleaved with zeros, the others zeros.
 /// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats. When
-/// `blockPixels` holds two or more whole images (`wideBackwardDataBlock`), blocks are whole
-/// images instead, dY copied through blockOutput (Kg × blockPixels).
+/// `blockPixels` holds two or more whole images (small planes, or `wideBackwardDataBlock`),
+/// blocks are whole images instead, dY copied through blockOutput (Kg × blockPixels).
 func stridedPointwiseBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int,
