@@ -49,6 +49,91 @@ let referenceConvShapes: [ConvBenchShape] = [
     .init(model: "resnet20", layer: "9.c2", c: 64, h: 8, w: 8, k: 64, kernel: 3, stride: 1, padding: 1, bias: false),
 ]
 
+/// The distinct conv shapes of the 224×224 models (torchvision definitions, batch-norm
+/// networks, so no bias): resnet18, resnet50 (v1.5: the stride on the 3×3), vgg16, googlenet
+/// (3×3 in the "5×5" branch, as torchvision) and densenet121. Repeated blocks are listed once;
+/// of GoogLeNet's inception blocks and DenseNet's dense layers, the first and last widths of
+/// each stage. `bench conv --shapes 224` (or any `--layer` filter) runs them.
+///
+/// | kind                         | examples                                              |
+/// |------------------------------|-------------------------------------------------------|
+/// | 7×7 stride-2 stem, 3→64      | resnet18/conv1, googlenet/conv1, densenet121/conv0    |
+/// | 3×3 stride 1                 | resnet18/layer1.0.conv1 (64, 56×56), vgg16 (224×224…) |
+/// | 3×3 stride 2                 | resnet18/layer2.0.conv1, resnet50/layer2.0.conv2      |
+/// | 1×1 stride 2 (downsample)    | resnet18/layer2.0.downsample, resnet50/layer3.0.downsample |
+/// | 1×1 bottleneck               | resnet50/layer1.0.conv1, resnet50/layer4.0.conv3      |
+/// | 1×1 on a wide concatenation  | densenet121/block3.24.conv1 (992→128, 14×14)          |
+/// | narrow 3×3 (K = 32)          | densenet121/block1.conv2, googlenet/3a.branch3.1      |
+let imagenetConvShapes: [ConvBenchShape] = [
+    .init(model: "resnet18", layer: "conv1", c: 3, h: 224, w: 224, k: 64, kernel: 7, stride: 2, padding: 3, bias: false),
+    .init(model: "resnet18", layer: "layer1.0.conv1", c: 64, h: 56, w: 56, k: 64, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer2.0.conv1", c: 64, h: 56, w: 56, k: 128, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer2.0.downsample", c: 64, h: 56, w: 56, k: 128, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet18", layer: "layer2.0.conv2", c: 128, h: 28, w: 28, k: 128, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer3.0.conv1", c: 128, h: 28, w: 28, k: 256, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer3.0.downsample", c: 128, h: 28, w: 28, k: 256, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet18", layer: "layer3.0.conv2", c: 256, h: 14, w: 14, k: 256, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer4.0.conv1", c: 256, h: 14, w: 14, k: 512, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet18", layer: "layer4.0.downsample", c: 256, h: 14, w: 14, k: 512, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet18", layer: "layer4.0.conv2", c: 512, h: 7, w: 7, k: 512, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "resnet50", layer: "layer1.0.conv1", c: 64, h: 56, w: 56, k: 64, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer1.0.conv2", c: 64, h: 56, w: 56, k: 64, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "resnet50", layer: "layer1.0.conv3", c: 64, h: 56, w: 56, k: 256, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer1.1.conv1", c: 256, h: 56, w: 56, k: 64, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer2.0.conv1", c: 256, h: 56, w: 56, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer2.0.conv2", c: 128, h: 56, w: 56, k: 128, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet50", layer: "layer2.0.downsample", c: 256, h: 56, w: 56, k: 512, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer2.0.conv3", c: 128, h: 28, w: 28, k: 512, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer2.1.conv1", c: 512, h: 28, w: 28, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer3.0.conv2", c: 256, h: 28, w: 28, k: 256, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet50", layer: "layer3.0.downsample", c: 512, h: 28, w: 28, k: 1024, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer3.0.conv3", c: 256, h: 14, w: 14, k: 1024, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer3.1.conv1", c: 1024, h: 14, w: 14, k: 256, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer4.0.conv2", c: 512, h: 14, w: 14, k: 512, kernel: 3, stride: 2, padding: 1, bias: false),
+    .init(model: "resnet50", layer: "layer4.0.downsample", c: 1024, h: 14, w: 14, k: 2048, kernel: 1, stride: 2, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer4.0.conv3", c: 512, h: 7, w: 7, k: 2048, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "resnet50", layer: "layer4.1.conv1", c: 2048, h: 7, w: 7, k: 512, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "vgg16", layer: "features.0", c: 3, h: 224, w: 224, k: 64, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.2", c: 64, h: 224, w: 224, k: 64, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.5", c: 64, h: 112, w: 112, k: 128, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.7", c: 128, h: 112, w: 112, k: 128, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.10", c: 128, h: 56, w: 56, k: 256, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.12", c: 256, h: 56, w: 56, k: 256, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.17", c: 256, h: 28, w: 28, k: 512, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.19", c: 512, h: 28, w: 28, k: 512, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "vgg16", layer: "features.24", c: 512, h: 14, w: 14, k: 512, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "conv1", c: 3, h: 224, w: 224, k: 64, kernel: 7, stride: 2, padding: 3, bias: false),
+    .init(model: "googlenet", layer: "conv2", c: 64, h: 56, w: 56, k: 64, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "conv3", c: 64, h: 56, w: 56, k: 192, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "3a.branch1", c: 192, h: 28, w: 28, k: 64, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "3a.branch2.0", c: 192, h: 28, w: 28, k: 96, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "3a.branch2.1", c: 96, h: 28, w: 28, k: 128, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "3a.branch3.0", c: 192, h: 28, w: 28, k: 16, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "3a.branch3.1", c: 16, h: 28, w: 28, k: 32, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "3b.branch2.1", c: 128, h: 28, w: 28, k: 192, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "3b.branch3.1", c: 32, h: 28, w: 28, k: 96, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "4a.branch1", c: 480, h: 14, w: 14, k: 192, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "4a.branch2.1", c: 96, h: 14, w: 14, k: 208, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "4a.branch3.1", c: 16, h: 14, w: 14, k: 48, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "4e.branch2.1", c: 160, h: 14, w: 14, k: 320, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "5b.branch1", c: 832, h: 7, w: 7, k: 384, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "googlenet", layer: "5b.branch2.1", c: 192, h: 7, w: 7, k: 384, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "googlenet", layer: "5b.branch3.1", c: 48, h: 7, w: 7, k: 128, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "densenet121", layer: "conv0", c: 3, h: 224, w: 224, k: 64, kernel: 7, stride: 2, padding: 3, bias: false),
+    .init(model: "densenet121", layer: "block1.1.conv1", c: 64, h: 56, w: 56, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block1.6.conv1", c: 224, h: 56, w: 56, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block1.conv2", c: 128, h: 56, w: 56, k: 32, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "densenet121", layer: "transition1", c: 256, h: 56, w: 56, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block2.12.conv1", c: 480, h: 28, w: 28, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block2.conv2", c: 128, h: 28, w: 28, k: 32, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "densenet121", layer: "transition2", c: 512, h: 28, w: 28, k: 256, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block3.24.conv1", c: 992, h: 14, w: 14, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block3.conv2", c: 128, h: 14, w: 14, k: 32, kernel: 3, stride: 1, padding: 1, bias: false),
+    .init(model: "densenet121", layer: "transition3", c: 1024, h: 14, w: 14, k: 512, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block4.16.conv1", c: 992, h: 7, w: 7, k: 128, kernel: 1, stride: 1, padding: 0, bias: false),
+    .init(model: "densenet121", layer: "block4.conv2", c: 128, h: 7, w: 7, k: 32, kernel: 3, stride: 1, padding: 1, bias: false),
+]
+
 /// `cnn-dist bench conv`: GFLOP/s of the three convolution passes for every
 /// reference-model conv shape, each next to plain `sgemm` on its equivalent GEMM.
 ///
@@ -77,8 +162,10 @@ public struct BenchConvCommand: ParsableCommand {
     var threads = 1
     @Flag(name: .long, help: "Time with this thread's CPU clock instead of the wall clock: steadier on a busy machine (time spent descheduled is not counted). Single thread only.")
     var threadTime = false
-    @Option(help: "Only layers whose model/layer name contains this text, e.g. resnet20/6.")
+    @Option(help: "Only layers whose model/layer name contains this text, e.g. resnet20/6 or resnet18/layer2 (searches both shape sets unless --shapes is given).")
     var layer: String?
+    @Option(help: "Shape set: small (lenet5, fashion-cnn, minivgg, resnet20 at their input sizes), 224 (resnet18/50, vgg16, googlenet, densenet121 at 224x224) or all. Default: small, or all with --layer.")
+    var shapes: ShapeSet?
     @Flag(name: .long, help: "Keep every pass on the stored im2col panel (no packed im2col), to compare the two side by side.")
     var panelOnly = false
     @Option(name: .long, help: "Implicit B wherever packed im2col applies: auto (chosen per layer), on or off, to compare them side by side.")
@@ -88,6 +175,10 @@ public struct BenchConvCommand: ParsableCommand {
     var precision: ComputePrecision = .fp32
 
     private var computePrecision: ComputePrecision { precision }
+
+    enum ShapeSet: String, ExpressibleByArgument, CaseIterable {
+        case small, imagenet = "224", all
+    }
 
     enum ImplicitBChoice: String, ExpressibleByArgument, CaseIterable {
         case auto, on, off
@@ -110,13 +201,16 @@ public struct BenchConvCommand: ParsableCommand {
         let previousThreads = ComputeThreads.count
         ComputeThreads.count = threads
         defer { ComputeThreads.count = previousThreads }
-        let shapes = referenceConvShapes.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
+        let set = shapes ?? (layer == nil ? .small : .all)
+        let candidates = set == .small ? referenceConvShapes
+            : set == .imagenet ? imagenetConvShapes : referenceConvShapes + imagenetConvShapes
+        let shapes = candidates.filter { s in layer.map { "\(s.model)/\(s.layer)".contains($0) } ?? true }
         var rows: [[String: Any]] = []
         if !json {
             print("precision \(computePrecision.rawValue) (all three passes), fp32 GEMM kernel \(GemmKernel.current.rawValue); "
                   + "batch \(batch), \(threads) thread\(threads == 1 ? "" : "s"), best of \(repeats) alternating rounds, \(threadTime ? "thread CPU time" : "wall clock"); "
                   + "GFLOP/s = 2·MACs / time; ratio = pass / sgemm on its equivalent GEMM")
-            print(pad("model/layer", 20) + pad("shape", 22) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
+            print(pad("model/layer", 30) + pad("shape", 25) + pad("fwd", 8) + pad("gemm", 8) + pad("ratio", 7)
                   + pad("data", 8) + pad("gemm", 8) + pad("ratio", 7) + pad("wgt", 8) + pad("gemm", 8)
                   + pad("ratio", 7) + pad("workspace", 10) + "path (fwd/data/wgt)")
         }
@@ -126,7 +220,7 @@ public struct BenchConvCommand: ParsableCommand {
             if !json {
                 func f(_ key: String) -> String { String(format: "%.2f", row[key] as! Double) }
                 let shape = "\(s.c)x\(s.h)x\(s.w)->\(s.k) k\(s.kernel)s\(s.stride)p\(s.padding)"
-                print(pad("\(s.model)/\(s.layer)", 20) + pad(shape, 22)
+                print(pad("\(s.model)/\(s.layer)", 30) + pad(shape, 25)
                       + pad(f("forward_gflops"), 8) + pad(f("forward_gemm_gflops"), 8) + pad(f("forward_ratio"), 7)
                       + pad(f("backward_data_gflops"), 8) + pad(f("backward_data_gemm_gflops"), 8)
                       + pad(f("backward_data_ratio"), 7)

@@ -180,11 +180,12 @@ private func backwardDataImages(
         return
     case .stridedPointwise:
         stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                     dcol: dcol, dcolCapacity: ws.panel.capacity, arithmetic: ws.arithmetic)
+                                     dcol: dcol, dcolCapacity: ws.panel.capacity, blockPixels: ws.backwardDataBlockPixels,
+                                     blockOutput: blockOutput, arithmetic: ws.arithmetic)
         return
     case .stride2Kernel3Gather:
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                   blockPixels: ws.blockPixels, dcol: dcol, blockOutput: blockOutput,
+                                   blockPixels: ws.backwardDataBlockPixels, dcol: dcol, blockOutput: blockOutput,
                                    arithmetic: ws.arithmetic)
         return
     case .stride1RowGather:
@@ -231,9 +232,12 @@ private func backwardDataImages(
 /// least 8 input channels per group (M of its GEMM: with LeNet-5's 6 the panel path
 /// measured faster, with 16 and more this one; fewer waste the micro-tile),
 /// or exactly 1 where implicit B applies (its M = 1 kernel; first layers, whose input
-/// gradient training skips, but `bench conv` and callers may ask for it).
+/// gradient training skips, but `bench conv` and callers may ask for it). A 1×1 stride-1
+/// convolution qualifies where its forward takes packed im2col (`pointwiseUsesPackedPlan`):
+/// its flip is the transposed weights, dx = W_gᵀ·dY with W_gᵀ packed once per pass.
 func flippedBackwardDataGeometry(_ g: Conv2DGeometry, implicitB: Bool? = nil) -> Conv2DGeometry? {
-    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise, g.groupInChannels >= 8 || g.groupInChannels < 4,
+    guard g.strideHeight == 1, g.strideWidth == 1, !g.isPointwise || pointwiseUsesPackedPlan(g),
+          g.groupInChannels >= 8 || g.groupInChannels < 4,
           g.paddingMode == .zeros || g.padTop + g.padBottom + g.padLeft + g.padRight == 0 else { return nil }
     let spanH = (g.kernelHeight - 1) * g.dilationHeight, spanW = (g.kernelWidth - 1) * g.dilationWidth
     guard max(g.padTop, g.padBottom) <= spanH, max(g.padLeft, g.padRight) <= spanW else { return nil }
@@ -244,7 +248,11 @@ func flippedBackwardDataGeometry(_ g: Conv2DGeometry, implicitB: Bool? = nil) ->
         padding: .explicit(top: spanH - g.padTop, bottom: spanH - g.padBottom,
                            left: spanW - g.padLeft, right: spanW - g.padRight),
         groups: g.groups, paddingMode: .zeros),
-        bg.outHeight == g.height, bg.outWidth == g.width, packedIm2colApplies(bg) else { return nil }
+        bg.outHeight == g.height, bg.outWidth == g.width,
+        // The larger plane limit only where the flip's GEMM has 8 or more rows per group (a
+        // 3-channel first layer's flip over a 224×224 dY measured far slower than col2im).
+        packedIm2colApplies(bg, planeLimitBytes: g.groupInChannels >= 8 ? flippedBackwardDataPlaneLimitBytes
+                                                                          : packedIm2colPlaneLimitBytes) else { return nil }
     // One input channel: only with implicit B, whose M = 1 kernel keeps the FMAs busy, and
     // kernels of at least 16 taps. With 3×3 the zero-bordered copy of dY costs more than
     // the 9 multiply-adds per element (fashion-cnn/0 measured slower, LeNet-5's 5×5 faster).
@@ -273,15 +281,29 @@ func flipWeightsForBackwardData(_ w: UnsafePointer<Float>, into flipped: UnsafeM
 /// for images `images`: each input pixel receives at most one contribution,
 /// so instead of zeroing dx and adding col2im into it, every dx row is written
 /// once: rows y = oy·sh get dcol interleaved with zeros, the others zeros.
-/// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats.
+/// dcol (Cg × rows·outW per block of whole output rows) holds dcolCapacity floats. When
+/// `blockPixels` holds two or more whole images (small planes, or `wideBackwardDataBlock`),
+/// blocks are whole images instead, dY copied through blockOutput (Kg × blockPixels).
 func stridedPointwiseBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int,
-    arithmetic: GemmArithmetic = .fp32
+    blockPixels: Int = 0, blockOutput: UnsafeMutablePointer<Float>? = nil, arithmetic: GemmArithmetic = .fp32
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
     let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
     let Cg = g.groupInChannels, Kg = g.groupOutChannels
+    if blockPixels >= 2 * hw, blockOutput != nil {
+        forEachWholeImageDcol(images: images, perBlock: blockPixels / hw, gradOutput: dy, weight: w, geometry: g,
+                              dcol: dcol, blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
+            for oy in 0..<outH {
+                let y = oy * sh
+                writeStridedRuns(dx + (n * C + grp * Cg) * H * W + y * W, planeStride: H * W,
+                                 imageDcol + oy * outW, sourceStride: ld, channels: Cg, count: outW,
+                                 width: W, stride: sw, zeroRows: min(y + sh, H) - y - 1, rowStride: W)
+            }
+        }
+        return
+    }
     let blockRows = max(1, min(outH, dcolCapacity / (Cg * outW)))
     for n in images {
         for grp in 0..<g.groups {

@@ -9,7 +9,8 @@
 public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// Forward (and the forward that computes a flipped backward-data).
     public enum Forward: String, Equatable, Sendable, CaseIterable {
-        /// 1×1, stride 1, unpadded: one GEMM per image and group on the NCHW input itself.
+        /// 1×1, stride 1, unpadded: one GEMM per image and group on the NCHW input itself
+        /// (planes of 256 pixels and more; smaller ones take packed im2col, `pointwiseUsesPackedPlan`).
         case pointwise
         /// Packed im2col: the GEMM's B panels are built straight from the (phase-plane) input.
         case packedIm2col
@@ -83,11 +84,14 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
     /// (they have no bf16 kernel): a flipped backward-data runs packed im2col (and only with
     /// 4 or more input channels per group, where its GEMM's M fills a tile), strided 1×1
     /// backward-data the dcol path.
+    /// `planeLimitBytes` (nil: `packedIm2colPlaneLimitBytes`) is the largest phase-plane copy
+    /// packed im2col may use (larger for the forward of a flipped backward-data).
     public init(_ g: Conv2DGeometry, blockPixels p: Int, allowsPackedIm2col: Bool = true, implicitB: Bool? = nil,
-                precision: ComputePrecision = .fp32) {
+                precision: ComputePrecision = .fp32, planeLimitBytes: Int? = nil) {
         let spanning = g.outPixels < p && spanningBlocksUseDirectGemm(g)
-        let packed = allowsPackedIm2col && packedIm2colApplies(g)
-        if g.isPointwise {
+        let packed = allowsPackedIm2col
+            && packedIm2colApplies(g, planeLimitBytes: planeLimitBytes ?? packedIm2colPlaneLimitBytes)
+        if g.isPointwise && !packed {
             forward = .pointwise
         } else if packed {
             forward = precision == .fp32 && !g.isStridedPointwise && implicitForwardPays(g, override: implicitB)

@@ -41,6 +41,10 @@ public final class ConvolutionWorkspace {
     }
     /// Output pixels per block (P), the panel's column count; set by `prepare`.
     public private(set) var blockPixels: Int = 0
+    /// Output pixels per dcol block of the backward-data paths that store dcol and gather from
+    /// it (3×3 stride 2, strided 1×1): `blockPixels`, or wider for long reductions
+    /// (`wideBackwardDataBlock`); set by `prepare`.
+    public private(set) var backwardDataBlockPixels: Int = 0
 
     var panel = GrowableBuffer<Float>()
     var blockOutput = GrowableBuffer<Float>()
@@ -65,6 +69,9 @@ public final class ConvolutionWorkspace {
     var flippedWeights = GrowableBuffer<Float>()
     /// W_gᵀ of each group packed for strided 1×1 backward-data (`sgemmTiles`).
     var transposedWeights: [PackedGemmA] = []
+    /// Largest phase-plane copy of packed im2col (`packedIm2colApplies`): the default, or
+    /// `flippedBackwardDataPlaneLimitBytes` for the workspace of a flipped backward-data.
+    var planeLimitBytes = packedIm2colPlaneLimitBytes
     private var preparedGeometry: Conv2DGeometry?
     private var preparedBatch = 0
 
@@ -140,7 +147,15 @@ public final class ConvolutionWorkspace {
             if hw < p { blockOutput.reserve(max(g.groupOutChannels, 1) * p) }
         }
         path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
-                               implicitB: implicitB, precision: precision)
+                               implicitB: implicitB, precision: precision, planeLimitBytes: planeLimitBytes)
+        backwardDataBlockPixels = blockPixels
+        if path.backwardData == .stride2Kernel3Gather || path.backwardData == .stridedPointwise,
+           let wide = wideBackwardDataBlock(g, columns: path.backwardData == .stridedPointwise ? min(blockPixels, hw) : blockPixels,
+                                            total: total) {
+            backwardDataBlockPixels = wide
+            panel.reserve(g.panelRows * wide + 2 * g.rowGatherSlack)
+            if hw < wide { blockOutput.reserve(max(g.groupOutChannels, 1) * wide) }
+        }
         if geometryChanged {
             packedPlan = path.forward.usesPackedPlan
                 ? PackedIm2colPlan(g, usesImplicitB: path.forward == .implicitB) : nil
@@ -149,6 +164,7 @@ public final class ConvolutionWorkspace {
                 if backwardDataWorkspace == nil {
                     backwardDataWorkspace = ConvolutionWorkspace(panelBudgetBytes: panelBudgetBytes, implicitB: implicitB,
                                                                  precision: precision, bf16Kernel: arithmetic.bf16Kernel)
+                    backwardDataWorkspace!.planeLimitBytes = flippedBackwardDataPlaneLimitBytes
                 }
                 flippedWeights.reserve(g.outChannels * g.panelRows)
             } else {
@@ -233,6 +249,33 @@ public final class ConvolutionWorkspace {
             }
         }
     }
+}
+
+/// Columns a dcol block of a gathering backward-data path (`stride2Kernel3Gather`,
+/// `stridedPointwise`) needs at least when its reduction is long: its GEMM
+/// (dcol = W_gᵀ · dY, M = Cg·kh·kw rows, N = the block) re-packs all of W_gᵀ on every call,
+/// so narrow blocks pay that packing per few columns (the 256 KiB panel budget leaves 14
+/// columns for 512 channels × 3×3: ResNet's last stride-2 layers ran at a tenth of their
+/// GEMM's rate). 256 columns bring the packing under a tenth of the arithmetic.
+let wideBackwardDataColumns = 256
+
+/// The wider dcol block of `g` (whole images when they fit, else whole output rows), or nil
+/// to keep `blockPixels`: only for reductions of at least 256 rows from at least 64 input
+/// channels (the ImageNet networks' stride-2 layers; the small reference models keep their
+/// blocks), and only when the GEMMs of the default blocks have fewer than
+/// `wideBackwardDataColumns` columns (`columns`: `blockPixels`, or for strided 1×1, whose
+/// default blocks stay inside one image, at most outH·outW).
+func wideBackwardDataBlock(_ g: Conv2DGeometry, columns: Int, total: Int) -> Int? {
+    guard g.panelRows >= 256 && g.groupInChannels >= 64 && columns < wideBackwardDataColumns else { return nil }
+    let hw = g.outPixels, outW = g.outWidth
+    if hw <= wideBackwardDataColumns {
+        // Whole images: enough of them for the wide block, at most the batch.
+        let images = (wideBackwardDataColumns + hw - 1) / hw
+        return min(images * hw, max(total, hw))
+    }
+    // Whole output rows of one image.
+    let rows = (wideBackwardDataColumns + outW - 1) / outW
+    return min(rows * outW, hw)
 }
 
 /// A 64-byte aligned buffer that grows (never shrinks) on `reserve`.

@@ -52,12 +52,30 @@ let packedIm2colPlaneLimitBytes = 4 << 20
 /// skip the phase-plane copy and gather their runs from the input in place
 /// (`gatherStride`); with a 16-32 long reduction the copy would cost as much
 /// as the arithmetic.
-func packedIm2colApplies(_ g: Conv2DGeometry) -> Bool {
+func packedIm2colApplies(_ g: Conv2DGeometry, planeLimitBytes: Int = packedIm2colPlaneLimitBytes) -> Bool {
     let padded = g.padTop + g.padBottom + g.padLeft + g.padRight > 0
-    if g.isPointwise || (padded && g.paddingMode != .zeros) { return false }
+    if (g.isPointwise && !pointwiseUsesPackedPlan(g)) || (padded && g.paddingMode != .zeros) { return false }
     let planeBytes = g.groupInChannels * (g.height + g.padTop + g.padBottom + g.strideHeight)
         * (g.width + g.padLeft + g.padRight + g.strideWidth) * MemoryLayout<Float>.stride
-    return planeBytes <= packedIm2colPlaneLimitBytes
+    return planeBytes <= planeLimitBytes
+}
+
+/// The phase-plane limit of a flipped backward-data (`flippedBackwardDataGeometry`): larger
+/// than the forward's, so that VGG's 112×112 and 224×224 layers gather dx from a padded copy
+/// of dY (up to 128 × 114 × 114 floats per task) instead of zeroing dx and adding col2im into
+/// it, which ran at about half their GEMM's rate.
+let flippedBackwardDataPlaneLimitBytes = 16 << 20
+
+/// Whether a 1×1 stride-1 convolution runs its forward (and its backward-data, as the forward
+/// of the transposed weights) through packed im2col instead of one plain GEMM per image: on
+/// planes under 128 pixels (the last stage of ImageNet networks: 7×7). There a per-image
+/// GEMM has 49 columns and re-packs all of its Kg × Cg weights for them (512 × 2048 on
+/// ResNet-50's last stage); the plan packs them once per pass and its blocks hold several
+/// images (xs = the input itself, no copy: `imagesPerBlock`). 14×14 planes measured no
+/// faster this way (196 columns amortise the packing), and the plan's copies of the weights
+/// and block outputs cost memory per layer.
+func pointwiseUsesPackedPlan(_ g: Conv2DGeometry) -> Bool {
+    g.isPointwise && g.outPixels < 128
 }
 
 /// Index tables of one geometry, plus the phase-plane input copies of each task.
@@ -735,6 +753,8 @@ func packedIm2colForward(
 /// forward); it loses with ≥ 64 output channels, a reduction of 9, and on 7×7 / 8×8 planes
 /// (22-25 % extra columns).
 func implicitForwardPays(_ g: Conv2DGeometry, override: Bool? = nil) -> Bool {
+    // 1×1 stride 1: its packed panels are whole runs already; implicit B would only add the copy.
+    if g.isPointwise { return false }
     if let override { return override }
     let Ws = (g.width + g.padLeft + g.padRight + g.strideWidth - 1) / g.strideWidth
     guard g.panelRows >= 16 && g.groupOutChannels <= 32 && (Ws - g.outWidth) * 8 <= Ws else { return false }

@@ -7,35 +7,129 @@
 public func maxPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>,
                            planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                            kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
-    if ph == 0 && pw == 0 && kh == 2 && kw == 2 {
-        maxPool2x2(x: x, y: y, argmax: argmax, planes: planes, h: h, w: w, oh: oh, ow: ow, sh: sh, sw: sw)
-        return
-    }
-    for p in 0..<planes {
-        let xp = x + p * h * w
-        let yp = y + p * oh * ow
-        let ap = argmax + p * oh * ow
-        for i in 0..<oh {
-            let h0 = i * sh - ph
-            let hs = max(h0, 0), he = min(h0 + kh, h)
-            for j in 0..<ow {
-                let w0 = j * sw - pw
-                let ws = max(w0, 0), we = min(w0 + kw, w)
-                var best = -Float.infinity, at = hs * w + ws
-                for r in hs..<he {
-                    for c in ws..<we {
-                        // Branch-free select; a NaN wins (and then stays), as in PyTorch.
-                        // `>` and isNaN are never both true, so != is their exclusive or.
-                        let v = xp[r * w + c]
-                        let take = (v > best) != v.isNaN
-                        best = take ? v : best
-                        at = take ? r * w + c : at
-                    }
-                }
-                yp[i * ow + j] = best
-                ap[i * ow + j] = Int32(truncatingIfNeeded: at)
-            }
+    forEachPlaneRange(planes, work: oh * ow * kh * kw) { range in
+        let xr = x + range.lowerBound * h * w, yr = y + range.lowerBound * oh * ow
+        let ar = argmax + range.lowerBound * oh * ow
+        if ph == 0 && pw == 0 && kh == 2 && kw == 2 {
+            maxPool2x2(x: xr, y: yr, argmax: ar, planes: range.count, h: h, w: w, oh: oh, ow: ow, sh: sh, sw: sw)
+            return
         }
+        let wins = PoolWindows(h: h, w: w, oh: oh, ow: ow, kh: kh, kw: kw, sh: sh, sw: sw, ph: ph, pw: pw)
+        for p in 0..<range.count {
+            maxPoolPlane(xr + p * h * w, yr + p * oh * ow, ar + p * oh * ow, wins)
+        }
+    }
+}
+
+/// Runs `body` over contiguous ranges of the `planes` planes: one range, or one per compute
+/// thread when there are several and the planes hold enough work (`work` cell visits each) to
+/// pay for waking them. Planes are independent, so the split does not change any result.
+@inline(__always)
+func forEachPlaneRange(_ planes: Int, work: Int, _ body: (Range<Int>) -> Void) {
+    let tasks = min(availableComputeThreads(), planes)
+    if tasks > 1 && planes * work >= 1 << 16 {
+        parallelTasks(tasks) { t in body(taskRange(t, of: planes, tasks: tasks)) }
+    } else {
+        body(0..<planes)
+    }
+}
+
+/// A pooling geometry and its interior output columns: windows jInterior, whose columns
+/// j·sw − pw ..< j·sw − pw + kw all lie inside the input row, so 8 adjacent ones can be
+/// read as vectors with no padding test.
+struct PoolWindows {
+    let h: Int, w: Int, oh: Int, ow: Int, kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int
+    let jInterior: Range<Int>
+    /// Whether the interior is read 8 windows at a time: stride 1, or stride 2 with kw ≥ 2
+    /// (whose loads then never read past the last window's last column), and ≥ 8 windows.
+    let vectorized: Bool
+
+    init(h: Int, w: Int, oh: Int, ow: Int, kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
+        (self.h, self.w, self.oh, self.ow, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw)
+            = (h, w, oh, ow, kh, kw, sh, sw, ph, pw)
+        let lo = min((pw + sw - 1) / sw, ow)
+        let hi = w >= kw - pw ? min((w - kw + pw) / sw + 1, ow) : lo
+        jInterior = lo ..< max(lo, hi)
+        vectorized = (sw == 1 || (sw == 2 && kw >= 2)) && jInterior.count >= 8
+    }
+
+    /// Cell c of the windows j ..< j + 8 in input row `row` (the row's first cell): row[(j + l)·sw − pw + c].
+    /// With stride 2 the 16-float load of the even cells ends on the last window's last column
+    /// (kw ≥ 2), and the odd cells' load starts one cell earlier: no read past the row's windows.
+    @inline(__always)
+    func cells(_ row: UnsafePointer<Float>, _ j: Int, _ c: Int) -> SIMD8<Float> {
+        let first = row + j * sw - pw
+        if sw == 1 { return UnsafeRawPointer(first + c).loadUnaligned(as: SIMD8<Float>.self) }
+        if c == 0 {
+            let v = UnsafeRawPointer(first).loadUnaligned(as: SIMD16<Float>.self)
+            return SIMD8(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+        }
+        let v = UnsafeRawPointer(first + c - 1).loadUnaligned(as: SIMD16<Float>.self)
+        return SIMD8(v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15])
+    }
+
+    /// Input rows of output row i: hs ..< he (clipped to the input).
+    @inline(__always)
+    func rows(_ i: Int) -> Range<Int> {
+        let h0 = i * sh - ph
+        return max(h0, 0) ..< max(max(h0, 0), min(h0 + kh, h))
+    }
+}
+
+/// One plane of the general max pool. Edge windows run the scalar loop; interior windows
+/// 8 at a time with the same visiting order (rows, then columns) and the same select per
+/// lane, so values and argmax equal the scalar loop's bit for bit.
+@inline(__always)
+private func maxPoolPlane(_ xp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>,
+                          _ ap: UnsafeMutablePointer<Int32>, _ g: PoolWindows) {
+    let w = g.w, ow = g.ow
+    for i in 0..<g.oh {
+        let rows = g.rows(i)
+        @inline(__always) func scalarWindow(_ j: Int) {
+            let w0 = j * g.sw - g.pw
+            let ws = max(w0, 0), we = min(w0 + g.kw, w)
+            var best = -Float.infinity, at = rows.lowerBound * w + ws
+            for r in rows {
+                for c in ws..<we {
+                    // Branch-free select; a NaN wins (and then stays), as in PyTorch.
+                    // `>` and isNaN are never both true, so != is their exclusive or.
+                    let v = xp[r * w + c]
+                    let take = (v > best) != v.isNaN
+                    best = take ? v : best
+                    at = take ? r * w + c : at
+                }
+            }
+            yp[i * ow + j] = best
+            ap[i * ow + j] = Int32(truncatingIfNeeded: at)
+        }
+        guard g.vectorized else {
+            for j in 0..<ow { scalarWindow(j) }
+            continue
+        }
+        for j in 0..<g.jInterior.lowerBound { scalarWindow(j) }
+        let lanes = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) &* Int32(truncatingIfNeeded: g.sw)
+        var j = g.jInterior.lowerBound
+        while true {
+            // The last block may overlap the one before and rewrite the same values.
+            let jj = min(j, g.jInterior.upperBound - 8)
+            let w0 = jj * g.sw - g.pw
+            var best = SIMD8<Float>(repeating: -.infinity)
+            var at = lanes &+ Int32(truncatingIfNeeded: rows.lowerBound * w + w0)
+            for r in rows {
+                let row = xp + r * w
+                for c in 0..<g.kw {
+                    let v = g.cells(row, jj, c)
+                    let take = (v .> best) .| (v .!= v)
+                    best = best.replacing(with: v, where: take)
+                    at = at.replacing(with: lanes &+ Int32(truncatingIfNeeded: r * w + w0 + c), where: take)
+                }
+            }
+            UnsafeMutableRawPointer(yp + i * ow + jj).storeBytes(of: best, as: SIMD8<Float>.self)
+            UnsafeMutableRawPointer(ap + i * ow + jj).storeBytes(of: at, as: SIMD8<Int32>.self)
+            if jj == g.jInterior.upperBound - 8 { break }
+            j += 8
+        }
+        for j in g.jInterior.upperBound..<ow { scalarWindow(j) }
     }
 }
 
@@ -187,11 +281,13 @@ func maxPool2x2Stride2Row<W: MaxPoolWindows>(_ x: UnsafePointer<Float>, w: Int, 
 /// dx = 0, then dx[argmax[o]] += dy[o] (overlapping windows accumulate).
 public func maxPoolBackward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, dx: UnsafeMutablePointer<Float>,
                             planes: Int, h: Int, w: Int, oh: Int, ow: Int) {
-    dx.update(repeating: 0, count: planes * h * w)
-    for p in 0..<planes {
-        let dxp = dx + p * h * w
-        let off = p * oh * ow
-        for o in 0..<(oh * ow) { dxp[Int(argmax[off + o])] += dy[off + o] }
+    forEachPlaneRange(planes, work: h * w + oh * ow) { range in
+        (dx + range.lowerBound * h * w).update(repeating: 0, count: range.count * h * w)
+        for p in range {
+            let dxp = dx + p * h * w
+            let off = p * oh * ow
+            for o in 0..<(oh * ow) { dxp[Int(argmax[off + o])] += dy[off + o] }
+        }
     }
 }
 
@@ -200,21 +296,45 @@ public func maxPoolBackward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int3
 public func avgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                            planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                            kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
-    let scale = 1 / Float(kh * kw)
-    for p in 0..<planes {
-        let xp = x + p * h * w
-        let yp = y + p * oh * ow
-        for i in 0..<oh {
-            let h0 = i * sh - ph
-            let hs = max(h0, 0), he = min(h0 + kh, h)
-            for j in 0..<ow {
-                let w0 = j * sw - pw
-                let ws = max(w0, 0), we = min(w0 + kw, w)
-                var acc: Float = 0
-                for r in hs..<he { for c in ws..<we { acc += xp[r * w + c] } }
-                yp[i * ow + j] = acc * scale
-            }
+    let g = PoolWindows(h: h, w: w, oh: oh, ow: ow, kh: kh, kw: kw, sh: sh, sw: sw, ph: ph, pw: pw)
+    forEachPlaneRange(planes, work: oh * ow * kh * kw) { range in
+        for p in range { avgPoolPlane(x + p * h * w, y + p * oh * ow, g) }
+    }
+}
+
+/// One plane of the average pool. Interior windows run 8 at a time, each lane summing its
+/// cells from 0 in the scalar loop's order (rows, then columns), so the sums are the same.
+@inline(__always)
+private func avgPoolPlane(_ xp: UnsafePointer<Float>, _ yp: UnsafeMutablePointer<Float>, _ g: PoolWindows) {
+    let w = g.w, ow = g.ow
+    let scale = 1 / Float(g.kh * g.kw)
+    for i in 0..<g.oh {
+        let rows = g.rows(i)
+        @inline(__always) func scalarWindow(_ j: Int) {
+            let w0 = j * g.sw - g.pw
+            let ws = max(w0, 0), we = min(w0 + g.kw, w)
+            var acc: Float = 0
+            for r in rows { for c in ws..<we { acc += xp[r * w + c] } }
+            yp[i * ow + j] = acc * scale
         }
+        guard g.vectorized else {
+            for j in 0..<ow { scalarWindow(j) }
+            continue
+        }
+        for j in 0..<g.jInterior.lowerBound { scalarWindow(j) }
+        var j = g.jInterior.lowerBound
+        while true {
+            let jj = min(j, g.jInterior.upperBound - 8)
+            var acc = SIMD8<Float>()
+            for r in rows {
+                let row = xp + r * w
+                for c in 0..<g.kw { acc += g.cells(row, jj, c) }
+            }
+            UnsafeMutableRawPointer(yp + i * ow + jj).storeBytes(of: acc * scale, as: SIMD8<Float>.self)
+            if jj == g.jInterior.upperBound - 8 { break }
+            j += 8
+        }
+        for j in g.jInterior.upperBound..<ow { scalarWindow(j) }
     }
 }
 
@@ -222,20 +342,51 @@ public func avgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Floa
 public func avgPoolBackward(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
                             planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                             kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
-    dx.update(repeating: 0, count: planes * h * w)
     let scale = 1 / Float(kh * kw)
-    for p in 0..<planes {
-        let dxp = dx + p * h * w
-        let dyp = dy + p * oh * ow
-        for i in 0..<oh {
-            let h0 = i * sh - ph
-            let hs = max(h0, 0), he = min(h0 + kh, h)
-            for j in 0..<ow {
-                let w0 = j * sw - pw
-                let ws = max(w0, 0), we = min(w0 + kw, w)
-                let g = dyp[i * ow + j] * scale
-                for r in hs..<he { for c in ws..<we { dxp[r * w + c] += g } }
+    forEachPlaneRange(planes, work: h * w + oh * ow * kh * kw) { range in
+        (dx + range.lowerBound * h * w).update(repeating: 0, count: range.count * h * w)
+        for p in range {
+            let dxp = dx + p * h * w
+            let dyp = dy + p * oh * ow
+            if kh == 2 && kw == 2 && sh == 2 && sw == 2 && ph == 0 && pw == 0 {
+                avgPool2x2Stride2BackwardPlane(dyp, dxp, w: w, oh: oh, ow: ow, scale: scale)
+                continue
             }
+            for i in 0..<oh {
+                let h0 = i * sh - ph
+                let hs = max(h0, 0), he = min(h0 + kh, h)
+                for j in 0..<ow {
+                    let w0 = j * sw - pw
+                    let ws = max(w0, 0), we = min(w0 + kw, w)
+                    let g = dyp[i * ow + j] * scale
+                    for r in hs..<he { for c in ws..<we { dxp[r * w + c] += g } }
+                }
+            }
+        }
+    }
+}
+
+/// Unpadded 2×2 stride-2 windows do not overlap: each covered cell of the zeroed plane gets one
+/// addition, 0 + dy·scale (which is what the general loop computes; +0 for a −0 gradient),
+/// written 8 windows (16 cells) of a row at a time; the uncovered last row / column stays 0.
+@inline(__always)
+private func avgPool2x2Stride2BackwardPlane(_ dyp: UnsafePointer<Float>, _ dxp: UnsafeMutablePointer<Float>,
+                                           w: Int, oh: Int, ow: Int, scale: Float) {
+    for i in 0..<oh {
+        let top = dxp + 2 * i * w, bottom = top + w, g = dyp + i * ow
+        var j = 0
+        while j + 8 <= ow {
+            let v = UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self) * scale + SIMD8<Float>()
+            let pairs = SIMD16<Float>(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3],
+                                      v[4], v[4], v[5], v[5], v[6], v[6], v[7], v[7])
+            UnsafeMutableRawPointer(top + 2 * j).storeBytes(of: pairs, as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(bottom + 2 * j).storeBytes(of: pairs, as: SIMD16<Float>.self)
+            j += 8
+        }
+        while j < ow {
+            let v = 0 + g[j] * scale
+            top[2 * j] = v; top[2 * j + 1] = v; bottom[2 * j] = v; bottom[2 * j + 1] = v
+            j += 1
         }
     }
 }

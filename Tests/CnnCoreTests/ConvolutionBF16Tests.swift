@@ -36,7 +36,9 @@ final class ConvolutionBF16Tests: XCTestCase {
     func testEveryPathInBF16AgainstRoundedReference() throws {
         // (geometry, batch, packed im2col allowed); the paths they take in bf16 are pinned below.
         let cases: [(Conv2DGeometry, Int, Bool, String)] = [
-            (try square(16, 8, 32, kernel: 1), 3, true, "pointwise/pointwise/pointwise"),
+            (try square(16, 16, 32, kernel: 1), 3, true, "pointwise/pointwise/pointwise"),
+            // 1×1 on a plane under 128 pixels: packed im2col, backward-data with the transposed weights.
+            (try square(16, 7, 32, kernel: 1), 3, true, "packedIm2col/flip:packedIm2col/pointwise"),
             (try square(16, 32, 16, kernel: 3, padding: 1, mode: .reflect), 2, true, "panel/col2im/panel"),
             (try square(3, 8, 8, kernel: 3, padding: 1, mode: .reflect), 3, true,
              "panelImageSegments/col2imImageSegments/panelImageSegments"),

@@ -76,8 +76,11 @@ extension ConvolutionBlockedTests {
                          padding: .explicit(top: padding, bottom: padding, left: padding, right: padding), mode: mode)
         }
         let cases: [(Conv2DGeometry, Int, Bool, ConvolutionPath)] = [
-            (try square(16, 8, 32, kernel: 1), 3, true,
+            (try square(16, 16, 32, kernel: 1), 3, true,
              ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise)),
+            (try square(16, 7, 24, kernel: 1), 3, true,
+             ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                             backwardWeights: .pointwise)),
             (try square(16, 32, 16, kernel: 3, padding: 1, mode: .reflect), 2, true,
              ConvolutionPath(forward: .panel, backwardData: .col2im, backwardWeights: .panel)),
             (try square(3, 8, 8, kernel: 3, padding: 1, mode: .reflect), 3, true,
@@ -110,5 +113,84 @@ extension ConvolutionBlockedTests {
         XCTAssertEqual(weights, Set(ConvolutionPath.BackwardWeights.allCases.map(\.rawValue)))
         XCTAssertEqual(data, ["flip", "pointwise", "stridedPointwiseTiles", "stridedPointwise", "stride2Kernel3Gather",
                               "stride1RowGather", "col2im", "col2imImageSegments"])
+    }
+}
+
+extension ConvolutionBlockedTests {
+    /// 1×1 stride-1 convolutions on planes under 256 pixels (`pointwiseUsesPackedPlan`): forward
+    /// through packed im2col with several images per block, backward-data as the forward of the
+    /// transposed weights, both against the direct loops; on 256 pixels and more, the per-image GEMMs.
+    func testPointwiseOnSmallPlanesTakesPackedIm2col() throws {
+        for (c, h, w, k, batch) in [(32, 7, 7, 40, 5), (24, 11, 11, 8, 3), (8, 3, 5, 20, 9), (16, 1, 1, 16, 4)] {
+            let g = try geometry(c, h, w, k, kernel: (1, 1))
+            check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false,
+                  path: ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                                        backwardWeights: .pointwise))
+            check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: false, manyBlocks: false,
+                  path: ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise))
+        }
+        // Grouped, and 1 or 3 input channels (no flip: too few rows for a packed M).
+        check(try geometry(8, 5, 5, 12, kernel: (1, 1), groups: 2), batch: 3, budget: convolutionPanelBudgetBytes,
+              packed: true, manyBlocks: false)
+        check(try geometry(3, 6, 6, 16, kernel: (1, 1)), batch: 3, budget: convolutionPanelBudgetBytes, packed: true,
+              manyBlocks: false, path: ConvolutionPath(forward: .packedIm2col, backwardData: .pointwise, backwardWeights: .pointwise))
+        for large in [try geometry(16, 16, 16, 8, kernel: (1, 1)), try geometry(24, 14, 14, 8, kernel: (1, 1))] {
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: large, batch: 2)
+            XCTAssertEqual(ws.path, ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise))
+        }
+    }
+
+    /// VGG's 112×112 and 224×224 layers: the forward's phase planes are over its limit (stored
+    /// panel), the flipped backward-data's (a padded copy of dY) within its larger one.
+    func testLargePlanesFlipTheirBackwardData() throws {
+        for (c, h, k) in [(64, 224, 64), (64, 112, 128), (128, 112, 128)] {
+            let g = try geometry(c, h, h, k, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1))
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: g, batch: 16)
+            XCTAssertEqual(ws.path.backwardData, .flippedForward(.packedIm2col), "\(c)x\(h)->\(k)")
+        }
+        let ws = ConvolutionWorkspace()
+        ws.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                   batch: 16)
+        XCTAssertEqual(ws.path.forward, .panel)
+        // A 3-channel first layer keeps col2im (its flip would be an M = 3 GEMM over a 13 MB plane).
+        let first = ConvolutionWorkspace()
+        first.prepare(for: try geometry(3, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                      batch: 16)
+        XCTAssertEqual(first.path.backwardData, .col2im)
+    }
+
+    /// 3×3 stride-2 and strided 1×1 backward-data with long reductions (≥ 256 rows from ≥ 64
+    /// channels) gather from wider dcol blocks (`wideBackwardDataBlock`): whole images, or whole
+    /// output rows of large planes, odd input sizes included; the small models' layers keep theirs.
+    func testWideBackwardDataBlocks() throws {
+        func square(_ c: Int, _ h: Int, _ k: Int, kernel: Int, stride: Int, padding: Int) throws -> Conv2DGeometry {
+            try geometry(c, h, h, k, kernel: (kernel, kernel), stride: (stride, stride),
+                         padding: .explicit(top: padding, bottom: padding, left: padding, right: padding))
+        }
+        let stride2 = ConvolutionPath(forward: .packedIm2col, backwardData: .stride2Kernel3Gather, backwardWeights: .packedIm2col)
+        let strided1x1 = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise,
+                                         backwardWeights: .gatheredPointwise)
+        let cases: [(Conv2DGeometry, Int, ConvolutionPath)] = [
+            (try square(64, 8, 40, kernel: 3, stride: 2, padding: 1), 12, stride2),    // 4×4 outputs: whole images
+            (try square(64, 15, 40, kernel: 3, stride: 2, padding: 1), 3, stride2),    // 8×8, odd input
+            (try square(64, 39, 40, kernel: 3, stride: 2, padding: 1), 2, stride2),    // 20×20: rows of one image
+            (try square(256, 6, 392, kernel: 1, stride: 2, padding: 0), 5, strided1x1),  // Kg > KC: no tile scatter
+            (try square(256, 7, 392, kernel: 1, stride: 2, padding: 0), 3, strided1x1),
+        ]
+        for (g, batch, expected) in cases {
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: g, batch: batch)
+            // At least 256 columns, or the whole batch.
+            XCTAssertGreaterThanOrEqual(ws.backwardDataBlockPixels, min(256, batch * g.outPixels), "\(g.height) C\(g.inChannels)")
+            check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: expected)
+        }
+        // The reference models' stride-2 layers keep the default blocks.
+        for g in [try square(16, 32, 32, kernel: 3, stride: 2, padding: 1), try square(32, 16, 64, kernel: 3, stride: 2, padding: 1)] {
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: g, batch: 64)
+            XCTAssertEqual(ws.backwardDataBlockPixels, ws.blockPixels)
+        }
     }
 }

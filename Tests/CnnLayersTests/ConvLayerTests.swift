@@ -51,7 +51,9 @@ final class ConvLayerTests: XCTestCase {
                                groups: 4, bias: false, mode: .replicate))                      // depthwise
         try gradientCheck(Case(c: 3, k: 6, kernel: (2, 3), stride: (2, 2), dilation: (2, 2),
                                padding: .explicit(top: 0, bottom: 3, left: 1, right: 0), groups: 3, mode: .circular))
-        try gradientCheck(Case(c: 4, k: 2, kernel: (1, 1), groups: 2))                        // pointwise path
+        try gradientCheck(Case(c: 4, k: 2, h: 16, w: 16, kernel: (1, 1), groups: 2))          // pointwise path
+        try gradientCheck(Case(c: 4, k: 2, kernel: (1, 1), groups: 2))       // 1×1 on a small plane: packed im2col
+        try gradientCheck(Case(c: 9, k: 10, h: 3, w: 5, batch: 3, kernel: (1, 1)))  // ... and its flipped backward-data
         try gradientCheck(Case(c: 4, k: 2, batch: 3, kernel: (1, 1), stride: (2, 2), bias: false))  // strided 1×1
     }
 

@@ -55,6 +55,11 @@ final class GradientCheckTests: XCTestCase {
         assertGradients(try MaxPool2d(kernelSize: 3, stride: 1), input: distinctTensor([1, 3, 5, 6], seed: 10), maxChecks: 200)
         assertGradients(try MaxPool2d(kernelSize: (2, 3), stride: (1, 2), padding: (1, 1)),
                         input: distinctTensor([2, 1, 5, 7], seed: 11), maxChecks: 200)
+        // Rows wide enough for the 8-window vector blocks (and their overlapping last block).
+        assertGradients(try MaxPool2d(kernelSize: 3, stride: 2, padding: 1), input: distinctTensor([1, 2, 5, 23], seed: 41),
+                        maxChecks: 200)
+        assertGradients(try MaxPool2d(kernelSize: 3, stride: 1, padding: 1), input: distinctTensor([1, 2, 4, 13], seed: 42),
+                        maxChecks: 200)
     }
 
     func testAvgPool() throws {
@@ -63,6 +68,10 @@ final class GradientCheckTests: XCTestCase {
                         maxChecks: 200)
         assertGradients(try AvgPool2d(kernelSize: (3, 2), stride: (1, 2), padding: (1, 0)),
                         input: randomTensor([1, 2, 5, 7], seed: 14), maxChecks: 200)
+        // Rows wide enough for the 8-window vector blocks; odd sizes leave an uncovered row and column.
+        assertGradients(try AvgPool2d(kernelSize: 2), input: randomTensor([1, 2, 5, 19], seed: 43), maxChecks: 200)
+        assertGradients(try AvgPool2d(kernelSize: 3, stride: 2, padding: 1), input: randomTensor([1, 2, 5, 21], seed: 44),
+                        maxChecks: 200)
     }
 
     func testGlobalAvgPool() {
