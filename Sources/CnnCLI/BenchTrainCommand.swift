@@ -31,6 +31,8 @@ public struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "Also time each top-level layer's forward and backward.") var layers = false
     @Option(help: "GEMM arithmetic of convolution and linear layers (bf16 needs AVX512_BF16).")
     var precision: ComputePrecision = .fp32
+    @Option(name: .customLong("allreduce-dtype"), help: "What the gradient allreduce sends (bf16: half the bytes, summed in fp32).")
+    var allreduceDtype: AllreduceDType = .fp32
 
     public init() {}
 
@@ -73,6 +75,7 @@ public struct BenchTrainCommand: ParsableCommand {
         c.testLimit = 1
         c.threads = threads
         c.precision = precision
+        c.allreduceDtype = allreduceDtype
         if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = threads }
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
                                   bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
@@ -112,7 +115,7 @@ public struct BenchTrainCommand: ParsableCommand {
                                              ("allreduce_wait", p.allreduceWait), ("optimizer", p.optimizer), ("data", p.data)]
         if json {
             var object: [String: Any] = [
-                "model": model, "precision": precision.rawValue, "ranks": size, "threads": threads, "batch_per_rank": batch, "steps": steps,
+                "model": model, "precision": precision.rawValue, "allreduce_dtype": allreduceDtype.rawValue, "ranks": size, "threads": threads, "batch_per_rank": batch, "steps": steps,
                 "mode": world.localRanks != nil ? "local-ranks" : (size > 1 ? "mpi" : "single"),
                 "images_per_second": imagesPerSecond, "step_ms": 1000 * seconds / Double(steps),
                 "gflops": gflops, "sgemm_gflops": sgemmRate, "sgemm_share": gflops / sgemmRate,
@@ -132,7 +135,7 @@ public struct BenchTrainCommand: ParsableCommand {
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print("bench train: \(model), \(precision.rawValue), \(size) rank(s) x \(threads) thread(s), batch \(batch)/rank, \(steps) steps (+\(warmup) warm-up)")
+            print("bench train: \(model), \(precision.rawValue), allreduce \(allreduceDtype.rawValue), \(size) rank(s) x \(threads) thread(s), batch \(batch)/rank, \(steps) steps (+\(warmup) warm-up)")
             print(String(format: "  images/s %.1f   step %.1f ms   %@", imagesPerSecond, 1000 * seconds / Double(steps), p.summary))
             print(String(format: "  %.2f GFLOP/s model FLOPs (6 x %@ MACs/image) = %.0f%% of the measured sgemm rate %.1f GFLOP/s",
                          gflops, groupedDigits(macs), 100 * gflops / sgemmRate, sgemmRate))

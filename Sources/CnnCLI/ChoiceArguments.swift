@@ -12,6 +12,7 @@ extension ScheduleKind: ExpressibleByArgument {}
 extension InitScheme: ExpressibleByArgument {}
 extension NonFiniteAction: ExpressibleByArgument {}
 extension ComputePrecision: ExpressibleByArgument {}
+extension AllreduceDType: ExpressibleByArgument {}
 
 /// The name in `names` closest to `text` (edit distance at most a third of
 /// its length, at least 2), for "did you mean" hints; nil if none is close.

@@ -37,6 +37,9 @@ struct ConfigOptions: ParsableArguments {
     @Flag(name: .customLong("local-bn"), help: "BatchNorm statistics per rank instead of synchronized.") var localBN = false
     @Option(help: "GEMM arithmetic of convolution and linear layers: bf16 needs AVX512_BF16 (default \(TrainingConfig().precision.rawValue)).")
     var precision: ComputePrecision?
+    @Option(name: .customLong("allreduce-dtype"),
+            help: "What the gradient allreduce sends: bf16 halves the bytes, summed in fp32 (default \(TrainingConfig().allreduceDtype.rawValue)).")
+    var allreduceDtype: AllreduceDType?
 
     /// Defaults, then the file, then the flags.
     func resolve() throws -> TrainingConfig {
@@ -70,6 +73,7 @@ struct ConfigOptions: ParsableArguments {
         if replaceHead { c.replaceHead = true }
         if localBN { c.syncBatchNorm = false }
         if let v = precision { c.precision = v }
+        if let v = allreduceDtype { c.allreduceDtype = v }
         try c.validate()
     }
 }

@@ -14,11 +14,14 @@ public enum CollectiveKind: Int64, Sendable {
     case finalize
     /// A byte (or string) allgather; the count is the bytes per rank.
     case allgatherBytes
+    /// A Float allreduce sent as bf16 and summed in fp32 (`startAllreduceSumBF16`); the count is in floats.
+    case allreduceBF16
 
     /// The `Communicator` method that starts it, for errors of an in-process world.
     var method: String {
         switch self {
         case .allreduceFloat, .allreduceDouble: return "allreduceSum"
+        case .allreduceBF16: return "allreduceSumBF16"
         case .reduceFloat, .reduceDouble: return "reduceSum"
         case .allgatherInt64, .allgatherBytes: return "allgather"
         case .allreduceMax: return "allreduceMax"
@@ -31,6 +34,7 @@ public enum CollectiveKind: Int64, Sendable {
     var mpiCall: String {
         switch self {
         case .heartbeat: return "heartbeat"
+        case .allreduceBF16: return "MPI_Isend/MPI_Irecv"
         case .allreduceFloat, .allreduceDouble, .allreduceMax, .allreduceMin: return "MPI_Iallreduce"
         case .reduceFloat, .reduceDouble: return "MPI_Ireduce"
         case .broadcast: return "MPI_Ibcast"
@@ -78,6 +82,7 @@ public struct Collective: Equatable, Sendable, CustomStringConvertible {
         case .heartbeat: return "heartbeat"
         case .allreduceFloat: return "allreduce of \(count) floats"
         case .allreduceDouble: return "allreduce of \(count) doubles"
+        case .allreduceBF16: return "bf16 allreduce of \(count) floats"
         case .reduceFloat: return "reduce of \(count) floats to rank \(root)"
         case .reduceDouble: return "reduce of \(count) doubles to rank \(root)"
         case .broadcast: return "broadcast of \(count) bytes from rank \(root)"

@@ -63,6 +63,16 @@ public protocol Communicator: AnyObject {
     /// Results are identical to `allreduceSum(_:)`.
     func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest
 
+    /// Starts an allreduce of `buffer` that sends bf16, half the bytes of `startAllreduceSum`:
+    /// every rank's values are rounded to bf16 (round to nearest even, `bf16Bits`), the ranks'
+    /// bf16 values are summed in fp32 in rank order 0, 1, ..., N-1, and the sum is rounded to
+    /// bf16 once. Every rank's buffer ends with those same bits (as Floats), in every
+    /// implementation: the sum of one element is always formed by one rank in rank order
+    /// (see `sumBF16InRankOrder`), never in an order a library chooses. Same rules as
+    /// `startAllreduceSum` for the buffer and the request; counted as its own kind of
+    /// collective (`CollectiveKind.allreduceBF16`) in schedule checks.
+    func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest
+
     /// Sums `buffer` element-wise over all ranks into `root`'s buffer.
     /// Buffers on the other ranks are left unchanged.
     func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
@@ -163,6 +173,31 @@ extension Communicator {
 }
 
 extension Communicator {
+    /// Blocking form of `startAllreduceSumBF16(_:)`.
+    public func allreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try startAllreduceSumBF16(buffer).wait()
+    }
+
+    /// Blocking form of `startAllreduceSumBF16(_:)` over an array.
+    public func allreduceSumBF16(_ array: inout [Float]) throws {
+        try array.withUnsafeMutableBufferPointer { try allreduceSumBF16($0) }
+    }
+
+    /// A bf16 allreduce built from the byte allgather, for communicators that do not provide
+    /// their own (the three in this module do, with a rank sending only its share): every rank
+    /// gets every rank's bf16 values and sums them itself, in rank order. Completes before it returns.
+    public func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        let n = buffer.count, p = size
+        let mine = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: n)
+        let all = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: n * p)
+        defer { mine.deallocate(); all.deallocate() }
+        for i in 0..<n { mine[i] = bf16Bits(buffer[i]) }
+        try allgather(UnsafeRawBufferPointer(mine), into: UnsafeMutableRawBufferPointer(all))
+        sumBF16InRankOrder(UnsafePointer(all.baseAddress!), ranks: p, stride: n, count: n, into: mine.baseAddress!)
+        for i in 0..<n { buffer[i] = Float(bitPattern: UInt32(mine[i]) << 16) }
+        return CompletedRequest()
+    }
+
     /// A byte allgather built from one broadcast per rank, for communicators
     /// that do not provide their own (the three in this module do).
     public func allgather(_ bytes: UnsafeRawBufferPointer, into gathered: UnsafeMutableRawBufferPointer) throws {
@@ -197,6 +232,21 @@ extension Communicator {
             let count = max(0, min(maxBytes, Int(Int64(littleEndian: n))))
             return String(decoding: all[(r * record + 8)..<(r * record + 8 + count)], as: UTF8.self)
         }
+    }
+}
+
+/// The one arithmetic of every bf16 allreduce: element i of `out` is the bf16 (round to nearest
+/// even) of the fp32 sum, in rank order 0..ranks-1, of element i of each rank's bf16 values.
+/// Rank r's values start at `parts + r * stride`. Starting from rank 0's value (not from +0)
+/// keeps a sum of negative zeros negative, as the fp32 allreduce does.
+///     parts: ranks x stride bf16 (the first count of each used), out: count bf16, not overlapping parts
+func sumBF16InRankOrder(_ parts: UnsafePointer<UInt16>, ranks: Int, stride: Int, count: Int,
+                        into out: UnsafeMutablePointer<UInt16>) {
+    @inline(__always) func widen(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
+    for i in 0..<count {
+        var acc = widen(parts[i])
+        for r in 1..<max(1, ranks) { acc += widen(parts[r * stride + i]) }
+        out[i] = bf16Bits(acc)
     }
 }
 

@@ -9,7 +9,7 @@ import Foundation
 /// rank or a rank added twice shows as an exact mismatch.
 public enum CommunicatorSelfTest {
     /// The checks, in the order they run, as printed in the per-rank line.
-    public static let checkNames = ["allreduce", "iallreduce", "reduce", "broadcast", "allgather", "max/min", "barrier"]
+    public static let checkNames = ["allreduce", "iallreduce", "bf16 allreduce", "reduce", "broadcast", "allgather", "max/min", "barrier"]
 
     /// The outcome, the same on every rank.
     public struct Report {
@@ -108,6 +108,36 @@ public enum CommunicatorSelfTest {
             }
         }
         buckets = []
+
+        // bf16 allreduce: values that do not sum exactly, so the result checks the rounding of
+        // each rank's values, the fp32 sum in rank order and the one rounding at the end, bit for
+        // bit, against the reference computed here from every rank's inputs. Several in flight at
+        // once (counts below the world size leave ranks empty shares), an fp32 one among them,
+        // waited in reverse order.
+        func bf16Input(_ rank: Int, _ bucket: Int, _ i: Int) -> Float {
+            Float(rank + 1) * 0.318_309_9 * Float(i % 97 + 1) - 7.1 + Float(bucket) * 0.013 + Float(i % 13) * 1.7e-3
+        }
+        let bf16Counts = [1, 0, n > 1 ? n - 1 : 1, 1001, 65_537]
+        let bf16Buffers = bf16Counts.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
+        let plain = UnsafeMutableBufferPointer<Float>.allocate(capacity: 33)
+        defer { for buffer in bf16Buffers + [plain] { buffer.deallocate() } }
+        for (b, buffer) in bf16Buffers.enumerated() { for i in buffer.indices { buffer[i] = bf16Input(r, b, i) } }
+        plain.initialize(repeating: Float(r + 1))
+        var bf16Requests: [CollectiveRequest] = []
+        for (b, buffer) in bf16Buffers.enumerated() {
+            bf16Requests.append(try comm.startAllreduceSumBF16(buffer))
+            if b == 1 { bf16Requests.append(try comm.startAllreduceSum(plain)) }
+        }
+        for request in bf16Requests.reversed() { try request.wait() }
+        if let bad = firstMismatch(Array(plain), { _ in Float(n * (n + 1) / 2) }) { fail("allreduce among bf16 allreduces: \(bad)") }
+        for (b, buffer) in bf16Buffers.enumerated() {
+            let expected: (Int) -> Float = { i in
+                var acc = bf16Rounded(bf16Input(0, b, i))
+                for q in 1..<max(1, n) { acc += bf16Rounded(bf16Input(q, b, i)) }
+                return bf16Rounded(acc)
+            }
+            if let bad = firstMismatch(Array(buffer), expected) { fail("bf16 allreduce bucket \(b) count \(buffer.count): \(bad)") }
+        }
 
         // reduce to a root: the root gets the sum, the others keep their values.
         for (root, count) in [(n - 1, 1001), (0, 5)] {

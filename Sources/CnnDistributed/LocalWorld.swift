@@ -141,6 +141,13 @@ public final class LocalCommunicator: Communicator {
         return LocalRequest(hub: hub, slot: slot, rank: rank)
     }
 
+    /// Completes when the last rank starts it; that rank rounds every rank's values to bf16 and
+    /// sums them in rank order (`sumBF16InRankOrder`), as the MPI ranks do with their shares.
+    public func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        let slot = try join(.allreduceBF16, count: buffer.count, pointer: UnsafeMutableRawPointer(buffer.baseAddress))
+        return LocalRequest(hub: hub, slot: slot, rank: rank)
+    }
+
     public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         try checkRoot(root, size: size, rank: rank, call: "reduceSum")
         try run(.reduceFloat, count: buffer.count, root: root, pointer: UnsafeMutableRawPointer(buffer.baseAddress)) { _ in }
@@ -409,6 +416,7 @@ final class LocalHub {
         switch parts[0].collective.kind {
         case .allreduceFloat: sum(parts, Float.self, count: count, into: nil)
         case .allreduceDouble: sum(parts, Double.self, count: count, into: nil)
+        case .allreduceBF16: sumBF16(parts, count: count)
         case .reduceFloat: sum(parts, Float.self, count: count, into: root)
         case .reduceDouble: sum(parts, Double.self, count: count, into: root)
         case .broadcast:
@@ -424,6 +432,28 @@ final class LocalHub {
             }
         case .barrier, .allgatherInt64, .allreduceMax, .allreduceMin, .heartbeat, .hostNames, .finalize:
             break
+        }
+    }
+
+    /// The bf16 allreduce, a block at a time: every rank's values rounded to bf16, summed in
+    /// rank order in fp32 and rounded once (`sumBF16InRankOrder`), written to every buffer.
+    private static func sumBF16(_ parts: [LocalContribution], count: Int) {
+        let buffers = parts.map { $0.pointer!.assumingMemoryBound(to: Float.self) }
+        let block = 4096, p = buffers.count
+        let rounded = UnsafeMutablePointer<UInt16>.allocate(capacity: p * block)
+        let out = UnsafeMutablePointer<UInt16>.allocate(capacity: block)
+        defer { rounded.deallocate(); out.deallocate() }
+        var start = 0
+        while start < count {
+            let n = min(block, count - start)
+            for r in 0..<p {
+                for i in 0..<n { rounded[r * block + i] = bf16Bits(buffers[r][start + i]) }
+            }
+            sumBF16InRankOrder(rounded, ranks: p, stride: block, count: n, into: out)
+            for buffer in buffers {
+                for i in 0..<n { buffer[start + i] = Float(bitPattern: UInt32(out[i]) << 16) }
+            }
+            start += n
         }
     }
 

@@ -30,6 +30,77 @@ extension MPICommunicator {
         }
     }
 
+    /// The bf16 allreduce as a reduce-scatter then an allgather of bf16 bytes, in point-to-point
+    /// messages: the buffer is cut into `size` shares of `ceil(count / size)` elements; every rank
+    /// sends share r of its bf16 values to rank r, rank r sums the shares it gets in rank order in
+    /// fp32 and rounds once (`sumBF16InRankOrder`), then sends its rounded share to every rank.
+    /// Each element's sum is formed by one rank in a fixed order, so every rank ends with the same
+    /// bits, and the same bits as `LocalWorld` (a user-defined MPI_Op under MPI_Iallreduce would
+    /// round at every partial sum, in an order the library picks per world size and count). Each
+    /// rank sends 2 (size-1)/size x count x 2 bytes, half of a ring allreduce of floats.
+    ///
+    /// Why messages, not MPI_Ialltoall + MPI_Iallgather: the second phase starts when this rank
+    /// sees the first complete, and ranks see that at different times relative to the other
+    /// buckets they start, so collectives would be issued in different orders on different ranks
+    /// (MPI requires one order). Messages are matched by tag instead (from the collective's number).
+    public func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        let n = buffer.count, p = size, me = rank
+        let share = (n + p - 1) / p
+        guard share * 2 <= Self.maxCount else {
+            throw CnnError.communication(rank: rank, call: "MPI_Isend", reason:
+                "a bf16 allreduce of \(n) floats over \(p) ranks needs messages of \(share * 2) bytes, more than one call can send (\(Self.maxCount))")
+        }
+        // scratch, three blocks of p shares: this rank's values; share `me` of every rank; every rank's rounded sum.
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, 3 * p * share * 2), alignment: 64)
+        let send = scratch.bindMemory(to: UInt16.self, capacity: 3 * p * share)
+        let received = send + p * share, result = received + p * share
+        for i in 0..<n { send[i] = bf16Bits(buffer[i]) }
+        (send + n).initialize(repeating: 0, count: p * share - n)
+        let bytes = Int32(share * 2)
+        let comm = self.comm
+        return try locked("MPI_Isend") {
+            // Two tags per collective, from its number: <= 32_001, within every MPI's MPI_TAG_UB.
+            let firstTag = Int32(1 + (max(0, nextSequence) % 16_000) * 2)
+            let request = try start(.allreduceBF16, count: n) { handles in
+                guard n > 0 else { return }
+                (received + me * share).update(from: send + me * share, count: share)
+                for other in 0..<p where other != me {
+                    var h = cnn_mpi_request_null()
+                    try check(MPI_Irecv(received + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag, comm, &h),
+                              call: "MPI_Irecv")
+                    handles.append(h)
+                }
+                for other in 0..<p where other != me {
+                    var h = cnn_mpi_request_null()
+                    try check(MPI_Isend(send + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag, comm, &h),
+                              call: "MPI_Isend")
+                    handles.append(h)
+                }
+            }
+            request.scratch = scratch
+            guard n > 0 else { return request }
+            request.nextStage = { [unowned self] handles in
+                sumBF16InRankOrder(received, ranks: p, stride: share, count: share, into: result + me * share)
+                for other in 0..<p where other != me {
+                    var h = cnn_mpi_request_null()
+                    try check(MPI_Irecv(result + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag + 1, comm, &h),
+                              call: "MPI_Irecv")
+                    handles.append(h)
+                }
+                for other in 0..<p where other != me {
+                    var h = cnn_mpi_request_null()
+                    try check(MPI_Isend(result + me * share, bytes, cnn_mpi_byte(), Int32(other), firstTag + 1, comm, &h),
+                              call: "MPI_Isend")
+                    handles.append(h)
+                }
+            }
+            request.onComplete = {
+                for i in 0..<n { buffer[i] = Float(bitPattern: UInt32(result[i]) << 16) }
+            }
+            return request
+        }
+    }
+
     public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         try reduce(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 4, kind: .reduceFloat,
                    type: cnn_mpi_float(), root: root)
@@ -196,20 +267,28 @@ extension MPICommunicator {
 
     /// One progress step: true once this rank's part is done and every peer's token has arrived and matched.
     func poll(_ request: MPIRequest) throws -> Bool {
-        while request.next < request.handles.count {
-            var flag: Int32 = 0
-            let code = MPI_Test(&request.handles[request.next], &flag, cnn_mpi_status_ignore())
-            if code != cnn_mpi_success() {
-                do { try check(code, call: "MPI_Test") } catch { try explain(error, in: request.descriptor) }
+        while true {
+            while request.next < request.handles.count {
+                var flag: Int32 = 0
+                let code = MPI_Test(&request.handles[request.next], &flag, cnn_mpi_status_ignore())
+                if code != cnn_mpi_success() {
+                    do { try check(code, call: "MPI_Test") } catch { try explain(error, in: request.descriptor) }
+                }
+                if flag == 0 { break }
+                request.next += 1
             }
-            if flag == 0 { break }
-            request.next += 1
+            guard request.next == request.handles.count, let stage = request.nextStage else { break }
+            request.nextStage = nil
+            do { try stage(&request.handles) } catch { try explain(error, in: request.descriptor) }
         }
         try harvest()
         let s = request.descriptor.sequence
-        guard request.next == request.handles.count, peers.allSatisfy({ $0.arrived >= s }) else { return false }
+        guard request.next == request.handles.count, request.nextStage == nil,
+              peers.allSatisfy({ $0.arrived >= s }) else { return false }
         request.completed = true
         outstanding[ObjectIdentifier(request)] = nil
+        request.onComplete?()
+        request.onComplete = nil
         return true
     }
 

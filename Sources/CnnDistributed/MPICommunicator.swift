@@ -308,6 +308,14 @@ final class MPIRequest: CollectiveRequest {
     var next = 0
     /// This rank's part is done and every peer's token has matched.
     var completed = false
+    /// A second phase, issued once every handle so far has completed (its handles are appended).
+    var nextStage: ((inout [MPIHandle]) throws -> Void)?
+    /// Run once when the request completes (copies a result out of `scratch`).
+    var onComplete: (() -> Void)?
+    /// Memory the MPI calls read and write, owned by the request.
+    var scratch: UnsafeMutableRawPointer?
+
+    deinit { scratch?.deallocate() }
 
     init(owner: MPICommunicator, descriptor: Collective) {
         self.owner = owner

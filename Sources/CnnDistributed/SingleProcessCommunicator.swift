@@ -23,6 +23,11 @@ public final class SingleProcessCommunicator: Communicator {
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
         CompletedRequest()
     }
+    /// The sum over one rank is the buffer rounded to bf16, as with more ranks.
+    public func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
+        for i in buffer.indices { buffer[i] = bf16Rounded(buffer[i]) }
+        return CompletedRequest()
+    }
     /// Checks `root` is 0; the buffer is already the sum.
     public func reduceSum(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         try checkRoot(root, size: 1, rank: 0, call: "reduceSum")

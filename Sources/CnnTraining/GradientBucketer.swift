@@ -24,11 +24,15 @@ final class GradientBucketer {
     private var firstError: Error?
     /// When false, nothing starts during backward: everything is reduced at `finish`.
     let overlap: Bool
+    /// What the allreduce sends: bf16 halves the bytes (see `Communicator.startAllreduceSumBF16`).
+    let dtype: AllreduceDType
 
-    init(store: ParameterStore, communicator: Communicator, bucketElements: Int, overlap: Bool) {
+    init(store: ParameterStore, communicator: Communicator, bucketElements: Int, overlap: Bool,
+         dtype: AllreduceDType = .fp32) {
         self.communicator = communicator
         self.gradients = store.gradients
         self.overlap = overlap
+        self.dtype = dtype
         // Layers sorted by offset, grouped from the end into buckets of at least bucketElements.
         let layers = store.layerRanges.sorted { $0.value.lowerBound > $1.value.lowerBound }
         var current: Bucket? = nil
@@ -69,8 +73,11 @@ final class GradientBucketer {
         guard requests[index] == nil, firstError == nil else { return }
         let range = buckets[index].range
         do {
-            requests[index] = try communicator.startAllreduceSum(
-                UnsafeMutableBufferPointer(start: gradients.data + range.lowerBound, count: range.count))
+            let bucket = UnsafeMutableBufferPointer(start: gradients.data + range.lowerBound, count: range.count)
+            switch dtype {
+            case .fp32: requests[index] = try communicator.startAllreduceSum(bucket)
+            case .bf16: requests[index] = try communicator.startAllreduceSumBF16(bucket)
+            }
         } catch { firstError = error }
     }
 

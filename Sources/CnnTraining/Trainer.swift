@@ -281,7 +281,8 @@ public final class Trainer {
         loss = try ModelLoss(model: model, labelSmoothing: config.labelSmoothing)
         reducer = StatisticsAllreducer(communicator: communicator)
         bucketer = GradientBucketer(store: model.store, communicator: communicator,
-                                    bucketElements: max(1, bucketBytes / 4), overlap: overlap)
+                                    bucketElements: max(1, bucketBytes / 4), overlap: overlap,
+                                    dtype: config.allreduceDtype)
         earlyStopping = try EarlyStopping(patience: max(1, config.earlyStoppingPatience), mode: .max)
 
         if let resume {

@@ -79,6 +79,10 @@ public struct TrainingConfig: Codable, Equatable {
     /// sums (AVX512_BF16; refused before training on a CPU without it). Everything else,
     /// including the parameters and checkpoints, stays fp32.
     public var precision = ComputePrecision.fp32
+    /// What the gradient allreduce sends: fp32, or bf16 (half the bytes; each rank's gradients
+    /// rounded to bf16, summed in fp32 in rank order and rounded once, so every rank gets the
+    /// same bits). BatchNorm statistics and everything else are still communicated in fp32.
+    public var allreduceDtype = AllreduceDType.fp32
     /// Threads inside each rank that decode and augment the next batches (prefetched
     /// two ahead) while the compute threads train: 2 by default, enough for small
     /// images; raise it when data_wait_fraction in metrics.jsonl is above a few percent
@@ -103,7 +107,7 @@ public struct TrainingConfig: Codable, Equatable {
         case syncBatchNorm = "sync_batchnorm", checkpointEvery = "checkpoint_every"
         case keepCheckpoints = "keep_checkpoints", maxSteps = "max_steps", threads, initFrom = "init_from"
         case replaceHead = "replace_head", freeze, onNonFinite = "on_nonfinite"
-        case precision
+        case precision, allreduceDtype = "allreduce_dtype"
         case dataThreads = "data_threads", onBadImage = "on_bad_image", shuffleBuffer = "shuffle_buffer"
     }
 
@@ -186,6 +190,14 @@ public struct TrainingConfig: Codable, Equatable {
             return request
         }
     }
+}
+
+/// The element type the gradient allreduce sends (`allreduce_dtype`).
+public enum AllreduceDType: String, ConfigChoice {
+    /// Floats, summed by the communicator (MPI's order under mpirun).
+    case fp32
+    /// bf16, summed in fp32 in rank order and rounded once (`Communicator.startAllreduceSumBF16`).
+    case bf16
 }
 
 /// What training does with non-finite gradients after the allreduce.
