@@ -263,7 +263,8 @@ final class BF16PackedAndConvolutionTests: XCTestCase {
                                paddingMode: mode)
         }
         let cases: [(Conv2DGeometry, Int, ConvolutionPath.Forward)] = [
-            (try square(16, 8, 32, kernel: 1), 3, .pointwise),
+            (try square(16, 16, 32, kernel: 1), 3, .pointwise),
+            (try square(16, 8, 32, kernel: 1), 3, .packedIm2col),                // 1x1 on a small plane
             (try square(16, 32, 16, kernel: 3, padding: 1, mode: .reflect), 2, .panel),
             (try square(3, 8, 8, kernel: 3, padding: 1, mode: .reflect), 3, .panelImageSegments),
             (try square(1, 28, 6, kernel: 5, padding: 2), 2, .packedIm2col),      // implicit B in fp32
