@@ -8,12 +8,30 @@ import Darwin
 
 /// y = max(x, 0).
 public func reluForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int) {
-    for i in 0..<count { y[i] = x[i] > 0 ? x[i] : 0 }
+    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+        for i in elementRange(blocks, count) { y[i] = x[i] > 0 ? x[i] : 0 }
+    }
 }
 
 /// dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
 public func reluBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
-    for i in 0..<count { dx[i] = y[i] > 0 ? dy[i] : 0 }
+    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+        for i in elementRange(blocks, count) { dx[i] = y[i] > 0 ? dy[i] : 0 }
+    }
+}
+
+/// a += b, elementwise.
+public func addInPlace(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
+    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+        for i in elementRange(blocks, count) { a[i] += b[i] }
+    }
+}
+
+/// Elementwise kernels split over threads in blocks of whole cache lines.
+let elementBlock = 4096
+@inline(__always) func elementBlocks(_ count: Int) -> Int { (count + elementBlock - 1) / elementBlock }
+@inline(__always) func elementRange(_ blocks: Range<Int>, _ count: Int) -> Range<Int> {
+    blocks.lowerBound * elementBlock ..< min(blocks.upperBound * elementBlock, count)
 }
 
 /// y = x for x > 0, slope·x otherwise.

@@ -58,18 +58,22 @@ func blockCentredSquares(_ p: UnsafePointer<Float>, _ count: Int, _ m: Float) ->
 
 /// sums[c] = Σ over (n, s) of x[n, c, s], accumulated in Double.
 public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
-    for ch in 0..<c { sums[ch] = 0 }
-    for i in 0..<n {
-        for ch in 0..<c { sums[ch] += blockSum(x + (i * c + ch) * s, s) }
+    forEachRange(c, work: n * s) { channels in
+        for ch in channels { sums[ch] = 0 }
+        for i in 0..<n {
+            for ch in channels { sums[ch] += blockSum(x + (i * c + ch) * s, s) }
+        }
     }
 }
 
 /// sums[c] = Σ over (n, s) of (x[n, c, s] − mean[c])², accumulated in Double.
 public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointer<Float>, n: Int, c: Int, s: Int,
                                      sums: UnsafeMutablePointer<Double>) {
-    for ch in 0..<c { sums[ch] = 0 }
-    for i in 0..<n {
-        for ch in 0..<c { sums[ch] += blockCentredSquares(x + (i * c + ch) * s, s, mean[ch]) }
+    forEachRange(c, work: n * s) { channels in
+        for ch in channels { sums[ch] = 0 }
+        for i in 0..<n {
+            for ch in channels { sums[ch] += blockCentredSquares(x + (i * c + ch) * s, s, mean[ch]) }
+        }
     }
 }
 
@@ -78,14 +82,16 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                                mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
                                n: Int, c: Int, s: Int) {
-    for i in 0..<n {
-        for ch in 0..<c {
-            // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
-            let scale = invStd[ch] * (gamma?[ch] ?? 1)
-            let shift = beta?[ch] ?? 0, m = mean[ch]
-            let off = (i * c + ch) * s
-            let p = x + off, q = y + off
-            for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
+    forEachRange(c, work: n * s) { channels in
+        for i in 0..<n {
+            for ch in channels {
+                // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
+                let scale = invStd[ch] * (gamma?[ch] ?? 1)
+                let shift = beta?[ch] ?? 0, m = mean[ch]
+                let off = (i * c + ch) * s
+                let p = x + off, q = y + off
+                for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
+            }
         }
     }
 }
@@ -95,31 +101,33 @@ public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Flo
                                   mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                   n: Int, c: Int, s: Int,
                                   sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) {
-    for ch in 0..<c { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
-    for i in 0..<n {
-        for ch in 0..<c {
-            let off = (i * c + ch) * s
-            let p = x + off, g = dy + off
-            let m = mean[ch]
-            var a = 0.0, b = 0.0
-            var j = 0
-            let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g)
-            let mv = SIMD8<Float>(repeating: m)
-            while j < s {
-                let end = min(j + 1024, s)
-                var va = SIMD8<Float>(), vb = SIMD8<Float>()
-                while j + 8 <= end {
-                    let gv = rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
-                    va += gv
-                    vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
-                    j += 8
+    forEachRange(c, work: n * s) { channels in
+        for ch in channels { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
+        for i in 0..<n {
+            for ch in channels {
+                let off = (i * c + ch) * s
+                let p = x + off, g = dy + off
+                let m = mean[ch]
+                var a = 0.0, b = 0.0
+                var j = 0
+                let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g)
+                let mv = SIMD8<Float>(repeating: m)
+                while j < s {
+                    let end = min(j + 1024, s)
+                    var va = SIMD8<Float>(), vb = SIMD8<Float>()
+                    while j + 8 <= end {
+                        let gv = rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+                        va += gv
+                        vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
+                        j += 8
+                    }
+                    var ta = va.sum(), tb = vb.sum()
+                    while j < end { ta += g[j]; tb += g[j] * (p[j] - m); j += 1 }
+                    a += Double(ta); b += Double(tb)
                 }
-                var ta = va.sum(), tb = vb.sum()
-                while j < end { ta += g[j]; tb += g[j] * (p[j] - m); j += 1 }
-                a += Double(ta); b += Double(tb)
+                sumDy[ch] += a
+                sumDyXhat[ch] += b * Double(invStd[ch])
             }
-            sumDy[ch] += a
-            sumDyXhat[ch] += b * Double(invStd[ch])
         }
     }
 }
@@ -132,16 +140,18 @@ public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Fl
                                    gamma: UnsafePointer<Float>?,
                                    meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
                                    n: Int, c: Int, s: Int) {
-    for i in 0..<n {
-        for ch in 0..<c {
-            let off = (i * c + ch) * s
-            let p = x + off, g = dy + off, q = dx + off
-            let k = invStd[ch] * (gamma?[ch] ?? 1)
-            if let meanDy, let meanDyXhat {
-                let m = mean[ch], inv = invStd[ch], md = meanDy[ch], mdx = meanDyXhat[ch]
-                for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
-            } else {
-                for j in 0..<s { q[j] = k * g[j] }
+    forEachRange(c, work: n * s) { channels in
+        for i in 0..<n {
+            for ch in channels {
+                let off = (i * c + ch) * s
+                let p = x + off, g = dy + off, q = dx + off
+                let k = invStd[ch] * (gamma?[ch] ?? 1)
+                if let meanDy, let meanDyXhat {
+                    let m = mean[ch], inv = invStd[ch], md = meanDy[ch], mdx = meanDyXhat[ch]
+                    for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
+                } else {
+                    for j in 0..<s { q[j] = k * g[j] }
+                }
             }
         }
     }

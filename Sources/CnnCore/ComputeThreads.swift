@@ -57,6 +57,20 @@ func parallelTasks(_ tasks: Int, _ body: (Int) -> Void) {
     }
 }
 
+/// Runs `body` over contiguous ranges of `items` independent items (planes, channels, elements):
+/// one range, or one per compute thread when there are several and the items hold enough work
+/// (`work` element visits each) to pay for waking them. Each item is handled whole by one range,
+/// in the order the single range would use, so the split does not change any result.
+@inline(__always)
+public func forEachRange(_ items: Int, work: Int, _ body: (Range<Int>) -> Void) {
+    let tasks = min(availableComputeThreads(), items)
+    if tasks > 1 && items * work >= 1 << 16 {
+        parallelTasks(tasks) { t in body(taskRange(t, of: items, tasks: tasks)) }
+    } else {
+        body(0..<items)
+    }
+}
+
 /// Range `t` of `count` items split into `tasks` contiguous ranges whose
 /// lengths differ by at most one (earlier ranges take the remainder).
 @inline(__always)

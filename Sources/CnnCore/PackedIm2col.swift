@@ -424,7 +424,11 @@ final class PackedIm2colPlan {
             // as long as they stay inside the panel row and the read stays inside the
             // phase-plane copy.
             for q in first..<last {
-                let base = xs + Int(sources[q]), col = Int(columns[q]), length = Int(lengths[q])
+                // Runs come in column order; a block of fewer images than the plan's ends before
+                // the table does, and reading on would read past the input (1×1: xs is x itself).
+                let col = Int(columns[q])
+                if col >= valid { break }
+                let base = xs + Int(sources[q]), length = min(Int(lengths[q]), valid - col)
                 let column = out + col
                 let vectors = (length + 7) / 8
                 if gatherStride > 1 {

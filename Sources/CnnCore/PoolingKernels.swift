@@ -7,7 +7,7 @@
 public func maxPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>,
                            planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                            kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
-    forEachPlaneRange(planes, work: oh * ow * kh * kw) { range in
+    forEachRange(planes, work: oh * ow * kh * kw) { range in
         let xr = x + range.lowerBound * h * w, yr = y + range.lowerBound * oh * ow
         let ar = argmax + range.lowerBound * oh * ow
         if ph == 0 && pw == 0 && kh == 2 && kw == 2 {
@@ -18,19 +18,6 @@ public func maxPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Floa
         for p in 0..<range.count {
             maxPoolPlane(xr + p * h * w, yr + p * oh * ow, ar + p * oh * ow, wins)
         }
-    }
-}
-
-/// Runs `body` over contiguous ranges of the `planes` planes: one range, or one per compute
-/// thread when there are several and the planes hold enough work (`work` cell visits each) to
-/// pay for waking them. Planes are independent, so the split does not change any result.
-@inline(__always)
-func forEachPlaneRange(_ planes: Int, work: Int, _ body: (Range<Int>) -> Void) {
-    let tasks = min(availableComputeThreads(), planes)
-    if tasks > 1 && planes * work >= 1 << 16 {
-        parallelTasks(tasks) { t in body(taskRange(t, of: planes, tasks: tasks)) }
-    } else {
-        body(0..<planes)
     }
 }
 
@@ -281,7 +268,7 @@ func maxPool2x2Stride2Row<W: MaxPoolWindows>(_ x: UnsafePointer<Float>, w: Int, 
 /// dx = 0, then dx[argmax[o]] += dy[o] (overlapping windows accumulate).
 public func maxPoolBackward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, dx: UnsafeMutablePointer<Float>,
                             planes: Int, h: Int, w: Int, oh: Int, ow: Int) {
-    forEachPlaneRange(planes, work: h * w + oh * ow) { range in
+    forEachRange(planes, work: h * w + oh * ow) { range in
         (dx + range.lowerBound * h * w).update(repeating: 0, count: range.count * h * w)
         for p in range {
             let dxp = dx + p * h * w
@@ -297,7 +284,7 @@ public func avgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Floa
                            planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                            kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
     let g = PoolWindows(h: h, w: w, oh: oh, ow: ow, kh: kh, kw: kw, sh: sh, sw: sw, ph: ph, pw: pw)
-    forEachPlaneRange(planes, work: oh * ow * kh * kw) { range in
+    forEachRange(planes, work: oh * ow * kh * kw) { range in
         for p in range { avgPoolPlane(x + p * h * w, y + p * oh * ow, g) }
     }
 }
@@ -343,7 +330,7 @@ public func avgPoolBackward(dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<F
                             planes: Int, h: Int, w: Int, oh: Int, ow: Int,
                             kh: Int, kw: Int, sh: Int, sw: Int, ph: Int, pw: Int) {
     let scale = 1 / Float(kh * kw)
-    forEachPlaneRange(planes, work: h * w + oh * ow * kh * kw) { range in
+    forEachRange(planes, work: h * w + oh * ow * kh * kw) { range in
         (dx + range.lowerBound * h * w).update(repeating: 0, count: range.count * h * w)
         for p in range {
             let dxp = dx + p * h * w

@@ -106,7 +106,7 @@ public final class Concat: Layer {
             let dx = branches[b].layer.backward(g, context: context)
             context.gradientsReady?(branches[b].layer)
             precondition(dx.count == gradInput.count, "Concat: branch \(branches[b].name) input gradient does not match input")
-            for j in 0..<gradInput.count { gradInput.data[j] += dx.data[j] }
+            addInPlace(gradInput.data, dx.data, count: gradInput.count)
         }
         return gradInput
     }

@@ -115,3 +115,53 @@ final class ComputeThreadsTests: XCTestCase {
         }
     }
 }
+
+/// BatchNorm, ReLU and the elementwise add split channels (or blocks of elements) over the
+/// compute threads; every channel's sums keep their order, so 2 threads give 1 thread's bits.
+final class ElementwiseThreadsTests: XCTestCase {
+    override func tearDown() {
+        ComputeThreads.count = 1
+        super.tearDown()
+    }
+
+    func testBatchNormAndReLUAndAddSplitOverThreadsGiveTheSameBits() {
+        // 7 channels of 3x101 values per image, 50 images: 106,050 elements (split at 65,536),
+        // an odd channel count (uneven ranges) and a plane that is not a multiple of 8.
+        let (n, c, s) = (50, 7, 303), count = n * c * s
+        var rng = SplitMix64(seed: 11)
+        let x = (0..<count).map { _ in rng.nextUnitFloat() * 4 - 1 }
+        let dy = (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 }
+        let mean = (0..<c).map { Float($0) * 0.1 }, invStd = (0..<c).map { 1 / (1 + Float($0)) }
+        let gamma = (0..<c).map { 0.5 + Float($0) }, beta = (0..<c).map { Float($0) - 3 }
+        func run(threads: Int) -> [[Double]] {
+            ComputeThreads.count = threads
+            defer { ComputeThreads.count = 1 }
+            var sums = [Double](repeating: .nan, count: c), squares = sums, sumDy = sums, sumDyXhat = sums
+            var y = [Float](repeating: .nan, count: count), dx = y, relu = y, reluBack = y
+            var added = dy
+            batchNormChannelSums(x: x, n: n, c: c, s: s, sums: &sums)
+            batchNormCenteredSquares(x: x, mean: mean, n: n, c: c, s: s, sums: &squares)
+            batchNormNormalize(x: x, y: &y, mean: mean, invStd: invStd, gamma: gamma, beta: beta, n: n, c: c, s: s)
+            batchNormBackwardSums(x: x, dy: dy, mean: mean, invStd: invStd, n: n, c: c, s: s,
+                                  sumDy: &sumDy, sumDyXhat: &sumDyXhat)
+            let md = sumDy.map { Float($0 / Double(n * s)) }, mdx = sumDyXhat.map { Float($0 / Double(n * s)) }
+            batchNormBackwardInput(x: x, dy: dy, dx: &dx, mean: mean, invStd: invStd, gamma: gamma,
+                                   meanDy: md, meanDyXhat: mdx, n: n, c: c, s: s)
+            reluForward(x: x, y: &relu, count: count)
+            reluBackward(y: relu, dy: dy, dx: &reluBack, count: count)
+            added.withUnsafeMutableBufferPointer { addInPlace($0.baseAddress!, x, count: count) }
+            return [sums, squares, sumDy, sumDyXhat] + [y, dx, relu, reluBack, added].map { $0.map(Double.init) }
+        }
+        let one = run(threads: 1), two = run(threads: 2)
+        let names = ["channel sums", "centred squares", "sum dy", "sum dy·x̂", "normalize", "backward input",
+                     "relu", "relu backward", "add"]
+        for (k, name) in names.enumerated() {
+            XCTAssertFalse(one[k].contains { $0.isNaN }, "\(name): unwritten values")
+            XCTAssertEqual(one[k].map(\.bitPattern), two[k].map(\.bitPattern), "\(name): 2 threads differ from 1")
+        }
+        // The sums are real sums (not zeros): channel 0's by hand.
+        var direct = 0.0
+        for i in 0..<n { for j in 0..<s { direct += Double(x[i * c * s + j]) } }
+        XCTAssertEqual(one[0][0], direct, accuracy: 1e-6 * Double(count))
+    }
+}

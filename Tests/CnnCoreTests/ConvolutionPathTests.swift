@@ -1,5 +1,8 @@
 import XCTest
 import CnnCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Which path each convolution pass takes: the reference layers pinned to their paths, and
 /// every path case reached by some geometry and checked there against direct loops.
@@ -139,6 +142,44 @@ extension ConvolutionBlockedTests {
             ws.prepare(for: large, batch: 2)
             XCTAssertEqual(ws.path, ConvolutionPath(forward: .pointwise, backwardData: .pointwise, backwardWeights: .pointwise))
         }
+    }
+
+    /// A batch smaller than the plan's images per block (1×1 on 2×2 planes: 8 images per block,
+    /// batch 2) reads only its own images: the input ends right before a page that faults on
+    /// any read, and forward and backward-data (a forward of the transposed weights) finish.
+    func testPointwiseBlockOfFewerImagesReadsOnlyItsInput() throws {
+        let g = try geometry(32, 2, 2, 24, kernel: (1, 1)), batch = 2
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let inCount = batch * g.inChannels * g.height * g.width, gradCount = batch * g.outChannels * g.outPixels
+        let bytes = (max(inCount, gradCount) * 4 + page - 1) / page * page + page
+        guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), raw != MAP_FAILED else {
+            throw XCTSkip("mmap failed")
+        }
+        defer { munmap(raw, bytes) }
+        XCTAssertEqual(mprotect(raw + bytes - page, page, PROT_NONE), 0)
+        // x (then dY) placed so that its last float ends at the guard page.
+        func atGuard(_ count: Int) -> UnsafeMutablePointer<Float> {
+            (raw + bytes - page - count * 4).bindMemory(to: Float.self, capacity: count)
+        }
+        let w = (0..<(g.outChannels * g.inChannels)).map { Float($0 % 7) - 3 }
+        let ws = ConvolutionWorkspace()
+        ws.prepare(for: g, batch: batch)
+        XCTAssertEqual(ws.path.forward, .packedIm2col)
+        let x = atGuard(inCount)
+        for i in 0..<inCount { x[i] = Float(i % 5) - 2 }
+        var y = [Float](repeating: .nan, count: gradCount)
+        convolution2DForward(input: x, weight: w, bias: nil, output: &y, batch: batch, geometry: g, workspace: ws)
+        // y[n, k, p] = Σ_c w[k, c]·x[n, c, p], by hand.
+        for n in 0..<batch { for k in 0..<g.outChannels { for p in 0..<g.outPixels {
+            var sum: Float = 0
+            for c in 0..<g.inChannels { sum += w[k * g.inChannels + c] * x[(n * g.inChannels + c) * g.outPixels + p] }
+            XCTAssertEqual(y[(n * g.outChannels + k) * g.outPixels + p], sum, accuracy: 1e-4)
+        } } }
+        let dy = atGuard(gradCount)
+        for i in 0..<gradCount { dy[i] = Float(i % 3) - 1 }
+        var dx = [Float](repeating: .nan, count: inCount)
+        convolution2DBackwardData(gradOutput: dy, weight: w, gradInput: &dx, batch: batch, geometry: g, workspace: ws)
+        XCTAssertFalse(dx.contains { $0.isNaN })
     }
 
     /// VGG's 112×112 and 224×224 layers: the forward's phase planes are over its limit (stored
