@@ -8,21 +8,21 @@ import Darwin
 
 /// y = max(x, 0).
 public func reluForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, count: Int) {
-    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+    forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
         for i in elementRange(blocks, count) { y[i] = x[i] > 0 ? x[i] : 0 }
     }
 }
 
 /// dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
 public func reluBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
-    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+    forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
         for i in elementRange(blocks, count) { dx[i] = y[i] > 0 ? dy[i] : 0 }
     }
 }
 
 /// a += b, elementwise.
 public func addInPlace(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
-    forEachRange(elementBlocks(count), work: elementBlock) { blocks in
+    forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
         for i in elementRange(blocks, count) { a[i] += b[i] }
     }
 }

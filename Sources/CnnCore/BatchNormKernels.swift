@@ -58,7 +58,7 @@ func blockCentredSquares(_ p: UnsafePointer<Float>, _ count: Int, _ m: Float) ->
 
 /// sums[c] = Σ over (n, s) of x[n, c, s], accumulated in Double.
 public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
-    forEachRange(c, work: n * s) { channels in
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
             for ch in channels { sums[ch] += blockSum(x + (i * c + ch) * s, s) }
@@ -69,7 +69,7 @@ public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int
 /// sums[c] = Σ over (n, s) of (x[n, c, s] − mean[c])², accumulated in Double.
 public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointer<Float>, n: Int, c: Int, s: Int,
                                      sums: UnsafeMutablePointer<Double>) {
-    forEachRange(c, work: n * s) { channels in
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
             for ch in channels { sums[ch] += blockCentredSquares(x + (i * c + ch) * s, s, mean[ch]) }
@@ -82,7 +82,7 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                                mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
                                n: Int, c: Int, s: Int) {
-    forEachRange(c, work: n * s) { channels in
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
                 // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
@@ -101,7 +101,7 @@ public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Flo
                                   mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                   n: Int, c: Int, s: Int,
                                   sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) {
-    forEachRange(c, work: n * s) { channels in
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
         for i in 0..<n {
             for ch in channels {
@@ -140,7 +140,7 @@ public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Fl
                                    gamma: UnsafePointer<Float>?,
                                    meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
                                    n: Int, c: Int, s: Int) {
-    forEachRange(c, work: n * s) { channels in
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s

@@ -125,9 +125,9 @@ final class ElementwiseThreadsTests: XCTestCase {
     }
 
     func testBatchNormAndReLUAndAddSplitOverThreadsGiveTheSameBits() {
-        // 7 channels of 3x101 values per image, 50 images: 106,050 elements (split at 65,536),
+        // 7 channels of 3x1001 values per image, 100 images: 2,102,100 elements (split from 2^21),
         // an odd channel count (uneven ranges) and a plane that is not a multiple of 8.
-        let (n, c, s) = (50, 7, 303), count = n * c * s
+        let (n, c, s) = (100, 7, 3003), count = n * c * s
         var rng = SplitMix64(seed: 11)
         let x = (0..<count).map { _ in rng.nextUnitFloat() * 4 - 1 }
         let dy = (0..<count).map { _ in rng.nextUnitFloat() * 2 - 1 }
