@@ -123,9 +123,13 @@ public func bf16Bits(_ x: Float) -> UInt16 {
     return UInt16(truncatingIfNeeded: (u &+ 0x7FFF &+ ((u >> 16) & 1)) >> 16)
 }
 
+/// The Float whose bits are the bf16 `bits` followed by 16 zero bits (exact: bf16 is the top half of fp32).
+@inline(__always)
+public func floatFromBF16Bits(_ bits: UInt16) -> Float { Float(bitPattern: UInt32(bits) << 16) }
+
 /// x rounded to bf16 (round to nearest even), as a Float.
 @inline(__always)
-public func bf16Rounded(_ x: Float) -> Float { Float(bitPattern: UInt32(bf16Bits(x)) << 16) }
+public func bf16Rounded(_ x: Float) -> Float { floatFromBF16Bits(bf16Bits(x)) }
 
 /// The bf16 patterns of 16 floats, each in the high half of its lane (low half zero).
 @inline(__always)

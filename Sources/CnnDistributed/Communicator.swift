@@ -194,7 +194,7 @@ extension Communicator {
         for i in 0..<n { mine[i] = bf16Bits(buffer[i]) }
         try allgather(UnsafeRawBufferPointer(mine), into: UnsafeMutableRawBufferPointer(all))
         sumBF16InRankOrder(UnsafePointer(all.baseAddress!), ranks: p, stride: n, count: n, into: mine.baseAddress!)
-        for i in 0..<n { buffer[i] = Float(bitPattern: UInt32(mine[i]) << 16) }
+        for i in 0..<n { buffer[i] = floatFromBF16Bits(mine[i]) }
         return CompletedRequest()
     }
 
@@ -242,10 +242,9 @@ extension Communicator {
 ///     parts: ranks x stride bf16 (the first count of each used), out: count bf16, not overlapping parts
 func sumBF16InRankOrder(_ parts: UnsafePointer<UInt16>, ranks: Int, stride: Int, count: Int,
                         into out: UnsafeMutablePointer<UInt16>) {
-    @inline(__always) func widen(_ b: UInt16) -> Float { Float(bitPattern: UInt32(b) << 16) }
     for i in 0..<count {
-        var acc = widen(parts[i])
-        for r in 1..<max(1, ranks) { acc += widen(parts[r * stride + i]) }
+        var acc = floatFromBF16Bits(parts[i])
+        for r in 1..<max(1, ranks) { acc += floatFromBF16Bits(parts[r * stride + i]) }
         out[i] = bf16Bits(acc)
     }
 }

@@ -451,7 +451,7 @@ final class LocalHub {
             }
             sumBF16InRankOrder(rounded, ranks: p, stride: block, count: n, into: out)
             for buffer in buffers {
-                for i in 0..<n { buffer[start + i] = Float(bitPattern: UInt32(out[i]) << 16) }
+                for i in 0..<n { buffer[start + i] = floatFromBF16Bits(out[i]) }
             }
             start += n
         }

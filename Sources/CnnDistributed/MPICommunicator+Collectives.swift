@@ -95,7 +95,7 @@ extension MPICommunicator {
                 }
             }
             request.onComplete = {
-                for i in 0..<n { buffer[i] = Float(bitPattern: UInt32(result[i]) << 16) }
+                for i in 0..<n { buffer[i] = floatFromBF16Bits(result[i]) }
             }
             return request
         }

@@ -50,7 +50,7 @@ func convertStored(name: String, dtype: String, shape: [Int], raw: ArraySlice<UI
         return SafeTensor(name: name, int64s: load(Int32.self).map(Int64.init), shape: shape)
     case "F64": floats = load(Double.self).map { Float($0) }
     case "F16": floats = load(UInt16.self).map(floatFromHalf)
-    default: floats = load(UInt16.self).map { Float(bitPattern: UInt32($0) << 16) }   // BF16
+    default: floats = load(UInt16.self).map(floatFromBF16Bits)   // BF16
     }
     return floats.withUnsafeBufferPointer { SafeTensor(name: name, floats: $0, shape: shape) }
 }
