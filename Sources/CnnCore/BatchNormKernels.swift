@@ -13,6 +13,13 @@
 //   dβ = Σ dy,  dγ = Σ dy·x̂
 //   dx = γ·invStd · (dy − Σdy / M − x̂ · Σ(dy·x̂) / M)
 // In eval mode the statistics are constants, so dx = γ·invStd·dy.
+//
+// BatchNorm followed by ReLU fused (`relu: true` forward, `reluOutput:` backward): forward
+// writes max(y, 0) in the same pass, and backward reads dy masked by that output (dy where
+// max(y, 0) > 0, else +0) inside the sums and dx, instead of a ReLU pass writing the masked
+// dy to memory and BatchNorm reading it back. Per element the arithmetic is the unfused
+// pair's (the same select, the same expressions, the same summation order), so the bits
+// are the same.
 
 /// Σ p[j] for j < count: SIMD8 Float partials over blocks of 1024, Double across blocks.
 @inline(__always)
@@ -78,10 +85,11 @@ public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointe
 }
 
 /// y = (x − mean)·invStd·γ + β per channel; γ = 1 and β = 0 when nil (affine = false).
+/// With `relu`, y = max(that, 0) (as `reluForward` computes it: NaN gives 0).
 public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
-                               n: Int, c: Int, s: Int) {
+                               n: Int, c: Int, s: Int, relu: Bool = false) {
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
@@ -90,41 +98,31 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                 let shift = beta?[ch] ?? 0, m = mean[ch]
                 let off = (i * c + ch) * s
                 let p = x + off, q = y + off
-                for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
+                if relu {
+                    for j in 0..<s { let v = (p[j] - m) * scale + shift; q[j] = v > 0 ? v : 0 }
+                } else {
+                    for j in 0..<s { q[j] = (p[j] - m) * scale + shift }
+                }
             }
         }
     }
 }
 
 /// sumDy[c] = Σ dy and sumDyXhat[c] = Σ dy·x̂ over (n, s), in Double (overwritten).
+/// With `reluOutput` (the forward's max(y, 0)), dy is taken as 0 where that output is not
+/// positive: the sums of BatchNorm followed by ReLU, from the ReLU's dL/dy.
 public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                                   mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                   n: Int, c: Int, s: Int,
-                                  sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>) {
+                                  sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>,
+                                  reluOutput: UnsafePointer<Float>? = nil) {
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s
-                let p = x + off, g = dy + off
-                let m = mean[ch]
-                var a = 0.0, b = 0.0
-                var j = 0
-                let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g)
-                let mv = SIMD8<Float>(repeating: m)
-                while j < s {
-                    let end = min(j + 1024, s)
-                    var va = SIMD8<Float>(), vb = SIMD8<Float>()
-                    while j + 8 <= end {
-                        let gv = rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
-                        va += gv
-                        vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
-                        j += 8
-                    }
-                    var ta = va.sum(), tb = vb.sum()
-                    while j < end { ta += g[j]; tb += g[j] * (p[j] - m); j += 1 }
-                    a += Double(ta); b += Double(tb)
-                }
+                let (a, b) = reluOutput.map { channelBackwardSums(x + off, dy + off, $0 + off, s, mean[ch]) }
+                    ?? channelBackwardSums(x + off, dy + off, s, mean[ch])
                 sumDy[ch] += a
                 sumDyXhat[ch] += b * Double(invStd[ch])
             }
@@ -132,14 +130,65 @@ public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Flo
     }
 }
 
+/// (Σ g, Σ g·(p − m)) over one channel plane of `s` elements: SIMD8 Float partials over
+/// blocks of 1024, Double across blocks.
+@inline(__always)
+func channelBackwardSums(_ p: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ s: Int, _ m: Float) -> (Double, Double) {
+    var a = 0.0, b = 0.0
+    var j = 0
+    let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g)
+    let mv = SIMD8<Float>(repeating: m)
+    while j < s {
+        let end = min(j + 1024, s)
+        var va = SIMD8<Float>(), vb = SIMD8<Float>()
+        while j + 8 <= end {
+            let gv = rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+            va += gv
+            vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
+            j += 8
+        }
+        var ta = va.sum(), tb = vb.sum()
+        while j < end { ta += g[j]; tb += g[j] * (p[j] - m); j += 1 }
+        a += Double(ta); b += Double(tb)
+    }
+    return (a, b)
+}
+
+/// `channelBackwardSums` of g masked by the ReLU output r: g where r > 0, else +0 (the
+/// value `reluBackward` writes), in the same order.
+@inline(__always)
+func channelBackwardSums(_ p: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ r: UnsafePointer<Float>,
+                         _ s: Int, _ m: Float) -> (Double, Double) {
+    var a = 0.0, b = 0.0
+    var j = 0
+    let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g), rr = UnsafeRawPointer(r)
+    let mv = SIMD8<Float>(repeating: m)
+    let zero = SIMD8<Float>()
+    while j < s {
+        let end = min(j + 1024, s)
+        var va = SIMD8<Float>(), vb = SIMD8<Float>()
+        while j + 8 <= end {
+            let positive = rr.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) .> zero
+            let gv = zero.replacing(with: rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self), where: positive)
+            va += gv
+            vb.addProduct(gv, rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) - mv)
+            j += 8
+        }
+        var ta = va.sum(), tb = vb.sum()
+        while j < end { let gj: Float = r[j] > 0 ? g[j] : 0; ta += gj; tb += gj * (p[j] - m); j += 1 }
+        a += Double(ta); b += Double(tb)
+    }
+    return (a, b)
+}
+
 /// dx = γ·invStd·(dy − meanDy − x̂·meanDyXhat) per channel, where meanDy = Σdy / M and
 /// meanDyXhat = Σ(dy·x̂) / M over the global batch. Pass nil for both means in eval mode
-/// (dx = γ·invStd·dy). γ = 1 when nil.
+/// (dx = γ·invStd·dy). γ = 1 when nil. With `reluOutput`, dy is masked as in `batchNormBackwardSums`.
 public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
                                    mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                    gamma: UnsafePointer<Float>?,
                                    meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
-                                   n: Int, c: Int, s: Int) {
+                                   n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>? = nil) {
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
@@ -148,7 +197,13 @@ public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Fl
                 let k = invStd[ch] * (gamma?[ch] ?? 1)
                 if let meanDy, let meanDyXhat {
                     let m = mean[ch], inv = invStd[ch], md = meanDy[ch], mdx = meanDyXhat[ch]
-                    for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
+                    if let r = reluOutput.map({ $0 + off }) {
+                        for j in 0..<s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * (gj - md - (p[j] - m) * inv * mdx) }
+                    } else {
+                        for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
+                    }
+                } else if let r = reluOutput.map({ $0 + off }) {
+                    for j in 0..<s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * gj }
                 } else {
                     for j in 0..<s { q[j] = k * g[j] }
                 }

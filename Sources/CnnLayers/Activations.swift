@@ -32,7 +32,13 @@ public final class ReLU: Layer {
     /// `MemoryPlan` when no other reader of the input remains: backward needs only y > 0).
     public internal(set) var inPlace = false
 
+    /// The BatchNorm before this ReLU applies it (`BatchNormEngine.fusedReLU`, set by
+    /// `MemoryPlan`): forward hands on its input, already max(·, 0), and backward hands on
+    /// dL/dy, which that BatchNorm masks.
+    public internal(set) var fusedIntoBatchNorm = false
+
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
+        if fusedIntoBatchNorm { return input }
         if inPlace {
             state.input = input
             reluForward(x: input.data, y: input.data, count: input.count)
@@ -44,6 +50,7 @@ public final class ReLU: Layer {
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
+        if fusedIntoBatchNorm { return gradOutput }
         if inPlace {
             guard let y = state.input else { preconditionFailure("ReLU: backward before forward") }
             precondition(gradOutput.count == y.count, "ReLU: gradient \(formatShape(gradOutput.shape)) does not match output \(formatShape(y.shape))")
@@ -170,7 +177,13 @@ extension ElementwiseLayer {
     }
 }
 
-extension ReLU: ElementwiseLayer {}
+extension ReLU: ElementwiseLayer {
+    func planBackward(_ plan: MemoryPlan, input: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+        // Fused: dL/dx is the dL/dy it was given.
+        if fusedIntoBatchNorm { return incoming }
+        return plan.leaf(input: input, incoming: incoming, busy: busy) { state.gradInput = $0 }
+    }
+}
 extension LeakyReLU: ElementwiseLayer {}
 extension ELU: ElementwiseLayer {}
 extension Sigmoid: ElementwiseLayer {}

@@ -38,6 +38,12 @@ public final class BatchNormEngine {
     private let sumsB: UnsafeMutablePointer<Double>
     private let reduceBuffer: UnsafeMutablePointer<Float>   // 2C + 1
 
+    /// Applies the ReLU that follows in the same passes (set by `MemoryPlan`, which then
+    /// makes that ReLU pass its tensors through): forward writes max(y, 0) as the output, and
+    /// backward takes the ReLU's dL/dy and masks it by that output while forming the sums and
+    /// dL/dx. Same bits as the two layers apart.
+    public internal(set) var fusedReLU = false
+
     private var input: Tensor?
     private var usedBatchStatistics = false
     private var globalCount = 0.0
@@ -146,7 +152,7 @@ public final class BatchNormEngine {
         }
         batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
                            gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
-                           n: n, c: c, s: s)
+                           n: n, c: c, s: s, relu: fusedReLU)
         return output
     }
 
@@ -155,8 +161,10 @@ public final class BatchNormEngine {
         precondition(dy.count == x.count, "\(layer): gradient \(formatShape(dy.shape)) does not match input \(formatShape(x.shape))")
         let n = x.n, c = channels, s = x.count / (n * c)
         ensureShape(gradInput, x.shape)
+        // The ReLU mask: the output is max(y, 0) and nothing overwrites it before this backward.
+        let relu = fusedReLU ? UnsafePointer(output.data) : nil
         batchNormBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
-                              sumDy: sumsA, sumDyXhat: sumsB)
+                              sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu)
         if let gammaGrad, let betaGrad {
             for ch in 0..<c {
                 gammaGrad[ch] += Float(sumsB[ch])
@@ -175,10 +183,10 @@ public final class BatchNormEngine {
                 meanDyXhat[ch] = Float(sumsB[ch] / globalCount)
             }
             batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
-                                   meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s)
+                                   meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu)
         } else {
             batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
-                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s)
+                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu)
         }
         return gradInput
     }

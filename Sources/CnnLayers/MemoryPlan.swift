@@ -20,6 +20,11 @@ import CnnCore
 /// layer's output instead of holding its own. Nobody else reads that tensor: inside a chain a
 /// layer's output goes only to the next layer.
 ///
+/// BatchNorm + ReLU fused: a ReLU right after a BatchNorm in a chain is applied by that
+/// BatchNorm (`BatchNormEngine.fusedReLU`) in its own passes, and the ReLU passes its tensors
+/// through; the layer tree, its names and its parameters stay as built, so state_dicts,
+/// checkpoints and summaries are unchanged (the profiler times the pair under the BatchNorm).
+///
 /// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
 ///
 /// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
@@ -36,6 +41,8 @@ public final class MemoryPlan {
     /// ReLUs switched to run in place, and the elements of the outputs they no longer hold.
     public private(set) var inPlaceReLUs = 0
     public private(set) var inPlaceElements = 0
+    /// ReLUs applied by the BatchNorm before them (BatchNorm + ReLU fused).
+    public private(set) var fusedReLUs = 0
 
     /// The input shape (batch included) the plan was made for.
     public private(set) var inputShape: [Int] = []
@@ -48,13 +55,15 @@ public final class MemoryPlan {
     /// Plans `root`'s backward for inputs of `inputShape` (batch dimension included) and
     /// hands each planned layer its slot tensor. Call once, before training; planning
     /// again (another batch size) replaces the slots. `inPlace: false` keeps every ReLU's
-    /// own output.
+    /// own output; `fuse: false` keeps BatchNorm and the ReLU after it apart.
     @discardableResult
-    public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true) -> MemoryPlan {
+    public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
+        plan.allowsInPlace = inPlace
+        plan.allowsFusion = fuse
         plan.resetInPlace(root)
-        if inPlace { plan.markInPlace(root, input: inputShape) }
+        if inPlace || fuse { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
         return plan
@@ -130,9 +139,13 @@ public final class MemoryPlan {
         return current
     }
 
-    // MARK: in-place ReLU
+    // MARK: in-place ReLU, BatchNorm + ReLU fusion
 
-    /// Switches ReLUs to in place wherever the layer before them allows it (see the type's comment).
+    private var allowsInPlace = true
+    private var allowsFusion = true
+
+    /// Fuses each ReLU into the BatchNorm before it, else switches it to in place where the
+    /// layer before it allows (see the type's comment).
     func markInPlace(_ layer: Layer, input: [Int]) {
         if let sequential = layer as? Sequential {
             markChain(sequential.layers, input: input)
@@ -140,7 +153,7 @@ public final class MemoryPlan {
             markChain(residual.branch.map(\.layer), input: input)
             if let shortcut = residual.shortcut { markInPlace(shortcut.layer, input: input) }
             // The activation reads the block's own sum, which backward does not need.
-            if let relu = residual.activation as? ReLU, let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) {
+            if allowsInPlace, let relu = residual.activation as? ReLU, let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) {
                 switchToInPlace(relu, elements: out.reduce(1, *))
             }
         } else if let concat = layer as? Concat {
@@ -150,7 +163,8 @@ public final class MemoryPlan {
 
     /// Every ReLU back to its own output (a previous plan's choices undone).
     private func resetInPlace(_ layer: Layer) {
-        if let relu = layer as? ReLU { relu.inPlace = false }
+        if let relu = layer as? ReLU { relu.inPlace = false; relu.fusedIntoBatchNorm = false }
+        if let batchNorm = layer as? BatchNormLayer { batchNorm.engine.fusedReLU = false }
         // A Residual's activation is not among its children.
         if let residual = layer as? Residual, let activation = residual.activation { resetInPlace(activation) }
         for child in layer.children { resetInPlace(child.layer) }
@@ -160,7 +174,14 @@ public final class MemoryPlan {
         guard let shapes = chainShapes(layers, input: input) else { return }
         for i in layers.indices {
             markInPlace(layers[i], input: shapes[i])
-            if i > 0, let relu = layers[i] as? ReLU, backwardIgnoresOwnOutput(layers[i - 1]) {
+            guard i > 0, let relu = layers[i] as? ReLU else { continue }
+            if allowsFusion, let batchNorm = layers[i - 1] as? BatchNormLayer {
+                // Only this ReLU reads the BatchNorm's output (inside a chain a layer's output
+                // goes to the next layer alone), so it may be rectified where it is.
+                batchNorm.engine.fusedReLU = true
+                relu.fusedIntoBatchNorm = true
+                fusedReLUs += 1
+            } else if allowsInPlace, backwardIgnoresOwnOutput(layers[i - 1]) {
                 switchToInPlace(relu, elements: shapes[i].reduce(1, *))
             }
         }
@@ -259,7 +280,7 @@ public struct MemoryAccount: Sendable {
         case is Identity:
             return 0
         case let relu as ReLU:
-            return relu.inPlace ? 0 : own
+            return relu.inPlace || relu.fusedIntoBatchNorm ? 0 : own
         case let dropout as Dropout:
             return dropout.p > 0 ? 2 * own : 0   // output and mask
         case is MaxPool2d:

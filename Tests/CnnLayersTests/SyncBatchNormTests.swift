@@ -123,6 +123,17 @@ final class SyncBatchNormTests: XCTestCase {
         try runSplit(make: { try BatchNorm1d(4) }, shape: [16, 4], split: 9)
     }
 
+    func testSynchronizedBatchNormReLUFusedMatchesWholeBatch() throws {
+        // BatchNorm with the ReLU after it fused: the ranks reduce sums of the masked dL/dy.
+        for affine in [true, false] {
+            try runSplit(make: {
+                let pair = Sequential([try BatchNorm2d(3, affine: affine), ReLU()])
+                XCTAssertEqual(MemoryPlan.apply(to: pair, inputShape: [16, 3, 2, 3]).fusedReLUs, 1)
+                return pair
+            }, shape: [16, 3, 2, 3], split: 7, offset: 0.3)
+        }
+    }
+
     func testSynchronizedBatchNormLargeMean() throws {
         // |mean| ≫ std: the global mean must not lose precision in the Float reduction.
         try runSplit(make: { try BatchNorm2d(2) }, shape: [16, 2, 3, 3], split: 7, offset: 1000, scale: 1, accuracy: 1e-4)

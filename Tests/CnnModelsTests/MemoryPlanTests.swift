@@ -63,7 +63,9 @@ final class MemoryPlanTests: XCTestCase {
         // resnet20: identity and 1x1 stride-2 convolution shortcuts, block ReLUs on the sum.
         let plan = try assertPlanChangesNothing({ try ZooModel.resnet20.build(input: [3, 32, 32], classes: 10) },
                                                 input: [2, 3, 32, 32], classes: 10)
-        XCTAssertGreaterThan(plan.inPlaceReLUs, 0)
+        // The stem's and every block's first BatchNorm take their ReLU; the block ReLUs (on the sum) run in place.
+        XCTAssertEqual(plan.fusedReLUs, 10)
+        XCTAssertEqual(plan.inPlaceReLUs, 9)
         // Its convolutions of one geometry (e.g. the 16-channel 3x3 ones) share a workspace.
         XCTAssertGreaterThan(plan.sharedWorkspaces, 0)
     }
@@ -72,13 +74,21 @@ final class MemoryPlanTests: XCTestCase {
         // Concat with an Identity branch beside a BN-ReLU-conv chain, nested in Sequentials.
         let plan = try assertPlanChangesNothing({ try ZooModel.densenet121.build(input: [3, 32, 32], classes: 10) },
                                                 input: [2, 3, 32, 32], classes: 10)
-        XCTAssertGreaterThan(plan.inPlaceReLUs, 100)
+        // BN-ReLU-conv everywhere: every ReLU is fused into the BatchNorm before it.
+        XCTAssertGreaterThan(plan.fusedReLUs, 100)
+        XCTAssertEqual(plan.inPlaceReLUs, 0)
+        // Without fusion the same ReLUs run in place instead.
+        let unfused = MemoryPlan.apply(to: try ZooModel.densenet121.build(input: [3, 32, 32], classes: 10),
+                                       inputShape: [2, 3, 32, 32], fuse: false)
+        XCTAssertEqual(unfused.fusedReLUs, 0)
+        XCTAssertEqual(unfused.inPlaceReLUs, plan.fusedReLUs)
     }
 
     func testGoogLeNetBitwise() throws {
         // Inception: Concat of four chains, max-pool branch, dropout before the classifier.
-        _ = try assertPlanChangesNothing({ try ZooModel.googlenet.build(input: [3, 64, 64], classes: 10) },
-                                         input: [2, 3, 64, 64], classes: 10)
+        let plan = try assertPlanChangesNothing({ try ZooModel.googlenet.build(input: [3, 64, 64], classes: 10) },
+                                                input: [2, 3, 64, 64], classes: 10)
+        XCTAssertGreaterThan(plan.fusedReLUs, 50)   // conv-BN-ReLU in every branch
     }
 
     /// ReLUs that must keep their own output: the first layer of a branch (its input is the
@@ -96,24 +106,34 @@ final class MemoryPlanTests: XCTestCase {
                                try Linear(4, 5)])
         }
         let probe = try build()
-        let plan = MemoryPlan.apply(to: probe, inputShape: [2, 3, 6, 6])
+        let plan = MemoryPlan.apply(to: probe, inputShape: [2, 3, 6, 6], fuse: false)
         // Only the ReLU after the last BatchNorm qualifies (the BatchNorm keeps half the
-        // values positive, so every branch reaches the logits).
+        // values positive, so every branch reaches the logits); with fusion that one is fused.
         XCTAssertEqual(plan.inPlaceReLUs, 1)
+        let fused = MemoryPlan.apply(to: probe, inputShape: [2, 3, 6, 6])
+        XCTAssertEqual(fused.inPlaceReLUs, 0)
+        XCTAssertEqual(fused.fusedReLUs, 1)
         _ = try assertPlanChangesNothing(build, input: [2, 3, 6, 6], classes: 5)
     }
 
     /// At the ImageNet shapes the slots hold a small fraction of the per-layer dL/dx bytes
-    /// (planned only: no step is run).
+    /// (those of every layer, fused ReLUs included, as without a plan; planned only: no step
+    /// is run). Fusing BatchNorm and ReLU takes no more slot bytes than keeping them apart.
     func testPlannedBytesAt224() throws {
         for (model, most) in [(ZooModel.resnet18, 0.25), (.densenet121, 0.1)] {
             let root = try model.build(input: [3, 224, 224], classes: 1000)
+            let unfused = MemoryPlan.apply(to: root, inputShape: [1, 3, 224, 224], fuse: false)
             let plan = MemoryPlan.apply(to: root, inputShape: [1, 3, 224, 224])
-            let ratio = Double(plan.plannedBytes) / Double(plan.unplannedBytes)
+            let ratio = Double(plan.plannedBytes) / Double(unfused.unplannedBytes)
             print("memory plan \(model.rawValue): \(plan.slots.count) slots, \(plan.plannedBytes >> 10) KiB for "
                   + "\(plan.plannedTensors) dL/dx tensors of \(plan.unplannedBytes >> 10) KiB; "
-                  + "\(plan.inPlaceReLUs) in-place ReLUs save \((plan.inPlaceElements * 4) >> 10) KiB")
+                  + "\(plan.fusedReLUs) ReLUs fused into BatchNorm; "
+                  + "\(plan.inPlaceReLUs) in-place ReLUs save \((plan.inPlaceElements * 4) >> 10) KiB; unfused: "
+                  + "\(unfused.slots.count) slots, \(unfused.plannedBytes >> 10) KiB for \(unfused.plannedTensors) tensors of "
+                  + "\(unfused.unplannedBytes >> 10) KiB")
             XCTAssertLessThan(ratio, most, model.rawValue)
+            XCTAssertGreaterThan(plan.fusedReLUs, 0, model.rawValue)
+            XCTAssertLessThanOrEqual(plan.plannedBytes, unfused.plannedBytes, model.rawValue)
         }
     }
 
