@@ -195,19 +195,48 @@ public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Fl
                 let off = (i * c + ch) * s
                 let p = x + off, g = dy + off, q = dx + off
                 let k = invStd[ch] * (gamma?[ch] ?? 1)
-                if let meanDy, let meanDyXhat {
+                if let r = reluOutput.map({ $0 + off }) {
+                    maskedBackwardInput(p, g, r, q, s, k: k, mean: mean[ch], invStd: invStd[ch],
+                                        meanDy: meanDy?[ch], meanDyXhat: meanDyXhat?[ch])
+                } else if let meanDy, let meanDyXhat {
                     let m = mean[ch], inv = invStd[ch], md = meanDy[ch], mdx = meanDyXhat[ch]
-                    if let r = reluOutput.map({ $0 + off }) {
-                        for j in 0..<s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * (gj - md - (p[j] - m) * inv * mdx) }
-                    } else {
-                        for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
-                    }
-                } else if let r = reluOutput.map({ $0 + off }) {
-                    for j in 0..<s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * gj }
+                    for j in 0..<s { q[j] = k * (g[j] - md - (p[j] - m) * inv * mdx) }
                 } else {
                     for j in 0..<s { q[j] = k * g[j] }
                 }
             }
         }
+    }
+}
+
+/// One channel plane of `batchNormBackwardInput` with g masked by the ReLU output r (g where
+/// r > 0, else +0), in SIMD8 with unconditional loads (a conditional load of g keeps the
+/// compiler from vectorising the plain loop); each lane computes the scalar expression.
+@inline(__always)
+func maskedBackwardInput(_ p: UnsafePointer<Float>, _ g: UnsafePointer<Float>, _ r: UnsafePointer<Float>,
+                         _ q: UnsafeMutablePointer<Float>, _ s: Int, k: Float, mean m: Float, invStd inv: Float,
+                         meanDy: Float?, meanDyXhat: Float?) {
+    let rx = UnsafeRawPointer(p), rg = UnsafeRawPointer(g), rr = UnsafeRawPointer(r), rq = UnsafeMutableRawPointer(q)
+    let zero = SIMD8<Float>(), kv = SIMD8<Float>(repeating: k)
+    var j = 0
+    if let md = meanDy, let mdx = meanDyXhat {
+        let mv = SIMD8<Float>(repeating: m), invv = SIMD8<Float>(repeating: inv)
+        let mdv = SIMD8<Float>(repeating: md), mdxv = SIMD8<Float>(repeating: mdx)
+        while j + 8 <= s {
+            let positive = rr.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) .> zero
+            let gv = zero.replacing(with: rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self), where: positive)
+            let xv = rx.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+            rq.storeBytes(of: kv * (gv - mdv - (xv - mv) * invv * mdxv), toByteOffset: j * 4, as: SIMD8<Float>.self)
+            j += 8
+        }
+        while j < s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * (gj - md - (p[j] - m) * inv * mdx); j += 1 }
+    } else {
+        while j + 8 <= s {
+            let positive = rr.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) .> zero
+            let gv = zero.replacing(with: rg.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self), where: positive)
+            rq.storeBytes(of: kv * gv, toByteOffset: j * 4, as: SIMD8<Float>.self)
+            j += 8
+        }
+        while j < s { let gj: Float = r[j] > 0 ? g[j] : 0; q[j] = k * gj; j += 1 }
     }
 }
