@@ -33,6 +33,8 @@ public struct BenchTrainCommand: ParsableCommand {
     var precision: ComputePrecision = .fp32
     @Option(name: .customLong("allreduce-dtype"), help: "What the gradient allreduce sends (bf16: half the bytes, summed in fp32).")
     var allreduceDtype: AllreduceDType = .fp32
+    @Flag(help: "Recompute BatchNorm + ReLU outputs that feed a convolution in backward instead of holding them (config: recompute).")
+    var recompute = false
 
     public init() {}
 
@@ -76,6 +78,7 @@ public struct BenchTrainCommand: ParsableCommand {
         c.threads = threads
         c.precision = precision
         c.allreduceDtype = allreduceDtype
+        c.recompute = recompute
         if comm.rank == 0 || world.localRanks == nil { ComputeThreads.count = threads }
         let trainer = try Trainer(config: c, communicator: comm, runDirectory: nil,
                                   bucketBytes: Int(bucketMB * 1_048_576), overlap: !noOverlap, log: { _ in })
@@ -120,7 +123,7 @@ public struct BenchTrainCommand: ParsableCommand {
                 "images_per_second": imagesPerSecond, "step_ms": 1000 * seconds / Double(steps),
                 "gflops": gflops, "sgemm_gflops": sgemmRate, "sgemm_share": gflops / sgemmRate,
                 "peak_rss_mib_per_rank": rss.map { Double($0) / 1_048_576 },
-                "multiply_accumulates_per_image": macs, "overlap": !noOverlap,
+                "multiply_accumulates_per_image": macs, "overlap": !noOverlap, "recompute": recompute,
             ]
             object["memory_account_mib"] = Dictionary(uniqueKeysWithValues: memory)
             var profile: [String: Double] = [:]

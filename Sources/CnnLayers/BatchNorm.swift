@@ -44,10 +44,17 @@ public final class BatchNormEngine {
     /// dL/dx. Same bits as the two layers apart.
     public internal(set) var fusedReLU = false
 
+    /// The output lives in a buffer shared with other BatchNorms (set by `MemoryPlan` with
+    /// `recompute`) and is written again from the kept input and statistics by
+    /// `recomputeOutput()` before the backward of the layer that reads it; the values are the
+    /// forward's, bit for bit (same kernel, same operands).
+    public private(set) var recomputesOutput = false
+
     private var input: Tensor?
     private var usedBatchStatistics = false
     private var globalCount = 0.0
-    let output = Tensor(shape: [0])
+    private let ownOutput = Tensor(shape: [0])
+    private(set) var output: Tensor
     var gradInput = Tensor(shape: [0])
 
     init(layer: String, channels: Int, eps: Float, momentum: Float, affine: Bool) throws {
@@ -63,6 +70,7 @@ public final class BatchNormEngine {
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
+        output = ownOutput
         mean = .allocate(capacity: channels); mean.initialize(repeating: 0, count: channels)
         invStd = .allocate(capacity: channels); invStd.initialize(repeating: 1, count: channels)
         meanDy = .allocate(capacity: channels); meanDy.initialize(repeating: 0, count: channels)
@@ -103,6 +111,7 @@ public final class BatchNormEngine {
         precondition(x.shape.count >= 2 && x.shape[1] == channels,
                      "\(layer): input \(formatShape(x.shape)) does not have \(channels) channels in dimension 1")
         let n = x.n, c = channels, s = x.count / (n * c)
+        precondition(x !== output, "\(layer): input is this layer's own (shared) output")
         input = x
         ensureShape(output, x.shape)
         usedBatchStatistics = context.training
@@ -154,6 +163,22 @@ public final class BatchNormEngine {
                            gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
                            n: n, c: c, s: s, relu: fusedReLU)
         return output
+    }
+
+    /// Writes into `shared` (nil: the layer's own tensor) from now on; see `recomputesOutput`.
+    func shareOutput(_ shared: Tensor?) {
+        output = shared ?? ownOutput
+        recomputesOutput = shared != nil
+    }
+
+    /// Writes the last forward's output again (the shared buffer has been overwritten since).
+    func recomputeOutput() {
+        guard let x = input else { preconditionFailure("\(layer): recompute before forward") }
+        let n = x.n, c = channels, s = x.count / (n * c)
+        ensureShape(output, x.shape)
+        batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
+                           gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
+                           n: n, c: c, s: s, relu: fusedReLU)
     }
 
     func backward(_ dy: Tensor, context: ExecutionContext) -> Tensor {

@@ -25,6 +25,14 @@ import CnnCore
 /// through; the layer tree, its names and its parameters stay as built, so state_dicts,
 /// checkpoints and summaries are unchanged (the profiler times the pair under the BatchNorm).
 ///
+/// Recompute (optional): a fused BatchNorm + ReLU whose output goes straight into a
+/// convolution writes it into one buffer shared by all such BatchNorms instead of its own,
+/// and writes it again (`BatchNormEngine.recomputeOutput`, one normalize pass) right before
+/// that convolution's backward reads it; the BatchNorm's own backward follows at once (the
+/// fused ReLU between them passes through) and reads its mask from the same buffer. The
+/// convolution reads its input only in its forward and backward, and nothing runs between
+/// the recompute and those two backwards, so the values are the forward's: same bits.
+///
 /// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
 ///
 /// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
@@ -43,6 +51,12 @@ public final class MemoryPlan {
     public private(set) var inPlaceElements = 0
     /// ReLUs applied by the BatchNorm before them (BatchNorm + ReLU fused).
     public private(set) var fusedReLUs = 0
+    /// BatchNorms whose output is recomputed in backward, the buffer they share, and the
+    /// elements of their outputs at the planned shape (what they hold without recompute).
+    public private(set) var recomputedBatchNorms = 0
+    public let recomputeBuffer = Tensor(shape: [0])
+    public private(set) var recomputeBufferElements = 0
+    public private(set) var recomputedElements = 0
 
     /// The input shape (batch included) the plan was made for.
     public private(set) var inputShape: [Int] = []
@@ -55,17 +69,21 @@ public final class MemoryPlan {
     /// Plans `root`'s backward for inputs of `inputShape` (batch dimension included) and
     /// hands each planned layer its slot tensor. Call once, before training; planning
     /// again (another batch size) replaces the slots. `inPlace: false` keeps every ReLU's
-    /// own output; `fuse: false` keeps BatchNorm and the ReLU after it apart.
+    /// own output; `fuse: false` keeps BatchNorm and the ReLU after it apart; `recompute: true`
+    /// (with fusion) recomputes fused BatchNorm + ReLU outputs read by a convolution.
     @discardableResult
-    public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true) -> MemoryPlan {
+    public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true,
+                             recompute: Bool = false) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
         plan.allowsInPlace = inPlace
         plan.allowsFusion = fuse
+        plan.allowsRecompute = fuse && recompute
         plan.resetInPlace(root)
         if inPlace || fuse { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
+        plan.recomputeBuffer.resize(to: [plan.recomputeBufferElements])
         return plan
     }
 
@@ -143,14 +161,15 @@ public final class MemoryPlan {
 
     private var allowsInPlace = true
     private var allowsFusion = true
+    private var allowsRecompute = false
 
     /// Fuses each ReLU into the BatchNorm before it, else switches it to in place where the
     /// layer before it allows (see the type's comment).
     func markInPlace(_ layer: Layer, input: [Int]) {
         if let sequential = layer as? Sequential {
-            markChain(sequential.layers, input: input)
+            sequential.recomputeBeforeBackward = markChain(sequential.layers, input: input)
         } else if let residual = layer as? Residual {
-            markChain(residual.branch.map(\.layer), input: input)
+            residual.recomputeBeforeBackward = markChain(residual.branch.map(\.layer), input: input)
             if let shortcut = residual.shortcut { markInPlace(shortcut.layer, input: input) }
             // The activation reads the block's own sum, which backward does not need.
             if allowsInPlace, let relu = residual.activation as? ReLU, let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) {
@@ -164,14 +183,18 @@ public final class MemoryPlan {
     /// Every ReLU back to its own output (a previous plan's choices undone).
     private func resetInPlace(_ layer: Layer) {
         if let relu = layer as? ReLU { relu.inPlace = false; relu.fusedIntoBatchNorm = false }
-        if let batchNorm = layer as? BatchNormLayer { batchNorm.engine.fusedReLU = false }
+        if let batchNorm = layer as? BatchNormLayer { batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil) }
+        (layer as? Sequential)?.recomputeBeforeBackward = [:]
+        (layer as? Residual)?.recomputeBeforeBackward = [:]
         // A Residual's activation is not among its children.
         if let residual = layer as? Residual, let activation = residual.activation { resetInPlace(activation) }
         for child in layer.children { resetInPlace(child.layer) }
     }
 
-    private func markChain(_ layers: [Layer], input: [Int]) {
-        guard let shapes = chainShapes(layers, input: input) else { return }
+    /// Marks a chain's layers; returns its recomputed BatchNorms by the index of their reader.
+    private func markChain(_ layers: [Layer], input: [Int]) -> [Int: BatchNormEngine] {
+        guard let shapes = chainShapes(layers, input: input) else { return [:] }
+        var recomputed: [Int: BatchNormEngine] = [:]
         for i in layers.indices {
             markInPlace(layers[i], input: shapes[i])
             guard i > 0, let relu = layers[i] as? ReLU else { continue }
@@ -181,10 +204,19 @@ public final class MemoryPlan {
                 batchNorm.engine.fusedReLU = true
                 relu.fusedIntoBatchNorm = true
                 fusedReLUs += 1
+                if allowsRecompute, i + 1 < layers.count, layers[i + 1] is Conv2D {
+                    let elements = shapes[i].reduce(1, *)
+                    batchNorm.engine.shareOutput(recomputeBuffer)
+                    recomputed[i + 1] = batchNorm.engine
+                    recomputedBatchNorms += 1
+                    recomputedElements += elements
+                    recomputeBufferElements = max(recomputeBufferElements, elements)
+                }
             } else if allowsInPlace, backwardIgnoresOwnOutput(layers[i - 1]) {
                 switchToInPlace(relu, elements: shapes[i].reduce(1, *))
             }
         }
+        return recomputed
     }
 
     private func switchToInPlace(_ relu: ReLU, elements: Int) {
@@ -247,6 +279,7 @@ public struct MemoryAccount: Sendable {
         let float = MemoryLayout<Float>.stride
         activations = float * MemoryAccount.outputElements(root, input: inputShape)
         inputGradients = plan.plannedBytes / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        activations += float * plan.recomputeBufferElements / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
         var seen = Set<ObjectIdentifier>()
         MemoryAccount.visit(root) { layer in
             if let conv = layer as? Conv2D, seen.insert(ObjectIdentifier(conv.workspace)).inserted {
@@ -281,6 +314,8 @@ public struct MemoryAccount: Sendable {
             return 0
         case let relu as ReLU:
             return relu.inPlace || relu.fusedIntoBatchNorm ? 0 : own
+        case let batchNorm as BatchNormLayer:
+            return batchNorm.engine.recomputesOutput ? 0 : own   // the shared buffer is counted once
         case let dropout as Dropout:
             return dropout.p > 0 ? 2 * own : 0   // output and mask
         case is MaxPool2d:

@@ -18,6 +18,9 @@ public final class Residual: Layer {
     private let sum = Tensor(shape: [0])
     var gradInput = Tensor(shape: [0])
     private var input: Tensor?
+    /// Recomputed BatchNorms by the index of the branch layer that reads their output (see
+    /// `Sequential.recomputeBeforeBackward`).
+    var recomputeBeforeBackward: [Int: BatchNormEngine] = [:]
 
     /// A block from its branch layers, optional shortcut, and optional parameter-free activation.
     public init(branch: [(String, Layer)], shortcut: (String, Layer)?, activation: Layer?) {
@@ -80,7 +83,8 @@ public final class Residual: Layer {
         // Copy now: the identity shortcut hands back `d`, which a branch layer may own and overwrite.
         gradInput.data.update(from: ds.data, count: gradInput.count)
         var db = d
-        for (_, layer) in branch.reversed() {
+        for (index, (_, layer)) in branch.enumerated().reversed() {
+            recomputeBeforeBackward[index]?.recomputeOutput()
             db = layer.backward(db, context: context)
             context.gradientsReady?(layer)
         }

@@ -6,6 +6,9 @@ public final class Sequential: Layer, InputGradientOptional {
     public let layers: [Layer]
     public let names: [String]
     public var typeName: String { "Sequential" }
+    /// BatchNorms whose output a `MemoryPlan` made recomputed, by the index of the layer that
+    /// reads that output: recomputed right before that layer's backward.
+    var recomputeBeforeBackward: [Int: BatchNormEngine] = [:]
 
     public init(_ layers: [Layer], names: [String]? = nil) {
         self.layers = layers
@@ -55,6 +58,12 @@ public final class Sequential: Layer, InputGradientOptional {
         for (index, (name, layer)) in zip(names, layers).enumerated().reversed() {
             // Later children's dL/dx feeds the child before them; only the first child's is ours.
             context.needsInputGradient = index > 0 || inputGradientWanted || !(layer is InputGradientOptional)
+            if let engine = recomputeBeforeBackward[index] {
+                let t0 = profiler == nil ? 0 : monotonicSeconds()
+                engine.recomputeOutput()
+                // Timed as the BatchNorm's (two layers back: BatchNorm, fused ReLU, reader).
+                profiler?.record(name: names[index - 2], type: layers[index - 2].typeName, backward: monotonicSeconds() - t0)
+            }
             let t0 = profiler == nil ? 0 : monotonicSeconds()
             dy = layer.backward(dy, context: context)
             profiler?.record(name: name, type: layer.typeName, backward: monotonicSeconds() - t0)

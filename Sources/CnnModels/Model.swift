@@ -19,10 +19,16 @@ public final class Model {
     /// Plans backward memory for batches of `batch` images and sizes the shared buffers for them.
     /// Results are bit-identical whatever the plan; only peak memory changes.
     @discardableResult
-    public func planMemory(batch: Int) -> MemoryPlan {
-        memoryPlan = MemoryPlan.apply(to: root, inputShape: [max(batch, 1)] + inputShape)
+    /// `recompute`: BatchNorm + ReLU outputs read by a convolution are recomputed in backward
+    /// (see `MemoryPlan`); it stays the model's setting for later plans.
+    public func planMemory(batch: Int, recompute: Bool? = nil) -> MemoryPlan {
+        if let recompute { self.recompute = recompute }
+        memoryPlan = MemoryPlan.apply(to: root, inputShape: [max(batch, 1)] + inputShape, recompute: self.recompute)
         return memoryPlan
     }
+
+    /// Whether the memory plan recomputes BatchNorm + ReLU outputs (`planMemory(batch:recompute:)`).
+    public private(set) var recompute = false
 
     /// Builds `name` for inputs of `inputShape` (C, H, W) and `classCount` classes,
     /// checking every layer accepts the shapes it gets. `name` is a zoo model

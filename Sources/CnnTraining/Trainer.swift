@@ -268,6 +268,11 @@ public final class Trainer {
         if customModel == nil {
             model.store.initialize(scheme: config.initScheme, seed: config.seed)
         }
+        if config.recompute {
+            // Planned at the micro-batch each rank runs (the buffers grow if a batch is larger).
+            model.planMemory(batch: max(1, config.batchSize / max(communicator.size, 1) / max(config.accumulationSteps, 1)),
+                             recompute: true)
+        }
 
         optimizer = try config.optimizer.make(config)
         optimizer.setParameterLayout(model.store.parameterEntries)

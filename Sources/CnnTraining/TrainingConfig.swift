@@ -79,6 +79,9 @@ public struct TrainingConfig: Codable, Equatable {
     /// sums (AVX512_BF16; refused before training on a CPU without it). Everything else,
     /// including the parameters and checkpoints, stays fp32.
     public var precision = ComputePrecision.fp32
+    /// Recompute each BatchNorm + ReLU output that feeds a convolution in backward (one more
+    /// normalize pass per such layer) instead of holding it: less activation memory, same bits.
+    public var recompute = false
     /// What the gradient allreduce sends: fp32, or bf16 (half the bytes; each rank's gradients
     /// rounded to bf16, summed in fp32 in rank order and rounded once, so every rank gets the
     /// same bits). BatchNorm statistics and everything else are still communicated in fp32.
@@ -107,7 +110,7 @@ public struct TrainingConfig: Codable, Equatable {
         case syncBatchNorm = "sync_batchnorm", checkpointEvery = "checkpoint_every"
         case keepCheckpoints = "keep_checkpoints", maxSteps = "max_steps", threads, initFrom = "init_from"
         case replaceHead = "replace_head", freeze, onNonFinite = "on_nonfinite"
-        case precision, allreduceDtype = "allreduce_dtype"
+        case precision, allreduceDtype = "allreduce_dtype", recompute
         case dataThreads = "data_threads", onBadImage = "on_bad_image", shuffleBuffer = "shuffle_buffer"
     }
 

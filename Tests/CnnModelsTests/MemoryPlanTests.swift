@@ -156,6 +156,39 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertEqual(ownActivations - inPlaceActivations, first.inPlaceElements * MemoryLayout<Float>.stride)
     }
 
+    /// Recomputing the BatchNorm + ReLU outputs that feed convolutions (one buffer shared by
+    /// all of them, written again before each reader's backward) changes no bit, and the
+    /// account drops their outputs but the shared buffer.
+    func testRecomputeBitwiseAndSmaller() throws {
+        for (model, input, least) in [(ZooModel.resnet20, [2, 3, 32, 32], 9), (.densenet121, [2, 3, 32, 32], 100)] {
+            // (googlenet has none: its BatchNorm + ReLU outputs go to another block, not a convolution.)
+            let shape = Array(input.dropFirst())
+            let plain = try model.build(input: shape, classes: 10)
+            let fused = try model.build(input: shape, classes: 10), recomputed = try model.build(input: shape, classes: 10)
+            let fusedPlan = MemoryPlan.apply(to: fused, inputShape: input)
+            let plan = MemoryPlan.apply(to: recomputed, inputShape: input, recompute: true)
+            XCTAssertGreaterThanOrEqual(plan.recomputedBatchNorms, least, model.rawValue)
+            XCTAssertEqual(fusedPlan.recomputedBatchNorms, 0)
+            let a = trainingSteps(plain, input: input, classes: 10)
+            XCTAssertTrue(a.inputGradient.contains { Float(bitPattern: $0) != 0 })
+            XCTAssertEqual(a, trainingSteps(recomputed, input: input, classes: 10), model.rawValue)
+            let held = MemoryAccount(root: fused, inputShape: input, plan: fusedPlan).activations
+            let less = MemoryAccount(root: recomputed, inputShape: input, plan: plan).activations
+            XCTAssertEqual(held - less, (plan.recomputedElements - plan.recomputeBufferElements) * MemoryLayout<Float>.stride,
+                           model.rawValue)
+            XCTAssertGreaterThan(plan.recomputedElements, 2 * plan.recomputeBufferElements, model.rawValue)
+            // Planning again without recompute gives every BatchNorm its own output back.
+            let again = MemoryPlan.apply(to: recomputed, inputShape: input)
+            XCTAssertEqual(MemoryAccount(root: recomputed, inputShape: input, plan: again).activations, held, model.rawValue)
+            XCTAssertEqual(a, trainingSteps(recomputed, input: input, classes: 10), model.rawValue)
+        }
+        // At 224 (planned only), what densenet121 no longer holds.
+        let root = try ZooModel.densenet121.build(input: [3, 224, 224], classes: 1000)
+        let plan = MemoryPlan.apply(to: root, inputShape: [16, 3, 224, 224], recompute: true)
+        print("recompute densenet121 batch 16: \(plan.recomputedBatchNorms) BatchNorms, outputs of "
+              + "\((plan.recomputedElements * 4) >> 20) MiB in a shared buffer of \((plan.recomputeBufferElements * 4) >> 20) MiB")
+    }
+
     /// `Model` plans itself, and a model planned for one batch size runs another bitwise alike.
     func testModelPlansItselfAndOtherBatchSizesWork() throws {
         let model = try Model(name: "resnet20")
