@@ -119,7 +119,7 @@ public struct TrainCommand: ParsableCommand {
         // where each keeps a batch share a GEMM runs well on (see automaticLocalRanks). Not when
         // a launcher announces tasks it did not connect: withWorld refuses that.
         var chosen = self.world
-        var planned = fresh ?? resume.flatMap { try? JSONDecoder().decode(TrainingConfig.self, from: Data(FileBytes.read($0 + "/config.json"))) }
+        var planned = fresh ?? resume.flatMap { try? decodeRunConfig(FileBytes.read($0 + "/config.json")) }
         if planned != nil && fresh == nil { try? options.apply(to: &planned!) }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         if chosen.localRanks == nil && !launchedByMPI() && launcherTaskCount() == nil, let planned, planned.threads == nil {

@@ -220,9 +220,20 @@ extension Trainer {
 /// not parse as an object (the decoder then names the fault).
 func withConfigDefaults(_ bytes: [UInt8]) throws -> Data {
     guard var object = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any],
-          let config = object["config"] as? [String: Any],
-          let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as? [String: Any]
-    else { return Data(bytes) }
-    object["config"] = config.merging(defaults) { stored, _ in stored }
+          let config = object["config"] as? [String: Any] else { return Data(bytes) }
+    object["config"] = try configWithDefaults(config)
     return try JSONSerialization.data(withJSONObject: object)
+}
+
+/// A run's config.json (a config object on its own) decoded with the same defaults.
+public func decodeRunConfig(_ bytes: [UInt8]) throws -> TrainingConfig {
+    guard let config = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
+        return try JSONDecoder().decode(TrainingConfig.self, from: Data(bytes))
+    }
+    return try JSONDecoder().decode(TrainingConfig.self, from: JSONSerialization.data(withJSONObject: try configWithDefaults(config)))
+}
+
+private func configWithDefaults(_ config: [String: Any]) throws -> [String: Any] {
+    let defaults = try JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig())) as? [String: Any] ?? [:]
+    return config.merging(defaults) { stored, _ in stored }
 }

@@ -43,6 +43,23 @@ final class ResumeTests: XCTestCase {
 
     /// Resume works on another rank count: 2 ranks stop, 1 rank continues, and
     /// the result matches the uninterrupted 2-rank run to rounding.
+    /// A run's config.json written before a key existed (here `recompute` and `precision`)
+    /// decodes with that key's default; a complete one decodes to itself.
+    func testRunConfigWithoutNewerKeysDecodesWithDefaults() throws {
+        var config = TrainingConfig()
+        config.model = "resnet20"
+        config.batchSize = 48
+        let full = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as! [String: Any]
+        XCTAssertEqual(try decodeRunConfig(Array(JSONSerialization.data(withJSONObject: full))), config)
+        var old = full
+        XCTAssertNotNil(old.removeValue(forKey: "recompute"))
+        XCTAssertNotNil(old.removeValue(forKey: "precision"))
+        let bytes = Array(try JSONSerialization.data(withJSONObject: old))
+        XCTAssertThrowsError(try JSONDecoder().decode(TrainingConfig.self, from: Data(bytes)))
+        XCTAssertEqual(try decodeRunConfig(bytes), config)
+        XCTAssertThrowsError(try decodeRunConfig(Array("{\"batch_size\": \"many\"}".utf8)))
+    }
+
     func testResumeOnAnotherRankCount() throws {
         var config = syntheticConfig(steps: 6, batch: 32, model: "lenet5")
         config.epochs = 2
