@@ -75,6 +75,9 @@ final class ConvolutionBF16Tests: XCTestCase {
             // a 40-pixel plane, 7 images per forward block, 3 given (120 columns: a last panel of
             // 3 chunks), and 40-pixel backward-weights steps (4 chunks, then 1);
             (try rect(8, 5, 8, 16, kernel: 3, padding: 1), 3, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
+            // stride 2 on a 15-wide input (odd: one more even column than odd ones in the split copy);
+            (try square(4, 15, 8, kernel: 3, stride: 2, padding: 1), 2, true,
+             "packedIm2col/stride2Kernel3Gather/packedIm2col"),
             // stride 3 (the element-by-element bf16 copy);
             (try square(3, 24, 8, kernel: 3, stride: 3), 2, true, "packedIm2col/col2imImageSegments/packedIm2col"),
             // 520 pixels: backward-weights K steps of 260 are not whole 8-pixel chunks, so that pass
