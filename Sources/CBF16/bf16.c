@@ -335,6 +335,9 @@ PACK_TARGET void cnn_bf16_round_rows(long rows, long width, const float *src, lo
     for (long r = 0; r < rows; r++) {
         const float *s = src + r * srcStride;
         uint16_t *d = dst + r * dstStride;
+        // The same row of the next channel plane (the caller's next call): a plane is often one
+        // 4 KiB page, where the hardware prefetchers stop.
+        for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + rows * srcStride + i), _MM_HINT_T0);
         long i = 0;
         for (; i + 32 <= width; i += 32) {
             __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i));
@@ -358,6 +361,7 @@ PACK_TARGET void cnn_bf16_round_rows_deinterleave(long rows, long width, const f
     for (long r = 0; r < rows; r++) {
         const float *s = src + r * srcStride;
         uint16_t *e = even + r * dstStride, *o = odd + r * dstStride;
+        for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + rows * srcStride + i), _MM_HINT_T0);
         for (long i = 0; i < width; i += 32) {
             const long left = width - i;
             const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
