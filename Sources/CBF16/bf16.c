@@ -330,49 +330,54 @@ PACK_TARGET void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t 
 
 // bf16 phase planes: the input rounded once as it is copied, then packed from 16-bit words.
 
-PACK_TARGET void cnn_bf16_round_rows(long rows, long width, const float *src, long srcStride, uint16_t *dst,
-                                     long dstStride) {
-    for (long r = 0; r < rows; r++) {
-        const float *s = src + r * srcStride;
-        uint16_t *d = dst + r * dstStride;
-        // The same row of the next channel plane (the caller's next call): a plane is often one
-        // 4 KiB page, where the hardware prefetchers stop.
-        for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + rows * srcStride + i), _MM_HINT_T0);
-        long i = 0;
-        for (; i + 32 <= width; i += 32) {
-            __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i));
-            _mm512_storeu_si512((void *)(d + i), (__m512i)both);
-        }
-        for (; i < width; i += 16) {
-            const long left = width - i;
-            const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, s + i));
-            // A 512-bit masked store (AVX512BW) with the upper 16 words masked off: no AVX512VL needed.
-            _mm512_mask_storeu_epi16((void *)(d + i), (__mmask32)m, _mm512_castsi256_si512((__m256i)h));
+PACK_TARGET void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                     long srcStride, uint16_t *dst, long dstPlaneStride, long dstStride) {
+    for (long c = 0; c < planes; c++) {
+        for (long r = 0; r < rows; r++) {
+            const float *s = src + c * srcPlaneStride + r * srcStride;
+            uint16_t *d = dst + c * dstPlaneStride + r * dstStride;
+            // The same row of the next plane: a plane is often one 4 KiB page or less, and the
+            // hardware prefetchers stop at page ends.
+            for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + srcPlaneStride + i), _MM_HINT_T0);
+            long i = 0;
+            for (; i + 32 <= width; i += 32) {
+                __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i));
+                _mm512_storeu_si512((void *)(d + i), (__m512i)both);
+            }
+            for (; i < width; i += 16) {
+                const long left = width - i;
+                const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, s + i));
+                // A 512-bit masked store (AVX512BW) with the upper 16 words masked off: no AVX512VL needed.
+                _mm512_mask_storeu_epi16((void *)(d + i), (__mmask32)m, _mm512_castsi256_si512((__m256i)h));
+            }
         }
     }
 }
 
-PACK_TARGET void cnn_bf16_round_rows_deinterleave(long rows, long width, const float *src, long srcStride,
-                                                  uint16_t *even, uint16_t *odd, long dstStride) {
+PACK_TARGET void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src,
+                                                  long srcPlaneStride, long srcStride, uint16_t *even, uint16_t *odd,
+                                                  long dstPlaneStride, long dstStride) {
     // Words 0..15: the even columns of a 32-float step, 16..31: the odd ones.
     const __m512i split = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
                                            30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    for (long r = 0; r < rows; r++) {
-        const float *s = src + r * srcStride;
-        uint16_t *e = even + r * dstStride, *o = odd + r * dstStride;
-        for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + rows * srcStride + i), _MM_HINT_T0);
-        for (long i = 0; i < width; i += 32) {
-            const long left = width - i;
-            const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-            const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
-            __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s + i + 16),
-                                                        _mm512_maskz_loadu_ps(m0, s + i));
-            __m512i parts = _mm512_permutexvar_epi16(split, both);
-            const long ne = left >= 32 ? 16 : (left + 1) / 2, no = left >= 32 ? 16 : left / 2;
-            _mm512_mask_storeu_epi16((void *)(e + i / 2), (__mmask32)((1u << ne) - 1), parts);
-            _mm512_mask_storeu_epi16((void *)(o + i / 2), (__mmask32)((1u << no) - 1),
-                                     _mm512_castsi256_si512(_mm512_extracti64x4_epi64(parts, 1)));
+    for (long c = 0; c < planes; c++) {
+        for (long r = 0; r < rows; r++) {
+            const float *s = src + c * srcPlaneStride + r * srcStride;
+            uint16_t *e = even + c * dstPlaneStride + r * dstStride, *o = odd + c * dstPlaneStride + r * dstStride;
+            for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + srcPlaneStride + i), _MM_HINT_T0);
+            for (long i = 0; i < width; i += 32) {
+                const long left = width - i;
+                const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s + i + 16),
+                                                            _mm512_maskz_loadu_ps(m0, s + i));
+                __m512i parts = _mm512_permutexvar_epi16(split, both);
+                const long ne = left >= 32 ? 16 : (left + 1) / 2, no = left >= 32 ? 16 : left / 2;
+                _mm512_mask_storeu_epi16((void *)(e + i / 2), (__mmask32)((1u << ne) - 1), parts);
+                _mm512_mask_storeu_epi16((void *)(o + i / 2), (__mmask32)((1u << no) - 1),
+                                         _mm512_castsi256_si512(_mm512_extracti64x4_epi64(parts, 1)));
+            }
         }
     }
 }
@@ -548,14 +553,18 @@ void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, con
     __builtin_trap();
 }
 
-void cnn_bf16_round_rows(long rows, long width, const float *src, long srcStride, uint16_t *dst, long dstStride) {
-    (void)rows; (void)width; (void)src; (void)srcStride; (void)dst; (void)dstStride;
+void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride, long srcStride,
+                         uint16_t *dst, long dstPlaneStride, long dstStride) {
+    (void)planes; (void)rows; (void)width; (void)src; (void)srcPlaneStride; (void)srcStride; (void)dst;
+    (void)dstPlaneStride; (void)dstStride;
     __builtin_trap();
 }
 
-void cnn_bf16_round_rows_deinterleave(long rows, long width, const float *src, long srcStride,
-                                      uint16_t *even, uint16_t *odd, long dstStride) {
-    (void)rows; (void)width; (void)src; (void)srcStride; (void)even; (void)odd; (void)dstStride;
+void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                      long srcStride, uint16_t *even, uint16_t *odd, long dstPlaneStride,
+                                      long dstStride) {
+    (void)planes; (void)rows; (void)width; (void)src; (void)srcPlaneStride; (void)srcStride; (void)even; (void)odd;
+    (void)dstPlaneStride; (void)dstStride;
     __builtin_trap();
 }
 

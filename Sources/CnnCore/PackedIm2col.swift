@@ -35,7 +35,10 @@
 // bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
 // write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA). With the native
 // kernel most panels skip the fp32 panel: they are rounded to bf16 pairs straight from xs
-// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Reading the
+// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Where the input
+// is copied anyway and output rows are a multiple of 8 wide, the copy itself rounds to bf16
+// (`sourceBF16`): the copy writes, and the packers read, half the bytes, and each value is
+// rounded once, to the same bits. The portable kernel keeps fp32 planes. Reading the
 // NCHW input itself with masked loads for the padding instead of the phase-plane copy was
 // measured slower (`bench conv --precision bf16`: 30-60 % on 32- and 16-wide rows, 5-10 % on
 // 8-wide ones): the per-load mask and bounds work costs more than the copy it saves.
@@ -391,38 +394,39 @@ final class PackedIm2colPlan {
         return UnsafePointer(planesBF16[t].pointer)
     }
 
-    /// `copyPhasePlanes` into bf16 planes: per channel and row phase, all of its input rows in one
-    /// call (stride 1 in x, or both column phases of stride 2); other strides element by element.
+    /// `copyPhasePlanes` into bf16 planes: per row phase, all channels' rows in one call (stride 1
+    /// in x, or both column phases of stride 2); other strides element by element.
     private func copyPhasePlanesBF16(_ image: UnsafePointer<Float>, to xs: UnsafeMutablePointer<UInt16>) {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
         let sh = g.strideHeight, sw = g.strideWidth
         let Ws = phaseWidth, plane = phaseHeight * Ws
         usedPhase.withUnsafeBufferPointer { used in
-            for c in 0..<Cg {
-                let src = image + c * H * W
-                for py in 0..<sh {
-                    // Input rows first, first + sh, … (padded row ≡ py mod sh) fill phase rows from phaseRow.
-                    let first = ((py - g.padTop) % sh + sh) % sh
-                    guard first < H else { continue }
-                    let rows = (H - first + sh - 1) / sh, phaseRow = (first + g.padTop) / sh
-                    let rowSrc = src + first * W
-                    let base = xs + c * plane + phaseRow * Ws
-                    if sw == 1 {
-                        if used[py] { cnn_bf16_round_rows(rows, W, rowSrc, sh * W, base + py * Cg * plane + g.padLeft, Ws) }
-                    } else if sw == 2 && used[py * 2] && used[py * 2 + 1] {
-                        // Even input columns are in column phase padLeft mod 2, odd ones in the other.
-                        let evenPhase = g.padLeft % 2
-                        cnn_bf16_round_rows_deinterleave(
-                            rows, W, rowSrc, sh * W,
-                            base + (py * 2 + evenPhase) * Cg * plane + g.padLeft / 2,
-                            base + (py * 2 + 1 - evenPhase) * Cg * plane + (g.padLeft + 1) / 2, Ws)
-                    } else {
+            for py in 0..<sh {
+                // Input rows first, first + sh, … (padded row ≡ py mod sh) fill phase rows from phaseRow.
+                let first = ((py - g.padTop) % sh + sh) % sh
+                guard first < H else { continue }
+                let rows = (H - first + sh - 1) / sh, phaseRow = (first + g.padTop) / sh
+                let rowSrc = image + first * W
+                let base = xs + phaseRow * Ws
+                if sw == 1 {
+                    if used[py] {
+                        cnn_bf16_round_rows(Cg, rows, W, rowSrc, H * W, sh * W, base + py * Cg * plane + g.padLeft, plane, Ws)
+                    }
+                } else if sw == 2 && used[py * 2] && used[py * 2 + 1] {
+                    // Even input columns are in column phase padLeft mod 2, odd ones in the other.
+                    let evenPhase = g.padLeft % 2
+                    cnn_bf16_round_rows_deinterleave(
+                        Cg, rows, W, rowSrc, H * W, sh * W,
+                        base + (py * 2 + evenPhase) * Cg * plane + g.padLeft / 2,
+                        base + (py * 2 + 1 - evenPhase) * Cg * plane + (g.padLeft + 1) / 2, plane, Ws)
+                } else {
+                    for c in 0..<Cg {
                         for px in 0..<sw where used[py * sw + px] {
                             let fx = ((px - g.padLeft) % sw + sw) % sw
                             let count = fx < W ? (W - fx + sw - 1) / sw : 0
-                            let dst = base + (py * sw + px) * Cg * plane + (fx + g.padLeft) / sw
+                            let dst = base + ((py * sw + px) * Cg + c) * plane + (fx + g.padLeft) / sw
                             for r in 0..<rows {
-                                let row = rowSrc + r * sh * W + fx
+                                let row = rowSrc + c * H * W + r * sh * W + fx
                                 for i in 0..<count { dst[r * Ws + i] = bf16Bits(row[i * sw]) }
                             }
                         }

@@ -93,17 +93,21 @@ void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const
 void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst);
 
 /// bf16 phase planes (the input of packed im2col rounded once as it is copied, so the copy
-/// writes and the packers read half the bytes): dst[r · dstStride + i] = bf16(src[r · srcStride + i])
-/// for r < rows, i < width, with bf16() as in cnn_bf16_pack_b (the bits of the Swift `bf16Bits`);
-/// nothing else of dst is written. Needs AVX512F, AVX512BW and AVX512_BF16.
-void cnn_bf16_round_rows(long rows, long width, const float *src, long srcStride, uint16_t *dst, long dstStride);
+/// writes and the packers read half the bytes): for c < planes, r < rows, i < width,
+///   dst[c · dstPlaneStride + r · dstStride + i] = bf16(src[c · srcPlaneStride + r · srcStride + i])
+/// with bf16() as in cnn_bf16_pack_b (the bits of the Swift `bf16Bits`); nothing else of dst is
+/// written. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride, long srcStride,
+                         uint16_t *dst, long dstPlaneStride, long dstStride);
 
-/// The same split by column parity (stride-2 phase planes): for r < rows,
-///   even[r · dstStride + i] = bf16(src[r · srcStride + 2i])       i < ⌈width / 2⌉
-///   odd[r · dstStride + i]  = bf16(src[r · srcStride + 2i + 1])   i < ⌊width / 2⌋
+/// The same split by column parity (stride-2 phase planes): for c < planes, r < rows, with
+/// s = src + c · srcPlaneStride + r · srcStride and o = c · dstPlaneStride + r · dstStride,
+///   even[o + i] = bf16(s[2i])       i < ⌈width / 2⌉
+///   odd[o + i]  = bf16(s[2i + 1])   i < ⌊width / 2⌋
 /// Needs AVX512F, AVX512BW and AVX512_BF16.
-void cnn_bf16_round_rows_deinterleave(long rows, long width, const float *src, long srcStride,
-                                      uint16_t *even, uint16_t *odd, long dstStride);
+void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                      long srcStride, uint16_t *even, uint16_t *odd, long dstPlaneStride,
+                                      long dstStride);
 
 /// cnn_bf16_pack_runs from bf16 sources (words already rounded): for q < ⌈kc / 2⌉, j < 16,
 ///   dst[q · 32 + j]      = (lo[offsets[2q] + j], lo[offsets[2q + 1] + j])
