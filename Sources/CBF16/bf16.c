@@ -186,9 +186,59 @@ PACK_TARGET void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb
     }
 }
 
+// r[0..7] (16 dwords each: row i's pairs q = 0..15) become 8 vectors of two pairs each:
+// o[k] = (rows 0..7 of pair q, rows 0..7 of pair q + 1) for q = 2k, the 8-row panel layout of
+// two consecutive pairs. Half the shuffles of transpose16x16 with 8 rows of zeros.
+PACK_TARGET static inline void transpose8x16(const __m512i r[8], __m512i o[8]) {
+    __m512i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    // u[4h + c], per 128-bit lane L: rows 4h..4h+3 of pair 4L + c.
+    for (int h = 0; h < 2; h++) {
+        u[4 * h] = _mm512_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 1] = _mm512_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 2] = _mm512_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h + 3] = _mm512_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    for (int c = 0; c < 4; c += 2) {
+        // Lanes (A0 A1 B0 B1) / (A2 A3 B2 B3) of pair column c and of c + 1 (A: rows 0..3, B: 4..7).
+        __m512i x01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x23 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        __m512i y01 = _mm512_shuffle_i32x4(u[c + 1], u[5 + c], 0x44), y23 = _mm512_shuffle_i32x4(u[c + 1], u[5 + c], 0xEE);
+        // Pair 4L + c with 4L + c + 1: (A_L B_L A'_L B'_L), stored as o[(4L + c) / 2].
+        o[c / 2] = _mm512_shuffle_i32x4(x01, y01, 0x88);
+        o[2 + c / 2] = _mm512_shuffle_i32x4(x01, y01, 0xDD);
+        o[4 + c / 2] = _mm512_shuffle_i32x4(x23, y23, 0x88);
+        o[6 + c / 2] = _mm512_shuffle_i32x4(x23, y23, 0xDD);
+    }
+}
+
 PACK_TARGET void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
     const long pairs = (kc + 1) / 2;
     const __mmask16 out = (__mmask16)((1u << rows) - 1);
+    if (rows == 8) {
+        for (long p0 = 0; p0 < kc; p0 += 32) {
+            const long left = kc - p0;
+            const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+            const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+            __m512i r[8], o[8];
+            for (int i = 0; i < 8; i++) {
+                if (i < mr) {
+                    const float *row = a + i * lda + p0;
+                    r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+                } else {
+                    r[i] = _mm512_setzero_si512();
+                }
+            }
+            transpose8x16(r, o);
+            for (long k = 0; 2 * k < count; k++) {
+                _mm512_mask_storeu_epi32(dst + (q0 + 2 * k) * 8, 2 * k + 1 < count ? 0xFFFF : 0x00FF, o[k]);
+            }
+        }
+        return;
+    }
     // 16 pairs at a time: each row's 32 floats converted are its 16 words in pair order;
     // a 16×16 transpose turns rows into pair-major order.
     for (long p0 = 0; p0 < kc; p0 += 32) {
