@@ -186,9 +186,59 @@ PACK_TARGET void cnn_bf16_pack_bt(long kc, long panels, const float *b, long ldb
     }
 }
 
+// r[0..7] (16 dwords each: row i's pairs q = 0..15) become 8 vectors of two pairs each:
+// o[k] = (rows 0..7 of pair q, rows 0..7 of pair q + 1) for q = 2k, the 8-row panel layout of
+// two consecutive pairs. Half the shuffles of transpose16x16 with 8 rows of zeros.
+PACK_TARGET static inline void transpose8x16(const __m512i r[8], __m512i o[8]) {
+    __m512i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    // u[4h + c], per 128-bit lane L: rows 4h..4h+3 of pair 4L + c.
+    for (int h = 0; h < 2; h++) {
+        u[4 * h] = _mm512_unpacklo_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 1] = _mm512_unpackhi_epi64(t[4 * h], t[4 * h + 2]);
+        u[4 * h + 2] = _mm512_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h + 3] = _mm512_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
+    }
+    for (int c = 0; c < 4; c += 2) {
+        // Lanes (A0 A1 B0 B1) / (A2 A3 B2 B3) of pair column c and of c + 1 (A: rows 0..3, B: 4..7).
+        __m512i x01 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), x23 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+        __m512i y01 = _mm512_shuffle_i32x4(u[c + 1], u[5 + c], 0x44), y23 = _mm512_shuffle_i32x4(u[c + 1], u[5 + c], 0xEE);
+        // Pair 4L + c with 4L + c + 1: (A_L B_L A'_L B'_L), stored as o[(4L + c) / 2].
+        o[c / 2] = _mm512_shuffle_i32x4(x01, y01, 0x88);
+        o[2 + c / 2] = _mm512_shuffle_i32x4(x01, y01, 0xDD);
+        o[4 + c / 2] = _mm512_shuffle_i32x4(x23, y23, 0x88);
+        o[6 + c / 2] = _mm512_shuffle_i32x4(x23, y23, 0xDD);
+    }
+}
+
 PACK_TARGET void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
     const long pairs = (kc + 1) / 2;
     const __mmask16 out = (__mmask16)((1u << rows) - 1);
+    if (rows == 8) {
+        for (long p0 = 0; p0 < kc; p0 += 32) {
+            const long left = kc - p0;
+            const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+            const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+            const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+            __m512i r[8], o[8];
+            for (int i = 0; i < 8; i++) {
+                if (i < mr) {
+                    const float *row = a + i * lda + p0;
+                    r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), _mm512_maskz_loadu_ps(m0, row));
+                } else {
+                    r[i] = _mm512_setzero_si512();
+                }
+            }
+            transpose8x16(r, o);
+            for (long k = 0; 2 * k < count; k++) {
+                _mm512_mask_storeu_epi32(dst + (q0 + 2 * k) * 8, 2 * k + 1 < count ? 0xFFFF : 0x00FF, o[k]);
+            }
+        }
+        return;
+    }
     // 16 pairs at a time: each row's 32 floats converted are its 16 words in pair order;
     // a 16×16 transpose turns rows into pair-major order.
     for (long p0 = 0; p0 < kc; p0 += 32) {
@@ -328,6 +378,167 @@ PACK_TARGET void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t 
     }
 }
 
+// bf16 phase planes: the input rounded once as it is copied, then packed from 16-bit words.
+
+PACK_TARGET void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                     long srcStride, uint16_t *dst, long dstPlaneStride, long dstStride) {
+    for (long c = 0; c < planes; c++) {
+        for (long r = 0; r < rows; r++) {
+            const float *s = src + c * srcPlaneStride + r * srcStride;
+            uint16_t *d = dst + c * dstPlaneStride + r * dstStride;
+            // The same row of the next plane: a plane is often one 4 KiB page or less, and the
+            // hardware prefetchers stop at page ends.
+            for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + srcPlaneStride + i), _MM_HINT_T0);
+            long i = 0;
+            for (; i + 32 <= width; i += 32) {
+                __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + i + 16), _mm512_loadu_ps(s + i));
+                _mm512_storeu_si512((void *)(d + i), (__m512i)both);
+            }
+            for (; i < width; i += 16) {
+                const long left = width - i;
+                const __mmask16 m = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, s + i));
+                // A 512-bit masked store (AVX512BW) with the upper 16 words masked off: no AVX512VL needed.
+                _mm512_mask_storeu_epi16((void *)(d + i), (__mmask32)m, _mm512_castsi256_si512((__m256i)h));
+            }
+        }
+    }
+}
+
+PACK_TARGET void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src,
+                                                  long srcPlaneStride, long srcStride, uint16_t *even, uint16_t *odd,
+                                                  long dstPlaneStride, long dstStride) {
+    // Words 0..15: the even columns of a 32-float step, 16..31: the odd ones.
+    const __m512i split = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                           30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (long c = 0; c < planes; c++) {
+        for (long r = 0; r < rows; r++) {
+            const float *s = src + c * srcPlaneStride + r * srcStride;
+            uint16_t *e = even + c * dstPlaneStride + r * dstStride, *o = odd + c * dstPlaneStride + r * dstStride;
+            for (long i = 0; i < width; i += 16) _mm_prefetch((const char *)(s + srcPlaneStride + i), _MM_HINT_T0);
+            for (long i = 0; i < width; i += 32) {
+                const long left = width - i;
+                const __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+                const __mmask16 m1 = left >= 32 ? 0xFFFF : (left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1));
+                __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, s + i + 16),
+                                                            _mm512_maskz_loadu_ps(m0, s + i));
+                __m512i parts = _mm512_permutexvar_epi16(split, both);
+                const long ne = left >= 32 ? 16 : (left + 1) / 2, no = left >= 32 ? 16 : left / 2;
+                _mm512_mask_storeu_epi16((void *)(e + i / 2), (__mmask32)((1u << ne) - 1), parts);
+                _mm512_mask_storeu_epi16((void *)(o + i / 2), (__mmask32)((1u << no) - 1),
+                                         _mm512_castsi256_si512(_mm512_extracti64x4_epi64(parts, 1)));
+            }
+        }
+    }
+}
+
+// (a[j], b[j]) word pairs for j < 16 from the low 16 words of a and of b.
+#define PAIR_WORDS_INDEX _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, \
+                                          39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0)
+
+PACK_TARGET void cnn_bf16_pack_runs_h(long kc, const uint16_t *lo, const uint16_t *hi, const int32_t *offsets,
+                                      uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i pair = PAIR_WORDS_INDEX;
+    for (long q = 0; q < pairs; q++) {
+        const long even = offsets[2 * q];
+        const int odd = 2 * q + 1 < kc;
+        const long next = odd ? offsets[2 * q + 1] : 0;
+        __m512i l0 = _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(lo + even)));
+        __m512i h0 = _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(hi + even)));
+        __m512i l1 = odd ? _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(lo + next))) : _mm512_setzero_si512();
+        __m512i h1 = odd ? _mm512_castsi256_si512(_mm256_loadu_si256((const void *)(hi + next))) : _mm512_setzero_si512();
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR), _mm512_permutex2var_epi16(l0, pair, l1));
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR + 16), _mm512_permutex2var_epi16(h0, pair, h1));
+    }
+}
+
+// 16 words from two 8-word chunks.
+PACK_TARGET static inline __m512i load_word_chunks(const uint16_t *c0, const uint16_t *c1) {
+    return _mm512_castsi256_si512(_mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const void *)c0)), _mm_loadu_si128((const void *)c1), 1));
+}
+
+// cnn_bf16_pack_chunks_h for a constant count of chunks n (1..4): the columns past 8n are zero.
+PACK_TARGET static inline __attribute__((always_inline))
+void pack_word_chunks(long kc, int n, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                      uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __m512i pair = PAIR_WORDS_INDEX;
+    const uint16_t *c0 = xs + chunks[0];
+    const uint16_t *c1 = n > 1 ? xs + chunks[1] : c0, *c2 = n > 2 ? xs + chunks[2] : c0, *c3 = n > 3 ? xs + chunks[3] : c0;
+    for (long q = 0; q < pairs; q++) {
+        const long even = offsets[2 * q];
+        const int odd = 2 * q + 1 < kc;
+        const long next = odd ? offsets[2 * q + 1] : 0;
+        __m512i l0, l1, h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+        if (n > 1) {
+            l0 = load_word_chunks(c0 + even, c1 + even);
+            l1 = odd ? load_word_chunks(c0 + next, c1 + next) : _mm512_setzero_si512();
+        } else {
+            l0 = _mm512_zextsi128_si512(_mm_loadu_si128((const void *)(c0 + even)));
+            l1 = odd ? _mm512_zextsi128_si512(_mm_loadu_si128((const void *)(c0 + next))) : _mm512_setzero_si512();
+        }
+        if (n > 3) {
+            h0 = load_word_chunks(c2 + even, c3 + even);
+            h1 = odd ? load_word_chunks(c2 + next, c3 + next) : _mm512_setzero_si512();
+        } else if (n > 2) {
+            h0 = _mm512_zextsi128_si512(_mm_loadu_si128((const void *)(c2 + even)));
+            h1 = odd ? _mm512_zextsi128_si512(_mm_loadu_si128((const void *)(c2 + next))) : _mm512_setzero_si512();
+        }
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR), _mm512_permutex2var_epi16(l0, pair, l1));
+        _mm512_store_si512((void *)(dst + q * CNN_BF16_NR + 16), _mm512_permutex2var_epi16(h0, pair, h1));
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_chunks_h(long kc, int n, const uint16_t *xs, const int32_t *chunks,
+                                        const int32_t *offsets, uint32_t *dst) {
+    switch (n) {
+    case 4: pack_word_chunks(kc, 4, xs, chunks, offsets, dst); break;
+    case 3: pack_word_chunks(kc, 3, xs, chunks, offsets, dst); break;
+    case 2: pack_word_chunks(kc, 2, xs, chunks, offsets, dst); break;
+    default: pack_word_chunks(kc, 1, xs, chunks, offsets, dst); break;
+    }
+}
+
+PACK_TARGET void cnn_bf16_pack_chunks_t_h(long kc, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                                          uint32_t *dst) {
+    const long pairs = kc / 2;
+    // 32 pixels (16 pairs) of 16 columns at a time: column j's 32 pixel words are its 16 pairs
+    // in order (pixels 2q, 2q + 1 are neighbours in one output row), so one 64-byte row per
+    // column (one load when the four chunks are contiguous), then a 16×16 transpose.
+    for (long p0 = 0; p0 < kc; p0 += 32) {
+        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+        const long c = p0 / 8, have = (kc - p0) / 8;   // whole chunks left in this step (1..4)
+        const long k0 = chunks[c], k1 = have > 1 ? chunks[c + 1] : 0;
+        const long k2 = have > 2 ? chunks[c + 2] : 0, k3 = have > 3 ? chunks[c + 3] : 0;
+        const int contiguous = have >= 4 && k1 == k0 + 8 && k2 == k0 + 16 && k3 == k0 + 24;
+        for (int h = 0; h < CNN_BF16_NR / 16; h++) {
+            __m512i r[16];
+            for (int j = 0; j < 16; j++) {
+                const uint16_t *row = xs + offsets[16 * h + j];
+                if (contiguous) {
+                    r[j] = _mm512_loadu_si512((const void *)(row + k0));
+                } else if (have >= 4) {
+                    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const void *)(row + k0)));
+                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(row + k1)), 1);
+                    v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(row + k2)), 2);
+                    r[j] = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(row + k3)), 3);
+                } else {
+                    __m512i v = _mm512_zextsi128_si512(_mm_loadu_si128((const void *)(row + k0)));
+                    if (have > 1) v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(row + k1)), 1);
+                    if (have > 2) v = _mm512_inserti32x4(v, _mm_loadu_si128((const void *)(row + k2)), 2);
+                    r[j] = v;
+                }
+            }
+            transpose16x16(r);
+            for (long q = 0; q < count; q++) {
+                _mm512_store_si512((void *)(dst + (q0 + q) * CNN_BF16_NR + 16 * h), r[q]);
+            }
+        }
+    }
+}
+
 void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                    float alpha, float beta) {
     switch (rows) {
@@ -388,6 +599,38 @@ void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const
 }
 
 void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst) {
+    (void)kc; (void)xs; (void)chunks; (void)offsets; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride, long srcStride,
+                         uint16_t *dst, long dstPlaneStride, long dstStride) {
+    (void)planes; (void)rows; (void)width; (void)src; (void)srcPlaneStride; (void)srcStride; (void)dst;
+    (void)dstPlaneStride; (void)dstStride;
+    __builtin_trap();
+}
+
+void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                      long srcStride, uint16_t *even, uint16_t *odd, long dstPlaneStride,
+                                      long dstStride) {
+    (void)planes; (void)rows; (void)width; (void)src; (void)srcPlaneStride; (void)srcStride; (void)even; (void)odd;
+    (void)dstPlaneStride; (void)dstStride;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_runs_h(long kc, const uint16_t *lo, const uint16_t *hi, const int32_t *offsets, uint32_t *dst) {
+    (void)kc; (void)lo; (void)hi; (void)offsets; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_chunks_h(long kc, int n, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                            uint32_t *dst) {
+    (void)kc; (void)n; (void)xs; (void)chunks; (void)offsets; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_pack_chunks_t_h(long kc, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                              uint32_t *dst) {
     (void)kc; (void)xs; (void)chunks; (void)offsets; (void)dst;
     __builtin_trap();
 }

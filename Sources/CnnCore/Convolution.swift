@@ -37,7 +37,8 @@ public func convolution2DForward(
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
     if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
         if ws.precision == .bf16 { plan.packWeightsBF16(w, kernel: ws.arithmetic.bf16Kernel) } else { plan.packWeights(w) }
-        plan.reservePlanes(tasks, always: plan.usesImplicitB)
+        plan.reservePlanes(tasks, always: plan.usesImplicitB,
+                           bf16: plan.forwardPlanesAreBF16(ws.precision, kernel: ws.arithmetic.bf16Kernel))
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
         let precision = ws.precision
@@ -449,7 +450,7 @@ public func convolution2DBackwardWeights(
     let packed = ws.path.backwardWeights == .packedIm2col || ws.path.backwardWeights == .gatheredPointwise
         ? ws.packedPlan : nil
     if let plan = packed {
-        plan.reservePlanes(tasks, always: plan.gatherStride == 1)
+        plan.reservePlanes(tasks, always: plan.gatherStride == 1, bf16: plan.backwardWeightsPlanesAreBF16(ws.arithmetic))
         plan.reservePackedGradOutputs(tasks, precision: ws.precision)
     }
     if let plan = packed, tasks == 1 {

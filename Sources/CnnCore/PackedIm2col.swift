@@ -35,7 +35,10 @@
 // bf16 pairs once per pass / image (PackedGemmABF16), and the fp32 B micro-panels the packers
 // write are rounded to bf16 pairs as they are consumed (gemmBF16PackedA). With the native
 // kernel most panels skip the fp32 panel: they are rounded to bf16 pairs straight from xs
-// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Reading the
+// (16-pixel runs, or 8-pixel chunks when output rows are a multiple of 8 wide). Where the input
+// is copied anyway and output rows are a multiple of 8 wide, the copy itself rounds to bf16
+// (`sourceBF16`): the copy writes, and the packers read, half the bytes, and each value is
+// rounded once, to the same bits. The portable kernel keeps fp32 planes. Reading the
 // NCHW input itself with masked loads for the padding instead of the phase-plane copy was
 // measured slower (`bench conv --precision bf16`: 30-60 % on 32- and 16-wide rows, 5-10 % on
 // 8-wide ones): the per-load mask and bounds work costs more than the copy it saves.
@@ -104,6 +107,9 @@ final class PackedIm2colPlan {
     var runLength = GrowableBuffer<Int32>()
     /// Phase-plane input copies, one per task.
     private var planes: [GrowableBuffer<Float>] = []
+    /// The same rounded to bf16, for the passes whose bf16 packers read them
+    /// (`forwardPlanesAreBF16`, `backwardWeightsPlanesAreBF16`).
+    private var planesBF16: [GrowableBuffer<UInt16>] = []
     /// Backward-weights, per task: dY packed as the GEMM's A operand.
     private var packedGradOutputs: [PackedGemmA] = []
     /// The same rounded to bf16, for a bf16 backward-weights.
@@ -200,7 +206,8 @@ final class PackedIm2colPlan {
     /// Bytes of the tables, input copies and packed weights.
     var bytes: Int {
         rowOffset.bytes + runStart.bytes + runSource.bytes + runColumn.bytes + runLength.bytes + chunkSource.bytes
-            + planes.reduce(0) { $0 + $1.bytes } + packedWeights.reduce(0) { $0 + $1.storage.bytes }
+            + planes.reduce(0) { $0 + $1.bytes } + planesBF16.reduce(0) { $0 + $1.bytes }
+            + packedWeights.reduce(0) { $0 + $1.storage.bytes }
             + packedWeightsBF16.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputsBF16.reduce(0) { $0 + $1.storage.bytes }
@@ -248,12 +255,19 @@ final class PackedIm2colPlan {
 
     /// Makes sure tasks 0 ..< tasks have a zero-bordered phase-plane stack (backward-weights
     /// always copies: its 8-pixel steps read a few floats past a row, and past the image).
-    func reservePlanes(_ tasks: Int, always: Bool = false) {
+    /// With `bf16`, the stacks hold bf16 words (`sourceBF16`) instead.
+    func reservePlanes(_ tasks: Int, always: Bool = false, bf16: Bool = false) {
         guard copiesInput || always else { return }
         // Slack past the end for reads past the last row, then a zero row of V floats
         // that stands in for the missing rows of a partial Bᵀ micro-panel.
         let count = zeroRowOffset + virtualPixels + 64
-        while planes.count < tasks {
+        while bf16 && planesBF16.count < tasks {
+            var plane = GrowableBuffer<UInt16>()
+            plane.reserve(count)
+            plane.pointer.update(repeating: 0, count: count)
+            planesBF16.append(plane)
+        }
+        while !bf16 && planes.count < tasks {
             var plane = GrowableBuffer<Float>()
             plane.reserve(count)
             plane.pointer.update(repeating: 0, count: count)
@@ -344,6 +358,118 @@ final class PackedIm2colPlan {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether a forward in `precision` with `kernel` copies its input into bf16 phase planes
+    /// (`sourceBF16`) and packs from them (`packPanelFromBF16`): with the native kernel, where
+    /// the input is copied anyway and output rows are a multiple of 8 wide, so that every
+    /// micro-panel, the narrow last one included, is whole 8-pixel runs. The copy writes, and
+    /// the packers read, half the bytes of fp32 planes; each value is rounded once, to the
+    /// bits the fp32 planes' packers give it, so the results are the same.
+    func forwardPlanesAreBF16(_ precision: ComputePrecision, kernel: BF16Kernel) -> Bool {
+        precision == .bf16 && kernel == .native && copiesInput && !usesImplicitB && chunkSource.capacity > 0
+            && CNN_BF16_NR == 32
+    }
+
+    /// The same for backward-weights (`packTransposedPanelFromBF16`), which always copies: also
+    /// needs every K step of its GEMM (the pixels of one image, split in equal even steps of at
+    /// most BF16GemmBlocking.KC as `PackedGemmABF16.pack` splits K) to be whole 8-pixel chunks.
+    func backwardWeightsPlanesAreBF16(_ arithmetic: GemmArithmetic) -> Bool {
+        guard arithmetic.precision == .bf16 && arithmetic.bf16Kernel == .native && gatherStride == 1
+            && chunkSource.capacity > 0 && CNN_BF16_NR == 32 else { return false }
+        let hw = geometry.outPixels, steps = (hw + BF16GemmBlocking.KC - 1) / BF16GemmBlocking.KC
+        return ((hw + steps - 1) / steps + 1) / 2 * 2 % 8 == 0
+    }
+
+    /// `source` (always a copy) into the task's bf16 phase planes: each value rounded to bf16 as
+    /// it is copied (`bf16Bits`).
+    func sourceBF16(_ x: UnsafePointer<Float>, image n: Int, count: Int = 1, group grp: Int, task t: Int)
+        -> UnsafePointer<UInt16> {
+        let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
+        let first = x + (n * g.inChannels + grp * Cg) * H * W
+        for i in 0..<count {
+            copyPhasePlanesBF16(first + i * g.inChannels * H * W, to: planesBF16[t].pointer + i * imageStride)
+        }
+        return UnsafePointer(planesBF16[t].pointer)
+    }
+
+    /// `copyPhasePlanes` into bf16 planes: per row phase, all channels' rows in one call (stride 1
+    /// in x, or both column phases of stride 2); other strides element by element.
+    private func copyPhasePlanesBF16(_ image: UnsafePointer<Float>, to xs: UnsafeMutablePointer<UInt16>) {
+        let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
+        let sh = g.strideHeight, sw = g.strideWidth
+        let Ws = phaseWidth, plane = phaseHeight * Ws
+        usedPhase.withUnsafeBufferPointer { used in
+            for py in 0..<sh {
+                // Input rows first, first + sh, … (padded row ≡ py mod sh) fill phase rows from phaseRow.
+                let first = ((py - g.padTop) % sh + sh) % sh
+                guard first < H else { continue }
+                let rows = (H - first + sh - 1) / sh, phaseRow = (first + g.padTop) / sh
+                let rowSrc = image + first * W
+                let base = xs + phaseRow * Ws
+                if sw == 1 {
+                    if used[py] {
+                        cnn_bf16_round_rows(Cg, rows, W, rowSrc, H * W, sh * W, base + py * Cg * plane + g.padLeft, plane, Ws)
+                    }
+                } else if sw == 2 && used[py * 2] && used[py * 2 + 1] {
+                    // Even input columns are in column phase padLeft mod 2, odd ones in the other.
+                    let evenPhase = g.padLeft % 2
+                    cnn_bf16_round_rows_deinterleave(
+                        Cg, rows, W, rowSrc, H * W, sh * W,
+                        base + (py * 2 + evenPhase) * Cg * plane + g.padLeft / 2,
+                        base + (py * 2 + 1 - evenPhase) * Cg * plane + (g.padLeft + 1) / 2, plane, Ws)
+                } else {
+                    for c in 0..<Cg {
+                        for px in 0..<sw where used[py * sw + px] {
+                            let fx = ((px - g.padLeft) % sw + sw) % sw
+                            let count = fx < W ? (W - fx + sw - 1) / sw : 0
+                            let dst = base + ((py * sw + px) * Cg + c) * plane + (fx + g.padLeft) / sw
+                            for r in 0..<rows {
+                                let row = rowSrc + c * H * W + r * sh * W + fx
+                                for i in 0..<count { dst[r * Ws + i] = bf16Bits(row[i * sw]) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One bf16 micro-panel (`GemmBF16PanelPacker`: rows r0 ..< r0 + kc, columns j0 ..< j0 + width,
+    /// width ≤ 32 a multiple of 8, the rest zero) from bf16 phase planes (`forwardPlanesAreBF16`):
+    /// cnn_bf16_pack_runs_h when each 16-column half is one run, else cnn_bf16_pack_chunks_h.
+    @inline(__always)
+    func packPanelFromBF16(_ xs: UnsafePointer<UInt16>, r0: Int, kc: Int, j0: Int, width: Int,
+                           dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        let offsets = rowOffset.pointer + r0
+        if width == 32 && GemmBlocking.NR == 16 {
+            let starts = runStart.pointer, g0 = j0 / 16
+            let first = Int(starts[g0]), middle = Int(starts[g0 + 1]), last = Int(starts[g0 + 2])
+            if middle - first == 1 && last - middle == 1 {
+                cnn_bf16_pack_runs_h(kc, xs + Int(runSource[first]), xs + Int(runSource[middle]), offsets, dst)
+                return true
+            }
+        }
+        cnn_bf16_pack_chunks_h(kc, Int32((width + 7) / 8), xs, chunkSource.pointer + j0 / 8, offsets, dst)
+        return true
+    }
+
+    /// `packTransposedPanelBF16` from bf16 phase planes (`backwardWeightsPlanesAreBF16`, which
+    /// makes q0 and kc multiples of 8).
+    @inline(__always)
+    func packTransposedPanelFromBF16(_ xs: UnsafePointer<UInt16>, q0: Int, kc: Int, r0: Int, width: Int,
+                                     dst: UnsafeMutablePointer<UInt32>) -> Bool {
+        precondition(q0 % 8 == 0 && kc % 8 == 0, "bf16 phase planes need 8-pixel K steps (q0 \(q0), kc \(kc))")
+        if width == 32 {
+            cnn_bf16_pack_chunks_t_h(kc, xs, chunkSource.pointer + q0 / 8, rowOffset.pointer + r0, dst)
+            return true
+        }
+        // Missing columns read the zero row.
+        return withUnsafeTemporaryAllocation(of: Int32.self, capacity: 32) { offsets in
+            for j in 0..<32 { offsets[j] = j < width ? rowOffset[r0 + j] : Int32(zeroRowOffset) }
+            cnn_bf16_pack_chunks_t_h(kc, xs, chunkSource.pointer + q0 / 8, offsets.baseAddress!, dst)
+            return true
         }
     }
 
@@ -621,8 +747,20 @@ func packedIm2colBackwardWeights(
     _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, arithmetic: GemmArithmetic = .fp32
 ) {
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
+    let bf16Planes = plan.backwardWeightsPlanesAreBF16(arithmetic)
     for n in images {
         for grp in 0..<g.groups {
+            if bf16Planes {
+                let xs = plan.sourceBF16(x, image: n, group: grp, task: t)
+                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+                gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows,
+                                packBF16: { q0, kc, r0, width, dst in
+                                    plan.packTransposedPanelFromBF16(xs, q0: q0, kc: kc, r0: r0, width: width, dst: dst)
+                                }) { _, _, _, _, _ in
+                    preconditionFailure("bf16 phase planes: every panel is packed from them")
+                }
+                continue
+            }
             // 1×1 strided: B gathered from the input in place; else transposed from phase planes.
             let gathered = plan.gatherStride > 1
             let xs = gathered ? plan.source(x, image: n, group: grp, task: t)
@@ -710,26 +848,37 @@ func packedIm2colForward(
     _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, precision: ComputePrecision = .fp32
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
+    let bf16Planes = precision == .bf16 && plan.forwardPlanesAreBF16(precision, kernel: plan.packedWeightsBF16[0].kernel)
     var n = images.lowerBound
     while n < images.upperBound {
         let count = min(plan.imagesPerBlock, images.upperBound - n)
         for grp in 0..<g.groups {
-            let xs = plan.source(x, image: n, count: count, group: grp, task: t)
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.
             let out = plan.imagesPerBlock == 1 ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
-            switch precision {
-            case .fp32:
-                sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
-                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
-                }
-            case .bf16:
+            if bf16Planes {
+                let xs = plan.sourceBF16(x, image: n, count: count, group: grp, task: t)
                 gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
                                 packBF16: { r0, kc, j0, width, dst in
-                                    plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, width: width, dst: dst)
-                                }) {
-                    r0, kc, j0, nc, dst in
-                    plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                                    plan.packPanelFromBF16(xs, r0: r0, kc: kc, j0: j0, width: width, dst: dst)
+                                }) { _, _, _, _, _ in
+                    preconditionFailure("bf16 phase planes: every panel is packed from them")
+                }
+            } else {
+                let xs = plan.source(x, image: n, count: count, group: grp, task: t)
+                switch precision {
+                case .fp32:
+                    sgemmPackedA(plan.packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                        plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                    }
+                case .bf16:
+                    gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
+                                    packBF16: { r0, kc, j0, width, dst in
+                                        plan.packPanelBF16(xs, r0: r0, kc: kc, j0: j0, width: width, dst: dst)
+                                    }) {
+                        r0, kc, j0, nc, dst in
+                        plan.packPanel(xs, r0: r0, kc: kc, j0: j0, nc: nc, dst: dst)
+                    }
                 }
             }
             if plan.imagesPerBlock > 1 {

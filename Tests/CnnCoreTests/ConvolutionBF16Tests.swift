@@ -25,6 +25,11 @@ final class ConvolutionBF16Tests: XCTestCase {
                            paddingMode: mode)
     }
 
+    func rect(_ c: Int, _ h: Int, _ w: Int, _ k: Int, kernel: Int, padding: Int) throws -> Conv2DGeometry {
+        try Conv2DGeometry(inChannels: c, height: h, width: w, outChannels: k, kernelHeight: kernel,
+                           kernelWidth: kernel, padding: .explicit(top: padding, bottom: padding, left: padding, right: padding))
+    }
+
     /// Largest |got − ref| / (2(n + 2)·2⁻²⁴·scale) over the elements (≤ 1 passes).
     func worst(_ got: [Float], _ ref: [Double], _ scale: [Double], terms n: Int) -> Double {
         let bound = 2 * Double(n + 2) * 0x1p-24
@@ -63,17 +68,44 @@ final class ConvolutionBF16Tests: XCTestCase {
             // 16-wide rows and 27 panel rows (an odd K in forward, a 27-column backward-weights
             // panel with 5 zero columns read from the zero row).
             (try square(3, 16, 8, kernel: 3, padding: 1), 2, true, "packedIm2col/stride1RowGather/packedIm2col"),
+            // With the native kernel the cases above with output rows a multiple of 8 wide copy x
+            // (and dY, in the flipped backward-data) into bf16 phase planes (cnn_bf16_round_rows,
+            // and cnn_bf16_round_rows_deinterleave for stride 2) and pack from them
+            // (cnn_bf16_pack_runs_h, cnn_bf16_pack_chunks_h, cnn_bf16_pack_chunks_t_h); these add:
+            // a 40-pixel plane, 7 images per forward block, 3 given (120 columns: a last panel of
+            // 3 chunks), and 40-pixel backward-weights steps (4 chunks, then 1);
+            (try rect(8, 5, 8, 16, kernel: 3, padding: 1), 3, true, "packedIm2col/flip:packedIm2col/packedIm2col"),
+            // stride 2 on a 15-wide input (odd: one more even column than odd ones in the split copy);
+            (try square(4, 15, 8, kernel: 3, stride: 2, padding: 1), 2, true,
+             "packedIm2col/stride2Kernel3Gather/packedIm2col"),
+            // stride 3 (the element-by-element bf16 copy);
+            (try square(3, 24, 8, kernel: 3, stride: 3), 2, true, "packedIm2col/col2imImageSegments/packedIm2col"),
+            // 520 pixels: backward-weights K steps of 260 are not whole 8-pixel chunks, so that pass
+            // keeps fp32 planes while the forward of the same plan takes bf16 ones.
+            (try rect(2, 65, 8, 4, kernel: 3, padding: 1), 1, true, "packedIm2col/stride1RowGather/packedIm2col"),
         ]
         var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
         let previous = ComputeThreads.count
         defer { ComputeThreads.count = previous }
         for (g, batch, packed, expected) in cases {
             var rng = SplitMix64(seed: UInt64(g.inChannels * 1000 + g.height * 10 + g.outChannels))
-            let x = (0..<(batch * g.inChannels * g.height * g.width)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            // Some inputs are exact ties between two bf16 values (low 16 bits 0x8000: round to even)
+            // and some subnormal (flushed to zero), where wrong rounding shows.
+            let x = (0..<(batch * g.inChannels * g.height * g.width)).map { i -> Float in
+                let v = rng.nextUnitFloat() * 2 - 1
+                switch i % 7 {
+                case 1: return Float(bitPattern: v.bitPattern & 0xFFFF_0000 | 0x8000)
+                case 4: return Float(bitPattern: v.bitPattern & 0x807F_FFFF)
+                default: return v
+                }
+            }
             let w = (0..<(g.outChannels * g.panelRows)).map { _ in rng.nextUnitFloat() * 2 - 1 }
             let bias = (0..<g.outChannels).map { _ in rng.nextUnitFloat() * 2 - 1 }
             let outCount = batch * g.outChannels * g.outPixels
-            let dy = (0..<outCount).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let dy = (0..<outCount).map { i -> Float in
+                let v = rng.nextUnitFloat() * 2 - 1
+                return i % 5 == 2 ? Float(bitPattern: v.bitPattern & 0xFFFF_0000 | 0x8000) : v
+            }
             // References over the rounded operands: exact products, Double sums, and Σ|products|.
             var yRef = [Double](repeating: 0, count: outCount), yScale = yRef
             var dxRef = [Double](repeating: 0, count: x.count), dxScale = dxRef

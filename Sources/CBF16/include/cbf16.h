@@ -92,4 +92,40 @@ void cnn_bf16_pack_chunks(long kc, const float *xs, const int32_t *chunks, const
 /// dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, const int32_t *offsets, uint32_t *dst);
 
+/// bf16 phase planes (the input of packed im2col rounded once as it is copied, so the copy
+/// writes and the packers read half the bytes): for c < planes, r < rows, i < width,
+///   dst[c · dstPlaneStride + r · dstStride + i] = bf16(src[c · srcPlaneStride + r · srcStride + i])
+/// with bf16() as in cnn_bf16_pack_b (the bits of the Swift `bf16Bits`); nothing else of dst is
+/// written. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride, long srcStride,
+                         uint16_t *dst, long dstPlaneStride, long dstStride);
+
+/// The same split by column parity (stride-2 phase planes): for c < planes, r < rows, with
+/// s = src + c · srcPlaneStride + r · srcStride and o = c · dstPlaneStride + r · dstStride,
+///   even[o + i] = bf16(s[2i])       i < ⌈width / 2⌉
+///   odd[o + i]  = bf16(s[2i + 1])   i < ⌊width / 2⌋
+/// Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_round_rows_deinterleave(long planes, long rows, long width, const float *src, long srcPlaneStride,
+                                      long srcStride, uint16_t *even, uint16_t *odd, long dstPlaneStride,
+                                      long dstStride);
+
+/// cnn_bf16_pack_runs from bf16 sources (words already rounded): for q < ⌈kc / 2⌉, j < 16,
+///   dst[q · 32 + j]      = (lo[offsets[2q] + j], lo[offsets[2q + 1] + j])
+///   dst[q · 32 + 16 + j] = (hi[offsets[2q] + j], hi[offsets[2q + 1] + j])
+/// with a zero partner for an odd kc. dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_runs_h(long kc, const uint16_t *lo, const uint16_t *hi, const int32_t *offsets, uint32_t *dst);
+
+/// cnn_bf16_pack_chunks from bf16 sources, with n (1 ... 4) chunks: the columns past 8n are zero
+/// (a panel narrower than 32 columns); for q < ⌈kc / 2⌉, j < 8n,
+///   dst[q · 32 + j] = (xs[chunks[j / 8] + offsets[2q] + j mod 8], xs[chunks[j / 8] + offsets[2q + 1] + j mod 8])
+/// with a zero partner for an odd kc. dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_chunks_h(long kc, int n, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                            uint32_t *dst);
+
+/// cnn_bf16_pack_chunks_t from bf16 sources: for kc a multiple of 8 and q < kc / 2,
+///   dst[q · 32 + j] = (xs[offsets[j] + chunks[2q / 8] + 2q mod 8], xs[offsets[j] + chunks[2q / 8] + 2q mod 8 + 1])
+/// dst 64-byte aligned. Needs AVX512F, AVX512BW and AVX512_BF16.
+void cnn_bf16_pack_chunks_t_h(long kc, const uint16_t *xs, const int32_t *chunks, const int32_t *offsets,
+                              uint32_t *dst);
+
 #endif
