@@ -22,11 +22,13 @@ final class GemmBF16Tests: XCTestCase {
         for (m, n, k) in [(1, 1, 1), (1, 33, 3), (3, 5, 2), (4, 32, 16), (5, 31, 7), (6, 64, 25), (8, 40, 9),
                           (9, 17, 1), (12, 32, 64), (13, 65, 33), (16, 100, 144), (25, 70, 225), (32, 96, 288),
                           (50, 300, 450), (64, 257, 576), (75, 49, 450), (7, 40, 1025), (150, 70, 600),
-                          (300, 45, 100), (20, 2100, 30)] {
+                          (300, 45, 100), (20, 2100, 30), (13, 530, 1031), (36, 291, 27)] {
             list.append(Shape(m: m, n: n, k: k))
         }
         for (ta, tb) in [(Transpose.none, Transpose.transposed), (.transposed, .none), (.transposed, .transposed)] {
-            for (m, n, k) in [(5, 31, 7), (16, 100, 144), (64, 70, 513), (150, 40, 33)] {
+            // (13, 530, 1031): small M with odd K in three steps and three column panels (the
+            // last ragged), so the prefetch of the next block crosses K steps and panels.
+            for (m, n, k) in [(5, 31, 7), (16, 100, 144), (64, 70, 513), (150, 40, 33), (13, 530, 1031)] {
                 list.append(Shape(m: m, n: n, k: k, ta: ta, tb: tb))
             }
         }
