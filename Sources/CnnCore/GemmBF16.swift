@@ -108,6 +108,10 @@ private let KC = BF16GemmBlocking.KC
 private let MC = BF16GemmBlocking.MC
 private let NC = BF16GemmBlocking.NC
 private let NCsmall = BF16GemmBlocking.NCsmall
+/// Longest K loop (in pairs) after which a tile still prefetches the next tile's C when
+/// beta != 0: backward-weights of 7×7 and 14×14 planes accumulate K = 49 or 196 pixels per
+/// image into a C of megabytes.
+private let prefetchCMaximumPairs = 128
 /// Largest packed op(A), in words, that the small-M path packs whole (192 KiB).
 private let packedAWholeLimitWords = 48 * 1024
 
@@ -345,6 +349,7 @@ private func macroKernelBF16(
         while ir < mc { ir += panelRowsBF16(mc - ir); tilesPerColumn += 1 }
     }
     let tiles = tilesPerColumn * ((nc + NR - 1) / NR)
+    let prefetchC = kernel == .native && prefetch == nil && beta != 0 && pairs <= prefetchCMaximumPairs
     var u = 0
     var jr = 0
     while jr < nc {
@@ -362,6 +367,15 @@ private func macroKernelBF16(
                 u += 1
                 cnn_bf16_tile_prefetch(Int32(rows), pairs, aPanel, bPanel, full ? cTile : tile, full ? ldc : NR,
                                        alpha, full ? beta : 0, p.start + r0 * p.stride, p.stride, p.rowBytes, r1 - r0)
+                if !full { storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta) }
+            } else if prefetchC {
+                // The next tile's rows of C (it reads them for beta): a short K loop cannot hide
+                // their latency, and C blocks of many columns come from L3.
+                let nextIr = ir + rows < mc ? ir + rows : 0, nextJr = ir + rows < mc ? jr : jr + NR
+                let nextRows = nextJr < nc ? min(panelRowsBF16(mc - nextIr), mc - nextIr) : 0
+                cnn_bf16_tile_prefetch(Int32(rows), pairs, aPanel, bPanel, full ? cTile : tile, full ? ldc : NR,
+                                       alpha, full ? beta : 0, c + nextIr * ldc + nextJr, 4 * ldc,
+                                       4 * min(NR, max(0, nc - nextJr)), nextRows)
                 if !full { storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta) }
             } else if full {
                 bf16Tile(kernel, rows: rows, pairs: pairs, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
