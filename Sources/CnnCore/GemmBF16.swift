@@ -112,8 +112,10 @@ private let NCsmall = BF16GemmBlocking.NCsmall
 /// beta != 0: backward-weights of 7×7 and 14×14 planes accumulate K = 49 or 196 pixels per
 /// image into a C of megabytes.
 private let prefetchCMaximumPairs = 128
-/// Largest packed op(A), in words, that the small-M path packs whole (192 KiB).
-private let packedAWholeLimitWords = 48 * 1024
+/// Largest packed op(A), in words, that the small-M path packs whole (512 KiB: a 64 × 4096
+/// linear layer's; each K step's slice of it is what stays in L2, and the B blocks, read once
+/// per K step and column panel, are prefetched while the tiles compute).
+private let packedAWholeLimitWords = 128 * 1024
 
 /// The bf16 bit pattern of x rounded to nearest, ties to even, as vcvtne2ps2bf16 does it:
 /// NaN stays a quiet NaN, values past the largest bf16 round to infinity, and subnormal
