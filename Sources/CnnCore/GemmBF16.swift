@@ -112,6 +112,10 @@ private let NCsmall = BF16GemmBlocking.NCsmall
 /// beta != 0: backward-weights of 7×7 and 14×14 planes accumulate K = 49 or 196 pixels per
 /// image into a C of megabytes.
 private let prefetchCMaximumPairs = 128
+/// The same with beta == 0, where C is only written (its lines still have to be fetched
+/// before the stores land): measured side by side to pay at K = 27 (300 × 16384 × 27), to
+/// be neutral at K = 49 and unclear (within the noise) from K = 147 on.
+private let prefetchCMaximumPairsWriting = 32
 /// Largest packed op(A), in words, that the small-M path packs whole (512 KiB: a 64 × 4096
 /// linear layer's; each K step's slice of it is what stays in L2, and the B blocks, read once
 /// per K step and column panel, are prefetched while the tiles compute).
@@ -351,7 +355,8 @@ private func macroKernelBF16(
         while ir < mc { ir += panelRowsBF16(mc - ir); tilesPerColumn += 1 }
     }
     let tiles = tilesPerColumn * ((nc + NR - 1) / NR)
-    let prefetchC = kernel == .native && prefetch == nil && beta != 0 && pairs <= prefetchCMaximumPairs
+    let prefetchC = kernel == .native && prefetch == nil
+        && pairs <= (beta != 0 ? prefetchCMaximumPairs : prefetchCMaximumPairsWriting)
     var u = 0
     var jr = 0
     while jr < nc {
@@ -371,8 +376,8 @@ private func macroKernelBF16(
                                        alpha, full ? beta : 0, p.start + r0 * p.stride, p.stride, p.rowBytes, r1 - r0)
                 if !full { storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta) }
             } else if prefetchC {
-                // The next tile's rows of C (it reads them for beta): a short K loop cannot hide
-                // their latency, and C blocks of many columns come from L3.
+                // The next tile's rows of C (read for beta, or fetched for the stores): a short K
+                // loop cannot hide their latency, and C blocks of many columns come from L3.
                 let nextIr = ir + rows < mc ? ir + rows : 0, nextJr = ir + rows < mc ? jr : jr + NR
                 let nextRows = nextJr < nc ? min(panelRowsBF16(mc - nextIr), mc - nextIr) : 0
                 cnn_bf16_tile_prefetch(Int32(rows), pairs, aPanel, bPanel, full ? cTile : tile, full ? ldc : NR,
