@@ -134,9 +134,9 @@ PACK_TARGET void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb,
 }
 
 // The tile of DEFINE_TILE with a prefetch stream woven into its K loop: while the tile
-// computes, the rows of a strided block that the caller reads next (the fp32 source of the
-// next B micro-panel) travel from memory into the cache, so packing it later finds it there.
-// Each pair issues `per` of the block's lines, walked row by row.
+// computes, the rows of a strided block that the caller touches next (its share of the fp32
+// source of the next B block, or the next tile's rows of C) travel from memory into the
+// cache. Each pair issues `per` of the block's lines, walked row by row.
 #define DEFINE_TILE_PREFETCH(R)                                                               \
 BF16_TARGET static void tile##R##_prefetch(long pairs, const uint32_t *a, const uint32_t *b,   \
                                            float *c, long ldc, float alpha, float beta,       \

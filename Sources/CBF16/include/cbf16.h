@@ -39,8 +39,9 @@ void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *d
 
 /// cnn_bf16_tile that also prefetches a block of pf_rows rows of pf_row_bytes bytes each
 /// (row r at (const char *)pf + r · pf_stride) into the cache, a few lines per K pair, while
-/// it computes: the caller passes the source of the B micro-panel it packs next, so the
-/// memory reads of packing overlap the arithmetic. Same results as cnn_bf16_tile.
+/// it computes: the caller passes a share of the fp32 B block it packs next, or the next
+/// tile's rows of C, so those memory reads overlap the arithmetic. Prefetches never fault,
+/// so the block may extend past valid memory. Same results as cnn_bf16_tile.
 void cnn_bf16_tile_prefetch(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
                             float alpha, float beta, const void *pf, long pf_stride, long pf_row_bytes,
                             long pf_rows);
