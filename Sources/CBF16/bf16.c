@@ -133,6 +133,68 @@ PACK_TARGET void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb,
     }
 }
 
+// The tile of DEFINE_TILE with a prefetch stream woven into its K loop: while the tile
+// computes, the rows of a strided block that the caller touches next (its share of the fp32
+// source of the next B block, or the next tile's rows of C) travel from memory into the
+// cache. Each pair issues `per` of the block's lines, walked row by row.
+#define DEFINE_TILE_PREFETCH(R)                                                               \
+BF16_TARGET static void tile##R##_prefetch(long pairs, const uint32_t *a, const uint32_t *b,   \
+                                           float *c, long ldc, float alpha, float beta,       \
+                                           const char *pf, long pf_stride, long pf_lines,     \
+                                           long pf_rows, long per) {                          \
+    __m512 acc0[R], acc1[R];                                                                  \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); } \
+    long line = 0, row = 0;                                                                   \
+    for (long q = 0; q < pairs; q++) {                                                        \
+        for (long t = 0; t < per && row < pf_rows; t++) {                                     \
+            _mm_prefetch(pf + row * pf_stride + 64 * line, _MM_HINT_T0);                      \
+            if (++line == pf_lines) { line = 0; row++; }                                      \
+        }                                                                                     \
+        __m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);                            \
+        __m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));                     \
+        _Pragma("clang loop unroll(full)")                                                    \
+        for (int i = 0; i < R; i++) {                                                         \
+            __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]);                              \
+            acc0[i] = _mm512_dpbf16_ps(acc0[i], ai, b0);                                      \
+            acc1[i] = _mm512_dpbf16_ps(acc1[i], ai, b1);                                      \
+        }                                                                                     \
+        a += R;                                                                               \
+        b += CNN_BF16_NR;                                                                     \
+    }                                                                                         \
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);                             \
+    _Pragma("clang loop unroll(full)")                                                        \
+    for (int i = 0; i < R; i++) {                                                             \
+        float *row = c + i * ldc;                                                             \
+        __m512 r0 = _mm512_mul_ps(acc0[i], va), r1 = _mm512_mul_ps(acc1[i], va);              \
+        if (beta != 0) {                                                                      \
+            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row), r0);                               \
+            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(row + 16), r1);                          \
+        }                                                                                     \
+        _mm512_storeu_ps(row, r0);                                                            \
+        _mm512_storeu_ps(row + 16, r1);                                                       \
+    }                                                                                         \
+}
+
+DEFINE_TILE_PREFETCH(4)
+DEFINE_TILE_PREFETCH(8)
+DEFINE_TILE_PREFETCH(12)
+
+void cnn_bf16_tile_prefetch(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                            float alpha, float beta, const void *pf, long pf_stride, long pf_row_bytes,
+                            long pf_rows) {
+    // Whole cache lines from the first touched one to the last of each row.
+    const long skew = (long)((uintptr_t)pf & 63);
+    const char *start = (const char *)pf - skew;
+    const long lines = pf_rows > 0 ? (skew + pf_row_bytes + 63) / 64 : 0;
+    const long total = lines * pf_rows, per = pairs > 0 ? (total + pairs - 1) / pairs : 0;
+    switch (rows) {
+    case 12: tile12_prefetch(pairs, a, b, c, ldc, alpha, beta, start, pf_stride, lines, pf_rows, per); break;
+    case 8: tile8_prefetch(pairs, a, b, c, ldc, alpha, beta, start, pf_stride, lines, pf_rows, per); break;
+    default: tile4_prefetch(pairs, a, b, c, ldc, alpha, beta, start, pf_stride, lines, pf_rows, per); break;
+    }
+}
+
 // r[i] (16 dwords each) becomes its transpose: r[q] lane i = old r[i] lane q.
 PACK_TARGET static inline void transpose16x16(__m512i r[16]) {
     __m512i t[16], u[16];
@@ -586,6 +648,14 @@ void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, fl
 void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst) {
     (void)kc; (void)panels; (void)b; (void)ldb; (void)dst;
     __builtin_trap();   // never called: the Swift side checks CPUFeatures first
+}
+
+void cnn_bf16_tile_prefetch(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                            float alpha, float beta, const void *pf, long pf_stride, long pf_row_bytes,
+                            long pf_rows) {
+    (void)rows; (void)pairs; (void)a; (void)b; (void)c; (void)ldc; (void)alpha; (void)beta;
+    (void)pf; (void)pf_stride; (void)pf_row_bytes; (void)pf_rows;
+    __builtin_trap();
 }
 
 void cnn_bf16_pack_runs(long kc, const float *lo, const float *hi, const int32_t *offsets, uint32_t *dst) {

@@ -108,8 +108,18 @@ private let KC = BF16GemmBlocking.KC
 private let MC = BF16GemmBlocking.MC
 private let NC = BF16GemmBlocking.NC
 private let NCsmall = BF16GemmBlocking.NCsmall
-/// Largest packed op(A), in words, that the small-M path packs whole (192 KiB).
-private let packedAWholeLimitWords = 48 * 1024
+/// Longest K loop (in pairs) after which a tile still prefetches the next tile's C when
+/// beta != 0: backward-weights of 7×7 and 14×14 planes accumulate K = 49 or 196 pixels per
+/// image into a C of megabytes.
+private let prefetchCMaximumPairs = 128
+/// The same with beta == 0, where C is only written (its lines still have to be fetched
+/// before the stores land): measured side by side to pay at K = 27 (300 × 16384 × 27), to
+/// be neutral at K = 49 and unclear (within the noise) from K = 147 on.
+private let prefetchCMaximumPairsWriting = 32
+/// Largest packed op(A), in words, that the small-M path packs whole (512 KiB: a 64 × 4096
+/// linear layer's; each K step's slice of it is what stays in L2, and the B blocks, read once
+/// per K step and column panel, are prefetched while the tiles compute).
+private let packedAWholeLimitWords = 128 * 1024
 
 /// The bf16 bit pattern of x rounded to nearest, ties to even, as vcvtne2ps2bf16 does it:
 /// NaN stays a quiet NaN, values past the largest bf16 round to infinity, and subnormal
@@ -222,9 +232,11 @@ public func gemmBF16(
             while pc < k {
                 let kc = min(kcMax, k - pc)
                 packBBF16(transB, kc: kc, nc: nc, b: b, ldb: ldb, row: pc, col: jc, dst: packedB, kernel: kernel)
+                let next = BF16NextBlock.after(pc: pc, kc: kc, jc: jc, nc: nc, k: k, n: n, kcMax: kcMax, panel: NCsmall,
+                                               b: b, ldb: ldb, trans: transB)
                 macroKernelBF16(mc: m, nc: nc, kc: kc, alpha: alpha, beta: pc == 0 ? beta : 1,
                                 packedA: packedA + offset, packedB: packedB, c: c + jc, ldc: ldc, tile: tile,
-                                kernel: kernel)
+                                kernel: kernel, next: next)
                 offset += mPadded * ((kc + 1) / 2)
                 pc += kc
             }
@@ -297,15 +309,55 @@ private func paddedPanelRowsBF16(_ mc: Int) -> Int {
     return total
 }
 
+/// The fp32 source block of op(B) that the driver packs after the current one (rows
+/// row ..< row + kc, columns col ..< col + nc of op(B)), for the macro-kernel to prefetch
+/// while its tiles compute.
+struct BF16NextBlock {
+    var b: UnsafePointer<Float>, ldb: Int, trans: Transpose
+    var row: Int, col: Int, kc: Int, nc: Int
+
+    /// The next block after (row pc, col jc) in the small-M order (K steps inside column
+    /// panels of `panel` columns), or nil after the last.
+    static func after(pc: Int, kc: Int, jc: Int, nc: Int, k: Int, n: Int, kcMax: Int, panel: Int,
+                      b: UnsafePointer<Float>, ldb: Int, trans: Transpose) -> BF16NextBlock? {
+        if pc + kc < k {
+            return BF16NextBlock(b: b, ldb: ldb, trans: trans, row: pc + kc, col: jc, kc: min(kcMax, k - pc - kc), nc: nc)
+        }
+        if jc + nc < n {
+            return BF16NextBlock(b: b, ldb: ldb, trans: trans, row: 0, col: jc + nc, kc: min(kcMax, k), nc: min(panel, n - jc - nc))
+        }
+        return nil
+    }
+
+    /// The block as stored: `rows` runs of `rowBytes` bytes, `stride` bytes apart, from `start`.
+    var stored: (start: UnsafeRawPointer, stride: Int, rowBytes: Int, rows: Int) {
+        trans == .none ? (UnsafeRawPointer(b + row * ldb + col), 4 * ldb, 4 * nc, kc)
+                       : (UnsafeRawPointer(b + col * ldb + row), 4 * ldb, 4 * kc, nc)
+    }
+}
+
 /// packedA is an mc×kc block (rows padded per panel), packedB a kc×nc panel (nc padded to
-/// NR), c the mc×nc block of C; tile is MR×NR scratch for edge tiles.
+/// NR), c the mc×nc block of C; tile is MR×NR scratch for edge tiles. With `next` (native
+/// kernel only) every tile prefetches an equal share of that block's stored rows, whole rows
+/// in storage order, so its memory reads overlap the arithmetic.
 @inline(__always)
 private func macroKernelBF16(
     mc: Int, nc: Int, kc: Int, alpha: Float, beta: Float,
     packedA: UnsafePointer<UInt32>, packedB: UnsafePointer<UInt32>,
-    c: UnsafeMutablePointer<Float>, ldc: Int, tile: UnsafeMutablePointer<Float>, kernel: BF16Kernel
+    c: UnsafeMutablePointer<Float>, ldc: Int, tile: UnsafeMutablePointer<Float>, kernel: BF16Kernel,
+    next: BF16NextBlock? = nil
 ) {
     let pairs = (kc + 1) / 2
+    let prefetch = kernel == .native ? next?.stored : nil
+    var tilesPerColumn = 0
+    if prefetch != nil {
+        var ir = 0
+        while ir < mc { ir += panelRowsBF16(mc - ir); tilesPerColumn += 1 }
+    }
+    let tiles = tilesPerColumn * ((nc + NR - 1) / NR)
+    let prefetchC = kernel == .native && prefetch == nil
+        && pairs <= (beta != 0 ? prefetchCMaximumPairs : prefetchCMaximumPairsWriting)
+    var u = 0
     var jr = 0
     while jr < nc {
         let nr = min(NR, nc - jr)
@@ -316,25 +368,48 @@ private func macroKernelBF16(
             let mr = min(rows, mc - ir)
             let aPanel = packedA + ir * pairs
             let cTile = c + ir * ldc + jr
-            if mr == rows && nr == NR {
+            let full = mr == rows && nr == NR
+            if let p = prefetch {
+                let r0 = u * p.rows / tiles, r1 = (u + 1) * p.rows / tiles
+                u += 1
+                cnn_bf16_tile_prefetch(Int32(rows), pairs, aPanel, bPanel, full ? cTile : tile, full ? ldc : NR,
+                                       alpha, full ? beta : 0, p.start + r0 * p.stride, p.stride, p.rowBytes, r1 - r0)
+                if !full { storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta) }
+            } else if prefetchC {
+                // The next tile's rows of C (read for beta, or fetched for the stores): a short K
+                // loop cannot hide their latency, and C blocks of many columns come from L3.
+                let nextIr = ir + rows < mc ? ir + rows : 0, nextJr = ir + rows < mc ? jr : jr + NR
+                let nextRows = nextJr < nc ? min(panelRowsBF16(mc - nextIr), mc - nextIr) : 0
+                cnn_bf16_tile_prefetch(Int32(rows), pairs, aPanel, bPanel, full ? cTile : tile, full ? ldc : NR,
+                                       alpha, full ? beta : 0, c + nextIr * ldc + nextJr, 4 * ldc,
+                                       4 * min(NR, max(0, nc - nextJr)), nextRows)
+                if !full { storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta) }
+            } else if full {
                 bf16Tile(kernel, rows: rows, pairs: pairs, a: aPanel, b: bPanel, c: cTile, ldc: ldc,
                          alpha: alpha, beta: beta)
             } else {
                 // Zero-padded panels give a full tile; only its valid corner reaches C.
                 bf16Tile(kernel, rows: rows, pairs: pairs, a: aPanel, b: bPanel, c: tile, ldc: NR,
                          alpha: alpha, beta: 0)
-                for i in 0..<mr {
-                    let src = tile + i * NR, dst = cTile + i * ldc
-                    if beta == 0 {
-                        for j in 0..<nr { dst[j] = src[j] }
-                    } else {
-                        for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
-                    }
-                }
+                storeEdgeTile(tile, to: cTile, ldc: ldc, mr: mr, nr: nr, beta: beta)
             }
             ir += rows
         }
         jr += NR
+    }
+}
+
+/// The valid mr × nr corner of an edge tile (computed with beta 0 into NR-wide scratch) into C.
+@inline(__always)
+private func storeEdgeTile(_ tile: UnsafePointer<Float>, to cTile: UnsafeMutablePointer<Float>, ldc: Int,
+                           mr: Int, nr: Int, beta: Float) {
+    for i in 0..<mr {
+        let src = tile + i * NR, dst = cTile + i * ldc
+        if beta == 0 {
+            for j in 0..<nr { dst[j] = src[j] }
+        } else {
+            for j in 0..<nr { dst[j] = src[j] + beta * dst[j] }
+        }
     }
 }
 

@@ -22,11 +22,15 @@ final class GemmBF16Tests: XCTestCase {
         for (m, n, k) in [(1, 1, 1), (1, 33, 3), (3, 5, 2), (4, 32, 16), (5, 31, 7), (6, 64, 25), (8, 40, 9),
                           (9, 17, 1), (12, 32, 64), (13, 65, 33), (16, 100, 144), (25, 70, 225), (32, 96, 288),
                           (50, 300, 450), (64, 257, 576), (75, 49, 450), (7, 40, 1025), (150, 70, 600),
-                          (300, 45, 100), (20, 2100, 30)] {
+                          (300, 45, 100), (20, 2100, 30), (13, 530, 1031), (36, 291, 27), (64, 100, 2100)] {
             list.append(Shape(m: m, n: n, k: k))
         }
         for (ta, tb) in [(Transpose.none, Transpose.transposed), (.transposed, .none), (.transposed, .transposed)] {
-            for (m, n, k) in [(5, 31, 7), (16, 100, 144), (64, 70, 513), (150, 40, 33)] {
+            // (13, 530, 1031): small M with odd K in three steps and three column panels (the
+            // last ragged), so the prefetch of the next block crosses K steps and panels.
+            // (64, 100, 2100): a linear layer's A packed whole (over 192 KiB) in five K steps.
+            for (m, n, k) in [(5, 31, 7), (16, 100, 144), (64, 70, 513), (150, 40, 33), (13, 530, 1031),
+                              (64, 100, 2100)] {
                 list.append(Shape(m: m, n: n, k: k, ta: ta, tb: tb))
             }
         }
@@ -220,32 +224,37 @@ final class BF16PackedAndConvolutionTests: XCTestCase {
     var kernels: [BF16Kernel] { CPUFeatures.current.bf16GEMM ? [.native, .portable] : [.portable] }
 
     /// gemmBF16PackedA (B from a GemmPanelPacker in fp32 micro-panels) gives gemmBF16's bits:
-    /// same K steps, row blocks and tiles, so the same sums.
+    /// same K steps, row blocks and tiles, so the same sums; with beta 0 and with beta 1 (the
+    /// backward-weights accumulation, whose short K loops prefetch the next tile's C).
     func testPackedAGivesGemmBF16Bits() {
         var rng = SplitMix64(seed: 5)
         let NR = GemmBlocking.NR
-        for (m, n, k) in [(1, 1, 1), (6, 33, 25), (16, 70, 144), (50, 300, 451), (75, 49, 1100), (150, 64, 40)] {
+        for (m, n, k) in [(1, 1, 1), (6, 33, 25), (16, 70, 144), (50, 300, 451), (75, 49, 1100), (150, 64, 40),
+                          (300, 79, 49)] {
             let a = (0..<(m * k)).map { _ in rng.nextUnitFloat() * 2 - 1 }
             let b = (0..<(k * n)).map { _ in rng.nextUnitFloat() * 2 - 1 }
+            let c0 = (0..<(m * n)).map { _ in rng.nextUnitFloat() * 2 - 1 }
             for kernel in kernels {
-                let packed = PackedGemmABF16()
-                a.withUnsafeBufferPointer { packed.pack(.none, m: m, k: k, a: $0.baseAddress!, lda: k, kernel: kernel) }
-                var viaPacker = [Float](repeating: .nan, count: m * n)
-                viaPacker.withUnsafeMutableBufferPointer { c in
-                    gemmBF16PackedA(packed, n: n, beta: 0, c: c.baseAddress!, ldc: n) { row, kc, col, nc, dst in
-                        for j in 0..<((nc + NR - 1) / NR * NR) {
-                            for p in 0..<kc {
-                                dst[(j / NR) * NR * kc + p * NR + j % NR] = j < nc ? b[(row + p) * n + col + j] : 0
+                for beta: Float in [0, 1] {
+                    let packed = PackedGemmABF16()
+                    a.withUnsafeBufferPointer { packed.pack(.none, m: m, k: k, a: $0.baseAddress!, lda: k, kernel: kernel) }
+                    var viaPacker = beta == 0 ? [Float](repeating: .nan, count: m * n) : c0
+                    viaPacker.withUnsafeMutableBufferPointer { c in
+                        gemmBF16PackedA(packed, n: n, beta: beta, c: c.baseAddress!, ldc: n) { row, kc, col, nc, dst in
+                            for j in 0..<((nc + NR - 1) / NR * NR) {
+                                for p in 0..<kc {
+                                    dst[(j / NR) * NR * kc + p * NR + j % NR] = j < nc ? b[(row + p) * n + col + j] : 0
+                                }
                             }
                         }
                     }
+                    var direct = beta == 0 ? [Float](repeating: .nan, count: m * n) : c0
+                    direct.withUnsafeMutableBufferPointer { c in
+                        gemmBF16(.none, .none, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: n, beta: beta,
+                                 c: c.baseAddress!, ldc: n, kernel: kernel)
+                    }
+                    XCTAssertEqual(viaPacker, direct, "\(m)x\(n)x\(k) \(kernel) beta \(beta)")
                 }
-                var direct = [Float](repeating: .nan, count: m * n)
-                direct.withUnsafeMutableBufferPointer { c in
-                    gemmBF16(.none, .none, m: m, n: n, k: k, alpha: 1, a: a, lda: k, b: b, ldb: n, beta: 0,
-                             c: c.baseAddress!, ldc: n, kernel: kernel)
-                }
-                XCTAssertEqual(viaPacker, direct, "\(m)x\(n)x\(k) \(kernel)")
             }
         }
     }

@@ -37,6 +37,15 @@ void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, f
 /// Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_b(long kc, long panels, const float *b, long ldb, uint32_t *dst);
 
+/// cnn_bf16_tile that also prefetches a block of pf_rows rows of pf_row_bytes bytes each
+/// (row r at (const char *)pf + r · pf_stride) into the cache, a few lines per K pair, while
+/// it computes: the caller passes a share of the fp32 B block it packs next, or the next
+/// tile's rows of C, so those memory reads overlap the arithmetic. Prefetches never fault,
+/// so the block may extend past valid memory. Same results as cnn_bf16_tile.
+void cnn_bf16_tile_prefetch(int rows, long pairs, const uint32_t *a, const uint32_t *b, float *c, long ldc,
+                            float alpha, float beta, const void *pf, long pf_stride, long pf_row_bytes,
+                            long pf_rows);
+
 /// cnn_bf16_pack_b for op(B) = Bᵀ where B is stored N×K (row stride ldb): column j of
 /// op(B) is the contiguous row b + j · ldb, so
 ///   dst[s · pairs · NR + q · NR + j] = (bf16(b[(s·NR + j)·ldb + 2q]), bf16(b[(s·NR + j)·ldb + 2q + 1]))
