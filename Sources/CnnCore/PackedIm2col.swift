@@ -270,6 +270,20 @@ final class PackedIm2colPlan {
         }
     }
 
+    /// Packs each group's weights from the weights `w` of the 1×1 convolution whose
+    /// backward-data this plan's geometry computes (`flippedBackwardDataGeometry`): that
+    /// flip is W_gᵀ per group, so packing W_g (Cg × Kg here: rows × Kg of the original)
+    /// transposed gives the bits `packWeights` gives on the flipped copy, without the copy.
+    func packTransposedPointwiseWeights(_ w: UnsafePointer<Float>) {
+        let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
+        precondition(g.kernelHeight == 1 && g.kernelWidth == 1, "packTransposedPointwiseWeights: \(g.kernelHeight)×\(g.kernelWidth) kernel")
+        while packedWeights.count < g.groups { packedWeights.append(PackedGemmA()) }
+        for grp in 0..<g.groups {
+            // The original's group grp: rows (its Kg) × Kg (its Cg), stored row-major.
+            packedWeights[grp].pack(.transposed, m: Kg, k: rows, a: w + grp * Kg * rows, lda: Kg)
+        }
+    }
+
     /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
     func packWeightsBF16(_ w: UnsafePointer<Float>, kernel: BF16Kernel) {
         let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows

@@ -89,10 +89,11 @@ final class GemmTests: XCTestCase {
                                        b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
                     }
                     packed.pack(.none, m: m, k: k, a: pa.baseAddress!, lda: k)
-                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, row, rows, col, cols in
+                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, ld, row, rows, col, cols in
+                        XCTAssertLessThanOrEqual(cols, ld)
                         for i in 0..<rows {
                             for j in 0..<cols {
-                                got[(row + i) * n + col + j] = tile[i * GemmBlocking.NR + j]
+                                got[(row + i) * n + col + j] = tile[i * ld + j]
                                 visits[(row + i) * n + col + j] += 1
                             }
                         }
