@@ -169,7 +169,8 @@ public func convolution2DBackwardData(
         while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
         for grp in 0..<g.groups {
             ws.transposedWeights[grp].pack(.transposed, m: g.groupInChannels, k: g.groupOutChannels,
-                                           a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels)
+                                           a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels,
+                                           depth: sgemmTilesDepthLimit)
         }
     }
     if tasks == 1 {

@@ -205,12 +205,13 @@ public final class PackedGemmA {
 
     public init() {}
 
-    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed).
-    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int) {
+    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed), in
+    /// K steps of at most `depth` (KC, or up to `sgemmTilesDepthLimit` for `sgemmTiles`).
+    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, depth: Int = GemmBlocking.KC) {
         precondition(m > 0 && k > 0, "PackedGemmA: empty operand \(m)×\(k)")
         self.m = m
         self.k = k
-        let kSteps = (k + KC - 1) / KC
+        let kSteps = (k + depth - 1) / depth
         kcMax = (k + kSteps - 1) / kSteps
         rowBlocks = (m + MC - 1) / MC
         // Every block pads its rows to at most MR more than it holds.
@@ -501,9 +502,15 @@ private func microKernelImplicitB(
 public typealias GemmTileSink = (_ tile: UnsafePointer<Float>, _ ld: Int, _ row: Int, _ rows: Int, _ col: Int,
                                  _ cols: Int) -> Void
 
-/// Whether `sgemmTiles` takes a prepacked A of this depth (one K step: no tile needs a
-/// second pass to finish).
-public func sgemmTilesSupports(k: Int) -> Bool { k <= KC }
+/// Whether `sgemmTiles` takes a prepacked A of this depth, packed in one K step
+/// (`PackedGemmA.pack(depth: sgemmTilesDepthLimit)`: no tile needs a second pass to finish).
+public func sgemmTilesSupports(k: Int) -> Bool { k <= sgemmTilesDepthLimit }
+
+/// Deepest K `sgemmTiles` takes in one step. Past KC the two 16-column B micro-panels of a
+/// 32-column tile (2 × 32 KiB at K = 512) are read from L2 rather than L1; ResNet's strided
+/// 1×1 shortcuts with 512 and 1024 output channels measured faster this way than storing
+/// dcol and scattering it in a second pass (their sums then run in one K step, not KC-sized ones).
+public let sgemmTilesDepthLimit = 1024
 
 /// C (M×N) = A·B on this thread, A prepacked (k ≤ KC) and B row-major (K×N, ldb ≥ N),
 /// without storing C: each finished tile goes from the micro-kernel to `sink` while it is
@@ -513,7 +520,7 @@ public func sgemmTilesSupports(k: Int) -> Bool { k <= KC }
 /// With the AVX-512 kernel, tiles are 32 columns wide wherever more than 16 remain (the
 /// packed B panel is zero-padded to whole 16-column micro-panels): the same bits per element.
 public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: Int, sink: GemmTileSink) {
-    precondition(sgemmTilesSupports(k: a.k), "sgemmTiles: k \(a.k) > KC \(KC)")
+    precondition(a.kcMax == a.k && sgemmTilesSupports(k: a.k), "sgemmTiles: A of depth \(a.k) packed in steps of \(a.kcMax)")
     precondition(ldb >= n, "sgemmTiles: ldb \(ldb) < n \(n)")
     let wideKernel = GemmKernel.current == .avx512
     forEachBPanel(a, n: n) { jc, nc, packedB, tile in
