@@ -182,8 +182,9 @@ extension ConvolutionBlockedTests {
         XCTAssertFalse(dx.contains { $0.isNaN })
     }
 
-    /// VGG's 112×112 and 224×224 layers: the forward's phase planes are over its limit (stored
-    /// panel), the flipped backward-data's (a padded copy of dY) within its larger one.
+    /// VGG's 112×112 and 224×224 layers: the 224×224 forward's phase planes are over its limit
+    /// (stored panel), the 128×112×112 one's within it; the flipped backward-data's (a padded
+    /// copy of dY) within its larger one.
     func testLargePlanesFlipTheirBackwardData() throws {
         for (c, h, k) in [(64, 224, 64), (64, 112, 128), (128, 112, 128)] {
             let g = try geometry(c, h, h, k, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1))
@@ -192,9 +193,13 @@ extension ConvolutionBlockedTests {
             XCTAssertEqual(ws.path.backwardData, .flippedForward(.packedIm2col), "\(c)x\(h)->\(k)")
         }
         let ws = ConvolutionWorkspace()
-        ws.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+        ws.prepare(for: try geometry(64, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
                    batch: 16)
         XCTAssertEqual(ws.path.forward, .panel)
+        let vgg112 = ConvolutionWorkspace()
+        vgg112.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                       batch: 16)
+        XCTAssertEqual(vgg112.path.forward, .packedIm2col)
         // A 3-channel first layer keeps col2im (its flip would be an M = 3 GEMM over a 13 MB plane).
         let first = ConvolutionWorkspace()
         first.prepare(for: try geometry(3, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
