@@ -32,11 +32,29 @@ public func convolution2DForward(
     output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
     workspace ws: ConvolutionWorkspace
 ) {
+    convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
+                       transposedPointwise: false)
+}
+
+/// `convolution2DForward`; with `transposedPointwise` (a 1×1 geometry on a packed plan, fp32),
+/// `w` holds the weights of the 1×1 convolution whose flipped backward-data `g` is, and the
+/// plan packs them transposed instead of reading a flipped copy (same packed bits).
+func convolutionForward(
+    input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+    output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
+    workspace ws: ConvolutionWorkspace, transposedPointwise: Bool
+) {
     ws.prepare(for: g, batch: batch)
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
     if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
-        if ws.precision == .bf16 { plan.packWeightsBF16(w, kernel: ws.arithmetic.bf16Kernel) } else { plan.packWeights(w) }
+        if ws.precision == .bf16 {
+            plan.packWeightsBF16(w, kernel: ws.arithmetic.bf16Kernel)
+        } else if transposedPointwise {
+            plan.packTransposedPointwiseWeights(w)
+        } else {
+            plan.packWeights(w)
+        }
         plan.reservePlanes(tasks, always: plan.usesImplicitB,
                            bf16: plan.forwardPlanesAreBF16(ws.precision, kernel: ws.arithmetic.bf16Kernel))
         plan.reserveBlockOutputs(tasks)
@@ -133,6 +151,14 @@ public func convolution2DBackwardData(
 ) {
     ws.prepare(for: g, batch: batch)
     if case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
+        bws.prepare(for: bg, batch: batch)
+        if g.kernelHeight == 1 && g.kernelWidth == 1 && bws.precision == .fp32 && bws.path.forward.usesPackedPlan {
+            // The flip of a 1×1 kernel is W_gᵀ: packed straight from w (a copy of the whole
+            // weight tensor with strided reads cost about a sixth of the pass on 7×7 planes).
+            convolutionForward(input: dy, weight: w, bias: nil, output: dx, batch: batch, geometry: bg, workspace: bws,
+                               transposedPointwise: true)
+            return
+        }
         flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
         convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
                              batch: batch, geometry: bg, workspace: bws)
@@ -144,7 +170,8 @@ public func convolution2DBackwardData(
         while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
         for grp in 0..<g.groups {
             ws.transposedWeights[grp].pack(.transposed, m: g.groupInChannels, k: g.groupOutChannels,
-                                           a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels)
+                                           a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels,
+                                           depth: sgemmTilesDepthLimit)
         }
     }
     if tasks == 1 {
@@ -342,7 +369,7 @@ func stridedPointwiseBackwardDataTiles(
     for n in images {
         for grp in 0..<g.groups {
             let planes = dx + (n * C + grp * Cg) * H * W
-            sgemmTiles(packedWeights[grp], n: hw, b: dy + (n * K + grp * Kg) * hw, ldb: hw) { tile, row, rows, col, cols in
+            sgemmTiles(packedWeights[grp], n: hw, b: dy + (n * K + grp * Kg) * hw, ldb: hw) { tile, ld, row, rows, col, cols in
                 // The tile's output-row runs: pixels col ..< col + cols of the image (one division).
                 var oy = col / outW, ox0 = col - oy * outW, j = 0
                 while j < cols {
@@ -352,7 +379,7 @@ func stridedPointwiseBackwardDataTiles(
                     let width = ox1 == outW ? W - x0 : (ox1 - ox0) * sw
                     let nextRow = oy == outH - 1 ? H : min(y + sh, H)
                     writeStridedRuns(planes + row * H * W + y * W + x0, planeStride: H * W, tile + j,
-                                     sourceStride: GemmBlocking.NR, channels: rows, count: ox1 - ox0, width: width,
+                                     sourceStride: ld, channels: rows, count: ox1 - ox0, width: width,
                                      stride: sw, zeroRows: nextRow - y - 1, rowStride: W)
                     j += ox1 - ox0
                     ox0 = 0
@@ -367,14 +394,14 @@ func stridedPointwiseBackwardDataTiles(
 /// advance by planeStride and sourceStride): dst[x] = src[x / stride] where x is a multiple of
 /// the stride (x / stride < count), else 0, for x < width, and zeros in the same columns of
 /// the `zeroRows` rows below (input rows no output row reads). The ResNet shortcut case
-/// (stride 2, one zero row, whole 8-value runs) is straight-line code, chosen once for all
-/// channels: through the general loops the 16-channel shortcut's backward-data ran well
-/// below plain stores of the same bytes; this runs at about their speed.
+/// (stride 2, one zero row, runs ending on a stride boundary) is straight-line code, chosen
+/// once for all channels: through the general loops the 16-channel shortcut's backward-data
+/// ran well below plain stores of the same bytes; this runs at about their speed.
 @inline(__always)
 func writeStridedRuns(_ dst: UnsafeMutablePointer<Float>, planeStride: Int, _ src: UnsafePointer<Float>,
                       sourceStride: Int, channels: Int, count: Int, width: Int, stride: Int, zeroRows: Int,
                       rowStride: Int) {
-    if stride == 2 && zeroRows == 1 && width == 2 * count && count % 8 == 0 {
+    if stride == 2 && zeroRows == 1 && width == 2 * count {
         for i in 0..<channels {
             interleaveZerosStride2(dst + i * planeStride, src + i * sourceStride, count: count, rowStride: rowStride)
         }
@@ -387,21 +414,34 @@ func writeStridedRuns(_ dst: UnsafeMutablePointer<Float>, planeStride: Int, _ sr
     }
 }
 
-/// dst[2i] = src[i], dst[2i + 1] = 0, and dst[rowStride + x] = 0 for i < count (a multiple of 8),
-/// x < 2·count: a stride-2 run of dx and the row below it.
+/// dst[2i] = src[i], dst[2i + 1] = 0, and dst[rowStride + x] = 0 for i < count,
+/// x < 2·count: a stride-2 run of dx and the row below it. Reads src[0 ..< count] only.
 @inline(__always)
 func interleaveZerosStride2(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int,
                             rowStride: Int) {
     let d = UnsafeMutableRawPointer(dst), below = UnsafeMutableRawPointer(dst + rowStride)
     let zero = SIMD8<Float>()
     var o = 0
-    while o < count {
+    while o + 8 <= count {
         let v = UnsafeRawPointer(src + o).loadUnaligned(as: SIMD8<Float>.self)
         d.storeBytes(of: SIMD8(v[0], 0, v[1], 0, v[2], 0, v[3], 0), toByteOffset: 8 * o, as: SIMD8<Float>.self)
         d.storeBytes(of: SIMD8(v[4], 0, v[5], 0, v[6], 0, v[7], 0), toByteOffset: 8 * o + 32, as: SIMD8<Float>.self)
         below.storeBytes(of: zero, toByteOffset: 8 * o, as: SIMD8<Float>.self)
         below.storeBytes(of: zero, toByteOffset: 8 * o + 32, as: SIMD8<Float>.self)
         o += 8
+    }
+    if o + 4 <= count {
+        let v = UnsafeRawPointer(src + o).loadUnaligned(as: SIMD4<Float>.self)
+        d.storeBytes(of: SIMD8(v[0], 0, v[1], 0, v[2], 0, v[3], 0), toByteOffset: 8 * o, as: SIMD8<Float>.self)
+        below.storeBytes(of: zero, toByteOffset: 8 * o, as: SIMD8<Float>.self)
+        o += 4
+    }
+    while o < count {
+        dst[2 * o] = src[o]
+        dst[2 * o + 1] = 0
+        dst[rowStride + 2 * o] = 0
+        dst[rowStride + 2 * o + 1] = 0
+        o += 1
     }
 }
 

@@ -205,12 +205,13 @@ public final class PackedGemmA {
 
     public init() {}
 
-    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed).
-    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int) {
+    /// Packs op(A) (m×k; A stored m×k with lda ≥ k, or k×m with lda ≥ m when transposed), in
+    /// K steps of at most `depth` (KC, or up to `sgemmTilesDepthLimit` for `sgemmTiles`).
+    public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, depth: Int = GemmBlocking.KC) {
         precondition(m > 0 && k > 0, "PackedGemmA: empty operand \(m)×\(k)")
         self.m = m
         self.k = k
-        let kSteps = (k + KC - 1) / KC
+        let kSteps = (k + depth - 1) / depth
         kcMax = (k + kSteps - 1) / kSteps
         rowBlocks = (m + MC - 1) / MC
         // Every block pads its rows to at most MR more than it holds.
@@ -358,7 +359,9 @@ public func sgemmImplicitB(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ro
 }
 
 /// `sgemmImplicitB` on this thread: for each 16-column tile (its B rows stay in L1
-/// across the row panels), every K step and row panel of A.
+/// across the row panels), every K step and row panel of A. With the AVX-512 kernel, two
+/// such tiles whose 32 columns are all inside N run as one 32-column tile wherever the row
+/// panel is whole (same per-element arithmetic, so the same bits).
 private func sgemmImplicitBColumns(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, rowOffsets: UnsafePointer<Int32>,
                                    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
     if a.m == 1 {
@@ -366,32 +369,45 @@ private func sgemmImplicitBColumns(_ a: PackedGemmA, n: Int, b: UnsafePointer<Fl
         return
     }
     let tile = GemmWorkspace.forCurrentThread().tile
+    let wideKernel = GemmKernel.current == .avx512
     var jr = 0
     while jr < n {
-        let nr = min(NR, n - jr)
+        let panels = wideKernel && n - jr >= 2 * NR ? 2 : 1
         forEachPackedBlock(a) { pc, kc, ic, mc, packedA in
             let betaStep: Float = pc == 0 ? beta : 1
             var ir = 0
             while ir < mc {
                 let rows = panelRows(mc - ir)
                 let mr = min(rows, mc - ir)
-                let aPanel = packedA + ir * kc, cTile = c + (ic + ir) * ldc + jr
-                // rows is a constant in each branch, so each kernel is compiled for it.
-                if rows == MR {
-                    runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
-                        microKernelImplicitB(rows: MR, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                             c: c, ldc: ldc, beta: beta)
-                    }
-                } else {
-                    runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
-                        microKernelImplicitB(rows: tailMR, kc: kc, a: aPanel, b: b + jr, offsets: rowOffsets + pc,
-                                             c: c, ldc: ldc, beta: beta)
+                let aPanel = packedA + ir * kc
+                if panels == 2 && mr == rows {
+                    // Reads columns jr ..< jr + 32 of each B row only: all inside N.
+                    cnn_sgemm_implicit_tile_avx512(Int32(rows), kc, aPanel, b + jr, rowOffsets + pc,
+                                                   c + (ic + ir) * ldc + jr, ldc, betaStep)
+                    ir += rows
+                    continue
+                }
+                for s in 0..<panels {
+                    let j = jr + s * NR
+                    let nr = min(NR, n - j)
+                    let cTile = c + (ic + ir) * ldc + j
+                    // rows is a constant in each branch, so each kernel is compiled for it.
+                    if rows == MR {
+                        runTile(rows: MR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
+                            microKernelImplicitB(rows: MR, kc: kc, a: aPanel, b: b + j, offsets: rowOffsets + pc,
+                                                 c: c, ldc: ldc, beta: beta)
+                        }
+                    } else {
+                        runTile(rows: tailMR, mr: mr, nr: nr, c: cTile, ldc: ldc, beta: betaStep, tile: tile) { c, ldc, beta in
+                            microKernelImplicitB(rows: tailMR, kc: kc, a: aPanel, b: b + j, offsets: rowOffsets + pc,
+                                                 c: c, ldc: ldc, beta: beta)
+                        }
                     }
                 }
                 ir += rows
             }
         }
-        jr += NR
+        jr += panels * NR
     }
 }
 
@@ -481,22 +497,32 @@ private func microKernelImplicitB(
 
 // MARK: - Tiles to a sink (C never stored)
 
-/// Receives one finished tile of `sgemmTiles`: tile[i · NR + j] is C[row + i, col + j]
-/// for i < rows, j < cols (NR = GemmBlocking.NR).
-public typealias GemmTileSink = (_ tile: UnsafePointer<Float>, _ row: Int, _ rows: Int, _ col: Int, _ cols: Int) -> Void
+/// Receives one finished tile of `sgemmTiles`: tile[i · ld + j] is C[row + i, col + j]
+/// for i < rows, j < cols (cols ≤ 2 · NR, ld = NR or 2 · NR).
+public typealias GemmTileSink = (_ tile: UnsafePointer<Float>, _ ld: Int, _ row: Int, _ rows: Int, _ col: Int,
+                                 _ cols: Int) -> Void
 
-/// Whether `sgemmTiles` takes a prepacked A of this depth (one K step: no tile needs a
-/// second pass to finish).
-public func sgemmTilesSupports(k: Int) -> Bool { k <= KC }
+/// Whether `sgemmTiles` takes a prepacked A of this depth, packed in one K step
+/// (`PackedGemmA.pack(depth: sgemmTilesDepthLimit)`: no tile needs a second pass to finish).
+public func sgemmTilesSupports(k: Int) -> Bool { k <= sgemmTilesDepthLimit }
+
+/// Deepest K `sgemmTiles` takes in one step. Past KC the two 16-column B micro-panels of a
+/// 32-column tile (2 × 32 KiB at K = 512) are read from L2 rather than L1; ResNet's strided
+/// 1×1 shortcuts with 512 and 1024 output channels measured faster this way than storing
+/// dcol and scattering it in a second pass (their sums then run in one K step, not KC-sized ones).
+public let sgemmTilesDepthLimit = 1024
 
 /// C (M×N) = A·B on this thread, A prepacked (k ≤ KC) and B row-major (K×N, ldb ≥ N),
 /// without storing C: each finished tile goes from the micro-kernel to `sink` while it is
 /// in L1. A caller that writes C somewhere unusual (interleaved with zeros into a tensor
 /// 4x its size: strided 1×1 backward-data) then does so tile by tile, its stores draining
 /// while the next tiles compute, instead of in a separate pass over a stored C.
+/// With the AVX-512 kernel, tiles are 32 columns wide wherever more than 16 remain (the
+/// packed B panel is zero-padded to whole 16-column micro-panels): the same bits per element.
 public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: Int, sink: GemmTileSink) {
-    precondition(sgemmTilesSupports(k: a.k), "sgemmTiles: k \(a.k) > KC \(KC)")
+    precondition(a.kcMax == a.k && sgemmTilesSupports(k: a.k), "sgemmTiles: A of depth \(a.k) packed in steps of \(a.kcMax)")
     precondition(ldb >= n, "sgemmTiles: ldb \(ldb) < n \(n)")
+    let wideKernel = GemmKernel.current == .avx512
     forEachBPanel(a, n: n) { jc, nc, packedB, tile in
         packB(.none, kc: a.k, nc: nc, b: b, ldb: ldb, row: 0, col: jc, dst: packedB)
         // Row panels outside, column tiles inside: the sink writes the rows of one panel at a
@@ -509,12 +535,18 @@ public func sgemmTiles(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: I
                 var jr = 0
                 while jr < nc {
                     let bPanel = packedB + jr * kc
+                    if wideKernel && nc - jr > NR {
+                        cnn_sgemm_tile_avx512(Int32(rows), kc, aPanel, bPanel, tile, 2 * NR, 1, 0)
+                        sink(tile, 2 * NR, ic + ir, min(rows, mc - ir), jc + jr, min(2 * NR, nc - jr))
+                        jr += 2 * NR
+                        continue
+                    }
                     if rows == MR {
                         microKernel(rows: MR, kc: kc, a: aPanel, b: bPanel, c: tile, ldc: NR, alpha: 1, beta: 0)
                     } else {
                         microKernel(rows: tailMR, kc: kc, a: aPanel, b: bPanel, c: tile, ldc: NR, alpha: 1, beta: 0)
                     }
-                    sink(tile, ic + ir, min(rows, mc - ir), jc + jr, min(NR, nc - jr))
+                    sink(tile, NR, ic + ir, min(rows, mc - ir), jc + jr, min(NR, nc - jr))
                     jr += NR
                 }
                 ir += rows
@@ -1018,6 +1050,7 @@ private func packRowsTransposed(rows: Int, mr: Int, kc: Int, src: UnsafePointer<
 final class GemmWorkspace {
     private(set) var a: UnsafeMutablePointer<Float>
     private(set) var b: UnsafeMutablePointer<Float>
+    /// Edge-tile scratch: MR × 2·NR floats (a 32-column AVX-512 tile of `sgemmTiles`).
     let tile: UnsafeMutablePointer<Float>
     private var aCapacity = 0, bCapacity = 0
     /// The bf16 GEMM's packed A and B (bf16 pairs as 32-bit words) and its edge tile.
@@ -1029,7 +1062,7 @@ final class GemmWorkspace {
     init() {
         a = GemmWorkspace.allocate(0)
         b = GemmWorkspace.allocate(0)
-        tile = GemmWorkspace.allocate(GemmBlocking.MR * GemmBlocking.NR)
+        tile = GemmWorkspace.allocate(2 * GemmBlocking.MR * GemmBlocking.NR)
     }
 
     deinit {

@@ -246,6 +246,56 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(1, 28, 28, 6, kernel: (5, 5), padding: .same), batch: 1, budget: 1 << 20, manyBlocks: false)
     }
 
+    /// The three passes of `g` (one thread, batch 2) with the given GEMM kernel.
+    func passes(_ g: Conv2DGeometry, kernel: GemmKernel, batch: Int = 2) -> (y: [Float], dx: [Float], dw: [Float], path: ConvolutionPath) {
+        let previous = GemmKernel.current
+        defer { GemmKernel.current = previous }
+        GemmKernel.current = kernel
+        var rng = SplitMix64(seed: UInt64(g.height * 31 + g.inChannels))
+        let x = random(batch * g.inChannels * g.height * g.width, &rng)
+        let w = random(g.outChannels * g.panelRows, &rng)
+        let dy = random(batch * g.outChannels * g.outPixels, &rng)
+        var y = [Float](repeating: .nan, count: dy.count), dx = [Float](repeating: .nan, count: x.count)
+        var dw = [Float](repeating: 0, count: w.count)
+        let ws = ConvolutionWorkspace()
+        convolution2DForward(input: x, weight: w, bias: nil, output: &y, batch: batch, geometry: g, workspace: ws)
+        convolution2DBackwardData(gradOutput: dy, weight: w, gradInput: &dx, batch: batch, geometry: g, workspace: ws)
+        convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: &dw, gradBias: nil, batch: batch,
+                                     geometry: g, workspace: ws)
+        return (y, dx, dw, ws.path)
+    }
+
+    /// The AVX-512 32-column tiles of implicit B and of `sgemmTiles` (strided 1×1 backward-data)
+    /// give the AVX2 kernels' bits, and the reference's values: whole and partial row panels,
+    /// two K steps, ragged column ends, output rows shorter than a tile; plus the 1×1 flip on
+    /// small planes, whose weights are packed transposed instead of copied.
+    func testWideKernelPathsMatchSIMDBitsAndReference() throws {
+        let cases: [(Conv2DGeometry, ConvolutionPath)] = [
+            (try geometry(16, 13, 20, 16, kernel: (3, 3), padding: .same),
+             ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.implicitB), backwardWeights: .packedIm2col)),
+            (try geometry(16, 13, 20, 7, kernel: (3, 3), padding: .same),
+             ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.implicitB), backwardWeights: .packedIm2col)),
+            (try geometry(48, 9, 22, 30, kernel: (3, 3), padding: .same),
+             ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.packedIm2col), backwardWeights: .packedIm2col)),
+            (try geometry(24, 28, 28, 40, kernel: (1, 1), stride: (2, 2)),
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
+            (try geometry(10, 14, 22, 13, kernel: (1, 1), stride: (2, 2)),
+             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
+            (try geometry(40, 7, 7, 27, kernel: (1, 1)),
+             ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col), backwardWeights: .pointwise)),
+        ]
+        for (g, expected) in cases {
+            check(g, batch: 2, budget: 1 << 20, packed: true, manyBlocks: false, path: expected)
+            guard CPUFeatures.current.avx512FP32 else { continue }
+            let simd = passes(g, kernel: .simd), wide = passes(g, kernel: .avx512)
+            let label = "\(g.inChannels)x\(g.height)x\(g.width)->\(g.outChannels) k\(g.kernelHeight) s\(g.strideHeight)"
+            XCTAssertEqual(wide.path, expected, label)
+            XCTAssertEqual(simd.y, wide.y, "forward " + label)
+            XCTAssertEqual(simd.dx, wide.dx, "backward-data " + label)
+            XCTAssertEqual(simd.dw, wide.dw, "backward-weights " + label)
+        }
+    }
+
     func testWorkspaceReportsBytesAndRespectsBudget() throws {
         let g = try geometry(64, 16, 16, 64, kernel: (3, 3), padding: .same)
         let ws = ConvolutionWorkspace()

@@ -100,7 +100,7 @@ extension ConvolutionBlockedTests {
              ConvolutionPath(forward: .packedIm2col, backwardData: .stride1RowGather, backwardWeights: .packedIm2col)),
             (try square(1, 28, 6, kernel: 5, padding: 2), 2, true,
              ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.implicitB), backwardWeights: .packedIm2col)),
-            (try square(16, 8, 16, kernel: 3, padding: 1), 2, true,
+            (try square(24, 8, 16, kernel: 3, padding: 1), 2, true,
              ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
                              backwardWeights: .packedIm2col)),
         ]
@@ -182,8 +182,9 @@ extension ConvolutionBlockedTests {
         XCTAssertFalse(dx.contains { $0.isNaN })
     }
 
-    /// VGG's 112×112 and 224×224 layers: the forward's phase planes are over its limit (stored
-    /// panel), the flipped backward-data's (a padded copy of dY) within its larger one.
+    /// VGG's 112×112 and 224×224 layers: the 224×224 forward's phase planes are over its limit
+    /// (stored panel), the 128×112×112 one's within it; the flipped backward-data's (a padded
+    /// copy of dY) within its larger one.
     func testLargePlanesFlipTheirBackwardData() throws {
         for (c, h, k) in [(64, 224, 64), (64, 112, 128), (128, 112, 128)] {
             let g = try geometry(c, h, h, k, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1))
@@ -192,9 +193,13 @@ extension ConvolutionBlockedTests {
             XCTAssertEqual(ws.path.backwardData, .flippedForward(.packedIm2col), "\(c)x\(h)->\(k)")
         }
         let ws = ConvolutionWorkspace()
-        ws.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+        ws.prepare(for: try geometry(64, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
                    batch: 16)
         XCTAssertEqual(ws.path.forward, .panel)
+        let vgg112 = ConvolutionWorkspace()
+        vgg112.prepare(for: try geometry(128, 112, 112, 128, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
+                       batch: 16)
+        XCTAssertEqual(vgg112.path.forward, .packedIm2col)
         // A 3-channel first layer keeps col2im (its flip would be an M = 3 GEMM over a 13 MB plane).
         let first = ConvolutionWorkspace()
         first.prepare(for: try geometry(3, 224, 224, 64, kernel: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)),
@@ -232,6 +237,36 @@ extension ConvolutionBlockedTests {
             let ws = ConvolutionWorkspace()
             ws.prepare(for: g, batch: 64)
             XCTAssertEqual(ws.backwardDataBlockPixels, ws.blockPixels)
+        }
+    }
+}
+
+extension ConvolutionBlockedTests {
+    /// Strided 1×1 backward-data scatters GEMM tiles for reductions up to `sgemmTilesDepthLimit`
+    /// on planes of ≥ 128 output pixels (one K step deeper than KC), keeps dcol past it and on
+    /// smaller planes; 3×3 stride-1 layers with ≤ 16 input channels on planes under 256 output
+    /// pixels gather dx rows instead of flipping. Each against the direct loops.
+    func testDeepTileScatterAndNarrowSmallPlanes() throws {
+        func square(_ c: Int, _ h: Int, _ k: Int, kernel: Int, stride: Int = 1, padding: Int = 0) throws -> Conv2DGeometry {
+            try geometry(c, h, h, k, kernel: (kernel, kernel), stride: (stride, stride),
+                         padding: .explicit(top: padding, bottom: padding, left: padding, right: padding))
+        }
+        let tiles = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)
+        let dcol = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise, backwardWeights: .gatheredPointwise)
+        let gather = ConvolutionPath(forward: .packedIm2col, backwardData: .stride1RowGather, backwardWeights: .packedIm2col)
+        let cases: [(Conv2DGeometry, Int, ConvolutionPath)] = [
+            (try square(24, 32, 400, kernel: 1, stride: 2), 2, tiles),     // 16×16 outputs, K = 400 > KC in one step
+            (try square(20, 30, 1030, kernel: 1, stride: 2), 2, dcol),     // K past the tiles' depth
+            (try square(24, 22, 400, kernel: 1, stride: 2), 2, dcol),      // 11×11 outputs: blocks of images
+            (try square(16, 14, 48, kernel: 3, padding: 1), 3, gather),    // GoogLeNet 4a.branch3.1's shape
+            (try square(12, 9, 20, kernel: 3, padding: 1), 2, gather),
+            (try square(16, 16, 48, kernel: 3, padding: 1), 2,            // 256 pixels: the flip
+             ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col), backwardWeights: .packedIm2col)),
+            (try square(24, 14, 48, kernel: 3, padding: 1), 2,            // 24 channels: the flip
+             ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.implicitB), backwardWeights: .packedIm2col)),
+        ]
+        for (g, batch, expected) in cases {
+            check(g, batch: batch, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: expected)
         }
     }
 }

@@ -74,7 +74,7 @@ final class GemmTests: XCTestCase {
     func testTilesReachSinkOnceEachAndMatchReference() {
         // sgemmTiles: every C element arrives in exactly one tile, equal to sgemm's C; M with a
         // 4-row tail panel and more than MC rows, N not a multiple of NR, several B panels.
-        for (m, n, k) in [(16, 37, 32), (6, 16, 1), (150, 300, 384), (3, 129, 17)] {
+        for (m, n, k) in [(16, 37, 32), (6, 16, 1), (150, 300, 384), (3, 129, 17), (20, 70, 700), (7, 33, 1024)] {
             var rng = TestLCG(state: UInt64(m * 1000 + n))
             let a = (0..<(m * k)).map { _ in rng.next() }
             let b = (0..<(k * n)).map { _ in rng.next() }
@@ -88,11 +88,12 @@ final class GemmTests: XCTestCase {
                         sgemmReference(.none, .none, m: m, n: n, k: k, alpha: 1, a: pa.baseAddress!, lda: k,
                                        b: pb.baseAddress!, ldb: n, beta: 0, c: pc.baseAddress!, ldc: n)
                     }
-                    packed.pack(.none, m: m, k: k, a: pa.baseAddress!, lda: k)
-                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, row, rows, col, cols in
+                    packed.pack(.none, m: m, k: k, a: pa.baseAddress!, lda: k, depth: sgemmTilesDepthLimit)
+                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, ld, row, rows, col, cols in
+                        XCTAssertLessThanOrEqual(cols, ld)
                         for i in 0..<rows {
                             for j in 0..<cols {
-                                got[(row + i) * n + col + j] = tile[i * GemmBlocking.NR + j]
+                                got[(row + i) * n + col + j] = tile[i * ld + j]
                                 visits[(row + i) * n + col + j] += 1
                             }
                         }
