@@ -349,11 +349,12 @@ final class PackedIm2colPlan {
 
     /// Images per bf16 backward-weights GEMM: as many whole images as fit one K step
     /// (BF16GemmBlocking.KC), so dW is read and written once per block of images, not once per
-    /// image; 1 when two do not fit, or when Kg exceeds one row block (BF16GemmBlocking.MC):
-    /// then the longer B panel is read once per row block from L3 and costs more than the
-    /// dW traffic it saves (measured on resnet18's 512-channel 7×7 layers).
+    /// image; 1 when two do not fit. When Kg exceeds one row block (BF16GemmBlocking.MC) the
+    /// B panel is read once per row block, and a K step of the whole KC cost more than the dW
+    /// traffic it saved (resnet18's 512-channel 7×7 layers): there blocks stop at 256 pixels.
     var gradImagesPerGemm: Int {
-        geometry.groupOutChannels > BF16GemmBlocking.MC ? 1 : max(1, BF16GemmBlocking.KC / evenGradPixels)
+        max(1, (geometry.groupOutChannels > BF16GemmBlocking.MC ? BF16GemmBlocking.KC / 2 : BF16GemmBlocking.KC)
+            / evenGradPixels)
     }
 
     /// dY of images n ..< n + count, group grp, as one A operand (Kg × count·evenGradPixels,

@@ -87,6 +87,8 @@ final class ConvolutionBF16Tests: XCTestCase {
             // images × pixels rounded up to a pair): 12 images of 7×7 (odd: a zero pixel after
             // each) in 2 GEMMs of 6, from fp32 planes; the 8×8 cases above take bf16 planes.
             (try square(4, 7, 8, kernel: 3, padding: 1), 12, true, "packedIm2col/stride1RowGather/packedIm2col"),
+            // 160 output channels (more than one row block): blocks of at most 256 pixels, 2 × 3 images.
+            (try square(4, 7, 160, kernel: 3, padding: 1), 6, true, "packedIm2col/stride1RowGather/packedIm2col"),
         ]
         var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
         let previous = ComputeThreads.count
