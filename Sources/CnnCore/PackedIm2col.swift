@@ -352,9 +352,12 @@ final class PackedIm2colPlan {
     /// image; 1 when two do not fit. When Kg exceeds one row block (BF16GemmBlocking.MC) the
     /// B panel is read once per row block, and a K step of the whole KC cost more than the dW
     /// traffic it saved (resnet18's 512-channel 7×7 layers): there blocks stop at 256 pixels.
+    /// Blocks of 2 or 3 images (16×16 planes) measured no faster than one image at a time
+    /// (the copy of dY into one operand eats the saving), so those stay at 1.
     var gradImagesPerGemm: Int {
-        max(1, (geometry.groupOutChannels > BF16GemmBlocking.MC ? BF16GemmBlocking.KC / 2 : BF16GemmBlocking.KC)
-            / evenGradPixels)
+        let images = (geometry.groupOutChannels > BF16GemmBlocking.MC ? BF16GemmBlocking.KC / 2 : BF16GemmBlocking.KC)
+            / evenGradPixels
+        return images >= 4 ? images : 1
     }
 
     /// dY of images n ..< n + count, group grp, as one A operand (Kg × count·evenGradPixels,
