@@ -491,7 +491,7 @@ public func convolution2DBackwardWeights(
         ? ws.packedPlan : nil
     if let plan = packed {
         plan.reservePlanes(tasks, always: plan.gatherStride == 1, bf16: plan.backwardWeightsPlanesAreBF16(ws.arithmetic))
-        plan.reservePackedGradOutputs(tasks, precision: ws.precision)
+        plan.reservePackedGradOutputs(tasks, arithmetic: ws.arithmetic)
     }
     if let plan = packed, tasks == 1 {
         packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0, arithmetic: ws.arithmetic)

@@ -116,6 +116,15 @@ final class PackedIm2colPlan {
     private var packedGradOutputs: [PackedGemmA] = []
     /// The same rounded to bf16, for a bf16 backward-weights.
     private var packedGradOutputsBF16: [PackedGemmABF16] = []
+    /// bf16 backward-weights of small planes (`gradImagesPerGemm` > 1), per task: dY of the
+    /// block's images side by side (Kg × images·evenPixels, see `packGradOutputsBF16`)…
+    private var gradBlocks: [GrowableBuffer<Float>] = []
+    /// … and one zero-bordered phase-plane stack per image of the block (bf16 or fp32 words,
+    /// as the single-image path uses `planesBF16` or `planes`).
+    private var gradPlanesBF16: [[GrowableBuffer<UInt16>]] = []
+    private var gradPlanes: [[GrowableBuffer<Float>]] = []
+    /// … and one image's fp32 B panel (evenGradPixels × 32), for the packers without a bf16 form.
+    private var gradPanels: [GrowableBuffer<Float>] = []
     /// Packed weights, one per group.
     var packedWeights: [PackedGemmA] = []
     /// The same rounded to bf16, for a bf16 forward.
@@ -214,6 +223,8 @@ final class PackedIm2colPlan {
             + packedGradOutputs.reduce(0) { $0 + $1.storage.bytes }
             + packedGradOutputsBF16.reduce(0) { $0 + $1.storage.bytes }
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
+            + gradBlocks.reduce(0) { $0 + $1.bytes } + gradPanels.reduce(0) { $0 + $1.bytes }
+            + gradPlanesBF16.joined().reduce(0) { $0 + $1.bytes } + gradPlanes.joined().reduce(0) { $0 + $1.bytes }
     }
 
     /// Row stride of a virtual output: the virtual pixels rounded up to whole micro-tiles.
@@ -309,12 +320,80 @@ final class PackedIm2colPlan {
         }
     }
 
-    /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights.
-    func reservePackedGradOutputs(_ tasks: Int, precision: ComputePrecision = .fp32) {
-        switch precision {
+    /// Makes sure tasks 0 ..< tasks have a packed-dY operand for backward-weights (and, for a
+    /// bf16 one of small planes, the buffers of `gradImagesPerGemm` images).
+    func reservePackedGradOutputs(_ tasks: Int, arithmetic: GemmArithmetic = .fp32) {
+        switch arithmetic.precision {
         case .fp32: while packedGradOutputs.count < tasks { packedGradOutputs.append(PackedGemmA()) }
-        case .bf16: while packedGradOutputsBF16.count < tasks { packedGradOutputsBF16.append(PackedGemmABF16()) }
+        case .bf16:
+            while packedGradOutputsBF16.count < tasks { packedGradOutputsBF16.append(PackedGemmABF16()) }
+            let images = gradImagesPerGemm
+            guard images > 1 else { return }
+            let count = zeroRowOffset + virtualPixels + 64
+            let bf16 = backwardWeightsPlanesAreBF16(arithmetic)
+            while gradBlocks.count < tasks {
+                var block = GrowableBuffer<Float>()
+                block.reserve(geometry.groupOutChannels * images * evenGradPixels)
+                gradBlocks.append(block)
+                var panel = GrowableBuffer<Float>()
+                panel.reserve(evenGradPixels * 32)
+                gradPanels.append(panel)
+                gradPlanesBF16.append([])
+                gradPlanes.append([])
+            }
+            guard gatherStride == 1 else { return }
+            for t in 0..<tasks {
+                while bf16 && gradPlanesBF16[t].count < images {
+                    var plane = GrowableBuffer<UInt16>()
+                    plane.reserve(count)
+                    plane.pointer.update(repeating: 0, count: count)
+                    gradPlanesBF16[t].append(plane)
+                }
+                while !bf16 && gradPlanes[t].count < images {
+                    var plane = GrowableBuffer<Float>()
+                    plane.reserve(count)
+                    plane.pointer.update(repeating: 0, count: count)
+                    gradPlanes[t].append(plane)
+                }
+            }
         }
+    }
+
+    /// Output pixels of one image rounded up to whole bf16 pairs: in a bf16 backward-weights of
+    /// several images, each image's pixels start on a pair, so no pair mixes two images.
+    var evenGradPixels: Int { (geometry.outPixels + 1) / 2 * 2 }
+
+    /// Images per bf16 backward-weights GEMM: as many whole images as fit one K step
+    /// (BF16GemmBlocking.KC), so dW is read and written once per block of images, not once per
+    /// image; 1 when two do not fit. When Kg exceeds one row block (BF16GemmBlocking.MC) the
+    /// B panel is read once per row block, and a K step of the whole KC cost more than the dW
+    /// traffic it saved (resnet18's 512-channel 7×7 layers): there blocks stop at 256 pixels.
+    /// Blocks of 2 or 3 images (16×16 planes) measured no faster than one image at a time
+    /// (the copy of dY into one operand eats the saving), so those stay at 1.
+    var gradImagesPerGemm: Int {
+        let images = (geometry.groupOutChannels > BF16GemmBlocking.MC ? BF16GemmBlocking.KC / 2 : BF16GemmBlocking.KC)
+            / evenGradPixels
+        return images >= 4 ? images : 1
+    }
+
+    /// dY of images n ..< n + count, group grp, as one A operand (Kg × count·evenGradPixels,
+    /// image i's pixels in columns i·evenGradPixels ..<, a zero column after an odd count)
+    /// rounded to bf16 pairs.
+    func packGradOutputsBF16(_ dy: UnsafePointer<Float>, images n: Int, count: Int, group grp: Int, task t: Int,
+                             kernel: BF16Kernel) -> PackedGemmABF16 {
+        let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels, even = evenGradPixels
+        let k = count * even, block = gradBlocks[t].pointer
+        for i in 0..<count {
+            let src = dy + ((n + i) * g.outChannels + grp * Kg) * hw
+            for m in 0..<Kg {
+                let row = block + m * k + i * even
+                row.update(from: src + m * hw, count: hw)
+                if even > hw { row[hw] = 0 }
+            }
+        }
+        let packed = packedGradOutputsBF16[t]
+        packed.pack(.none, m: Kg, k: k, a: block, lda: k, kernel: kernel)
+        return packed
     }
 
     /// xs of images n ..< n + count (≤ imagesPerBlock), group grp, for task t: the
@@ -764,6 +843,20 @@ func packedIm2colBackwardWeights(
 ) {
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     let bf16Planes = plan.backwardWeightsPlanesAreBF16(arithmetic)
+    let block = plan.gradImagesPerGemm
+    if arithmetic.precision == .bf16 && block > 1 && images.count > 1 && plan.gatherStride == 1
+        && (!bf16Planes || g.outPixels % 8 == 0) {
+        // Blocks of equal size (16 images of 7×7 in 2 GEMMs of 8, not 10 + 6).
+        let blocks = (images.count + block - 1) / block
+        for b in 0..<blocks {
+            let r = taskRange(b, of: images.count, tasks: blocks)
+            for grp in 0..<g.groups {
+                plan.backwardWeightsBF16Block(x, dy, images: images.lowerBound + r.lowerBound, count: r.count,
+                                              group: grp, dw: dw + grp * Kg * rows, task: t, arithmetic: arithmetic)
+            }
+        }
+        return
+    }
     for n in images {
         for grp in 0..<g.groups {
             if bf16Planes {
@@ -952,6 +1045,62 @@ func implicitForward(
                 for oy in 0..<g.outHeight { copyFloats(out + k * hw + oy * outW, virtual + k * stride + oy * Ws, outW) }
             }
             if let bias { addBias(bias + grp * Kg, to: out, rows: Kg, count: hw, ld: hw) }
+        }
+    }
+}
+
+extension PackedIm2colPlan {
+    /// bf16 backward-weights of images n ..< n + count (count ≤ `gradImagesPerGemm`), group grp,
+    /// as one GEMM with K = count·evenGradPixels, accumulating into dw (Kg × panelRows): A is
+    /// their dY side by side (`packGradOutputsBF16`), each B micro-panel the images' transposed
+    /// panels one after the other, every image starting on a bf16 pair (a zero pixel after an
+    /// odd count, as in A). Needs gatherStride 1; with bf16 planes, outPixels a multiple of 8.
+    func backwardWeightsBF16Block(_ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>, images n: Int, count: Int,
+                                  group grp: Int, dw: UnsafeMutablePointer<Float>, task t: Int,
+                                  arithmetic: GemmArithmetic) {
+        let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels, rows = g.panelRows
+        let hw = g.outPixels, even = evenGradPixels, k = count * even
+        let bf16Planes = backwardWeightsPlanesAreBF16(arithmetic)
+        let first = x + (n * g.inChannels + grp * Cg) * H * W, imageFloats = g.inChannels * H * W
+        for i in 0..<count {
+            if bf16Planes {
+                copyPhasePlanesBF16(first + i * imageFloats, to: gradPlanesBF16[t][i].pointer)
+            } else {
+                copyPhasePlanes(first + i * imageFloats, to: gradPlanes[t][i].pointer)
+            }
+        }
+        let a = packGradOutputsBF16(dy, images: n, count: count, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+        let scratch = gradPanels[t].pointer, fp32NR = GemmBlocking.NR
+        let bf16Words = Int(CNN_BF16_NR)
+        let packBF16: GemmBF16PanelPacker? = fp32NR != 16 ? nil : { q0, kc, r0, width, dst in
+            precondition(q0 == 0 && kc == k, "one K step per block of images (q0 \(q0), kc \(kc), k \(k))")
+            for i in 0..<count {
+                let out = dst + i * (even / 2) * bf16Words
+                if bf16Planes {
+                    _ = self.packTransposedPanelFromBF16(UnsafePointer(self.gradPlanesBF16[t][i].pointer), q0: 0, kc: hw,
+                                                         r0: r0, width: width, dst: out)
+                    continue
+                }
+                let xs = UnsafePointer(self.gradPlanes[t][i].pointer)
+                if self.packTransposedPanelBF16(xs, q0: 0, kc: hw, r0: r0, width: width, dst: out) { continue }
+                self.packTransposedPanel(xs, q0: 0, kc: hw, r0: r0, nc: width, dst: scratch)
+                cnn_bf16_from_fp32_panels(hw, (width + fp32NR - 1) / fp32NR, scratch, out)
+            }
+            return true
+        }
+        gemmBF16PackedA(a, n: rows, beta: 1, c: dw, ldc: rows, packBF16: packBF16) { q0, kc, r0, nc, dst in
+            // The portable kernel's fp32 panels: each image's rows copied to its place in the K block.
+            precondition(!bf16Planes && q0 == 0 && kc == k, "fp32 panels of a block of images from fp32 planes")
+            let panels = (nc + fp32NR - 1) / fp32NR
+            for i in 0..<count {
+                self.packTransposedPanel(UnsafePointer(self.gradPlanes[t][i].pointer), q0: 0, kc: hw, r0: r0, nc: nc,
+                                         dst: scratch)
+                for p in 0..<panels {
+                    let to = dst + p * fp32NR * k + i * even * fp32NR
+                    to.update(from: scratch + p * fp32NR * hw, count: hw * fp32NR)
+                    if even > hw { (to + hw * fp32NR).update(repeating: 0, count: fp32NR) }
+                }
+            }
         }
     }
 }

@@ -83,6 +83,13 @@ final class ConvolutionBF16Tests: XCTestCase {
             // 520 pixels: backward-weights K steps of 260 are not whole 8-pixel chunks, so that pass
             // keeps fp32 planes while the forward of the same plan takes bf16 ones.
             (try rect(2, 65, 8, 4, kernel: 3, padding: 1), 1, true, "packedIm2col/stride1RowGather/packedIm2col"),
+            // Backward-weights of planes up to 128 pixels runs one GEMM per block of images (K =
+            // images × pixels rounded up to a pair): 12 images of 7×7 (odd: a zero pixel after
+            // each) in 2 GEMMs of 6, from fp32 planes; the 8×8 cases above take bf16 planes, the
+            // 6×6 output of the 12×12 stride-2 case fp32 planes with 36-pixel (not 8k) images.
+            (try square(4, 7, 8, kernel: 3, padding: 1), 12, true, "packedIm2col/stride1RowGather/packedIm2col"),
+            // 160 output channels (more than one row block): blocks of at most 256 pixels, 2 × 3 images.
+            (try square(4, 7, 160, kernel: 3, padding: 1), 6, true, "packedIm2col/stride1RowGather/packedIm2col"),
         ]
         var forward = Set<String>(), data = Set<String>(), weights = Set<String>()
         let previous = ComputeThreads.count
