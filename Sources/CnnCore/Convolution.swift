@@ -33,16 +33,16 @@ public func convolution2DForward(
     workspace ws: ConvolutionWorkspace
 ) {
     convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
-                       transposedPointwise: false)
+                       flippedFrom: false)
 }
 
-/// `convolution2DForward`; with `transposedPointwise` (a 1×1 geometry on a packed plan, fp32),
-/// `w` holds the weights of the 1×1 convolution whose flipped backward-data `g` is, and the
-/// plan packs them transposed instead of reading a flipped copy (same packed bits).
+/// `convolution2DForward`; with `flippedFrom` (a packed plan, fp32), `w` holds the weights of
+/// the convolution whose flipped backward-data `g` is, and the plan packs the flip straight
+/// from them (W_gᵀ for a 1×1 kernel) instead of reading a flipped copy (same packed bits).
 func convolutionForward(
     input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
-    workspace ws: ConvolutionWorkspace, transposedPointwise: Bool
+    workspace ws: ConvolutionWorkspace, flippedFrom: Bool
 ) {
     ws.prepare(for: g, batch: batch)
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
@@ -50,8 +50,12 @@ func convolutionForward(
     if ws.path.forward.usesPackedPlan, let plan = ws.packedPlan {
         if ws.precision == .bf16 {
             plan.packWeightsBF16(w, kernel: ws.arithmetic.bf16Kernel)
-        } else if transposedPointwise {
-            plan.packTransposedPointwiseWeights(w)
+        } else if flippedFrom {
+            if g.kernelHeight == 1 && g.kernelWidth == 1 {
+                plan.packTransposedPointwiseWeights(w)
+            } else {
+                plan.packFlippedWeights(w)
+            }
         } else {
             plan.packWeights(w)
         }
@@ -152,11 +156,12 @@ public func convolution2DBackwardData(
     ws.prepare(for: g, batch: batch)
     if case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
         bws.prepare(for: bg, batch: batch)
-        if g.kernelHeight == 1 && g.kernelWidth == 1 && bws.precision == .fp32 && bws.path.forward.usesPackedPlan {
-            // The flip of a 1×1 kernel is W_gᵀ: packed straight from w (a copy of the whole
-            // weight tensor with strided reads cost about a sixth of the pass on 7×7 planes).
+        if bws.precision == .fp32 && bws.path.forward.usesPackedPlan {
+            // The flipped weights packed straight from w (for a 1×1 kernel the flip is W_gᵀ):
+            // a copy of the whole weight tensor with strided reads cost about a sixth of the
+            // pass on 7×7 planes, and packing the copy was a second pass over it.
             convolutionForward(input: dy, weight: w, bias: nil, output: dx, batch: batch, geometry: bg, workspace: bws,
-                               transposedPointwise: true)
+                               flippedFrom: true)
             return
         }
         flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)

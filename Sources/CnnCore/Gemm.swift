@@ -231,6 +231,82 @@ public final class PackedGemmA {
             pc += kc
         }
     }
+
+    /// Packs the flipped kernel a convolution's backward-data runs as a forward pass, straight
+    /// from the convolution's weights: A (m × k, m = Cg, k = Kg·taps) is
+    /// A[c][q·taps + t] = w[(q·m + c)·taps + taps − 1 − t], w one group's Kg × Cg × taps
+    /// weights. The same bits `pack(.none, …)` gives on `flipWeightsForBackwardData`'s copy,
+    /// in one pass over w instead of a copy and a pack of the copy.
+    public func packFlippedKernel(m: Int, k: Int, taps: Int, w: UnsafePointer<Float>, depth: Int = GemmBlocking.KC) {
+        precondition(m > 0 && k > 0 && taps > 0 && k % taps == 0, "PackedGemmA: flipped kernel \(m)×\(k), \(taps) taps")
+        self.m = m
+        self.k = k
+        let kSteps = (k + depth - 1) / depth
+        kcMax = (k + kSteps - 1) / kSteps
+        rowBlocks = (m + MC - 1) / MC
+        storage.reserve((m + rowBlocks * MR) * k)
+        offsets.removeAll(keepingCapacity: true)
+        var offset = 0, pc = 0
+        while pc < k {
+            let kc = min(kcMax, k - pc)
+            var ic = 0
+            while ic < m {
+                let mc = min(MC, m - ic)
+                offsets.append(offset)
+                packFlippedBlock(mc: mc, kc: kc, w: w, channels: m, taps: taps, row: ic, col: pc,
+                                 dst: storage.pointer + offset)
+                offset += paddedPanelRows(mc) * kc
+                ic += mc
+            }
+            pc += kc
+        }
+    }
+}
+
+/// One `packABlock` block (rows row ..< row + mc, columns col ..< col + kc) of the flipped
+/// kernel A[c][q·taps + t] = w[(q·channels + c)·taps + taps − 1 − t]. Column runs of one q
+/// outermost: each reads mc·taps contiguous floats of w (one sequential stream; panel by
+/// panel instead, the block's q rows, channels·taps floats apart, were dozens of streams).
+private func packFlippedBlock(mc: Int, kc: Int, w: UnsafePointer<Float>, channels: Int, taps: Int,
+                              row: Int, col: Int, dst: UnsafeMutablePointer<Float>) {
+    var q = col / taps, t = col - q * taps, p = 0
+    while p < kc {
+        let run = min(taps - t, kc - p)
+        // Column p + j reads tap taps − 1 − (t + j) of q's rows.
+        let src = w + (q * channels + row) * taps + taps - 1 - t
+        var ir = 0
+        while ir < mc {
+            let rows = panelRows(mc - ir)
+            let mr = min(rows, mc - ir)
+            let panel = src + ir * taps, out = dst + ir * kc + p * rows
+            if mr == MR {
+                packFlippedColumns(rows: MR, run: run, src: panel, taps: taps, out: out)
+            } else if mr == tailMR && rows == tailMR {
+                packFlippedColumns(rows: tailMR, run: run, src: panel, taps: taps, out: out)
+            } else {
+                for j in 0..<run {
+                    let o = out + j * rows, s = panel - j
+                    for i in 0..<mr { o[i] = s[i * taps] }
+                    for i in mr..<rows { o[i] = 0 }
+                }
+            }
+            ir += rows
+        }
+        p += run
+        t = 0
+        q += 1
+    }
+}
+
+/// `run` packed columns of a whole panel (rows a constant after inlining: the copies unrolled):
+/// out[j·rows + i] = src[i·taps − j].
+@inline(__always)
+private func packFlippedColumns(rows: Int, run: Int, src: UnsafePointer<Float>, taps: Int,
+                                out: UnsafeMutablePointer<Float>) {
+    for j in 0..<run {
+        let o = out + j * rows, s = src - j
+        for i in 0..<rows { o[i] = s[i * taps] }
+    }
 }
 
 /// Rows a packed block of mc rows occupies (its last panel zero-padded to 4 or MR rows).

@@ -311,6 +311,19 @@ final class PackedIm2colPlan {
         }
     }
 
+    /// Packs each group's weights from the weights `w` of the convolution whose backward-data
+    /// this plan's geometry computes (`flippedBackwardDataGeometry`, any kernel): the bits
+    /// `packWeights` gives on `flipWeightsForBackwardData`'s copy, without the copy.
+    func packFlippedWeights(_ w: UnsafePointer<Float>) {
+        let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows
+        while packedWeights.count < g.groups { packedWeights.append(PackedGemmA()) }
+        for grp in 0..<g.groups {
+            // The original's group grp: rows / taps output channels × Kg input channels × taps.
+            packedWeights[grp].packFlippedKernel(m: Kg, k: rows, taps: g.kernelHeight * g.kernelWidth,
+                                                 w: w + grp * Kg * rows)
+        }
+    }
+
     /// Packs each group's weights (Kg × Cg·kh·kw) rounded to bf16 for this pass.
     func packWeightsBF16(_ w: UnsafePointer<Float>, kernel: BF16Kernel) {
         let g = geometry, Kg = g.groupOutChannels, rows = g.panelRows

@@ -296,6 +296,25 @@ final class ConvolutionBlockedTests: XCTestCase {
         }
     }
 
+    /// Backward-data as a forward pass over the flipped k×k kernel packs the flip straight from
+    /// w (`packFlippedWeights`, for packed im2col and implicit B): against the reference with two K steps (50·9 > KC), groups,
+    /// more than MC input channels (two row blocks, a tail panel), a partial panel (21 = 6 + 6 + 6 + 3) and a 5×5 kernel.
+    func testFlippedKernelPackedFromWeightsMatchesReference() throws {
+        let cases = [
+            try geometry(21, 7, 7, 50, kernel: (3, 3), padding: .same),
+            try geometry(48, 16, 17, 18, kernel: (3, 3), padding: .same, groups: 3),
+            try geometry(150, 5, 6, 8, kernel: (3, 3), padding: .same),
+            try geometry(20, 16, 17, 14, kernel: (5, 5), padding: .same),
+        ]
+        for g in cases {
+            let ws = ConvolutionWorkspace(panelBudgetBytes: 1 << 20, allowsPackedIm2col: true)
+            ws.prepare(for: g, batch: 2)
+            XCTAssertTrue([.flippedForward(.packedIm2col), .flippedForward(.implicitB)].contains(ws.path.backwardData),
+                          "\(ws.path.backwardData) \(g.inChannels)x\(g.height)x\(g.width)->\(g.outChannels) k\(g.kernelHeight) g\(g.groups)")
+            check(g, batch: 2, budget: 1 << 20, packed: true, manyBlocks: false, path: ws.path)
+        }
+    }
+
     func testWorkspaceReportsBytesAndRespectsBudget() throws {
         let g = try geometry(64, 16, 16, 64, kernel: (3, 3), padding: .same)
         let ws = ConvolutionWorkspace()

@@ -106,6 +106,43 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    func testPackFlippedKernelGivesThePackOfTheFlippedCopy() {
+        // A[c][q·taps + t] = w[(q·m + c)·taps + taps − 1 − t] packed from w gives the products
+        // of `pack(.none)` on that copy bit for bit: M with a 4-row tail panel and more than MC
+        // rows, 1, 9 and 25 taps.
+        for (m, kg, taps) in [(150, 7, 9), (10, 100, 9), (13, 30, 25), (5, 3, 1)] {
+            let k = kg * taps, n = 37
+            var rng = TestLCG(state: UInt64(m * 100 + kg))
+            let w = (0..<(kg * m * taps)).map { _ in rng.next() }
+            let b = (0..<(k * n)).map { _ in rng.next() }
+            var flipped = [Float](repeating: .nan, count: m * k)
+            for c in 0..<m {
+                for q in 0..<kg {
+                    for t in 0..<taps { flipped[c * k + q * taps + t] = w[(q * m + c) * taps + taps - 1 - t] }
+                }
+            }
+            func product(_ pack: (PackedGemmA) -> Void) -> [Float] {
+                let packed = PackedGemmA()
+                pack(packed)
+                var c = [Float](repeating: .nan, count: m * n)
+                b.withUnsafeBufferPointer { pb in
+                    sgemmTiles(packed, n: n, b: pb.baseAddress!, ldb: n) { tile, ld, row, rows, col, cols in
+                        for i in 0..<rows { for j in 0..<cols { c[(row + i) * n + col + j] = tile[i * ld + j] } }
+                    }
+                }
+                return c
+            }
+            let direct = product { p in w.withUnsafeBufferPointer {
+                p.packFlippedKernel(m: m, k: k, taps: taps, w: $0.baseAddress!, depth: sgemmTilesDepthLimit)
+            } }
+            let copied = product { p in flipped.withUnsafeBufferPointer {
+                p.pack(.none, m: m, k: k, a: $0.baseAddress!, lda: k, depth: sgemmTilesDepthLimit)
+            } }
+            XCTAssertFalse(direct.contains { $0.isNaN }, "\(m)x\(k) taps \(taps)")
+            XCTAssertEqual(direct, copied, "\(m)x\(k) taps \(taps)")
+        }
+    }
+
     func testConcurrentCallersGetIndependentWorkspaces() {
         // The in-process ranks call sgemm from several threads at once.
         let shapes = [(37, 129, 300), (64, 200, 27), (5, 500, 64), (100, 40, 513)]
