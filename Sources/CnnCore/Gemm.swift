@@ -209,6 +209,27 @@ public final class PackedGemmA {
     /// K steps of at most `depth` (KC, or up to `sgemmTilesDepthLimit` for `sgemmTiles`).
     public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int, depth: Int = GemmBlocking.KC) {
         precondition(m > 0 && k > 0, "PackedGemmA: empty operand \(m)×\(k)")
+        packBlocks(m: m, k: k, depth: depth) { mc, kc, row, col, dst in
+            packA(trans, mc: mc, kc: kc, a: a, lda: lda, row: row, col: col, dst: dst)
+        }
+    }
+
+    /// Packs the flipped kernel a convolution's backward-data runs as a forward pass, straight
+    /// from the convolution's weights: A (m × k, m = Cg, k = Kg·taps) is
+    /// A[c][q·taps + t] = w[(q·m + c)·taps + taps − 1 − t], w one group's Kg × Cg × taps
+    /// weights. The same bits `pack(.none, …)` gives on `flipWeightsForBackwardData`'s copy,
+    /// in one pass over w instead of a copy and a pack of the copy.
+    public func packFlippedKernel(m: Int, k: Int, taps: Int, w: UnsafePointer<Float>, depth: Int = GemmBlocking.KC) {
+        precondition(m > 0 && k > 0 && taps > 0 && k % taps == 0, "PackedGemmA: flipped kernel \(m)×\(k), \(taps) taps")
+        packBlocks(m: m, k: k, depth: depth) { mc, kc, row, col, dst in
+            packFlippedBlock(mc: mc, kc: kc, w: w, channels: m, taps: taps, row: row, col: col, dst: dst)
+        }
+    }
+
+    /// The blocking both packers share: K steps of equal depth, MC-row blocks within each,
+    /// every block padded to whole MR-row panels; `packBlock(mc, kc, row, col, dst)` fills one.
+    private func packBlocks(m: Int, k: Int, depth: Int,
+                            _ packBlock: (Int, Int, Int, Int, UnsafeMutablePointer<Float>) -> Void) {
         self.m = m
         self.k = k
         let kSteps = (k + depth - 1) / depth
@@ -224,37 +245,7 @@ public final class PackedGemmA {
             while ic < m {
                 let mc = min(MC, m - ic)
                 offsets.append(offset)
-                packA(trans, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: storage.pointer + offset)
-                offset += paddedPanelRows(mc) * kc
-                ic += mc
-            }
-            pc += kc
-        }
-    }
-
-    /// Packs the flipped kernel a convolution's backward-data runs as a forward pass, straight
-    /// from the convolution's weights: A (m × k, m = Cg, k = Kg·taps) is
-    /// A[c][q·taps + t] = w[(q·m + c)·taps + taps − 1 − t], w one group's Kg × Cg × taps
-    /// weights. The same bits `pack(.none, …)` gives on `flipWeightsForBackwardData`'s copy,
-    /// in one pass over w instead of a copy and a pack of the copy.
-    public func packFlippedKernel(m: Int, k: Int, taps: Int, w: UnsafePointer<Float>, depth: Int = GemmBlocking.KC) {
-        precondition(m > 0 && k > 0 && taps > 0 && k % taps == 0, "PackedGemmA: flipped kernel \(m)×\(k), \(taps) taps")
-        self.m = m
-        self.k = k
-        let kSteps = (k + depth - 1) / depth
-        kcMax = (k + kSteps - 1) / kSteps
-        rowBlocks = (m + MC - 1) / MC
-        storage.reserve((m + rowBlocks * MR) * k)
-        offsets.removeAll(keepingCapacity: true)
-        var offset = 0, pc = 0
-        while pc < k {
-            let kc = min(kcMax, k - pc)
-            var ic = 0
-            while ic < m {
-                let mc = min(MC, m - ic)
-                offsets.append(offset)
-                packFlippedBlock(mc: mc, kc: kc, w: w, channels: m, taps: taps, row: ic, col: pc,
-                                 dst: storage.pointer + offset)
+                packBlock(mc, kc, ic, pc, storage.pointer + offset)
                 offset += paddedPanelRows(mc) * kc
                 ic += mc
             }
