@@ -16,7 +16,18 @@ public func reluForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
 /// dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as in PyTorch).
 public func reluBackward(y: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
     forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
-        for i in elementRange(blocks, count) { dx[i] = y[i] > 0 ? dy[i] : 0 }
+        let range = elementRange(blocks, count)
+        var i = range.lowerBound
+        // SIMD8 with unconditional loads: the plain loop's conditional load of dy stays scalar.
+        let zero = SIMD8<Float>()
+        let ry = UnsafeRawPointer(y), rdy = UnsafeRawPointer(dy), rdx = UnsafeMutableRawPointer(dx)
+        while i + 8 <= range.upperBound {
+            let positive = ry.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) .> zero
+            let g = rdy.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            rdx.storeBytes(of: zero.replacing(with: g, where: positive), toByteOffset: i * 4, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < range.upperBound { dx[i] = y[i] > 0 ? dy[i] : 0; i += 1 }
     }
 }
 

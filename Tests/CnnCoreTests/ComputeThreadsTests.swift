@@ -165,3 +165,31 @@ final class ElementwiseThreadsTests: XCTestCase {
         XCTAssertEqual(one[0][0], direct, accuracy: 1e-6 * Double(count))
     }
 }
+
+/// reluBackward (SIMD8 body, scalar tail) against its definition, dx = y > 0 ? dy : +0, bit
+/// for bit: every length 0 ... 37 (tails of every size) and one past 2^21 (threaded), with
+/// NaN, ±0, ±inf and subnormals in y and dy.
+final class ReLUBackwardTests: XCTestCase {
+    func testMatchesDefinitionForEveryTailAndSpecialValue() {
+        let specials: [Float] = [.nan, 0, -0.0, .infinity, -.infinity, .leastNonzeroMagnitude,
+                                 -.leastNonzeroMagnitude, 1, -1, 3.5]
+        var rng = SplitMix64(seed: 7)
+        for count in Array(0...37) + [(1 << 21) + 13] {
+            let y = (0..<count).map { i in i % 5 == 0 ? specials[(i / 5) % specials.count] : rng.nextUnitFloat() - 0.5 }
+            let dy = (0..<count).map { i in i % 7 == 0 ? specials[(i / 7) % specials.count] : rng.nextUnitFloat() - 0.5 }
+            var dx = [Float](repeating: .nan, count: count)
+            for threads in [1, 2] {
+                ComputeThreads.count = threads
+                reluBackward(y: y, dy: dy, dx: &dx, count: count)
+                for i in 0..<count {
+                    let expected: Float = y[i] > 0 ? dy[i] : 0
+                    if dx[i].bitPattern != expected.bitPattern {
+                        XCTFail("count \(count), \(threads) thread(s), element \(i): y \(y[i]) dy \(dy[i]) gave \(dx[i]), expected \(expected)")
+                        break
+                    }
+                }
+            }
+            ComputeThreads.count = 1
+        }
+    }
+}
