@@ -159,10 +159,15 @@ public final class BatchNormEngine {
                 invStd[ch] = 1 / (runningVar[ch] + eps).squareRoot()
             }
         }
+        normalize(x, n: n, c: c, s: s)
+        return output
+    }
+
+    /// output = the normalised x (rectified when the ReLU is fused), with the current statistics.
+    private func normalize(_ x: Tensor, n: Int, c: Int, s: Int) {
         batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
                            gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
                            n: n, c: c, s: s, relu: fusedReLU)
-        return output
     }
 
     /// Writes into `shared` (nil: the layer's own tensor) from now on; see `recomputesOutput`.
@@ -176,9 +181,7 @@ public final class BatchNormEngine {
         guard let x = input else { preconditionFailure("\(layer): recompute before forward") }
         let n = x.n, c = channels, s = x.count / (n * c)
         ensureShape(output, x.shape)
-        batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
-                           gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
-                           n: n, c: c, s: s, relu: fusedReLU)
+        normalize(x, n: n, c: c, s: s)
     }
 
     func backward(_ dy: Tensor, context: ExecutionContext) -> Tensor {
