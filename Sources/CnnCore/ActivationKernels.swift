@@ -38,6 +38,21 @@ public func addInPlace(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Floa
     }
 }
 
+/// y = a + b, elementwise (y may be a or b).
+public func add(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+    forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
+        for i in elementRange(blocks, count) { y[i] = a[i] + b[i] }
+    }
+}
+
+/// y = x, elementwise (a copy split like the other streaming kernels).
+public func copyElements(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+    forEachRange(elementBlocks(count), work: elementBlock, minimum: streamingSplitMinimum) { blocks in
+        let range = elementRange(blocks, count)
+        (y + range.lowerBound).update(from: x + range.lowerBound, count: range.count)
+    }
+}
+
 /// Elementwise kernels split over threads in blocks of whole cache lines.
 let elementBlock = 4096
 @inline(__always) func elementBlocks(_ count: Int) -> Int { (count + elementBlock - 1) / elementBlock }

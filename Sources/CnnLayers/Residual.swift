@@ -65,7 +65,7 @@ public final class Residual: Layer {
         let s = shortcut?.layer.forward(input, context: context) ?? input
         precondition(b.shape == s.shape, "Block: branch output \(formatShape(b.shape)) != shortcut output \(formatShape(s.shape))")
         ensureShape(sum, b.shape)
-        for i in 0..<sum.count { sum.data[i] = b.data[i] + s.data[i] }
+        add(b.data, s.data, into: sum.data, count: sum.count)
         return activation?.forward(sum, context: context) ?? sum
     }
 
@@ -81,7 +81,7 @@ public final class Residual: Layer {
         ensureShape(gradInput, input.shape)
         precondition(ds.count == gradInput.count, "Block: shortcut gradient does not match input")
         // Copy now: the identity shortcut hands back `d`, which a branch layer may own and overwrite.
-        gradInput.data.update(from: ds.data, count: gradInput.count)
+        copyElements(ds.data, into: gradInput.data, count: gradInput.count)
         var db = d
         for (index, (_, layer)) in branch.enumerated().reversed() {
             recomputeBeforeBackward[index]?.recomputeOutput()
@@ -89,7 +89,7 @@ public final class Residual: Layer {
             context.gradientsReady?(layer)
         }
         precondition(db.count == gradInput.count, "Block: branch gradient does not match input")
-        for i in 0..<gradInput.count { gradInput.data[i] += db.data[i] }
+        addInPlace(gradInput.data, db.data, count: gradInput.count)
         return gradInput
     }
 }

@@ -125,7 +125,7 @@ final class ElementwiseThreadsTests: XCTestCase {
     }
 
     func testBatchNormAndReLUAndAddSplitOverThreadsGiveTheSameBits() {
-        // 7 channels of 3x1001 values per image, 100 images: 2,102,100 elements (split from 2^21),
+        // 7 channels of 3x1001 values per image, 100 images: 2,102,100 elements (past streamingSplitMinimum),
         // an odd channel count (uneven ranges) and a plane that is not a multiple of 8.
         let (n, c, s) = (100, 7, 3003), count = n * c * s
         var rng = SplitMix64(seed: 11)
@@ -150,11 +150,14 @@ final class ElementwiseThreadsTests: XCTestCase {
             reluForward(x: x, y: &relu, count: count)
             reluBackward(y: relu, dy: dy, dx: &reluBack, count: count)
             added.withUnsafeMutableBufferPointer { addInPlace($0.baseAddress!, x, count: count) }
-            return [sums, squares, sumDy, sumDyXhat] + [y, dx, relu, reluBack, added].map { $0.map(Double.init) }
+            var sum = y, copy = y
+            add(x, dy, into: &sum, count: count)
+            copyElements(dy, into: &copy, count: count)
+            return [sums, squares, sumDy, sumDyXhat] + [y, dx, relu, reluBack, added, sum, copy].map { $0.map(Double.init) }
         }
         let one = run(threads: 1), two = run(threads: 2)
         let names = ["channel sums", "centred squares", "sum dy", "sum dy·x̂", "normalize", "backward input",
-                     "relu", "relu backward", "add"]
+                     "relu", "relu backward", "add in place", "add into", "copy"]
         for (k, name) in names.enumerated() {
             XCTAssertFalse(one[k].contains { $0.isNaN }, "\(name): unwritten values")
             XCTAssertEqual(one[k].map(\.bitPattern), two[k].map(\.bitPattern), "\(name): 2 threads differ from 1")
@@ -163,6 +166,10 @@ final class ElementwiseThreadsTests: XCTestCase {
         var direct = 0.0
         for i in 0..<n { for j in 0..<s { direct += Double(x[i * c * s + j]) } }
         XCTAssertEqual(one[0][0], direct, accuracy: 1e-6 * Double(count))
+        // The residual kernels against their definitions.
+        XCTAssertEqual(one[9].map(\.bitPattern), (0..<count).map { Double(x[$0] + dy[$0]).bitPattern }, "add into")
+        XCTAssertEqual(one[10].map(\.bitPattern), dy.map { Double($0).bitPattern }, "copy")
+        XCTAssertGreaterThanOrEqual(count, streamingSplitMinimum, "the test must reach the threaded split")
     }
 }
 
