@@ -240,6 +240,24 @@ final class ConcatSharingTests: XCTestCase {
         for (a, b) in zip(floats(results[0][0].buffers), floats(one.buffers)) { XCTAssertEqual(a, b, accuracy: 1e-4) }
     }
 
+    /// Finite differences through a planned shared run (smooth: Tanh, not ReLU): dL/dx and
+    /// every parameter gradient.
+    func testGradientCheckThroughSharedRun() throws {
+        func dense(_ c: Int) throws -> Concat {
+            Concat(branches: [("input", Identity()), ("new", Sequential([try BatchNorm2d(c), Tanh(), try Conv2D(c, 2, kernelSize: 3, padding: 1)]))])
+        }
+        let chain = Sequential([try dense(2), try dense(4), try dense(6)])
+        let input = [3, 2, 3, 3]
+        XCTAssertEqual(MemoryPlan.apply(to: chain, inputShape: input).sharedConcats, 3)
+        let store = ParameterStore(root: chain)
+        store.initialize(seed: 3)
+        let result = checkGradients(layer: chain, store: store, input: randomTensor(input, seed: 9),
+                                    context: ExecutionContext(training: true), maxChecks: 100)
+        print("gradient check shared run: \(result)")
+        XCTAssertGreaterThan(result.checked, 100)
+        XCTAssertLessThan(result.worstError, 2e-3)
+    }
+
     /// A channel-prefix view reads the base's storage with the base's image stride, and copies
     /// out in logical order.
     func testChannelPrefixView() {
