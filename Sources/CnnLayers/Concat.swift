@@ -146,15 +146,16 @@ public final class Concat: Layer {
 /// Nothing may write `block` between forward and backward (the branches' BatchNorms read
 /// their inputs from it again): `MemoryPlan` keeps ReLUs after the run out of place.
 final class ConcatRun {
-    /// The blocks, in chain order, and the channels of the last one's output.
-    let members: [Concat]
+    /// How many blocks (each knows its `runIndex`; the run holds no reference to them, which
+    /// would make a cycle), and the channels of the last one's output.
+    let count: Int
     let width: Int
     let block = Tensor(shape: [0])
     /// dL/d`block`: the plan's slot for it, else its own tensor.
     var gradient = Tensor(shape: [0])
 
-    init(members: [Concat], width: Int) {
-        self.members = members
+    init(count: Int, width: Int) {
+        self.count = count
         self.width = width
     }
 }
@@ -190,7 +191,7 @@ extension Concat {
         let cOut = cIn + o.shape[1]
         copyChannels(from: o.data, imageStride: o.shape[1] * inner, to: block.data + cIn * inner,
                      imageStride: run.width * inner, n: n, elements: o.shape[1] * inner)
-        if runIndex == run.members.count - 1 {
+        if runIndex == run.count - 1 {
             precondition(cOut == run.width, "Concat: a shared run ends at \(cOut) channels, planned \(run.width)")
             return block
         }
@@ -202,7 +203,7 @@ extension Concat {
         let g = run.gradient
         let n = input.shape[0], cIn = branchChannels[0], k = branchChannels[1]
         let inner = input.shape.dropFirst(2).reduce(1, *), stride = run.width * inner
-        if runIndex == run.members.count - 1 {
+        if runIndex == run.count - 1 {
             precondition(gradOutput.isContiguous && gradOutput.count == run.block.count && gradOutput !== g,
                          "Concat: gradient \(formatShape(gradOutput.shape)) does not match the shared run's output")
             ensureShape(g, run.block.shape)

@@ -165,10 +165,12 @@ public final class MemoryPlan {
         var current = incoming
         var i = layers.count - 1
         while i >= 0 {
-            if let concat = layers[i] as? Concat, let run = concat.run, concat.runIndex == run.members.count - 1,
-               i - concat.runIndex >= 0, run.members.indices.allSatisfy({ run.members[$0] === layers[i - concat.runIndex + $0] }) {
+            if let concat = layers[i] as? Concat, let run = concat.run, concat.runIndex == run.count - 1,
+               i - concat.runIndex >= 0,
+               (0..<run.count).allSatisfy({ (layers[i - concat.runIndex + $0] as? Concat)?.run === run }) {
                 let first = i - concat.runIndex
-                current = placeConcatRun(run, inputs: Array(shapes[first...i]), output: shapes[i + 1], incoming: current, busy: busy)
+                current = placeConcatRun(run, members: layers[first...i].map { $0 as! Concat }, inputs: Array(shapes[first...i]),
+                                         output: shapes[i + 1], incoming: current, busy: busy)
                 i = first - 1
             } else {
                 current = place(layers[i], input: shapes[i], incoming: current, busy: busy)
@@ -182,14 +184,15 @@ public final class MemoryPlan {
     /// dL/dx (live across the run: each block reads its part and adds into the prefix), each
     /// branch's dL/dy and internals around it, and the first block's own dL/dx (read from
     /// that slot and the branch's dL/dx).
-    private func placeConcatRun(_ run: ConcatRun, inputs: [[Int]], output: [Int], incoming: Set<Int>, busy: Set<Int>) -> Set<Int> {
+    private func placeConcatRun(_ run: ConcatRun, members: [Concat], inputs: [[Int]], output: [Int], incoming: Set<Int>,
+                                busy: Set<Int>) -> Set<Int> {
         // The last block copies dL/dy into the gradient slot first; after that dL/dy is dead.
         let g = slot(for: output, avoiding: busy.union(incoming))
         run.gradient = slots[g]
         let live = busy.union([g])
         var result: Set<Int> = []
-        for l in run.members.indices.reversed() {
-            let concat = run.members[l], branch = concat.branches[1].layer
+        for l in members.indices.reversed() {
+            let concat = members[l], branch = concat.branches[1].layer
             guard let out = try? branch.outputShape(for: inputs[l]) else { continue }
             let part = slot(for: out, avoiding: live)
             concat.branchGrads[1] = slots[part]
@@ -278,7 +281,7 @@ public final class MemoryPlan {
             while j < layers.count, let concat = layers[j] as? Concat, concat.sharesStorageForm, shapes[j].count == 4 { j += 1 }
             if j - i >= 2 {
                 let members = layers[i..<j].map { $0 as! Concat }
-                let run = ConcatRun(members: members, width: shapes[j][1])
+                let run = ConcatRun(count: members.count, width: shapes[j][1])
                 for (index, concat) in members.enumerated() {
                     concat.run = run
                     concat.runIndex = index

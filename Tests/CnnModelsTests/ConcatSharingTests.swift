@@ -258,6 +258,20 @@ final class ConcatSharingTests: XCTestCase {
         XCTAssertLessThan(result.worstError, 2e-3)
     }
 
+    /// A planned model that has run a step is freed with its last reference (no reference cycle
+    /// between a run and its blocks).
+    func testPlannedModelIsFreed() throws {
+        weak var block: Layer?
+        do {
+            let root = try smallDenseNet()
+            XCTAssertEqual(MemoryPlan.apply(to: root, inputShape: [2, 3, 9, 9]).sharedConcats, 5)
+            block = ((root as? Sequential)?.layers[3] as? Sequential)?.layers[1]
+            XCTAssertNotNil(block)
+            _ = sgdSteps(root, x: randomTensor([2, 3, 9, 9], seed: 13), dy: randomTensor([2, 5], seed: 14), steps: 1)
+        }
+        XCTAssertNil(block)
+    }
+
     /// A channel-prefix view reads the base's storage with the base's image stride, and copies
     /// out in logical order.
     func testChannelPrefixView() {
