@@ -1,5 +1,7 @@
 // Shapes: x, y, dy, dx are (N, C, S) with S = H·W for BatchNorm2d and S = 1
 // (or L) for BatchNorm1d; mean, invStd, gamma, beta and all sums are (C).
+// x may be a channel prefix of wider images: `xImageStride` elements from one image of x
+// to the next (nil: C·S, contiguous); y, dy and dx are always contiguous.
 //
 // Plain kernels so that a fused BN+ReLU can reuse them. Statistics are split
 // into local sums (accumulated in Double) so a caller can reduce them across
@@ -64,22 +66,25 @@ func blockCentredSquares(_ p: UnsafePointer<Float>, _ count: Int, _ m: Float) ->
 }
 
 /// sums[c] = Σ over (n, s) of x[n, c, s], accumulated in Double.
-public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
+public func batchNormChannelSums(x: UnsafePointer<Float>, n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>,
+                                 xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
-            for ch in channels { sums[ch] += blockSum(x + (i * c + ch) * s, s) }
+            for ch in channels { sums[ch] += blockSum(x + i * xs + ch * s, s) }
         }
     }
 }
 
 /// sums[c] = Σ over (n, s) of (x[n, c, s] − mean[c])², accumulated in Double.
 public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointer<Float>, n: Int, c: Int, s: Int,
-                                     sums: UnsafeMutablePointer<Double>) {
+                                     sums: UnsafeMutablePointer<Double>, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
-            for ch in channels { sums[ch] += blockCentredSquares(x + (i * c + ch) * s, s, mean[ch]) }
+            for ch in channels { sums[ch] += blockCentredSquares(x + i * xs + ch * s, s, mean[ch]) }
         }
     }
 }
@@ -89,7 +94,8 @@ public func batchNormCenteredSquares(x: UnsafePointer<Float>, mean: UnsafePointe
 public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
-                               n: Int, c: Int, s: Int, relu: Bool = false) {
+                               n: Int, c: Int, s: Int, relu: Bool = false, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
@@ -97,7 +103,7 @@ public func batchNormNormalize(x: UnsafePointer<Float>, y: UnsafeMutablePointer<
                 let scale = invStd[ch] * (gamma?[ch] ?? 1)
                 let shift = beta?[ch] ?? 0, m = mean[ch]
                 let off = (i * c + ch) * s
-                let p = x + off, q = y + off
+                let p = x + i * xs + ch * s, q = y + off
                 if relu {
                     for j in 0..<s { let v = (p[j] - m) * scale + shift; q[j] = v > 0 ? v : 0 }
                 } else {
@@ -115,14 +121,15 @@ public func batchNormBackwardSums(x: UnsafePointer<Float>, dy: UnsafePointer<Flo
                                   mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                   n: Int, c: Int, s: Int,
                                   sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>,
-                                  reluOutput: UnsafePointer<Float>? = nil) {
+                                  reluOutput: UnsafePointer<Float>? = nil, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
         for i in 0..<n {
             for ch in channels {
-                let off = (i * c + ch) * s
-                let (a, b) = reluOutput.map { channelBackwardSums(x + off, dy + off, $0 + off, s, mean[ch]) }
-                    ?? channelBackwardSums(x + off, dy + off, s, mean[ch])
+                let off = (i * c + ch) * s, p = x + i * xs + ch * s
+                let (a, b) = reluOutput.map { channelBackwardSums(p, dy + off, $0 + off, s, mean[ch]) }
+                    ?? channelBackwardSums(p, dy + off, s, mean[ch])
                 sumDy[ch] += a
                 sumDyXhat[ch] += b * Double(invStd[ch])
             }
@@ -188,12 +195,14 @@ public func batchNormBackwardInput(x: UnsafePointer<Float>, dy: UnsafePointer<Fl
                                    mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                    gamma: UnsafePointer<Float>?,
                                    meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
-                                   n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>? = nil) {
+                                   n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>? = nil,
+                                   xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s
-                let p = x + off, g = dy + off, q = dx + off
+                let p = x + i * xs + ch * s, g = dy + off, q = dx + off
                 let k = invStd[ch] * (gamma?[ch] ?? 1)
                 if let r = reluOutput.map({ $0 + off }) {
                     maskedBackwardInput(p, g, r, q, s, k: k, mean: mean[ch], invStd: invStd[ch],

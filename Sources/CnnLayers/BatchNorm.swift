@@ -111,6 +111,8 @@ public final class BatchNormEngine {
         precondition(x.shape.count >= 2 && x.shape[1] == channels,
                      "\(layer): input \(formatShape(x.shape)) does not have \(channels) channels in dimension 1")
         let n = x.n, c = channels, s = x.count / (n * c)
+        // x may be a channel prefix of a wider tensor (a Concat's shared storage): every kernel
+        // reading x takes its image stride.
         precondition(x !== output, "\(layer): input is this layer's own (shared) output")
         input = x
         ensureShape(output, x.shape)
@@ -119,7 +121,7 @@ public final class BatchNormEngine {
             let reducer = context.statisticsReducer
             let localCount = Double(n * s)
             // Pass 1: mean over the (global) batch.
-            batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA)
+            batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA, xImageStride: x.imageStride)
             var total = localCount
             if let reducer {
                 // The reducer sums Floats: send each Double sum as hi + lo so the
@@ -137,7 +139,7 @@ public final class BatchNormEngine {
                 for ch in 0..<c { mean[ch] = Float(sumsA[ch] / total) }
             }
             // Pass 2: centred sum of squares about that mean.
-            batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
+            batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB, xImageStride: x.imageStride)
             if let reducer {
                 for ch in 0..<c { reduceBuffer[ch] = Float(sumsB[ch]) }
                 reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: c))
@@ -167,7 +169,7 @@ public final class BatchNormEngine {
     private func normalize(_ x: Tensor, n: Int, c: Int, s: Int) {
         batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
                            gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
-                           n: n, c: c, s: s, relu: fusedReLU)
+                           n: n, c: c, s: s, relu: fusedReLU, xImageStride: x.imageStride)
     }
 
     /// Writes into `shared` (nil: the layer's own tensor) from now on; see `recomputesOutput`.
@@ -192,7 +194,8 @@ public final class BatchNormEngine {
         // The ReLU mask: the output is max(y, 0) and nothing overwrites it before this backward.
         let relu = fusedReLU ? UnsafePointer(output.data) : nil
         batchNormBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
-                              sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu)
+                              sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu,
+                              xImageStride: x.imageStride)
         if let gammaGrad, let betaGrad {
             for ch in 0..<c {
                 gammaGrad[ch] += Float(sumsB[ch])
@@ -211,10 +214,12 @@ public final class BatchNormEngine {
                 meanDyXhat[ch] = Float(sumsB[ch] / globalCount)
             }
             batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
-                                   meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu)
+                                   meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu,
+                                   xImageStride: x.imageStride)
         } else {
             batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
-                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu)
+                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu,
+                                   xImageStride: x.imageStride)
         }
         return gradInput
     }

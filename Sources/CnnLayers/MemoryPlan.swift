@@ -33,6 +33,11 @@ import CnnCore
 /// convolution reads its input only in its forward and backward, and nothing runs between
 /// the recompute and those two backwards, so the values are the forward's: same bits.
 ///
+/// Concatenation without copies (`shareConcat`, default on): consecutive `cat(x, f(x))`
+/// blocks of a chain whose f starts with a BatchNorm (DenseNet's dense layers) share one
+/// block-wide output tensor and one block-wide dL/dx slot (see `ConcatRun`); a ReLU right
+/// after such a run keeps its own output (the run's tensor is read again in backward).
+///
 /// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
 ///
 /// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
@@ -57,6 +62,12 @@ public final class MemoryPlan {
     public let recomputeBuffer = Tensor(shape: [0])
     public private(set) var recomputeBufferElements = 0
     public private(set) var recomputedElements = 0
+    /// Concats in runs that share storage, the runs, the elements of those Concats' own outputs
+    /// (what the copying layout holds) and of the runs' block-wide tensors (what they hold).
+    public private(set) var sharedConcats = 0
+    public private(set) var concatRuns = 0
+    public private(set) var sharedConcatElements = 0
+    public private(set) var concatBlockElements = 0
 
     /// The input shape (batch included) the plan was made for.
     public private(set) var inputShape: [Int] = []
@@ -73,14 +84,15 @@ public final class MemoryPlan {
     /// (with fusion) recomputes fused BatchNorm + ReLU outputs read by a convolution.
     @discardableResult
     public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true,
-                             recompute: Bool = false) -> MemoryPlan {
+                             recompute: Bool = false, shareConcat: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
+        plan.allowsConcatSharing = shareConcat
         plan.allowsInPlace = inPlace
         plan.allowsFusion = fuse
         plan.allowsRecompute = fuse && recompute
         plan.resetInPlace(root)
-        if inPlace || fuse { plan.markInPlace(root, input: inputShape) }
+        if inPlace || fuse || shareConcat { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
         plan.recomputeBuffer.resize(to: [plan.recomputeBufferElements])
@@ -151,14 +163,52 @@ public final class MemoryPlan {
         // Layers whose shapes cannot be followed are not planned: they keep their own tensors.
         guard let shapes = chainShapes(layers, input: input) else { return incoming }
         var current = incoming
-        for i in layers.indices.reversed() {
-            current = place(layers[i], input: shapes[i], incoming: current, busy: busy)
+        var i = layers.count - 1
+        while i >= 0 {
+            if let concat = layers[i] as? Concat, let run = concat.run, concat.runIndex == run.count - 1,
+               i - concat.runIndex >= 0,
+               (0..<run.count).allSatisfy({ (layers[i - concat.runIndex + $0] as? Concat)?.run === run }) {
+                let first = i - concat.runIndex
+                current = placeConcatRun(run, members: layers[first...i].map { $0 as! Concat }, inputs: Array(shapes[first...i]),
+                                         output: shapes[i + 1], incoming: current, busy: busy)
+                i = first - 1
+            } else {
+                current = place(layers[i], input: shapes[i], incoming: current, busy: busy)
+                i -= 1
+            }
         }
         return current
     }
 
+    /// A run of Concats sharing storage, planned from the last: one slot for the block-wide
+    /// dL/dx (live across the run: each block reads its part and adds into the prefix), each
+    /// branch's dL/dy and internals around it, and the first block's own dL/dx (read from
+    /// that slot and the branch's dL/dx).
+    private func placeConcatRun(_ run: ConcatRun, members: [Concat], inputs: [[Int]], output: [Int], incoming: Set<Int>,
+                                busy: Set<Int>) -> Set<Int> {
+        // The last block copies dL/dy into the gradient slot first; after that dL/dy is dead.
+        let g = slot(for: output, avoiding: busy.union(incoming))
+        run.gradient = slots[g]
+        let live = busy.union([g])
+        var result: Set<Int> = []
+        for l in members.indices.reversed() {
+            let concat = members[l], branch = concat.branches[1].layer
+            guard let out = try? branch.outputShape(for: inputs[l]) else { continue }
+            let part = slot(for: out, avoiding: live)
+            concat.branchGrads[1] = slots[part]
+            let dx = place(branch, input: inputs[l], incoming: [part], busy: live)
+            if l == 0 {
+                let own = slot(for: inputs[0], avoiding: live.union(dx))
+                concat.gradInput = slots[own]
+                result = [own]
+            }
+        }
+        return result
+    }
+
     // MARK: in-place ReLU, BatchNorm + ReLU fusion
 
+    private var allowsConcatSharing = true
     private var allowsInPlace = true
     private var allowsFusion = true
     private var allowsRecompute = false
@@ -185,6 +235,7 @@ public final class MemoryPlan {
         if let relu = layer as? ReLU { relu.inPlace = false; relu.fusedIntoBatchNorm = false }
         if let batchNorm = layer as? BatchNormLayer { batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil) }
         (layer as? Sequential)?.recomputeBeforeBackward = [:]
+        if let concat = layer as? Concat { concat.run = nil; concat.runIndex = 0 }
         (layer as? Residual)?.recomputeBeforeBackward = [:]
         // A Residual's activation is not among its children.
         if let residual = layer as? Residual, let activation = residual.activation { resetInPlace(activation) }
@@ -194,6 +245,7 @@ public final class MemoryPlan {
     /// Marks a chain's layers; returns its recomputed BatchNorms by the index of their reader.
     private func markChain(_ layers: [Layer], input: [Int]) -> [Int: BatchNormEngine] {
         guard let shapes = chainShapes(layers, input: input) else { return [:] }
+        if allowsConcatSharing { markConcatRuns(layers, shapes: shapes) }
         var recomputed: [Int: BatchNormEngine] = [:]
         for i in layers.indices {
             markInPlace(layers[i], input: shapes[i])
@@ -219,6 +271,30 @@ public final class MemoryPlan {
         return recomputed
     }
 
+    /// Gives each maximal run (two or more) of consecutive Concats of the `cat(x, f(x))` form
+    /// in a chain one `ConcatRun`. The run's blocks see only each other's outputs (inside a
+    /// chain a layer's output goes to the next layer alone); the last one's is contiguous.
+    private func markConcatRuns(_ layers: [Layer], shapes: [[Int]]) {
+        var i = 0
+        while i < layers.count {
+            var j = i
+            while j < layers.count, let concat = layers[j] as? Concat, concat.sharesStorageForm, shapes[j].count == 4 { j += 1 }
+            if j - i >= 2 {
+                let members = layers[i..<j].map { $0 as! Concat }
+                let run = ConcatRun(count: members.count, width: shapes[j][1])
+                for (index, concat) in members.enumerated() {
+                    concat.run = run
+                    concat.runIndex = index
+                    sharedConcatElements += shapes[i + index + 1].reduce(1, *)
+                }
+                sharedConcats += members.count
+                concatRuns += 1
+                concatBlockElements += shapes[j].reduce(1, *)
+            }
+            i = max(j, i + 1)
+        }
+    }
+
     private func switchToInPlace(_ relu: ReLU, elements: Int) {
         relu.inPlace = true
         inPlaceReLUs += 1
@@ -228,7 +304,7 @@ public final class MemoryPlan {
     /// Whether `layer`'s output is its own tensor, read by no part of its backward but its shape.
     private func backwardIgnoresOwnOutput(_ layer: Layer) -> Bool {
         layer is Conv2D || layer is BatchNorm2d || layer is BatchNorm1d || layer is Linear || layer is MaxPool2d
-            || layer is AvgPool2d || layer is Concat
+            || layer is AvgPool2d || ((layer as? Concat).map { $0.run == nil } ?? false)
             || ((layer as? Residual).map { $0.activation == nil || $0.activation is ReLU } ?? false)
     }
 }
@@ -309,7 +385,9 @@ public struct MemoryAccount: Sendable {
             if let activation = residual.activation { total += outputElements(activation, input: shapes[shapes.count - 1]) }
             return total
         case let concat as Concat:
-            return concat.branches.reduce(own) { $0 + outputElements($1.layer, input: input) }
+            // In a shared run only the first block holds a tensor: the run's block-wide one.
+            let kept = concat.run.map { concat.runIndex == 0 ? own / output[1] * $0.width : 0 } ?? own
+            return concat.branches.reduce(kept) { $0 + outputElements($1.layer, input: input) }
         case is Identity:
             return 0
         case let relu as ReLU:
