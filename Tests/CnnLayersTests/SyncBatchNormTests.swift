@@ -134,6 +134,19 @@ final class SyncBatchNormTests: XCTestCase {
         }
     }
 
+    func testSynchronizedReLUBatchNormFusedMatchesWholeBatch() throws {
+        // The ReLU before the BatchNorm fused (alone and with the one after): the ranks reduce
+        // sums of max(x, 0), and dL/dx is masked by x > 0.
+        for trailing in [false, true] {
+            try runSplit(make: {
+                let chain = Sequential([try AvgPool2d(kernelSize: 1), ReLU(), try BatchNorm2d(3)] + (trailing ? [ReLU()] : []))
+                let plan = MemoryPlan.apply(to: chain, inputShape: [16, 3, 2, 3])
+                XCTAssertEqual(plan.fusedInputReLUs, 1); XCTAssertEqual(plan.fusedReLUs, trailing ? 1 : 0)
+                return chain
+            }, shape: [16, 3, 2, 3], split: 7, offset: 0.3)
+        }
+    }
+
     func testSynchronizedBatchNormLargeMean() throws {
         // |mean| ≫ std: the global mean must not lose precision in the Float reduction.
         try runSplit(make: { try BatchNorm2d(2) }, shape: [16, 2, 3, 3], split: 7, offset: 1000, scale: 1, accuracy: 1e-4)
