@@ -125,7 +125,9 @@ final class ReLUBatchNormFusionTests: XCTestCase {
             if mode == .fused { XCTAssertEqual(MemoryPlan.apply(to: chain, inputShape: [2, 2, 3, 3]).fusedInputReLUs, 1) }
             let store = ParameterStore(root: chain)
             store.initialize(seed: 1)
-            store.buffers[0] = 0.5; store.buffers[1] = 0.25
+            // Channel 0: a cut input normalises to a positive output, so only the mask of the ReLU
+            // before zeroes its dL/dx; channel 1: the input 0.25 normalises to exactly 0.
+            store.buffers[0] = -0.5; store.buffers[1] = 0.25
             let values: [Float] = [0.5, -0.0, 0, .nan, .infinity, -.infinity, 0.25, 1, -1,
                                    -0.25, 0, -0.0, .nan, 3, -3, .greatestFiniteMagnitude, .leastNonzeroMagnitude, 2,
                                    0.5, 0.5, -.leastNonzeroMagnitude, -0.25, 1e-30, -1e-30, 4, -4, 0.75,
