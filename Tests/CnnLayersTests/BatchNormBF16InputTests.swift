@@ -145,6 +145,36 @@ final class BatchNormBF16InputTests: XCTestCase {
         try assertMatchesReference(channels: (2, 7), kernel: 1, shape: [100, 2, 3, 1001], threads: [1, 2])
     }
 
+    /// With `recompute` the BatchNorm + ReLU output read by the next convolution is written
+    /// again from the bf16 copy before that convolution's backward: same bits as held.
+    func testRecomputeFromTheBF16Copy() throws {
+        func bits(recompute: Bool) throws -> Bits {
+            // Two recomputed BatchNorms: the second overwrites the first's output in the shared buffer.
+            let chain = Sequential([try Conv2D(3, 6, kernelSize: 3, padding: 1), ReLU(), try BatchNorm2d(6), ReLU(),
+                                    try Conv2D(6, 5, kernelSize: 3, padding: 1), try BatchNorm2d(5), ReLU(),
+                                    try Conv2D(5, 4, kernelSize: 1)])
+            let shape = [4, 3, 6, 6]
+            let plan = MemoryPlan.apply(to: chain, inputShape: shape, recompute: recompute)
+            XCTAssertEqual(plan.bf16InputBatchNorms, 2)
+            XCTAssertEqual(plan.recomputedBatchNorms, recompute ? 2 : 0)
+            let store = ParameterStore(root: chain)
+            store.initialize(seed: 1)
+            Self.setParameters(store, seed: 5)
+            let x = randomTensor(shape, seed: 21, scale: 1.5, offset: 0.1)
+            let dy = randomTensor(try chain.outputShape(for: shape), seed: 22)
+            let context = ExecutionContext(training: true)
+            context.arithmetic = Self.portable
+            store.zeroGradients()
+            let y = chain.forward(x, context: context).toArray().map(\.bitPattern)
+            let dx = chain.backward(dy, context: context).toArray().map(\.bitPattern)
+            return Bits(output: y, gradInput: dx, gradients: store.gradients.toArray().map(\.bitPattern),
+                        buffers: store.buffers.toArray().map(\.bitPattern))
+        }
+        let held = try bits(recompute: false)
+        XCTAssertTrue(held.gradInput.contains { Float(bitPattern: $0) != 0 })
+        XCTAssertEqual(held, try bits(recompute: true))
+    }
+
     /// In fp32 arithmetic the plan changes nothing: bits as without a plan.
     func testFP32Unchanged() throws {
         for (before, after) in [(false, false), (true, true)] {
