@@ -105,7 +105,7 @@ public struct BenchTrainCommand: ParsableCommand {
         // are one parameter count each; the rest from the layer shapes at this batch.
         let trained = trainer.model
         let account = MemoryAccount(root: trained.root, inputShape: [batch] + trained.inputShape,
-                                    plan: trained.memoryPlan)
+                                    plan: trained.memoryPlan, arithmetic: GemmArithmetic(precision))
         let mib = { (bytes: Int) in (Double(bytes) / 1_048_576 * 10).rounded() / 10 }
         let memory: [(String, Double)] = [
             ("parameters_gradients_momentum", mib(3 * trained.parameterCount * MemoryLayout<Float>.stride)),

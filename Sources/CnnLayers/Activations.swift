@@ -32,10 +32,14 @@ public final class ReLU: Layer {
     /// `MemoryPlan` when no other reader of the input remains: backward needs only y > 0).
     public internal(set) var inPlace = false
 
-    /// The BatchNorm before this ReLU applies it (`BatchNormEngine.fusedReLU`, set by
-    /// `MemoryPlan`): forward hands on its input, already max(·, 0), and backward hands on
-    /// dL/dy, which that BatchNorm masks.
+    /// A BatchNorm applies this ReLU (set by `MemoryPlan`): the one before it
+    /// (`BatchNormEngine.fusedReLU`: forward hands on its input, already max(·, 0), and backward
+    /// hands on dL/dy, which that BatchNorm masks), or the one after it (`fusedIntoNextBatchNorm`).
     public internal(set) var fusedIntoBatchNorm = false
+
+    /// Fused into the BatchNorm after it (`BatchNormEngine.fusedInputReLU`): forward hands on
+    /// its input unrectified, and the BatchNorm reads it as max(x, 0) and masks its own dL/dx.
+    public internal(set) var fusedIntoNextBatchNorm = false
 
     public func forward(_ input: Tensor, context: ExecutionContext) -> Tensor {
         if fusedIntoBatchNorm { return input }

@@ -44,6 +44,21 @@ public final class BatchNormEngine {
     /// dL/dx. Same bits as the two layers apart.
     public internal(set) var fusedReLU = false
 
+    /// Applies the ReLU before it (set by `MemoryPlan`, which makes that ReLU pass its tensors
+    /// through): the input is the ReLU's input x, every pass reads it as max(x, 0), and backward
+    /// multiplies dL/dx by (x > 0). Same bits as the two layers apart.
+    public internal(set) var fusedInputReLU = false
+
+    /// The input is read by nobody else (set by `MemoryPlan`: a convolution's output, possibly
+    /// through a fused ReLU), so with bf16 arithmetic the layer keeps it for backward as bf16
+    /// (see `keepsInputBF16`) and the producer writes into a buffer shared with others.
+    public internal(set) var mayKeepInputBF16 = false
+
+    /// The last forward kept its input as bf16 (`mayKeepInputBF16` and bf16 arithmetic): the
+    /// layer computes BatchNorm of the input rounded to bf16 (BatchNormPlaneKernels.swift),
+    /// exactly, and does not hold the fp32 input.
+    public private(set) var keepsInputBF16 = false
+
     /// The output lives in a buffer shared with other BatchNorms (set by `MemoryPlan` with
     /// `recompute`) and is written again from the kept input and statistics by
     /// `recomputeOutput()` before the backward of the layer that reads it; the values are the
@@ -51,6 +66,9 @@ public final class BatchNormEngine {
     public private(set) var recomputesOutput = false
 
     private var input: Tensor?
+    private var inputShape: [Int] = []
+    /// The input as bf16 bit patterns, (N, C, S), when `keepsInputBF16`.
+    let inputBF16 = BF16Buffer()
     private var usedBatchStatistics = false
     private var globalCount = 0.0
     private let ownOutput = Tensor(shape: [0])
@@ -111,17 +129,34 @@ public final class BatchNormEngine {
         precondition(x.shape.count >= 2 && x.shape[1] == channels,
                      "\(layer): input \(formatShape(x.shape)) does not have \(channels) channels in dimension 1")
         let n = x.n, c = channels, s = x.count / (n * c)
-        // x may be a channel prefix of a wider tensor (a Concat's shared storage): every kernel
-        // reading x takes its image stride.
         precondition(x !== output, "\(layer): input is this layer's own (shared) output")
-        input = x
+        // x may be a channel prefix of a wider tensor (a Concat's shared storage): the plain
+        // kernels take its image stride; the rectified and bf16-copy paths read only a
+        // producer's own (contiguous) output.
+        precondition(x.isContiguous || !(fusedInputReLU || mayKeepInputBF16),
+                     "\(layer): a strided input with a fused input ReLU or a bf16 copy")
+        keepsInputBF16 = mayKeepInputBF16 && context.arithmetic.precision == .bf16
+        // With the bf16 copy the input may be a shared buffer that is overwritten after this call.
+        input = keepsInputBF16 ? nil : x
+        inputShape = x.shape
         ensureShape(output, x.shape)
         usedBatchStatistics = context.training
+        if keepsInputBF16 {
+            // The copy, rectified first when the ReLU before is fused; pass 1 reads only it.
+            inputBF16.reserve(x.count)
+            batchNormRoundBF16ChannelSums(x: x.data, rectify: fusedInputReLU, bf16: inputBF16.data, n: n, c: c, s: s, sums: sumsA)
+        }
         if context.training {
             let reducer = context.statisticsReducer
             let localCount = Double(n * s)
             // Pass 1: mean over the (global) batch.
-            batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA, xImageStride: x.imageStride)
+            if keepsInputBF16 {
+                // Summed as the copy was written.
+            } else if fusedInputReLU {
+                batchNormRectifiedChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA)
+            } else {
+                batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA, xImageStride: x.imageStride)
+            }
             var total = localCount
             if let reducer {
                 // The reducer sums Floats: send each Double sum as hi + lo so the
@@ -139,7 +174,14 @@ public final class BatchNormEngine {
                 for ch in 0..<c { mean[ch] = Float(sumsA[ch] / total) }
             }
             // Pass 2: centred sum of squares about that mean.
-            batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB, xImageStride: x.imageStride)
+            if keepsInputBF16 {
+                batchNormBF16CenteredSquares(x: inputBF16.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
+            } else if fusedInputReLU {
+                batchNormRectifiedCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
+            } else {
+                batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB,
+                                         xImageStride: x.imageStride)
+            }
             if let reducer {
                 for ch in 0..<c { reduceBuffer[ch] = Float(sumsB[ch]) }
                 reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: c))
@@ -165,11 +207,22 @@ public final class BatchNormEngine {
         return output
     }
 
-    /// output = the normalised x (rectified when the ReLU is fused), with the current statistics.
-    private func normalize(_ x: Tensor, n: Int, c: Int, s: Int) {
-        batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd,
-                           gamma: gamma.map { UnsafePointer($0) }, beta: beta.map { UnsafePointer($0) },
-                           n: n, c: c, s: s, relu: fusedReLU, xImageStride: x.imageStride)
+    /// output = the normalised input (rectified when the ReLU after is fused), with the current
+    /// statistics, from the bf16 copy when kept (`x` unused then), else from x.
+    private func normalize(_ x: Tensor?, n: Int, c: Int, s: Int) {
+        let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
+        if keepsInputBF16 {
+            batchNormBF16Normalize(x: inputBF16.data, y: output.data, mean: mean, invStd: invStd, gamma: g, beta: b,
+                                   n: n, c: c, s: s, relu: fusedReLU)
+        } else if let x, fusedInputReLU {
+            batchNormRectifiedNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd, gamma: g, beta: b,
+                                        n: n, c: c, s: s, relu: fusedReLU)
+        } else if let x {
+            batchNormNormalize(x: x.data, y: output.data, mean: mean, invStd: invStd, gamma: g, beta: b,
+                               n: n, c: c, s: s, relu: fusedReLU, xImageStride: x.imageStride)
+        } else {
+            preconditionFailure("\(layer): no input kept")
+        }
     }
 
     /// Writes into `shared` (nil: the layer's own tensor) from now on; see `recomputesOutput`.
@@ -180,22 +233,30 @@ public final class BatchNormEngine {
 
     /// Writes the last forward's output again (the shared buffer has been overwritten since).
     func recomputeOutput() {
-        guard let x = input else { preconditionFailure("\(layer): recompute before forward") }
-        let n = x.n, c = channels, s = x.count / (n * c)
-        ensureShape(output, x.shape)
-        normalize(x, n: n, c: c, s: s)
+        guard input != nil || keepsInputBF16, let n = inputShape.first else { preconditionFailure("\(layer): recompute before forward") }
+        let count = inputShape.reduce(1, *), c = channels, s = count / (n * c)
+        ensureShape(output, inputShape)
+        normalize(input, n: n, c: c, s: s)
     }
 
     func backward(_ dy: Tensor, context: ExecutionContext) -> Tensor {
-        guard let x = input else { preconditionFailure("\(layer): backward before forward") }
-        precondition(dy.count == x.count, "\(layer): gradient \(formatShape(dy.shape)) does not match input \(formatShape(x.shape))")
-        let n = x.n, c = channels, s = x.count / (n * c)
-        ensureShape(gradInput, x.shape)
+        guard input != nil || keepsInputBF16, let n = inputShape.first else { preconditionFailure("\(layer): backward before forward") }
+        let count = inputShape.reduce(1, *)
+        precondition(dy.count == count, "\(layer): gradient \(formatShape(dy.shape)) does not match input \(formatShape(inputShape))")
+        let c = channels, s = count / (n * c)
+        ensureShape(gradInput, inputShape)
         // The ReLU mask: the output is max(y, 0) and nothing overwrites it before this backward.
         let relu = fusedReLU ? UnsafePointer(output.data) : nil
-        batchNormBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
-                              sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu,
-                              xImageStride: x.imageStride)
+        if keepsInputBF16 {
+            batchNormBF16BackwardSums(x: inputBF16.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
+                                      sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu)
+        } else if let x = input, fusedInputReLU {
+            batchNormRectifiedBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
+                                           sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu)
+        } else if let x = input {
+            batchNormBackwardSums(x: x.data, dy: dy.data, mean: mean, invStd: invStd, n: n, c: c, s: s,
+                                  sumDy: sumsA, sumDyXhat: sumsB, reluOutput: relu, xImageStride: x.imageStride)
+        }
         if let gammaGrad, let betaGrad {
             for ch in 0..<c {
                 gammaGrad[ch] += Float(sumsB[ch])
@@ -213,15 +274,50 @@ public final class BatchNormEngine {
                 meanDy[ch] = Float(sumsA[ch] / globalCount)
                 meanDyXhat[ch] = Float(sumsB[ch] / globalCount)
             }
+            backwardInput(dy, g, meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu)
+        } else {
+            backwardInput(dy, g, meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu)
+        }
+        return gradInput
+    }
+
+    /// gradInput from dy, from the kept input as it is held.
+    private func backwardInput(_ dy: Tensor, _ g: UnsafePointer<Float>?, meanDy: UnsafePointer<Float>?,
+                               meanDyXhat: UnsafePointer<Float>?, n: Int, c: Int, s: Int, reluOutput relu: UnsafePointer<Float>?) {
+        if keepsInputBF16 {
+            batchNormBF16BackwardInput(x: inputBF16.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
+                                       meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu,
+                                       rectified: fusedInputReLU)
+        } else if let x = input, fusedInputReLU {
+            batchNormRectifiedBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
+                                            meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu)
+        } else if let x = input {
             batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
                                    meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu,
                                    xImageStride: x.imageStride)
-        } else {
-            batchNormBackwardInput(x: x.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
-                                   meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu,
-                                   xImageStride: x.imageStride)
         }
-        return gradInput
+    }
+}
+
+/// A growable buffer of bf16 bit patterns owned by a layer.
+final class BF16Buffer {
+    private(set) var data: UnsafeMutablePointer<UInt16>
+    private(set) var capacity: Int
+
+    init() {
+        capacity = 0
+        data = .allocate(capacity: 1)
+    }
+
+    deinit { data.deallocate() }
+
+    /// Makes room for `count` elements; contents are unspecified after growing.
+    func reserve(_ count: Int) {
+        guard count > capacity else { return }
+        data.deallocate()
+        capacity = count
+        data = .allocate(capacity: count)
+        data.initialize(repeating: 0, count: count)
     }
 }
 

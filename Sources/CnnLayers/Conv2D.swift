@@ -42,6 +42,10 @@ public final class Conv2D: Layer, InputGradientOptional {
     private var gradWeight: UnsafeMutablePointer<Float>?
     private var gradBias: UnsafeMutablePointer<Float>?
     private let output = Tensor(shape: [0])
+    /// With bf16 arithmetic the output goes into this buffer instead, shared with other
+    /// convolutions (set by `MemoryPlan` when the only reader is a BatchNorm that keeps its
+    /// input as bf16: it reads this output in its forward only, right after this layer).
+    var bf16SharedOutput: Tensor?
     var gradInput = Tensor(shape: [0])
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
@@ -154,7 +158,7 @@ public final class Conv2D: Layer, InputGradientOptional {
         savedInput = input
         workspace.use(context.arithmetic)
         return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
-                          outputShape: shape)
+                          outputShape: shape, into: context.arithmetic.precision == .bf16 ? bf16SharedOutput : nil)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
@@ -167,8 +171,9 @@ public final class Conv2D: Layer, InputGradientOptional {
     // Shared with Conv1D, which runs as H = 1 and reshapes.
 
     func runForward(_ x: UnsafeMutablePointer<Float>, batch: Int, height: Int, width: Int,
-                    outputShape: [Int]) -> Tensor {
+                    outputShape: [Int], into shared: Tensor? = nil) -> Tensor {
         guard let weight else { preconditionFailure("\(name): forward before bind") }
+        let output = shared ?? self.output
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
         output.resize(to: outputShape)

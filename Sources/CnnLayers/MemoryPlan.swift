@@ -25,6 +25,19 @@ import CnnCore
 /// through; the layer tree, its names and its parameters stay as built, so state_dicts,
 /// checkpoints and summaries are unchanged (the profiler times the pair under the BatchNorm).
 ///
+/// ReLU + BatchNorm fused: a ReLU between a layer that owns its output (convolution, linear,
+/// pooling, Concat, Residual) and a BatchNorm is applied by that BatchNorm
+/// (`BatchNormEngine.fusedInputReLU`): it reads the ReLU's input as max(x, 0) in its passes
+/// and masks its dL/dx by (x > 0), and the ReLU passes its tensors through. Nobody else reads
+/// the producer's output, and the BatchNorm does not write it, so it holds x until backward.
+/// A BatchNorm can take both ReLUs (ReLU, BatchNorm, ReLU).
+///
+/// bf16 inputs: a BatchNorm whose input is a convolution's output (possibly through a fused
+/// ReLU) is read by nobody else, so with bf16 arithmetic it keeps that input for backward as
+/// bf16 (`BatchNormEngine.mayKeepInputBF16`), and the convolution writes its fp32 output into
+/// one buffer shared by all such convolutions (`bf16ProducerBuffer`): the BatchNorm reads it
+/// in its forward, right after the convolution, and never again. In fp32 nothing changes.
+///
 /// Recompute (optional): a fused BatchNorm + ReLU whose output goes straight into a
 /// convolution writes it into one buffer shared by all such BatchNorms instead of its own,
 /// and writes it again (`BatchNormEngine.recomputeOutput`, one normalize pass) right before
@@ -60,6 +73,15 @@ public final class MemoryPlan {
     /// elements of their outputs at the planned shape (what they hold without recompute).
     public private(set) var recomputedBatchNorms = 0
     public let recomputeBuffer = Tensor(shape: [0])
+    /// ReLUs applied by the BatchNorm after them (ReLU + BatchNorm fused).
+    public private(set) var fusedInputReLUs = 0
+    /// BatchNorms that keep their input as bf16 with bf16 arithmetic; the buffer their
+    /// producers share (sized by the first bf16 forward), its elements at the planned shape,
+    /// and the producers' output elements (what they hold without it).
+    public private(set) var bf16InputBatchNorms = 0
+    public let bf16ProducerBuffer = Tensor(shape: [0])
+    public private(set) var bf16ProducerBufferElements = 0
+    public private(set) var bf16InputElements = 0
     public private(set) var recomputeBufferElements = 0
     public private(set) var recomputedElements = 0
     /// Concats in runs that share storage, the runs, the elements of those Concats' own outputs
@@ -81,22 +103,50 @@ public final class MemoryPlan {
     /// hands each planned layer its slot tensor. Call once, before training; planning
     /// again (another batch size) replaces the slots. `inPlace: false` keeps every ReLU's
     /// own output; `fuse: false` keeps BatchNorm and the ReLU after it apart; `recompute: true`
-    /// (with fusion) recomputes fused BatchNorm + ReLU outputs read by a convolution.
+    /// (with fusion) recomputes fused BatchNorm + ReLU outputs read by a convolution;
+    /// `bf16Inputs: false` keeps every BatchNorm's input fp32 in bf16 arithmetic too.
     @discardableResult
     public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true,
-                             recompute: Bool = false, shareConcat: Bool = true) -> MemoryPlan {
+                             recompute: Bool = false, shareConcat: Bool = true, bf16Inputs: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
         plan.allowsConcatSharing = shareConcat
         plan.allowsInPlace = inPlace
         plan.allowsFusion = fuse
         plan.allowsRecompute = fuse && recompute
+        plan.allowsBF16Inputs = bf16Inputs
         plan.resetInPlace(root)
         if inPlace || fuse || shareConcat { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
         plan.recomputeBuffer.resize(to: [plan.recomputeBufferElements])
         return plan
+    }
+
+    /// Runs `body` with every ReLU a BatchNorm applies (before or after it) as a layer of its
+    /// own again, then fuses them back: for runs that read a fused ReLU's own tensors or stop
+    /// between the two layers (a layer-by-layer probe); bits are the same either way.
+    public static func unfused<T>(_ root: Layer, _ body: () throws -> T) rethrows -> T {
+        var engines: [(BatchNormEngine, Bool, Bool)] = []
+        var relus: [(ReLU, Bool)] = []
+        func visit(_ layer: Layer) {
+            if let relu = layer as? ReLU, relu.fusedIntoBatchNorm {
+                relus.append((relu, relu.fusedIntoNextBatchNorm))
+                relu.fusedIntoBatchNorm = false; relu.fusedIntoNextBatchNorm = false
+            }
+            if let batchNorm = layer as? BatchNormLayer, batchNorm.engine.fusedReLU || batchNorm.engine.fusedInputReLU {
+                engines.append((batchNorm.engine, batchNorm.engine.fusedReLU, batchNorm.engine.fusedInputReLU))
+                batchNorm.engine.fusedReLU = false; batchNorm.engine.fusedInputReLU = false
+            }
+            if let residual = layer as? Residual, let activation = residual.activation { visit(activation) }
+            for child in layer.children { visit(child.layer) }
+        }
+        visit(root)
+        defer {
+            for (relu, next) in relus { relu.fusedIntoBatchNorm = true; relu.fusedIntoNextBatchNorm = next }
+            for (engine, after, before) in engines { engine.fusedReLU = after; engine.fusedInputReLU = before }
+        }
+        return try body()
     }
 
     /// Convolution workspaces by geometry and settings.
@@ -212,6 +262,7 @@ public final class MemoryPlan {
     private var allowsInPlace = true
     private var allowsFusion = true
     private var allowsRecompute = false
+    private var allowsBF16Inputs = true
 
     /// Fuses each ReLU into the BatchNorm before it, else switches it to in place where the
     /// layer before it allows (see the type's comment).
@@ -233,7 +284,12 @@ public final class MemoryPlan {
     /// Every ReLU back to its own output (a previous plan's choices undone).
     private func resetInPlace(_ layer: Layer) {
         if let relu = layer as? ReLU { relu.inPlace = false; relu.fusedIntoBatchNorm = false }
-        if let batchNorm = layer as? BatchNormLayer { batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil) }
+        if let relu = layer as? ReLU { relu.fusedIntoNextBatchNorm = false }
+        if let batchNorm = layer as? BatchNormLayer {
+            batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil)
+            batchNorm.engine.fusedInputReLU = false; batchNorm.engine.mayKeepInputBF16 = false
+        }
+        (layer as? Conv2D)?.bf16SharedOutput = nil
         (layer as? Sequential)?.recomputeBeforeBackward = [:]
         if let concat = layer as? Concat { concat.run = nil; concat.runIndex = 0 }
         (layer as? Residual)?.recomputeBeforeBackward = [:]
@@ -249,6 +305,7 @@ public final class MemoryPlan {
         var recomputed: [Int: BatchNormEngine] = [:]
         for i in layers.indices {
             markInPlace(layers[i], input: shapes[i])
+            if let batchNorm = layers[i] as? BatchNormLayer { markBF16Input(layers, i, batchNorm, shapes: shapes) }
             guard i > 0, let relu = layers[i] as? ReLU else { continue }
             if allowsFusion, let batchNorm = layers[i - 1] as? BatchNormLayer {
                 // Only this ReLU reads the BatchNorm's output (inside a chain a layer's output
@@ -264,6 +321,13 @@ public final class MemoryPlan {
                     recomputedElements += elements
                     recomputeBufferElements = max(recomputeBufferElements, elements)
                 }
+            } else if allowsFusion, i + 1 < layers.count, let batchNorm = layers[i + 1] as? BatchNormLayer,
+                      ownsOutput(layers[i - 1]) {
+                // The producer's output goes to this ReLU alone, and the BatchNorm only reads it.
+                batchNorm.engine.fusedInputReLU = true
+                relu.fusedIntoBatchNorm = true
+                relu.fusedIntoNextBatchNorm = true
+                fusedInputReLUs += 1
             } else if allowsInPlace, backwardIgnoresOwnOutput(layers[i - 1]) {
                 switchToInPlace(relu, elements: shapes[i].reduce(1, *))
             }
@@ -293,6 +357,26 @@ public final class MemoryPlan {
             }
             i = max(j, i + 1)
         }
+    }
+
+    /// Marks the BatchNorm at `i` to keep its input as bf16 when that input is a convolution's
+    /// output, directly or through a fused ReLU, and points the convolution at the shared buffer.
+    private func markBF16Input(_ layers: [Layer], _ i: Int, _ batchNorm: BatchNormLayer, shapes: [[Int]]) {
+        guard allowsBF16Inputs, i > 0 else { return }
+        var producer = i - 1
+        if let relu = layers[producer] as? ReLU, relu.fusedIntoNextBatchNorm { producer -= 1 }
+        guard producer >= 0, let conv = layers[producer] as? Conv2D else { return }
+        let elements = shapes[i].reduce(1, *)
+        batchNorm.engine.mayKeepInputBF16 = true
+        conv.bf16SharedOutput = bf16ProducerBuffer
+        bf16InputBatchNorms += 1
+        bf16InputElements += elements
+        bf16ProducerBufferElements = max(bf16ProducerBufferElements, elements)
+    }
+
+    /// Whether `layer`'s output is a tensor of its own that it does not overwrite later.
+    private func ownsOutput(_ layer: Layer) -> Bool {
+        layer is Conv2D || layer is Linear || layer is MaxPool2d || layer is AvgPool2d || layer is Concat || layer is Residual
     }
 
     private func switchToInPlace(_ relu: ReLU, elements: Int) {
@@ -351,11 +435,17 @@ public struct MemoryAccount: Sendable {
 
     /// The account of `root` for inputs of `inputShape` (batch included) under `plan`, which
     /// may have been made for another batch size: every tensor it places scales with the batch.
-    public init(root: Layer, inputShape: [Int], plan: MemoryPlan) {
+    /// With `arithmetic` bf16, the BatchNorms that keep their input as bf16 hold 2 bytes an
+    /// element of it and their producers' outputs share one buffer.
+    public init(root: Layer, inputShape: [Int], plan: MemoryPlan, arithmetic: GemmArithmetic = .fp32) {
         let float = MemoryLayout<Float>.stride
-        activations = float * MemoryAccount.outputElements(root, input: inputShape)
+        let bf16 = arithmetic.precision == .bf16
+        activations = MemoryAccount.outputBytes(root, input: inputShape, bf16: bf16)
         inputGradients = plan.plannedBytes / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
         activations += float * plan.recomputeBufferElements / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        if bf16 {
+            activations += float * plan.bf16ProducerBufferElements / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        }
         var seen = Set<ObjectIdentifier>()
         MemoryAccount.visit(root) { layer in
             if let conv = layer as? Conv2D, seen.insert(ObjectIdentifier(conv.workspace)).inserted {
@@ -369,38 +459,44 @@ public struct MemoryAccount: Sendable {
         for child in layer.children { visit(child.layer, body) }
     }
 
-    /// Elements of the forward tensors `layer` and its children keep, given its input shape.
-    static func outputElements(_ layer: Layer, input: [Int]) -> Int {
+    /// Bytes of the forward tensors `layer` and its children keep, given its input shape (with
+    /// `bf16`: as bf16 arithmetic holds them).
+    static func outputBytes(_ layer: Layer, input: [Int], bf16: Bool) -> Int {
         guard let output = try? layer.outputShape(for: input) else { return 0 }
-        let own = output.reduce(1, *)
+        let float = MemoryLayout<Float>.stride
+        let own = float * output.reduce(1, *)
         switch layer {
         case let sequential as Sequential:
             guard let shapes = chainShapes(sequential.layers, input: input) else { return 0 }
-            return zip(sequential.layers, shapes).reduce(0) { $0 + outputElements($1.0, input: $1.1) }
+            return zip(sequential.layers, shapes).reduce(0) { $0 + outputBytes($1.0, input: $1.1, bf16: bf16) }
         case let residual as Residual:
             let layers = residual.branch.map(\.layer)
             guard let shapes = chainShapes(layers, input: input) else { return 0 }
-            var total = zip(layers, shapes).reduce(0) { $0 + outputElements($1.0, input: $1.1) } + own   // the sum
-            if let shortcut = residual.shortcut { total += outputElements(shortcut.layer, input: input) }
-            if let activation = residual.activation { total += outputElements(activation, input: shapes[shapes.count - 1]) }
+            var total = zip(layers, shapes).reduce(0) { $0 + outputBytes($1.0, input: $1.1, bf16: bf16) } + own   // the sum
+            if let shortcut = residual.shortcut { total += outputBytes(shortcut.layer, input: input, bf16: bf16) }
+            if let activation = residual.activation { total += outputBytes(activation, input: shapes[shapes.count - 1], bf16: bf16) }
             return total
         case let concat as Concat:
             // In a shared run only the first block holds a tensor: the run's block-wide one.
             let kept = concat.run.map { concat.runIndex == 0 ? own / output[1] * $0.width : 0 } ?? own
-            return concat.branches.reduce(kept) { $0 + outputElements($1.layer, input: input) }
+            return concat.branches.reduce(kept) { $0 + outputBytes($1.layer, input: input, bf16: bf16) }
         case is Identity:
             return 0
         case let relu as ReLU:
             return relu.inPlace || relu.fusedIntoBatchNorm ? 0 : own
         case let batchNorm as BatchNormLayer:
-            return batchNorm.engine.recomputesOutput ? 0 : own   // the shared buffer is counted once
+            // The shared buffers are counted once; the bf16 copy of the input is 2 bytes an element.
+            let copy = bf16 && batchNorm.engine.mayKeepInputBF16 ? 2 * input.reduce(1, *) : 0
+            return (batchNorm.engine.recomputesOutput ? 0 : own) + copy
+        case let conv as Conv2D:
+            return bf16 && conv.bf16SharedOutput != nil ? 0 : own
         case let dropout as Dropout:
             return dropout.p > 0 ? 2 * own : 0   // output and mask
         case is MaxPool2d:
             return 2 * own   // output and Int32 argmax
         default:
             return layer.children.isEmpty ? own
-                : layer.children.reduce(own) { $0 + outputElements($1.layer, input: input) }
+                : layer.children.reduce(own) { $0 + outputBytes($1.layer, input: input, bf16: bf16) }
         }
     }
 }

@@ -146,6 +146,11 @@ public final class ModelProbe {
 
     /// One forward pass: the logits and a copy of the outputs (one sample: shape without the batch) of `capture`.
     public func forward(_ input: Tensor, capture: Set<Int> = []) -> (logits: [Float], outputs: [Int: (values: [Float], shape: [Int])]) {
+        // Each step's own output: a ReLU fused into a BatchNorm hands on the other layer's.
+        MemoryPlan.unfused(model.root) { forwardSteps(input, capture: capture) }
+    }
+
+    private func forwardSteps(_ input: Tensor, capture: Set<Int>) -> (logits: [Float], outputs: [Int: (values: [Float], shape: [Int])]) {
         var x = input
         var outputs: [Int: (values: [Float], shape: [Int])] = [:]
         for (i, step) in steps.enumerated() {
@@ -175,7 +180,13 @@ public final class ModelProbe {
             throw CnnError.invalidArgument(layer: steps[camIndex].name, argument: "--layer", value: steps[camIndex].name,
                                            reason: "Grad-CAM needs a C x H x W output, this layer gives \(formatShape(Array(shapes[camIndex + 1].dropFirst())))")
         }
-        let (logits, outputs) = forward(input, capture: [camIndex])
+        // Forward and backward unfused (see `forward`): the gradient at the chosen step is that step's.
+        return try MemoryPlan.unfused(model.root) { try attribution(input, classIndex: classIndex, camIndex: camIndex) }
+    }
+
+    private func attribution(_ input: Tensor, classIndex: Int?, camIndex: Int) throws
+        -> (predicted: Int, logits: [Float], saliency: [Float], cam: [Float], camShape: [Int], camStep: Int) {
+        let (logits, outputs) = forwardSteps(input, capture: [camIndex])
         let predicted = logits.indices.max { logits[$0] < logits[$1] || (logits[$0] == logits[$1] && $0 > $1) } ?? 0
         let target = classIndex ?? predicted
         model.store.zeroGradients()

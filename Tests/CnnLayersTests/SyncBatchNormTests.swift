@@ -56,7 +56,7 @@ final class SyncBatchNormTests: XCTestCase {
     }
 
     func runSplit(make: () throws -> Layer, shape: [Int], split: Int, offset: Float = 3, scale: Float = 2,
-                  accuracy: Float = 1e-5) throws {
+                  accuracy: Float = 1e-5, arithmetic: GemmArithmetic = .fp32) throws {
         let total = shape[0]
         let per = shape.dropFirst().reduce(1, *)
         let x = randomTensor(shape, seed: 31, scale: scale, offset: offset)
@@ -66,6 +66,7 @@ final class SyncBatchNormTests: XCTestCase {
         let whole = try make()
         let wholeStore = makeStore(whole)
         let context = ExecutionContext(training: true)
+        context.arithmetic = arithmetic
         let yWhole = whole.forward(x, context: context).toArray()
         wholeStore.zeroGradients()
         let dxWhole = whole.backward(dy, context: context).toArray()
@@ -87,6 +88,7 @@ final class SyncBatchNormTests: XCTestCase {
             let dyr = Tensor(shape: localShape, values: Array(dy.toArray()[(start * per)..<((start + sizes[rank]) * per)]))
             let layer = layers[rank], store = stores[rank]
             let ctx = ExecutionContext(training: true, sampleOffset: start)
+            ctx.arithmetic = arithmetic
             ctx.statisticsReducer = RankReducer(hub: hub, rank: rank)
             done.enter()
             let thread = Thread {
@@ -132,6 +134,33 @@ final class SyncBatchNormTests: XCTestCase {
                 return pair
             }, shape: [16, 3, 2, 3], split: 7, offset: 0.3)
         }
+    }
+
+    func testSynchronizedReLUBatchNormFusedMatchesWholeBatch() throws {
+        // The ReLU before the BatchNorm fused (alone and with the one after): the ranks reduce
+        // sums of max(x, 0), and dL/dx is masked by x > 0.
+        for trailing in [false, true] {
+            try runSplit(make: {
+                let chain = Sequential([try AvgPool2d(kernelSize: 1), ReLU(), try BatchNorm2d(3)] + (trailing ? [ReLU()] : []))
+                let plan = MemoryPlan.apply(to: chain, inputShape: [16, 3, 2, 3])
+                XCTAssertEqual(plan.fusedInputReLUs, 1); XCTAssertEqual(plan.fusedReLUs, trailing ? 1 : 0)
+                return chain
+            }, shape: [16, 3, 2, 3], split: 7, offset: 0.3)
+        }
+    }
+
+    /// bf16 arithmetic, the BatchNorm keeping the convolution's output as bf16 with both ReLUs
+    /// fused: each rank rounds its own elements (elementwise, so as the whole batch does) and
+    /// reduces sums of the rounded values; what differs is the order of fp32 sums (statistics,
+    /// the convolution's dW over images), a few ulps of values of order 1-10: 1e-4.
+    func testSynchronizedBatchNormWithBF16InputMatchesWholeBatch() throws {
+        try runSplit(make: {
+            // (runSplit's dL/dy has the input's shape: a convolution keeping the channels.)
+            let chain = Sequential([try Conv2D(3, 3, kernelSize: 1), ReLU(), try BatchNorm2d(3), ReLU()])
+            let plan = MemoryPlan.apply(to: chain, inputShape: [16, 3, 2, 3])
+            XCTAssertEqual(plan.bf16InputBatchNorms, 1); XCTAssertEqual(plan.fusedInputReLUs, 1)
+            return chain
+        }, shape: [16, 3, 2, 3], split: 7, offset: 0.3, accuracy: 1e-4, arithmetic: GemmArithmetic(.bf16, bf16Kernel: .portable))
     }
 
     func testSynchronizedBatchNormLargeMean() throws {

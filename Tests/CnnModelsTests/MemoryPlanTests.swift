@@ -159,6 +159,24 @@ final class MemoryPlanTests: XCTestCase {
     /// Recomputing the BatchNorm + ReLU outputs that feed convolutions (one buffer shared by
     /// all of them, written again before each reader's backward) changes no bit, and the
     /// account drops their outputs but the shared buffer.
+    /// bf16 arithmetic: the BatchNorms fed by a convolution (minivgg through its fused ReLUs)
+    /// keep 2 bytes an element of their input instead of the convolution's 4, plus one shared
+    /// buffer; in fp32 the account is what it was.
+    func testBF16InputsInTheAccount() throws {
+        for (model, input, count) in [(ZooModel.resnet20, [2, 3, 32, 32], 21), (.minivgg, [2, 3, 32, 32], 4)] {
+            let root = try model.build(input: Array(input.dropFirst()), classes: 10)
+            let plan = MemoryPlan.apply(to: root, inputShape: input)
+            let without = MemoryPlan.apply(to: try model.build(input: Array(input.dropFirst()), classes: 10), inputShape: input,
+                                           bf16Inputs: false)
+            XCTAssertEqual(plan.bf16InputBatchNorms, count, model.rawValue)
+            XCTAssertEqual(without.bf16InputBatchNorms, 0)
+            let fp32 = MemoryAccount(root: root, inputShape: input, plan: plan).activations
+            let bf16 = MemoryAccount(root: root, inputShape: input, plan: plan, arithmetic: GemmArithmetic(.bf16)).activations
+            XCTAssertEqual(fp32 - bf16, 2 * plan.bf16InputElements - 4 * plan.bf16ProducerBufferElements, model.rawValue)
+            XCTAssertGreaterThan(fp32, bf16, model.rawValue)
+        }
+    }
+
     func testRecomputeBitwiseAndSmaller() throws {
         for (model, input, least) in [(ZooModel.resnet20, [2, 3, 32, 32], 9), (.densenet121, [2, 3, 32, 32], 100)] {
             // (googlenet has none: its BatchNorm + ReLU outputs go to another block, not a convolution.)
