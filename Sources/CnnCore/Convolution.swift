@@ -64,7 +64,17 @@ func convolutionForward(
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
         let precision = ws.precision
-        let pass = plan.usesImplicitB ? implicitForward : { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
+        let subsampled = ws.path.forward == .subsampledPointwise
+        if subsampled { plan.reserveSubsamples(tasks) }
+        let pass: (Range<Int>, UnsafePointer<Float>, UnsafePointer<Float>?, UnsafeMutablePointer<Float>,
+                   PackedIm2colPlan, Int) -> Void
+        if subsampled {
+            pass = { $4.stridedPointwiseForward($0, $1, $2, $3, task: $5) }
+        } else if plan.usesImplicitB {
+            pass = implicitForward
+        } else {
+            pass = { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
+        }
         if tasks == 1 {
             pass(0..<batch, x, bias, y, plan, 0)
         } else {
@@ -178,6 +188,15 @@ public func convolution2DBackwardData(
                                            a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels,
                                            depth: sgemmTilesDepthLimit)
         }
+    } else if ws.path.backwardData == .stride2Kernel3Gather && ws.precision == .fp32 {
+        // W_gᵀ (Cg·9 × Kg) packed once for every block and task: each dcol GEMM re-packing it
+        // (4608 × 512 on ResNet's last stage, for blocks of a few hundred columns) took about
+        // a quarter of the pass.
+        let rows = g.panelRows, Kg = g.groupOutChannels
+        while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
+        for grp in 0..<g.groups {
+            ws.transposedWeights[grp].pack(.transposed, m: rows, k: Kg, a: w + grp * Kg * rows, lda: rows)
+        }
     }
     if tasks == 1 {
         backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
@@ -219,7 +238,8 @@ private func backwardDataImages(
     case .stride2Kernel3Gather:
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                    blockPixels: ws.backwardDataBlockPixels, dcol: dcol, blockOutput: blockOutput,
-                                   arithmetic: ws.arithmetic)
+                                   arithmetic: ws.arithmetic,
+                                   packedWeights: ws.precision == .fp32 ? ws.transposedWeights : nil)
         return
     case .stride1RowGather:
         stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
@@ -647,11 +667,14 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
 /// `images` and each group, dcol (rows × m·hw) = W_gᵀ · dY of the block (dY read in place for
 /// one image, else copied through blockOutput), then `gather(dcol + i·hw, ld, n0 + i, group)`
 /// for each image of the block, which writes that image's dx from its dcol columns.
+/// `packedWeights` (fp32): W_gᵀ of each group already packed (`PackedGemmA.pack(.transposed, …)`),
+/// used instead of packing it in every block's GEMM (the same sums in the same order).
 @inline(__always)
 func forEachWholeImageDcol(
     images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
     geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?,
-    arithmetic: GemmArithmetic = .fp32, gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
+    arithmetic: GemmArithmetic = .fp32, packedWeights: [PackedGemmA]? = nil,
+    gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
 ) {
     let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
     var n0 = images.lowerBound
@@ -662,8 +685,14 @@ func forEachWholeImageDcol(
                                                 groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
                                                 blockOutput: blockOutput)
             // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-            gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                 b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            if let packedWeights {
+                sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                    packContiguousPanel(kc: kc, nc: nc, src: dyBlock + r0 * ld + j0, ld: ld, dst: dst)
+                }
+            } else {
+                gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                     lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            }
             for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
         }
         n0 += m

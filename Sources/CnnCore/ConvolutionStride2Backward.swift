@@ -31,13 +31,17 @@ extension Conv2DGeometry {
 func stride2Kernel3BackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, blockPixels p: Int,
-    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32,
+    packedWeights: [PackedGemmA]? = nil
 ) {
     let hw = g.outPixels, K = g.outChannels, outH = g.outHeight, outW = g.outWidth
     let Kg = g.groupOutChannels, rows = g.panelRows
     if hw <= p {
-        forEachWholeImageDcol(images: images, perBlock: p / hw, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
-                              blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
+        // Blocks of equal size (8 images of 7×7 at 6 per block: 4 + 4, not 6 + 2).
+        let perBlock = p / hw, blocks = (images.count + perBlock - 1) / perBlock
+        forEachWholeImageDcol(images: images, perBlock: (images.count + blocks - 1) / max(blocks, 1), gradOutput: dy,
+                              weight: w, geometry: g, dcol: dcol, blockOutput: blockOutput, arithmetic: arithmetic,
+                              packedWeights: packedWeights) { imageDcol, ld, n, grp in
             stride2Kernel3GatherRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, outRows: 0..<outH, geometry: g)
         }
         return
@@ -48,8 +52,15 @@ func stride2Kernel3BackwardData(
             var oy0 = 0
             while oy0 < outH {
                 let oy1 = min(outH, oy0 + blockRows), count = (oy1 - oy0) * outW
-                gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
-                     lda: rows, b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                let dyRows = dy + (n * K + grp * Kg) * hw + oy0 * outW
+                if let packedWeights {
+                    sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                        packContiguousPanel(kc: kc, nc: nc, src: dyRows + r0 * hw + j0, ld: hw, dst: dst)
+                    }
+                } else {
+                    gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                         lda: rows, b: dyRows, ldb: hw, beta: 0, c: dcol, ldc: count)
+                }
                 stride2Kernel3GatherRows(dcol - oy0 * outW, ld: count, gradInput: dx, image: n, group: grp,
                                          outRows: oy0..<oy1, geometry: g)
                 oy0 = oy1

@@ -924,6 +924,13 @@ private func packABlock(
     }
 }
 
+/// Packs a kc×nc panel of a row-major B (src[p·ld + j]) into NR-column micro-panels, as
+/// `sgemm` packs its B: a `GemmPanelPacker` for a B the caller stores contiguously.
+@inline(__always)
+func packContiguousPanel(kc: Int, nc: Int, src: UnsafePointer<Float>, ld: Int, dst: UnsafeMutablePointer<Float>) {
+    packBPanel(kc: kc, nc: nc, src: src, rowStride: ld, colStride: 1, dst: dst)
+}
+
 /// Packs a kc×nc panel of op(B) into NR-column micro-panels (see the layout comment at the
 /// top). Element (p, j) of the panel is src[p·rowStride + j·colStride]; one of the strides
 /// is 1 (B as stored: colStride 1; Bᵀ: rowStride 1).

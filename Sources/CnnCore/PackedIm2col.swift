@@ -141,6 +141,10 @@ final class PackedIm2colPlan {
     let usesImplicitB: Bool
     /// Per task, with implicit B: the output over virtual pixels, Kg × virtualOutputStride.
     private var virtualOutputs: [GrowableBuffer<Float>] = []
+    /// Per task, for the fp32 strided 1×1 forward (`stridedPointwiseForward`): the subsampled
+    /// input of a block of images, and the block's output when it holds several images.
+    var subsamples: [GrowableBuffer<Float>] = []
+    var subsampleOutputs: [GrowableBuffer<Float>] = []
     /// For the bf16 packers, when output rows are a multiple of 8 wide (stride-1 runs):
     /// chunkSource[c] is the xs offset of column 8c of a block (every 8 columns one run);
     /// empty (capacity 0) otherwise.
@@ -225,6 +229,7 @@ final class PackedIm2colPlan {
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
             + gradBlocks.reduce(0) { $0 + $1.bytes } + gradPanels.reduce(0) { $0 + $1.bytes }
             + gradPlanesBF16.joined().reduce(0) { $0 + $1.bytes } + gradPlanes.joined().reduce(0) { $0 + $1.bytes }
+            + subsamples.reduce(0) { $0 + $1.bytes } + subsampleOutputs.reduce(0) { $0 + $1.bytes }
     }
 
     /// Row stride of a virtual output: the virtual pixels rounded up to whole micro-tiles.
@@ -1115,5 +1120,116 @@ extension PackedIm2colPlan {
                 }
             }
         }
+    }
+}
+
+// MARK: - Strided 1×1 forward through a subsampled copy
+
+/// Output columns the fp32 strided 1×1 forward aims for per GEMM (`subsampleImagesPerGemm`):
+/// on 14×14 and 7×7 output planes one image's GEMM has 196 or 49 columns, ragged against the
+/// 16- and 32-column tiles; several images side by side fill them.
+let subsampleTargetColumns = 512
+
+extension PackedIm2colPlan {
+    /// Images per GEMM of `stridedPointwiseForward`: 1 for planes of at least
+    /// `subsampleTargetColumns` output pixels (the GEMM writes the image's NCHW output
+    /// directly), else enough images for about that many columns (through a block buffer).
+    var subsampleImagesPerGemm: Int {
+        let hw = geometry.outPixels
+        return hw >= subsampleTargetColumns ? 1 : (subsampleTargetColumns + hw - 1) / hw
+    }
+
+    /// Makes sure tasks 0 ..< tasks have the subsample (Cg × images·outH·outW, plus 8 floats
+    /// of slack for `subsampleRow`'s over-store) and, for several images, block-output buffers
+    /// (Kg × images·outH·outW) of `stridedPointwiseForward`.
+    func reserveSubsamples(_ tasks: Int) {
+        let g = geometry, columns = subsampleImagesPerGemm * g.outPixels
+        while subsamples.count < tasks {
+            var buffer = GrowableBuffer<Float>()
+            buffer.reserve(g.groupInChannels * columns + 8)
+            subsamples.append(buffer)
+            var out = GrowableBuffer<Float>()
+            if subsampleImagesPerGemm > 1 { out.reserve(g.groupOutChannels * columns) }
+            subsampleOutputs.append(out)
+        }
+    }
+
+    /// The fp32 forward of a 1×1 strided convolution over images `images` for task t (the
+    /// plan's weights already packed): per block of `subsampleImagesPerGemm` images (blocks of
+    /// equal size) and group, the input pixels the convolution reads (every sh-th row, every
+    /// sw-th column) are copied once into a contiguous Cg × images·outH·outW matrix, and one
+    /// GEMM with plainly packed B panels computes the block. Gathering the strided runs inside
+    /// each B micro-panel instead split every panel row into runs of 7-28 floats, mostly moved
+    /// one float at a time. Each output's sum runs over the same K steps in the same order as
+    /// packed im2col's, so the bits are the same.
+    func stridedPointwiseForward(_ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+                                 _ y: UnsafeMutablePointer<Float>, task t: Int) {
+        let g = geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, Cg = g.groupInChannels
+        let H = g.height, W = g.width, outH = g.outHeight, outW = g.outWidth
+        let sh = g.strideHeight, sw = g.strideWidth, plane = H * W
+        let block = subsampleImagesPerGemm
+        let blocks = (images.count + block - 1) / block
+        let sub = subsamples[t].pointer
+        for b in 0..<blocks {
+            let r = taskRange(b, of: images.count, tasks: blocks)
+            let n = images.lowerBound + r.lowerBound, count = r.count, columns = count * hw
+            for grp in 0..<g.groups {
+                // Ascending addresses, so each row's over-store is overwritten by the next row.
+                for c in 0..<Cg {
+                    for i in 0..<count {
+                        let src = x + ((n + i) * g.inChannels + grp * Cg + c) * plane
+                        let dst = sub + c * columns + i * hw
+                        for oy in 0..<outH {
+                            subsampleRow(dst + oy * outW, src + oy * sh * W, count: outW, stride: sw,
+                                         available: plane - oy * sh * W)
+                        }
+                    }
+                }
+                let direct = count == 1
+                let out = direct ? y + (n * K + grp * Kg) * hw : subsampleOutputs[t].pointer
+                sgemmPackedA(packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    packContiguousPanel(kc: kc, nc: nc, src: sub + r0 * columns + j0, ld: columns, dst: dst)
+                }
+                for i in 0..<count {
+                    let yi = y + ((n + i) * K + grp * Kg) * hw
+                    if !direct {
+                        for k in 0..<Kg { copyFloats(yi + k * hw, out + k * columns + i * hw, hw) }
+                    }
+                    if let bias { addBias(bias + grp * Kg, to: yi, rows: Kg, count: hw, ld: hw) }
+                }
+            }
+        }
+    }
+}
+
+/// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable.
+/// Stride 2: runs of 8 or more in 16-float loads, the last one overlapping the one before
+/// (no read past src[2·count − 1], no store past dst[count − 1]); a shorter run in one
+/// load when 16 floats are readable, storing 8 (dst[count ..< 8] gets values the next row
+/// overwrites: the caller's buffer needs 8 − count floats of slack after the last row).
+@inline(__always)
+func subsampleRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int, stride: Int,
+                  available: Int) {
+    @inline(__always) func evens(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+        return SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+    }
+    guard stride == 2 else {
+        gatherStrided(dst, src, count: count, stride: stride, available: available)
+        return
+    }
+    if count >= 8 {
+        var i = 0
+        while i + 8 <= count {
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: evens(src + 2 * i), as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < count {
+            UnsafeMutableRawPointer(dst + count - 8).storeBytes(of: evens(src + 2 * (count - 8)), as: SIMD8<Float>.self)
+        }
+    } else if available >= 16 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: evens(src), as: SIMD8<Float>.self)
+    } else {
+        gatherStrided(dst, src, count: count, stride: stride, available: available)
     }
 }
