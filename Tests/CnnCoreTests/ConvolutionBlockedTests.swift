@@ -153,6 +153,14 @@ final class ConvolutionBlockedTests: XCTestCase {
         // Blocks of several output rows, bottom / right padding 2.
         check(try geometry(2, 33, 40, 3, kernel: (3, 3), stride: (2, 2),
                            padding: .explicit(top: 1, bottom: 2, left: 1, right: 2)), batch: 2, budget: 18 * 4 * 80)
+        // dcol GEMMs wider than one B panel (128 columns: the fp32 weights are packed once per
+        // pass and each panel of dY packed from its own columns): whole images (3 × 400 columns)
+        // and 6 output rows of 30 (180 columns).
+        check(try geometry(4, 40, 40, 6, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), batch: 3,
+              budget: convolutionPanelBudgetBytes, manyBlocks: false)
+        check(try geometry(4, 60, 60, 6, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), batch: 2, budget: 36 * 4 * 200)
     }
 
     func testStrideOneRowGather() throws {
