@@ -198,9 +198,10 @@ final class PackedIm2colPlan {
                 let image = j / hw, pixel = j - image * hw
                 let oy = pixel / outW, ox = pixel - oy * outW
                 let length = min(outW - ox, end - j)
-                runSource[runs] = gatherStride > 1
+                let source = gatherStride > 1
                     ? Int32(image * imageStride + oy * sh * g.width + ox * sw)
                     : Int32(image * imageStride + oy * Ws + ox)
+                runSource[runs] = source
                 runColumn[runs] = Int32(j - s * NR)
                 runLength[runs] = Int32(length)
                 runs += 1
@@ -460,7 +461,8 @@ final class PackedIm2colPlan {
                                 let first = columns[3 * px], count = columns[3 * px + 2]
                                 let dst = xs + ((py * sw + px) * Cg + c) * plane + phaseRow * Ws + columns[3 * px + 1]
                                 if sw == 1 {
-                                    copyFloats(dst, row, W)
+                                    copyPaddedRow(dst, row, W, rightPadding: g.padRight,
+                                                  readable: (Cg - c) * H * W - yy * W)
                                 } else {
                                     gatherStrided(dst, row + first, count: count, stride: sw, available: W - first)
                                 }
@@ -976,9 +978,12 @@ func packedIm2colForward(
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     let bf16Planes = precision == .bf16 && plan.forwardPlanesAreBF16(precision, kernel: plan.packedWeightsBF16[0].kernel)
+    // Blocks of equal size (8 images of 7×7 at 6 per block: 4 + 4, not 6 + 2).
+    let blocks = (images.count + plan.imagesPerBlock - 1) / plan.imagesPerBlock
+    let perBlock = blocks > 0 ? (images.count + blocks - 1) / blocks : 1
     var n = images.lowerBound
     while n < images.upperBound {
-        let count = min(plan.imagesPerBlock, images.upperBound - n)
+        let count = min(perBlock, images.upperBound - n)
         for grp in 0..<g.groups {
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.
@@ -1231,5 +1236,37 @@ func subsampleRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float
         UnsafeMutableRawPointer(dst).storeBytes(of: evens(src), as: SIMD8<Float>.self)
     } else {
         gatherStrided(dst, src, count: count, stride: stride, available: available)
+    }
+}
+
+
+/// dst[i] = src[i] for i < count, one input row into a phase-plane row that has `rightPadding`
+/// zeros after it, where `readable` floats from src may be read. Rows of 8 or more in whole
+/// vectors, the last one overlapping the one before; a shorter row (7×7 planes) in one vector
+/// whose lanes past the row are zeroed (landing on the row's own right padding) when the
+/// padding and the source allow, else element by element. The short rows of 7×7 and 14×14
+/// planes had gone through a 4-float move and scalar moves.
+@inline(__always)
+func copyPaddedRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int, rightPadding: Int,
+                   readable: Int) {
+    if count >= 64 { dst.update(from: src, count: count); return }
+    let s = UnsafeRawPointer(src), d = UnsafeMutableRawPointer(dst)
+    if count >= 8 {
+        var i = 0
+        while i + 8 <= count {
+            d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self), toByteOffset: 4 * i,
+                         as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < count {
+            d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * (count - 8), as: SIMD8<Float>.self),
+                         toByteOffset: 4 * (count - 8), as: SIMD8<Float>.self)
+        }
+    } else if count + rightPadding >= 8 && readable >= 8 {
+        let v = s.loadUnaligned(as: SIMD8<Float>.self)
+        let keep = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .< SIMD8<Int32>(repeating: Int32(count))
+        d.storeBytes(of: SIMD8<Float>(repeating: 0).replacing(with: v, where: keep), as: SIMD8<Float>.self)
+    } else {
+        copyFloats(dst, src, count)
     }
 }
