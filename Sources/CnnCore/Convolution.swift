@@ -65,7 +65,7 @@ func convolutionForward(
         plan.reserveVirtualOutputs(tasks)
         let precision = ws.precision
         let subsampled = ws.path.forward == .subsampledPointwise
-        if subsampled { plan.reserveSubsamples(tasks) }
+        if subsampled { plan.reserveSubsamples(tasks, images: (batch + tasks - 1) / tasks) }
         let pass: (Range<Int>, UnsafePointer<Float>, UnsafePointer<Float>?, UnsafeMutablePointer<Float>,
                    PackedIm2colPlan, Int) -> Void
         if subsampled {

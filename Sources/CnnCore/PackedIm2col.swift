@@ -1144,18 +1144,19 @@ extension PackedIm2colPlan {
         return hw >= subsampleTargetColumns ? 1 : (subsampleTargetColumns + hw - 1) / hw
     }
 
-    /// Makes sure tasks 0 ..< tasks have the subsample (Cg × images·outH·outW, plus 8 floats
-    /// of slack for `subsampleRow`'s over-store) and, for several images, block-output buffers
-    /// (Kg × images·outH·outW) of `stridedPointwiseForward`.
-    func reserveSubsamples(_ tasks: Int) {
-        let g = geometry, columns = subsampleImagesPerGemm * g.outPixels
+    /// Makes sure tasks 0 ..< tasks, each with at most `images` images, have the subsample
+    /// (Cg × block·outH·outW, plus 8 floats of slack for `subsampleRow`'s over-store) and, for
+    /// blocks of several images, block-output buffers (Kg × block·outH·outW) of
+    /// `stridedPointwiseForward`, block = min(subsampleImagesPerGemm, images).
+    func reserveSubsamples(_ tasks: Int, images: Int) {
+        let g = geometry, block = max(1, min(subsampleImagesPerGemm, images)), columns = block * g.outPixels
         while subsamples.count < tasks {
-            var buffer = GrowableBuffer<Float>()
-            buffer.reserve(g.groupInChannels * columns + 8)
-            subsamples.append(buffer)
-            var out = GrowableBuffer<Float>()
-            if subsampleImagesPerGemm > 1 { out.reserve(g.groupOutChannels * columns) }
-            subsampleOutputs.append(out)
+            subsamples.append(GrowableBuffer<Float>())
+            subsampleOutputs.append(GrowableBuffer<Float>())
+        }
+        for t in 0..<tasks {
+            subsamples[t].reserve(g.groupInChannels * columns + 8)
+            if block > 1 { subsampleOutputs[t].reserve(g.groupOutChannels * columns) }
         }
     }
 
