@@ -64,7 +64,17 @@ func convolutionForward(
         plan.reserveBlockOutputs(tasks)
         plan.reserveVirtualOutputs(tasks)
         let precision = ws.precision
-        let pass = plan.usesImplicitB ? implicitForward : { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
+        let subsampled = ws.path.forward == .subsampledPointwise
+        if subsampled { plan.reserveSubsamples(tasks, images: (batch + tasks - 1) / tasks) }
+        let pass: (Range<Int>, UnsafePointer<Float>, UnsafePointer<Float>?, UnsafeMutablePointer<Float>,
+                   PackedIm2colPlan, Int) -> Void
+        if subsampled {
+            pass = { $4.stridedPointwiseForward($0, $1, $2, $3, task: $5) }
+        } else if plan.usesImplicitB {
+            pass = implicitForward
+        } else {
+            pass = { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
+        }
         if tasks == 1 {
             pass(0..<batch, x, bias, y, plan, 0)
         } else {
@@ -178,6 +188,16 @@ public func convolution2DBackwardData(
                                            a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels,
                                            depth: sgemmTilesDepthLimit)
         }
+    } else if (ws.path.backwardData == .stride2Kernel3Gather || ws.path.backwardData == .stridedPointwise)
+                && ws.precision == .fp32 {
+        // W_gᵀ (Cg·9 × Kg) packed once for every block and task: each dcol GEMM re-packing it
+        // (4608 × 512 on ResNet's last stage, for blocks of a few hundred columns) took about
+        // a quarter of the pass. Strided 1×1: W_gᵀ is Cg × Kg.
+        let rows = g.panelRows, Kg = g.groupOutChannels
+        while ws.transposedWeights.count < g.groups { ws.transposedWeights.append(PackedGemmA()) }
+        for grp in 0..<g.groups {
+            ws.transposedWeights[grp].pack(.transposed, m: rows, k: Kg, a: w + grp * Kg * rows, lda: rows)
+        }
     }
     if tasks == 1 {
         backwardDataImages(0..<batch, dy, w, dx, g, ws, dcol: ws.panel.pointer, blockOutput: ws.blockOutput.base)
@@ -214,12 +234,14 @@ private func backwardDataImages(
     case .stridedPointwise:
         stridedPointwiseBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                      dcol: dcol, dcolCapacity: ws.panel.capacity, blockPixels: ws.backwardDataBlockPixels,
-                                     blockOutput: blockOutput, arithmetic: ws.arithmetic)
+                                     blockOutput: blockOutput, arithmetic: ws.arithmetic,
+                                     packedWeights: ws.precision == .fp32 ? ws.transposedWeights : nil)
         return
     case .stride2Kernel3Gather:
         stride2Kernel3BackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
                                    blockPixels: ws.backwardDataBlockPixels, dcol: dcol, blockOutput: blockOutput,
-                                   arithmetic: ws.arithmetic)
+                                   arithmetic: ws.arithmetic,
+                                   packedWeights: ws.precision == .fp32 ? ws.transposedWeights : nil)
         return
     case .stride1RowGather:
         stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
@@ -320,14 +342,45 @@ func flipWeightsForBackwardData(_ w: UnsafePointer<Float>, into flipped: UnsafeM
 func stridedPointwiseBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, dcolCapacity: Int,
-    blockPixels: Int = 0, blockOutput: UnsafeMutablePointer<Float>? = nil, arithmetic: GemmArithmetic = .fp32
+    blockPixels: Int = 0, blockOutput: UnsafeMutablePointer<Float>? = nil, arithmetic: GemmArithmetic = .fp32,
+    packedWeights: [PackedGemmA]? = nil
 ) {
     let hw = g.outPixels, C = g.inChannels, K = g.outChannels, H = g.height, W = g.width
     let outH = g.outHeight, outW = g.outWidth, sh = g.strideHeight, sw = g.strideWidth
     let Cg = g.groupInChannels, Kg = g.groupOutChannels
     if blockPixels >= 2 * hw, blockOutput != nil {
-        forEachWholeImageDcol(images: images, perBlock: blockPixels / hw, gradOutput: dy, weight: w, geometry: g,
-                              dcol: dcol, blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
+        // Blocks of equal size.
+        let blocks = (images.count + blockPixels / hw - 1) / (blockPixels / hw)
+        let perBlock = (images.count + blocks - 1) / max(blocks, 1)
+        if let packedWeights, Cg > GemmBlocking.MC {
+            // dcol row block by row block (MC input channels), each written into dx while in cache.
+            var n0 = images.lowerBound
+            while n0 < images.upperBound {
+                let count = min(perBlock, images.upperBound - n0), columns = count * hw
+                for grp in 0..<g.groups {
+                    let (dyBlock, ld) = gradOutputBlock(dy, inside: count == 1, firstImage: n0, channels: K, group: grp,
+                                                        groupChannels: Kg, outPixels: hw, start: n0 * hw, count: columns,
+                                                        blockOutput: blockOutput)
+                    sgemmPackedARowBlocks(packedWeights[grp], n: columns, b: dyBlock, ldb: ld, c: dcol,
+                                          ldc: columns) { ic, mc in
+                        for i in 0..<count {
+                            for oy in 0..<outH {
+                                let y = oy * sh
+                                writeStridedRuns(dx + ((n0 + i) * C + grp * Cg + ic) * H * W + y * W, planeStride: H * W,
+                                                 dcol + ic * columns + i * hw + oy * outW, sourceStride: columns,
+                                                 channels: mc, count: outW, width: W, stride: sw,
+                                                 zeroRows: min(y + sh, H) - y - 1, rowStride: W)
+                            }
+                        }
+                    }
+                }
+                n0 += count
+            }
+            return
+        }
+        forEachWholeImageDcol(images: images, perBlock: perBlock, gradOutput: dy, weight: w, geometry: g,
+                              dcol: dcol, blockOutput: blockOutput, arithmetic: arithmetic,
+                              packedWeights: packedWeights) { imageDcol, ld, n, grp in
             for oy in 0..<outH {
                 let y = oy * sh
                 writeStridedRuns(dx + (n * C + grp * Cg) * H * W + y * W, planeStride: H * W,
@@ -344,8 +397,15 @@ func stridedPointwiseBackwardData(
             while oy0 < outH {
                 let rows = min(blockRows, outH - oy0), count = rows * outW
                 // dcol (Cg × count) = W_gᵀ (Cg × Kg) · dY rows oy0 ..< oy0 + rows (Kg × count).
-                gemm(arithmetic, .transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
-                     b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                let dyRows = dy + (n * K + grp * Kg) * hw + oy0 * outW
+                if let packedWeights {
+                    sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                        packContiguousPanel(kc: kc, nc: nc, src: dyRows + r0 * hw + j0, ld: hw, dst: dst)
+                    }
+                } else {
+                    gemm(arithmetic, .transposed, .none, m: Cg, n: count, k: Kg, alpha: 1, a: w + grp * Kg * Cg, lda: Cg,
+                         b: dyRows, ldb: hw, beta: 0, c: dcol, ldc: count)
+                }
                 for oy in oy0 ..< oy0 + rows {
                     let y = oy * sh
                     writeStridedRuns(dx + (n * C + grp * Cg) * H * W + y * W, planeStride: H * W,
@@ -647,11 +707,14 @@ func blockTransfer(block: UnsafeMutablePointer<Float>, tensor: UnsafeMutablePoin
 /// `images` and each group, dcol (rows × m·hw) = W_gᵀ · dY of the block (dY read in place for
 /// one image, else copied through blockOutput), then `gather(dcol + i·hw, ld, n0 + i, group)`
 /// for each image of the block, which writes that image's dx from its dcol columns.
+/// `packedWeights` (fp32): W_gᵀ of each group already packed (`PackedGemmA.pack(.transposed, …)`),
+/// used instead of packing it in every block's GEMM (the same sums in the same order).
 @inline(__always)
 func forEachWholeImageDcol(
     images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
     geometry g: Conv2DGeometry, dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?,
-    arithmetic: GemmArithmetic = .fp32, gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
+    arithmetic: GemmArithmetic = .fp32, packedWeights: [PackedGemmA]? = nil,
+    gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
 ) {
     let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
     var n0 = images.lowerBound
@@ -662,8 +725,14 @@ func forEachWholeImageDcol(
                                                 groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
                                                 blockOutput: blockOutput)
             // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-            gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows, lda: rows,
-                 b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            if let packedWeights {
+                sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                    packContiguousPanel(kc: kc, nc: nc, src: dyBlock + r0 * ld + j0, ld: ld, dst: dst)
+                }
+            } else {
+                gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                     lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+            }
             for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
         }
         n0 += m

@@ -14,6 +14,9 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
         case pointwise
         /// Packed im2col: the GEMM's B panels are built straight from the (phase-plane) input.
         case packedIm2col
+        /// 1×1 strided (fp32): the input pixels it reads copied into a contiguous matrix per block
+        /// of images, then one plain GEMM per block (`PackedIm2colPlan.stridedPointwiseForward`).
+        case subsampledPointwise
         /// Implicit B: the GEMM reads B rows from the phase-plane input in place, over virtual
         /// pixels (no B packing); see `implicitForwardPays`.
         case implicitB
@@ -95,9 +98,10 @@ public struct ConvolutionPath: Equatable, Sendable, CustomStringConvertible {
             && packedIm2colApplies(g, planeLimitBytes: planeLimitBytes ?? packedIm2colPlaneLimitBytes)
         if g.isPointwise && !packed {
             forward = .pointwise
+        } else if packed && g.isStridedPointwise {
+            forward = precision == .fp32 ? .subsampledPointwise : .packedIm2col
         } else if packed {
-            forward = precision == .fp32 && !g.isStridedPointwise && implicitForwardPays(g, override: implicitB)
-                ? .implicitB : .packedIm2col
+            forward = precision == .fp32 && implicitForwardPays(g, override: implicitB) ? .implicitB : .packedIm2col
         } else {
             forward = spanning ? .panelImageSegments : .panel
         }
@@ -155,5 +159,5 @@ extension ConvolutionPath.BackwardData {
 
 extension ConvolutionPath.Forward {
     /// Whether this path runs on a `PackedIm2colPlan`.
-    var usesPackedPlan: Bool { self == .packedIm2col || self == .implicitB }
+    var usesPackedPlan: Bool { self == .packedIm2col || self == .implicitB || self == .subsampledPointwise }
 }

@@ -31,13 +31,42 @@ extension Conv2DGeometry {
 func stride2Kernel3BackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, blockPixels p: Int,
-    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32,
+    packedWeights: [PackedGemmA]? = nil
 ) {
     let hw = g.outPixels, K = g.outChannels, outH = g.outHeight, outW = g.outWidth
     let Kg = g.groupOutChannels, rows = g.panelRows
+    // Row blocks of the packed weights cover whole input channels (9 rows each).
+    let rowBlocked = packedWeights != nil && rows > GemmBlocking.MC && GemmBlocking.MC % 9 == 0
     if hw <= p {
-        forEachWholeImageDcol(images: images, perBlock: p / hw, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
-                              blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
+        // Blocks of equal size (8 images of 7×7 at 6 per block: 4 + 4, not 6 + 2).
+        let perBlock = p / hw, blocks = (images.count + perBlock - 1) / perBlock
+        if rowBlocked, let packedWeights {
+            // dcol row block by row block, each gathered into dx while it is in cache (a whole
+            // dcol of these layers, 2304-4608 rows, is several MB and was gathered from L3).
+            let m = (images.count + blocks - 1) / max(blocks, 1)
+            var n0 = images.lowerBound
+            while n0 < images.upperBound {
+                let count = min(m, images.upperBound - n0), columns = count * hw
+                for grp in 0..<g.groups {
+                    let (dyBlock, ld) = gradOutputBlock(dy, inside: count == 1, firstImage: n0, channels: K, group: grp,
+                                                        groupChannels: Kg, outPixels: hw, start: n0 * hw, count: columns,
+                                                        blockOutput: blockOutput)
+                    sgemmPackedARowBlocks(packedWeights[grp], n: columns, b: dyBlock, ldb: ld, c: dcol,
+                                          ldc: columns) { ic, mc in
+                        for i in 0..<count {
+                            stride2Kernel3GatherRows(dcol + i * hw, ld: columns, gradInput: dx, image: n0 + i, group: grp,
+                                                     outRows: 0..<outH, geometry: g, channels: ic / 9 ..< (ic + mc) / 9)
+                        }
+                    }
+                }
+                n0 += count
+            }
+            return
+        }
+        forEachWholeImageDcol(images: images, perBlock: (images.count + blocks - 1) / max(blocks, 1), gradOutput: dy,
+                              weight: w, geometry: g, dcol: dcol, blockOutput: blockOutput, arithmetic: arithmetic,
+                              packedWeights: packedWeights) { imageDcol, ld, n, grp in
             stride2Kernel3GatherRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, outRows: 0..<outH, geometry: g)
         }
         return
@@ -48,8 +77,22 @@ func stride2Kernel3BackwardData(
             var oy0 = 0
             while oy0 < outH {
                 let oy1 = min(outH, oy0 + blockRows), count = (oy1 - oy0) * outW
-                gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
-                     lda: rows, b: dy + (n * K + grp * Kg) * hw + oy0 * outW, ldb: hw, beta: 0, c: dcol, ldc: count)
+                let dyRows = dy + (n * K + grp * Kg) * hw + oy0 * outW
+                if rowBlocked, let packedWeights {
+                    sgemmPackedARowBlocks(packedWeights[grp], n: count, b: dyRows, ldb: hw, c: dcol, ldc: count) { ic, mc in
+                        stride2Kernel3GatherRows(dcol - oy0 * outW, ld: count, gradInput: dx, image: n, group: grp,
+                                                 outRows: oy0..<oy1, geometry: g, channels: ic / 9 ..< (ic + mc) / 9)
+                    }
+                    oy0 = oy1
+                    continue
+                } else if let packedWeights {
+                    sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                        packContiguousPanel(kc: kc, nc: nc, src: dyRows + r0 * hw + j0, ld: hw, dst: dst)
+                    }
+                } else {
+                    gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                         lda: rows, b: dyRows, ldb: hw, beta: 0, c: dcol, ldc: count)
+                }
                 stride2Kernel3GatherRows(dcol - oy0 * outW, ld: count, gradInput: dx, image: n, group: grp,
                                          outRows: oy0..<oy1, geometry: g)
                 oy0 = oy1
@@ -61,16 +104,18 @@ func stride2Kernel3BackwardData(
 /// Writes the dx rows of image n, group `group` that output rows `outRows`
 /// reach: rows 2·oy0 − 1 (added to, when oy0 > 0: the previous block stored
 /// its a = 2 tap) through 2·oy1 − 1, or through H − 1 for the last block.
-/// `dcol[r · ld + oy · outW + ox]` is panel row r at output pixel (oy, ox).
+/// `dcol[r · ld + oy · outW + ox]` is panel row r at output pixel (oy, ox). Only the input
+/// channels `channels` of the group when given (their dcol rows are final), else all.
 @inline(__always)
 func stride2Kernel3GatherRows(_ dcol: UnsafePointer<Float>, ld: Int, gradInput dx: UnsafeMutablePointer<Float>,
-                              image n: Int, group grp: Int, outRows: Range<Int>, geometry g: Conv2DGeometry) {
+                              image n: Int, group grp: Int, outRows: Range<Int>, geometry g: Conv2DGeometry,
+                              channels: Range<Int>? = nil) {
     let H = g.height, W = g.width, C = g.inChannels, Cg = g.groupInChannels
     let outH = g.outHeight, outW = g.outWidth
     let oy0 = outRows.lowerBound, oy1 = outRows.upperBound
     let yStart = oy0 == 0 ? 0 : 2 * oy0 - 1
     let yEnd = oy1 == outH ? H : min(H, 2 * oy1)
-    for cl in 0..<Cg {
+    for cl in channels ?? 0..<Cg {
         let plane = dx + (n * C + grp * Cg + cl) * H * W
         // The b = 0 dcol row of kernel row a at output row oy, if oy is in this block.
         func tap(_ a: Int, _ oy: Int) -> UnsafePointer<Float>? {

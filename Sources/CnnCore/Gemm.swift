@@ -335,6 +335,46 @@ public func sgemmPackedA(_ a: PackedGemmA, n: Int, beta: Float, c: UnsafeMutable
     }
 }
 
+/// C (M×N) = A·B on this thread, A prepacked, B row-major (K×N, ldb ≥ N), one row block of A
+/// (≤ MC rows) at a time through all its K steps, then `rowsDone(ic, mc)` once rows
+/// ic ..< ic + mc of C are final. All of B is packed first (K × N floats), so a caller can
+/// consume each finished row block while it is still in cache instead of after the whole
+/// product (the stride-2 backward-data gathers dx from dcol rows this way). Every element gets
+/// the K steps of `sgemmPackedA` in the same order: the same bits.
+public func sgemmPackedARowBlocks(_ a: PackedGemmA, n: Int, b: UnsafePointer<Float>, ldb: Int,
+                           c: UnsafeMutablePointer<Float>, ldc: Int, rowsDone: (_ ic: Int, _ mc: Int) -> Void) {
+    precondition(ldb >= n && ldc >= n, "sgemmPackedARowBlocks: ldb \(ldb) / ldc \(ldc) < n \(n)")
+    if n == 0 { return }
+    let nPadded = roundUp(n, NR)
+    let ws = GemmWorkspace.forCurrentThread()
+    ws.reserve(aCount: 0, bCount: a.k * nPadded)
+    let packedB = ws.b, tile = ws.tile
+    var pc = 0
+    while pc < a.k {
+        let kc = min(a.kcMax, a.k - pc)
+        packBPanel(kc: kc, nc: n, src: b + pc * ldb, rowStride: ldb, colStride: 1, dst: packedB + pc * nPadded)
+        pc += kc
+    }
+    let base = a.storage.pointer
+    var ic = 0, block = 0
+    while ic < a.m {
+        let mc = min(MC, a.m - ic)
+        var step = 0
+        pc = 0
+        while pc < a.k {
+            let kc = min(a.kcMax, a.k - pc)
+            macroKernel(mc: mc, nc: n, kc: kc, alpha: 1, beta: pc == 0 ? 0 : 1,
+                        packedA: base + a.offsets[step * a.rowBlocks + block], packedB: packedB + pc * nPadded,
+                        c: c + ic * ldc, ldc: ldc, tile: tile)
+            pc += kc
+            step += 1
+        }
+        rowsDone(ic, mc)
+        ic += mc
+        block += 1
+    }
+}
+
 /// Calls body(j0, count) for the column ranges of a product with prepacked A: all N
 /// columns on this thread, or with `ComputeThreads.count` = T > 1 (outside a split) and
 /// enough work, T ranges of whole micro-panels on T threads.
@@ -922,6 +962,13 @@ private func packABlock(
         out += rows * kc
         ir += rows
     }
+}
+
+/// Packs a kc×nc panel of a row-major B (src[p·ld + j]) into NR-column micro-panels, as
+/// `sgemm` packs its B: a `GemmPanelPacker` for a B the caller stores contiguously.
+@inline(__always)
+func packContiguousPanel(kc: Int, nc: Int, src: UnsafePointer<Float>, ld: Int, dst: UnsafeMutablePointer<Float>) {
+    packBPanel(kc: kc, nc: nc, src: src, rowStride: ld, colStride: 1, dst: dst)
 }
 
 /// Packs a kc×nc panel of op(B) into NR-column micro-panels (see the layout comment at the

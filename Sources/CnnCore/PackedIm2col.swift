@@ -141,6 +141,10 @@ final class PackedIm2colPlan {
     let usesImplicitB: Bool
     /// Per task, with implicit B: the output over virtual pixels, Kg × virtualOutputStride.
     private var virtualOutputs: [GrowableBuffer<Float>] = []
+    /// Per task, for the fp32 strided 1×1 forward (`stridedPointwiseForward`): the subsampled
+    /// input of a block of images, and the block's output when it holds several images.
+    var subsamples: [GrowableBuffer<Float>] = []
+    var subsampleOutputs: [GrowableBuffer<Float>] = []
     /// For the bf16 packers, when output rows are a multiple of 8 wide (stride-1 runs):
     /// chunkSource[c] is the xs offset of column 8c of a block (every 8 columns one run);
     /// empty (capacity 0) otherwise.
@@ -194,9 +198,10 @@ final class PackedIm2colPlan {
                 let image = j / hw, pixel = j - image * hw
                 let oy = pixel / outW, ox = pixel - oy * outW
                 let length = min(outW - ox, end - j)
-                runSource[runs] = gatherStride > 1
+                let source = gatherStride > 1
                     ? Int32(image * imageStride + oy * sh * g.width + ox * sw)
                     : Int32(image * imageStride + oy * Ws + ox)
+                runSource[runs] = source
                 runColumn[runs] = Int32(j - s * NR)
                 runLength[runs] = Int32(length)
                 runs += 1
@@ -225,6 +230,7 @@ final class PackedIm2colPlan {
             + blockOutputs.reduce(0) { $0 + $1.bytes } + virtualOutputs.reduce(0) { $0 + $1.bytes }
             + gradBlocks.reduce(0) { $0 + $1.bytes } + gradPanels.reduce(0) { $0 + $1.bytes }
             + gradPlanesBF16.joined().reduce(0) { $0 + $1.bytes } + gradPlanes.joined().reduce(0) { $0 + $1.bytes }
+            + subsamples.reduce(0) { $0 + $1.bytes } + subsampleOutputs.reduce(0) { $0 + $1.bytes }
     }
 
     /// Row stride of a virtual output: the virtual pixels rounded up to whole micro-tiles.
@@ -455,7 +461,8 @@ final class PackedIm2colPlan {
                                 let first = columns[3 * px], count = columns[3 * px + 2]
                                 let dst = xs + ((py * sw + px) * Cg + c) * plane + phaseRow * Ws + columns[3 * px + 1]
                                 if sw == 1 {
-                                    copyFloats(dst, row, W)
+                                    copyPaddedRow(dst, row, W, rightPadding: g.padRight,
+                                                  readable: (Cg - c) * H * W - yy * W)
                                 } else {
                                     gatherStrided(dst, row + first, count: count, stride: sw, available: W - first)
                                 }
@@ -971,9 +978,12 @@ func packedIm2colForward(
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     let bf16Planes = precision == .bf16 && plan.forwardPlanesAreBF16(precision, kernel: plan.packedWeightsBF16[0].kernel)
+    // Blocks of equal size (8 images of 7×7 at 6 per block: 4 + 4, not 6 + 2).
+    let blocks = (images.count + plan.imagesPerBlock - 1) / plan.imagesPerBlock
+    let perBlock = blocks > 0 ? (images.count + blocks - 1) / blocks : 1
     var n = images.lowerBound
     while n < images.upperBound {
-        let count = min(plan.imagesPerBlock, images.upperBound - n)
+        let count = min(perBlock, images.upperBound - n)
         for grp in 0..<g.groups {
             let columns = count * hw
             // One image: straight into its NCHW output; several: through the block buffer.
@@ -1115,5 +1125,149 @@ extension PackedIm2colPlan {
                 }
             }
         }
+    }
+}
+
+// MARK: - Strided 1×1 forward through a subsampled copy
+
+/// Output columns the fp32 strided 1×1 forward aims for per GEMM (`subsampleImagesPerGemm`):
+/// on 14×14 and 7×7 output planes one image's GEMM has 196 or 49 columns, ragged against the
+/// 16- and 32-column tiles; several images side by side fill them.
+let subsampleTargetColumns = 512
+
+extension PackedIm2colPlan {
+    /// Images per GEMM of `stridedPointwiseForward`: 1 for planes of at least
+    /// `subsampleTargetColumns` output pixels (the GEMM writes the image's NCHW output
+    /// directly), else enough images for about that many columns (through a block buffer).
+    var subsampleImagesPerGemm: Int {
+        let hw = geometry.outPixels
+        return hw >= subsampleTargetColumns ? 1 : (subsampleTargetColumns + hw - 1) / hw
+    }
+
+    /// Makes sure tasks 0 ..< tasks, each with at most `images` images, have the subsample
+    /// (Cg × block·outH·outW, plus 8 floats of slack for `subsampleRow`'s over-store) and, for
+    /// blocks of several images, block-output buffers (Kg × block·outH·outW) of
+    /// `stridedPointwiseForward`, block = min(subsampleImagesPerGemm, images).
+    func reserveSubsamples(_ tasks: Int, images: Int) {
+        let g = geometry, block = max(1, min(subsampleImagesPerGemm, images)), columns = block * g.outPixels
+        while subsamples.count < tasks {
+            subsamples.append(GrowableBuffer<Float>())
+            subsampleOutputs.append(GrowableBuffer<Float>())
+        }
+        for t in 0..<tasks {
+            subsamples[t].reserve(g.groupInChannels * columns + 8)
+            if block > 1 { subsampleOutputs[t].reserve(g.groupOutChannels * columns) }
+        }
+    }
+
+    /// The fp32 forward of a 1×1 strided convolution over images `images` for task t (the
+    /// plan's weights already packed): per block of `subsampleImagesPerGemm` images (blocks of
+    /// equal size) and group, the input pixels the convolution reads (every sh-th row, every
+    /// sw-th column) are copied once into a contiguous Cg × images·outH·outW matrix, and one
+    /// GEMM with plainly packed B panels computes the block. Gathering the strided runs inside
+    /// each B micro-panel instead split every panel row into runs of 7-28 floats, mostly moved
+    /// one float at a time. Each output's sum runs over the same K steps in the same order as
+    /// packed im2col's, so the bits are the same.
+    func stridedPointwiseForward(_ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+                                 _ y: UnsafeMutablePointer<Float>, task t: Int) {
+        let g = geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, Cg = g.groupInChannels
+        let H = g.height, W = g.width, outH = g.outHeight, outW = g.outWidth
+        let sh = g.strideHeight, sw = g.strideWidth, plane = H * W
+        let block = subsampleImagesPerGemm
+        let blocks = (images.count + block - 1) / block
+        let sub = subsamples[t].pointer
+        for b in 0..<blocks {
+            let r = taskRange(b, of: images.count, tasks: blocks)
+            let n = images.lowerBound + r.lowerBound, count = r.count, columns = count * hw
+            for grp in 0..<g.groups {
+                // Ascending addresses, so each row's over-store is overwritten by the next row.
+                for c in 0..<Cg {
+                    for i in 0..<count {
+                        let src = x + ((n + i) * g.inChannels + grp * Cg + c) * plane
+                        let dst = sub + c * columns + i * hw
+                        for oy in 0..<outH {
+                            subsampleRow(dst + oy * outW, src + oy * sh * W, count: outW, stride: sw,
+                                         available: plane - oy * sh * W)
+                        }
+                    }
+                }
+                let direct = count == 1
+                let out = direct ? y + (n * K + grp * Kg) * hw : subsampleOutputs[t].pointer
+                sgemmPackedA(packedWeights[grp], n: columns, beta: 0, c: out, ldc: columns) { r0, kc, j0, nc, dst in
+                    packContiguousPanel(kc: kc, nc: nc, src: sub + r0 * columns + j0, ld: columns, dst: dst)
+                }
+                for i in 0..<count {
+                    let yi = y + ((n + i) * K + grp * Kg) * hw
+                    if !direct {
+                        for k in 0..<Kg { copyFloats(yi + k * hw, out + k * columns + i * hw, hw) }
+                    }
+                    if let bias { addBias(bias + grp * Kg, to: yi, rows: Kg, count: hw, ld: hw) }
+                }
+            }
+        }
+    }
+}
+
+/// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable.
+/// Stride 2: runs of 8 or more in 16-float loads, the last one overlapping the one before
+/// (no read past src[2·count − 1], no store past dst[count − 1]); a shorter run in one
+/// load when 16 floats are readable, storing 8 (dst[count ..< 8] gets values the next row
+/// overwrites: the caller's buffer needs 8 − count floats of slack after the last row).
+@inline(__always)
+func subsampleRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, count: Int, stride: Int,
+                  available: Int) {
+    @inline(__always) func evens(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+        let v = UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+        return SIMD8<Float>(v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14])
+    }
+    guard stride == 2 else {
+        gatherStrided(dst, src, count: count, stride: stride, available: available)
+        return
+    }
+    if count >= 8 {
+        var i = 0
+        while i + 8 <= count {
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: evens(src + 2 * i), as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < count {
+            UnsafeMutableRawPointer(dst + count - 8).storeBytes(of: evens(src + 2 * (count - 8)), as: SIMD8<Float>.self)
+        }
+    } else if available >= 16 {
+        UnsafeMutableRawPointer(dst).storeBytes(of: evens(src), as: SIMD8<Float>.self)
+    } else {
+        gatherStrided(dst, src, count: count, stride: stride, available: available)
+    }
+}
+
+
+/// dst[i] = src[i] for i < count, one input row into a phase-plane row that has `rightPadding`
+/// zeros after it, where `readable` floats from src may be read. Rows of 8 or more in whole
+/// vectors, the last one overlapping the one before; a shorter row (7×7 planes) in one vector
+/// whose lanes past the row are zeroed (landing on the row's own right padding) when the
+/// padding and the source allow, else element by element. The short rows of 7×7 and 14×14
+/// planes had gone through a 4-float move and scalar moves.
+@inline(__always)
+func copyPaddedRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int, rightPadding: Int,
+                   readable: Int) {
+    if count >= 64 { dst.update(from: src, count: count); return }
+    let s = UnsafeRawPointer(src), d = UnsafeMutableRawPointer(dst)
+    if count >= 8 {
+        var i = 0
+        while i + 8 <= count {
+            d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self), toByteOffset: 4 * i,
+                         as: SIMD8<Float>.self)
+            i += 8
+        }
+        if i < count {
+            d.storeBytes(of: s.loadUnaligned(fromByteOffset: 4 * (count - 8), as: SIMD8<Float>.self),
+                         toByteOffset: 4 * (count - 8), as: SIMD8<Float>.self)
+        }
+    } else if count + rightPadding >= 8 && readable >= 8 {
+        let v = s.loadUnaligned(as: SIMD8<Float>.self)
+        let keep = SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .< SIMD8<Int32>(repeating: Int32(count))
+        d.storeBytes(of: SIMD8<Float>(repeating: 0).replacing(with: v, where: keep), as: SIMD8<Float>.self)
+    } else {
+        copyFloats(dst, src, count)
     }
 }

@@ -153,6 +153,14 @@ final class ConvolutionBlockedTests: XCTestCase {
         // Blocks of several output rows, bottom / right padding 2.
         check(try geometry(2, 33, 40, 3, kernel: (3, 3), stride: (2, 2),
                            padding: .explicit(top: 1, bottom: 2, left: 1, right: 2)), batch: 2, budget: 18 * 4 * 80)
+        // dcol GEMMs wider than one B panel (128 columns: the fp32 weights are packed once per
+        // pass and each panel of dY packed from its own columns): whole images (3 × 400 columns)
+        // and 6 output rows of 30 (180 columns).
+        check(try geometry(4, 40, 40, 6, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), batch: 3,
+              budget: convolutionPanelBudgetBytes, manyBlocks: false)
+        check(try geometry(4, 60, 60, 6, kernel: (3, 3), stride: (2, 2),
+                           padding: .explicit(top: 1, bottom: 1, left: 1, right: 1)), batch: 2, budget: 36 * 4 * 200)
     }
 
     func testStrideOneRowGather() throws {
@@ -194,6 +202,35 @@ final class ConvolutionBlockedTests: XCTestCase {
               manyBlocks: false)
         check(try geometry(3, 7, 8, 400, kernel: (1, 1), stride: (2, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
         check(try geometry(2, 4, 32, 400, kernel: (1, 1), stride: (2, 2)), batch: 2, budget: 1 << 20, manyBlocks: false)
+    }
+
+    /// The fp32 strided 1×1 forward through a subsampled copy (`subsampledPointwise`) against the
+    /// direct loops: one image per GEMM straight into y (23×23 = 529 output pixels), blocks of
+    /// several images through the block buffer in equal sizes (10×10: 6 per GEMM, 7 images → 4 + 3),
+    /// output rows of 8 and more (whole vectors, then an overlapping last one: 17 and 23 wide)
+    /// and shorter ones (one load per row, or element by element where fewer than 16 floats of
+    /// the plane remain: 9×9 and 7×8 inputs), stride 3 in x, two groups, three threads.
+    func testSubsampledStridedPointwiseForward() throws {
+        let oneByOne: [(Conv2DGeometry, Int)] = [
+            (try geometry(3, 46, 46, 5, kernel: (1, 1), stride: (2, 2)), 2),
+            (try geometry(5, 20, 20, 7, kernel: (1, 1), stride: (2, 2)), 7),
+            (try geometry(6, 10, 34, 4, kernel: (1, 1), stride: (2, 2)), 3),
+            (try geometry(4, 9, 9, 3, kernel: (1, 1), stride: (2, 2)), 3),
+            (try geometry(3, 7, 8, 9, kernel: (1, 1), stride: (2, 2)), 2),
+            (try geometry(4, 12, 15, 3, kernel: (1, 1), stride: (2, 3)), 2),
+            (try geometry(8, 14, 16, 6, kernel: (1, 1), stride: (2, 2), groups: 2), 3),
+        ]
+        for (g, batch) in oneByOne {
+            let ws = ConvolutionWorkspace()
+            ws.prepare(for: g, batch: batch)
+            XCTAssertEqual(ws.path.forward, .subsampledPointwise, "\(g.height)x\(g.width)")
+            check(g, batch: batch, budget: 1 << 20, packed: true, manyBlocks: false)
+        }
+        let saved = ComputeThreads.count
+        defer { ComputeThreads.count = saved }
+        ComputeThreads.count = 3
+        check(try geometry(5, 20, 20, 7, kernel: (1, 1), stride: (2, 2)), batch: 17, budget: 1 << 20, packed: true,
+              manyBlocks: false)
     }
 
     func testPackedIm2colShapes() throws {
@@ -278,9 +315,9 @@ final class ConvolutionBlockedTests: XCTestCase {
             (try geometry(48, 9, 22, 30, kernel: (3, 3), padding: .same),
              ConvolutionPath(forward: .implicitB, backwardData: .flippedForward(.packedIm2col), backwardWeights: .packedIm2col)),
             (try geometry(24, 28, 28, 40, kernel: (1, 1), stride: (2, 2)),
-             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
+             ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
             (try geometry(10, 14, 22, 13, kernel: (1, 1), stride: (2, 2)),
-             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
+             ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)),
             (try geometry(40, 7, 7, 27, kernel: (1, 1)),
              ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col), backwardWeights: .pointwise)),
         ]

@@ -43,12 +43,12 @@ final class ConvolutionPathTests: XCTestCase {
             ("resnet20/6.c1", try geometry(16, 32, 32, kernel: 3, stride: 2, padding: 1),
              "packedIm2col/stride2Kernel3Gather/packedIm2col"),
             ("resnet20/6.sc.0", try geometry(16, 32, 32, kernel: 1, stride: 2),
-             "packedIm2col/stridedPointwiseTiles/gatheredPointwise"),
+             "subsampledPointwise/stridedPointwiseTiles/gatheredPointwise"),
             ("resnet20/6.c2", try geometry(32, 16, 32, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
             ("resnet20/9.c1", try geometry(32, 16, 64, kernel: 3, stride: 2, padding: 1),
              "packedIm2col/stride2Kernel3Gather/packedIm2col"),
             ("resnet20/9.sc.0", try geometry(32, 16, 64, kernel: 1, stride: 2),
-             "packedIm2col/stridedPointwiseTiles/gatheredPointwise"),
+             "subsampledPointwise/stridedPointwiseTiles/gatheredPointwise"),
             ("resnet20/9.c2", try geometry(64, 8, 64, kernel: 3, padding: 1), "packedIm2col/flip:packedIm2col/packedIm2col"),
         ]
         for (name, g, expected) in table {
@@ -64,7 +64,7 @@ final class ConvolutionPathTests: XCTestCase {
         let vgg3 = try geometry(32, 32, 32, kernel: 3, padding: 1)
         XCTAssertEqual(path(vgg3, implicitB: true), "implicitB/flip:implicitB/packedIm2col")
         let shortcut = try geometry(16, 32, 32, kernel: 1, stride: 2)
-        XCTAssertEqual(path(shortcut, implicitB: true), "packedIm2col/stridedPointwiseTiles/gatheredPointwise")
+        XCTAssertEqual(path(shortcut, implicitB: true), "subsampledPointwise/stridedPointwiseTiles/gatheredPointwise")
         XCTAssertEqual(path(shortcut, packed: false), "panelImageSegments/stridedPointwiseTiles/panelImageSegments")
     }
 }
@@ -90,9 +90,10 @@ extension ConvolutionBlockedTests {
              ConvolutionPath(forward: .panelImageSegments, backwardData: .col2imImageSegments,
                              backwardWeights: .panelImageSegments)),
             (try square(8, 8, 400, kernel: 1, stride: 2), 2, true,
-             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise, backwardWeights: .gatheredPointwise)),
+             ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwise,
+                             backwardWeights: .gatheredPointwise)),
             (try square(16, 12, 8, kernel: 1, stride: 2), 2, true,
-             ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles,
+             ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwiseTiles,
                              backwardWeights: .gatheredPointwise)),
             (try square(6, 12, 8, kernel: 3, stride: 2, padding: 1), 2, true,
              ConvolutionPath(forward: .packedIm2col, backwardData: .stride2Kernel3Gather, backwardWeights: .packedIm2col)),
@@ -216,7 +217,7 @@ extension ConvolutionBlockedTests {
                          padding: .explicit(top: padding, bottom: padding, left: padding, right: padding))
         }
         let stride2 = ConvolutionPath(forward: .packedIm2col, backwardData: .stride2Kernel3Gather, backwardWeights: .packedIm2col)
-        let strided1x1 = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise,
+        let strided1x1 = ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwise,
                                          backwardWeights: .gatheredPointwise)
         let cases: [(Conv2DGeometry, Int, ConvolutionPath)] = [
             (try square(64, 8, 40, kernel: 3, stride: 2, padding: 1), 12, stride2),    // 4×4 outputs: whole images
@@ -251,8 +252,8 @@ extension ConvolutionBlockedTests {
             try geometry(c, h, h, k, kernel: (kernel, kernel), stride: (stride, stride),
                          padding: .explicit(top: padding, bottom: padding, left: padding, right: padding))
         }
-        let tiles = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)
-        let dcol = ConvolutionPath(forward: .packedIm2col, backwardData: .stridedPointwise, backwardWeights: .gatheredPointwise)
+        let tiles = ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwiseTiles, backwardWeights: .gatheredPointwise)
+        let dcol = ConvolutionPath(forward: .subsampledPointwise, backwardData: .stridedPointwise, backwardWeights: .gatheredPointwise)
         let gather = ConvolutionPath(forward: .packedIm2col, backwardData: .stride1RowGather, backwardWeights: .packedIm2col)
         let cases: [(Conv2DGeometry, Int, ConvolutionPath)] = [
             (try square(24, 32, 400, kernel: 1, stride: 2), 2, tiles),     // 16×16 outputs, K = 400 > KC in one step

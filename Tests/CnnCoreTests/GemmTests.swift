@@ -106,6 +106,63 @@ final class GemmTests: XCTestCase {
         }
     }
 
+    func testRowBlocksFinishInOrderWithTheBitsOfSgemmPackedA() {
+        // sgemmPackedARowBlocks: rowsDone sees each row block once, in order, when its rows are
+        // final (they equal sgemmPackedA's C bit for bit then); several row blocks (M > MC) with
+        // a 4-row tail panel, 1-3 K steps, N not a multiple of NR, padded ldb / ldc.
+        for (m, n, k) in [(300, 37, 100), (145, 200, 700), (10, 17, 1030), (288, 49, 512)] {
+            var rng = TestLCG(state: UInt64(m * 7 + n * 13 + k))
+            let ldb = n + 3, ldc = n + 5
+            let a = (0..<(m * k)).map { _ in rng.next() }
+            let b = (0..<(k * ldb)).map { _ in rng.next() }
+            var expected = [Float](repeating: .nan, count: m * ldc)
+            var got = [Float](repeating: .nan, count: m * ldc)
+            var blocks: [(Int, Int)] = []
+            let packed = PackedGemmA()
+            a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                    packed.pack(.transposed, m: m, k: k, a: pa.baseAddress!, lda: m)
+                    expected.withUnsafeMutableBufferPointer { pc in
+                        sgemmPackedA(packed, n: n, beta: 0, c: pc.baseAddress!, ldc: ldc) { r0, kc, j0, nc, dst in
+                            for p in 0..<kc {
+                                for j in 0..<((nc + GemmBlocking.NR - 1) / GemmBlocking.NR * GemmBlocking.NR) {
+                                    dst[(j / GemmBlocking.NR) * GemmBlocking.NR * kc + p * GemmBlocking.NR + j % GemmBlocking.NR]
+                                        = j < nc ? pb[(r0 + p) * ldb + j0 + j] : 0
+                                }
+                            }
+                        }
+                    }
+                    got.withUnsafeMutableBufferPointer { pc in
+                        sgemmPackedARowBlocks(packed, n: n, b: pb.baseAddress!, ldb: ldb, c: pc.baseAddress!, ldc: ldc) { ic, mc in
+                            XCTAssertEqual(ic, blocks.last.map { $0.0 + $0.1 } ?? 0, "\(m)x\(n)x\(k): blocks in order")
+                            blocks.append((ic, mc))
+                            for i in ic..<(ic + mc) {
+                                for j in 0..<n {
+                                    XCTAssertEqual(pc[i * ldc + j].bitPattern, expected[i * ldc + j].bitPattern,
+                                                   "\(m)x\(n)x\(k) row \(i) col \(j) at its block's end")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(blocks.last.map { $0.0 + $0.1 }, m, "\(m)x\(n)x\(k): every row")
+            XCTAssertEqual(blocks.count, (m + GemmBlocking.MC - 1) / GemmBlocking.MC)
+            for i in 0..<m {
+                for j in n..<ldc { XCTAssertTrue(got[i * ldc + j].isNaN, "column \(j) past N written") }
+            }
+            // And the values: against the reference loops.
+            var reference = [Float](repeating: 0, count: m * ldc)
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in reference.withUnsafeMutableBufferPointer { pc in
+                sgemmReference(.transposed, .none, m: m, n: n, k: k, alpha: 1, a: pa.baseAddress!, lda: m,
+                               b: pb.baseAddress!, ldb: ldb, beta: 0, c: pc.baseAddress!, ldc: ldc)
+            } } }
+            var worst: Float = 0
+            for i in 0..<m { for j in 0..<n { worst = max(worst, abs(got[i * ldc + j] - reference[i * ldc + j]) / max(1, abs(reference[i * ldc + j]))) } }
+            XCTAssertLessThan(worst, 1e-5 * Float(k).squareRoot() + 1e-6, "\(m)x\(n)x\(k)")
+        }
+    }
+
     func testPackFlippedKernelGivesThePackOfTheFlippedCopy() {
         // A[c][q·taps + t] = w[(q·m + c)·taps + taps − 1 − t] packed from w gives the products
         // of `pack(.none)` on that copy bit for bit: M with a 4-row tail panel and more than MC
