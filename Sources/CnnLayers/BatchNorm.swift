@@ -229,6 +229,20 @@ public final class BatchNormEngine {
     func shareOutput(_ shared: Tensor?) {
         output = shared ?? ownOutput
         recomputesOutput = shared != nil
+        outputIsScratch = false
+    }
+
+    /// The output lives in a scratch buffer that later layers overwrite (set by `MemoryPlan`
+    /// when the only reader is a Residual's sum, in forward): backward does not read it (no
+    /// fused ReLU after the layer), so it is not kept.
+    public private(set) var outputIsScratch = false
+
+    /// Writes into `scratch` from now on (see `outputIsScratch`).
+    func writeOutput(into scratch: Tensor) {
+        precondition(!fusedReLU, "\(layer): a fused ReLU reads the output in backward")
+        output = scratch
+        recomputesOutput = false
+        outputIsScratch = true
     }
 
     /// Writes the last forward's output again (the shared buffer has been overwritten since).

@@ -51,6 +51,13 @@ import CnnCore
 /// block-wide output tensor and one block-wide dL/dx slot (see `ConcatRun`); a ReLU right
 /// after such a run keeps its own output (the run's tensor is read again in backward).
 ///
+/// Residual sums (`scratchSumInputs`, default on): a BatchNorm that ends a Residual's branch
+/// or shortcut (no ReLU fused after it) is read only by the block's sum, in forward, and its
+/// backward does not read its output, so it writes into one of two scratch tensors (branch,
+/// shortcut) shared by all such BatchNorms instead of holding its own: the branch's is
+/// written, then the shortcut's, then both are summed before any other block runs. Not where
+/// the shortcut holds a Residual of its own (it would write the branch scratch in between).
+///
 /// Convolutions of one geometry also share their workspace (`sharedWorkspace`).
 ///
 /// Arithmetic is unchanged (every planned kernel overwrites all of its dL/dx), so results are
@@ -73,6 +80,12 @@ public final class MemoryPlan {
     /// elements of their outputs at the planned shape (what they hold without recompute).
     public private(set) var recomputedBatchNorms = 0
     public let recomputeBuffer = Tensor(shape: [0])
+    /// The scratch outputs of BatchNorms read only by a Residual's sum (branch, shortcut), how
+    /// many BatchNorms write them and the elements those outputs hold without the plan.
+    public let sumBranchScratch = Tensor(shape: [0]), sumShortcutScratch = Tensor(shape: [0])
+    public private(set) var sumBranchScratchElements = 0, sumShortcutScratchElements = 0
+    public private(set) var scratchBatchNorms = 0
+    public private(set) var scratchElements = 0
     /// ReLUs applied by the BatchNorm after them (ReLU + BatchNorm fused).
     public private(set) var fusedInputReLUs = 0
     /// BatchNorms that keep their input as bf16 with bf16 arithmetic; the buffer their
@@ -107,7 +120,8 @@ public final class MemoryPlan {
     /// `bf16Inputs: false` keeps every BatchNorm's input fp32 in bf16 arithmetic too.
     @discardableResult
     public static func apply(to root: Layer, inputShape: [Int], inPlace: Bool = true, fuse: Bool = true,
-                             recompute: Bool = false, shareConcat: Bool = true, bf16Inputs: Bool = true) -> MemoryPlan {
+                             recompute: Bool = false, shareConcat: Bool = true, bf16Inputs: Bool = true,
+                             scratchSumInputs: Bool = true) -> MemoryPlan {
         let plan = MemoryPlan()
         plan.inputShape = inputShape
         plan.allowsConcatSharing = shareConcat
@@ -115,11 +129,14 @@ public final class MemoryPlan {
         plan.allowsFusion = fuse
         plan.allowsRecompute = fuse && recompute
         plan.allowsBF16Inputs = bf16Inputs
+        plan.allowsSumScratch = scratchSumInputs
         plan.resetInPlace(root)
-        if inPlace || fuse || shareConcat { plan.markInPlace(root, input: inputShape) }
+        if inPlace || fuse || shareConcat || scratchSumInputs { plan.markInPlace(root, input: inputShape) }
         _ = plan.place(root, input: inputShape, incoming: [], busy: [])
         for (tensor, elements) in zip(plan.slots, plan.slotElements) { tensor.resize(to: [elements]) }
         plan.recomputeBuffer.resize(to: [plan.recomputeBufferElements])
+        plan.sumBranchScratch.resize(to: [plan.sumBranchScratchElements])
+        plan.sumShortcutScratch.resize(to: [plan.sumShortcutScratchElements])
         return plan
     }
 
@@ -263,6 +280,7 @@ public final class MemoryPlan {
     private var allowsFusion = true
     private var allowsRecompute = false
     private var allowsBF16Inputs = true
+    private var allowsSumScratch = true
 
     /// Fuses each ReLU into the BatchNorm before it, else switches it to in place where the
     /// layer before it allows (see the type's comment).
@@ -276,6 +294,7 @@ public final class MemoryPlan {
             if allowsInPlace, let relu = residual.activation as? ReLU, let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) {
                 switchToInPlace(relu, elements: out.reduce(1, *))
             }
+            if allowsSumScratch { markSumInputs(residual, input: input) }
         } else if let concat = layer as? Concat {
             for (_, branch) in concat.branches { markInPlace(branch, input: input) }
         }
@@ -333,6 +352,36 @@ public final class MemoryPlan {
             }
         }
         return recomputed
+    }
+
+    /// Points the BatchNorms that end `residual`'s branch and shortcut at the sum scratch tensors
+    /// (see the type's comment).
+    private func markSumInputs(_ residual: Residual, input: [Int]) {
+        guard let out = try? residual.branch.reduce(input, { try $1.layer.outputShape(for: $0) }) else { return }
+        let elements = out.reduce(1, *)
+        if let shortcut = residual.shortcut, containsResidual(shortcut.layer) { return }
+        func finalBatchNorm(_ layer: Layer?) -> BatchNormEngine? {
+            let last = (layer as? Sequential)?.layers.last ?? layer
+            guard let batchNorm = last as? BatchNormLayer, !batchNorm.engine.fusedReLU,
+                  !batchNorm.engine.recomputesOutput else { return nil }
+            return batchNorm.engine
+        }
+        if let engine = finalBatchNorm(residual.branch.last?.layer) {
+            engine.writeOutput(into: sumBranchScratch)
+            sumBranchScratchElements = max(sumBranchScratchElements, elements)
+            scratchBatchNorms += 1
+            scratchElements += elements
+        }
+        if let engine = finalBatchNorm(residual.shortcut?.layer) {
+            engine.writeOutput(into: sumShortcutScratch)
+            sumShortcutScratchElements = max(sumShortcutScratchElements, elements)
+            scratchBatchNorms += 1
+            scratchElements += elements
+        }
+    }
+
+    private func containsResidual(_ layer: Layer) -> Bool {
+        layer is Residual || layer.children.contains { containsResidual($0.layer) }
     }
 
     /// Gives each maximal run (two or more) of consecutive Concats of the `cat(x, f(x))` form
@@ -442,7 +491,8 @@ public struct MemoryAccount: Sendable {
         let bf16 = arithmetic.precision == .bf16
         activations = MemoryAccount.outputBytes(root, input: inputShape, bf16: bf16)
         inputGradients = plan.plannedBytes / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
-        activations += float * plan.recomputeBufferElements / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
+        let scratch = plan.recomputeBufferElements + plan.sumBranchScratchElements + plan.sumShortcutScratchElements
+        activations += float * scratch / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
         if bf16 {
             activations += float * plan.bf16ProducerBufferElements / max(plan.inputShape.first ?? 1, 1) * (inputShape.first ?? 1)
         }
@@ -487,7 +537,7 @@ public struct MemoryAccount: Sendable {
         case let batchNorm as BatchNormLayer:
             // The shared buffers are counted once; the bf16 copy of the input is 2 bytes an element.
             let copy = bf16 && batchNorm.engine.mayKeepInputBF16 ? 2 * input.reduce(1, *) : 0
-            return (batchNorm.engine.recomputesOutput ? 0 : own) + copy
+            return (batchNorm.engine.recomputesOutput || batchNorm.engine.outputIsScratch ? 0 : own) + copy
         case let conv as Conv2D:
             return bf16 && conv.bf16SharedOutput != nil ? 0 : own
         case let dropout as Dropout:

@@ -207,6 +207,59 @@ final class MemoryPlanTests: XCTestCase {
               + "\((plan.recomputedElements * 4) >> 20) MiB in a shared buffer of \((plan.recomputeBufferElements * 4) >> 20) MiB")
     }
 
+    /// The BatchNorms that end a Residual's branch or shortcut write into the two sum scratch
+    /// tensors: same bits as unplanned, and the account drops their outputs.
+    func testResidualSumInputsInScratchBitwiseAndSmaller() throws {
+        // resnet20: 9 blocks (9 branch BatchNorms), 2 projection shortcuts; resnet18: 8 and 3.
+        for (model, input, count) in [(ZooModel.resnet20, [2, 3, 32, 32], 11), (.resnet18, [2, 3, 64, 64], 11)] {
+            let shape = Array(input.dropFirst())
+            let plain = try model.build(input: shape, classes: 10)
+            let kept = try model.build(input: shape, classes: 10), scratch = try model.build(input: shape, classes: 10)
+            let keptPlan = MemoryPlan.apply(to: kept, inputShape: input, scratchSumInputs: false)
+            let plan = MemoryPlan.apply(to: scratch, inputShape: input)
+            XCTAssertEqual(keptPlan.scratchBatchNorms, 0)
+            XCTAssertEqual(plan.scratchBatchNorms, count, model.rawValue)
+            let a = trainingSteps(plain, input: input, classes: 10)
+            XCTAssertTrue(a.inputGradient.contains { Float(bitPattern: $0) != 0 })
+            XCTAssertEqual(a, trainingSteps(scratch, input: input, classes: 10), model.rawValue)
+            XCTAssertEqual(a, trainingSteps(kept, input: input, classes: 10), model.rawValue)
+            let held = MemoryAccount(root: kept, inputShape: input, plan: keptPlan).activations
+            let less = MemoryAccount(root: scratch, inputShape: input, plan: plan).activations
+            let buffers = plan.sumBranchScratchElements + plan.sumShortcutScratchElements
+            XCTAssertEqual(held - less, (plan.scratchElements - buffers) * MemoryLayout<Float>.stride, model.rawValue)
+            XCTAssertGreaterThan(plan.scratchElements, 3 * buffers, model.rawValue)
+            // With recompute as well (other BatchNorms, another buffer), and planned again without.
+            let both = MemoryPlan.apply(to: scratch, inputShape: input, recompute: true)
+            XCTAssertEqual(both.scratchBatchNorms, count)
+            XCTAssertEqual(a, trainingSteps(scratch, input: input, classes: 10), model.rawValue)
+            let again = MemoryPlan.apply(to: scratch, inputShape: input, scratchSumInputs: false)
+            XCTAssertEqual(MemoryAccount(root: scratch, inputShape: input, plan: again).activations, held, model.rawValue)
+            XCTAssertEqual(a, trainingSteps(scratch, input: input, classes: 10), model.rawValue)
+        }
+    }
+
+    /// A shortcut that holds a Residual would write the branch scratch between the branch's
+    /// BatchNorm and the sum: such a block keeps its BatchNorm outputs.
+    func testShortcutWithAResidualKeepsItsOutputs() throws {
+        func conv() throws -> Conv2D {
+            try Conv2D(inChannels: 4, outChannels: 4, kernelSize: (3, 3), padding: .explicit(top: 1, bottom: 1, left: 1, right: 1))
+        }
+        func block() throws -> Residual {
+            Residual(branch: [("c", try conv()), ("b", try BatchNorm2d(4))], shortcut: nil, activation: ReLU())
+        }
+        func build() throws -> Layer {
+            let outer = Residual(branch: [("c", try conv()), ("b", try BatchNorm2d(4))],
+                                 shortcut: ("s", Sequential([try block()], names: ["r"])), activation: ReLU())
+            return Sequential([outer, try AdaptiveAvgPool2d(outputHeight: 1, outputWidth: 1), Flatten()], names: ["o", "p", "f"])
+        }
+        let plain = try build(), planned = try build()
+        let plan = MemoryPlan.apply(to: planned, inputShape: [2, 4, 6, 6])
+        XCTAssertEqual(plan.scratchBatchNorms, 1)   // the inner block's own branch only
+        let a = trainingSteps(plain, input: [2, 4, 6, 6], classes: 4)
+        XCTAssertTrue(a.inputGradient.contains { Float(bitPattern: $0) != 0 })
+        XCTAssertEqual(a, trainingSteps(planned, input: [2, 4, 6, 6], classes: 4))
+    }
+
     /// `Model` plans itself, and a model planned for one batch size runs another bitwise alike.
     func testModelPlansItselfAndOtherBatchSizesWork() throws {
         let model = try Model(name: "resnet20")
