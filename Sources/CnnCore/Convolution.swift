@@ -354,27 +354,15 @@ func stridedPointwiseBackwardData(
         let perBlock = (images.count + blocks - 1) / max(blocks, 1)
         if let packedWeights, Cg > GemmBlocking.MC {
             // dcol row block by row block (MC input channels), each written into dx while in cache.
-            var n0 = images.lowerBound
-            while n0 < images.upperBound {
-                let count = min(perBlock, images.upperBound - n0), columns = count * hw
-                for grp in 0..<g.groups {
-                    let (dyBlock, ld) = gradOutputBlock(dy, inside: count == 1, firstImage: n0, channels: K, group: grp,
-                                                        groupChannels: Kg, outPixels: hw, start: n0 * hw, count: columns,
-                                                        blockOutput: blockOutput)
-                    sgemmPackedARowBlocks(packedWeights[grp], n: columns, b: dyBlock, ldb: ld, c: dcol,
-                                          ldc: columns) { ic, mc in
-                        for i in 0..<count {
-                            for oy in 0..<outH {
-                                let y = oy * sh
-                                writeStridedRuns(dx + ((n0 + i) * C + grp * Cg + ic) * H * W + y * W, planeStride: H * W,
-                                                 dcol + ic * columns + i * hw + oy * outW, sourceStride: columns,
-                                                 channels: mc, count: outW, width: W, stride: sw,
-                                                 zeroRows: min(y + sh, H) - y - 1, rowStride: W)
-                            }
-                        }
-                    }
+            forEachWholeImageDcolRowBlock(images: images, perBlock: perBlock, gradOutput: dy, geometry: g, dcol: dcol,
+                                          blockOutput: blockOutput, packedWeights: packedWeights) { imageDcol, ld, n, grp, channels in
+                for oy in 0..<outH {
+                    let y = oy * sh
+                    writeStridedRuns(dx + (n * C + grp * Cg + channels.lowerBound) * H * W + y * W, planeStride: H * W,
+                                     imageDcol + channels.lowerBound * ld + oy * outW, sourceStride: ld,
+                                     channels: channels.count, count: outW, width: W, stride: sw,
+                                     zeroRows: min(y + sh, H) - y - 1, rowStride: W)
                 }
-                n0 += count
             }
             return
         }
@@ -734,6 +722,31 @@ func forEachWholeImageDcol(
                      lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
             }
             for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
+        }
+        n0 += m
+    }
+}
+
+/// `forEachWholeImageDcol` with the packed W_gᵀ finished one row block (MC rows) at a time
+/// (`sgemmPackedARowBlocks`): `gather(dcol + i·hw, ld, n0 + i, group, rows)` runs for each
+/// image of the block as soon as dcol's rows `rows` are final, while they are in cache.
+@inline(__always)
+func forEachWholeImageDcolRowBlock(
+    images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, geometry g: Conv2DGeometry,
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, packedWeights: [PackedGemmA],
+    gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int, _ rows: Range<Int>) -> Void
+) {
+    let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
+    var n0 = images.lowerBound
+    while n0 < images.upperBound {
+        let m = min(perBlock, images.upperBound - n0), count = m * hw
+        for grp in 0..<g.groups {
+            let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
+                                                groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
+                                                blockOutput: blockOutput)
+            sgemmPackedARowBlocks(packedWeights[grp], n: count, b: dyBlock, ldb: ld, c: dcol, ldc: count) { ic, mc in
+                for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp, ic ..< ic + mc) }
+            }
         }
         n0 += m
     }

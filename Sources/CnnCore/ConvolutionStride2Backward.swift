@@ -44,23 +44,11 @@ func stride2Kernel3BackwardData(
         if rowBlocked, let packedWeights {
             // dcol row block by row block, each gathered into dx while it is in cache (a whole
             // dcol of these layers, 2304-4608 rows, is several MB and was gathered from L3).
-            let m = (images.count + blocks - 1) / max(blocks, 1)
-            var n0 = images.lowerBound
-            while n0 < images.upperBound {
-                let count = min(m, images.upperBound - n0), columns = count * hw
-                for grp in 0..<g.groups {
-                    let (dyBlock, ld) = gradOutputBlock(dy, inside: count == 1, firstImage: n0, channels: K, group: grp,
-                                                        groupChannels: Kg, outPixels: hw, start: n0 * hw, count: columns,
-                                                        blockOutput: blockOutput)
-                    sgemmPackedARowBlocks(packedWeights[grp], n: columns, b: dyBlock, ldb: ld, c: dcol,
-                                          ldc: columns) { ic, mc in
-                        for i in 0..<count {
-                            stride2Kernel3GatherRows(dcol + i * hw, ld: columns, gradInput: dx, image: n0 + i, group: grp,
-                                                     outRows: 0..<outH, geometry: g, channels: ic / 9 ..< (ic + mc) / 9)
-                        }
-                    }
-                }
-                n0 += count
+            forEachWholeImageDcolRowBlock(images: images, perBlock: (images.count + blocks - 1) / max(blocks, 1),
+                                          gradOutput: dy, geometry: g, dcol: dcol, blockOutput: blockOutput,
+                                          packedWeights: packedWeights) { imageDcol, ld, n, grp, rows in
+                stride2Kernel3GatherRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, outRows: 0..<outH,
+                                         geometry: g, channels: rows.lowerBound / 9 ..< rows.upperBound / 9)
             }
             return
         }
