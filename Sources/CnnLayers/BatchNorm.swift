@@ -313,27 +313,8 @@ public final class BatchNormEngine {
     }
 }
 
-/// A growable buffer of bf16 bit patterns owned by a layer.
-final class BF16Buffer {
-    private(set) var data: UnsafeMutablePointer<UInt16>
-    private(set) var capacity: Int
-
-    init() {
-        capacity = 0
-        data = .allocate(capacity: 1)
-    }
-
-    deinit { data.deallocate() }
-
-    /// Makes room for `count` elements; contents are unspecified after growing.
-    func reserve(_ count: Int) {
-        guard count > capacity else { return }
-        data.deallocate()
-        capacity = count
-        data = .allocate(capacity: count)
-        data.initialize(repeating: 0, count: count)
-    }
-}
+/// The bf16 bit patterns a BatchNorm keeps of its input.
+typealias BF16Buffer = ScratchBuffer<UInt16>
 
 /// Batch normalisation over [N, C, H, W], per channel (PyTorch's nn.BatchNorm2d),
 /// synchronized across ranks when the context has a `statisticsReducer`.

@@ -31,9 +31,10 @@ func ensureShape(_ tensor: Tensor, _ shape: [Int]) {
     if tensor.shape != shape { tensor.resize(to: shape) }
 }
 
-/// A growable Int32 scratch buffer owned by a layer (max-pool argmax, labels).
-final class IndexBuffer {
-    private(set) var data: UnsafeMutablePointer<Int32>
+/// A growable scratch buffer of integers owned by a layer: Int32 (max-pool argmax, labels)
+/// or UInt16 (bf16 bit patterns).
+final class ScratchBuffer<Element: FixedWidthInteger> {
+    private(set) var data: UnsafeMutablePointer<Element>
     private(set) var capacity: Int
 
     init() {
@@ -53,6 +54,8 @@ final class IndexBuffer {
         data.initialize(repeating: 0, count: count)
     }
 }
+
+typealias IndexBuffer = ScratchBuffer<Int32>
 
 /// Throws `invalidArgument` unless `value` > 0.
 func requirePositive(_ value: Int, layer: String, argument: String) throws {
