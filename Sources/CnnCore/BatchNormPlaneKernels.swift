@@ -1,9 +1,10 @@
 // Shapes as in BatchNormKernels.swift: x, y, dy, dx are (N, C, S); mean, invStd, gamma, beta
 // and all sums are (C).
 //
-// BatchNorm over an input it reads through a transformation, in the passes and summation
-// order of BatchNormKernels.swift, so that the bits are those of the plain kernels run on the
-// transformed input:
+// The per-plane loops of every BatchNorm, generic in how a plane of the input is read: as it
+// is (`PlainPlane`: the public kernels of BatchNormKernels.swift), or through a transformation,
+// with the same passes and summation order, so that the bits are those of the plain kernels
+// run on the transformed input:
 // - rectified: the input is a ReLU's input x, and BatchNorm sees max(x, 0) as `reluForward`
 //   computes it (x > 0 ? x : +0; NaN gives +0). Backward multiplies dL/dx by (x > 0), which is
 //   what `reluBackward` does with the ReLU's output. ReLU followed by BatchNorm then needs no
@@ -23,6 +24,16 @@ protocol BatchNormInputPlane {
     associatedtype Element
     static func load8(_ p: UnsafePointer<Element>, _ j: Int) -> SIMD8<Float>
     static func load(_ p: UnsafePointer<Element>, _ j: Int) -> Float
+}
+
+/// fp32 values as they are.
+enum PlainPlane: BatchNormInputPlane {
+    @inline(__always)
+    static func load8(_ p: UnsafePointer<Float>, _ j: Int) -> SIMD8<Float> {
+        UnsafeRawPointer(p).loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+    }
+    @inline(__always)
+    static func load(_ p: UnsafePointer<Float>, _ j: Int) -> Float { p[j] }
 }
 
 /// fp32 values read as max(x, 0).
@@ -62,7 +73,7 @@ public func bf16KeepingNonzero(_ x: Float) -> UInt16 {
     return UInt16(truncatingIfNeeded: r)
 }
 
-// MARK: generic per-plane loops (blocks of 1024 as `blockSum`: SIMD8 Float partials, Double across blocks)
+// MARK: generic per-plane loops (SIMD8 Float partials over blocks of 1024, Double across blocks)
 
 @inline(__always)
 func planeSum<P: BatchNormInputPlane>(_: P.Type, _ p: UnsafePointer<P.Element>, _ count: Int) -> Double {
@@ -124,7 +135,7 @@ func planeNormalize<P: BatchNormInputPlane>(_: P.Type, _ p: UnsafePointer<P.Elem
 }
 
 /// (Σ g, Σ g·(p − m)) over one plane, g masked by the ReLU output r when given (as
-/// `channelBackwardSums`).
+/// `batchNormBackwardSums`).
 @inline(__always)
 func planeBackwardSums<P: BatchNormInputPlane>(_: P.Type, _ p: UnsafePointer<P.Element>, _ g: UnsafePointer<Float>,
                                                _ r: UnsafePointer<Float>?, _ s: Int, _ m: Float) -> (Double, Double) {
@@ -231,22 +242,25 @@ func planeBackwardInput<P: BatchNormInputPlane>(_ kind: P.Type, _ p: UnsafePoint
 
 @inline(__always)
 func planesChannelSums<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointer<P.Element>, n: Int, c: Int, s: Int,
-                                               sums: UnsafeMutablePointer<Double>) {
+                                               sums: UnsafeMutablePointer<Double>, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
-            for ch in channels { sums[ch] += planeSum(kind, x + (i * c + ch) * s, s) }
+            for ch in channels { sums[ch] += planeSum(kind, x + i * xs + ch * s, s) }
         }
     }
 }
 
 @inline(__always)
 func planesCenteredSquares<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointer<P.Element>, mean: UnsafePointer<Float>,
-                                                   n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
+                                                   n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>,
+                                                   xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sums[ch] = 0 }
         for i in 0..<n {
-            for ch in channels { sums[ch] += planeCentredSquares(kind, x + (i * c + ch) * s, s, mean[ch]) }
+            for ch in channels { sums[ch] += planeCentredSquares(kind, x + i * xs + ch * s, s, mean[ch]) }
         }
     }
 }
@@ -255,12 +269,14 @@ func planesCenteredSquares<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePoin
 func planesNormalize<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointer<P.Element>, y: UnsafeMutablePointer<Float>,
                                              mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                              gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
-                                             n: Int, c: Int, s: Int, relu: Bool) {
+                                             n: Int, c: Int, s: Int, relu: Bool, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
+                // (x − mean)·scale + β rather than x·scale + shift: no cancellation when |mean| ≫ std.
                 let off = (i * c + ch) * s
-                planeNormalize(kind, x + off, y + off, s, m: mean[ch], scale: invStd[ch] * (gamma?[ch] ?? 1),
+                planeNormalize(kind, x + i * xs + ch * s, y + off, s, m: mean[ch], scale: invStd[ch] * (gamma?[ch] ?? 1),
                                shift: beta?[ch] ?? 0, relu: relu)
             }
         }
@@ -271,13 +287,14 @@ func planesNormalize<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointer<P.
 func planesBackwardSums<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointer<P.Element>, dy: UnsafePointer<Float>,
                                                 mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>, n: Int, c: Int, s: Int,
                                                 sumDy: UnsafeMutablePointer<Double>, sumDyXhat: UnsafeMutablePointer<Double>,
-                                                reluOutput: UnsafePointer<Float>?) {
+                                                reluOutput: UnsafePointer<Float>?, xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for ch in channels { sumDy[ch] = 0; sumDyXhat[ch] = 0 }
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s
-                let (a, b) = planeBackwardSums(kind, x + off, dy + off, reluOutput.map { $0 + off }, s, mean[ch])
+                let (a, b) = planeBackwardSums(kind, x + i * xs + ch * s, dy + off, reluOutput.map { $0 + off }, s, mean[ch])
                 sumDy[ch] += a
                 sumDyXhat[ch] += b * Double(invStd[ch])
             }
@@ -290,12 +307,14 @@ func planesBackwardInput<P: BatchNormInputPlane>(_ kind: P.Type, x: UnsafePointe
                                                  dx: UnsafeMutablePointer<Float>, mean: UnsafePointer<Float>,
                                                  invStd: UnsafePointer<Float>, gamma: UnsafePointer<Float>?,
                                                  meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
-                                                 n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>?, maskInput: Bool) {
+                                                 n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>?, maskInput: Bool,
+                                                 xImageStride: Int? = nil) {
+    let xs = xImageStride ?? c * s
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s
-                planeBackwardInput(kind, x + off, dy + off, reluOutput.map { $0 + off }, dx + off, s,
+                planeBackwardInput(kind, x + i * xs + ch * s, dy + off, reluOutput.map { $0 + off }, dx + off, s,
                                    k: invStd[ch] * (gamma?[ch] ?? 1), mean: mean[ch], invStd: invStd[ch],
                                    meanDy: meanDy?[ch], meanDyXhat: meanDyXhat?[ch], maskInput: maskInput)
             }
@@ -347,15 +366,6 @@ public func batchNormRectifiedBackwardInput(x: UnsafePointer<Float>, dy: UnsafeP
 
 // MARK: bf16 copy of the input
 
-/// fp32 values as they are.
-enum PlainPlane: BatchNormInputPlane {
-    @inline(__always)
-    static func load8(_ p: UnsafePointer<Float>, _ j: Int) -> SIMD8<Float> {
-        UnsafeRawPointer(p).loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
-    }
-    @inline(__always)
-    static func load(_ p: UnsafePointer<Float>, _ j: Int) -> Float { p[j] }
-}
 
 /// Writes o = bf16KeepingNonzero(x read as P) over one plane and returns Σ of the rounded
 /// values, summed as `planeSum` sums them: per block, a plain (vectorised) rounding loop, then
