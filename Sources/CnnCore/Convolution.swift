@@ -188,8 +188,8 @@ public func convolution2DBackwardData(
                                            a: w + grp * g.groupOutChannels * g.groupInChannels, lda: g.groupInChannels,
                                            depth: sgemmTilesDepthLimit)
         }
-    } else if (ws.path.backwardData == .stride2Kernel3Gather || ws.path.backwardData == .stridedPointwise)
-                && ws.precision == .fp32 {
+    } else if (ws.path.backwardData == .stride2Kernel3Gather || ws.path.backwardData == .stridedPointwise
+                || ws.path.backwardData == .stride1RowGather) && ws.precision == .fp32 {
         // W_gᵀ (Cg·9 × Kg) packed once for every block and task: each dcol GEMM re-packing it
         // (4608 × 512 on ResNet's last stage, for blocks of a few hundred columns) took about
         // a quarter of the pass. Strided 1×1: W_gᵀ is Cg × Kg.
@@ -245,8 +245,9 @@ private func backwardDataImages(
         return
     case .stride1RowGather:
         stride1GatherBackwardData(gradOutput: dy, weight: w, gradInput: dx, images: images, geometry: g,
-                                  blockPixels: ws.blockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput,
-                                  arithmetic: ws.arithmetic)
+                                  blockPixels: ws.backwardDataBlockPixels, dcol: dcol + g.rowGatherSlack, blockOutput: blockOutput,
+                                  arithmetic: ws.arithmetic,
+                                  packedWeights: ws.precision == .fp32 ? ws.transposedWeights : nil)
         return
     case .col2im, .col2imImageSegments, .flippedForward:
         break

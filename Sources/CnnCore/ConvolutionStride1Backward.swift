@@ -40,7 +40,8 @@ let rowGatherL1Floats = 8192
 func stride1GatherBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>, gradInput dx: UnsafeMutablePointer<Float>,
     images: Range<Int>, geometry g: Conv2DGeometry, blockPixels p: Int,
-    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32
+    dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, arithmetic: GemmArithmetic = .fp32,
+    packedWeights: [PackedGemmA]? = nil
 ) {
     let hw = g.outPixels, rows = g.panelRows
     let vectorsPerRow = (g.width + 7) / 8
@@ -61,9 +62,15 @@ func stride1GatherBackwardData(
         // then reads L1, measurably faster on fashion-cnn/0); otherwise the whole panel
         // block (dcol is read from L2 either way, and a wider GEMM wastes less of its edge tile).
         let imageFloats = rows * hw
-        let perBlock = imageFloats <= rowGatherL1Floats ? max(1, min(p / hw, rowGatherL1Floats / imageFloats)) : p / hw
+        var perBlock = imageFloats <= rowGatherL1Floats ? max(1, min(p / hw, rowGatherL1Floats / imageFloats)) : p / hw
+        if packedWeights != nil {
+            // Blocks of equal size (W_gᵀ is packed once, so narrower blocks cost only their edge tiles).
+            let blocks = (images.count + perBlock - 1) / perBlock
+            perBlock = (images.count + blocks - 1) / max(blocks, 1)
+        }
         forEachWholeImageDcol(images: images, perBlock: perBlock, gradOutput: dy, weight: w, geometry: g, dcol: dcol,
-                              blockOutput: blockOutput, arithmetic: arithmetic) { imageDcol, ld, n, grp in
+                              blockOutput: blockOutput, arithmetic: arithmetic,
+                              packedWeights: packedWeights) { imageDcol, ld, n, grp in
             gatherImageRows(imageDcol, ld: ld, gradInput: dx, image: n, group: grp, geometry: g, masks: maskBase,
                             vectorsPerRow: vectorsPerRow)
         }

@@ -149,9 +149,12 @@ public final class ConvolutionWorkspace {
         path = ConvolutionPath(g, blockPixels: blockPixels, allowsPackedIm2col: allowsPackedIm2col,
                                implicitB: implicitB, precision: precision, planeLimitBytes: planeLimitBytes)
         backwardDataBlockPixels = blockPixels
-        if path.backwardData == .stride2Kernel3Gather || path.backwardData == .stridedPointwise,
+        // The row gather takes wide blocks on the layers of more than 16 input channels that the
+        // path rules send to it (planes under 64 pixels; the narrow layers keep their blocks).
+        let wideRowGather = path.backwardData == .stride1RowGather && precision == .fp32 && g.groupInChannels > 16
+        if path.backwardData == .stride2Kernel3Gather || path.backwardData == .stridedPointwise || wideRowGather,
            let wide = wideBackwardDataBlock(g, columns: path.backwardData == .stridedPointwise ? min(blockPixels, hw) : blockPixels,
-                                            total: total) {
+                                            total: total, minInputChannels: wideRowGather ? 17 : 64) {
             backwardDataBlockPixels = wide
             panel.reserve(g.panelRows * wide + 2 * g.rowGatherSlack)
             if hw < wide { blockOutput.reserve(max(g.groupOutChannels, 1) * wide) }
@@ -260,13 +263,13 @@ public final class ConvolutionWorkspace {
 let wideBackwardDataColumns = 256
 
 /// The wider dcol block of `g` (whole images when they fit, else whole output rows), or nil
-/// to keep `blockPixels`: only for reductions of at least 256 rows from at least 64 input
-/// channels (the ImageNet networks' stride-2 layers; the small reference models keep their
-/// blocks), and only when the GEMMs of the default blocks have fewer than
+/// to keep `blockPixels`: only for reductions of at least 256 rows from at least
+/// `minInputChannels` (64) input channels (the ImageNet networks' stride-2 layers; the small
+/// reference models keep their blocks), and only when the GEMMs of the default blocks have fewer than
 /// `wideBackwardDataColumns` columns (`columns`: `blockPixels`, or for strided 1×1, whose
 /// default blocks stay inside one image, at most outH·outW).
-func wideBackwardDataBlock(_ g: Conv2DGeometry, columns: Int, total: Int) -> Int? {
-    guard g.panelRows >= 256 && g.groupInChannels >= 64 && columns < wideBackwardDataColumns else { return nil }
+func wideBackwardDataBlock(_ g: Conv2DGeometry, columns: Int, total: Int, minInputChannels: Int = 64) -> Int? {
+    guard g.panelRows >= 256 && g.groupInChannels >= minInputChannels && columns < wideBackwardDataColumns else { return nil }
     let hw = g.outPixels, outW = g.outWidth
     if hw <= wideBackwardDataColumns {
         // Whole images: enough of them for the wide block, at most the batch.

@@ -75,6 +75,23 @@ func addFloats(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, 
     while i < count { dst[i] += src[i]; i += 1 }
 }
 
+/// dst[2i] += src[i] for i < count: 8 at a time as one 16-float read-modify-write of dst
+/// that adds +0 to the odd lanes between (dst[2i + 1] for i < count − 1, which are left as
+/// they were: a sum that starts from +0 is never −0), the last 8 element by element.
+@inline(__always)
+func addFloatsStride2(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<Float>, _ count: Int) {
+    var i = 0
+    while i + 8 < count {
+        let s = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+        let d = UnsafeMutableRawPointer(dst + 2 * i)
+        var v = d.loadUnaligned(as: SIMD16<Float>.self)
+        v += SIMD16<Float>(s[0], 0, s[1], 0, s[2], 0, s[3], 0, s[4], 0, s[5], 0, s[6], 0, s[7], 0)
+        d.storeBytes(of: v, as: SIMD16<Float>.self)
+        i += 8
+    }
+    while i < count { dst[2 &* i] += src[i]; i &+= 1 }
+}
+
 /// dst[i] = src[i·stride] for i < count, where `available` floats from src are readable:
 /// with stride 2, 8 outputs per 16-float load while the load stays inside them.
 @inline(__always)
@@ -177,6 +194,8 @@ public func col2im(panel: UnsafePointer<Float>, geometry g: Conv2DGeometry, grou
                     while ox < i0 { let s = Int(xt[ox]); if s >= 0 { dst[s] += src[ox] }; ox += 1 }
                     if sw == 1 {
                         addFloats(dst + (i0 + offset), src + i0, i1 - i0)
+                    } else if sw == 2 {
+                        addFloatsStride2(dst + (2 * i0 + offset), src + i0, i1 - i0)
                     } else {
                         let d0 = dst + offset
                         var o = i0

@@ -188,6 +188,56 @@ final class ConvolutionBlockedTests: XCTestCase {
         check(try geometry(6, 14, 14, 16, kernel: (5, 5)), batch: 7, budget: 150 * 4 * 208, manyBlocks: false)
     }
 
+    /// Planes under 64 pixels with 17-64 input channels and at least 128 output channels per
+    /// group also take the row gather, with W_gᵀ packed once per pass and wide blocks of whole
+    /// images (about 256 columns, in blocks of equal size).
+    func testStrideOneRowGatherOnSmallPlanesWithWideBlocks() throws {
+        let gather = ConvolutionPath(forward: .packedIm2col, backwardData: .stride1RowGather, backwardWeights: .packedIm2col)
+        let flip = ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                                   backwardWeights: .packedIm2col)
+        let pad1 = ConvPadding.explicit(top: 1, bottom: 1, left: 1, right: 1)
+        // GoogLeNet's 5b.branch3.1 shape scaled down in channels: 288 dcol rows (two MC blocks of
+        // the packed weights), 49 pixels, 6 images per wide block: 11 images as 6 + 5.
+        let g = try geometry(32, 7, 7, 128, kernel: (3, 3), padding: pad1)
+        let ws = ConvolutionWorkspace(allowsPackedIm2col: true)
+        ws.prepare(for: g, batch: 11)
+        XCTAssertEqual(ws.backwardDataBlockPixels, 6 * 49)
+        check(g, batch: 11, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: gather)
+        // One image per task and a single image; rows of 6 (whole-vector stores into the next row).
+        check(try geometry(40, 6, 6, 130, kernel: (3, 3), padding: pad1), batch: 1,
+              budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: gather)
+        // Two groups of 32 → 128, a 5×7 plane.
+        check(try geometry(64, 5, 7, 256, kernel: (3, 3), padding: pad1, groups: 2), batch: 4,
+              budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: gather)
+        // Fewer than 128 output channels (fashion-cnn's 50 → 75 at 7×7) and 64-pixel planes keep the flip.
+        check(try geometry(50, 7, 7, 75, kernel: (3, 3), padding: pad1), batch: 3,
+              budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: flip)
+        check(try geometry(32, 8, 8, 128, kernel: (3, 3), padding: pad1), batch: 2,
+              budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: flip)
+        // Split over 2 and 3 threads by images.
+        let saved = ComputeThreads.count
+        defer { ComputeThreads.count = saved }
+        for threads in [2, 3] {
+            ComputeThreads.count = threads
+            check(g, batch: 16, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: gather)
+        }
+    }
+
+    /// col2im of stride-2 layers adds 8 dcol floats per 16-float dx vector: the 7×7 stride-2
+    /// stem shape (pad 3) with output rows of 23 and 19 pixels (vectors, then the last 8+ floats
+    /// one by one), two groups, and reflect padding (the border through the padding table).
+    func testStrideTwoCol2imAgainstReference() throws {
+        let pad3 = ConvPadding.explicit(top: 3, bottom: 3, left: 3, right: 3)
+        let col2im = ConvolutionPath(forward: .packedIm2col, backwardData: .col2im, backwardWeights: .packedIm2col)
+        check(try geometry(3, 48, 46, 64, kernel: (7, 7), stride: (2, 2), padding: pad3), batch: 2,
+              budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: col2im)
+        check(try geometry(3, 37, 38, 8, kernel: (7, 7), stride: (2, 2), padding: pad3), batch: 2, budget: 147 * 4 * 64)
+        check(try geometry(4, 35, 41, 6, kernel: (5, 5), stride: (2, 2), padding: .explicit(top: 2, bottom: 1, left: 2, right: 0),
+                           groups: 2), batch: 2, budget: 1 << 20, manyBlocks: false)
+        check(try geometry(3, 30, 44, 4, kernel: (7, 7), stride: (2, 2), padding: pad3, mode: .reflect), batch: 2,
+              budget: 1 << 20, manyBlocks: false)
+    }
+
     func testPointwiseAndStridedOneByOne() throws {
         check(try geometry(6, 5, 7, 4, kernel: (1, 1)), batch: 3, budget: 256, manyBlocks: false)
         check(try geometry(6, 5, 7, 4, kernel: (1, 1), groups: 2), batch: 2, budget: 256, manyBlocks: false)
