@@ -262,6 +262,12 @@ public final class ConvolutionWorkspace {
 /// GEMM's rate). 256 columns bring the packing under a tenth of the arithmetic.
 let wideBackwardDataColumns = 256
 
+/// Columns a wide dcol block aims at (whole output rows up to this many, or whole images
+/// down to it, when that keeps at least `wideBackwardDataColumns`): W_gᵀ is packed once per
+/// pass, but every block streams all of it through the cache again (4-9 MB on ResNet-50's last
+/// stride-2 layers), and the edge tiles of narrow blocks waste more.
+let wideBackwardDataTargetColumns = 400
+
 /// The wider dcol block of `g` (whole images when they fit, else whole output rows), or nil
 /// to keep `blockPixels`: only for reductions of at least 256 rows from at least
 /// `minInputChannels` (64) input channels (the ImageNet networks' stride-2 layers; the small
@@ -271,13 +277,13 @@ let wideBackwardDataColumns = 256
 func wideBackwardDataBlock(_ g: Conv2DGeometry, columns: Int, total: Int, minInputChannels: Int = 64) -> Int? {
     guard g.panelRows >= 256 && g.groupInChannels >= minInputChannels && columns < wideBackwardDataColumns else { return nil }
     let hw = g.outPixels, outW = g.outWidth
-    if hw <= wideBackwardDataColumns {
-        // Whole images: enough of them for the wide block, at most the batch.
-        let images = (wideBackwardDataColumns + hw - 1) / hw
+    if hw <= wideBackwardDataTargetColumns {
+        // Whole images: as many as fit the target, at least enough for the wide block, at most the batch.
+        let images = max((wideBackwardDataColumns + hw - 1) / hw, wideBackwardDataTargetColumns / hw)
         return min(images * hw, max(total, hw))
     }
     // Whole output rows of one image.
-    let rows = (wideBackwardDataColumns + outW - 1) / outW
+    let rows = (wideBackwardDataTargetColumns + outW - 1) / outW
     return min(rows * outW, hw)
 }
 

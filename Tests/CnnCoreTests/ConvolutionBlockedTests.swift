@@ -197,11 +197,11 @@ final class ConvolutionBlockedTests: XCTestCase {
                                    backwardWeights: .packedIm2col)
         let pad1 = ConvPadding.explicit(top: 1, bottom: 1, left: 1, right: 1)
         // GoogLeNet's 5b.branch3.1 shape scaled down in channels: 288 dcol rows (two MC blocks of
-        // the packed weights), 49 pixels, 6 images per wide block: 11 images as 6 + 5.
+        // the packed weights), 49 pixels, 8 images per wide block: 11 images as 6 + 5.
         let g = try geometry(32, 7, 7, 128, kernel: (3, 3), padding: pad1)
         let ws = ConvolutionWorkspace(allowsPackedIm2col: true)
         ws.prepare(for: g, batch: 11)
-        XCTAssertEqual(ws.backwardDataBlockPixels, 6 * 49)
+        XCTAssertEqual(ws.backwardDataBlockPixels, 8 * 49)
         check(g, batch: 11, budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false, path: gather)
         // One image per task and a single image; rows of 6 (whole-vector stores into the next row).
         check(try geometry(40, 6, 6, 130, kernel: (3, 3), padding: pad1), batch: 1,
