@@ -130,7 +130,9 @@ final class PackedIm2colPlan {
     /// The same rounded to bf16, for a bf16 forward.
     var packedWeightsBF16: [PackedGemmABF16] = []
     /// Images per forward GEMM: 1, or several for small planes whose output row count is not
-    /// a multiple of the 16-column micro-panel (a 7×7 plane alone fills 49 of 64 columns).
+    /// a multiple of the 16-column micro-panel (a 7×7 plane alone fills 49 of 64 columns):
+    /// enough for 256 columns, or as many as fit in 400 (at most 8; 7×7: 8 images, 392 columns,
+    /// whose last panel wastes less than 294's and whose blocks pay their fixed costs half as often).
     let imagesPerBlock: Int
     /// Floats between consecutive images of one block in xs.
     let imageStride: Int
@@ -179,7 +181,7 @@ final class PackedIm2colPlan {
         usedPhase = used
         let NR = GemmBlocking.NR, hw = g.outPixels, outW = g.outWidth
         self.usesImplicitB = usesImplicitB && gatherStride == 1
-        imagesPerBlock = self.usesImplicitB || hw % NR == 0 || hw >= 256 ? 1 : min(8, (256 + hw - 1) / hw)
+        imagesPerBlock = self.usesImplicitB || hw % NR == 0 || hw >= 256 ? 1 : min(8, max((256 + hw - 1) / hw, 400 / hw))
         imageStride = copiesInput ? sh * sw * Cg * plane : g.inChannels * g.height * g.width
         let columns = imagesPerBlock * hw
         let panels = (columns + NR - 1) / NR

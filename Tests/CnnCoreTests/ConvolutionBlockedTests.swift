@@ -223,6 +223,26 @@ final class ConvolutionBlockedTests: XCTestCase {
         }
     }
 
+    /// Forward blocks of up to 8 images of 7×7 (392 columns) through packed im2col, in blocks of
+    /// equal size (17 images: 6 + 6 + 5; 2 threads: 9 + 8 images, 5 + 4 / 4 + 4), 3×3 and 1×1,
+    /// and their backward-data as flipped forwards over the same blocks.
+    func testSevenBySevenForwardBlocksOfEightImages() throws {
+        let pad1 = ConvPadding.explicit(top: 1, bottom: 1, left: 1, right: 1)
+        let saved = ComputeThreads.count
+        defer { ComputeThreads.count = saved }
+        for threads in [1, 2] {
+            ComputeThreads.count = threads
+            check(try geometry(24, 7, 7, 20, kernel: (3, 3), padding: pad1), batch: 17,
+                  budget: convolutionPanelBudgetBytes, packed: true, manyBlocks: false,
+                  path: ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                                        backwardWeights: .packedIm2col))
+            check(try geometry(16, 7, 7, 24, kernel: (1, 1)), batch: 17, budget: convolutionPanelBudgetBytes,
+                  packed: true, manyBlocks: false,
+                  path: ConvolutionPath(forward: .packedIm2col, backwardData: .flippedForward(.packedIm2col),
+                                        backwardWeights: .pointwise))
+        }
+    }
+
     /// col2im of stride-2 layers adds 8 dcol floats per 16-float dx vector: the 7×7 stride-2
     /// stem shape (pad 3) with output rows of 23 and 19 pixels (vectors, then the last 8+ floats
     /// one by one), two groups, and reflect padding (the border through the padding table).
