@@ -192,6 +192,10 @@ final class PackedIm2colPlan {
         runColumn.reserve(runCapacity)
         runLength.reserve(runCapacity)
         var runs = 0
+        // Where the rows of xs are as wide as the output's (1×1 kernels: xs is the input itself),
+        // a run goes on through the image's next rows: a 7×7 plane packs one run per panel
+        // instead of three (whole 16-float moves, `packPanel`'s common case).
+        let contiguousRows = gatherStride == 1 && Ws == outW
         for s in 0..<panels {
             runStart[s] = Int32(runs)
             var j = s * NR
@@ -199,7 +203,7 @@ final class PackedIm2colPlan {
             while j < end {
                 let image = j / hw, pixel = j - image * hw
                 let oy = pixel / outW, ox = pixel - oy * outW
-                let length = min(outW - ox, end - j)
+                let length = min(contiguousRows ? hw - pixel : outW - ox, end - j)
                 let source = gatherStride > 1
                     ? Int32(image * imageStride + oy * sh * g.width + ox * sw)
                     : Int32(image * imageStride + oy * Ws + ox)
