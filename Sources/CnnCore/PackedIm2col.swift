@@ -440,6 +440,20 @@ final class PackedIm2colPlan {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
         let sh = g.strideHeight, sw = g.strideWidth
         let Ws = phaseWidth, plane = phaseHeight * Ws
+        if sh == 1 && sw == 1 {
+            // Stride 1: one phase, each input row copied to its padded place by a loop with
+            // nothing else in it (the general loop's per-row phase bookkeeping cost more than
+            // copying a 7-float row).
+            let first = xs + g.padTop * Ws + g.padLeft, total = Cg * H * W
+            for c in 0..<Cg {
+                let src = image + c * H * W, dst = first + c * plane
+                for yy in 0..<H {
+                    copyPaddedRow(dst + yy * Ws, src + yy * W, W, rightPadding: g.padRight,
+                                  readable: total - (c * H + yy) * W)
+                }
+            }
+            return
+        }
         withUnsafeTemporaryAllocation(of: Int.self, capacity: 3 * sw) { columns in
             // Per column phase px (row-independent, so no divisions in the row loop): the first
             // input column xx with (xx + padLeft) mod sw == px, its phase column, and the count.
