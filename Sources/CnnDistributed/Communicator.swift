@@ -249,6 +249,16 @@ func sumBF16InRankOrder(_ parts: UnsafePointer<UInt16>, ranks: Int, stride: Int,
     }
 }
 
+/// Element i of `out` is the fp32 sum, in rank order 0..ranks-1, of element i of each rank's
+/// values, as `LocalWorld` sums. Rank r's values start at `parts + r * stride`.
+///     parts: ranks x stride floats (the first count of each used), out: count floats, not overlapping parts
+func sumInRankOrder(_ parts: UnsafePointer<Float>, ranks: Int, stride: Int, count: Int,
+                    into out: UnsafeMutablePointer<Float>) {
+    guard ranks > 1 else { out.update(from: parts, count: count); return }
+    add(parts, parts + stride, into: out, count: count)
+    for r in 2..<max(2, ranks) { add(out, parts + r * stride, into: out, count: count) }
+}
+
 /// Checks that a byte allgather's output holds `size` times the input, the same way in every implementation.
 func checkAllgatherBuffers(_ bytes: UnsafeRawBufferPointer, _ gathered: UnsafeMutableRawBufferPointer,
                            size: Int, rank: Int, call: String) throws {

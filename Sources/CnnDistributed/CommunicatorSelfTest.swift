@@ -77,6 +77,21 @@ public enum CommunicatorSelfTest {
                 fail("allreduce Double count \(count): \(bad)")
             }
         }
+        // allreduce, Float, values whose sums round: every rank sums in rank order (as LocalWorld;
+        // on MPI the message allreduce from 32K elements), so the order shows in the bits.
+        func roundingInput(_ rank: Int, _ i: Int) -> Float {
+            Float(sin(Double(i) * 0.37 + Double(rank) * 1.9) * pow(10, Double((i * 5 + rank * 7) % 9) - 4))
+        }
+        for count in [40_001, 1 << 21] {
+            var rounding = (0..<count).map { roundingInput(r, $0) }
+            try comm.allreduceSum(&rounding)
+            let expected: (Int) -> Float = { i in
+                var acc = roundingInput(0, i)
+                for q in 1..<max(1, n) { acc += roundingInput(q, i) }
+                return acc
+            }
+            if let bad = firstMismatch(rounding, expected) { fail("allreduce Float in rank order, count \(count): \(bad)") }
+        }
         let largeMax = try comm.allreduceMax(largeSeconds)
 
         // iallreduce: several buckets in flight at once, with a blocking collective

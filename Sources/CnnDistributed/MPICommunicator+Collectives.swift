@@ -20,8 +20,25 @@ extension MPICommunicator {
         }
     }
 
+    /// Float buckets from `messageAllreduceMinimum` elements, when every rank is on one host, go
+    /// as a reduce-scatter then an allgather in point-to-point messages (`startShareAllreduce`):
+    /// each rank sends and sums (size-1)/size of the buffer, where Open MPI's in-place
+    /// MPI_Iallreduce (libnbc) takes a binomial tree on few ranks, whose root receives and sums
+    /// the whole buffer before sending it all back. Every element is summed in rank order, so the
+    /// bits are `LocalWorld`'s at any size. Smaller buffers, and worlds over several hosts (where
+    /// the messages were not measured), keep MPI_Iallreduce.
     public func startAllreduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
-        try locked("MPI_Iallreduce") {
+        let n = buffer.count, p = size
+        if p > 1 && n >= Self.messageAllreduceMinimum && oneHost, let base = buffer.baseAddress {
+            let share = (n + p - 1) / p
+            let scratch = UnsafeMutableRawPointer.allocate(byteCount: p * share * 4, alignment: 64)
+            let received = scratch.bindMemory(to: Float.self, capacity: p * share)
+            return try startShareAllreduce(.allreduceFloat, count: n, share: share, send: base, received: received,
+                                           result: base, scratch: scratch) { parts, stride, count, out in
+                sumInRankOrder(parts, ranks: p, stride: stride, count: count, into: out)
+            }
+        }
+        return try locked("MPI_Iallreduce") {
             try start(.allreduceFloat, count: buffer.count) { handles in
                 try chunked(UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, stride: 4, into: &handles) { base, n, h in
                     MPI_Iallreduce(cnn_mpi_in_place(), base, n, cnn_mpi_float(), cnn_mpi_sum(), comm, &h)
@@ -30,72 +47,97 @@ extension MPICommunicator {
         }
     }
 
-    /// The bf16 allreduce as a reduce-scatter then an allgather of bf16 bytes, in point-to-point
-    /// messages: the buffer is cut into `size` shares of `ceil(count / size)` elements; every rank
-    /// sends share r of its bf16 values to rank r, rank r sums the shares it gets in rank order in
-    /// fp32 and rounds once (`sumBF16InRankOrder`), then sends its rounded share to every rank.
-    /// Each element's sum is formed by one rank in a fixed order, so every rank ends with the same
-    /// bits, and the same bits as `LocalWorld` (a user-defined MPI_Op under MPI_Iallreduce would
-    /// round at every partial sum, in an order the library picks per world size and count). Each
-    /// rank sends 2 (size-1)/size x count x 2 bytes, half of a ring allreduce of floats.
-    ///
-    /// Why messages, not MPI_Ialltoall + MPI_Iallgather: the second phase starts when this rank
-    /// sees the first complete, and ranks see that at different times relative to the other
-    /// buckets they start, so collectives would be issued in different orders on different ranks
-    /// (MPI requires one order). Messages are matched by tag instead (from the collective's number).
+    /// Float allreduces from this many elements go by messages (see `startAllreduceSum`).
+    static let messageAllreduceMinimum = 1 << 15
+
+    /// True when every rank runs on this rank's host (by the start-up exchange of host names).
+    var oneHost: Bool { hostNames.allSatisfy { $0 == hostNames[rank] } }
+
+    /// The bf16 allreduce as a reduce-scatter then an allgather of bf16 values in point-to-point
+    /// messages (`startShareAllreduce`): rank r sums the shares it gets in rank order in fp32 and
+    /// rounds once (`sumBF16InRankOrder`). Each element's sum is formed by one rank in a fixed
+    /// order, so every rank ends with the same bits, and the same bits as `LocalWorld` (a
+    /// user-defined MPI_Op under MPI_Iallreduce would round at every partial sum, in an order the
+    /// library picks per world size and count). Each rank sends 2 (size-1)/size x count x 2
+    /// bytes, half of a ring allreduce of floats.
     public func startAllreduceSumBF16(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> CollectiveRequest {
-        let n = buffer.count, p = size, me = rank
+        let n = buffer.count, p = size
         let share = (n + p - 1) / p
-        guard share * 2 <= Self.maxCount else {
-            throw CnnError.communication(rank: rank, call: "MPI_Isend", reason:
-                "a bf16 allreduce of \(n) floats over \(p) ranks needs messages of \(share * 2) bytes, more than one call can send (\(Self.maxCount))")
-        }
         // scratch, three blocks of p shares: this rank's values; share `me` of every rank; every rank's rounded sum.
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(1, 3 * p * share * 2), alignment: 64)
         let send = scratch.bindMemory(to: UInt16.self, capacity: 3 * p * share)
         let received = send + p * share, result = received + p * share
         for i in 0..<n { send[i] = bf16Bits(buffer[i]) }
-        (send + n).initialize(repeating: 0, count: p * share - n)
-        let bytes = Int32(share * 2)
+        let request = try startShareAllreduce(.allreduceBF16, count: n, share: share, send: send, received: received,
+                                              result: result, scratch: scratch) { parts, stride, count, out in
+            sumBF16InRankOrder(parts, ranks: p, stride: stride, count: count, into: out)
+        }
+        request.onComplete = {
+            for i in 0..<n { buffer[i] = floatFromBF16Bits(result[i]) }
+        }
+        return request
+    }
+
+    /// An allreduce as a reduce-scatter then an allgather in point-to-point messages: the `count`
+    /// elements at `send` are cut into `size` shares of `share` (the last ones shorter or empty);
+    /// every rank sends share r to rank r, rank r sums the shares it gets with its own
+    /// (`sumShares(parts, stride, count, out)`: `size` parts `stride` apart) into share r of
+    /// `result`, then sends that share to every rank. `result` may be `send` (in place: a share
+    /// is overwritten only after its sends completed). `scratch` (holding `received`, size x
+    /// share elements) is freed with the request.
+    ///
+    /// Why messages, not MPI_Ireduce_scatter + MPI_Iallgather: the second phase starts when this
+    /// rank sees the first complete, and ranks see that at different times relative to the other
+    /// buckets they start, so collectives would be issued in different orders on different ranks
+    /// (MPI requires one order). Messages are matched by tag instead (from the collective's number).
+    private func startShareAllreduce<T>(_ kind: CollectiveKind, count n: Int, share: Int,
+                                        send: UnsafeMutablePointer<T>, received: UnsafeMutablePointer<T>,
+                                        result: UnsafeMutablePointer<T>, scratch: UnsafeMutableRawPointer,
+                                        sumShares: @escaping (UnsafePointer<T>, Int, Int, UnsafeMutablePointer<T>) -> Void)
+        throws -> MPIRequest {
+        let p = size, me = rank, width = MemoryLayout<T>.stride
+        func length(_ r: Int) -> Int { max(0, min(share, n - r * share)) }
+        guard share * width <= Self.maxCount else {
+            scratch.deallocate()
+            throw CnnError.communication(rank: rank, call: "MPI_Isend", reason:
+                "an allreduce of \(n) values over \(p) ranks needs messages of \(share * width) bytes, more than one call can send (\(Self.maxCount))")
+        }
         let comm = self.comm
         return try locked("MPI_Isend") {
             // Two tags per collective, from its number: <= 32_001, within every MPI's MPI_TAG_UB.
             let firstTag = Int32(1 + (max(0, nextSequence) % 16_000) * 2)
-            let request = try start(.allreduceBF16, count: n) { handles in
-                guard n > 0 else { return }
-                (received + me * share).update(from: send + me * share, count: share)
-                for other in 0..<p where other != me {
-                    var h = cnn_mpi_request_null()
-                    try check(MPI_Irecv(received + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag, comm, &h),
-                              call: "MPI_Irecv")
-                    handles.append(h)
+            let request = try start(kind, count: n) { handles in
+                    guard n > 0 else { return }
+                    (received + me * share).update(from: send + me * share, count: length(me))
+                    for other in 0..<p where other != me {
+                        var h = cnn_mpi_request_null()
+                        try check(MPI_Irecv(received + other * share, Int32(length(me) * width), cnn_mpi_byte(), Int32(other),
+                                            firstTag, comm, &h), call: "MPI_Irecv")
+                        handles.append(h)
+                    }
+                    for other in 0..<p where other != me {
+                        var h = cnn_mpi_request_null()
+                        try check(MPI_Isend(send + other * share, Int32(length(other) * width), cnn_mpi_byte(), Int32(other),
+                                            firstTag, comm, &h), call: "MPI_Isend")
+                        handles.append(h)
+                    }
                 }
-                for other in 0..<p where other != me {
-                    var h = cnn_mpi_request_null()
-                    try check(MPI_Isend(send + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag, comm, &h),
-                              call: "MPI_Isend")
-                    handles.append(h)
-                }
-            }
             request.scratch = scratch
             guard n > 0 else { return request }
             request.nextStage = { [unowned self] handles in
-                sumBF16InRankOrder(received, ranks: p, stride: share, count: share, into: result + me * share)
+                sumShares(received, share, length(me), result + me * share)
                 for other in 0..<p where other != me {
                     var h = cnn_mpi_request_null()
-                    try check(MPI_Irecv(result + other * share, bytes, cnn_mpi_byte(), Int32(other), firstTag + 1, comm, &h),
-                              call: "MPI_Irecv")
+                    try check(MPI_Irecv(result + other * share, Int32(length(other) * width), cnn_mpi_byte(), Int32(other),
+                                        firstTag + 1, comm, &h), call: "MPI_Irecv")
                     handles.append(h)
                 }
                 for other in 0..<p where other != me {
                     var h = cnn_mpi_request_null()
-                    try check(MPI_Isend(result + me * share, bytes, cnn_mpi_byte(), Int32(other), firstTag + 1, comm, &h),
-                              call: "MPI_Isend")
+                    try check(MPI_Isend(result + me * share, Int32(length(me) * width), cnn_mpi_byte(), Int32(other),
+                                        firstTag + 1, comm, &h), call: "MPI_Isend")
                     handles.append(h)
                 }
-            }
-            request.onComplete = {
-                for i in 0..<n { buffer[i] = floatFromBF16Bits(result[i]) }
             }
             return request
         }
