@@ -278,6 +278,58 @@ public func maxPoolBackward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int3
     }
 }
 
+/// `maxPoolBackward` for unpadded 2×2 windows at stride 2 (the argmax of `maxPoolForward` with
+/// that geometry). The windows do not overlap, so each cell of dx is written once and there is
+/// no zeroing pass: 0 + dy (what the general loop computes: +0 for a −0 gradient) at its
+/// window's argmax, +0 at the window's other cells and at the last row / column an odd H / W
+/// leaves out. Same bits as `maxPoolBackward`.
+public func maxPool2x2Stride2Backward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, dx: UnsafeMutablePointer<Float>,
+                                      planes: Int, h: Int, w: Int, oh: Int, ow: Int) {
+    precondition(oh == h / 2 && ow == w / 2, "maxPool2x2Stride2Backward: \(oh)x\(ow) is not the 2x2/2 output of \(h)x\(w)")
+    forEachRange(planes, work: h * w + oh * ow) { range in
+        for p in range {
+            maxPool2x2Stride2BackwardPlane(dy + p * oh * ow, argmax + p * oh * ow, dx + p * h * w, h: h, w: w, oh: oh, ow: ow)
+        }
+    }
+}
+
+@inline(__always)
+private func maxPool2x2Stride2BackwardPlane(_ dyp: UnsafePointer<Float>, _ ap: UnsafePointer<Int32>, _ dxp: UnsafeMutablePointer<Float>,
+                                           h: Int, w: Int, oh: Int, ow: Int) {
+    let zero = SIMD8<Float>()
+    let w32 = Int32(truncatingIfNeeded: w)
+    let lanes = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
+    @inline(__always) func interleave(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD16<Float> {
+        SIMD16(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3], a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7])
+    }
+    for i in 0..<oh {
+        let top = dxp + 2 * i * w, bottom = top + w, g = dyp + i * ow, a = ap + i * ow
+        var j = 0
+        while j + 8 <= ow {
+            let v = UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self) + zero
+            // The argmax's place in its window: 0, 1 (top row), w, w + 1 (bottom row).
+            let at = UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Int32>.self)
+                &- (lanes &+ Int32(truncatingIfNeeded: 2 * i * w + 2 * j))
+            let topRow = interleave(zero.replacing(with: v, where: at .== 0), zero.replacing(with: v, where: at .== 1))
+            let bottomRow = interleave(zero.replacing(with: v, where: at .== w32), zero.replacing(with: v, where: at .== w32 &+ 1))
+            UnsafeMutableRawPointer(top + 2 * j).storeBytes(of: topRow, as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(bottom + 2 * j).storeBytes(of: bottomRow, as: SIMD16<Float>.self)
+            j += 8
+        }
+        while j < ow {
+            let v = g[j] + 0
+            let at = Int(a[j]) - (2 * i * w + 2 * j)
+            top[2 * j] = at == 0 ? v : 0
+            top[2 * j + 1] = at == 1 ? v : 0
+            bottom[2 * j] = at == w ? v : 0
+            bottom[2 * j + 1] = at == w + 1 ? v : 0
+            j += 1
+        }
+        if w > 2 * ow { top[w - 1] = 0; bottom[w - 1] = 0 }
+    }
+    if h > 2 * oh { (dxp + (h - 1) * w).update(repeating: 0, count: w) }
+}
+
 /// Mean over each window, dividing by KH·KW including padded cells
 /// (PyTorch's count_include_pad = true; in floor mode no window reaches past the padding).
 public func avgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
