@@ -296,24 +296,28 @@ public func maxPool2x2Stride2Backward(dy: UnsafePointer<Float>, argmax: UnsafePo
 @inline(__always)
 private func maxPool2x2Stride2BackwardPlane(_ dyp: UnsafePointer<Float>, _ ap: UnsafePointer<Int32>, _ dxp: UnsafeMutablePointer<Float>,
                                            h: Int, w: Int, oh: Int, ow: Int) {
-    let zero = SIMD8<Float>()
-    let w32 = Int32(truncatingIfNeeded: w)
-    let lanes = SIMD8<Int32>(0, 2, 4, 6, 8, 10, 12, 14)
-    @inline(__always) func interleave(_ a: SIMD8<Float>, _ b: SIMD8<Float>) -> SIMD16<Float> {
-        SIMD16(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3], a[4], b[4], a[5], b[5], a[6], b[6], a[7], b[7])
+    // Lane 2l and 2l + 1 of a row pair's 16 cells belong to window l: each window's dy and
+    // argmax duplicated into both (a pairing shuffle; building the rows from two selected SIMD8s
+    // instead compiled to element-by-element code, 40 times slower).
+    let zero = SIMD16<Float>()
+    let cells = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    let bottomCells = cells &+ Int32(truncatingIfNeeded: w)
+    @inline(__always) func pairs(_ v: SIMD8<Float>) -> SIMD16<Float> {
+        SIMD16(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3], v[4], v[4], v[5], v[5], v[6], v[6], v[7], v[7])
+    }
+    @inline(__always) func pairs(_ v: SIMD8<Int32>) -> SIMD16<Int32> {
+        SIMD16(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3], v[4], v[4], v[5], v[5], v[6], v[6], v[7], v[7])
     }
     for i in 0..<oh {
         let top = dxp + 2 * i * w, bottom = top + w, g = dyp + i * ow, a = ap + i * ow
         var j = 0
         while j + 8 <= ow {
-            let v = UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self) + zero
-            // The argmax's place in its window: 0, 1 (top row), w, w + 1 (bottom row).
-            let at = UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Int32>.self)
-                &- (lanes &+ Int32(truncatingIfNeeded: 2 * i * w + 2 * j))
-            let topRow = interleave(zero.replacing(with: v, where: at .== 0), zero.replacing(with: v, where: at .== 1))
-            let bottomRow = interleave(zero.replacing(with: v, where: at .== w32), zero.replacing(with: v, where: at .== w32 &+ 1))
-            UnsafeMutableRawPointer(top + 2 * j).storeBytes(of: topRow, as: SIMD16<Float>.self)
-            UnsafeMutableRawPointer(bottom + 2 * j).storeBytes(of: bottomRow, as: SIMD16<Float>.self)
+            let v = pairs(UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self)) + zero
+            // The argmax as a cell of the row pair from column 2j: c in the top row, w + c in the bottom one.
+            let at = pairs(UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Int32>.self)) &- Int32(truncatingIfNeeded: 2 * i * w + 2 * j)
+            UnsafeMutableRawPointer(top + 2 * j).storeBytes(of: zero.replacing(with: v, where: at .== cells), as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(bottom + 2 * j).storeBytes(of: zero.replacing(with: v, where: at .== bottomCells),
+                                                                as: SIMD16<Float>.self)
             j += 8
         }
         while j < ow {
