@@ -1,3 +1,5 @@
+import CBF16
+
 // Shapes as in BatchNormKernels.swift: x, y, dy, dx are (N, C, S); mean, invStd, gamma, beta
 // and all sums are (C).
 //
@@ -9,10 +11,11 @@
 //   computes it (x > 0 ? x : +0; NaN gives +0). Backward multiplies dL/dx by (x > 0), which is
 //   what `reluBackward` does with the ReLU's output. ReLU followed by BatchNorm then needs no
 //   ReLU pass and no ReLU tensor, forward or backward.
-// - bf16: BatchNorm keeps its input for backward as bf16 (`batchNormRoundBF16ChannelSums`
-//   writes the copy in its first pass, rectified first when the ReLU before it is fused), and
-//   every pass reads the copy: the layer is BatchNorm of the rounded input, exactly, and its
-//   backward the exact gradient of that (passed straight through the rounding). The rounding is
+// - bf16: BatchNorm keeps its input for backward as bf16 (`batchNormRoundBF16ChannelMoments`
+//   writes the copy in its first pass, rectified first when the ReLU before it is fused, and
+//   sums the rounded values and their squares in the same pass), and every later pass reads
+//   the copy: the layer is BatchNorm of the rounded input (statistics from those sums, see
+//   there), and its backward the gradient of that passed straight through the rounding. The rounding is
 //   to nearest even, except that a nonzero never becomes zero (a magnitude below half the
 //   smallest bf16 subnormal keeps that subnormal), so (x > 0) can be read back from the copy.
 //
@@ -366,47 +369,72 @@ public func batchNormRectifiedBackwardInput(x: UnsafePointer<Float>, dy: UnsafeP
 
 // MARK: bf16 copy of the input
 
-
-/// Writes o = bf16KeepingNonzero(x read as P) over one plane and returns Σ of the rounded
-/// values, summed as `planeSum` sums them: per block, a plain (vectorised) rounding loop, then
-/// the SIMD8 sum of the block just written (in L1).
+/// Σ of 16 Double lanes as a tree: l + (l + 8), then + 4, + 2, + 1 (cnn_bf16_round_moments' order).
 @inline(__always)
-func planeRoundSum<P: BatchNormInputPlane>(_: P.Type, _ p: UnsafePointer<Float>, _ o: UnsafeMutablePointer<UInt16>,
-                                           _ count: Int) -> Double where P.Element == Float {
-    var total = 0.0
-    var j = 0
-    while j < count {
-        let end = min(j + 1024, count)
-        for k in j..<end { o[k] = bf16KeepingNonzero(P.load(p, k)) }
-        var acc = SIMD8<Float>()
-        while j + 8 <= end { acc += BF16Plane.load8(o, j); j += 8 }
-        var tail = acc.sum()
-        while j < end { tail += BF16Plane.load(o, j); j += 1 }
-        total += Double(tail)
-    }
-    return total
+func laneTree(_ v: SIMD16<Double>) -> Double {
+    let s8 = v.lowHalf + v.highHalf
+    let s4 = s8.lowHalf + s8.highHalf
+    let s2 = s4.lowHalf + s4.highHalf
+    return s2[0] + s2[1]
 }
 
-/// xb = bf16KeepingNonzero(x), or of max(x, 0) with `rectify`, and sums[c] = Σ over (n, s) of
-/// the rounded values: `batchNormChannelSums` of the copy, in the pass that writes it.
-public func batchNormRoundBF16ChannelSums(x: UnsafePointer<Float>, rectify: Bool, bf16 xb: UnsafeMutablePointer<UInt16>,
-                                          n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>) {
+/// Writes o = bf16KeepingNonzero(x read as P) over one plane and returns the Σ and Σ² of the
+/// rounded values in Double, in cnn_bf16_round_moments' order (element j in lane j mod 16,
+/// then `laneTree`): per block of 256, a plain (vectorised) rounding loop, then the block just
+/// written (in L1) read back 16 at a time.
+@inline(__always)
+func planeRoundMoments<P: BatchNormInputPlane>(_: P.Type, _ p: UnsafePointer<Float>, _ o: UnsafeMutablePointer<UInt16>,
+                                               _ count: Int) -> (Double, Double) where P.Element == Float {
+    var a = SIMD16<Double>(), b = SIMD16<Double>()
+    var j = 0
+    while j < count {
+        let end = min(j + 256, count)
+        for k in j..<end { o[k] = bf16KeepingNonzero(P.load(p, k)) }
+        while j + 16 <= end {
+            let h = UnsafeRawPointer(o).loadUnaligned(fromByteOffset: j * 2, as: SIMD16<UInt16>.self)
+            let d = SIMD16<Double>(unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: h) &<< 16, to: SIMD16<Float>.self))
+            a += d
+            b += d * d   // exact: 8-bit significands
+            j += 16
+        }
+        // Only the plane's last block has a tail, from a multiple of 16.
+        while j < end {
+            let d = Double(BF16Plane.load(o, j))
+            a[j & 15] += d
+            b[j & 15] += d * d
+            j += 1
+        }
+    }
+    return (laneTree(a), laneTree(b))
+}
+
+/// xb = bf16KeepingNonzero(x), or of max(x, 0) with `rectify`, and, per channel c over (n, s)
+/// of the rounded values v, sums[c] = Σ v and squares[c] = Σ v² (overwritten), in the pass
+/// that writes the copy. A bf16 value has an 8-bit significand, so v and v² are exact in
+/// Double and each sum errs by at most about (n·s / 16)·2⁻⁵³ of Σ|v| (of Σ v²): Σv²/M − (Σv/M)²
+/// then gives the biased variance to within ~2⁻³⁰·(1 + mean²/var) relative even for 2²⁴
+/// elements, far inside what rounding the input to bf16 changes it by (~2⁻¹⁷·(1 + mean²/var));
+/// past |mean| ≈ 2⁸·std the copy no longer resolves the spread at all. `native` (the CPU has
+/// AVX512_BF16) runs cnn_bf16_round_moments, else the portable Swift loops: the same bits.
+public func batchNormRoundBF16ChannelMoments(x: UnsafePointer<Float>, rectify: Bool, bf16 xb: UnsafeMutablePointer<UInt16>,
+                                             n: Int, c: Int, s: Int, sums: UnsafeMutablePointer<Double>,
+                                             squares: UnsafeMutablePointer<Double>, native: Bool) {
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
-        for ch in channels { sums[ch] = 0 }
+        if native {
+            cnn_bf16_round_moments(n, c, s, channels.lowerBound, channels.upperBound, x, rectify ? 1 : 0, xb, sums, squares)
+            return
+        }
+        for ch in channels { sums[ch] = 0; squares[ch] = 0 }
         for i in 0..<n {
             for ch in channels {
                 let off = (i * c + ch) * s
-                sums[ch] += rectify ? planeRoundSum(RectifiedPlane.self, x + off, xb + off, s)
-                    : planeRoundSum(PlainPlane.self, x + off, xb + off, s)
+                let (a, b) = rectify ? planeRoundMoments(RectifiedPlane.self, x + off, xb + off, s)
+                    : planeRoundMoments(PlainPlane.self, x + off, xb + off, s)
+                sums[ch] += a
+                squares[ch] += b
             }
         }
     }
-}
-
-/// `batchNormCenteredSquares` of the bf16 copy.
-public func batchNormBF16CenteredSquares(x: UnsafePointer<UInt16>, mean: UnsafePointer<Float>, n: Int, c: Int, s: Int,
-                                         sums: UnsafeMutablePointer<Double>) {
-    planesCenteredSquares(BF16Plane.self, x: x, mean: mean, n: n, c: c, s: s, sums: sums)
 }
 
 /// `batchNormNormalize` of the bf16 copy.

@@ -278,6 +278,62 @@ public func maxPoolBackward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int3
     }
 }
 
+/// `maxPoolBackward` for unpadded 2×2 windows at stride 2 (the argmax of `maxPoolForward` with
+/// that geometry). The windows do not overlap, so each cell of dx is written once and there is
+/// no zeroing pass: 0 + dy (what the general loop computes: +0 for a −0 gradient) at its
+/// window's argmax, +0 at the window's other cells and at the last row / column an odd H / W
+/// leaves out. Same bits as `maxPoolBackward`.
+public func maxPool2x2Stride2Backward(dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, dx: UnsafeMutablePointer<Float>,
+                                      planes: Int, h: Int, w: Int, oh: Int, ow: Int) {
+    precondition(oh == h / 2 && ow == w / 2, "maxPool2x2Stride2Backward: \(oh)x\(ow) is not the 2x2/2 output of \(h)x\(w)")
+    forEachRange(planes, work: h * w + oh * ow) { range in
+        for p in range {
+            maxPool2x2Stride2BackwardPlane(dy + p * oh * ow, argmax + p * oh * ow, dx + p * h * w, h: h, w: w, oh: oh, ow: ow)
+        }
+    }
+}
+
+@inline(__always)
+private func maxPool2x2Stride2BackwardPlane(_ dyp: UnsafePointer<Float>, _ ap: UnsafePointer<Int32>, _ dxp: UnsafeMutablePointer<Float>,
+                                           h: Int, w: Int, oh: Int, ow: Int) {
+    // Lane 2l and 2l + 1 of a row pair's 16 cells belong to window l: each window's dy and
+    // argmax duplicated into both (a pairing shuffle; building the rows from two selected SIMD8s
+    // instead compiled to element-by-element code, 40 times slower).
+    let zero = SIMD16<Float>()
+    let cells = SIMD16<Int32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+    let bottomCells = cells &+ Int32(truncatingIfNeeded: w)
+    @inline(__always) func pairs(_ v: SIMD8<Float>) -> SIMD16<Float> {
+        SIMD16(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3], v[4], v[4], v[5], v[5], v[6], v[6], v[7], v[7])
+    }
+    @inline(__always) func pairs(_ v: SIMD8<Int32>) -> SIMD16<Int32> {
+        SIMD16(v[0], v[0], v[1], v[1], v[2], v[2], v[3], v[3], v[4], v[4], v[5], v[5], v[6], v[6], v[7], v[7])
+    }
+    for i in 0..<oh {
+        let top = dxp + 2 * i * w, bottom = top + w, g = dyp + i * ow, a = ap + i * ow
+        var j = 0
+        while j + 8 <= ow {
+            let v = pairs(UnsafeRawPointer(g + j).loadUnaligned(as: SIMD8<Float>.self)) + zero
+            // The argmax as a cell of the row pair from column 2j: c in the top row, w + c in the bottom one.
+            let at = pairs(UnsafeRawPointer(a + j).loadUnaligned(as: SIMD8<Int32>.self)) &- Int32(truncatingIfNeeded: 2 * i * w + 2 * j)
+            UnsafeMutableRawPointer(top + 2 * j).storeBytes(of: zero.replacing(with: v, where: at .== cells), as: SIMD16<Float>.self)
+            UnsafeMutableRawPointer(bottom + 2 * j).storeBytes(of: zero.replacing(with: v, where: at .== bottomCells),
+                                                                as: SIMD16<Float>.self)
+            j += 8
+        }
+        while j < ow {
+            let v = g[j] + 0
+            let at = Int(a[j]) - (2 * i * w + 2 * j)
+            top[2 * j] = at == 0 ? v : 0
+            top[2 * j + 1] = at == 1 ? v : 0
+            bottom[2 * j] = at == w ? v : 0
+            bottom[2 * j + 1] = at == w + 1 ? v : 0
+            j += 1
+        }
+        if w > 2 * ow { top[w - 1] = 0; bottom[w - 1] = 0 }
+    }
+    if h > 2 * oh { (dxp + (h - 1) * w).update(repeating: 0, count: w) }
+}
+
 /// Mean over each window, dividing by KH·KW including padded cells
 /// (PyTorch's count_include_pad = true; in floor mode no window reaches past the padding).
 public func avgPoolForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,

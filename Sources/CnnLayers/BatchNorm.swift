@@ -9,7 +9,8 @@ import CnnCore
 ///
 /// Synchronized BatchNorm: with a `statisticsReducer` in the context, forward
 /// sums [Σx per channel (as hi + lo Floats), local count] across ranks, then Σ(x − mean)² per
-/// channel (two passes, stable), and backward sums [Σdy, Σdy·x̂] per channel,
+/// channel (two passes, stable; with the bf16 copy, Σx and Σx² of it in one pass and one
+/// collective, see `momentStatistics`), and backward sums [Σdy, Σdy·x̂] per channel,
 /// so the result equals one BatchNorm over the global batch even when ranks
 /// hold different local batch sizes. Parameter gradients stay local sums (the
 /// gradient allreduce adds them). The backward formula is in BatchNormKernels.swift:
@@ -36,7 +37,7 @@ public final class BatchNormEngine {
     private let meanDyXhat: UnsafeMutablePointer<Float>
     private let sumsA: UnsafeMutablePointer<Double>
     private let sumsB: UnsafeMutablePointer<Double>
-    private let reduceBuffer: UnsafeMutablePointer<Float>   // 2C + 1
+    private let reduceBuffer: UnsafeMutablePointer<Float>   // 4C + 1
 
     /// Applies the ReLU that follows in the same passes (set by `MemoryPlan`, which then
     /// makes that ReLU pass its tensors through): forward writes max(y, 0) as the output, and
@@ -95,7 +96,7 @@ public final class BatchNormEngine {
         meanDyXhat = .allocate(capacity: channels); meanDyXhat.initialize(repeating: 0, count: channels)
         sumsA = .allocate(capacity: channels); sumsA.initialize(repeating: 0, count: channels)
         sumsB = .allocate(capacity: channels); sumsB.initialize(repeating: 0, count: channels)
-        reduceBuffer = .allocate(capacity: 2 * channels + 1); reduceBuffer.initialize(repeating: 0, count: 2 * channels + 1)
+        reduceBuffer = .allocate(capacity: 4 * channels + 1); reduceBuffer.initialize(repeating: 0, count: 4 * channels + 1)
     }
 
     deinit {
@@ -123,7 +124,7 @@ public final class BatchNormEngine {
     }
 
     func forward(_ x: Tensor, context: ExecutionContext) -> Tensor {
-        guard let runningMean, let runningVar, let batchesTracked else {
+        guard let runningMean, let runningVar, batchesTracked != nil else {
             preconditionFailure("\(layer): forward before bind (create a ParameterStore)")
         }
         precondition(x.shape.count >= 2 && x.shape[1] == channels,
@@ -142,17 +143,20 @@ public final class BatchNormEngine {
         ensureShape(output, x.shape)
         usedBatchStatistics = context.training
         if keepsInputBF16 {
-            // The copy, rectified first when the ReLU before is fused; pass 1 reads only it.
+            // The copy, rectified first when the ReLU before is fused, with Σx and Σx² of it
+            // (exact products, Double sums): the statistics need no second pass.
             inputBF16.reserve(x.count)
-            batchNormRoundBF16ChannelSums(x: x.data, rectify: fusedInputReLU, bf16: inputBF16.data, n: n, c: c, s: s, sums: sumsA)
+            batchNormRoundBF16ChannelMoments(x: x.data, rectify: fusedInputReLU, bf16: inputBF16.data, n: n, c: c, s: s,
+                                             sums: sumsA, squares: sumsB, native: context.arithmetic.bf16Kernel == .native)
         }
-        if context.training {
+        if context.training, keepsInputBF16 {
+            globalCount = momentStatistics(reducer: context.statisticsReducer, localCount: Double(n * s))
+            updateRunningStatistics()
+        } else if context.training {
             let reducer = context.statisticsReducer
             let localCount = Double(n * s)
             // Pass 1: mean over the (global) batch.
-            if keepsInputBF16 {
-                // Summed as the copy was written.
-            } else if fusedInputReLU {
+            if fusedInputReLU {
                 batchNormRectifiedChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA)
             } else {
                 batchNormChannelSums(x: x.data, n: n, c: c, s: s, sums: sumsA, xImageStride: x.imageStride)
@@ -174,9 +178,7 @@ public final class BatchNormEngine {
                 for ch in 0..<c { mean[ch] = Float(sumsA[ch] / total) }
             }
             // Pass 2: centred sum of squares about that mean.
-            if keepsInputBF16 {
-                batchNormBF16CenteredSquares(x: inputBF16.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
-            } else if fusedInputReLU {
+            if fusedInputReLU {
                 batchNormRectifiedCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB)
             } else {
                 batchNormCenteredSquares(x: x.data, mean: mean, n: n, c: c, s: s, sums: sumsB,
@@ -188,15 +190,7 @@ public final class BatchNormEngine {
                 for ch in 0..<c { sumsB[ch] = Double(reduceBuffer[ch]) }
             }
             globalCount = total
-            let unbias = total > 1 ? total / (total - 1) : 1
-            let m = Double(momentum)
-            for ch in 0..<c {
-                let variance = sumsB[ch] / total
-                invStd[ch] = Float(1 / (variance + Double(eps)).squareRoot())
-                runningMean[ch] = Float((1 - m) * Double(runningMean[ch]) + m * Double(mean[ch]))
-                runningVar[ch] = Float((1 - m) * Double(runningVar[ch]) + m * variance * unbias)
-            }
-            batchesTracked[0] += 1
+            updateRunningStatistics()
         } else {
             for ch in 0..<c {
                 mean[ch] = runningMean[ch]
@@ -205,6 +199,55 @@ public final class BatchNormEngine {
         }
         normalize(x, n: n, c: c, s: s)
         return output
+    }
+
+    /// From mean and sumsB = the centred sums of squares over the global batch of `globalCount`
+    /// elements: invStd, and the running statistics updated.
+    private func updateRunningStatistics() {
+        guard let runningMean, let runningVar, let batchesTracked else { preconditionFailure("\(layer): not bound") }
+        let total = globalCount
+        let unbias = total > 1 ? total / (total - 1) : 1
+        let m = Double(momentum)
+        for ch in 0..<channels {
+            let variance = sumsB[ch] / total
+            invStd[ch] = Float(1 / (variance + Double(eps)).squareRoot())
+            runningMean[ch] = Float((1 - m) * Double(runningMean[ch]) + m * Double(mean[ch]))
+            runningVar[ch] = Float((1 - m) * Double(runningVar[ch]) + m * variance * unbias)
+        }
+        batchesTracked[0] += 1
+    }
+
+    /// From the local sumsA = Σx and sumsB = Σx² (of the bf16 copy): mean, and sumsB = the centred
+    /// sum of squares, over the global batch; returns its element count. Synchronized, both sums
+    /// and the count go in one collective, each Double sum as hi + lo Floats. The centred sum is
+    /// Σx² − Σx·mean in Double (clamped at 0); the Float collective's rounding of the hi parts
+    /// (2⁻²⁴ of each) makes that err by ~2⁻²³·(1 + mean²/var) of it, still far inside what the
+    /// input's rounding to bf16 changes (see batchNormRoundBF16ChannelMoments).
+    private func momentStatistics(reducer: StatisticsReducer?, localCount: Double) -> Double {
+        let c = channels
+        var total = localCount
+        if let reducer {
+            for ch in 0..<c {
+                let hi = Float(sumsA[ch]), hi2 = Float(sumsB[ch])
+                reduceBuffer[ch] = hi
+                reduceBuffer[c + ch] = Float(sumsA[ch] - Double(hi))
+                reduceBuffer[2 * c + ch] = hi2
+                reduceBuffer[3 * c + ch] = Float(sumsB[ch] - Double(hi2))
+            }
+            reduceBuffer[4 * c] = Float(localCount)
+            reducer.allreduceSum(UnsafeMutableBufferPointer(start: reduceBuffer, count: 4 * c + 1))
+            total = Double(reduceBuffer[4 * c])
+            for ch in 0..<c {
+                sumsA[ch] = Double(reduceBuffer[ch]) + Double(reduceBuffer[c + ch])
+                sumsB[ch] = Double(reduceBuffer[2 * c + ch]) + Double(reduceBuffer[3 * c + ch])
+            }
+        }
+        for ch in 0..<c {
+            let m = sumsA[ch] / total
+            mean[ch] = Float(m)
+            sumsB[ch] = max(sumsB[ch] - sumsA[ch] * m, 0)
+        }
+        return total
     }
 
     /// output = the normalised input (rectified when the ReLU after is fused), with the current

@@ -82,6 +82,13 @@ public final class MaxPool2d: Layer {
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         precondition(gradOutput.count == output.count, "MaxPool2d: gradient \(formatShape(gradOutput.shape)) does not match output")
         ensureShape(gradInput, inputShape)
+        let g = geometry
+        if g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 {
+            maxPool2x2Stride2Backward(dy: gradOutput.data, argmax: argmax.data, dx: gradInput.data,
+                                      planes: inputShape[0] * inputShape[1], h: inputShape[2], w: inputShape[3],
+                                      oh: output.shape[2], ow: output.shape[3])
+            return gradInput
+        }
         maxPoolBackward(dy: gradOutput.data, argmax: argmax.data, dx: gradInput.data, planes: inputShape[0] * inputShape[1],
                         h: inputShape[2], w: inputShape[3], oh: output.shape[2], ow: output.shape[3])
         return gradInput

@@ -93,6 +93,10 @@ final class PoolingKernelTests: XCTestCase {
         Shape(planes: 2, h: 6, w: 24, kh: 3, kw: 1, sh: 2, sw: 2, ph: 1, pw: 0),    // kw = 1 at stride 2: scalar
         Shape(planes: 2, h: 5, w: 9, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1),     // fewer than 8 interior windows
         Shape(planes: 40, h: 12, w: 20, kh: 3, kw: 3, sh: 2, sw: 2, ph: 1, pw: 1),  // enough work to split planes
+        Shape(planes: 3, h: 32, w: 32, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0),   // minivgg's pools: 2x2/2 backward
+        Shape(planes: 2, h: 6, w: 7, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0),     // short rows, odd width
+        Shape(planes: 2, h: 17, w: 16, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0),   // one 8-window block, odd height
+        Shape(planes: 64, h: 32, w: 33, kh: 2, kw: 2, sh: 2, sw: 2, ph: 0, pw: 0),  // 2x2/2 split over threads
     ]
 
     func testMaxPoolMatchesTheLoopsBitForBit() {
@@ -118,6 +122,22 @@ final class PoolingKernelTests: XCTestCase {
                     var dx = [Float](repeating: .nan, count: x.count)
                     maxPoolBackward(dy: dy, argmax: a, dx: &dx, planes: s.planes, h: s.h, w: s.w, oh: s.oh, ow: s.ow)
                     XCTAssertTrue(same(dx, dxRef), "gradient \(s) threads \(threads)")
+
+                    // Unpadded 2x2/2: the pass without zeroing, with −0 and NaN gradients too (0 + dy at the argmax).
+                    guard s.kh == 2, s.kw == 2, s.sh == 2, s.sw == 2, s.ph == 0, s.pw == 0 else { continue }
+                    var dy2 = dy
+                    for o in stride(from: 0, to: dy2.count, by: 7) { dy2[o] = -0.0 }
+                    for o in stride(from: 3, to: dy2.count, by: 29) { dy2[o] = .nan }
+                    var dx2Ref = [Float](repeating: 0, count: x.count)
+                    for p in 0..<s.planes {
+                        for o in 0..<(s.oh * s.ow) { dx2Ref[p * s.h * s.w + Int(aRef[p * s.oh * s.ow + o])] += dy2[p * s.oh * s.ow + o] }
+                    }
+                    var dx2 = [Float](repeating: .nan, count: x.count)
+                    maxPool2x2Stride2Backward(dy: dy2, argmax: a, dx: &dx2, planes: s.planes, h: s.h, w: s.w, oh: s.oh, ow: s.ow)
+                    XCTAssertTrue(same(dx2, dx2Ref), "2x2/2 gradient \(s) special \(special) threads \(threads)")
+                    var dxGeneral = [Float](repeating: .nan, count: x.count)
+                    maxPoolBackward(dy: dy2, argmax: a, dx: &dxGeneral, planes: s.planes, h: s.h, w: s.w, oh: s.oh, ow: s.ow)
+                    XCTAssertTrue(same(dx2, dxGeneral), "2x2/2 against the general pass \(s) special \(special) threads \(threads)")
                 }
             }
         }
