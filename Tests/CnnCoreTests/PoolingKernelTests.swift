@@ -114,11 +114,16 @@ final class PoolingKernelTests: XCTestCase {
                     XCTAssertTrue(same(y, yRef), "values \(s) special \(special) threads \(threads)")
                     XCTAssertEqual(a, aRef, "argmax \(s) special \(special) threads \(threads)")
 
-                    let dy = input(yRef.count, seed: UInt64(100 + n), special: false)
-                    var dxRef = [Float](repeating: 0, count: x.count)
-                    for p in 0..<s.planes {
-                        for o in 0..<(s.oh * s.ow) { dxRef[p * s.h * s.w + Int(aRef[p * s.oh * s.ow + o])] += dy[p * s.oh * s.ow + o] }
+                    // dx of the reference: each dy added at its window's argmax.
+                    func scattered(_ dy: [Float]) -> [Float] {
+                        var dx = [Float](repeating: 0, count: x.count)
+                        for p in 0..<s.planes {
+                            for o in 0..<(s.oh * s.ow) { dx[p * s.h * s.w + Int(aRef[p * s.oh * s.ow + o])] += dy[p * s.oh * s.ow + o] }
+                        }
+                        return dx
                     }
+                    let dy = input(yRef.count, seed: UInt64(100 + n), special: false)
+                    let dxRef = scattered(dy)
                     var dx = [Float](repeating: .nan, count: x.count)
                     maxPoolBackward(dy: dy, argmax: a, dx: &dx, planes: s.planes, h: s.h, w: s.w, oh: s.oh, ow: s.ow)
                     XCTAssertTrue(same(dx, dxRef), "gradient \(s) threads \(threads)")
@@ -128,10 +133,7 @@ final class PoolingKernelTests: XCTestCase {
                     var dy2 = dy
                     for o in stride(from: 0, to: dy2.count, by: 7) { dy2[o] = -0.0 }
                     for o in stride(from: 3, to: dy2.count, by: 29) { dy2[o] = .nan }
-                    var dx2Ref = [Float](repeating: 0, count: x.count)
-                    for p in 0..<s.planes {
-                        for o in 0..<(s.oh * s.ow) { dx2Ref[p * s.h * s.w + Int(aRef[p * s.oh * s.ow + o])] += dy2[p * s.oh * s.ow + o] }
-                    }
+                    let dx2Ref = scattered(dy2)
                     var dx2 = [Float](repeating: .nan, count: x.count)
                     maxPool2x2Stride2Backward(dy: dy2, argmax: a, dx: &dx2, planes: s.planes, h: s.h, w: s.w, oh: s.oh, ow: s.ow)
                     XCTAssertTrue(same(dx2, dx2Ref), "2x2/2 gradient \(s) special \(special) threads \(threads)")
