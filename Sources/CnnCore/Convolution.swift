@@ -705,26 +705,20 @@ func forEachWholeImageDcol(
     arithmetic: GemmArithmetic = .fp32, packedWeights: [PackedGemmA]? = nil,
     gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int) -> Void
 ) {
-    let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels, rows = g.panelRows
-    var n0 = images.lowerBound
-    while n0 < images.upperBound {
-        let m = min(perBlock, images.upperBound - n0), count = m * hw
-        for grp in 0..<g.groups {
-            let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
-                                                groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
-                                                blockOutput: blockOutput)
-            // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
-            if let packedWeights {
-                sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
-                    packContiguousPanel(kc: kc, nc: nc, src: dyBlock + r0 * ld + j0, ld: ld, dst: dst)
-                }
-            } else {
-                gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
-                     lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
+    let hw = g.outPixels, Kg = g.groupOutChannels, rows = g.panelRows
+    forEachImageBlockGradOutput(images: images, perBlock: perBlock, gradOutput: dy, geometry: g,
+                                blockOutput: blockOutput) { n0, m, grp, dyBlock, ld in
+        let count = m * hw
+        // dcol (rows × count) = W_gᵀ (rows × Kg) · dY block (Kg × count).
+        if let packedWeights {
+            sgemmPackedA(packedWeights[grp], n: count, beta: 0, c: dcol, ldc: count) { r0, kc, j0, nc, dst in
+                packContiguousPanel(kc: kc, nc: nc, src: dyBlock + r0 * ld + j0, ld: ld, dst: dst)
             }
-            for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
+        } else {
+            gemm(arithmetic, .transposed, .none, m: rows, n: count, k: Kg, alpha: 1, a: w + grp * Kg * rows,
+                 lda: rows, b: dyBlock, ldb: ld, beta: 0, c: dcol, ldc: count)
         }
-        n0 += m
+        for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp) }
     }
 }
 
@@ -737,17 +731,35 @@ func forEachWholeImageDcolRowBlock(
     dcol: UnsafeMutablePointer<Float>, blockOutput: UnsafeMutablePointer<Float>?, packedWeights: [PackedGemmA],
     gather: (_ imageDcol: UnsafePointer<Float>, _ ld: Int, _ n: Int, _ group: Int, _ rows: Range<Int>) -> Void
 ) {
+    let hw = g.outPixels
+    forEachImageBlockGradOutput(images: images, perBlock: perBlock, gradOutput: dy, geometry: g,
+                                blockOutput: blockOutput) { n0, m, grp, dyBlock, ld in
+        let count = m * hw
+        sgemmPackedARowBlocks(packedWeights[grp], n: count, b: dyBlock, ldb: ld, c: dcol, ldc: count) { ic, mc in
+            for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp, ic ..< ic + mc) }
+        }
+    }
+}
+
+/// The blocks both whole-image dcol loops walk: for each block of at most `perBlock` images of
+/// `images` (first image n0, m images) and each group, `body(n0, m, group, dyBlock, ld)` with
+/// the block's dY as a [Kg, m·hw] matrix (`gradOutputBlock`: in place for one image, else
+/// copied through blockOutput).
+@inline(__always)
+func forEachImageBlockGradOutput(
+    images: Range<Int>, perBlock: Int, gradOutput dy: UnsafePointer<Float>, geometry g: Conv2DGeometry,
+    blockOutput: UnsafeMutablePointer<Float>?,
+    _ body: (_ n0: Int, _ m: Int, _ group: Int, _ dyBlock: UnsafePointer<Float>, _ ld: Int) -> Void
+) {
     let hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     var n0 = images.lowerBound
     while n0 < images.upperBound {
-        let m = min(perBlock, images.upperBound - n0), count = m * hw
+        let m = min(perBlock, images.upperBound - n0)
         for grp in 0..<g.groups {
             let (dyBlock, ld) = gradOutputBlock(dy, inside: m == 1, firstImage: n0, channels: K, group: grp,
-                                                groupChannels: Kg, outPixels: hw, start: n0 * hw, count: count,
+                                                groupChannels: Kg, outPixels: hw, start: n0 * hw, count: m * hw,
                                                 blockOutput: blockOutput)
-            sgemmPackedARowBlocks(packedWeights[grp], n: count, b: dyBlock, ldb: ld, c: dcol, ldc: count) { ic, mc in
-                for i in 0..<m { gather(dcol + i * hw, count, n0 + i, grp, ic ..< ic + mc) }
-            }
+            body(n0, m, grp, dyBlock, ld)
         }
         n0 += m
     }
