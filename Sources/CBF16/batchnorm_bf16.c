@@ -51,42 +51,59 @@ MOMENTS_TARGET static inline double lane_tree(__m512d lo, __m512d hi) {
     return _mm_cvtsd_f64(s2) + _mm_cvtsd_f64(_mm_unpackhi_pd(s2, s2));
 }
 
+// One plane of s values: v = x (+ *bias when given; max(·, +0) with rectify) rounded into o,
+// and the plane's Σv and Σv² in 16 Double lanes added as a tree (lane_tree).
+MOMENTS_TARGET static inline __attribute__((always_inline))
+void round_plane(long s, const float *p, const float *bias, int rectify, uint16_t *q, double *sum, double *square) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 b = bias ? _mm512_set1_ps(*bias) : zero;
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    __m512d b0 = _mm512_setzero_pd(), b1 = _mm512_setzero_pd();
+    long j = 0;
+    for (; j + 16 <= s; j += 16) {
+        __m512 v = _mm512_loadu_ps(p + j);
+        if (bias) v = _mm512_add_ps(v, b);
+        // max(v, +0) returns the second operand for NaN and ±0: x > 0 ? x : +0.
+        if (rectify) v = _mm512_max_ps(v, zero);
+        __m512d d0, d1;
+        _mm256_storeu_si256((__m256i *)(q + j), round16(v, &d0, &d1));
+        a0 = _mm512_add_pd(a0, d0); a1 = _mm512_add_pd(a1, d1);
+        // d·d is exact (8-bit significands), so fused or not gives the same bits.
+        b0 = _mm512_fmadd_pd(d0, d0, b0); b1 = _mm512_fmadd_pd(d1, d1, b1);
+    }
+    if (j < s) {
+        // The tail in lanes 0 ..< s − j; the others read +0, which adds nothing (the bias
+        // goes to the read lanes only).
+        const __mmask16 m = (__mmask16)((1u << (s - j)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, p + j);
+        if (bias) v = _mm512_maskz_add_ps(m, v, b);
+        if (rectify) v = _mm512_max_ps(v, zero);
+        __m512d d0, d1;
+        const __m256i h = round16(v, &d0, &d1);
+        _mm512_mask_storeu_epi16((void *)(q + j), (__mmask32)m, _mm512_castsi256_si512(h));
+        a0 = _mm512_add_pd(a0, d0); a1 = _mm512_add_pd(a1, d1);
+        b0 = _mm512_fmadd_pd(d0, d0, b0); b1 = _mm512_fmadd_pd(d1, d1, b1);
+    }
+    *sum = lane_tree(a0, a1);
+    *square = lane_tree(b0, b1);
+}
+
 MOMENTS_TARGET void cnn_bf16_round_moments(long n, long c, long s, long c0, long c1, const float *x, int rectify,
                                            uint16_t *o, double *sums, double *squares) {
-    const __m512 zero = _mm512_setzero_ps();
     for (long ch = c0; ch < c1; ch++) { sums[ch] = 0; squares[ch] = 0; }
     for (long i = 0; i < n; i++) {
         for (long ch = c0; ch < c1; ch++) {
-            const float *p = x + (i * c + ch) * s;
-            uint16_t *q = o + (i * c + ch) * s;
-            __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
-            __m512d b0 = _mm512_setzero_pd(), b1 = _mm512_setzero_pd();
-            long j = 0;
-            for (; j + 16 <= s; j += 16) {
-                __m512 v = _mm512_loadu_ps(p + j);
-                // max(v, +0) returns the second operand for NaN and ±0: x > 0 ? x : +0.
-                if (rectify) v = _mm512_max_ps(v, zero);
-                __m512d d0, d1;
-                _mm256_storeu_si256((__m256i *)(q + j), round16(v, &d0, &d1));
-                a0 = _mm512_add_pd(a0, d0); a1 = _mm512_add_pd(a1, d1);
-                // d·d is exact (8-bit significands), so fused or not gives the same bits.
-                b0 = _mm512_fmadd_pd(d0, d0, b0); b1 = _mm512_fmadd_pd(d1, d1, b1);
-            }
-            if (j < s) {
-                // The tail in lanes 0 ..< s − j; the others read +0, which adds nothing.
-                const __mmask16 m = (__mmask16)((1u << (s - j)) - 1);
-                __m512 v = _mm512_maskz_loadu_ps(m, p + j);
-                if (rectify) v = _mm512_max_ps(v, zero);
-                __m512d d0, d1;
-                const __m256i h = round16(v, &d0, &d1);
-                _mm512_mask_storeu_epi16((void *)(q + j), (__mmask32)m, _mm512_castsi256_si512(h));
-                a0 = _mm512_add_pd(a0, d0); a1 = _mm512_add_pd(a1, d1);
-                b0 = _mm512_fmadd_pd(d0, d0, b0); b1 = _mm512_fmadd_pd(d1, d1, b1);
-            }
-            sums[ch] += lane_tree(a0, a1);
-            squares[ch] += lane_tree(b0, b1);
+            double a, b;
+            round_plane(s, x + (i * c + ch) * s, 0, rectify, o + (i * c + ch) * s, &a, &b);
+            sums[ch] += a;
+            squares[ch] += b;
         }
     }
+}
+
+MOMENTS_TARGET void cnn_bf16_round_plane_moments(long s, const float *x, const float *bias, int rectify, uint16_t *o,
+                                                 double *sum, double *square) {
+    round_plane(s, x, bias, rectify, o, sum, square);
 }
 
 #else
@@ -94,6 +111,12 @@ MOMENTS_TARGET void cnn_bf16_round_moments(long n, long c, long s, long c0, long
 void cnn_bf16_round_moments(long n, long c, long s, long c0, long c1, const float *x, int rectify, uint16_t *o,
                             double *sums, double *squares) {
     (void)n; (void)c; (void)s; (void)c0; (void)c1; (void)x; (void)rectify; (void)o; (void)sums; (void)squares;
+    __builtin_trap();   // never called: the Swift side checks CPUFeatures first
+}
+
+void cnn_bf16_round_plane_moments(long s, const float *x, const float *bias, int rectify, uint16_t *o,
+                                  double *sum, double *square) {
+    (void)s; (void)x; (void)bias; (void)rectify; (void)o; (void)sum; (void)square;
     __builtin_trap();   // never called: the Swift side checks CPUFeatures first
 }
 

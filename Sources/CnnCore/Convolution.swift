@@ -26,24 +26,28 @@
 // added to dW in task order at the end. With one image the GEMMs themselves
 // split instead.
 
-/// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`.
+/// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`; or, with `handoff` where
+/// the pass supports it (bf16 packed im2col, native kernel), leaves `output` alone, hands the
+/// output off (see `BF16OutputHandoff`) and returns true.
+@discardableResult
 public func convolution2DForward(
     input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
-    workspace ws: ConvolutionWorkspace
-) {
+    workspace ws: ConvolutionWorkspace, handoff: BF16OutputHandoff? = nil
+) -> Bool {
     convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
-                       flippedFrom: false)
+                       flippedFrom: false, handoff: handoff)
 }
 
 /// `convolution2DForward`; with `flippedFrom` (a packed plan, fp32), `w` holds the weights of
 /// the convolution whose flipped backward-data `g` is, and the plan packs the flip straight
 /// from them (W_gᵀ for a 1×1 kernel) instead of reading a flipped copy (same packed bits).
+@discardableResult
 func convolutionForward(
     input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
-    workspace ws: ConvolutionWorkspace, flippedFrom: Bool
-) {
+    workspace ws: ConvolutionWorkspace, flippedFrom: Bool, handoff: BF16OutputHandoff? = nil
+) -> Bool {
     ws.prepare(for: g, batch: batch)
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     // Packed im2col (with a single image and several threads, its GEMMs split instead).
@@ -61,10 +65,12 @@ func convolutionForward(
         }
         plan.reservePlanes(tasks, always: plan.usesImplicitB,
                            bf16: plan.forwardPlanesAreBF16(ws.precision, kernel: ws.arithmetic.bf16Kernel))
-        plan.reserveBlockOutputs(tasks)
-        plan.reserveVirtualOutputs(tasks)
         let precision = ws.precision
         let subsampled = ws.path.forward == .subsampledPointwise
+        let handoff = precision == .bf16 && ws.arithmetic.bf16Kernel == .native && !subsampled && !plan.usesImplicitB
+            ? handoff : nil
+        plan.reserveBlockOutputs(tasks, handoff: handoff != nil)
+        plan.reserveVirtualOutputs(tasks)
         if subsampled { plan.reserveSubsamples(tasks, images: (batch + tasks - 1) / tasks) }
         let pass: (Range<Int>, UnsafePointer<Float>, UnsafePointer<Float>?, UnsafeMutablePointer<Float>,
                    PackedIm2colPlan, Int) -> Void
@@ -73,23 +79,24 @@ func convolutionForward(
         } else if plan.usesImplicitB {
             pass = implicitForward
         } else {
-            pass = { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision) }
+            pass = { packedIm2colForward($0, $1, $2, $3, $4, task: $5, precision: precision, handoff: handoff) }
         }
         if tasks == 1 {
             pass(0..<batch, x, bias, y, plan, 0)
         } else {
             parallelTasks(tasks) { t in pass(taskRange(t, of: batch, tasks: tasks), x, bias, y, plan, t) }
         }
-        return
+        return handoff != nil
     }
     if tasks == 1 {
         forwardImages(0..<batch, x, w, bias, y, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
-        return
+        return false
     }
     parallelTasks(tasks) { t in
         forwardImages(taskRange(t, of: batch, tasks: tasks), x, w, bias, y, g, ws,
                       panel: ws.taskPanel(t), blockOutput: ws.taskBlockOutput(t))
     }
+    return false
 }
 
 /// The forward pass over images `images` with the given scratch buffers.

@@ -1,3 +1,5 @@
+import CBF16
+
 // Packed im2col: the GEMM's B panels are built straight from the input, so no
 // im2col matrix is ever stored and the GEMM does not re-pack one.
 //
@@ -259,8 +261,8 @@ final class PackedIm2colPlan {
     func blockOutput(_ t: Int) -> UnsafeMutablePointer<Float> { blockOutputs[t].pointer }
 
     /// Makes sure tasks 0 ..< tasks have a block-output buffer (when blocks hold several images).
-    func reserveBlockOutputs(_ tasks: Int) {
-        guard imagesPerBlock > 1 else { return }
+    func reserveBlockOutputs(_ tasks: Int, handoff: Bool = false) {
+        guard imagesPerBlock > 1 || handoff else { return }
         while blockOutputs.count < tasks {
             var buffer = GrowableBuffer<Float>()
             buffer.reserve(geometry.groupOutChannels * imagesPerBlock * geometry.outPixels)
@@ -991,10 +993,12 @@ private func copyShortRun(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePoint
 }
 
 /// Forward over images `images` for task t through packed im2col (the plan's
-/// weights are already packed): y = conv(x, w) + bias.
+/// weights are already packed): y = conv(x, w) + bias; or, with `handoff` (bf16, native
+/// kernel), y untouched and the output handed off as bf16 (see `BF16OutputHandoff`).
 func packedIm2colForward(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, precision: ComputePrecision = .fp32
+    _ y: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, precision: ComputePrecision = .fp32,
+    handoff: BF16OutputHandoff? = nil
 ) {
     let g = plan.geometry, hw = g.outPixels, K = g.outChannels, Kg = g.groupOutChannels
     let bf16Planes = precision == .bf16 && plan.forwardPlanesAreBF16(precision, kernel: plan.packedWeightsBF16[0].kernel)
@@ -1006,8 +1010,9 @@ func packedIm2colForward(
         let count = min(perBlock, images.upperBound - n)
         for grp in 0..<g.groups {
             let columns = count * hw
-            // One image: straight into its NCHW output; several: through the block buffer.
-            let out = plan.imagesPerBlock == 1 ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
+            // One image: straight into its NCHW output; several, or a handoff: through the
+            // block buffer (a handoff's fp32 output then never leaves the cache).
+            let out = plan.imagesPerBlock == 1 && handoff == nil ? y + (n * K + grp * Kg) * hw : plan.blockOutput(t)
             if bf16Planes {
                 let xs = plan.sourceBF16(x, image: n, count: count, group: grp, task: t)
                 gemmBF16PackedA(plan.packedWeightsBF16[grp], n: columns, beta: 0, c: out, ldc: columns,
@@ -1033,6 +1038,17 @@ func packedIm2colForward(
                     }
                 }
             }
+            if let handoff {
+                for i in 0..<count {
+                    for k in 0..<Kg {
+                        let plane = (n + i) * K + grp * Kg + k
+                        cnn_bf16_round_plane_moments(hw, out + k * columns + i * hw, bias.map { $0 + grp * Kg + k },
+                                                     handoff.rectify ? 1 : 0, handoff.bits + plane * hw,
+                                                     handoff.planeSums + plane, handoff.planeSquares + plane)
+                    }
+                }
+                continue
+            }
             if plan.imagesPerBlock > 1 {
                 for i in 0..<count {
                     for k in 0..<Kg {
@@ -1045,6 +1061,30 @@ func packedIm2colForward(
             }
         }
         n += count
+    }
+}
+
+/// A bf16 convolution's output handed straight to the BatchNorm after it, which keeps its
+/// input as bf16 (`batchNormRoundBF16ChannelMoments`): per plane p = (image, channel) of
+/// (N, K, outPixels), v = output + bias (max(·, +0) with `rectify`, the ReLU between them
+/// fused into the BatchNorm) rounded to `bits`, and the plane's Σv and Σv² (the C kernel's
+/// lanes and tree) in `planeSums[p]` / `planeSquares[p]`. The BatchNorm adds the planes in
+/// image order: the same bits as its own pass over an fp32 output, without that output's
+/// round trip through memory (written by the convolution, read back by the BatchNorm).
+/// Only the packed-im2col forward with the native bf16 kernel hands off
+/// (`convolution2DForward` says whether it did); other paths write y as usual.
+public struct BF16OutputHandoff {
+    public let bits: UnsafeMutablePointer<UInt16>
+    public let planeSums: UnsafeMutablePointer<Double>
+    public let planeSquares: UnsafeMutablePointer<Double>
+    public let rectify: Bool
+
+    public init(bits: UnsafeMutablePointer<UInt16>, planeSums: UnsafeMutablePointer<Double>,
+                planeSquares: UnsafeMutablePointer<Double>, rectify: Bool) {
+        self.bits = bits
+        self.planeSums = planeSums
+        self.planeSquares = planeSquares
+        self.rectify = rectify
     }
 }
 

@@ -70,6 +70,12 @@ public final class BatchNormEngine {
     private var inputShape: [Int] = []
     /// The input as bf16 bit patterns, (N, C, S), when `keepsInputBF16`.
     let inputBF16 = BF16Buffer()
+    /// A handed-off input's Σv and Σv² per (image, channel) plane, 2·N·C (`bf16Handoff`).
+    private var planeMoments = UnsafeMutablePointer<Double>.allocate(capacity: 1)
+    private var planeMomentsCapacity = 1
+    /// The input tensor whose values the convolution before handed off (`didHandOff`); the
+    /// next forward takes them from `inputBF16` and `planeMoments` if it is given this tensor.
+    private weak var handedOffInput: Tensor?
     private var usedBatchStatistics = false
     private var globalCount = 0.0
     private let ownOutput = Tensor(shape: [0])
@@ -102,7 +108,30 @@ public final class BatchNormEngine {
     deinit {
         for p in [mean, invStd, meanDy, meanDyXhat, reduceBuffer] { p.deallocate() }
         sumsA.deallocate(); sumsB.deallocate()
+        planeMoments.deallocate()
     }
+
+    /// Where the convolution before may hand off its output for an input of `shape` (see
+    /// `BF16OutputHandoff`): into the bf16 copy this layer keeps, with the planes' sums. Nil
+    /// unless the next forward keeps its input as bf16 with the native kernel (the handoff
+    /// runs the C kernel of `batchNormRoundBF16ChannelMoments`).
+    func bf16Handoff(for shape: [Int], arithmetic: GemmArithmetic) -> BF16OutputHandoff? {
+        guard mayKeepInputBF16, arithmetic.precision == .bf16, arithmetic.bf16Kernel == .native,
+              shape.count >= 2, shape[1] == channels else { return nil }
+        let count = shape.reduce(1, *), planes = shape[0] * channels
+        inputBF16.reserve(count)
+        if 2 * planes > planeMomentsCapacity {
+            planeMoments.deallocate()
+            planeMomentsCapacity = 2 * planes
+            planeMoments = .allocate(capacity: planeMomentsCapacity)
+        }
+        return BF16OutputHandoff(bits: inputBF16.data, planeSums: planeMoments, planeSquares: planeMoments + planes,
+                                 rectify: fusedInputReLU)
+    }
+
+    /// The convolution before handed `tensor`'s values off (its data was not written), or
+    /// wrote them (nil).
+    func didHandOff(_ tensor: Tensor?) { handedOffInput = tensor }
 
     var parameterSpecs: [TensorSpec] {
         affine ? [TensorSpec("weight", shape: [channels], role: .ones), TensorSpec("bias", shape: [channels], role: .zeros)] : []
@@ -142,7 +171,18 @@ public final class BatchNormEngine {
         inputShape = x.shape
         ensureShape(output, x.shape)
         usedBatchStatistics = context.training
-        if keepsInputBF16 {
+        let handedOff = handedOffInput === x
+        handedOffInput = nil
+        precondition(!handedOff || keepsInputBF16, "\(layer): a bf16 handoff without a bf16 copy")
+        if handedOff {
+            // The convolution wrote the copy and each plane's sums: add them in image order,
+            // as the pass below does.
+            let planes = planeMoments, squares = planeMoments + n * c
+            for ch in 0..<c { sumsA[ch] = 0; sumsB[ch] = 0 }
+            for i in 0..<n {
+                for ch in 0..<c { sumsA[ch] += planes[i * c + ch]; sumsB[ch] += squares[i * c + ch] }
+            }
+        } else if keepsInputBF16 {
             // The copy, rectified first when the ReLU before is fused, with Σx and Σx² of it
             // (exact products, Double sums): the statistics need no second pass.
             inputBF16.reserve(x.count)

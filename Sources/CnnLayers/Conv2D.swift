@@ -46,6 +46,15 @@ public final class Conv2D: Layer, InputGradientOptional {
     /// convolutions (set by `MemoryPlan` when the only reader is a BatchNorm that keeps its
     /// input as bf16: it reads this output in its forward only, right after this layer).
     var bf16SharedOutput: Tensor?
+    /// That BatchNorm (set with `bf16SharedOutput`): where the kernel can, it hands the output
+    /// off to it as bf16 with the statistics' sums instead of writing the fp32 buffer
+    /// (`BF16OutputHandoff`: the same bits, without the buffer's round trip through memory).
+    weak var bf16Consumer: BatchNormEngine?
+    /// Whether the handoff above is used where possible (default); off, the output goes
+    /// through the fp32 buffer as before: same bits, for side-by-side checks.
+    public var handsOffBF16Output = true
+    /// Whether the last forward handed its output off as bf16 instead of writing it.
+    public private(set) var handedOffLastForward = false
     var gradInput = Tensor(shape: [0])
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
@@ -157,8 +166,10 @@ public final class Conv2D: Layer, InputGradientOptional {
         do { shape = try outputShape(for: input.shape) } catch { preconditionFailure("\(error)") }
         savedInput = input
         workspace.use(context.arithmetic)
+        let bf16 = context.arithmetic.precision == .bf16
         return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
-                          outputShape: shape, into: context.arithmetic.precision == .bf16 ? bf16SharedOutput : nil)
+                          outputShape: shape, into: bf16 ? bf16SharedOutput : nil,
+                          handoffTo: bf16SharedOutput != nil ? bf16Consumer : nil, arithmetic: context.arithmetic)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
@@ -171,14 +182,17 @@ public final class Conv2D: Layer, InputGradientOptional {
     // Shared with Conv1D, which runs as H = 1 and reshapes.
 
     func runForward(_ x: UnsafeMutablePointer<Float>, batch: Int, height: Int, width: Int,
-                    outputShape: [Int], into shared: Tensor? = nil) -> Tensor {
+                    outputShape: [Int], into shared: Tensor? = nil, handoffTo consumer: BatchNormEngine? = nil,
+                    arithmetic: GemmArithmetic = .fp32) -> Tensor {
         guard let weight else { preconditionFailure("\(name): forward before bind") }
         let output = shared ?? self.output
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
         output.resize(to: outputShape)
-        convolution2DForward(input: x, weight: kernelWeight(weight), bias: bias, output: output.data, batch: batch,
-                             geometry: g, workspace: workspace)
+        let handoff = handsOffBF16Output ? consumer?.bf16Handoff(for: outputShape, arithmetic: arithmetic) : nil
+        handedOffLastForward = convolution2DForward(input: x, weight: kernelWeight(weight), bias: bias, output: output.data,
+                                                    batch: batch, geometry: g, workspace: workspace, handoff: handoff)
+        consumer?.didHandOff(handedOffLastForward ? output : nil)
         return output
     }
 

@@ -309,6 +309,7 @@ public final class MemoryPlan {
             batchNorm.engine.fusedInputReLU = false; batchNorm.engine.mayKeepInputBF16 = false
         }
         (layer as? Conv2D)?.bf16SharedOutput = nil
+        (layer as? Conv2D)?.bf16Consumer = nil
         (layer as? Sequential)?.recomputeBeforeBackward = [:]
         if let concat = layer as? Concat { concat.run = nil; concat.runIndex = 0 }
         (layer as? Residual)?.recomputeBeforeBackward = [:]
@@ -418,6 +419,7 @@ public final class MemoryPlan {
         let elements = shapes[i].reduce(1, *)
         batchNorm.engine.mayKeepInputBF16 = true
         conv.bf16SharedOutput = bf16ProducerBuffer
+        conv.bf16Consumer = batchNorm.engine
         bf16InputBatchNorms += 1
         bf16InputElements += elements
         bf16ProducerBufferElements = max(bf16ProducerBufferElements, elements)

@@ -231,6 +231,72 @@ final class BatchNormBF16InputTests: XCTestCase {
         XCTAssertEqual(held, try bits(recompute: true))
     }
 
+    static let native = GemmArithmetic(.bf16, bf16Kernel: .native)
+
+    /// The convolution's bf16 handoff to the BatchNorm (its epilogue rounds into the copy and
+    /// sums each plane; the BatchNorm adds the planes) gives the bits of the convolution
+    /// writing fp32 and the BatchNorm rounding and summing it: every output, gradient and
+    /// running statistic, in training and evaluation, with and without the ReLUs and the
+    /// bias, on planes with a tail (5x5), whole vectors (8x8), several images per GEMM block
+    /// (4x4), groups, and images split over two threads.
+    func testConvolutionHandoffGivesTheSameBits() throws {
+        try XCTSkipUnless(CPUFeatures.current.bf16GEMM, "needs AVX512_BF16 (the handoff runs the native kernel only)")
+        func run(_ cin: Int, _ cout: Int, kernel: Int, groups: Int, bias: Bool, shape: [Int], before: Bool, after: Bool,
+                 training: Bool, threads: Int, handoff: Bool) throws -> (Bits, Bool) {
+            ComputeThreads.count = threads
+            defer { ComputeThreads.count = 1 }
+            let conv = try Conv2D(cin, cout, kernelSize: kernel, padding: kernel / 2, groups: groups, bias: bias)
+            conv.handsOffBF16Output = handoff
+            var layers: [Layer] = [conv]
+            if before { layers.append(ReLU()) }
+            layers.append(try BatchNorm2d(cout))
+            if after { layers.append(ReLU()) }
+            let chain = Sequential(layers)
+            let plan = MemoryPlan.apply(to: chain, inputShape: shape)
+            XCTAssertEqual(plan.bf16InputBatchNorms, 1)
+            let store = ParameterStore(root: chain)
+            store.initialize(seed: 1)
+            Self.setParameters(store, seed: 5)
+            let x = randomTensor(shape, seed: 21, scale: 1.5, offset: 0.1)
+            let dy = randomTensor(try chain.outputShape(for: shape), seed: 22)
+            let context = ExecutionContext(training: training)
+            context.arithmetic = Self.native
+            var bits = Bits(output: [], gradInput: [], gradients: [], buffers: [])
+            var handedOff = true
+            for _ in 0..<2 {
+                store.zeroGradients()
+                bits.output = chain.forward(x, context: context).toArray().map(\.bitPattern)
+                handedOff = handedOff && conv.handedOffLastForward
+                bits.gradInput = chain.backward(dy, context: context).toArray().map(\.bitPattern)
+                bits.gradients = store.gradients.toArray().map(\.bitPattern)
+                bits.buffers = store.buffers.toArray().map(\.bitPattern)
+            }
+            return (bits, handedOff)
+        }
+        let cases: [(Int, Int, Int, Int, Bool, [Int], Int)] = [
+            (3, 4, 3, 1, true, [4, 3, 5, 5], 1), (2, 5, 1, 1, false, [3, 2, 8, 8], 1),
+            (8, 16, 3, 1, true, [16, 8, 4, 4], 1), (4, 6, 3, 2, true, [4, 4, 6, 6], 1),
+            (3, 8, 3, 1, true, [6, 3, 16, 16], 2),
+        ]
+        for (cin, cout, kernel, groups, bias, shape, threads) in cases {
+            for (before, after) in [(false, false), (true, false), (false, true), (true, true)] {
+                for training in [true, false] {
+                    let what = "\(cin)->\(cout) k\(kernel) groups \(groups) bias \(bias) \(formatShape(shape)) "
+                        + "threads \(threads) ReLU before \(before) after \(after) training \(training)"
+                    let (on, handedOff) = try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape,
+                                                  before: before, after: after, training: training, threads: threads, handoff: true)
+                    let (off, offHandedOff) = try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape,
+                                                      before: before, after: after, training: training, threads: threads,
+                                                      handoff: false)
+                    XCTAssertTrue(handedOff, "handed off: \(what)")
+                    XCTAssertFalse(offHandedOff, what)
+                    XCTAssertEqual(on, off, what)
+                    XCTAssertTrue(on.gradients.contains { Float(bitPattern: $0) != 0 }, what)
+                }
+            }
+        }
+    }
+
     /// In fp32 arithmetic the plan changes nothing: bits as without a plan.
     func testFP32Unchanged() throws {
         for (before, after) in [(false, false), (true, true)] {

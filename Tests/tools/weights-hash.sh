@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the SHA-256 of the weights after 30 steps of each reference model,
 # on 1 rank and on --local-ranks 2 (fixed seed): run with the binaries before
-# and after a refactor; the lines must be identical.
+# and after a refactor; the lines must be identical. PRECISION=bf16 trains in bf16
+# (then the same CPU kernel, native or portable, on both sides).
 #   Tests/tools/weights-hash.sh .build/release/cnn-dist
 set -euo pipefail
 bin="$1"; out="${TMPDIR:-/tmp}/weights-hash.$$"; mkdir -p "$out"
@@ -17,7 +18,7 @@ for model in lenet5 fashion-cnn minivgg resnet20; do
     for ranks in 1 2; do
         dir="$out/$model-$ranks"
         "$bin" train --model "$model" "${data[@]}" --max-steps 30 --batch-size 64 --seed 7 \
-            --test-limit 256 --threads 1 --local-ranks "$ranks" --run-dir "$dir" >/dev/null 2>&1 \
+            --test-limit 256 --threads 1 --local-ranks "$ranks" --precision "${PRECISION:-fp32}" --run-dir "$dir" >/dev/null 2>&1 \
             || { echo "$model ranks=$ranks: train failed" >&2; exit 1; }
         echo "$model ranks=$ranks $(sha256sum "$dir/model.safetensors" | cut -c1-16)"
     done

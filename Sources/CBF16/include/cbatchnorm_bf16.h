@@ -18,4 +18,11 @@
 void cnn_bf16_round_moments(long n, long c, long s, long c0, long c1, const float *x, int rectify, uint16_t *o,
                             double *sums, double *squares);
 
+/// One plane of s values, as one (i, ch) of cnn_bf16_round_moments with v = x + *bias first
+/// (bias may be NULL: no add): o = the bf16 bits of v, *sum = P, *square = Q. A convolution's
+/// epilogue hands its output to the BatchNorm that keeps it as bf16 through this; the
+/// BatchNorm then adds the planes' P and Q in image order: cnn_bf16_round_moments' bits.
+void cnn_bf16_round_plane_moments(long s, const float *x, const float *bias, int rectify, uint16_t *o,
+                                  double *sum, double *square);
+
 #endif
