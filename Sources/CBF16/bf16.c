@@ -322,6 +322,46 @@ PACK_TARGET void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long
     }
 }
 
+// cnn_bf16_pack_a from bf16 words: each row's 32 words are its 16 pairs already, so the
+// same transposes without the conversion.
+PACK_TARGET void cnn_bf16_pack_a_h(int rows, int mr, long kc, const uint16_t *a, long lda, uint32_t *dst) {
+    const long pairs = (kc + 1) / 2;
+    const __mmask16 out = (__mmask16)((1u << rows) - 1);
+    for (long p0 = 0; p0 < kc; p0 += 32) {
+        const long left = kc - p0;
+        const __mmask32 m = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+        const long q0 = p0 / 2, count = pairs - q0 < 16 ? pairs - q0 : 16;
+        if (rows == 8) {
+            __m512i r[8], o[8];
+            for (int i = 0; i < 8; i++) r[i] = i < mr ? _mm512_maskz_loadu_epi16(m, a + i * lda + p0) : _mm512_setzero_si512();
+            transpose8x16(r, o);
+            for (long k = 0; 2 * k < count; k++) {
+                _mm512_mask_storeu_epi32(dst + (q0 + 2 * k) * 8, 2 * k + 1 < count ? 0xFFFF : 0x00FF, o[k]);
+            }
+            continue;
+        }
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) r[i] = i < mr ? _mm512_maskz_loadu_epi16(m, a + i * lda + p0) : _mm512_setzero_si512();
+        transpose16x16(r);
+        for (long q = 0; q < count; q++) _mm512_mask_storeu_epi32(dst + (q0 + q) * rows, out, r[q]);
+    }
+}
+
+PACK_TARGET void cnn_bf16_copy_rows(long planes, long rows, long width, const uint16_t *src, long srcPlaneStride,
+                                    long srcStride, uint16_t *dst, long dstPlaneStride, long dstStride) {
+    for (long c = 0; c < planes; c++) {
+        for (long r = 0; r < rows; r++) {
+            const uint16_t *s = src + c * srcPlaneStride + r * srcStride;
+            uint16_t *d = dst + c * dstPlaneStride + r * dstStride;
+            for (long i = 0; i < width; i += 32) {
+                const long left = width - i;
+                const __mmask32 m = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1u << left) - 1);
+                _mm512_mask_storeu_epi16((void *)(d + i), m, _mm512_maskz_loadu_epi16(m, s + i));
+            }
+        }
+    }
+}
+
 PACK_TARGET void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst) {
     const long pairs = (kc + 1) / 2;
     const __mmask16 out = (__mmask16)((1u << rows) - 1), valid = (__mmask16)((1u << mr) - 1);
@@ -611,6 +651,19 @@ void cnn_bf16_tile(int rows, long pairs, const uint32_t *a, const uint32_t *b, f
 }
 
 #else
+
+void cnn_bf16_pack_a_h(int rows, int mr, long kc, const uint16_t *a, long lda, uint32_t *dst) {
+    (void)rows; (void)mr; (void)kc; (void)a; (void)lda; (void)dst;
+    __builtin_trap();
+}
+
+void cnn_bf16_copy_rows(long planes, long rows, long width, const uint16_t *src, long srcPlaneStride, long srcStride,
+                        uint16_t *dst, long dstPlaneStride, long dstStride) {
+    (void)planes; (void)rows; (void)width; (void)src; (void)srcPlaneStride; (void)srcStride; (void)dst;
+    (void)dstPlaneStride; (void)dstStride;
+    __builtin_trap();
+}
+
 
 void cnn_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t regs[4]) {
     (void)leaf; (void)subleaf;

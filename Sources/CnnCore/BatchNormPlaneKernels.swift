@@ -456,6 +456,33 @@ public func batchNormBF16BackwardSums(x: UnsafePointer<UInt16>, dy: UnsafePointe
                        sumDy: sumDy, sumDyXhat: sumDyXhat, reluOutput: reluOutput)
 }
 
+/// `batchNormBF16BackwardInput` with dL/dx handed to the convolution before as bf16
+/// (`BF16GradHandoff`) instead of written as fp32: each plane is formed in a scratch row as
+/// that kernel forms it, then `handoff.planeSums[plane]` = `sumFloats` of it and
+/// `handoff.bits` = its `cnn_bf16_round_rows` rounding: what the convolution's passes would
+/// compute from the fp32 dL/dx. Needs the native bf16 kernel (AVX512_BF16).
+public func batchNormBF16BackwardInputHandoff(x: UnsafePointer<UInt16>, dy: UnsafePointer<Float>, handoff: BF16GradHandoff,
+                                              mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
+                                              gamma: UnsafePointer<Float>?,
+                                              meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
+                                              n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>? = nil, rectified: Bool) {
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: s) { scratch in
+            let row = scratch.baseAddress!
+            for i in 0..<n {
+                for ch in channels {
+                    let off = (i * c + ch) * s
+                    planeBackwardInput(BF16Plane.self, x + off, dy + off, reluOutput.map { $0 + off }, row, s,
+                                       k: invStd[ch] * (gamma?[ch] ?? 1), mean: mean[ch], invStd: invStd[ch],
+                                       meanDy: meanDy?[ch], meanDyXhat: meanDyXhat?[ch], maskInput: rectified)
+                    handoff.planeSums[i * c + ch] = sumFloats(row, s)
+                    cnn_bf16_round_rows(1, 1, s, row, 0, 0, handoff.bits + off, 0, 0)
+                }
+            }
+        }
+    }
+}
+
 /// `batchNormBackwardInput` of the bf16 copy; with `rectified` (the copy is of max(x, 0): the
 /// ReLU before is fused), times (copy > 0), which is (x > 0) since no nonzero rounds to zero.
 public func batchNormBF16BackwardInput(x: UnsafePointer<UInt16>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,

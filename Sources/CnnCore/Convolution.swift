@@ -164,13 +164,61 @@ func addBias(_ bias: UnsafePointer<Float>, to c: UnsafeMutablePointer<Float>, ro
     }
 }
 
-/// dx = ∂L/∂x from dy = ∂L/∂y. Overwrites `gradInput` (N, C, H, W).
+/// dL/dy of a bf16 convolution handed over as bf16 by the BatchNorm after it (which computes it,
+/// `batchNormBF16BackwardInputHandoff`), instead of fp32 that both backward passes would read
+/// and round again: `bits` (N, K, outPixels) are dL/dy rounded as the passes round it
+/// (`cnn_bf16_round_rows`: nearest even, subnormals flushed), and `planeSums[n·K + k]` =
+/// `sumFloats` of plane (n, k) of the fp32 dL/dy, the bias gradient's terms. The same bits as
+/// the passes reading the fp32 dL/dy; taken where `convolutionTakesBF16GradOutput` says.
+public struct BF16GradHandoff {
+    public let bits: UnsafeMutablePointer<UInt16>
+    public let planeSums: UnsafeMutablePointer<Float>
+
+    public init(bits: UnsafeMutablePointer<UInt16>, planeSums: UnsafeMutablePointer<Float>) {
+        self.bits = bits
+        self.planeSums = planeSums
+    }
+}
+
+/// Whether the backward passes of `g` (bf16 with the native kernel, as `ws` is set) can take
+/// dL/dy as a `BF16GradHandoff`: backward-weights on packed im2col image by image, and
+/// backward-data (when `inputGradient`) as a packed-im2col forward of the flipped kernel over
+/// bf16 phase planes of stride 1 along W.
+public func convolutionTakesBF16GradOutput(geometry g: Conv2DGeometry, batch: Int, workspace ws: ConvolutionWorkspace,
+                                           inputGradient: Bool) -> Bool {
+    guard ws.precision == .bf16 && ws.arithmetic.bf16Kernel == .native && CPUFeatures.current.bf16GEMM else { return false }
+    ws.prepare(for: g, batch: batch)
+    guard ws.path.backwardWeights == .packedIm2col, let plan = ws.packedPlan, plan.gatherStride == 1,
+          plan.gradImagesPerGemm == 1 else { return false }
+    guard inputGradient else { return true }
+    guard case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry,
+          let bws = ws.backwardDataWorkspace else { return false }
+    bws.prepare(for: bg, batch: batch)
+    guard bws.path.forward.usesPackedPlan && bws.path.forward != .subsampledPointwise,
+          let forward = bws.packedPlan else { return false }
+    return forward.takesBF16Input
+}
+
+/// dx = ∂L/∂x from dy = ∂L/∂y. Overwrites `gradInput` (N, C, H, W). With `gradOutputBF16`
+/// (where `convolutionTakesBF16GradOutput`), dy is read from it instead (dy unused).
 public func convolution2DBackwardData(
     gradOutput dy: UnsafePointer<Float>, weight w: UnsafePointer<Float>,
     gradInput dx: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
-    workspace ws: ConvolutionWorkspace
+    workspace ws: ConvolutionWorkspace, gradOutputBF16: BF16GradHandoff? = nil
 ) {
     ws.prepare(for: g, batch: batch)
+    if let handoff = gradOutputBF16 {
+        guard case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry,
+              let bws = ws.backwardDataWorkspace else { preconditionFailure("bf16 dL/dy: not a flipped forward") }
+        bws.prepare(for: bg, batch: batch)
+        guard let plan = bws.packedPlan, plan.takesBF16Input else { preconditionFailure("bf16 dL/dy: no bf16 input planes") }
+        flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
+        plan.inputBF16 = UnsafePointer(handoff.bits)
+        defer { plan.inputBF16 = nil }
+        convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
+                             batch: batch, geometry: bg, workspace: bws)
+        return
+    }
     if case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
         bws.prepare(for: bg, batch: batch)
         if bws.precision == .fp32 && bws.path.forward.usesPackedPlan {
@@ -538,11 +586,13 @@ func scatterStridedRow(_ dst: UnsafeMutablePointer<Float>, _ src: UnsafePointer<
     }
 }
 
-/// dW += ∂L/∂W and, if `gradBias` is given, db += ∂L/∂b (both accumulate).
+/// dW += ∂L/∂W and, if `gradBias` is given, db += ∂L/∂b (both accumulate). With
+/// `gradOutputBF16` (where `convolutionTakesBF16GradOutput`), dy is read from it instead.
 public func convolution2DBackwardWeights(
     input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
     gradWeight dw: UnsafeMutablePointer<Float>, gradBias db: UnsafeMutablePointer<Float>?,
-    batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace
+    batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace,
+    gradOutputBF16: BF16GradHandoff? = nil
 ) {
     ws.prepare(for: g, batch: batch)
     let hw = g.outPixels, K = g.outChannels
@@ -554,8 +604,10 @@ public func convolution2DBackwardWeights(
         plan.reservePlanes(tasks, always: plan.gatherStride == 1, bf16: plan.backwardWeightsPlanesAreBF16(ws.arithmetic))
         plan.reservePackedGradOutputs(tasks, arithmetic: ws.arithmetic)
     }
+    let dyBits = gradOutputBF16.map { UnsafePointer($0.bits) }
+    precondition(dyBits == nil || packed != nil, "bf16 dL/dy: not packed im2col")
     if let plan = packed, tasks == 1 {
-        packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0, arithmetic: ws.arithmetic)
+        packedIm2colBackwardWeights(0..<batch, x, dy, dw, plan, task: 0, arithmetic: ws.arithmetic, dyBits: dyBits)
     } else if tasks == 1 {
         backwardWeightsImages(0..<batch, x, dy, dw, g, ws, panel: ws.panel.pointer, blockOutput: ws.blockOutput.base)
     } else {
@@ -565,7 +617,7 @@ public func convolution2DBackwardWeights(
             if t > 0 { target.update(repeating: 0, count: dwCount) }
             if let plan = packed {
                 packedIm2colBackwardWeights(taskRange(t, of: batch, tasks: tasks), x, dy, target, plan, task: t,
-                                            arithmetic: ws.arithmetic)
+                                            arithmetic: ws.arithmetic, dyBits: dyBits)
                 return
             }
             backwardWeightsImages(taskRange(t, of: batch, tasks: tasks), x, dy, target, g, ws,
@@ -574,7 +626,11 @@ public func convolution2DBackwardWeights(
         // Fixed order, so the sum does not depend on which task finished first.
         for t in 1..<tasks { addFloats(dw, ws.taskGradWeight(t), dwCount) }
     }
-    if let db {
+    if let db, let sums = gradOutputBF16?.planeSums {
+        for n in 0..<batch {
+            for k in 0..<K { db[k] += sums[n * K + k] }
+        }
+    } else if let db {
         for n in 0..<batch {
             for k in 0..<K { db[k] += sumFloats(dy + (n * K + k) * hw, hw) }
         }

@@ -520,15 +520,47 @@ final class PackedIm2colPlan {
     }
 
     /// `source` (always a copy) into the task's bf16 phase planes: each value rounded to bf16 as
-    /// it is copied (`bf16Bits`).
+    /// it is copied (`bf16Bits`), or copied from `inputBF16` when that is set.
     func sourceBF16(_ x: UnsafePointer<Float>, image n: Int, count: Int = 1, group grp: Int, task t: Int)
         -> UnsafePointer<UInt16> {
         let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels
-        let first = x + (n * g.inChannels + grp * Cg) * H * W
+        let offset = (n * g.inChannels + grp * Cg) * H * W
         for i in 0..<count {
-            copyPhasePlanesBF16(first + i * g.inChannels * H * W, to: planesBF16[t].pointer + i * imageStride)
+            if let bits = inputBF16 {
+                copyPhasePlanesBF16(bits: bits + offset + i * g.inChannels * H * W, to: planesBF16[t].pointer + i * imageStride)
+            } else {
+                copyPhasePlanesBF16(x + offset + i * g.inChannels * H * W, to: planesBF16[t].pointer + i * imageStride)
+            }
         }
         return UnsafePointer(planesBF16[t].pointer)
+    }
+
+    /// The input of the bf16 forward as bf16 bits (N, C, H, W), already rounded as
+    /// `copyPhasePlanesBF16` rounds (a convolution's backward-data taking dL/dy handed off as
+    /// bf16, `BF16GradHandoff`): the phase planes are copied from it and x is not read. Stride 1
+    /// along W only (`takesBF16Input`). Set around one pass.
+    var inputBF16: UnsafePointer<UInt16>?
+
+    /// Whether the forward can take `inputBF16`: bf16 phase planes (`forwardPlanesAreBF16`), its
+    /// row copy (stride 1 along W), no implicit B.
+    var takesBF16Input: Bool {
+        forwardPlanesAreBF16(.bf16, kernel: .native) && geometry.strideWidth == 1
+    }
+
+    /// The stride-1 row copy of `copyPhasePlanesBF16` from words already rounded.
+    private func copyPhasePlanesBF16(bits image: UnsafePointer<UInt16>, to xs: UnsafeMutablePointer<UInt16>) {
+        let g = geometry, H = g.height, W = g.width, Cg = g.groupInChannels, sh = g.strideHeight
+        precondition(g.strideWidth == 1, "bf16 input planes: stride 1 along W only")
+        let Ws = phaseWidth, plane = phaseHeight * Ws
+        usedPhase.withUnsafeBufferPointer { used in
+            for py in 0..<sh where used[py] {
+                let first = ((py - g.padTop) % sh + sh) % sh
+                guard first < H else { continue }
+                let rows = (H - first + sh - 1) / sh, phaseRow = (first + g.padTop) / sh
+                cnn_bf16_copy_rows(Cg, rows, W, image + first * W, H * W, sh * W,
+                                   xs + phaseRow * Ws + py * Cg * plane + g.padLeft, plane, Ws)
+            }
+        }
     }
 
     /// `copyPhasePlanes` into bf16 planes: per row phase, all channels' rows in one call (stride 1
@@ -724,11 +756,15 @@ extension PackedIm2colPlan {
     }
 
     /// `packGradOutput` rounded to bf16 pairs along the pixels, for a bf16 backward-weights.
-    func packGradOutputBF16(_ dy: UnsafePointer<Float>, image n: Int, group grp: Int, task t: Int,
-                            kernel: BF16Kernel) -> PackedGemmABF16 {
+    func packGradOutputBF16(_ dy: UnsafePointer<Float>, bits: UnsafePointer<UInt16>? = nil, image n: Int, group grp: Int,
+                            task t: Int, kernel: BF16Kernel) -> PackedGemmABF16 {
         let g = geometry, hw = g.outPixels, Kg = g.groupOutChannels
-        let packed = packedGradOutputsBF16[t]
-        packed.pack(.none, m: Kg, k: hw, a: dy + (n * g.outChannels + grp * Kg) * hw, lda: hw, kernel: kernel)
+        let packed = packedGradOutputsBF16[t], offset = (n * g.outChannels + grp * Kg) * hw
+        if let bits {
+            packed.packBits(m: Kg, k: hw, a: bits + offset, lda: hw)
+        } else {
+            packed.pack(.none, m: Kg, k: hw, a: dy + offset, lda: hw, kernel: kernel)
+        }
         return packed
     }
 
@@ -881,11 +917,14 @@ private func transposeRows(_ r0: SIMD8<Float>, _ r1: SIMD8<Float>, _ r2: SIMD8<F
 /// Backward-weights over images `images` for task t, accumulating into `dw` (K × Cg·kh·kw).
 func packedIm2colBackwardWeights(
     _ images: Range<Int>, _ x: UnsafePointer<Float>, _ dy: UnsafePointer<Float>,
-    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, arithmetic: GemmArithmetic = .fp32
+    _ dw: UnsafeMutablePointer<Float>, _ plan: PackedIm2colPlan, task t: Int, arithmetic: GemmArithmetic = .fp32,
+    dyBits: UnsafePointer<UInt16>? = nil
 ) {
     let g = plan.geometry, Kg = g.groupOutChannels, rows = g.panelRows
     let bf16Planes = plan.backwardWeightsPlanesAreBF16(arithmetic)
     let block = plan.gradImagesPerGemm
+    precondition(dyBits == nil || (arithmetic.precision == .bf16 && arithmetic.bf16Kernel == .native && block == 1),
+                 "bf16 dL/dy bits: the per-image bf16 pass with the native kernel only")
     if arithmetic.precision == .bf16 && block > 1 && images.count > 1 && plan.gatherStride == 1
         && (!bf16Planes || g.outPixels % 8 == 0) {
         // Blocks of equal size (16 images of 7×7 in 2 GEMMs of 8, not 10 + 6).
@@ -903,7 +942,7 @@ func packedIm2colBackwardWeights(
         for grp in 0..<g.groups {
             if bf16Planes {
                 let xs = plan.sourceBF16(x, image: n, group: grp, task: t)
-                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+                let a = plan.packGradOutputBF16(dy, bits: dyBits, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
                 gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows,
                                 packBF16: { q0, kc, r0, width, dst in
                                     plan.packTransposedPanelFromBF16(xs, q0: q0, kc: kc, r0: r0, width: width, dst: dst)
@@ -928,7 +967,7 @@ func packedIm2colBackwardWeights(
                 let a = plan.packGradOutput(dy, image: n, group: grp, task: t)
                 sgemmPackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows, packB: packB)
             case .bf16:
-                let a = plan.packGradOutputBF16(dy, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
+                let a = plan.packGradOutputBF16(dy, bits: dyBits, image: n, group: grp, task: t, kernel: arithmetic.bf16Kernel)
                 gemmBF16PackedA(a, n: rows, beta: 1, c: dw + grp * Kg * rows, ldc: rows,
                                 packBF16: gathered ? nil : { q0, kc, r0, width, dst in
                                     plan.packTransposedPanelBF16(xs, q0: q0, kc: kc, r0: r0, width: width, dst: dst)

@@ -129,6 +129,10 @@ public final class BatchNormEngine {
                                  rectify: fusedInputReLU)
     }
 
+    /// The convolution before (set by `MemoryPlan` with `mayKeepInputBF16`): backward hands
+    /// dL/dx to it as bf16 where it takes that (`Conv2D.takesBF16GradOutput`).
+    weak var bf16GradConsumer: Conv2D?
+
     /// The convolution before handed `tensor`'s values off (its data was not written), or
     /// wrote them (nil).
     func didHandOff(_ tensor: Tensor?) { handedOffInput = tensor }
@@ -361,6 +365,9 @@ public final class BatchNormEngine {
             }
         }
         let g = gamma.map { UnsafePointer($0) }
+        // dL/dx to the convolution before as bf16, where it takes that.
+        let handoff = keepsInputBF16 ? bf16GradConsumer?.bf16GradHandoff(into: gradInput, arithmetic: context.arithmetic) : nil
+        defer { bf16GradConsumer?.didHandOffGradOutput(handoff != nil ? gradInput : nil) }
         if usedBatchStatistics {
             if let reducer = context.statisticsReducer {
                 for ch in 0..<c { reduceBuffer[ch] = Float(sumsA[ch]); reduceBuffer[c + ch] = Float(sumsB[ch]) }
@@ -371,17 +378,22 @@ public final class BatchNormEngine {
                 meanDy[ch] = Float(sumsA[ch] / globalCount)
                 meanDyXhat[ch] = Float(sumsB[ch] / globalCount)
             }
-            backwardInput(dy, g, meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu)
+            backwardInput(dy, g, meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu, handoff: handoff)
         } else {
-            backwardInput(dy, g, meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu)
+            backwardInput(dy, g, meanDy: nil, meanDyXhat: nil, n: n, c: c, s: s, reluOutput: relu, handoff: handoff)
         }
         return gradInput
     }
 
     /// gradInput from dy, from the kept input as it is held.
     private func backwardInput(_ dy: Tensor, _ g: UnsafePointer<Float>?, meanDy: UnsafePointer<Float>?,
-                               meanDyXhat: UnsafePointer<Float>?, n: Int, c: Int, s: Int, reluOutput relu: UnsafePointer<Float>?) {
-        if keepsInputBF16 {
+                               meanDyXhat: UnsafePointer<Float>?, n: Int, c: Int, s: Int, reluOutput relu: UnsafePointer<Float>?,
+                               handoff: BF16GradHandoff? = nil) {
+        if let handoff {
+            batchNormBF16BackwardInputHandoff(x: inputBF16.data, dy: dy.data, handoff: handoff, mean: mean, invStd: invStd,
+                                              gamma: g, meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s,
+                                              reluOutput: relu, rectified: fusedInputReLU)
+        } else if keepsInputBF16 {
             batchNormBF16BackwardInput(x: inputBF16.data, dy: dy.data, dx: gradInput.data, mean: mean, invStd: invStd, gamma: g,
                                        meanDy: meanDy, meanDyXhat: meanDyXhat, n: n, c: c, s: s, reluOutput: relu,
                                        rectified: fusedInputReLU)

@@ -55,6 +55,18 @@ public final class Conv2D: Layer, InputGradientOptional {
     public var handsOffBF16Output = true
     /// Whether the last forward handed its output off as bf16 instead of writing it.
     public private(set) var handedOffLastForward = false
+    /// The other way in backward: that BatchNorm hands dL/dy over as bf16 (`BF16GradHandoff`)
+    /// where the backward passes can take it, instead of fp32 that they would read and round
+    /// again. Off, fp32 as before: same bits, for side-by-side checks.
+    public var takesBF16GradOutput = true
+    /// Whether the last backward took dL/dy as bf16.
+    public private(set) var tookBF16GradLastBackward = false
+    private weak var handedOffGradOutput: Tensor?
+    private var gradPlaneSums = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+    private var gradPlaneSumsCapacity = 1
+    /// Whether the last backward wanted dL/dx (the first layer's does not): a handoff offered
+    /// before a backward assumes the same, which is fixed by the layer's place in its model.
+    private var lastBackwardNeededInputGradient = true
     var gradInput = Tensor(shape: [0])
     private let noGradient = Tensor(shape: [0])
     private var savedInput: Tensor?
@@ -123,7 +135,33 @@ public final class Conv2D: Layer, InputGradientOptional {
     deinit {
         flippedWeight?.deallocate()
         flippedGradient?.deallocate()
+        gradPlaneSums.deallocate()
     }
+
+    /// Where the BatchNorm after this layer may hand dL/dy over as bf16 (see
+    /// `takesBF16GradOutput`): into `gradOutput`'s own storage (bf16 bits take half of it; the
+    /// fp32 values are never written) and this layer's plane sums. Nil where the passes, as
+    /// the last forward set them up, cannot take it.
+    func bf16GradHandoff(into gradOutput: Tensor, arithmetic: GemmArithmetic) -> BF16GradHandoff? {
+        guard takesBF16GradOutput, arithmetic.precision == .bf16, arithmetic.bf16Kernel == .native,
+              let x = savedInput, x.shape.count == 4, let g = try? geometry(height: x.shape[2], width: x.shape[3]),
+              gradOutput.count == x.shape[0] * g.outChannels * g.outPixels else { return nil }
+        workspace.use(arithmetic)
+        guard convolutionTakesBF16GradOutput(geometry: g, batch: x.shape[0], workspace: workspace,
+                                             inputGradient: lastBackwardNeededInputGradient) else { return nil }
+        let planes = x.shape[0] * outChannels
+        if planes > gradPlaneSumsCapacity {
+            gradPlaneSums.deallocate()
+            gradPlaneSumsCapacity = planes
+            gradPlaneSums = .allocate(capacity: planes)
+        }
+        // Only the C kernels write and read these words.
+        let bits = UnsafeMutableRawPointer(gradOutput.data).assumingMemoryBound(to: UInt16.self)
+        return BF16GradHandoff(bits: bits, planeSums: gradPlaneSums)
+    }
+
+    /// The BatchNorm handed `gradOutput` over as bf16 (nil: it wrote fp32).
+    func didHandOffGradOutput(_ gradOutput: Tensor?) { handedOffGradOutput = gradOutput }
 
     /// The weight the kernels read: the stored one, or its spatially flipped copy.
     private func kernelWeight(_ weight: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
@@ -175,8 +213,21 @@ public final class Conv2D: Layer, InputGradientOptional {
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
         guard let x = savedInput else { preconditionFailure("\(name): backward before forward") }
         workspace.use(context.arithmetic)
+        tookBF16GradLastBackward = handedOffGradOutput === gradOutput
+        handedOffGradOutput = nil
+        lastBackwardNeededInputGradient = context.needsInputGradient
+        var handoff: BF16GradHandoff?
+        if tookBF16GradLastBackward {
+            handoff = BF16GradHandoff(bits: UnsafeMutableRawPointer(gradOutput.data).assumingMemoryBound(to: UInt16.self),
+                                      planeSums: gradPlaneSums)
+            let g = try? geometry(height: x.shape[2], width: x.shape[3])
+            precondition(!context.needsInputGradient || g.map {
+                convolutionTakesBF16GradOutput(geometry: $0, batch: x.shape[0], workspace: workspace, inputGradient: true)
+            } == true, "\(name): dL/dy was handed over as bf16 for a backward without dL/dx")
+        }
         return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
-                           width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient)
+                           width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient,
+                           gradOutputBF16: handoff)
     }
 
     // Shared with Conv1D, which runs as H = 1 and reshapes.
@@ -197,7 +248,8 @@ public final class Conv2D: Layer, InputGradientOptional {
     }
 
     func runBackward(_ dy: UnsafeMutablePointer<Float>, input x: UnsafeMutablePointer<Float>, batch: Int,
-                     height: Int, width: Int, gradInputShape: [Int], inputGradient: Bool) -> Tensor {
+                     height: Int, width: Int, gradInputShape: [Int], inputGradient: Bool,
+                     gradOutputBF16: BF16GradHandoff? = nil) -> Tensor {
         guard let weight, let gradWeight else { preconditionFailure("\(name): backward before bind") }
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
@@ -206,19 +258,19 @@ public final class Conv2D: Layer, InputGradientOptional {
             let planes = outChannels * (inChannels / groups), kh = kernelSize.height, kw = kernelSize.width
             flippedGradient.update(repeating: 0, count: planes * kh * kw)
             convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: flippedGradient, gradBias: gradBias,
-                                         batch: batch, geometry: g, workspace: workspace)
+                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16)
             for p in 0..<planes {
                 let src = flippedGradient + p * kh * kw, dst = gradWeight + p * kh * kw
                 for i in 0..<(kh * kw) { dst[kh * kw - 1 - i] += src[i] }
             }
         } else {
             convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
-                                         batch: batch, geometry: g, workspace: workspace)
+                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16)
         }
         guard inputGradient else { return noGradient }
         gradInput.resize(to: gradInputShape)
         convolution2DBackwardData(gradOutput: dy, weight: kernelWeight(weight), gradInput: gradInput.data, batch: batch,
-                                  geometry: g, workspace: workspace)
+                                  geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16)
         return gradInput
     }
 }

@@ -307,6 +307,7 @@ public final class MemoryPlan {
         if let batchNorm = layer as? BatchNormLayer {
             batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil)
             batchNorm.engine.fusedInputReLU = false; batchNorm.engine.mayKeepInputBF16 = false
+            batchNorm.engine.bf16GradConsumer = nil
         }
         (layer as? Conv2D)?.bf16SharedOutput = nil
         (layer as? Conv2D)?.bf16Consumer = nil
@@ -420,6 +421,7 @@ public final class MemoryPlan {
         batchNorm.engine.mayKeepInputBF16 = true
         conv.bf16SharedOutput = bf16ProducerBuffer
         conv.bf16Consumer = batchNorm.engine
+        batchNorm.engine.bf16GradConsumer = conv
         bf16InputBatchNorms += 1
         bf16InputElements += elements
         bf16ProducerBufferElements = max(bf16ProducerBufferElements, elements)

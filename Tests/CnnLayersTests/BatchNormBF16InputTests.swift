@@ -233,20 +233,25 @@ final class BatchNormBF16InputTests: XCTestCase {
 
     static let native = GemmArithmetic(.bf16, bf16Kernel: .native)
 
-    /// The convolution's bf16 handoff to the BatchNorm (its epilogue rounds into the copy and
-    /// sums each plane; the BatchNorm adds the planes) gives the bits of the convolution
-    /// writing fp32 and the BatchNorm rounding and summing it: every output, gradient and
-    /// running statistic, in training and evaluation, with and without the ReLUs and the
-    /// bias, on planes with a tail (5x5), whole vectors (8x8), several images per GEMM block
-    /// (4x4), groups, and images split over two threads.
-    func testConvolutionHandoffGivesTheSameBits() throws {
-        try XCTSkipUnless(CPUFeatures.current.bf16GEMM, "needs AVX512_BF16 (the handoff runs the native kernel only)")
+    /// The handoffs between a bf16 convolution and the BatchNorm after it give the bits of the
+    /// two layers passing fp32: forward, the convolution's epilogue rounds into the BatchNorm's
+    /// copy and sums each plane (the BatchNorm adds the planes); backward, the BatchNorm hands
+    /// dL/dy over as bf16 with each plane's sum, and the convolution's passes and bias read
+    /// those. Every output, gradient and running statistic, each handoff on and off, in
+    /// training and evaluation, with and without the ReLUs and the bias, with and without
+    /// dL/dx of the convolution (a first layer), on planes with a tail (5x5), whole vectors
+    /// (8x8), several images per GEMM block (4x4), groups, 16x16 and 32x32 planes (backward
+    /// takes bf16 there), and images split over two threads.
+    func testConvolutionHandoffsGiveTheSameBits() throws {
+        try XCTSkipUnless(CPUFeatures.current.bf16GEMM, "needs AVX512_BF16 (the handoffs run the native kernel only)")
+        struct Run { var bits: Bits; var handedOff: Bool; var tookGrad: Bool }
         func run(_ cin: Int, _ cout: Int, kernel: Int, groups: Int, bias: Bool, shape: [Int], before: Bool, after: Bool,
-                 training: Bool, threads: Int, handoff: Bool) throws -> (Bits, Bool) {
+                 training: Bool, inputGradient: Bool, threads: Int, forward: Bool, backward: Bool) throws -> Run {
             ComputeThreads.count = threads
             defer { ComputeThreads.count = 1 }
             let conv = try Conv2D(cin, cout, kernelSize: kernel, padding: kernel / 2, groups: groups, bias: bias)
-            conv.handsOffBF16Output = handoff
+            conv.handsOffBF16Output = forward
+            conv.takesBF16GradOutput = backward
             var layers: [Layer] = [conv]
             if before { layers.append(ReLU()) }
             layers.append(try BatchNorm2d(cout))
@@ -261,39 +266,54 @@ final class BatchNormBF16InputTests: XCTestCase {
             let dy = randomTensor(try chain.outputShape(for: shape), seed: 22)
             let context = ExecutionContext(training: training)
             context.arithmetic = Self.native
-            var bits = Bits(output: [], gradInput: [], gradients: [], buffers: [])
-            var handedOff = true
-            for _ in 0..<2 {
+            var result = Run(bits: Bits(output: [], gradInput: [], gradients: [], buffers: []), handedOff: true, tookGrad: true)
+            // Three steps: the first backward learns whether the layer wants dL/dx.
+            for _ in 0..<3 {
                 store.zeroGradients()
-                bits.output = chain.forward(x, context: context).toArray().map(\.bitPattern)
-                handedOff = handedOff && conv.handedOffLastForward
-                bits.gradInput = chain.backward(dy, context: context).toArray().map(\.bitPattern)
-                bits.gradients = store.gradients.toArray().map(\.bitPattern)
-                bits.buffers = store.buffers.toArray().map(\.bitPattern)
+                result.bits.output = chain.forward(x, context: context).toArray().map(\.bitPattern)
+                result.handedOff = conv.handedOffLastForward
+                context.needsInputGradient = inputGradient
+                result.bits.gradInput = chain.backward(dy, context: context).toArray().map(\.bitPattern)
+                context.needsInputGradient = true
+                result.tookGrad = conv.tookBF16GradLastBackward
+                result.bits.gradients = store.gradients.toArray().map(\.bitPattern)
+                result.bits.buffers = store.buffers.toArray().map(\.bitPattern)
             }
-            return (bits, handedOff)
+            return result
         }
         let cases: [(Int, Int, Int, Int, Bool, [Int], Int)] = [
             (3, 4, 3, 1, true, [4, 3, 5, 5], 1), (2, 5, 1, 1, false, [3, 2, 8, 8], 1),
             (8, 16, 3, 1, true, [16, 8, 4, 4], 1), (4, 6, 3, 2, true, [4, 4, 6, 6], 1),
-            (3, 8, 3, 1, true, [6, 3, 16, 16], 2),
+            (3, 8, 3, 1, true, [6, 3, 16, 16], 2), (16, 16, 3, 1, false, [4, 16, 16, 16], 1),
+            (8, 32, 3, 1, true, [3, 8, 32, 32], 1),
         ]
+        var tookGrad = Set<String>()
         for (cin, cout, kernel, groups, bias, shape, threads) in cases {
             for (before, after) in [(false, false), (true, false), (false, true), (true, true)] {
-                for training in [true, false] {
+                for (training, inputGradient) in [(true, true), (false, true), (true, false)] {
                     let what = "\(cin)->\(cout) k\(kernel) groups \(groups) bias \(bias) \(formatShape(shape)) "
-                        + "threads \(threads) ReLU before \(before) after \(after) training \(training)"
-                    let (on, handedOff) = try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape,
-                                                  before: before, after: after, training: training, threads: threads, handoff: true)
-                    let (off, offHandedOff) = try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape,
-                                                      before: before, after: after, training: training, threads: threads,
-                                                      handoff: false)
-                    XCTAssertTrue(handedOff, "handed off: \(what)")
-                    XCTAssertFalse(offHandedOff, what)
-                    XCTAssertEqual(on, off, what)
-                    XCTAssertTrue(on.gradients.contains { Float(bitPattern: $0) != 0 }, what)
+                        + "threads \(threads) ReLU before \(before) after \(after) training \(training) dL/dx \(inputGradient)"
+                    func go(_ forward: Bool, _ backward: Bool) throws -> Run {
+                        try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape, before: before, after: after,
+                                training: training, inputGradient: inputGradient, threads: threads,
+                                forward: forward, backward: backward)
+                    }
+                    let off = try go(false, false)
+                    XCTAssertFalse(off.handedOff || off.tookGrad, what)
+                    XCTAssertTrue(off.bits.gradients.contains { Float(bitPattern: $0) != 0 }, what)
+                    for (forward, backward) in [(true, false), (false, true), (true, true)] {
+                        let on = try go(forward, backward)
+                        XCTAssertEqual(on.handedOff, forward, "handed off: \(what)")
+                        XCTAssertFalse(on.tookGrad && !backward, what)
+                        XCTAssertEqual(on.bits, off.bits, "forward \(forward) backward \(backward): \(what)")
+                        if on.tookGrad { tookGrad.insert("\(formatShape(shape)) dL/dx \(inputGradient)") }
+                    }
                 }
             }
+        }
+        // Not vacuous: backward took bf16 on the larger planes, with and without dL/dx.
+        for expected in ["4x16x16x16 dL/dx true", "4x16x16x16 dL/dx false", "3x8x32x32 dL/dx true", "6x3x16x16 dL/dx false"] {
+            XCTAssertTrue(tookGrad.contains(expected), "bf16 dL/dy taken: \(expected) (took: \(tookGrad.sorted()))")
         }
     }
 

@@ -68,6 +68,9 @@ void cnn_sgemm_tile_avx512(int rows, long kc, const float *a, const float *b, fl
 /// Reads only op(A)'s mr × kc floats. Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_pack_a(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
 void cnn_bf16_pack_at(int rows, int mr, long kc, const float *a, long lda, uint32_t *dst);
+/// cnn_bf16_pack_a of bf16 words (A as stored, already rounded): dst[q · rows + i] =
+/// (a[i · lda + 2q], a[i · lda + 2q + 1]), a zero partner for an odd kc.
+void cnn_bf16_pack_a_h(int rows, int mr, long kc, const uint16_t *a, long lda, uint32_t *dst);
 
 /// Converts fp32 B micro-panels of sgemm's layout (16 columns each: element (p, j) of panel u
 /// at src[u · 16 · kc + p · 16 + j], `panels16` of them) into bf16 micro-panels of
@@ -108,6 +111,11 @@ void cnn_bf16_pack_chunks_t(long kc, const float *xs, const int32_t *chunks, con
 /// written. Needs AVX512F, AVX512BW and AVX512_BF16.
 void cnn_bf16_round_rows(long planes, long rows, long width, const float *src, long srcPlaneStride, long srcStride,
                          uint16_t *dst, long dstPlaneStride, long dstStride);
+
+/// cnn_bf16_round_rows of words already rounded (a copy): dst[c · dstPlaneStride + r · dstStride
+/// + i] = src[c · srcPlaneStride + r · srcStride + i]. Needs AVX512F and AVX512BW.
+void cnn_bf16_copy_rows(long planes, long rows, long width, const uint16_t *src, long srcPlaneStride, long srcStride,
+                        uint16_t *dst, long dstPlaneStride, long dstStride);
 
 /// The same split by column parity (stride-2 phase planes): for c < planes, r < rows, with
 /// s = src + c · srcPlaneStride + r · srcStride and o = c · dstPlaneStride + r · dstStride,
