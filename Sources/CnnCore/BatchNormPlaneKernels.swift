@@ -446,6 +446,29 @@ public func batchNormBF16Normalize(x: UnsafePointer<UInt16>, y: UnsafeMutablePoi
                     n: n, c: c, s: s, relu: relu)
 }
 
+/// `batchNormBF16Normalize` with the output handed to the convolution after as bf16: each
+/// plane formed in a scratch row as that kernel forms it, then rounded into `bits` by
+/// `cnn_bf16_round_rows`, as the convolution's bf16 phase planes round their input (same
+/// bits, without the fp32 output's round trip through memory). Needs AVX512_BF16.
+public func batchNormBF16NormalizeRounded(x: UnsafePointer<UInt16>, bits: UnsafeMutablePointer<UInt16>,
+                                          mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
+                                          gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
+                                          n: Int, c: Int, s: Int) {
+    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: s) { scratch in
+            let row = scratch.baseAddress!
+            for i in 0..<n {
+                for ch in channels {
+                    let off = (i * c + ch) * s
+                    planeNormalize(BF16Plane.self, x + off, row, s, m: mean[ch], scale: invStd[ch] * (gamma?[ch] ?? 1),
+                                   shift: beta?[ch] ?? 0, relu: false)
+                    cnn_bf16_round_rows(1, 1, s, row, 0, 0, bits + off, 0, 0)
+                }
+            }
+        }
+    }
+}
+
 /// `batchNormBackwardSums` of the bf16 copy.
 public func batchNormBF16BackwardSums(x: UnsafePointer<UInt16>, dy: UnsafePointer<Float>,
                                       mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,

@@ -29,14 +29,36 @@
 /// y = conv(x, w) + bias. `bias` may be nil. Overwrites `output`; or, with `handoff` where
 /// the pass supports it (bf16 packed im2col, native kernel), leaves `output` alone, hands the
 /// output off (see `BF16OutputHandoff`) and returns true.
+/// With `inputBF16` (where `convolutionTakesBF16Input`), the input is read from those bf16
+/// bits (x unused).
 @discardableResult
 public func convolution2DForward(
     input x: UnsafePointer<Float>, weight w: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
     output y: UnsafeMutablePointer<Float>, batch: Int, geometry g: Conv2DGeometry,
-    workspace ws: ConvolutionWorkspace, handoff: BF16OutputHandoff? = nil
+    workspace ws: ConvolutionWorkspace, handoff: BF16OutputHandoff? = nil, inputBF16: UnsafePointer<UInt16>? = nil
 ) -> Bool {
-    convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
-                       flippedFrom: false, handoff: handoff)
+    guard let inputBF16 else {
+        return convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
+                                  flippedFrom: false, handoff: handoff)
+    }
+    ws.prepare(for: g, batch: batch)
+    guard let plan = ws.packedPlan, plan.takesBF16Input else { preconditionFailure("bf16 input: no bf16 input planes") }
+    plan.inputBF16 = inputBF16
+    defer { plan.inputBF16 = nil }
+    return convolutionForward(input: x, weight: w, bias: bias, output: y, batch: batch, geometry: g, workspace: ws,
+                              flippedFrom: false, handoff: handoff)
+}
+
+/// Whether the forward and backward-weights passes of `g` (bf16 with the native kernel, as
+/// `ws` is set) can read their input as bf16 bits (N, C, H, W) rounded as their phase planes
+/// round it: packed im2col with bf16 phase planes of stride 1 along W, backward-weights image
+/// by image from such planes.
+public func convolutionTakesBF16Input(geometry g: Conv2DGeometry, batch: Int, workspace ws: ConvolutionWorkspace) -> Bool {
+    guard ws.precision == .bf16 && ws.arithmetic.bf16Kernel == .native && CPUFeatures.current.bf16GEMM else { return false }
+    ws.prepare(for: g, batch: batch)
+    guard ws.path.forward.usesPackedPlan && ws.path.forward != .subsampledPointwise,
+          ws.path.backwardWeights == .packedIm2col, let plan = ws.packedPlan else { return false }
+    return plan.takesBF16Input && plan.backwardWeightsPlanesAreBF16(ws.arithmetic) && plan.gradImagesPerGemm == 1
 }
 
 /// `convolution2DForward`; with `flippedFrom` (a packed plan, fp32), `w` holds the weights of
@@ -592,9 +614,15 @@ public func convolution2DBackwardWeights(
     input x: UnsafePointer<Float>, gradOutput dy: UnsafePointer<Float>,
     gradWeight dw: UnsafeMutablePointer<Float>, gradBias db: UnsafeMutablePointer<Float>?,
     batch: Int, geometry g: Conv2DGeometry, workspace ws: ConvolutionWorkspace,
-    gradOutputBF16: BF16GradHandoff? = nil
+    gradOutputBF16: BF16GradHandoff? = nil, inputBF16: UnsafePointer<UInt16>? = nil
 ) {
     ws.prepare(for: g, batch: batch)
+    if let inputBF16 {
+        guard let plan = ws.packedPlan, ws.path.backwardWeights == .packedIm2col, plan.gradImagesPerGemm == 1,
+              plan.backwardWeightsPlanesAreBF16(ws.arithmetic) else { preconditionFailure("bf16 input: no bf16 planes") }
+        plan.inputBF16 = inputBF16
+    }
+    defer { if inputBF16 != nil { ws.packedPlan?.inputBF16 = nil } }
     let hw = g.outPixels, K = g.outChannels
     let dwCount = K * g.panelRows
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: dwCount)

@@ -133,6 +133,11 @@ public final class BatchNormEngine {
     /// dL/dx to it as bf16 where it takes that (`Conv2D.takesBF16GradOutput`).
     weak var bf16GradConsumer: Conv2D?
 
+    /// The convolution right after (set by `MemoryPlan` when it alone reads the output: no
+    /// fused ReLU after, the output not shared): with the bf16 copy kept, forward hands the
+    /// output to it as bf16 where it takes that (`Conv2D.takesBF16Input`).
+    weak var bf16OutputConsumer: Conv2D?
+
     /// The convolution before handed `tensor`'s values off (its data was not written), or
     /// wrote them (nil).
     func didHandOff(_ tensor: Tensor?) { handedOffInput = tensor }
@@ -241,7 +246,17 @@ public final class BatchNormEngine {
                 invStd[ch] = 1 / (runningVar[ch] + eps).squareRoot()
             }
         }
-        normalize(x, n: n, c: c, s: s)
+        if keepsInputBF16, !fusedReLU, !recomputesOutput, let conv = bf16OutputConsumer,
+           conv.acceptsBF16Input(shape: x.shape, arithmetic: context.arithmetic) {
+            // Rounded as the convolution's phase planes round it, into the output's storage.
+            let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
+            batchNormBF16NormalizeRounded(x: inputBF16.data, bits: UnsafeMutableRawPointer(output.data).assumingMemoryBound(to: UInt16.self),
+                                          mean: mean, invStd: invStd, gamma: g, beta: b, n: n, c: c, s: s)
+            conv.didHandOverInput(output)
+        } else {
+            normalize(x, n: n, c: c, s: s)
+            bf16OutputConsumer?.didHandOverInput(nil)
+        }
         return output
     }
 

@@ -64,6 +64,14 @@ public final class Conv2D: Layer, InputGradientOptional {
     private weak var handedOffGradOutput: Tensor?
     private var gradPlaneSums = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     private var gradPlaneSumsCapacity = 1
+    /// The BatchNorm right before (set by `MemoryPlan` when nothing else reads its output) hands
+    /// its output over as bf16 where the forward and backward-weights passes take it
+    /// (`convolutionTakesBF16Input`), instead of fp32 that both would read and round. Off, fp32
+    /// as before: same bits, for side-by-side checks.
+    public var takesBF16Input = true
+    /// Whether the last forward read its input as bf16.
+    public private(set) var tookBF16InputLastForward = false
+    private weak var handedOverInput: Tensor?
     /// Whether the last backward wanted dL/dx (the first layer's does not): a handoff offered
     /// before a backward assumes the same, which is fixed by the layer's place in its model.
     private var lastBackwardNeededInputGradient = true
@@ -155,9 +163,23 @@ public final class Conv2D: Layer, InputGradientOptional {
             gradPlaneSumsCapacity = planes
             gradPlaneSums = .allocate(capacity: planes)
         }
-        // Only the C kernels write and read these words.
-        let bits = UnsafeMutableRawPointer(gradOutput.data).assumingMemoryBound(to: UInt16.self)
-        return BF16GradHandoff(bits: bits, planeSums: gradPlaneSums)
+        return BF16GradHandoff(bits: bf16Bits(gradOutput), planeSums: gradPlaneSums)
+    }
+
+    /// Whether the BatchNorm before may hand an input of `shape` over as bf16 (see `takesBF16Input`).
+    func acceptsBF16Input(shape: [Int], arithmetic: GemmArithmetic) -> Bool {
+        guard takesBF16Input, arithmetic.precision == .bf16, arithmetic.bf16Kernel == .native, shape.count == 4,
+              shape[1] == inChannels, let g = try? geometry(height: shape[2], width: shape[3]) else { return false }
+        workspace.use(arithmetic)
+        return convolutionTakesBF16Input(geometry: g, batch: shape[0], workspace: workspace)
+    }
+
+    /// The BatchNorm before handed `input` over as bf16 bits in its storage (nil: fp32).
+    func didHandOverInput(_ input: Tensor?) { handedOverInput = input }
+
+    /// A tensor's storage read as the bf16 bits a handoff wrote there (only C kernels touch them).
+    private func bf16Bits(_ tensor: Tensor) -> UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(tensor.data).assumingMemoryBound(to: UInt16.self)
     }
 
     /// The BatchNorm handed `gradOutput` over as bf16 (nil: it wrote fp32).
@@ -204,10 +226,13 @@ public final class Conv2D: Layer, InputGradientOptional {
         do { shape = try outputShape(for: input.shape) } catch { preconditionFailure("\(error)") }
         savedInput = input
         workspace.use(context.arithmetic)
+        tookBF16InputLastForward = handedOverInput === input
+        handedOverInput = nil
         let bf16 = context.arithmetic.precision == .bf16
         return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
                           outputShape: shape, into: bf16 ? bf16SharedOutput : nil,
-                          handoffTo: bf16SharedOutput != nil ? bf16Consumer : nil, arithmetic: context.arithmetic)
+                          handoffTo: bf16SharedOutput != nil ? bf16Consumer : nil, arithmetic: context.arithmetic,
+                          inputBF16: tookBF16InputLastForward ? UnsafePointer(bf16Bits(input)) : nil)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
@@ -218,8 +243,7 @@ public final class Conv2D: Layer, InputGradientOptional {
         lastBackwardNeededInputGradient = context.needsInputGradient
         var handoff: BF16GradHandoff?
         if tookBF16GradLastBackward {
-            handoff = BF16GradHandoff(bits: UnsafeMutableRawPointer(gradOutput.data).assumingMemoryBound(to: UInt16.self),
-                                      planeSums: gradPlaneSums)
+            handoff = BF16GradHandoff(bits: bf16Bits(gradOutput), planeSums: gradPlaneSums)
             let g = try? geometry(height: x.shape[2], width: x.shape[3])
             precondition(!context.needsInputGradient || g.map {
                 convolutionTakesBF16GradOutput(geometry: $0, batch: x.shape[0], workspace: workspace, inputGradient: true)
@@ -227,14 +251,14 @@ public final class Conv2D: Layer, InputGradientOptional {
         }
         return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
                            width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient,
-                           gradOutputBF16: handoff)
+                           gradOutputBF16: handoff, inputBF16: tookBF16InputLastForward ? UnsafePointer(bf16Bits(x)) : nil)
     }
 
     // Shared with Conv1D, which runs as H = 1 and reshapes.
 
     func runForward(_ x: UnsafeMutablePointer<Float>, batch: Int, height: Int, width: Int,
                     outputShape: [Int], into shared: Tensor? = nil, handoffTo consumer: BatchNormEngine? = nil,
-                    arithmetic: GemmArithmetic = .fp32) -> Tensor {
+                    arithmetic: GemmArithmetic = .fp32, inputBF16: UnsafePointer<UInt16>? = nil) -> Tensor {
         guard let weight else { preconditionFailure("\(name): forward before bind") }
         let output = shared ?? self.output
         let g: Conv2DGeometry
@@ -242,14 +266,15 @@ public final class Conv2D: Layer, InputGradientOptional {
         output.resize(to: outputShape)
         let handoff = handsOffBF16Output ? consumer?.bf16Handoff(for: outputShape, arithmetic: arithmetic) : nil
         handedOffLastForward = convolution2DForward(input: x, weight: kernelWeight(weight), bias: bias, output: output.data,
-                                                    batch: batch, geometry: g, workspace: workspace, handoff: handoff)
+                                                    batch: batch, geometry: g, workspace: workspace, handoff: handoff,
+                                                    inputBF16: inputBF16)
         consumer?.didHandOff(handedOffLastForward ? output : nil)
         return output
     }
 
     func runBackward(_ dy: UnsafeMutablePointer<Float>, input x: UnsafeMutablePointer<Float>, batch: Int,
                      height: Int, width: Int, gradInputShape: [Int], inputGradient: Bool,
-                     gradOutputBF16: BF16GradHandoff? = nil) -> Tensor {
+                     gradOutputBF16: BF16GradHandoff? = nil, inputBF16: UnsafePointer<UInt16>? = nil) -> Tensor {
         guard let weight, let gradWeight else { preconditionFailure("\(name): backward before bind") }
         let g: Conv2DGeometry
         do { g = try geometry(height: height, width: width) } catch { preconditionFailure("\(error)") }
@@ -258,14 +283,16 @@ public final class Conv2D: Layer, InputGradientOptional {
             let planes = outChannels * (inChannels / groups), kh = kernelSize.height, kw = kernelSize.width
             flippedGradient.update(repeating: 0, count: planes * kh * kw)
             convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: flippedGradient, gradBias: gradBias,
-                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16)
+                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16,
+                                         inputBF16: inputBF16)
             for p in 0..<planes {
                 let src = flippedGradient + p * kh * kw, dst = gradWeight + p * kh * kw
                 for i in 0..<(kh * kw) { dst[kh * kw - 1 - i] += src[i] }
             }
         } else {
             convolution2DBackwardWeights(input: x, gradOutput: dy, gradWeight: gradWeight, gradBias: gradBias,
-                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16)
+                                         batch: batch, geometry: g, workspace: workspace, gradOutputBF16: gradOutputBF16,
+                                         inputBF16: inputBF16)
         }
         guard inputGradient else { return noGradient }
         gradInput.resize(to: gradInputShape)

@@ -95,6 +95,9 @@ public final class MemoryPlan {
     public let bf16ProducerBuffer = Tensor(shape: [0])
     public private(set) var bf16ProducerBufferElements = 0
     public private(set) var bf16InputElements = 0
+    /// BatchNorms whose output the convolution after them alone reads: with bf16 arithmetic it
+    /// goes to that convolution as bf16 (`BatchNormEngine.bf16OutputConsumer`).
+    public private(set) var bf16OutputBatchNorms = 0
     public private(set) var recomputeBufferElements = 0
     public private(set) var recomputedElements = 0
     /// Concats in runs that share storage, the runs, the elements of those Concats' own outputs
@@ -307,7 +310,7 @@ public final class MemoryPlan {
         if let batchNorm = layer as? BatchNormLayer {
             batchNorm.engine.fusedReLU = false; batchNorm.engine.shareOutput(nil)
             batchNorm.engine.fusedInputReLU = false; batchNorm.engine.mayKeepInputBF16 = false
-            batchNorm.engine.bf16GradConsumer = nil
+            batchNorm.engine.bf16GradConsumer = nil; batchNorm.engine.bf16OutputConsumer = nil
         }
         (layer as? Conv2D)?.bf16SharedOutput = nil
         (layer as? Conv2D)?.bf16Consumer = nil
@@ -351,6 +354,17 @@ public final class MemoryPlan {
                 fusedInputReLUs += 1
             } else if allowsInPlace, backwardIgnoresOwnOutput(layers[i - 1]) {
                 switchToInPlace(relu, elements: shapes[i].reduce(1, *))
+            }
+        }
+        if allowsBF16Inputs {
+            // A BatchNorm's output read by the convolution after it alone (inside a chain a
+            // layer's output goes to the next layer; a fused ReLU reads it back in backward).
+            for i in layers.indices.dropLast() {
+                guard let batchNorm = layers[i] as? BatchNormLayer, let conv = layers[i + 1] as? Conv2D,
+                      !batchNorm.engine.fusedReLU, !batchNorm.engine.recomputesOutput,
+                      !batchNorm.engine.outputIsScratch else { continue }
+                batchNorm.engine.bf16OutputConsumer = conv
+                bf16OutputBatchNorms += 1
             }
         }
         return recomputed

@@ -233,20 +233,22 @@ final class BatchNormBF16InputTests: XCTestCase {
 
     static let native = GemmArithmetic(.bf16, bf16Kernel: .native)
 
-    /// The handoffs between a bf16 convolution and the BatchNorm after it give the bits of the
-    /// two layers passing fp32: forward, the convolution's epilogue rounds into the BatchNorm's
-    /// copy and sums each plane (the BatchNorm adds the planes); backward, the BatchNorm hands
-    /// dL/dy over as bf16 with each plane's sum, and the convolution's passes and bias read
-    /// those. Every output, gradient and running statistic, each handoff on and off, in
+    /// The handoffs between a bf16 convolution, the BatchNorm after it and the convolution after
+    /// that give the bits of the layers passing fp32: forward, the convolution's epilogue rounds
+    /// into the BatchNorm's copy and sums each plane (the BatchNorm adds the planes); backward,
+    /// the BatchNorm hands dL/dy over as bf16 with each plane's sum, and the convolution's
+    /// passes and bias read those; and the BatchNorm's output goes to the next convolution as
+    /// bf16 (no ReLU after it), which its forward and backward-weights read. Every output,
+    /// gradient and running statistic, each handoff on and off, in
     /// training and evaluation, with and without the ReLUs and the bias, with and without
     /// dL/dx of the convolution (a first layer), on planes with a tail (5x5), whole vectors
     /// (8x8), several images per GEMM block (4x4), groups, 16x16 and 32x32 planes (backward
     /// takes bf16 there), and images split over two threads.
     func testConvolutionHandoffsGiveTheSameBits() throws {
         try XCTSkipUnless(CPUFeatures.current.bf16GEMM, "needs AVX512_BF16 (the handoffs run the native kernel only)")
-        struct Run { var bits: Bits; var handedOff: Bool; var tookGrad: Bool }
+        struct Run { var bits: Bits; var handedOff: Bool; var tookGrad: Bool; var tookInput: Bool }
         func run(_ cin: Int, _ cout: Int, kernel: Int, groups: Int, bias: Bool, shape: [Int], before: Bool, after: Bool,
-                 training: Bool, inputGradient: Bool, threads: Int, forward: Bool, backward: Bool) throws -> Run {
+                 training: Bool, inputGradient: Bool, threads: Int, forward: Bool, backward: Bool, input: Bool) throws -> Run {
             ComputeThreads.count = threads
             defer { ComputeThreads.count = 1 }
             let conv = try Conv2D(cin, cout, kernelSize: kernel, padding: kernel / 2, groups: groups, bias: bias)
@@ -256,9 +258,13 @@ final class BatchNormBF16InputTests: XCTestCase {
             if before { layers.append(ReLU()) }
             layers.append(try BatchNorm2d(cout))
             if after { layers.append(ReLU()) }
+            let next = try Conv2D(cout, 3, kernelSize: 3, padding: 1)
+            next.takesBF16Input = input
+            layers.append(next)
             let chain = Sequential(layers)
             let plan = MemoryPlan.apply(to: chain, inputShape: shape)
             XCTAssertEqual(plan.bf16InputBatchNorms, 1)
+            XCTAssertEqual(plan.bf16OutputBatchNorms, after ? 0 : 1)
             let store = ParameterStore(root: chain)
             store.initialize(seed: 1)
             Self.setParameters(store, seed: 5)
@@ -266,12 +272,14 @@ final class BatchNormBF16InputTests: XCTestCase {
             let dy = randomTensor(try chain.outputShape(for: shape), seed: 22)
             let context = ExecutionContext(training: training)
             context.arithmetic = Self.native
-            var result = Run(bits: Bits(output: [], gradInput: [], gradients: [], buffers: []), handedOff: true, tookGrad: true)
+            var result = Run(bits: Bits(output: [], gradInput: [], gradients: [], buffers: []), handedOff: true, tookGrad: true,
+                             tookInput: true)
             // Three steps: the first backward learns whether the layer wants dL/dx.
             for _ in 0..<3 {
                 store.zeroGradients()
                 result.bits.output = chain.forward(x, context: context).toArray().map(\.bitPattern)
                 result.handedOff = conv.handedOffLastForward
+                result.tookInput = next.tookBF16InputLastForward
                 context.needsInputGradient = inputGradient
                 result.bits.gradInput = chain.backward(dy, context: context).toArray().map(\.bitPattern)
                 context.needsInputGradient = true
@@ -287,26 +295,29 @@ final class BatchNormBF16InputTests: XCTestCase {
             (3, 8, 3, 1, true, [6, 3, 16, 16], 2), (16, 16, 3, 1, false, [4, 16, 16, 16], 1),
             (8, 32, 3, 1, true, [3, 8, 32, 32], 1),
         ]
-        var tookGrad = Set<String>()
+        var tookGrad = Set<String>(), tookInput = Set<String>()
         for (cin, cout, kernel, groups, bias, shape, threads) in cases {
             for (before, after) in [(false, false), (true, false), (false, true), (true, true)] {
                 for (training, inputGradient) in [(true, true), (false, true), (true, false)] {
                     let what = "\(cin)->\(cout) k\(kernel) groups \(groups) bias \(bias) \(formatShape(shape)) "
                         + "threads \(threads) ReLU before \(before) after \(after) training \(training) dL/dx \(inputGradient)"
-                    func go(_ forward: Bool, _ backward: Bool) throws -> Run {
+                    func go(_ forward: Bool, _ backward: Bool, _ input: Bool) throws -> Run {
                         try run(cin, cout, kernel: kernel, groups: groups, bias: bias, shape: shape, before: before, after: after,
                                 training: training, inputGradient: inputGradient, threads: threads,
-                                forward: forward, backward: backward)
+                                forward: forward, backward: backward, input: input)
                     }
-                    let off = try go(false, false)
-                    XCTAssertFalse(off.handedOff || off.tookGrad, what)
+                    let off = try go(false, false, false)
+                    XCTAssertFalse(off.handedOff || off.tookGrad || off.tookInput, what)
                     XCTAssertTrue(off.bits.gradients.contains { Float(bitPattern: $0) != 0 }, what)
-                    for (forward, backward) in [(true, false), (false, true), (true, true)] {
-                        let on = try go(forward, backward)
+                    for (forward, backward, input) in [(true, false, false), (false, true, false), (false, false, true),
+                                                       (true, true, true)] {
+                        let on = try go(forward, backward, input)
                         XCTAssertEqual(on.handedOff, forward, "handed off: \(what)")
                         XCTAssertFalse(on.tookGrad && !backward, what)
-                        XCTAssertEqual(on.bits, off.bits, "forward \(forward) backward \(backward): \(what)")
+                        XCTAssertFalse(on.tookInput && (!input || after), what)
+                        XCTAssertEqual(on.bits, off.bits, "forward \(forward) backward \(backward) input \(input): \(what)")
                         if on.tookGrad { tookGrad.insert("\(formatShape(shape)) dL/dx \(inputGradient)") }
+                        if on.tookInput { tookInput.insert(formatShape(shape)) }
                     }
                 }
             }
@@ -314,6 +325,11 @@ final class BatchNormBF16InputTests: XCTestCase {
         // Not vacuous: backward took bf16 on the larger planes, with and without dL/dx.
         for expected in ["4x16x16x16 dL/dx true", "4x16x16x16 dL/dx false", "3x8x32x32 dL/dx true", "6x3x16x16 dL/dx false"] {
             XCTAssertTrue(tookGrad.contains(expected), "bf16 dL/dy taken: \(expected) (took: \(tookGrad.sorted()))")
+        }
+        // … and the next convolution its input (16x16 and 32x32 planes; 8x8 too: forward and
+        // backward-weights image by image there).
+        for expected in ["4x16x16x16", "3x8x32x32", "6x3x16x16"] {
+            XCTAssertTrue(tookInput.contains(expected), "bf16 input taken: \(expected) (took: \(tookInput.sorted()))")
         }
     }
 
