@@ -36,7 +36,12 @@ import CnnCore
 /// ReLU) is read by nobody else, so with bf16 arithmetic it keeps that input for backward as
 /// bf16 (`BatchNormEngine.mayKeepInputBF16`), and the convolution writes its fp32 output into
 /// one buffer shared by all such convolutions (`bf16ProducerBuffer`): the BatchNorm reads it
-/// in its forward, right after the convolution, and never again. In fp32 nothing changes.
+/// in its forward, right after the convolution, and never again. Where the kernels can, the
+/// two pass bf16 instead (`BF16OutputHandoff`, `BF16GradHandoff`): the convolution's epilogue
+/// writes the BatchNorm's bf16 copy and its sums, and the BatchNorm's backward hands dL/dy to
+/// the convolution as bf16. A BatchNorm whose output the next convolution alone reads (no
+/// ReLU after it) hands that output over as bf16 too (`bf16OutputConsumer`). Same bits as
+/// passing fp32, half the bytes or none. In fp32 nothing changes.
 ///
 /// Recompute (optional): a fused BatchNorm + ReLU whose output goes straight into a
 /// convolution writes it into one buffer shared by all such BatchNorms instead of its own,
