@@ -454,16 +454,21 @@ public func batchNormBF16NormalizeRounded(x: UnsafePointer<UInt16>, bits: Unsafe
                                           mean: UnsafePointer<Float>, invStd: UnsafePointer<Float>,
                                           gamma: UnsafePointer<Float>?, beta: UnsafePointer<Float>?,
                                           n: Int, c: Int, s: Int) {
+    forEachPlaneThroughRow(n: n, c: c, s: s) { ch, off, row in
+        planeNormalize(BF16Plane.self, x + off, row, s, m: mean[ch], scale: invStd[ch] * (gamma?[ch] ?? 1),
+                       shift: beta?[ch] ?? 0, relu: false)
+        cnn_bf16_round_rows(1, 1, s, row, 0, 0, bits + off, 0, 0)
+    }
+}
+
+/// body(channel, offset, row) for every plane of (n, c, s) in the plane kernels' order and
+/// thread split (channels over threads), with a scratch row of s floats per thread: for the
+/// passes that form a plane in fp32 and hand it on as bf16.
+private func forEachPlaneThroughRow(n: Int, c: Int, s: Int, _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
     forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: s) { scratch in
-            let row = scratch.baseAddress!
             for i in 0..<n {
-                for ch in channels {
-                    let off = (i * c + ch) * s
-                    planeNormalize(BF16Plane.self, x + off, row, s, m: mean[ch], scale: invStd[ch] * (gamma?[ch] ?? 1),
-                                   shift: beta?[ch] ?? 0, relu: false)
-                    cnn_bf16_round_rows(1, 1, s, row, 0, 0, bits + off, 0, 0)
-                }
+                for ch in channels { body(ch, (i * c + ch) * s, scratch.baseAddress!) }
             }
         }
     }
@@ -489,20 +494,12 @@ public func batchNormBF16BackwardInputHandoff(x: UnsafePointer<UInt16>, dy: Unsa
                                               gamma: UnsafePointer<Float>?,
                                               meanDy: UnsafePointer<Float>?, meanDyXhat: UnsafePointer<Float>?,
                                               n: Int, c: Int, s: Int, reluOutput: UnsafePointer<Float>? = nil, rectified: Bool) {
-    forEachRange(c, work: n * s, minimum: streamingSplitMinimum) { channels in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: s) { scratch in
-            let row = scratch.baseAddress!
-            for i in 0..<n {
-                for ch in channels {
-                    let off = (i * c + ch) * s
-                    planeBackwardInput(BF16Plane.self, x + off, dy + off, reluOutput.map { $0 + off }, row, s,
-                                       k: invStd[ch] * (gamma?[ch] ?? 1), mean: mean[ch], invStd: invStd[ch],
-                                       meanDy: meanDy?[ch], meanDyXhat: meanDyXhat?[ch], maskInput: rectified)
-                    handoff.planeSums[i * c + ch] = sumFloats(row, s)
-                    cnn_bf16_round_rows(1, 1, s, row, 0, 0, handoff.bits + off, 0, 0)
-                }
-            }
-        }
+    forEachPlaneThroughRow(n: n, c: c, s: s) { ch, off, row in
+        planeBackwardInput(BF16Plane.self, x + off, dy + off, reluOutput.map { $0 + off }, row, s,
+                           k: invStd[ch] * (gamma?[ch] ?? 1), mean: mean[ch], invStd: invStd[ch],
+                           meanDy: meanDy?[ch], meanDyXhat: meanDyXhat?[ch], maskInput: rectified)
+        handoff.planeSums[off / s] = sumFloats(row, s)
+        cnn_bf16_round_rows(1, 1, s, row, 0, 0, handoff.bits + off, 0, 0)
     }
 }
 

@@ -566,6 +566,29 @@ public final class PackedGemmABF16 {
     /// products run with `kernel`.
     public func pack(_ trans: Transpose, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int,
                      kernel: BF16Kernel = .native) {
+        packBlocks(m: m, k: k, kernel: kernel) { ic, pc, mc, kc, dst in
+            packABF16(trans, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: dst, kernel: kernel)
+        }
+    }
+
+    /// `pack(.none, …)` of A already rounded: `a` holds the bf16 bits of an m×k matrix (row
+    /// stride lda). The native kernel only (the packed layout is the same).
+    public func packBits(m: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int) {
+        packBlocks(m: m, k: k, kernel: .native) { ic, pc, mc, kc, dst in
+            var ir = 0, out = dst
+            while ir < mc {
+                let rows = panelRowsBF16(mc - ir), mr = min(rows, mc - ir)
+                cnn_bf16_pack_a_h(Int32(rows), Int32(mr), kc, a + (ic + ir) * lda + pc, lda, out)
+                out += rows * ((kc + 1) / 2)
+                ir += rows
+            }
+        }
+    }
+
+    /// Lays out the packed blocks of an m×k operand (K steps of equal even depth, MC-row blocks)
+    /// and has `packBlock(row, col, mc, kc, dst)` fill each.
+    private func packBlocks(m: Int, k: Int, kernel: BF16Kernel,
+                            _ packBlock: (Int, Int, Int, Int, UnsafeMutablePointer<UInt32>) -> Void) {
         precondition(m > 0 && k > 0, "PackedGemmABF16: empty operand \(m)×\(k)")
         self.m = m
         self.k = k
@@ -582,41 +605,7 @@ public final class PackedGemmABF16 {
             while ic < m {
                 let mc = min(MC, m - ic)
                 offsets.append(offset)
-                packABF16(trans, mc: mc, kc: kc, a: a, lda: lda, row: ic, col: pc, dst: storage.pointer + offset,
-                          kernel: kernel)
-                offset += paddedPanelRowsBF16(mc) * ((kc + 1) / 2)
-                ic += mc
-            }
-            pc += kc
-        }
-    }
-
-    /// `pack(.none, …)` of A already rounded: `a` holds the bf16 bits of an m×k matrix (row
-    /// stride lda). The native kernel only (the packed layout is the same).
-    public func packBits(m: Int, k: Int, a: UnsafePointer<UInt16>, lda: Int) {
-        precondition(m > 0 && k > 0, "PackedGemmABF16: empty operand \(m)×\(k)")
-        self.m = m
-        self.k = k
-        self.kernel = .native
-        let kSteps = (k + KC - 1) / KC
-        kcMax = roundUpBF16((k + kSteps - 1) / kSteps, 2)
-        rowBlocks = (m + MC - 1) / MC
-        storage.reserve(max(1, (m + rowBlocks * MR) * (kcMax / 2) * kSteps))
-        offsets.removeAll(keepingCapacity: true)
-        var offset = 0, pc = 0
-        while pc < k {
-            let kc = min(kcMax, k - pc)
-            var ic = 0
-            while ic < m {
-                let mc = min(MC, m - ic)
-                offsets.append(offset)
-                var ir = 0, out = storage.pointer + offset
-                while ir < mc {
-                    let rows = panelRowsBF16(mc - ir), mr = min(rows, mc - ir)
-                    cnn_bf16_pack_a_h(Int32(rows), Int32(mr), kc, a + (ic + ir) * lda + pc, lda, out)
-                    out += rows * ((kc + 1) / 2)
-                    ir += rows
-                }
+                packBlock(ic, pc, mc, kc, storage.pointer + offset)
                 offset += paddedPanelRowsBF16(mc) * ((kc + 1) / 2)
                 ic += mc
             }
