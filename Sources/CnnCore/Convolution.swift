@@ -229,18 +229,6 @@ public func convolution2DBackwardData(
     workspace ws: ConvolutionWorkspace, gradOutputBF16: BF16GradHandoff? = nil
 ) {
     ws.prepare(for: g, batch: batch)
-    if let handoff = gradOutputBF16 {
-        guard case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry,
-              let bws = ws.backwardDataWorkspace else { preconditionFailure("bf16 dL/dy: not a flipped forward") }
-        bws.prepare(for: bg, batch: batch)
-        guard let plan = bws.packedPlan, plan.takesBF16Input else { preconditionFailure("bf16 dL/dy: no bf16 input planes") }
-        flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
-        plan.inputBF16 = UnsafePointer(handoff.bits)
-        defer { plan.inputBF16 = nil }
-        convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
-                             batch: batch, geometry: bg, workspace: bws)
-        return
-    }
     if case .flippedForward = ws.path.backwardData, let bg = ws.backwardDataGeometry, let bws = ws.backwardDataWorkspace {
         bws.prepare(for: bg, batch: batch)
         if bws.precision == .fp32 && bws.path.forward.usesPackedPlan {
@@ -253,9 +241,10 @@ public func convolution2DBackwardData(
         }
         flipWeightsForBackwardData(w, into: ws.flippedWeights.pointer, geometry: g)
         convolution2DForward(input: dy, weight: ws.flippedWeights.pointer, bias: nil, output: dx,
-                             batch: batch, geometry: bg, workspace: bws)
+                             batch: batch, geometry: bg, workspace: bws, inputBF16: gradOutputBF16.map { UnsafePointer($0.bits) })
         return
     }
+    precondition(gradOutputBF16 == nil, "bf16 dL/dy: backward-data is not a flipped forward")
     let tasks = ws.prepareTasks(min(availableComputeThreads(), batch), gradWeightCount: 0)
     if ws.path.backwardData == .stridedPointwiseTiles {
         // W_gᵀ (Cg × Kg) packed once for every image and task.

@@ -246,17 +246,11 @@ public final class BatchNormEngine {
                 invStd[ch] = 1 / (runningVar[ch] + eps).squareRoot()
             }
         }
-        if keepsInputBF16, !fusedReLU, !recomputesOutput, let conv = bf16OutputConsumer,
-           conv.acceptsBF16Input(shape: x.shape, arithmetic: context.arithmetic) {
-            // Rounded as the convolution's phase planes round it, into the output's storage.
-            let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
-            batchNormBF16NormalizeRounded(x: inputBF16.data, bits: UnsafeMutableRawPointer(output.data).assumingMemoryBound(to: UInt16.self),
-                                          mean: mean, invStd: invStd, gamma: g, beta: b, n: n, c: c, s: s)
-            conv.didHandOverInput(output)
-        } else {
-            normalize(x, n: n, c: c, s: s)
-            bf16OutputConsumer?.didHandOverInput(nil)
-        }
+        // To the convolution after as bf16 where it takes that, rounded as its phase planes round it.
+        let roundedForNext = keepsInputBF16 && !fusedReLU && !recomputesOutput
+            && bf16OutputConsumer?.acceptsBF16Input(shape: x.shape, arithmetic: context.arithmetic) == true
+        normalize(x, n: n, c: c, s: s, rounded: roundedForNext)
+        bf16OutputConsumer?.didHandOverInput(roundedForNext ? output : nil)
         return output
     }
 
@@ -310,10 +304,15 @@ public final class BatchNormEngine {
     }
 
     /// output = the normalised input (rectified when the ReLU after is fused), with the current
-    /// statistics, from the bf16 copy when kept (`x` unused then), else from x.
-    private func normalize(_ x: Tensor?, n: Int, c: Int, s: Int) {
+    /// statistics, from the bf16 copy when kept (`x` unused then), else from x; with `rounded`
+    /// (from the copy, no fused ReLU), its bf16 bits in the output's storage instead.
+    private func normalize(_ x: Tensor?, n: Int, c: Int, s: Int, rounded: Bool = false) {
         let g = gamma.map { UnsafePointer($0) }, b = beta.map { UnsafePointer($0) }
-        if keepsInputBF16 {
+        if rounded {
+            precondition(keepsInputBF16 && !fusedReLU, "\(layer): a rounded output needs the bf16 copy and no ReLU after")
+            batchNormBF16NormalizeRounded(x: inputBF16.data, bits: output.bf16Storage, mean: mean, invStd: invStd,
+                                          gamma: g, beta: b, n: n, c: c, s: s)
+        } else if keepsInputBF16 {
             batchNormBF16Normalize(x: inputBF16.data, y: output.data, mean: mean, invStd: invStd, gamma: g, beta: b,
                                    n: n, c: c, s: s, relu: fusedReLU)
         } else if let x, fusedInputReLU {
@@ -425,6 +424,14 @@ public final class BatchNormEngine {
 
 /// The bf16 bit patterns a BatchNorm keeps of its input.
 typealias BF16Buffer = ScratchBuffer<UInt16>
+
+extension Tensor {
+    /// The storage as the bf16 words a handoff between a convolution and a BatchNorm writes
+    /// there instead of the fp32 values (half of it; only the C kernels read and write them).
+    var bf16Storage: UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(data).assumingMemoryBound(to: UInt16.self)
+    }
+}
 
 /// Batch normalisation over [N, C, H, W], per channel (PyTorch's nn.BatchNorm2d),
 /// synchronized across ranks when the context has a `statisticsReducer`.

@@ -62,6 +62,9 @@ public final class Conv2D: Layer, InputGradientOptional {
     /// Whether the last backward took dL/dy as bf16.
     public private(set) var tookBF16GradLastBackward = false
     private weak var handedOffGradOutput: Tensor?
+    /// The last handoff offered (`bf16GradHandoff`), and whether it was offered for a backward with dL/dx.
+    private var offeredGradHandoff: BF16GradHandoff?
+    private var offeredWithInputGradient = false
     private var gradPlaneSums = UnsafeMutablePointer<Float>.allocate(capacity: 1)
     private var gradPlaneSumsCapacity = 1
     /// The BatchNorm right before (set by `MemoryPlan` when nothing else reads its output) hands
@@ -163,7 +166,9 @@ public final class Conv2D: Layer, InputGradientOptional {
             gradPlaneSumsCapacity = planes
             gradPlaneSums = .allocate(capacity: planes)
         }
-        return BF16GradHandoff(bits: bf16Bits(gradOutput), planeSums: gradPlaneSums)
+        offeredGradHandoff = BF16GradHandoff(bits: gradOutput.bf16Storage, planeSums: gradPlaneSums)
+        offeredWithInputGradient = lastBackwardNeededInputGradient
+        return offeredGradHandoff
     }
 
     /// Whether the BatchNorm before may hand an input of `shape` over as bf16 (see `takesBF16Input`).
@@ -176,11 +181,6 @@ public final class Conv2D: Layer, InputGradientOptional {
 
     /// The BatchNorm before handed `input` over as bf16 bits in its storage (nil: fp32).
     func didHandOverInput(_ input: Tensor?) { handedOverInput = input }
-
-    /// A tensor's storage read as the bf16 bits a handoff wrote there (only C kernels touch them).
-    private func bf16Bits(_ tensor: Tensor) -> UnsafeMutablePointer<UInt16> {
-        UnsafeMutableRawPointer(tensor.data).assumingMemoryBound(to: UInt16.self)
-    }
 
     /// The BatchNorm handed `gradOutput` over as bf16 (nil: it wrote fp32).
     func didHandOffGradOutput(_ gradOutput: Tensor?) { handedOffGradOutput = gradOutput }
@@ -232,7 +232,7 @@ public final class Conv2D: Layer, InputGradientOptional {
         return runForward(input.data, batch: input.shape[0], height: input.shape[2], width: input.shape[3],
                           outputShape: shape, into: bf16 ? bf16SharedOutput : nil,
                           handoffTo: bf16SharedOutput != nil ? bf16Consumer : nil, arithmetic: context.arithmetic,
-                          inputBF16: tookBF16InputLastForward ? UnsafePointer(bf16Bits(input)) : nil)
+                          inputBF16: tookBF16InputLastForward ? UnsafePointer(input.bf16Storage) : nil)
     }
 
     public func backward(_ gradOutput: Tensor, context: ExecutionContext) -> Tensor {
@@ -241,17 +241,12 @@ public final class Conv2D: Layer, InputGradientOptional {
         tookBF16GradLastBackward = handedOffGradOutput === gradOutput
         handedOffGradOutput = nil
         lastBackwardNeededInputGradient = context.needsInputGradient
-        var handoff: BF16GradHandoff?
-        if tookBF16GradLastBackward {
-            handoff = BF16GradHandoff(bits: bf16Bits(gradOutput), planeSums: gradPlaneSums)
-            let g = try? geometry(height: x.shape[2], width: x.shape[3])
-            precondition(!context.needsInputGradient || g.map {
-                convolutionTakesBF16GradOutput(geometry: $0, batch: x.shape[0], workspace: workspace, inputGradient: true)
-            } == true, "\(name): dL/dy was handed over as bf16 for a backward without dL/dx")
-        }
+        let handoff = tookBF16GradLastBackward ? offeredGradHandoff : nil
+        precondition(handoff == nil || !context.needsInputGradient || offeredWithInputGradient,
+                     "\(name): dL/dy was handed over as bf16 for a backward without dL/dx")
         return runBackward(gradOutput.data, input: x.data, batch: x.shape[0], height: x.shape[2],
                            width: x.shape[3], gradInputShape: x.shape, inputGradient: context.needsInputGradient,
-                           gradOutputBF16: handoff, inputBF16: tookBF16InputLastForward ? UnsafePointer(bf16Bits(x)) : nil)
+                           gradOutputBF16: handoff, inputBF16: tookBF16InputLastForward ? UnsafePointer(x.bf16Storage) : nil)
     }
 
     // Shared with Conv1D, which runs as H = 1 and reshapes.
